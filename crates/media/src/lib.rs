@@ -1,0 +1,25 @@
+//! Media plane building blocks for the gateway: RTP packets, G.711, an inbound reorder buffer,
+//! an outbound pacer, a polyphase resampler, the adaptation between RTP frames and the model's
+//! audio format, and signal helpers for tests and the simulator.
+//!
+//! Everything here is pure and sans-IO: time is passed in as `now: Instant` and deadlines are
+//! returned, so a 10-minute call can be simulated in milliseconds.
+
+// Tests may unwrap: a panic is the failure report there.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod codec;
+pub mod framing;
+pub mod g711;
+pub mod pacer;
+pub mod reorder;
+pub mod resample;
+pub mod rtp;
+pub mod signal;
+
+pub use codec::Codec;
+pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_ms};
+pub use pacer::{PacedFrame, Pacer, PacerConfig};
+pub use reorder::{PushOutcome, ReceivedFrame, ReorderBuffer, ReorderStats};
+pub use resample::{ResampleError, Resampler};
+pub use rtp::{RtpError, RtpHeader, StreamStart, is_rtcp, parse_rtp, write_rtp};

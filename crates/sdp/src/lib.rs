@@ -1,0 +1,19 @@
+//! SDP (RFC 8866, formerly RFC 4566) model and the answerer side of the RFC 3264 offer/answer
+//! model, as used by a SIP user agent server that anchors one audio stream.
+//!
+//! The crate is pure: no sockets, no clocks. [`SessionDescription`] parses and serializes any
+//! SDP leniently (unknown lines and attributes are kept); [`answer_offer`] turns a remote offer
+//! into our answer plus the [`NegotiatedMedia`] the media layer needs.
+
+// Tests may unwrap: a panic is the failure report there.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod codec;
+mod error;
+mod model;
+mod negotiate;
+
+pub use codec::{Codec, Direction};
+pub use error::SdpError;
+pub use model::{AddressType, Attribute, Connection, MediaDescription, Origin, RtpMap, SessionDescription, Timing};
+pub use negotiate::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpAnswer, answer_offer};

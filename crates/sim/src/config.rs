@@ -1,0 +1,157 @@
+//! Simulator configuration.
+
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How the simulator behaves.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SimConfig {
+    /// If Some, the Bearer token must match; None accepts any non-empty Bearer.
+    pub api_key: Option<String>,
+    /// What a VAD-triggered response says.
+    pub behaviour: Behaviour,
+    /// What a client `response.create` (the agent greeting) says.
+    pub greeting: Tone,
+    /// How output audio is streamed.
+    pub burst: BurstPattern,
+    /// Session lifetime: then `error` `session_expired` and close 1001 (reference §7).
+    pub max_session: Duration,
+    /// Seed for every random choice (chunk sizes, ids).
+    pub seed: u64,
+    /// Events kept per session log; later ones are only counted (bounded memory under load).
+    pub log_limit: usize,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            api_key: None,
+            behaviour: Behaviour::Echo,
+            greeting: Tone::default(),
+            burst: BurstPattern::default(),
+            max_session: Duration::from_secs(60 * 60),
+            seed: 0,
+            log_limit: 100_000,
+        }
+    }
+}
+
+/// What a VAD-triggered response says.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Behaviour {
+    /// Reply with the caller's last utterance, converted to the output format.
+    Echo,
+    /// Reply with a sine tone.
+    Tone { hz: f64, ms: u32 },
+    /// A long speech-like answer (e.g. 20 s), for barge-in tests.
+    Monologue { ms: u32 },
+}
+
+/// A sine tone.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tone {
+    pub hz: f64,
+    pub ms: u32,
+}
+
+impl Default for Tone {
+    fn default() -> Self {
+        Self { hz: 440.0, ms: 1000 }
+    }
+}
+
+/// How output audio is chunked and paced: chunk sizes drawn uniformly from
+/// `min_chunk_ms..=max_chunk_ms`, sent at `speed` times real time (0 = all at once).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BurstPattern {
+    pub min_chunk_ms: u32,
+    pub max_chunk_ms: u32,
+    pub speed: f64,
+}
+
+impl Default for BurstPattern {
+    fn default() -> Self {
+        Self { min_chunk_ms: 40, max_chunk_ms: 240, speed: 4.0 }
+    }
+}
+
+/// Why a command-line value could not be parsed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid {what} {value:?}: expected {expected}")]
+pub struct ParseError {
+    what: &'static str,
+    value: String,
+    expected: &'static str,
+}
+
+fn parse_number<T: FromStr>(text: &str, what: &'static str, expected: &'static str) -> Result<T, ParseError> {
+    text.trim().parse().map_err(|_| ParseError { what, value: text.to_owned(), expected })
+}
+
+impl FromStr for Tone {
+    type Err = ParseError;
+
+    /// `HZ:MS`, e.g. `440:1000`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "HZ:MS, e.g. 440:1000";
+        let (hz, ms) =
+            text.split_once(':').ok_or(ParseError { what: "tone", value: text.to_owned(), expected: EXPECTED })?;
+        let hz: f64 = parse_number(hz, "tone frequency", EXPECTED)?;
+        if !(hz.is_finite() && hz > 0.0) {
+            return Err(ParseError { what: "tone frequency", value: text.to_owned(), expected: EXPECTED });
+        }
+        Ok(Tone { hz, ms: parse_number(ms, "tone duration", EXPECTED)? })
+    }
+}
+
+impl FromStr for Behaviour {
+    type Err = ParseError;
+
+    /// `echo`, `tone:HZ:MS` or `monologue:MS`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        const EXPECTED: &str = "echo, tone:HZ:MS or monologue:MS";
+        let text = text.trim();
+        if text == "echo" {
+            return Ok(Behaviour::Echo);
+        }
+        if let Some(rest) = text.strip_prefix("tone:") {
+            let tone: Tone = rest.parse()?;
+            return Ok(Behaviour::Tone { hz: tone.hz, ms: tone.ms });
+        }
+        if let Some(ms) = text.strip_prefix("monologue:") {
+            return Ok(Behaviour::Monologue { ms: parse_number(ms, "monologue duration", EXPECTED)? });
+        }
+        Err(ParseError { what: "behaviour", value: text.to_owned(), expected: EXPECTED })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn behaviours_parse() {
+        assert_eq!("echo".parse::<Behaviour>(), Ok(Behaviour::Echo));
+        assert_eq!("tone:440:1500".parse::<Behaviour>(), Ok(Behaviour::Tone { hz: 440.0, ms: 1500 }));
+        assert_eq!("monologue:20000".parse::<Behaviour>(), Ok(Behaviour::Monologue { ms: 20000 }));
+        assert!("shout".parse::<Behaviour>().is_err());
+        assert!("tone:x:1".parse::<Behaviour>().is_err());
+        assert!("tone:440".parse::<Behaviour>().is_err());
+    }
+
+    #[test]
+    fn tones_parse() {
+        assert_eq!("440:1000".parse::<Tone>(), Ok(Tone { hz: 440.0, ms: 1000 }));
+        assert!("0:1000".parse::<Tone>().is_err());
+        assert!("440:-5".parse::<Tone>().is_err());
+    }
+
+    #[test]
+    fn defaults_follow_the_reference() {
+        let cfg = SimConfig::default();
+        assert_eq!(cfg.max_session, Duration::from_secs(3600));
+        assert_eq!(cfg.greeting, Tone { hz: 440.0, ms: 1000 });
+        assert_eq!(cfg.burst.speed, 4.0);
+    }
+}

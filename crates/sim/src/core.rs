@@ -1,0 +1,2025 @@
+//! The sans-IO core of one simulated Realtime session: client JSON in, server events out, with
+//! time passed in. The WebSocket shell in `server.rs` only moves bytes and sleeps until
+//! [`SimSession::next_deadline`].
+//!
+//! Behaviour follows `shared/docs/realtime-protocol.md`: §2 session config, §3 client events,
+//! §4.9 the event order of a turn, §6 barge-in and truncation, §7 errors and expiry.
+
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use rand::distr::Alphanumeric;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde_json::Value;
+use switchboard_realtime::events::*;
+
+use crate::audio;
+use crate::config::{Behaviour, SimConfig, Tone};
+use crate::vad::{Vad, VadEvent, VadParams};
+
+/// What the shell must do next.
+// Events dominate; `Close` happens once per session, so boxing would only add allocations.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug, Clone, PartialEq)]
+pub enum Outgoing {
+    /// Send this event as a text frame.
+    Event(ServerEvent),
+    /// Send a Close frame and end the session.
+    Close { code: u16, reason: String },
+}
+
+/// The §7 message, sent with `session_expired` and as the close reason.
+pub const SESSION_EXPIRED_MESSAGE: &str = "Your session hit the maximum duration of 60 minutes.";
+
+/// Default model when the URL names none.
+pub const DEFAULT_MODEL: &str = "gpt-realtime";
+
+/// A manual commit needs at least this much audio (observed API behaviour).
+const MIN_COMMIT_MS: f64 = 100.0;
+
+/// Without turn detection the buffer grows until committed; cap it (15 minutes of audio).
+const MAX_MANUAL_BUFFER_MS: f64 = 15.0 * 60.0 * 1000.0;
+
+#[derive(Debug)]
+struct StoredItem {
+    id: String,
+    item: Item,
+    /// Audio length of an assistant audio item, in ms.
+    audio_ms: Option<f64>,
+}
+
+/// Where the audio of a response comes from.
+enum ReplySource {
+    Echo { samples: Vec<i16>, rate: u32 },
+    Tone(Tone),
+    Monologue { ms: u32 },
+}
+
+#[derive(Debug)]
+struct ActiveResponse {
+    id: String,
+    item_id: String,
+    conversation_id: Option<String>,
+    format: AudioFormat,
+    voice: Option<Voice>,
+    text_only: bool,
+    audio: Vec<u8>,
+    sent_bytes: usize,
+    started: Instant,
+    words: Vec<String>,
+    words_sent: usize,
+}
+
+impl ActiveResponse {
+    fn sent_ms(&self) -> f64 {
+        self.format.bytes_to_ms(self.sent_bytes)
+    }
+
+    fn transcript_so_far(&self) -> String {
+        self.words[..self.words_sent].concat()
+    }
+}
+
+/// One simulated session.
+#[derive(Debug)]
+pub struct SimSession {
+    cfg: SimConfig,
+    rng: StdRng,
+    session: SessionConfig,
+    conversation_id: String,
+    expires: Instant,
+    closed: bool,
+    items: Vec<StoredItem>,
+    input_format: AudioFormat,
+    /// Input audio not yet committed, at the input format's rate.
+    buffer: Vec<i16>,
+    /// Timeline position (ms) of `buffer[0]`.
+    buffer_start_ms: f64,
+    /// Total ms of audio appended in the session (the input timeline, §8).
+    appended_ms: f64,
+    vad: Option<Vad>,
+    /// Item id and start of the speech VAD is inside of.
+    speech: Option<(String, u64)>,
+    active: Option<ActiveResponse>,
+    /// When `idle_timeout_ms` fires: armed when a response's audio would have finished playing.
+    idle_deadline: Option<Instant>,
+}
+
+impl SimSession {
+    /// Opens a session: returns it with `session.created` and `conversation.created` (§1.3).
+    pub fn new(cfg: SimConfig, model: &str, now: Instant, unix_now_secs: i64, seed: u64) -> (Self, Vec<Outgoing>) {
+        let mut rng = StdRng::seed_from_u64(seed);
+        let session_id = random_id(&mut rng, "sess");
+        let conversation_id = random_id(&mut rng, "conv");
+        let max_secs = i64::try_from(cfg.max_session.as_secs()).unwrap_or(i64::MAX);
+        let session = SessionConfig {
+            session_type: "realtime".to_owned(),
+            object: Some("realtime.session".to_owned()),
+            id: Some(session_id),
+            expires_at: Some(unix_now_secs.saturating_add(max_secs)),
+            model: Some(model.to_owned()),
+            output_modalities: Some(vec!["audio".to_owned()]),
+            instructions: Some("You are a simulated assistant. Your replies are tones and echoes.".to_owned()),
+            audio: Some(AudioConfig {
+                input: Some(AudioInput {
+                    format: Some(AudioFormat::PCM24K),
+                    noise_reduction: Some(None),
+                    transcription: Some(None),
+                    // The live default silence is 200 ms (§2.2, spec session.created example).
+                    turn_detection: Some(Some(TurnDetection::ServerVad {
+                        threshold: Some(0.5),
+                        prefix_padding_ms: Some(300),
+                        silence_duration_ms: Some(200),
+                        idle_timeout_ms: Some(None),
+                        create_response: Some(true),
+                        interrupt_response: Some(true),
+                    })),
+                }),
+                output: Some(AudioOutput {
+                    format: Some(AudioFormat::PCM24K),
+                    voice: Some(Voice::Named("marin".to_owned())),
+                    speed: Some(1.0),
+                }),
+            }),
+            tools: Some(Vec::new()),
+            tool_choice: Some(Value::String("auto".to_owned())),
+            max_output_tokens: Some(MaxOutputTokens::Inf(InfLiteral::Inf)),
+            truncation: Some(Value::String("auto".to_owned())),
+            tracing: Some(None),
+            ..SessionConfig::default()
+        };
+        let expires = now + cfg.max_session;
+        let mut sim = SimSession {
+            cfg,
+            rng,
+            session,
+            conversation_id,
+            expires,
+            closed: false,
+            items: Vec::new(),
+            input_format: AudioFormat::PCM24K,
+            buffer: Vec::new(),
+            buffer_start_ms: 0.0,
+            appended_ms: 0.0,
+            vad: None,
+            speech: None,
+            active: None,
+            idle_deadline: None,
+        };
+        sim.rebuild_vad();
+        let created =
+            ServerEvent::SessionCreated(SessionEvent { event_id: sim.event_id(), session: sim.session.clone() });
+        let conversation = ServerEvent::ConversationCreated(ConversationCreatedEvent {
+            event_id: sim.event_id(),
+            conversation: ConversationInfo {
+                id: sim.conversation_id.clone(),
+                object: Some("realtime.conversation".to_owned()),
+            },
+        });
+        (sim, vec![Outgoing::Event(created), Outgoing::Event(conversation)])
+    }
+
+    /// What a GA server answers a client that sent `OpenAI-Beta` (§1.1, observed).
+    pub fn beta_rejection() -> Vec<Outgoing> {
+        let message = "The beta Realtime API shape is no longer supported. Remove the \
+                       'OpenAI-Beta' header to use the GA API.";
+        vec![
+            Outgoing::Event(error_event("event_beta".to_owned(), "beta_api_shape_disabled", message, None, None)),
+            Outgoing::Close { code: 4000, reason: "beta_api_shape_disabled".to_owned() },
+        ]
+    }
+
+    /// The effective session configuration.
+    pub fn session(&self) -> &SessionConfig {
+        &self.session
+    }
+
+    /// Whether the session has ended (expiry sent its Close).
+    pub fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// When [`SimSession::poll`] has work next: the next audio chunk, the idle timeout, or
+    /// expiry.
+    pub fn next_deadline(&self) -> Instant {
+        let mut deadline = self.expires;
+        if let Some(r) = &self.active {
+            deadline = deadline.min(self.chunk_due(r));
+        }
+        if let Some(idle) = self.idle_deadline {
+            deadline = deadline.min(idle);
+        }
+        deadline
+    }
+
+    /// Streams the audio chunks that are due and ends the session at expiry.
+    pub fn poll(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if self.closed {
+            return out;
+        }
+        if now >= self.expires {
+            self.closed = true;
+            let id = self.event_id();
+            out.push(Outgoing::Event(error_event(id, "session_expired", SESSION_EXPIRED_MESSAGE, None, None)));
+            out.push(Outgoing::Close { code: 1001, reason: SESSION_EXPIRED_MESSAGE.to_owned() });
+            return out;
+        }
+        if let Some(idle) = self.idle_deadline
+            && now >= idle
+        {
+            self.idle_deadline = None;
+            if self.active.is_none() && self.speech.is_none() && self.idle_timeout_ms().is_some() {
+                out.extend(self.idle_timeout(now));
+            }
+        }
+        while let Some(response) = &self.active {
+            if response.sent_bytes >= response.audio.len() {
+                out.extend(self.finish_active(ResponseStatus::Completed, None));
+                break;
+            }
+            if self.chunk_due(response) > now {
+                break;
+            }
+            out.extend(self.send_chunk());
+        }
+        out
+    }
+
+    /// Handles one client text frame.
+    pub fn handle_text(&mut self, now: Instant, text: &str) -> Vec<Outgoing> {
+        match serde_json::from_str::<Value>(text) {
+            Ok(value) => self.handle_value(now, value),
+            Err(e) => {
+                let id = self.event_id();
+                vec![Outgoing::Event(error_event(
+                    id,
+                    "invalid_event",
+                    &format!("The event is not valid JSON: {e}"),
+                    None,
+                    None,
+                ))]
+            }
+        }
+    }
+
+    /// Handles one client event already parsed as JSON (the shell parses once for its log).
+    pub fn handle_value(&mut self, now: Instant, value: Value) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        let client_event_id = value.get("event_id").and_then(Value::as_str).map(str::to_owned);
+        let event = match self.parse_client_event(value, client_event_id.clone()) {
+            Ok(event) => event,
+            Err(error) => return vec![Outgoing::Event(*error)],
+        };
+        let mut out = match event {
+            ClientEvent::SessionUpdate { session, .. } => self.session_update(*session, client_event_id),
+            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio, client_event_id),
+            ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(client_event_id),
+            ClientEvent::InputAudioBufferClear { .. } => self.clear_buffer(),
+            ClientEvent::ConversationItemCreate { previous_item_id, item, .. } => {
+                self.item_create(previous_item_id, item, client_event_id)
+            }
+            ClientEvent::ConversationItemRetrieve { item_id, .. } => self.item_retrieve(&item_id, client_event_id),
+            ClientEvent::ConversationItemTruncate { item_id, content_index, audio_end_ms, .. } => {
+                self.item_truncate(&item_id, content_index, audio_end_ms, client_event_id)
+            }
+            ClientEvent::ConversationItemDelete { item_id, .. } => self.item_delete(&item_id, client_event_id),
+            ClientEvent::ResponseCreate { response, .. } => self.response_create(now, response, client_event_id),
+            ClientEvent::ResponseCancel { response_id, .. } => self.response_cancel(response_id, client_event_id),
+            ClientEvent::OutputAudioBufferClear { .. } => {
+                let id = self.event_id();
+                vec![Outgoing::Event(error_event(
+                    id,
+                    "invalid_event",
+                    "output_audio_buffer.clear is only supported for WebRTC and SIP sessions.",
+                    Some("type"),
+                    client_event_id,
+                ))]
+            }
+        };
+        out.extend(self.poll(now));
+        out
+    }
+
+    /// Validates type and fields like the API: unknown type -> `invalid_event`, unknown field
+    /// -> `unknown_parameter`, anything else malformed -> `invalid_value`.
+    fn parse_client_event(
+        &mut self,
+        value: Value,
+        client_event_id: Option<String>,
+    ) -> Result<ClientEvent, Box<ServerEvent>> {
+        let event_id = self.event_id();
+        let Some(event_type) = value.get("type").and_then(Value::as_str) else {
+            return Err(Box::new(error_event(
+                event_id,
+                "invalid_event",
+                "The 'type' field is missing.",
+                None,
+                client_event_id,
+            )));
+        };
+        if !CLIENT_EVENT_TYPES.contains(&event_type) {
+            let message = format!(
+                "Invalid value: '{event_type}'. Supported values are: {}.",
+                CLIENT_EVENT_TYPES.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
+            );
+            return Err(Box::new(error_event(event_id, "invalid_event", &message, Some("type"), client_event_id)));
+        }
+        serde_json::from_value::<ClientEvent>(value).map_err(|e| {
+            let text = e.to_string();
+            Box::new(match unknown_field_name(&text) {
+                Some(field) => error_event(
+                    event_id,
+                    "unknown_parameter",
+                    &format!("Unknown parameter: '{field}'."),
+                    Some(&field),
+                    client_event_id,
+                ),
+                None => {
+                    error_event(event_id, "invalid_value", &format!("Invalid event: {text}"), None, client_event_id)
+                }
+            })
+        })
+    }
+
+    // ---- session.update (§2) ----
+
+    fn session_update(&mut self, update: SessionConfig, client_event_id: Option<String>) -> Vec<Outgoing> {
+        if let Err((code, message, param)) = self.validate_session(&update) {
+            let id = self.event_id();
+            return vec![Outgoing::Event(error_event(id, code, &message, Some(&param), client_event_id))];
+        }
+        let old_input = self.input_format;
+        let old_turn = self.turn_detection();
+        merge_session(&mut self.session, update);
+        self.input_format = self
+            .session
+            .audio
+            .as_ref()
+            .and_then(|a| a.input.as_ref())
+            .and_then(|i| i.format)
+            .unwrap_or(AudioFormat::PCM24K);
+        if self.input_format != old_input || self.turn_detection() != old_turn {
+            // Set formats before the first audio (§8); a change starts a fresh buffer.
+            if self.input_format != old_input {
+                self.buffer.clear();
+                self.buffer_start_ms = self.appended_ms;
+            }
+            self.speech = None;
+            self.rebuild_vad();
+        }
+        let id = self.event_id();
+        vec![Outgoing::Event(ServerEvent::SessionUpdated(SessionEvent { event_id: id, session: self.session.clone() }))]
+    }
+
+    fn validate_session(&self, s: &SessionConfig) -> Result<(), (&'static str, String, String)> {
+        let invalid = |param: &str, message: String| Err(("invalid_value", message, param.to_owned()));
+        if s.session_type != "realtime" {
+            return invalid(
+                "session.type",
+                format!("Invalid value: '{}'. The simulator supports 'realtime' sessions.", s.session_type),
+            );
+        }
+        let read_only =
+            [("object", s.object.is_some()), ("id", s.id.is_some()), ("expires_at", s.expires_at.is_some())];
+        let unknown = read_only
+            .iter()
+            .filter(|(_, present)| *present)
+            .map(|(name, _)| (*name).to_owned())
+            .chain(s.extra.keys().cloned())
+            .next();
+        if let Some(name) = unknown {
+            return Err((
+                "unknown_parameter",
+                format!("Unknown parameter: 'session.{name}'."),
+                format!("session.{name}"),
+            ));
+        }
+        if let (Some(model), Some(current)) = (&s.model, &self.session.model)
+            && model != current
+        {
+            return invalid("session.model", "The model of a session cannot be changed.".to_owned());
+        }
+        if let Some(modalities) = &s.output_modalities
+            && !(modalities.len() == 1 && (modalities[0] == "audio" || modalities[0] == "text"))
+        {
+            return invalid("session.output_modalities", "output_modalities must be ['audio'] or ['text'].".to_owned());
+        }
+        if let Some(MaxOutputTokens::Limit(n)) = s.max_output_tokens
+            && !(1..=4096).contains(&n)
+        {
+            return invalid(
+                "session.max_output_tokens",
+                format!("Invalid 'session.max_output_tokens': {n}. Expected 1-4096 or 'inf'."),
+            );
+        }
+        let Some(audio) = &s.audio else { return Ok(()) };
+        if let Some(input) = &audio.input {
+            if let Some(AudioFormat::Pcm { rate }) = input.format
+                && rate != 24_000
+            {
+                return invalid(
+                    "session.audio.input.format.rate",
+                    format!("Invalid rate {rate}: audio/pcm supports 24000 only."),
+                );
+            }
+            if let Some(Some(nr)) = &input.noise_reduction
+                && nr.kind != "near_field"
+                && nr.kind != "far_field"
+            {
+                return invalid(
+                    "session.audio.input.noise_reduction.type",
+                    format!("Invalid value: '{}'. Supported values are: 'near_field' and 'far_field'.", nr.kind),
+                );
+            }
+            match &input.turn_detection {
+                Some(Some(TurnDetection::ServerVad { threshold, idle_timeout_ms, .. })) => {
+                    if let Some(t) = threshold
+                        && !(0.0..=1.0).contains(t)
+                    {
+                        return invalid(
+                            "session.audio.input.turn_detection.threshold",
+                            format!("Invalid threshold {t}: expected 0.0-1.0."),
+                        );
+                    }
+                    if let Some(Some(ms)) = idle_timeout_ms
+                        && !(5_000..=30_000).contains(ms)
+                    {
+                        return invalid(
+                            "session.audio.input.turn_detection.idle_timeout_ms",
+                            format!("Invalid idle_timeout_ms {ms}: expected 5000-30000."),
+                        );
+                    }
+                }
+                Some(Some(TurnDetection::SemanticVad { eagerness: Some(e), .. }))
+                    if !["low", "medium", "high", "auto"].contains(&e.as_str()) =>
+                {
+                    return invalid(
+                        "session.audio.input.turn_detection.eagerness",
+                        format!("Invalid value: '{e}'. Supported values are: 'low', 'medium', 'high' and 'auto'."),
+                    );
+                }
+                _ => {}
+            }
+        }
+        if let Some(output) = &audio.output {
+            if let Some(AudioFormat::Pcm { rate }) = output.format
+                && rate != 24_000
+            {
+                return invalid(
+                    "session.audio.output.format.rate",
+                    format!("Invalid rate {rate}: audio/pcm supports 24000 only."),
+                );
+            }
+            if let Some(Voice::Named(name)) = &output.voice
+                && !GA_VOICES.contains(&name.as_str())
+            {
+                return invalid(
+                    "session.audio.output.voice",
+                    format!("Invalid value: '{name}'. Supported values are: {}.", GA_VOICES.join(", ")),
+                );
+            }
+            if let Some(speed) = output.speed
+                && !(0.25..=1.5).contains(&speed)
+            {
+                return invalid("session.audio.output.speed", format!("Invalid speed {speed}: expected 0.25-1.5."));
+            }
+        }
+        Ok(())
+    }
+
+    fn turn_detection(&self) -> Option<TurnDetection> {
+        self.session.audio.as_ref().and_then(|a| a.input.as_ref()).and_then(|i| i.turn_detection.clone()).flatten()
+    }
+
+    fn output_format(&self) -> AudioFormat {
+        self.session
+            .audio
+            .as_ref()
+            .and_then(|a| a.output.as_ref())
+            .and_then(|o| o.format)
+            .unwrap_or(AudioFormat::PCM24K)
+    }
+
+    fn rebuild_vad(&mut self) {
+        // Semantic VAD is approximated by the energy detector with its default timings.
+        self.vad = self.turn_detection().map(|td| {
+            let params = match td {
+                TurnDetection::ServerVad { threshold, prefix_padding_ms, silence_duration_ms, .. } => VadParams {
+                    threshold: threshold.unwrap_or(0.5),
+                    prefix_padding_ms: u64::from(prefix_padding_ms.unwrap_or(300)),
+                    silence_duration_ms: u64::from(silence_duration_ms.unwrap_or(500)),
+                },
+                TurnDetection::SemanticVad { .. } => {
+                    VadParams { threshold: 0.5, prefix_padding_ms: 300, silence_duration_ms: 500 }
+                }
+            };
+            Vad::new(params, self.input_format.sample_rate(), self.appended_ms.round() as u64)
+        });
+    }
+
+    // ---- input audio buffer (§3, §4.2) ----
+
+    fn append(&mut self, now: Instant, audio_b64: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
+        let bytes = match BASE64.decode(audio_b64) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                let id = self.event_id();
+                return vec![Outgoing::Event(error_event(
+                    id,
+                    "invalid_value",
+                    &format!("Invalid 'audio': not base64 ({e})."),
+                    Some("audio"),
+                    client_event_id,
+                ))];
+            }
+        };
+        let samples = audio::decode(self.input_format, &bytes);
+        let rate = self.input_format.sample_rate();
+        self.buffer.extend_from_slice(&samples);
+        self.appended_ms += samples.len() as f64 * 1000.0 / f64::from(rate);
+
+        let mut out = Vec::new();
+        let vad_events = match &mut self.vad {
+            Some(vad) => vad.push(&samples),
+            None => Vec::new(),
+        };
+        for event in vad_events {
+            match event {
+                VadEvent::SpeechStarted { audio_start_ms } => {
+                    out.extend(self.on_speech_started(audio_start_ms));
+                }
+                VadEvent::SpeechStopped { audio_end_ms } => {
+                    out.extend(self.on_speech_stopped(now, audio_end_ms));
+                }
+            }
+        }
+        self.trim_buffer();
+        out
+    }
+
+    fn on_speech_started(&mut self, audio_start_ms: u64) -> Vec<Outgoing> {
+        let item_id = random_id(&mut self.rng, "item");
+        self.speech = Some((item_id.clone(), audio_start_ms));
+        let mut out = vec![Outgoing::Event(ServerEvent::SpeechStarted(SpeechStartedEvent {
+            event_id: self.event_id(),
+            audio_start_ms,
+            item_id,
+        }))];
+        let interrupt = self.turn_detection().is_some_and(|td| td.interrupt_response());
+        if interrupt && self.active.is_some() {
+            out.extend(self.finish_active(ResponseStatus::Cancelled, Some("turn_detected")));
+        }
+        self.idle_deadline = None;
+        out
+    }
+
+    fn idle_timeout_ms(&self) -> Option<u32> {
+        match self.turn_detection() {
+            Some(TurnDetection::ServerVad { idle_timeout_ms: Some(Some(ms)), .. }) => Some(ms),
+            _ => None,
+        }
+    }
+
+    /// §2.2 `idle_timeout_ms`: the silent span is committed as a user item and a response
+    /// ("are you still there?", here the greeting tone) is created.
+    fn idle_timeout(&mut self, now: Instant) -> Vec<Outgoing> {
+        let item_id = random_id(&mut self.rng, "item");
+        let idle_ms = f64::from(self.idle_timeout_ms().unwrap_or(0));
+        let audio_end_ms = self.appended_ms.round() as u64;
+        let audio_start_ms = (self.appended_ms - idle_ms).max(0.0).round() as u64;
+        let mut out = vec![Outgoing::Event(ServerEvent::InputAudioBufferTimeoutTriggered(TimeoutTriggeredEvent {
+            event_id: self.event_id(),
+            audio_start_ms,
+            audio_end_ms,
+            item_id: item_id.clone(),
+        }))];
+        self.buffer.clear();
+        self.buffer_start_ms = self.appended_ms;
+        out.extend(self.commit_user_item(item_id, (audio_end_ms - audio_start_ms) as f64));
+        let greeting = self.cfg.greeting;
+        out.extend(self.start_response(now, ReplySource::Tone(greeting), None));
+        out
+    }
+
+    fn on_speech_stopped(&mut self, now: Instant, audio_end_ms: u64) -> Vec<Outgoing> {
+        let Some((item_id, start_ms)) = self.speech.take() else {
+            return Vec::new();
+        };
+        let mut out = vec![Outgoing::Event(ServerEvent::SpeechStopped(SpeechStoppedEvent {
+            event_id: self.event_id(),
+            audio_end_ms,
+            item_id: item_id.clone(),
+        }))];
+        let utterance = self.take_span(start_ms as f64, audio_end_ms as f64);
+        out.extend(self.commit_user_item(item_id, audio_end_ms.saturating_sub(start_ms) as f64));
+        let create = self.turn_detection().is_some_and(|td| td.create_response());
+        if create && self.active.is_none() {
+            let source = match self.cfg.behaviour {
+                Behaviour::Echo => ReplySource::Echo { samples: utterance, rate: self.input_format.sample_rate() },
+                Behaviour::Tone { hz, ms } => ReplySource::Tone(Tone { hz, ms }),
+                Behaviour::Monologue { ms } => ReplySource::Monologue { ms },
+            };
+            out.extend(self.start_response(now, source, None));
+        }
+        out
+    }
+
+    /// Removes and returns the buffered samples of `[start_ms, end_ms)`; audio before the
+    /// span is dropped, audio after it stays buffered.
+    fn take_span(&mut self, start_ms: f64, end_ms: f64) -> Vec<i16> {
+        let rate = f64::from(self.input_format.sample_rate());
+        let to_index = |ms: f64| -> usize {
+            let idx = ((ms - self.buffer_start_ms) * rate / 1000.0).round();
+            (idx.max(0.0) as usize).min(self.buffer.len())
+        };
+        let start = to_index(start_ms);
+        let end = to_index(end_ms).max(start);
+        let span = self.buffer[start..end].to_vec();
+        self.buffer.drain(..end);
+        self.buffer_start_ms += end as f64 * 1000.0 / rate;
+        span
+    }
+
+    /// Keeps the buffer bounded: outside speech only the prefix padding can still be needed.
+    fn trim_buffer(&mut self) {
+        let rate = f64::from(self.input_format.sample_rate());
+        let keep_ms = match (&self.vad, &self.speech) {
+            (Some(_), None) => 1000.0,
+            (Some(_), Some(_)) => return,
+            (None, _) => MAX_MANUAL_BUFFER_MS,
+        };
+        let keep = (keep_ms * rate / 1000.0) as usize;
+        if self.buffer.len() > keep {
+            let drop = self.buffer.len() - keep;
+            self.buffer.drain(..drop);
+            self.buffer_start_ms += drop as f64 * 1000.0 / rate;
+        }
+    }
+
+    /// Commits a user audio item: `committed`, `item.added`, `item.done`, and, when
+    /// transcription is on, a placeholder `input_audio_transcription.completed` (§4.4).
+    fn commit_user_item(&mut self, item_id: String, duration_ms: f64) -> Vec<Outgoing> {
+        let previous_item_id = self.items.last().map(|i| i.id.clone());
+        let item = Item::Message(MessageItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(ItemStatus::Completed),
+            role: Role::User,
+            content: vec![ContentPart::InputAudio { audio: None, transcript: None }],
+        });
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: None });
+        let transcribe = self
+            .session
+            .audio
+            .as_ref()
+            .and_then(|a| a.input.as_ref())
+            .is_some_and(|i| matches!(i.transcription, Some(Some(_))));
+        let mut out = vec![
+            Outgoing::Event(ServerEvent::InputAudioBufferCommitted(BufferCommittedEvent {
+                event_id: self.event_id(),
+                previous_item_id: previous_item_id.clone(),
+                item_id: item_id.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id: previous_item_id.clone(),
+                item: item.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id,
+                item,
+            })),
+        ];
+        if transcribe {
+            out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionCompleted(TranscriptionCompletedEvent {
+                event_id: self.event_id(),
+                item_id,
+                content_index: 0,
+                transcript: format!("(the caller spoke for {} ms)", duration_ms.round()),
+                usage: Some(serde_json::json!({"type": "duration", "seconds": (duration_ms / 1000.0).ceil()})),
+                logprobs: None,
+            })));
+        }
+        out
+    }
+
+    fn manual_commit(&mut self, client_event_id: Option<String>) -> Vec<Outgoing> {
+        let rate = f64::from(self.input_format.sample_rate());
+        let buffered_ms = self.buffer.len() as f64 * 1000.0 / rate;
+        if buffered_ms < MIN_COMMIT_MS {
+            let id = self.event_id();
+            return vec![Outgoing::Event(error_event(
+                id,
+                "input_audio_buffer_commit_empty",
+                &format!(
+                    "Error committing input audio buffer: buffer too small. Expected at least \
+                     100ms of audio, but buffer only has {buffered_ms:.2}ms of audio."
+                ),
+                None,
+                client_event_id,
+            ))];
+        }
+        let item_id = match self.speech.take() {
+            Some((id, _)) => id,
+            None => random_id(&mut self.rng, "item"),
+        };
+        if let Some(vad) = &mut self.vad {
+            vad.reset_speech();
+        }
+        self.buffer.clear();
+        self.buffer_start_ms = self.appended_ms;
+        self.commit_user_item(item_id, buffered_ms)
+    }
+
+    fn clear_buffer(&mut self) -> Vec<Outgoing> {
+        self.buffer.clear();
+        self.buffer_start_ms = self.appended_ms;
+        self.speech = None;
+        if let Some(vad) = &mut self.vad {
+            vad.reset_speech();
+        }
+        vec![Outgoing::Event(ServerEvent::InputAudioBufferCleared(BareEvent { event_id: self.event_id() }))]
+    }
+
+    // ---- conversation items (§3.1, §4.1) ----
+
+    fn item_error(&mut self, message: String, param: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
+        let id = self.event_id();
+        vec![Outgoing::Event(error_event(id, "invalid_value", &message, Some(param), client_event_id))]
+    }
+
+    fn item_create(
+        &mut self,
+        previous_item_id: Option<String>,
+        mut item: Item,
+        client_event_id: Option<String>,
+    ) -> Vec<Outgoing> {
+        let insert_at = match previous_item_id.as_deref() {
+            None => self.items.len(),
+            Some("root") => 0,
+            Some(prev) => match self.items.iter().position(|i| i.id == prev) {
+                Some(pos) => pos + 1,
+                None => {
+                    return self.item_error(
+                        format!("Previous item with id '{prev}' not found."),
+                        "previous_item_id",
+                        client_event_id,
+                    );
+                }
+            },
+        };
+        if let Item::Message(m) = &item
+            && m.role == Role::Assistant
+            && m.content.iter().any(|p| matches!(p, ContentPart::OutputAudio { .. } | ContentPart::Audio { .. }))
+        {
+            return self.item_error(
+                "Assistant audio items cannot be created by the client.".to_owned(),
+                "item.content",
+                client_event_id,
+            );
+        }
+        let id = match item.id() {
+            Some(id) => id.to_owned(),
+            None => {
+                let id = random_id(&mut self.rng, "item");
+                item.set_id(id.clone());
+                id
+            }
+        };
+        if self.items.iter().any(|i| i.id == id) {
+            return self.item_error(format!("Item with id '{id}' already exists."), "item.id", client_event_id);
+        }
+        match &mut item {
+            Item::Message(m) => {
+                m.object = Some("realtime.item".to_owned());
+                m.status = Some(ItemStatus::Completed);
+                // Audio bytes are never echoed in item events (§4.1).
+                for part in &mut m.content {
+                    if let ContentPart::InputAudio { audio, .. } = part {
+                        *audio = None;
+                    }
+                }
+            }
+            Item::FunctionCall(f) => {
+                f.object = Some("realtime.item".to_owned());
+                f.status = Some(ItemStatus::Completed);
+            }
+            Item::FunctionCallOutput(f) => {
+                f.object = Some("realtime.item".to_owned());
+                f.status = Some(ItemStatus::Completed);
+            }
+            Item::Other(_) => {}
+        }
+        let previous = insert_at.checked_sub(1).and_then(|i| self.items.get(i)).map(|i| i.id.clone());
+        self.items.insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None });
+        vec![
+            Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id: previous.clone(),
+                item: item.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id: previous,
+                item,
+            })),
+        ]
+    }
+
+    fn item_retrieve(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
+        match self.items.iter().find(|i| i.id == item_id) {
+            Some(stored) => {
+                let item = stored.item.clone();
+                vec![Outgoing::Event(ServerEvent::ConversationItemRetrieved(ConversationItemEvent {
+                    event_id: self.event_id(),
+                    previous_item_id: None,
+                    item,
+                }))]
+            }
+            None => self.item_error(format!("Item with item_id '{item_id}' not found."), "item_id", client_event_id),
+        }
+    }
+
+    fn item_delete(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
+        let active_item = self.active.as_ref().map(|r| r.item_id.as_str());
+        match self.items.iter().position(|i| i.id == item_id) {
+            Some(_) if active_item == Some(item_id) => self.item_error(
+                format!("Item '{item_id}' belongs to the response in progress."),
+                "item_id",
+                client_event_id,
+            ),
+            Some(pos) => {
+                self.items.remove(pos);
+                vec![Outgoing::Event(ServerEvent::ConversationItemDeleted(ItemDeletedEvent {
+                    event_id: self.event_id(),
+                    item_id: item_id.to_owned(),
+                }))]
+            }
+            None => self.item_error(format!("Item with item_id '{item_id}' not found."), "item_id", client_event_id),
+        }
+    }
+
+    /// §6: the item must be an assistant audio item and `audio_end_ms` within its audio.
+    fn item_truncate(
+        &mut self,
+        item_id: &str,
+        content_index: u32,
+        audio_end_ms: u32,
+        client_event_id: Option<String>,
+    ) -> Vec<Outgoing> {
+        let Some(pos) = self.items.iter().position(|i| i.id == item_id) else {
+            return self.item_error(format!("Item with item_id '{item_id}' not found."), "item_id", client_event_id);
+        };
+        let Some(audio_ms) = self.items[pos].audio_ms else {
+            return self.item_error(
+                format!("Item '{item_id}' is not an assistant message with audio."),
+                "item_id",
+                client_event_id,
+            );
+        };
+        if content_index != 0 {
+            return self.item_error(
+                format!("Invalid content_index {content_index}: the item has one audio part."),
+                "content_index",
+                client_event_id,
+            );
+        }
+        if f64::from(audio_end_ms) > audio_ms {
+            return self.item_error(
+                format!("Audio content of {}ms is already shorter than {audio_end_ms}ms", audio_ms.floor()),
+                "audio_end_ms",
+                client_event_id,
+            );
+        }
+        let stored = &mut self.items[pos];
+        stored.audio_ms = Some(f64::from(audio_end_ms));
+        // The unheard part of the transcript goes too (§3).
+        if let Item::Message(m) = &mut stored.item {
+            for part in &mut m.content {
+                if let ContentPart::OutputAudio { transcript: Some(t), .. } = part {
+                    let keep_chars = if audio_ms > 0.0 {
+                        (t.chars().count() as f64 * f64::from(audio_end_ms) / audio_ms) as usize
+                    } else {
+                        0
+                    };
+                    *t = t.chars().take(keep_chars).collect();
+                }
+            }
+        }
+        if let Some(active) = &mut self.active
+            && active.item_id == item_id
+        {
+            // Stop generating past the cut.
+            let keep = (active.format.bytes_per_ms() * f64::from(audio_end_ms)) as usize;
+            active.audio.truncate(keep.max(active.sent_bytes));
+        }
+        vec![Outgoing::Event(ServerEvent::ConversationItemTruncated(ItemTruncatedEvent {
+            event_id: self.event_id(),
+            item_id: item_id.to_owned(),
+            content_index,
+            audio_end_ms,
+        }))]
+    }
+
+    // ---- responses (§3.2, §4.3, §4.9) ----
+
+    fn response_create(
+        &mut self,
+        now: Instant,
+        config: Option<ResponseConfig>,
+        client_event_id: Option<String>,
+    ) -> Vec<Outgoing> {
+        if let Some(active) = &self.active {
+            let message = format!(
+                "Conversation already has an active response in progress: {}. Wait until the \
+                 response is finished before creating a new one.",
+                active.id
+            );
+            let id = self.event_id();
+            return vec![Outgoing::Event(error_event(
+                id,
+                "conversation_already_has_active_response",
+                &message,
+                None,
+                client_event_id,
+            ))];
+        }
+        let greeting = self.cfg.greeting;
+        self.start_response(now, ReplySource::Tone(greeting), config)
+    }
+
+    fn response_cancel(&mut self, response_id: Option<String>, client_event_id: Option<String>) -> Vec<Outgoing> {
+        let matches = match (&self.active, &response_id) {
+            (Some(active), Some(wanted)) => &active.id == wanted,
+            (Some(_), None) => true,
+            (None, _) => false,
+        };
+        if !matches {
+            let id = self.event_id();
+            return vec![Outgoing::Event(error_event(
+                id,
+                "response_cancel_not_active",
+                "Cancellation failed: no active response found",
+                None,
+                client_event_id,
+            ))];
+        }
+        self.finish_active(ResponseStatus::Cancelled, Some("client_cancelled"))
+    }
+
+    fn start_response(&mut self, now: Instant, source: ReplySource, config: Option<ResponseConfig>) -> Vec<Outgoing> {
+        let config = config.unwrap_or_default();
+        let mut format = self.output_format();
+        let mut voice = self.session.audio.as_ref().and_then(|a| a.output.as_ref()).and_then(|o| o.voice.clone());
+        if let Some(out) = config.audio.as_ref().and_then(|a| a.output.as_ref()) {
+            format = out.format.unwrap_or(format);
+            voice = out.voice.clone().or(voice);
+        }
+        let modalities = config
+            .output_modalities
+            .clone()
+            .or_else(|| self.session.output_modalities.clone())
+            .unwrap_or_else(|| vec!["audio".to_owned()]);
+        let text_only = modalities.iter().all(|m| m == "text");
+        let rate = format.sample_rate();
+        let (samples, transcript) = match source {
+            ReplySource::Echo { samples, rate: from } => {
+                let ms = samples.len() as f64 * 1000.0 / f64::from(from.max(1));
+                (audio::resample(&samples, from, rate), format!("You said something for {} milliseconds.", ms.round()))
+            }
+            ReplySource::Tone(tone) => (
+                audio::sine(tone.hz, rate, tone.ms, 0.5),
+                "Hello! Thanks for calling. How can I help you today?".to_owned(),
+            ),
+            ReplySource::Monologue { ms } => {
+                // About 2.5 words per second, like unhurried speech.
+                let word_count = (ms as usize / 400).max(1);
+                let words: Vec<&str> = MONOLOGUE_WORDS.iter().cycle().take(word_count).copied().collect();
+                (audio::babble(rate, ms), words.join(" ") + ".")
+            }
+        };
+        let audio = if text_only { Vec::new() } else { audio::encode(format, &samples) };
+        let words = split_words(&transcript);
+        let conversation_id = match config.conversation.as_deref() {
+            Some("none") => None,
+            _ => Some(self.conversation_id.clone()),
+        };
+        let response_id = random_id(&mut self.rng, "resp");
+        let item_id = random_id(&mut self.rng, "item");
+        self.active = Some(ActiveResponse {
+            id: response_id.clone(),
+            item_id: item_id.clone(),
+            conversation_id,
+            format,
+            voice,
+            text_only,
+            audio,
+            sent_bytes: 0,
+            started: now,
+            words,
+            words_sent: 0,
+        });
+        let previous_item_id = self.items.last().map(|i| i.id.clone());
+        let item = Item::Message(MessageItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(ItemStatus::InProgress),
+            role: Role::Assistant,
+            content: Vec::new(),
+        });
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: (!text_only).then_some(0.0) });
+        let response = self.response_object(ResponseStatus::InProgress, None, Vec::new(), None);
+        let part = if text_only {
+            ContentPart::Text { text: Some(String::new()) }
+        } else {
+            ContentPart::Audio { audio: None, transcript: Some(String::new()) }
+        };
+        let mut out = vec![
+            Outgoing::Event(ServerEvent::ResponseCreated(ResponseEvent { event_id: self.event_id(), response })),
+            Outgoing::Event(ServerEvent::RateLimitsUpdated(RateLimitsEvent {
+                event_id: self.event_id(),
+                rate_limits: vec![
+                    RateLimit { name: "requests".to_owned(), limit: 5_000, remaining: 4_999, reset_seconds: 0.012 },
+                    RateLimit { name: "tokens".to_owned(), limit: 400_000, remaining: 395_904, reset_seconds: 0.614 },
+                ],
+            })),
+            Outgoing::Event(ServerEvent::OutputItemAdded(OutputItemEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                output_index: 0,
+                item: item.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id,
+                item,
+            })),
+            Outgoing::Event(ServerEvent::ContentPartAdded(ContentPartEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index: 0,
+                content_index: 0,
+                part,
+            })),
+        ];
+        if text_only {
+            // Text is cheap: stream it at once, then finish.
+            let words = self.active.as_ref().map(|r| r.words.clone()).unwrap_or_default();
+            for word in words {
+                out.push(Outgoing::Event(ServerEvent::OutputTextDelta(DeltaEvent {
+                    event_id: self.event_id(),
+                    response_id: response_id.clone(),
+                    item_id: item_id.clone(),
+                    output_index: 0,
+                    content_index: 0,
+                    delta: word,
+                })));
+            }
+            if let Some(active) = &mut self.active {
+                active.words_sent = active.words.len();
+            }
+            out.extend(self.finish_active(ResponseStatus::Completed, None));
+        }
+        out
+    }
+
+    fn chunk_due(&self, response: &ActiveResponse) -> Instant {
+        let speed = self.cfg.burst.speed;
+        if speed <= 0.0 || !speed.is_finite() {
+            return response.started;
+        }
+        let seconds = response.sent_ms() / 1000.0 / speed;
+        response.started + Duration::from_secs_f64(seconds.max(0.0))
+    }
+
+    /// Sends the next audio chunk and the transcript words that go with it.
+    fn send_chunk(&mut self) -> Vec<Outgoing> {
+        let burst = self.cfg.burst;
+        let (lo, hi) = (burst.min_chunk_ms.max(1), burst.max_chunk_ms.max(burst.min_chunk_ms).max(1));
+        let chunk_ms = self.rng.random_range(lo..=hi);
+        let mut out = Vec::new();
+        let Some(response) = self.active.as_mut() else {
+            return out;
+        };
+        let sample_bytes = match response.format {
+            AudioFormat::Pcm { .. } => 2,
+            AudioFormat::Pcmu | AudioFormat::Pcma => 1,
+        };
+        let wanted = (response.format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
+        let wanted = (wanted / sample_bytes).max(1) * sample_bytes;
+        let end = (response.sent_bytes + wanted).min(response.audio.len());
+        let delta = BASE64.encode(&response.audio[response.sent_bytes..end]);
+        response.sent_bytes = end;
+        let sent_ms = response.sent_ms();
+        let total = response.audio.len().max(1);
+        let words_due = (response.words.len() * end).div_ceil(total);
+        let new_words: Vec<String> = response.words[response.words_sent..words_due].to_vec();
+        response.words_sent = words_due;
+        let (response_id, item_id) = (response.id.clone(), response.item_id.clone());
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
+            stored.audio_ms = Some(sent_ms);
+        }
+        out.push(Outgoing::Event(ServerEvent::OutputAudioDelta(DeltaEvent {
+            event_id: self.event_id(),
+            response_id: response_id.clone(),
+            item_id: item_id.clone(),
+            output_index: 0,
+            content_index: 0,
+            delta,
+        })));
+        if !new_words.is_empty() {
+            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDelta(DeltaEvent {
+                event_id: self.event_id(),
+                response_id,
+                item_id,
+                output_index: 0,
+                content_index: 0,
+                delta: new_words.concat(),
+            })));
+        }
+        out
+    }
+
+    /// Ends the active response: the `.done` events in §4.9 order, then `response.done`.
+    /// Used for completion, barge-in (`turn_detected`) and `response.cancel`.
+    fn finish_active(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<Outgoing> {
+        let Some(response) = self.active.take() else {
+            return Vec::new();
+        };
+        let transcript =
+            if status == ResponseStatus::Completed { response.words.concat() } else { response.transcript_so_far() };
+        let item_status =
+            if status == ResponseStatus::Completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
+        let content = if response.text_only {
+            ContentPart::OutputText { text: transcript.clone() }
+        } else {
+            ContentPart::OutputAudio { audio: None, transcript: Some(transcript.clone()) }
+        };
+        let item = Item::Message(MessageItem {
+            id: Some(response.item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(item_status),
+            role: Role::Assistant,
+            content: vec![content],
+        });
+        let sent_ms = response.sent_ms();
+        if let Some(idle_ms) = self.idle_timeout_ms() {
+            // The caller hears the audio in real time from the first chunk on.
+            let playback_end = response.started + Duration::from_secs_f64(sent_ms / 1000.0);
+            self.idle_deadline = Some(playback_end + Duration::from_millis(u64::from(idle_ms)));
+        }
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == response.item_id) {
+            stored.item = item.clone();
+            if !response.text_only {
+                stored.audio_ms = Some(sent_ms);
+            }
+        }
+        let previous_item_id = self
+            .items
+            .iter()
+            .position(|i| i.id == response.item_id)
+            .and_then(|pos| pos.checked_sub(1))
+            .and_then(|pos| self.items.get(pos))
+            .map(|i| i.id.clone());
+        let (rid, iid) = (response.id.clone(), response.item_id.clone());
+        let mut out = Vec::new();
+        if response.text_only {
+            out.push(Outgoing::Event(ServerEvent::OutputTextDone(TextDoneEvent {
+                event_id: self.event_id(),
+                response_id: rid.clone(),
+                item_id: iid.clone(),
+                output_index: 0,
+                content_index: 0,
+                text: transcript.clone(),
+            })));
+        } else {
+            out.push(Outgoing::Event(ServerEvent::OutputAudioDone(AudioDoneEvent {
+                event_id: self.event_id(),
+                response_id: rid.clone(),
+                item_id: iid.clone(),
+                output_index: 0,
+                content_index: 0,
+            })));
+            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDone(TranscriptDoneEvent {
+                event_id: self.event_id(),
+                response_id: rid.clone(),
+                item_id: iid.clone(),
+                output_index: 0,
+                content_index: 0,
+                transcript: transcript.clone(),
+            })));
+        }
+        let part = if response.text_only {
+            ContentPart::Text { text: Some(transcript) }
+        } else {
+            ContentPart::Audio { audio: None, transcript: Some(transcript) }
+        };
+        out.push(Outgoing::Event(ServerEvent::ContentPartDone(ContentPartEvent {
+            event_id: self.event_id(),
+            response_id: rid.clone(),
+            item_id: iid.clone(),
+            output_index: 0,
+            content_index: 0,
+            part,
+        })));
+        out.push(Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
+            event_id: self.event_id(),
+            response_id: rid.clone(),
+            output_index: 0,
+            item: item.clone(),
+        })));
+        out.push(Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+            event_id: self.event_id(),
+            previous_item_id,
+            item: item.clone(),
+        })));
+        // Rough token accounting: ~20 audio tokens per second, one text token per word.
+        let audio_tokens = (sent_ms / 50.0).round() as u64;
+        let text_tokens = response.words_sent as u64;
+        let input_tokens = 100 + 20 * self.items.len() as u64;
+        let usage = Usage {
+            total_tokens: input_tokens + audio_tokens + text_tokens,
+            input_tokens,
+            output_tokens: audio_tokens + text_tokens,
+            input_token_details: Some(serde_json::json!({
+                "text_tokens": 100, "audio_tokens": input_tokens - 100, "image_tokens": 0,
+                "cached_tokens": 0,
+                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}
+            })),
+            output_token_details: Some(serde_json::json!({
+                "text_tokens": text_tokens, "audio_tokens": audio_tokens
+            })),
+        };
+        let details = reason.map(|reason| StatusDetails {
+            kind: Some("cancelled".to_owned()),
+            reason: Some(reason.to_owned()),
+            error: None,
+        });
+        let mut response_obj = self.response_object(status, details, vec![item], Some(usage));
+        response_obj.id = rid;
+        response_obj.conversation_id = response.conversation_id.clone();
+        response_obj.output_modalities = Some(vec![if response.text_only { "text" } else { "audio" }.to_owned()]);
+        response_obj.audio = Some(ResponseAudio {
+            output: Some(ResponseAudioOutput { format: Some(response.format), voice: response.voice.clone() }),
+        });
+        out.push(Outgoing::Event(ServerEvent::ResponseDone(ResponseEvent {
+            event_id: self.event_id(),
+            response: response_obj,
+        })));
+        out
+    }
+
+    fn response_object(
+        &self,
+        status: ResponseStatus,
+        status_details: Option<StatusDetails>,
+        output: Vec<Item>,
+        usage: Option<Usage>,
+    ) -> Response {
+        let active = self.active.as_ref();
+        Response {
+            object: Some("realtime.response".to_owned()),
+            id: active.map(|r| r.id.clone()).unwrap_or_default(),
+            conversation_id: active.and_then(|r| r.conversation_id.clone()),
+            status,
+            status_details,
+            output,
+            output_modalities: Some(vec![
+                if active.is_some_and(|r| r.text_only) { "text" } else { "audio" }.to_owned(),
+            ]),
+            max_output_tokens: Some(MaxOutputTokens::Inf(InfLiteral::Inf)),
+            audio: active.map(|r| ResponseAudio {
+                output: Some(ResponseAudioOutput { format: Some(r.format), voice: r.voice.clone() }),
+            }),
+            metadata: None,
+            usage,
+        }
+    }
+
+    fn event_id(&mut self) -> String {
+        random_id(&mut self.rng, "event")
+    }
+}
+
+const MONOLOGUE_WORDS: [&str; 24] = [
+    "Let",
+    "me",
+    "tell",
+    "you",
+    "everything",
+    "about",
+    "our",
+    "opening",
+    "hours,",
+    "our",
+    "prices,",
+    "the",
+    "weather",
+    "today,",
+    "and",
+    "several",
+    "other",
+    "things",
+    "you",
+    "did",
+    "not",
+    "ask",
+    "about",
+    "really",
+];
+
+/// Splits text into words that keep their trailing space, so deltas concatenate back.
+fn split_words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = text.split(' ').map(|w| format!("{w} ")).collect();
+    if let Some(last) = words.last_mut() {
+        last.pop();
+    }
+    words
+}
+
+fn random_id(rng: &mut StdRng, prefix: &str) -> String {
+    let suffix: String = (0..20).map(|_| char::from(rng.sample(Alphanumeric))).collect();
+    format!("{prefix}_{suffix}")
+}
+
+/// Pulls `x` out of serde's "unknown field `x`, expected …".
+fn unknown_field_name(message: &str) -> Option<String> {
+    let rest = message.split("unknown field `").nth(1)?;
+    rest.split('`').next().map(str::to_owned)
+}
+
+/// An `error` event of type `invalid_request_error`.
+pub fn error_event(
+    event_id: String,
+    code: &str,
+    message: &str,
+    param: Option<&str>,
+    client_event_id: Option<String>,
+) -> ServerEvent {
+    ServerEvent::Error(ErrorEvent {
+        event_id,
+        error: ErrorDetail {
+            kind: "invalid_request_error".to_owned(),
+            code: Some(code.to_owned()),
+            message: message.to_owned(),
+            param: param.map(str::to_owned),
+            event_id: client_event_id,
+        },
+    })
+}
+
+/// Applies a `session.update`: only the fields present change (§2); `null` clears.
+fn merge_session(current: &mut SessionConfig, update: SessionConfig) {
+    macro_rules! take {
+        ($($field:ident),*) => { $( if update.$field.is_some() { current.$field = update.$field; } )* };
+    }
+    take!(
+        output_modalities,
+        instructions,
+        tools,
+        tool_choice,
+        max_output_tokens,
+        truncation,
+        tracing,
+        prompt,
+        include,
+        reasoning,
+        parallel_tool_calls
+    );
+    let Some(audio) = update.audio else { return };
+    let current_audio = current.audio.get_or_insert_with(AudioConfig::default);
+    if let Some(input) = audio.input {
+        let cur = current_audio.input.get_or_insert_with(AudioInput::default);
+        if input.format.is_some() {
+            cur.format = input.format;
+        }
+        if input.noise_reduction.is_some() {
+            cur.noise_reduction = input.noise_reduction;
+        }
+        if input.transcription.is_some() {
+            cur.transcription = input.transcription;
+        }
+        if let Some(td) = input.turn_detection {
+            cur.turn_detection = Some(td.map(fill_turn_detection_defaults));
+        }
+    }
+    if let Some(output) = audio.output {
+        let cur = current_audio.output.get_or_insert_with(AudioOutput::default);
+        if output.format.is_some() {
+            cur.format = output.format;
+        }
+        if output.voice.is_some() {
+            cur.voice = output.voice;
+        }
+        if output.speed.is_some() {
+            cur.speed = output.speed;
+        }
+    }
+}
+
+/// The echoed session shows every turn-detection field with its effective value.
+fn fill_turn_detection_defaults(td: TurnDetection) -> TurnDetection {
+    match td {
+        TurnDetection::ServerVad {
+            threshold,
+            prefix_padding_ms,
+            silence_duration_ms,
+            idle_timeout_ms,
+            create_response,
+            interrupt_response,
+        } => TurnDetection::ServerVad {
+            threshold: threshold.or(Some(0.5)),
+            prefix_padding_ms: prefix_padding_ms.or(Some(300)),
+            silence_duration_ms: silence_duration_ms.or(Some(500)),
+            idle_timeout_ms: idle_timeout_ms.or(Some(None)),
+            create_response: create_response.or(Some(true)),
+            interrupt_response: interrupt_response.or(Some(true)),
+        },
+        TurnDetection::SemanticVad { eagerness, create_response, interrupt_response } => TurnDetection::SemanticVad {
+            eagerness: eagerness.or(Some("auto".to_owned())),
+            create_response: create_response.or(Some(true)),
+            interrupt_response: interrupt_response.or(Some(true)),
+        },
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+    use crate::config::BurstPattern;
+    use serde_json::json;
+
+    fn cfg(speed: f64) -> SimConfig {
+        SimConfig { burst: BurstPattern { min_chunk_ms: 40, max_chunk_ms: 120, speed }, ..SimConfig::default() }
+    }
+
+    fn open(cfg: SimConfig, now: Instant) -> SimSession {
+        let (sim, opening) = SimSession::new(cfg, "gpt-realtime-2.1", now, 1_700_000_000, 7);
+        assert_eq!(types(&opening), ["session.created", "conversation.created"]);
+        sim
+    }
+
+    fn types(out: &[Outgoing]) -> Vec<String> {
+        out.iter()
+            .map(|o| match o {
+                Outgoing::Event(e) => e.event_type().to_owned(),
+                Outgoing::Close { code, .. } => format!("close {code}"),
+            })
+            .collect()
+    }
+
+    fn events(out: &[Outgoing]) -> Vec<&ServerEvent> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Event(e) => Some(e),
+                Outgoing::Close { .. } => None,
+            })
+            .collect()
+    }
+
+    fn error_of(out: &[Outgoing]) -> ErrorDetail {
+        match events(out).as_slice() {
+            [ServerEvent::Error(e)] => e.error.clone(),
+            other => panic!("expected one error, got {other:?}"),
+        }
+    }
+
+    fn send(sim: &mut SimSession, now: Instant, value: Value) -> Vec<Outgoing> {
+        sim.handle_text(now, &value.to_string())
+    }
+
+    fn configure_pcmu(sim: &mut SimSession, now: Instant) {
+        let out = send(
+            sim,
+            now,
+            json!({"type":"session.update","event_id":"cfg","session":{"type":"realtime",
+                "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+    }
+
+    /// Appends audio in 20 ms pieces, collecting everything the session answers.
+    fn append_pcmu(sim: &mut SimSession, now: Instant, samples: &[i16]) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        for frame in samples.chunks(160) {
+            let bytes = audio::encode(AudioFormat::Pcmu, frame);
+            out.extend(send(sim, now, json!({"type":"input_audio_buffer.append","audio":BASE64.encode(bytes)})));
+        }
+        out
+    }
+
+    fn turn() -> Vec<i16> {
+        let mut samples = vec![0i16; 8000];
+        samples.extend(audio::sine(440.0, 8000, 1000, 0.5));
+        samples.extend(vec![0i16; 8000]);
+        samples
+    }
+
+    #[test]
+    fn session_created_carries_the_defaults() {
+        let (_, opening) = SimSession::new(SimConfig::default(), "gpt-realtime", Instant::now(), 100, 1);
+        let Outgoing::Event(ServerEvent::SessionCreated(created)) = &opening[0] else {
+            panic!("first event must be session.created")
+        };
+        let s = &created.session;
+        assert!(s.id.as_deref().is_some_and(|id| id.starts_with("sess_")));
+        assert_eq!(s.expires_at, Some(100 + 3600));
+        assert_eq!(s.object.as_deref(), Some("realtime.session"));
+        let audio = s.audio.as_ref().unwrap();
+        let input = audio.input.as_ref().unwrap();
+        assert_eq!(input.format, Some(AudioFormat::PCM24K));
+        assert!(matches!(input.turn_detection, Some(Some(TurnDetection::ServerVad { .. }))));
+        assert_eq!(audio.output.as_ref().unwrap().format, Some(AudioFormat::PCM24K));
+    }
+
+    #[test]
+    fn session_update_applies_and_echoes_the_full_session() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","instructions":"Be brief.",
+                "audio":{"output":{"voice":"cedar"}}}}),
+        );
+        let [ServerEvent::SessionUpdated(updated)] = events(&out).as_slice() else { panic!("{out:?}") };
+        assert_eq!(updated.session.instructions.as_deref(), Some("Be brief."));
+        let output = updated.session.audio.as_ref().unwrap().output.as_ref().unwrap();
+        assert_eq!(output.voice, Some(Voice::Named("cedar".into())));
+        // Untouched fields keep their values.
+        assert_eq!(output.format, Some(AudioFormat::PCM24K));
+        assert_eq!(updated.session.model.as_deref(), Some("gpt-realtime-2.1"));
+    }
+
+    #[test]
+    fn session_update_validation_errors() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let cases = [
+            (json!({"type":"session.update","event_id":"a","session":{"instructions":"x"}}), "invalid_value"),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime","temperature":0.8}}),
+                "unknown_parameter",
+            ),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime","id":"sess_x"}}),
+                "unknown_parameter",
+            ),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime",
+                    "audio":{"output":{"voice":"nova"}}}}),
+                "invalid_value",
+            ),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime",
+                    "audio":{"input":{"format":{"type":"audio/pcm","rate":16000}}}}}),
+                "invalid_value",
+            ),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime",
+                    "output_modalities":["audio","text"]}}),
+                "invalid_value",
+            ),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"type":"realtime",
+                    "model":"gpt-other"}}),
+                "invalid_value",
+            ),
+        ];
+        for (event, code) in cases {
+            let error = error_of(&send(&mut sim, now, event.clone()));
+            assert_eq!(error.code.as_deref(), Some(code), "{event}");
+            assert_eq!(error.event_id.as_deref(), Some("a"));
+            assert_eq!(error.kind, "invalid_request_error");
+        }
+    }
+
+    #[test]
+    fn unknown_types_and_fields_are_errors_and_the_session_stays_open() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(&mut sim, now, json!({"type":"response.explode","event_id":"e1"})));
+        assert_eq!(error.code.as_deref(), Some("invalid_event"));
+        assert_eq!(error.event_id.as_deref(), Some("e1"));
+        assert_eq!(error.param.as_deref(), Some("type"));
+        let error =
+            error_of(&send(&mut sim, now, json!({"type":"input_audio_buffer.clear","event_id":"e2","bogus":true})));
+        assert_eq!(error.code.as_deref(), Some("unknown_parameter"));
+        assert_eq!(error.param.as_deref(), Some("bogus"));
+        let error = error_of(&send(&mut sim, now, json!({"event_id":"e3"})));
+        assert_eq!(error.message, "The 'type' field is missing.");
+        let error = error_of(&sim.handle_text(now, "{nope"));
+        assert_eq!(error.code.as_deref(), Some("invalid_event"));
+        assert!(!sim.is_closed());
+        assert_eq!(
+            types(&send(&mut sim, now, json!({"type":"input_audio_buffer.clear"}))),
+            ["input_audio_buffer.cleared"]
+        );
+    }
+
+    #[test]
+    fn a_vad_turn_follows_the_reference_event_order() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let order: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with(".delta")).collect();
+        assert_eq!(
+            order,
+            [
+                "input_audio_buffer.speech_started",
+                "input_audio_buffer.speech_stopped",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done",
+                "response.created",
+                "rate_limits.updated",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+        );
+        let all = events(&out);
+        let ServerEvent::SpeechStarted(started) = all[0] else { panic!() };
+        // Tone starts at 1000 ms; prefix padding 300 ms.
+        assert_eq!(started.audio_start_ms, 700);
+        let ServerEvent::SpeechStopped(stopped) = all[1] else { panic!() };
+        assert_eq!(stopped.audio_end_ms, 2000);
+        assert_eq!(stopped.item_id, started.item_id);
+
+        // Echo: the reply is the caller's utterance (prefix padding included), byte for byte.
+        let echoed: Vec<u8> = all
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(BASE64.decode(&d.delta).unwrap()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        let sent = audio::encode(AudioFormat::Pcmu, &turn());
+        assert_eq!(echoed.len(), 1300 * 8);
+        assert_eq!(&echoed[..], &sent[700 * 8..2000 * 8]);
+
+        let Some(ServerEvent::ResponseDone(done)) = all.last() else { panic!() };
+        assert_eq!(done.response.status, ResponseStatus::Completed);
+        assert!(done.response.usage.as_ref().is_some_and(|u| u.total_tokens > 0));
+        assert_eq!(done.response.output.len(), 1);
+    }
+
+    #[test]
+    fn pcmu_in_pcm24k_out_is_upsampled() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime",
+                "audio":{"input":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        let out = append_pcmu(&mut sim, now, &turn());
+        let bytes: usize = events(&out)
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(BASE64.decode(&d.delta).unwrap().len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(bytes, 1300 * 48);
+    }
+
+    #[test]
+    fn audio_streams_in_bursts_at_the_configured_speed() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(4.0), t0);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let chunk_ms = |out: &[Outgoing]| -> Vec<f64> {
+            events(out)
+                .iter()
+                .filter_map(|e| match e {
+                    ServerEvent::OutputAudioDelta(d) => {
+                        Some(AudioFormat::PCM24K.bytes_to_ms(BASE64.decode(&d.delta).unwrap().len()))
+                    }
+                    _ => None,
+                })
+                .collect()
+        };
+        // Only the first chunk is due at once.
+        let first = chunk_ms(&out);
+        assert_eq!(first.len(), 1);
+        let mut chunks = first;
+        let mut done_at = None;
+        let mut now = t0;
+        while done_at.is_none() {
+            let next = sim.next_deadline();
+            assert!(next >= now, "deadlines move forward");
+            now = next;
+            let out = sim.poll(now);
+            chunks.extend(chunk_ms(&out));
+            if types(&out).contains(&"response.done".to_owned()) {
+                done_at = Some(now);
+            }
+        }
+        let (last, full) = chunks.split_last().unwrap();
+        assert!(full.iter().all(|ms| (40.0..=120.0).contains(ms)), "{chunks:?}");
+        assert!(*last <= 120.0);
+        assert_eq!(chunks.iter().sum::<f64>(), 1000.0);
+        // 1000 ms greeting at 4x: the last chunk leaves within 250 ms of virtual time.
+        let elapsed = done_at.unwrap().duration_since(t0);
+        assert!(elapsed < Duration::from_millis(250), "{elapsed:?}");
+        assert!(elapsed >= Duration::from_millis(220), "{elapsed:?}");
+    }
+
+    #[test]
+    fn second_response_create_is_rejected_while_one_is_active() {
+        let now = Instant::now();
+        let mut sim = open(cfg(1.0), now);
+        send(&mut sim, now, json!({"type":"response.create"}));
+        let error = error_of(&send(&mut sim, now, json!({"type":"response.create","event_id":"again"})));
+        assert_eq!(error.code.as_deref(), Some("conversation_already_has_active_response"));
+        assert_eq!(error.event_id.as_deref(), Some("again"));
+    }
+
+    #[test]
+    fn cancel_ends_the_active_response_or_errors_when_idle() {
+        let now = Instant::now();
+        let mut sim = open(cfg(1.0), now);
+        let error = error_of(&send(&mut sim, now, json!({"type":"response.cancel"})));
+        assert_eq!(error.code.as_deref(), Some("response_cancel_not_active"));
+
+        send(&mut sim, now, json!({"type":"response.create"}));
+        let out = send(&mut sim, now, json!({"type":"response.cancel"}));
+        let Some(ServerEvent::ResponseDone(done)) = events(&out).last().copied() else { panic!("{out:?}") };
+        assert_eq!(done.response.status, ResponseStatus::Cancelled);
+        assert_eq!(done.response.status_details.as_ref().unwrap().reason.as_deref(), Some("client_cancelled"));
+        assert!(types(&out).contains(&"response.output_audio.done".to_owned()));
+        assert!(types(&out).contains(&"response.output_item.done".to_owned()));
+        // Nothing more streams.
+        assert!(sim.poll(now + Duration::from_secs(5)).is_empty());
+    }
+
+    #[test]
+    fn barge_in_cancels_with_turn_detected() {
+        let now = Instant::now();
+        let cfg = SimConfig { behaviour: Behaviour::Monologue { ms: 20_000 }, ..cfg(1.0) };
+        let mut sim = open(cfg, now);
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(types(&out).contains(&"response.created".to_owned()));
+        let out = append_pcmu(&mut sim, now, &audio::sine(300.0, 8000, 100, 0.5));
+        let t = types(&out);
+        assert_eq!(t[0], "input_audio_buffer.speech_started");
+        let Some(ServerEvent::ResponseDone(done)) = events(&out).last().copied() else { panic!("{t:?}") };
+        assert_eq!(done.response.status, ResponseStatus::Cancelled);
+        assert_eq!(done.response.status_details.as_ref().unwrap().reason.as_deref(), Some("turn_detected"));
+    }
+
+    #[test]
+    fn truncate_checks_the_item_and_its_audio_length() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = send(&mut sim, now, json!({"type":"response.create"}));
+        let item_id = events(&out)
+            .iter()
+            .find_map(|e| match e {
+                ServerEvent::OutputItemDone(d) => d.item.id().map(str::to_owned),
+                _ => None,
+            })
+            .unwrap();
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.truncate","event_id":"t1","item_id":item_id,
+                "content_index":0,"audio_end_ms":1001}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("audio_end_ms"));
+        assert_eq!(error.event_id.as_deref(), Some("t1"));
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.truncate","item_id":"item_missing",
+                "content_index":0,"audio_end_ms":10}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("item_id"));
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.truncate","item_id":item_id,
+                "content_index":0,"audio_end_ms":400}),
+        );
+        let [ServerEvent::ConversationItemTruncated(t)] = events(&out).as_slice() else { panic!("{out:?}") };
+        assert_eq!(t.audio_end_ms, 400);
+        // The item is now 400 ms long.
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.truncate","item_id":item_id,
+                "content_index":0,"audio_end_ms":500}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("audio_end_ms"));
+    }
+
+    #[test]
+    fn user_items_cannot_be_truncated() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","item":{"type":"message","role":"user",
+                "content":[{"type":"input_text","text":"hi"}]}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let [ServerEvent::ConversationItemAdded(added), _] = events(&out).as_slice() else { panic!() };
+        let id = added.item.id().unwrap().to_owned();
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.truncate","item_id":id,"content_index":0,"audio_end_ms":0}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("item_id"));
+    }
+
+    #[test]
+    fn item_create_retrieve_delete() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","item":{"id":"fn_out_1",
+                "type":"function_call_output","call_id":"call_1","output":"{}"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","previous_item_id":"root",
+                "item":{"id":"sys_1","type":"message","role":"system",
+                "content":[{"type":"input_text","text":"caller pressed 5"}]}}),
+        );
+        let [ServerEvent::ConversationItemAdded(added), _] = events(&out).as_slice() else { panic!() };
+        assert_eq!(added.previous_item_id, None);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","previous_item_id":"nope",
+                "item":{"type":"message","role":"user","content":[]}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("previous_item_id"));
+        assert_eq!(
+            types(&send(&mut sim, now, json!({"type":"conversation.item.retrieve","item_id":"fn_out_1"}))),
+            ["conversation.item.retrieved"]
+        );
+        assert_eq!(
+            types(&send(&mut sim, now, json!({"type":"conversation.item.delete","item_id":"fn_out_1"}))),
+            ["conversation.item.deleted"]
+        );
+        assert_eq!(
+            error_of(&send(&mut sim, now, json!({"type":"conversation.item.delete","item_id":"fn_out_1"})))
+                .param
+                .as_deref(),
+            Some("item_id")
+        );
+    }
+
+    #[test]
+    fn manual_commit_and_clear() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime",
+                "audio":{"input":{"format":{"type":"audio/pcmu"},"turn_detection":null}}}}),
+        );
+        let [ServerEvent::SessionUpdated(updated)] = events(&out).as_slice() else { panic!() };
+        assert_eq!(updated.session.audio.as_ref().unwrap().input.as_ref().unwrap().turn_detection, Some(None));
+        let error = error_of(&send(&mut sim, now, json!({"type":"input_audio_buffer.commit"})));
+        assert_eq!(error.code.as_deref(), Some("input_audio_buffer_commit_empty"));
+        // Without turn detection, speech produces no VAD events.
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(out.is_empty(), "{:?}", types(&out));
+        let out = send(&mut sim, now, json!({"type":"input_audio_buffer.commit"}));
+        assert_eq!(types(&out), ["input_audio_buffer.committed", "conversation.item.added", "conversation.item.done"]);
+        append_pcmu(&mut sim, now, &[0; 1600]);
+        assert_eq!(
+            types(&send(&mut sim, now, json!({"type":"input_audio_buffer.clear"}))),
+            ["input_audio_buffer.cleared"]
+        );
+        let error = error_of(&send(&mut sim, now, json!({"type":"input_audio_buffer.commit"})));
+        assert_eq!(error.code.as_deref(), Some("input_audio_buffer_commit_empty"));
+    }
+
+    #[test]
+    fn text_only_sessions_answer_in_text() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","output_modalities":["text"]}}),
+        );
+        let out = send(&mut sim, now, json!({"type":"response.create"}));
+        let t = types(&out);
+        assert!(t.contains(&"response.output_text.delta".to_owned()));
+        assert!(t.contains(&"response.output_text.done".to_owned()));
+        assert!(!t.contains(&"response.output_audio.delta".to_owned()));
+    }
+
+    #[test]
+    fn session_expires_with_error_then_close_1001() {
+        let t0 = Instant::now();
+        let cfg = SimConfig { max_session: Duration::from_secs(60), ..cfg(0.0) };
+        let mut sim = open(cfg, t0);
+        assert_eq!(sim.next_deadline(), t0 + Duration::from_secs(60));
+        assert!(sim.poll(t0 + Duration::from_secs(59)).is_empty());
+        let out = sim.poll(t0 + Duration::from_secs(60));
+        assert_eq!(types(&out), ["error", "close 1001"]);
+        assert_eq!(error_of(&out[..1]).code.as_deref(), Some("session_expired"));
+        assert_eq!(error_of(&out[..1]).message, SESSION_EXPIRED_MESSAGE);
+        assert!(sim.is_closed());
+        assert!(send(&mut sim, t0, json!({"type":"response.create"})).is_empty());
+    }
+
+    #[test]
+    fn beta_rejection_is_error_then_close_4000() {
+        let out = SimSession::beta_rejection();
+        assert_eq!(types(&out), ["error", "close 4000"]);
+        assert_eq!(error_of(&out[..1]).code.as_deref(), Some("beta_api_shape_disabled"));
+    }
+
+    #[test]
+    fn idle_timeout_commits_silence_and_prompts_the_caller() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"input":{
+                "format":{"type":"audio/pcmu"},
+                "transcription":{"model":"gpt-4o-mini-transcribe"},
+                "turn_detection":{"type":"server_vad","idle_timeout_ms":5000}}}}}),
+        );
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        assert!(types(&out).contains(&"response.done".to_owned()));
+        // The 1000 ms greeting plays until t0+1s; the idle clock fires 5 s later.
+        assert_eq!(sim.next_deadline(), t0 + Duration::from_secs(6));
+        append_pcmu(&mut sim, t0, &[0; 8000 * 6]);
+        assert!(sim.poll(t0 + Duration::from_millis(5999)).is_empty());
+        let out = sim.poll(t0 + Duration::from_secs(6));
+        let t = types(&out);
+        assert_eq!(
+            &t[..6],
+            [
+                "input_audio_buffer.timeout_triggered",
+                "input_audio_buffer.committed",
+                "conversation.item.added",
+                "conversation.item.done",
+                "conversation.item.input_audio_transcription.completed",
+                "response.created",
+            ]
+        );
+        let ServerEvent::InputAudioBufferTimeoutTriggered(timeout) = events(&out)[0] else { panic!() };
+        assert_eq!((timeout.audio_start_ms, timeout.audio_end_ms), (1000, 6000));
+    }
+
+    #[test]
+    fn speech_disarms_the_idle_timeout() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"input":{
+                "format":{"type":"audio/pcmu"},"turn_detection":{"type":"server_vad","idle_timeout_ms":5000}}}}}),
+        );
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        append_pcmu(&mut sim, t0, &audio::sine(440.0, 8000, 200, 0.5));
+        let out = sim.poll(t0 + Duration::from_secs(7));
+        assert!(!types(&out).contains(&"input_audio_buffer.timeout_triggered".to_owned()));
+    }
+
+    #[test]
+    fn same_seed_same_session() {
+        let now = Instant::now();
+        let run = || {
+            let (mut sim, _) = SimSession::new(cfg(0.0), "m", now, 0, 42);
+            types(&send(&mut sim, now, json!({"type":"response.create"})))
+        };
+        assert_eq!(run(), run());
+    }
+}

@@ -1,0 +1,16 @@
+//! A Realtime API simulator: the oracle for tests and benchmarks, and the gateway's offline
+//! agent. It follows `shared/docs/realtime-protocol.md`: GA session config and validation,
+//! energy VAD turns, bursty faster-than-real-time audio, barge-in, truncation, the documented
+//! errors and the 60-minute expiry.
+//!
+//! [`SimSession`] is the sans-IO core of one session; [`Simulator`] serves it over axum.
+
+mod audio;
+mod config;
+mod core;
+mod server;
+mod vad;
+
+pub use crate::config::{Behaviour, BurstPattern, ParseError, SimConfig, Tone};
+pub use crate::core::{Outgoing, SESSION_EXPIRED_MESSAGE, SimSession};
+pub use crate::server::{Direction, LoggedEvent, RunningSimulator, SessionLog, Simulator};

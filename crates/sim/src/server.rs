@@ -1,0 +1,363 @@
+//! The HTTP/WebSocket shell around [`SimSession`]: `GET /v1/realtime` (upgrade) and
+//! `GET /_sim/sessions` (the session logs as JSON, for tests in other processes).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use futures_util::{SinkExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+use switchboard_realtime::ServerEvent;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::config::SimConfig;
+use crate::core::{DEFAULT_MODEL, Outgoing, SimSession};
+
+/// Which side sent a logged event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Direction {
+    Client,
+    Server,
+}
+
+/// One event of a session log. Base64 audio is replaced by `"audio_bytes": N`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct LoggedEvent {
+    pub direction: Direction,
+    /// Wall-clock time, unix microseconds.
+    pub at_unix_us: u64,
+    pub event: Value,
+}
+
+/// What happened in one session.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+pub struct SessionLog {
+    /// `sess_…` as sent in `session.created` (empty for rejected beta connections).
+    pub session_id: String,
+    pub model: String,
+    pub started_unix_us: u64,
+    pub events: Vec<LoggedEvent>,
+    /// Events beyond [`SimConfig::log_limit`], counted but not kept.
+    pub dropped_events: u64,
+    /// Whether the WebSocket has ended.
+    pub closed: bool,
+}
+
+impl SessionLog {
+    /// The logged events of one direction and `type`.
+    pub fn events_of(&self, direction: Direction, event_type: &str) -> Vec<&Value> {
+        self.events
+            .iter()
+            .filter(|e| e.direction == direction && e.event.get("type").and_then(Value::as_str) == Some(event_type))
+            .map(|e| &e.event)
+            .collect()
+    }
+}
+
+type SharedLog = Arc<Mutex<SessionLog>>;
+
+struct AppState {
+    cfg: SimConfig,
+    logs: Mutex<Vec<SharedLog>>,
+    sessions_started: AtomicU64,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// The simulator entry point.
+pub struct Simulator;
+
+/// A started simulator; drop or [`RunningSimulator::shutdown`] to stop it.
+pub struct RunningSimulator {
+    addr: SocketAddr,
+    state: Arc<AppState>,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl Simulator {
+    /// Binds `bind` (port 0 picks a free port) and serves until shut down.
+    pub async fn start(cfg: SimConfig, bind: SocketAddr) -> std::io::Result<RunningSimulator> {
+        let listener = tokio::net::TcpListener::bind(bind).await?;
+        let addr = listener.local_addr()?;
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let state = Arc::new(AppState {
+            cfg,
+            logs: Mutex::new(Vec::new()),
+            sessions_started: AtomicU64::new(0),
+            shutdown: shutdown_rx.clone(),
+        });
+        let app = Router::new()
+            .route("/v1/realtime", get(realtime))
+            .route("/_sim/sessions", get(list_sessions))
+            .with_state(state.clone());
+        let mut stop = shutdown_rx;
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stopped| *stopped).await;
+                })
+                .await
+        });
+        tracing::info!(%addr, "Realtime simulator listening");
+        Ok(RunningSimulator { addr, state, shutdown: shutdown_tx, server })
+    }
+}
+
+impl RunningSimulator {
+    /// The bound address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `ws://ADDR/v1/realtime`.
+    pub fn url(&self) -> String {
+        format!("ws://{}/v1/realtime", self.addr)
+    }
+
+    /// Snapshot of every session log so far, oldest first.
+    pub fn sessions(&self) -> Vec<SessionLog> {
+        snapshot(&self.state)
+    }
+
+    /// Closes open sessions (1001) and stops serving.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.server.await;
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn snapshot(state: &AppState) -> Vec<SessionLog> {
+    let logs: Vec<SharedLog> = lock(&state.logs).clone();
+    logs.iter().map(|log| lock(log).clone()).collect()
+}
+
+async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<Vec<SessionLog>> {
+    Json(snapshot(&state))
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)).unwrap_or(0)
+}
+
+/// 401 body shaped like the API's (§1.3).
+fn unauthorized(message: &str) -> Response {
+    let body = json!({"error": {
+        "message": message, "type": "invalid_request_error", "param": null, "code": "invalid_api_key"
+    }});
+    (StatusCode::UNAUTHORIZED, Json(body)).into_response()
+}
+
+async fn realtime(
+    State(state): State<Arc<AppState>>,
+    headers: HeaderMap,
+    Query(query): Query<HashMap<String, String>>,
+    upgrade: Result<WebSocketUpgrade, axum::extract::ws::rejection::WebSocketUpgradeRejection>,
+) -> Response {
+    // §1.1: `Authorization: Bearer <key>` is required.
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty());
+    let Some(key) = bearer else {
+        return unauthorized(
+            "You didn't provide an API key. You need to provide your API key in an \
+             Authorization header using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).",
+        );
+    };
+    if let Some(expected) = &state.cfg.api_key
+        && key != expected
+    {
+        return unauthorized("Incorrect API key provided.");
+    }
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let beta = headers.contains_key("openai-beta");
+    let model = query.get("model").cloned().unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    upgrade
+        .max_message_size(32 * 1024 * 1024)
+        .max_frame_size(32 * 1024 * 1024)
+        .on_upgrade(move |socket| run_session(state, socket, model, beta))
+}
+
+/// Replaces base64 audio by its decoded size so logs stay small.
+fn redact_audio(event: &mut Value) {
+    let Some(map) = event.as_object_mut() else {
+        return;
+    };
+    let audio_key = match map.get("type").and_then(Value::as_str) {
+        Some("input_audio_buffer.append") => "audio",
+        Some("response.output_audio.delta") => "delta",
+        _ => {
+            if let Some(Value::Array(parts)) =
+                map.get_mut("item").and_then(|i| i.as_object_mut()).and_then(|i| i.get_mut("content"))
+            {
+                for part in parts {
+                    redact_field(part, "audio");
+                }
+            }
+            return;
+        }
+    };
+    redact_field(event, audio_key);
+}
+
+fn redact_field(value: &mut Value, key: &str) {
+    let Some(map) = value.as_object_mut() else {
+        return;
+    };
+    if let Some(Value::String(b64)) = map.remove(key) {
+        let bytes = BASE64.decode(b64.as_bytes()).map(|b| b.len()).unwrap_or(0);
+        map.insert("audio_bytes".to_owned(), json!(bytes));
+    }
+}
+
+fn record(log: &SharedLog, limit: usize, direction: Direction, mut event: Value) {
+    redact_audio(&mut event);
+    let mut log = lock(log);
+    if log.events.len() >= limit {
+        log.dropped_events += 1;
+        return;
+    }
+    log.events.push(LoggedEvent { direction, at_unix_us: unix_us(), event });
+}
+
+/// Sends what the core produced; returns false once the socket is closed.
+async fn deliver<S>(sink: &mut S, log: &SharedLog, limit: usize, outgoing: Vec<Outgoing>) -> bool
+where
+    S: SinkExt<Message> + Unpin,
+{
+    for out in outgoing {
+        match out {
+            Outgoing::Event(event) => {
+                let Ok(text) = event.to_json() else {
+                    tracing::error!(event_type = event.event_type(), "unserializable event");
+                    continue;
+                };
+                let logged = match &event {
+                    ServerEvent::OutputAudioDelta(d) => json!({
+                        "type": "response.output_audio.delta", "event_id": d.event_id,
+                        "response_id": d.response_id, "item_id": d.item_id,
+                        "output_index": d.output_index, "content_index": d.content_index,
+                        "audio_bytes": BASE64.decode(d.delta.as_bytes()).map(|b| b.len()).unwrap_or(0),
+                    }),
+                    other => serde_json::to_value(other).unwrap_or(Value::Null),
+                };
+                record(log, limit, Direction::Server, logged);
+                if sink.send(Message::text(text)).await.is_err() {
+                    return false;
+                }
+            }
+            Outgoing::Close { code, reason } => {
+                let frame = CloseFrame { code, reason: reason.into() };
+                let _ = sink.send(Message::Close(Some(frame))).await;
+                return false;
+            }
+        }
+    }
+    true
+}
+
+async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, beta: bool) {
+    let limit = state.cfg.log_limit;
+    let log: SharedLog =
+        Arc::new(Mutex::new(SessionLog { model: model.clone(), started_unix_us: unix_us(), ..SessionLog::default() }));
+    lock(&state.logs).push(log.clone());
+    let (mut sink, mut stream) = socket.split();
+
+    if beta {
+        deliver(&mut sink, &log, limit, SimSession::beta_rejection()).await;
+        lock(&log).closed = true;
+        return;
+    }
+
+    let n = state.sessions_started.fetch_add(1, Ordering::Relaxed);
+    let seed = state.cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    let unix_secs = i64::try_from(unix_us() / 1_000_000).unwrap_or(0);
+    let (mut session, opening) = SimSession::new(state.cfg.clone(), &model, Instant::now(), unix_secs, seed);
+    lock(&log).session_id = session.session().id.clone().unwrap_or_default();
+    tracing::info!(model, session_id = %lock(&log).session_id, "simulated session opened");
+    let mut shutdown = state.shutdown.clone();
+    let mut open = deliver(&mut sink, &log, limit, opening).await;
+
+    while open {
+        let deadline = tokio::time::Instant::from_std(session.next_deadline());
+        let outgoing = tokio::select! {
+            message = stream.next() => match message {
+                Some(Ok(Message::Text(text))) => {
+                    let now = Instant::now();
+                    match serde_json::from_str::<Value>(text.as_str()) {
+                        Ok(value) => {
+                            record(&log, limit, Direction::Client, value.clone());
+                            session.handle_value(now, value)
+                        }
+                        Err(_) => {
+                            record(&log, limit, Direction::Client, json!({"unparsed": text.as_str()}));
+                            session.handle_text(now, text.as_str())
+                        }
+                    }
+                }
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                Some(Ok(_)) => continue,
+            },
+            _ = tokio::time::sleep_until(deadline) => session.poll(Instant::now()),
+            _ = shutdown.wait_for(|stopped| *stopped) => {
+                vec![Outgoing::Close { code: 1001, reason: "simulator shutting down".to_owned() }]
+            }
+        };
+        open = deliver(&mut sink, &log, limit, outgoing).await;
+    }
+    let _ = sink.close().await;
+    lock(&log).closed = true;
+    tracing::info!(session_id = %lock(&log).session_id, "simulated session closed");
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_is_replaced_by_its_size() {
+        let mut append = json!({"type":"input_audio_buffer.append","audio": BASE64.encode([0u8; 160])});
+        redact_audio(&mut append);
+        assert_eq!(append, json!({"type":"input_audio_buffer.append","audio_bytes":160}));
+        let mut create = json!({"type":"conversation.item.create","item":{"type":"message","role":"user",
+            "content":[{"type":"input_audio","audio": BASE64.encode([1u8; 30])}]}});
+        redact_audio(&mut create);
+        assert_eq!(create["item"]["content"][0]["audio_bytes"], json!(30));
+        assert!(create["item"]["content"][0].get("audio").is_none());
+    }
+
+    #[test]
+    fn log_limit_counts_dropped_events() {
+        let log: SharedLog = Arc::new(Mutex::new(SessionLog::default()));
+        for _ in 0..5 {
+            record(&log, 3, Direction::Client, json!({"type":"x"}));
+        }
+        let log = lock(&log);
+        assert_eq!(log.events.len(), 3);
+        assert_eq!(log.dropped_events, 2);
+    }
+}

@@ -1,0 +1,1350 @@
+//! Sans-IO SIP endpoint core: server transactions (RFC 3261 §17.2), UAS dialogs (§12.1.1),
+//! CANCEL (§9.2), 2xx retransmission (§13.3.1.4) and our BYE client transaction (§17.1.2).
+//!
+//! Feed it with [`Core::handle_message`] and [`Core::handle_timeout`] (time is a parameter),
+//! drive application decisions with [`Core::ringing`], [`Core::reject`], [`Core::accept`] and
+//! [`Core::hangup`], and drain [`Core::poll_transmit`], [`Core::poll_event`] and
+//! [`Core::poll_timeout`].
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::message::{
+    Message, Method, NameAddr, ParseError, ParseErrorKind, SipUri, StartLine, count_lines, parse_message,
+};
+use crate::{Timers, Transport};
+
+/// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+
+/// Identifies a TCP connection in the shell.
+pub type ConnectionId = u64;
+
+/// Identifies a pending incoming INVITE (server transaction awaiting the application).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct InviteId(pub u64);
+
+/// Identifies a dialog.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct DialogId(pub u64);
+
+/// Where a message came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Origin {
+    pub transport: Transport,
+    pub source: SocketAddr,
+    /// The TCP connection, for TCP.
+    pub connection: Option<ConnectionId>,
+}
+
+/// Bytes to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub transport: Transport,
+    pub destination: SocketAddr,
+    /// For TCP: the connection to write on; `None` means "any connection to `destination`,
+    /// or connect".
+    pub connection: Option<ConnectionId>,
+    pub payload: Vec<u8>,
+}
+
+/// Facts about an incoming call, for routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallInfo {
+    pub call_id: String,
+    pub from_uri: String,
+    pub from_display: Option<String>,
+    pub to_uri: String,
+    pub request_uri: String,
+    /// User part of the Request-URI, or the tel: number (percent-decoded).
+    pub dialled: String,
+    pub source: SocketAddr,
+    pub transport: Transport,
+}
+
+/// Where an in-dialog request goes before resolution.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NextHop {
+    pub transport: Transport,
+    /// Host without IPv6 brackets.
+    pub host: String,
+    pub port: u16,
+}
+
+/// Outcome of our BYE.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ByeOutcome {
+    /// 2xx, or 481 (the peer had already forgotten the dialog).
+    Answered(u16),
+    /// Another final response; the dialog is over anyway.
+    Rejected(u16),
+    /// Timer F fired.
+    TimedOut,
+    /// The next hop's host name did not resolve.
+    Unresolvable,
+}
+
+/// Dialog-level notifications for the application.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogNotice {
+    /// The ACK for our 2xx arrived.
+    Confirmed,
+    /// The peer sent BYE (already answered 200).
+    RemoteBye,
+    /// No ACK within 64*T1; the core is sending BYE itself (§13.3.1.4).
+    AckTimeout,
+}
+
+/// Events for the shell.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CoreEvent {
+    /// A new out-of-dialog INVITE (already answered 100 Trying).
+    IncomingCall { invite: InviteId, info: CallInfo, offer: Option<String> },
+    /// The caller cancelled (already answered 200 to CANCEL and 487 to the INVITE).
+    InviteCancelled { invite: InviteId },
+    /// Something happened in a dialog.
+    Dialog { dialog: DialogId, notice: DialogNotice },
+    /// Our BYE must go to a host name: resolve it and call [`Core::send_bye`].
+    ByeNeedsResolution { dialog: DialogId, next_hop: NextHop },
+    /// Our BYE finished (or there was nothing left to hang up).
+    ByeFinished { dialog: DialogId, outcome: ByeOutcome },
+}
+
+/// What [`Core::hangup`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HangupStart {
+    /// Nothing to do: the dialog already ended.
+    AlreadyEnded,
+    /// BYE sent (or already in flight); wait for [`CoreEvent::ByeFinished`].
+    InProgress,
+    /// The next hop is a host name: resolve it and call [`Core::send_bye`].
+    NeedsResolution(NextHop),
+}
+
+/// Static configuration of the core.
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    pub timers: Timers,
+    /// `Server:` / `User-Agent:` value.
+    pub user_agent: String,
+    /// Advertised address for our Contact/Via over UDP (if listening on UDP).
+    pub udp_contact: Option<SocketAddr>,
+    /// Advertised address for our Contact/Via over TCP (if listening on TCP).
+    pub tcp_contact: Option<SocketAddr>,
+    pub max_message_bytes: usize,
+    pub max_headers: usize,
+}
+
+/// Transaction key (RFC 3261 §17.2.3): branch + sent-by + method (ACK maps to INVITE).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct TxKey {
+    branch: String,
+    sent_by: String,
+    method: String,
+}
+
+impl TxKey {
+    fn for_request(request: &Message, method: &Method) -> Option<TxKey> {
+        let via = request.top_via()?;
+        let method = match method {
+            Method::Ack => "INVITE".to_string(),
+            other => other.as_str().to_string(),
+        };
+        match via.branch() {
+            // §17.2.3: RFC 3261 compliant branch.
+            Some(branch) if branch.starts_with("z9hG4bK") => {
+                Some(TxKey { branch: branch.to_string(), sent_by: via.sent_by(), method })
+            }
+            // RFC 2543 fallback: Request-URI, tags, Call-ID, CSeq number and top Via.
+            _ => {
+                let uri = request.request_uri().unwrap_or_default();
+                let (cseq, _) = request.cseq()?;
+                Some(TxKey {
+                    branch: format!(
+                        "2543|{uri}|{}|{}|{cseq}|{}",
+                        request.call_id().unwrap_or_default(),
+                        request.from_tag().unwrap_or_default(),
+                        via
+                    ),
+                    sent_by: via.sent_by(),
+                    method,
+                })
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TxState {
+    /// INVITE: provisional sent; non-INVITE: not used (we answer at once).
+    Proceeding,
+    /// Final response sent (non-2xx for INVITE).
+    Completed,
+    /// INVITE: ACK received for a non-2xx (Timer I running).
+    Confirmed,
+    /// INVITE: 2xx sent; absorb retransmitted INVITEs (RFC 6026 §7.1).
+    Accepted,
+}
+
+#[derive(Debug)]
+struct ServerTransaction {
+    is_invite: bool,
+    state: TxState,
+    reply: Transmit,
+    request: Message,
+    origin: Origin,
+    to_tag: String,
+    invite: Option<InviteId>,
+    /// Timer G (INVITE non-2xx over UDP).
+    retransmit_at: Option<Instant>,
+    retransmit_interval: Duration,
+    /// Timers H, I, J, L.
+    expires_at: Option<Instant>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum DialogPhase {
+    /// 2xx sent, waiting for ACK.
+    WaitingAck,
+    Confirmed,
+    /// Our BYE is in flight.
+    Terminating,
+}
+
+/// 2xx retransmission state (§13.3.1.4).
+#[derive(Debug)]
+struct Pending2xx {
+    cseq: u32,
+    transmit: Transmit,
+    next_at: Option<Instant>,
+    interval: Duration,
+    give_up_at: Instant,
+    initial: bool,
+}
+
+#[derive(Debug)]
+struct DialogState {
+    call_id: String,
+    local_tag: String,
+    remote_tag: String,
+    /// Our party (the INVITE's To with our tag) for From of our requests.
+    local_party: String,
+    /// Their party (the INVITE's From) for To of our requests.
+    remote_party: String,
+    remote_target: String,
+    route_set: Vec<String>,
+    local_cseq: u32,
+    remote_cseq: u32,
+    origin: Origin,
+    phase: DialogPhase,
+    pending_2xx: Option<Pending2xx>,
+    last_answer: String,
+    bye_branch: Option<String>,
+}
+
+#[derive(Debug)]
+struct ClientTransaction {
+    dialog: DialogId,
+    transmit: Transmit,
+    retransmit_at: Option<Instant>,
+    interval: Duration,
+    timeout_at: Instant,
+}
+
+/// The sans-IO endpoint.
+#[derive(Debug)]
+pub struct Core {
+    config: CoreConfig,
+    rng: StdRng,
+    options_status: u16,
+    next_id: u64,
+    transactions: HashMap<TxKey, ServerTransaction>,
+    invites: HashMap<InviteId, TxKey>,
+    /// (Call-ID, From-tag, CSeq) of live initial INVITE transactions, for §8.2.2.2.
+    merge_index: HashMap<(String, String, u32), TxKey>,
+    dialogs: HashMap<DialogId, DialogState>,
+    dialog_index: HashMap<(String, String, String), DialogId>,
+    client_transactions: HashMap<String, ClientTransaction>,
+    transmits: VecDeque<Transmit>,
+    events: VecDeque<CoreEvent>,
+}
+
+fn reason_phrase(code: u16) -> &'static str {
+    match code {
+        100 => "Trying",
+        180 => "Ringing",
+        183 => "Session Progress",
+        200 => "OK",
+        400 => "Bad Request",
+        403 => "Forbidden",
+        404 => "Not Found",
+        405 => "Method Not Allowed",
+        408 => "Request Timeout",
+        413 => "Request Entity Too Large",
+        415 => "Unsupported Media Type",
+        420 => "Bad Extension",
+        480 => "Temporarily Unavailable",
+        481 => "Call/Transaction Does Not Exist",
+        482 => "Loop Detected",
+        483 => "Too Many Hops",
+        486 => "Busy Here",
+        487 => "Request Terminated",
+        488 => "Not Acceptable Here",
+        491 => "Request Pending",
+        500 => "Server Internal Error",
+        501 => "Not Implemented",
+        503 => "Service Unavailable",
+        603 => "Decline",
+        _ => "Unknown",
+    }
+}
+
+/// Identity of a request for merged-request detection (RFC 3261 §8.2.2.2).
+fn merge_key(request: &Message) -> (String, String, u32) {
+    (
+        request.call_id().unwrap_or_default().to_string(),
+        request.from_tag().unwrap_or_default(),
+        request.cseq().map(|(n, _)| n).unwrap_or_default(),
+    )
+}
+
+fn count_malformed(transport: Transport) {
+    metrics::counter!("switchboard_sip_malformed_total", "transport" => transport.as_lower()).increment(1);
+}
+
+fn host_for_uri(ip: IpAddr) -> String {
+    match ip {
+        IpAddr::V4(v4) => v4.to_string(),
+        IpAddr::V6(v6) => format!("[{v6}]"),
+    }
+}
+
+/// Methods a UAS knows but does not serve outside a dialog: 405 (RFC 3261 §8.2.1).
+fn is_known_unserved(method: &Method) -> bool {
+    matches!(
+        method,
+        Method::Register
+            | Method::Subscribe
+            | Method::Notify
+            | Method::Message
+            | Method::Publish
+            | Method::Refer
+            | Method::Info
+            | Method::Update
+            | Method::Prack
+    )
+}
+
+impl Core {
+    /// Creates a core; `seed` feeds the tag/branch generator.
+    pub fn new(config: CoreConfig, seed: u64) -> Core {
+        Core {
+            config,
+            rng: StdRng::seed_from_u64(seed),
+            options_status: 200,
+            next_id: 1,
+            transactions: HashMap::new(),
+            invites: HashMap::new(),
+            merge_index: HashMap::new(),
+            dialogs: HashMap::new(),
+            dialog_index: HashMap::new(),
+            client_transactions: HashMap::new(),
+            transmits: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Status answered to OPTIONS (200 normally, 503 while draining).
+    pub fn set_options_status(&mut self, status: u16) {
+        self.options_status = status;
+    }
+
+    /// Next bytes to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// Next event for the shell.
+    pub fn poll_event(&mut self) -> Option<CoreEvent> {
+        self.events.pop_front()
+    }
+
+    /// Number of live server transactions, dialogs and client transactions (for tests/metrics).
+    pub fn live_state(&self) -> (usize, usize, usize) {
+        (self.transactions.len(), self.dialogs.len(), self.client_transactions.len())
+    }
+
+    /// Earliest deadline at which [`Core::handle_timeout`] must be called.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let tx = self.transactions.values().flat_map(|t| [t.retransmit_at, t.expires_at]);
+        let dialogs = self.dialogs.values().flat_map(|d| match &d.pending_2xx {
+            Some(p) => [p.next_at, Some(p.give_up_at)],
+            None => [None, None],
+        });
+        let clients = self.client_transactions.values().flat_map(|c| [c.retransmit_at, Some(c.timeout_at)]);
+        tx.chain(dialogs).chain(clients).flatten().min()
+    }
+
+    fn fresh_id(&mut self) -> u64 {
+        let id = self.next_id;
+        self.next_id += 1;
+        id
+    }
+
+    fn random_token(&mut self) -> String {
+        format!("{:016x}", self.rng.random::<u64>())
+    }
+
+    fn contact_for(&self, transport: Transport) -> Option<SocketAddr> {
+        match transport {
+            Transport::Udp => self.config.udp_contact.or(self.config.tcp_contact),
+            Transport::Tcp => self.config.tcp_contact.or(self.config.udp_contact),
+        }
+    }
+
+    fn contact_header(&self, transport: Transport) -> String {
+        match self.contact_for(transport) {
+            Some(addr) => format!(
+                "<sip:switchboard@{}:{};transport={}>",
+                host_for_uri(addr.ip()),
+                addr.port(),
+                transport.as_lower()
+            ),
+            None => "<sip:switchboard@invalid>".to_string(),
+        }
+    }
+
+    /// Handles one received message (a UDP datagram or a framed TCP message).
+    pub fn handle_message(&mut self, now: Instant, origin: Origin, bytes: &[u8]) {
+        // Guards before parsing.
+        if bytes.len() > self.config.max_message_bytes || count_lines(bytes) > self.config.max_headers + 1 {
+            tracing::debug!(source = %origin.source, len = bytes.len(), "dropping oversized SIP message");
+            count_malformed(origin.transport);
+            return;
+        }
+        if bytes.iter().all(|b| b.is_ascii_whitespace()) {
+            return; // keep-alive
+        }
+        match parse_message(bytes, origin.transport) {
+            Ok(message) => match &message.start {
+                StartLine::Request { method, .. } => {
+                    let method = method.clone();
+                    metrics::counter!("switchboard_sip_requests_total", "method" => method.metric_label()).increment(1);
+                    self.handle_request(now, origin, message, method);
+                }
+                StartLine::Response { code, .. } => {
+                    let code = *code;
+                    self.handle_response(now, message, code);
+                }
+            },
+            Err(error) => self.handle_malformed(origin, error),
+        }
+    }
+
+    /// RFC 3261 §21.4.1: answer 400 with what was wrong when a response can be built.
+    fn handle_malformed(&mut self, origin: Origin, error: ParseError) {
+        count_malformed(origin.transport);
+        tracing::debug!(source = %origin.source, error = %error.kind, "malformed SIP message");
+        let Some(partial) = error.partial else {
+            return;
+        };
+        let Some(method) = partial.method().cloned() else {
+            return;
+        };
+        metrics::counter!("switchboard_sip_requests_total", "method" => method.metric_label()).increment(1);
+        if method == Method::Ack || partial.top_via().is_none() {
+            return;
+        }
+        let reason = match &error.kind {
+            ParseErrorKind::BadContentLength
+            | ParseErrorKind::ContentLengthTooLarge
+            | ParseErrorKind::MissingContentLength => format!("Bad Request ({})", error.kind),
+            other => format!("Bad Request ({other})"),
+        };
+        let tag = self.random_token();
+        let response = self.build_response(&partial, &origin, 400, &reason, Some(&tag), &[]);
+        let transmit = self.reply_transmit(&partial, &origin, response, &method, 400);
+        if let Some(transmit) = transmit {
+            self.transmits.push_back(transmit);
+        }
+    }
+
+    fn handle_request(&mut self, now: Instant, origin: Origin, request: Message, method: Method) {
+        let Some(key) = TxKey::for_request(&request, &method) else {
+            count_malformed(origin.transport);
+            return;
+        };
+
+        // §17.2.3 matching: ACK to a non-2xx final and retransmissions.
+        if method == Method::Ack {
+            if let Some(tx) = self.transactions.get_mut(&key)
+                && tx.is_invite
+                && matches!(tx.state, TxState::Completed | TxState::Confirmed)
+            {
+                if tx.state == TxState::Completed {
+                    // §17.2.1: Completed -> Confirmed; Timer I = T4 (UDP) or 0 (TCP).
+                    tx.state = TxState::Confirmed;
+                    tx.retransmit_at = None;
+                    tx.expires_at =
+                        Some(if origin.transport.is_reliable() { now } else { now + self.config.timers.t4 });
+                }
+                return;
+            }
+            self.handle_ack_for_2xx(now, &request);
+            return;
+        }
+        if let Some(tx) = self.transactions.get(&key) {
+            // Retransmission: resend the last response (§17.2.1, §17.2.2).
+            if tx.state != TxState::Proceeding || tx.is_invite {
+                let reply = tx.reply.clone();
+                if !reply.payload.is_empty() {
+                    self.transmits.push_back(reply);
+                }
+            }
+            return;
+        }
+
+        if method == Method::Cancel {
+            self.handle_cancel(now, origin, request, key);
+            return;
+        }
+
+        // §8.2.1: methods we do not know at all.
+        if matches!(method, Method::Other(_)) {
+            self.respond(now, key, &origin, &request, 501, None, &[("Allow", ALLOW)]);
+            return;
+        }
+        // §8.2.2 / §16.3 step 3: no hops left.
+        if request.header("Max-Forwards").and_then(|v| v.trim().parse::<u8>().ok()) == Some(0) {
+            self.respond(now, key, &origin, &request, 483, None, &[]);
+            return;
+        }
+        // §8.2.2.3: we support no option-tags, so any Require is unsupported.
+        let required: Vec<String> = request
+            .header_values("Require")
+            .flat_map(|v| v.split(','))
+            .map(|t| t.trim().to_string())
+            .filter(|t| !t.is_empty())
+            .collect();
+        if !required.is_empty() {
+            let unsupported = required.join(", ");
+            self.respond(now, key, &origin, &request, 420, None, &[("Unsupported", unsupported.as_str())]);
+            return;
+        }
+
+        match request.to_tag() {
+            Some(to_tag) => self.handle_in_dialog(now, origin, request, method, key, to_tag),
+            None => self.handle_out_of_dialog(now, origin, request, method, key),
+        }
+    }
+
+    fn handle_out_of_dialog(&mut self, now: Instant, origin: Origin, request: Message, method: Method, key: TxKey) {
+        match method {
+            Method::Invite => self.handle_new_invite(now, origin, request, key),
+            Method::Options => {
+                let status = self.options_status;
+                self.respond(
+                    now,
+                    key,
+                    &origin,
+                    &request,
+                    status,
+                    None,
+                    &[("Allow", ALLOW), ("Accept", "application/sdp")],
+                );
+            }
+            // BYE outside a dialog (no To-tag): nothing to end (§15.1.2).
+            Method::Bye => self.respond(now, key, &origin, &request, 481, None, &[]),
+            m if is_known_unserved(&m) => {
+                self.respond(now, key, &origin, &request, 405, None, &[("Allow", ALLOW)]);
+            }
+            _ => self.respond(now, key, &origin, &request, 501, None, &[]),
+        }
+    }
+
+    fn handle_new_invite(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey) {
+        // §8.2.2.2: the same request arriving again over another path (new branch) is merged.
+        let merge = merge_key(&request);
+        if self.merge_index.get(&merge).is_some_and(|k| *k != key && self.transactions.contains_key(k)) {
+            self.respond(now, key, &origin, &request, 482, None, &[]);
+            return;
+        }
+        let to_tag = self.random_token();
+        let contact_uri = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri);
+        if contact_uri.is_none() {
+            // §8.1.1.8: an INVITE must carry a Contact (it becomes the remote target).
+            self.respond(now, key, &origin, &request, 400, Some("Bad Request (missing Contact)"), &[]);
+            return;
+        }
+        let request_uri = request.request_uri().unwrap_or_default().to_string();
+        let from = request.from();
+        let info = CallInfo {
+            call_id: request.call_id().unwrap_or_default().to_string(),
+            from_uri: from.as_ref().map(|f| f.uri.clone()).unwrap_or_default(),
+            from_display: from.and_then(|f| f.display),
+            to_uri: request.to().map(|t| t.uri).unwrap_or_default(),
+            dialled: SipUri::parse(&request_uri)
+                .and_then(|u| u.user)
+                .map(|u| u.split(';').next().unwrap_or_default().to_string())
+                .unwrap_or_default(),
+            request_uri,
+            source: origin.source,
+            transport: origin.transport,
+        };
+        let offer = request
+            .header("Content-Type")
+            .filter(|ct| ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp")))
+            .filter(|_| !request.body.is_empty())
+            .and_then(|_| String::from_utf8(request.body.clone()).ok());
+
+        // §17.2.1: the INVITE server transaction answers 100 Trying at once.
+        let trying = self.build_response(&request, &origin, 100, "Trying", None, &[]);
+        let Some(reply) = self.reply_transmit(&request, &origin, trying, &Method::Invite, 100) else {
+            return;
+        };
+        self.transmits.push_back(reply.clone());
+        let invite = InviteId(self.fresh_id());
+        self.transactions.insert(
+            key.clone(),
+            ServerTransaction {
+                is_invite: true,
+                state: TxState::Proceeding,
+                reply,
+                request,
+                origin,
+                to_tag,
+                invite: Some(invite),
+                retransmit_at: None,
+                retransmit_interval: self.config.timers.t1,
+                expires_at: None,
+            },
+        );
+        self.merge_index.insert(merge, key.clone());
+        self.invites.insert(invite, key);
+        self.events.push_back(CoreEvent::IncomingCall { invite, info, offer });
+    }
+
+    /// §9.2: CANCEL matches the INVITE transaction with the same branch and sent-by.
+    fn handle_cancel(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey) {
+        let invite_key = TxKey { method: "INVITE".to_string(), ..key.clone() };
+        let Some(tx) = self.transactions.get(&invite_key) else {
+            self.respond(now, key, &origin, &request, 481, None, &[]);
+            return;
+        };
+        let to_tag = tx.to_tag.clone();
+        let pending = tx.state == TxState::Proceeding;
+        let invite = tx.invite;
+        // §9.2: the CANCEL's 200 SHOULD carry the same To-tag as the INVITE's responses.
+        self.respond_tagged(now, key, &origin, &request, 200, None, &[], Some(to_tag));
+        if pending && let Some(invite) = invite {
+            self.final_non_2xx(now, invite, 487, "Request Terminated", &[]);
+            self.events.push_back(CoreEvent::InviteCancelled { invite });
+        }
+    }
+
+    fn handle_in_dialog(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        request: Message,
+        method: Method,
+        key: TxKey,
+        to_tag: String,
+    ) {
+        let index = (request.call_id().unwrap_or_default().to_string(), to_tag, request.from_tag().unwrap_or_default());
+        let Some(&dialog_id) = self.dialog_index.get(&index) else {
+            // §12.2.2: no matching dialog.
+            self.respond(now, key, &origin, &request, 481, None, &[]);
+            return;
+        };
+        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
+        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
+            self.respond(now, key, &origin, &request, 481, None, &[]);
+            return;
+        };
+        // §12.2.2: CSeq must increase within the dialog.
+        if cseq <= dialog.remote_cseq {
+            self.respond(now, key, &origin, &request, 500, Some("Server Internal Error (CSeq out of order)"), &[]);
+            return;
+        }
+        dialog.remote_cseq = cseq;
+        match method {
+            // §15.1.2: answer 200 and end the dialog.
+            Method::Bye => {
+                self.respond(now, key, &origin, &request, 200, None, &[]);
+                self.end_dialog(dialog_id);
+                self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::RemoteBye });
+            }
+            Method::Options => {
+                let status = self.options_status;
+                self.respond(
+                    now,
+                    key,
+                    &origin,
+                    &request,
+                    status,
+                    None,
+                    &[("Allow", ALLOW), ("Accept", "application/sdp")],
+                );
+            }
+            Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
+            _ => self.respond(now, key, &origin, &request, 501, None, &[]),
+        }
+    }
+
+    /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer
+    /// unchanged (same o= version: "no change", RFC 3264 §8).
+    fn handle_reinvite(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey, dialog_id: DialogId) {
+        let Some(dialog) = self.dialogs.get(&dialog_id) else {
+            return;
+        };
+        if dialog.pending_2xx.is_some() || dialog.phase == DialogPhase::Terminating {
+            // §14.2: an INVITE is already in progress.
+            self.respond(now, key, &origin, &request, 491, None, &[]);
+            return;
+        }
+        let answer = dialog.last_answer.clone();
+        let local_tag = dialog.local_tag.clone();
+        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
+        // A new remote target may come with the re-INVITE (§12.2.2).
+        let new_target = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri);
+        let contact = self.contact_header(origin.transport);
+        let mut response = self.build_response(
+            &request,
+            &origin,
+            200,
+            "OK",
+            Some(&local_tag),
+            &[("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
+        );
+        response.body = answer.into_bytes();
+        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 200) else {
+            return;
+        };
+        self.transmits.push_back(reply.clone());
+        let timers = self.config.timers;
+        if let Some(dialog) = self.dialogs.get_mut(&dialog_id) {
+            if let Some(target) = new_target {
+                dialog.remote_target = target;
+            }
+            dialog.pending_2xx = Some(Pending2xx {
+                cseq,
+                transmit: reply.clone(),
+                next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
+                interval: timers.t1,
+                give_up_at: now + timers.t1_x64(),
+                initial: false,
+            });
+        }
+        self.transactions.insert(
+            key,
+            ServerTransaction {
+                is_invite: true,
+                state: TxState::Accepted,
+                reply,
+                request,
+                origin,
+                to_tag: local_tag,
+                invite: None,
+                retransmit_at: None,
+                retransmit_interval: timers.t1,
+                expires_at: Some(now + timers.t1_x64()),
+            },
+        );
+    }
+
+    /// §13.3.1.4: the ACK for a 2xx is matched by dialog and CSeq, not by transaction.
+    fn handle_ack_for_2xx(&mut self, _now: Instant, request: &Message) {
+        let (Some(to_tag), Some(call_id)) = (request.to_tag(), request.call_id()) else {
+            return;
+        };
+        let index = (call_id.to_string(), to_tag, request.from_tag().unwrap_or_default());
+        let Some(&dialog_id) = self.dialog_index.get(&index) else {
+            return; // stray ACK: never answered
+        };
+        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
+            return;
+        };
+        let cseq = request.cseq().map(|(n, _)| n);
+        let Some(pending) = &dialog.pending_2xx else {
+            return; // retransmitted ACK
+        };
+        if Some(pending.cseq) != cseq {
+            return;
+        }
+        let initial = pending.initial;
+        dialog.pending_2xx = None;
+        if dialog.phase == DialogPhase::WaitingAck {
+            dialog.phase = DialogPhase::Confirmed;
+        }
+        if initial {
+            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::Confirmed });
+        }
+    }
+
+    fn handle_response(&mut self, _now: Instant, response: Message, code: u16) {
+        // §17.1.3: match by top Via branch (and CSeq method).
+        let Some(branch) = response.top_via().and_then(|v| v.branch().map(str::to_string)) else {
+            return;
+        };
+        if response.cseq().map(|(_, m)| m) != Some(Method::Bye) {
+            return;
+        }
+        let Some(client) = self.client_transactions.get_mut(&branch) else {
+            return;
+        };
+        if code < 200 {
+            // §17.1.2.2: Proceeding; over UDP keep retransmitting at T2.
+            if client.retransmit_at.is_some() {
+                client.interval = self.config.timers.t2;
+            }
+            return;
+        }
+        let dialog = client.dialog;
+        self.client_transactions.remove(&branch);
+        let outcome = if (200..300).contains(&code) || code == 481 {
+            ByeOutcome::Answered(code)
+        } else {
+            ByeOutcome::Rejected(code)
+        };
+        self.end_dialog(dialog);
+        self.events.push_back(CoreEvent::ByeFinished { dialog, outcome });
+    }
+
+    /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
+    pub fn ringing(&mut self, invite: InviteId) {
+        let Some(key) = self.invites.get(&invite) else {
+            return;
+        };
+        let Some(tx) = self.transactions.get(key) else {
+            return;
+        };
+        if tx.state != TxState::Proceeding {
+            return;
+        }
+        let request = tx.request.clone();
+        let origin = tx.origin;
+        let to_tag = tx.to_tag.clone();
+        let contact = self.contact_header(origin.transport);
+        let mut extra: Vec<(&str, &str)> =
+            request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
+        extra.push(("Contact", contact.as_str()));
+        let response = self.build_response(&request, &origin, 180, "Ringing", Some(&to_tag), &extra);
+        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 180) else {
+            return;
+        };
+        self.transmits.push_back(reply.clone());
+        if let Some(tx) = self.invites.get(&invite).and_then(|k| self.transactions.get_mut(k)) {
+            tx.reply = reply;
+        }
+    }
+
+    /// Rejects a pending INVITE with a final non-2xx (no-op after CANCEL or a prior answer).
+    pub fn reject(
+        &mut self,
+        now: Instant,
+        invite: InviteId,
+        status: u16,
+        reason: &str,
+        extra_headers: &[(&str, &str)],
+    ) {
+        let status = if (300..=699).contains(&status) { status } else { 500 };
+        self.final_non_2xx(now, invite, status, reason, extra_headers);
+        self.invites.remove(&invite);
+    }
+
+    /// §17.2.1: a final non-2xx moves the INVITE transaction to Completed; over UDP it is
+    /// retransmitted on Timer G until ACK or Timer H.
+    fn final_non_2xx(
+        &mut self,
+        now: Instant,
+        invite: InviteId,
+        status: u16,
+        reason: &str,
+        extra_headers: &[(&str, &str)],
+    ) {
+        let Some(key) = self.invites.get(&invite).cloned() else {
+            return;
+        };
+        let Some(tx) = self.transactions.get(&key) else {
+            return;
+        };
+        if tx.state != TxState::Proceeding {
+            return;
+        }
+        let request = tx.request.clone();
+        let origin = tx.origin;
+        let to_tag = tx.to_tag.clone();
+        let reason = if reason.is_empty() { reason_phrase(status) } else { reason };
+        let response = self.build_response(&request, &origin, status, reason, Some(&to_tag), extra_headers);
+        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, status) else {
+            return;
+        };
+        self.transmits.push_back(reply.clone());
+        let timers = self.config.timers;
+        if let Some(tx) = self.transactions.get_mut(&key) {
+            tx.state = TxState::Completed;
+            tx.reply = reply;
+            tx.retransmit_interval = timers.t1;
+            tx.retransmit_at = (!origin.transport.is_reliable()).then(|| now + timers.t1);
+            tx.expires_at = Some(now + timers.t1_x64());
+        }
+    }
+
+    /// Answers a pending INVITE with 200 OK and our SDP; creates the dialog (§12.1.1) and
+    /// retransmits the 2xx until ACK (§13.3.1.4). `None` if the INVITE is no longer pending.
+    pub fn accept(&mut self, now: Instant, invite: InviteId, sdp_answer: &str) -> Option<DialogId> {
+        let key = self.invites.remove(&invite)?;
+        let tx = self.transactions.get(&key)?;
+        if tx.state != TxState::Proceeding {
+            return None;
+        }
+        let request = tx.request.clone();
+        let origin = tx.origin;
+        let to_tag = tx.to_tag.clone();
+        let contact = self.contact_header(origin.transport);
+        let mut extra: Vec<(&str, &str)> =
+            request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
+        extra.push(("Contact", contact.as_str()));
+        extra.push(("Allow", ALLOW));
+        extra.push(("Content-Type", "application/sdp"));
+        let mut response = self.build_response(&request, &origin, 200, "OK", Some(&to_tag), &extra);
+        response.body = sdp_answer.as_bytes().to_vec();
+        let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
+        self.transmits.push_back(reply.clone());
+        let timers = self.config.timers;
+        if let Some(tx) = self.transactions.get_mut(&key) {
+            tx.state = TxState::Accepted;
+            tx.reply = reply.clone();
+            tx.expires_at = Some(now + timers.t1_x64());
+        }
+
+        let call_id = request.call_id().unwrap_or_default().to_string();
+        let remote_tag = request.from_tag().unwrap_or_default();
+        let (cseq, _) = request.cseq()?;
+        let local_party = format!("{};tag={to_tag}", request.header("To").unwrap_or_default());
+        let remote_target = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri).unwrap_or_default();
+        let dialog_id = DialogId(self.fresh_id());
+        let local_cseq = self.rng.random_range(1..=0x7fff_ffff_u32);
+        self.dialogs.insert(
+            dialog_id,
+            DialogState {
+                call_id: call_id.clone(),
+                local_tag: to_tag.clone(),
+                remote_tag: remote_tag.clone(),
+                local_party,
+                remote_party: request.header("From").unwrap_or_default().to_string(),
+                remote_target,
+                route_set: request.header_values("Record-Route").map(str::to_string).collect(),
+                local_cseq,
+                remote_cseq: cseq,
+                origin,
+                phase: DialogPhase::WaitingAck,
+                pending_2xx: Some(Pending2xx {
+                    cseq,
+                    transmit: reply,
+                    next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
+                    interval: timers.t1,
+                    give_up_at: now + timers.t1_x64(),
+                    initial: true,
+                }),
+                last_answer: sdp_answer.to_string(),
+                bye_branch: None,
+            },
+        );
+        self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
+        Some(dialog_id)
+    }
+
+    /// The dialog's Call-ID.
+    pub fn dialog_call_id(&self, dialog: DialogId) -> Option<&str> {
+        self.dialogs.get(&dialog).map(|d| d.call_id.as_str())
+    }
+
+    /// §12.2.1.1 / §8.1.2: the next hop of an in-dialog request is the first route (loose or
+    /// strict) or, without a route set, the remote target.
+    fn next_hop(&self, dialog: &DialogState) -> Option<NextHop> {
+        let target = match dialog.route_set.first() {
+            Some(route) => NameAddr::parse(route)?.uri,
+            None => dialog.remote_target.clone(),
+        };
+        let uri = SipUri::parse(&target)?;
+        let transport = match uri.param("transport") {
+            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
+            Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
+            _ => dialog.origin.transport,
+        };
+        Some(NextHop { transport, host: uri.host_unbracketed().to_string(), port: uri.port.unwrap_or(5060) })
+    }
+
+    /// Starts our BYE (idempotent). IP-literal next hops are sent at once.
+    pub fn hangup(&mut self, now: Instant, dialog_id: DialogId) -> HangupStart {
+        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
+            return HangupStart::AlreadyEnded;
+        };
+        if dialog.phase == DialogPhase::Terminating {
+            return HangupStart::InProgress;
+        }
+        dialog.phase = DialogPhase::Terminating;
+        // Stop retransmitting a 2xx we no longer stand behind.
+        dialog.pending_2xx = None;
+        let Some(dialog) = self.dialogs.get(&dialog_id) else {
+            return HangupStart::AlreadyEnded;
+        };
+        let Some(hop) = self.next_hop(dialog) else {
+            tracing::warn!("dialog has no usable remote target; ending without BYE");
+            self.end_dialog(dialog_id);
+            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Rejected(0) });
+            return HangupStart::InProgress;
+        };
+        match hop.host.parse::<IpAddr>() {
+            Ok(ip) => {
+                self.send_bye(now, dialog_id, SocketAddr::new(ip, hop.port));
+                HangupStart::InProgress
+            }
+            Err(_) => HangupStart::NeedsResolution(hop),
+        }
+    }
+
+    /// Sends our BYE to a resolved next hop (§15.1.1): Request-URI = remote target (or the
+    /// first route when it is a strict router), Route = route set, CSeq = ours + 1.
+    pub fn send_bye(&mut self, now: Instant, dialog_id: DialogId, destination: SocketAddr) {
+        let Some(dialog) = self.dialogs.get(&dialog_id) else {
+            return;
+        };
+        if dialog.bye_branch.is_some() {
+            return;
+        }
+        let Some(hop) = self.next_hop(dialog) else {
+            return;
+        };
+        let transport = hop.transport;
+        let strict = dialog
+            .route_set
+            .first()
+            .and_then(|r| NameAddr::parse(r))
+            .and_then(|r| SipUri::parse(&r.uri))
+            .is_some_and(|u| u.param("lr").is_none());
+        let (request_uri, routes): (String, Vec<String>) = if strict {
+            // §12.2.1.1 strict routing: first route becomes the Request-URI.
+            let first = dialog.route_set.first().and_then(|r| NameAddr::parse(r)).map(|r| r.uri).unwrap_or_default();
+            let mut rest: Vec<String> = dialog.route_set.iter().skip(1).cloned().collect();
+            rest.push(format!("<{}>", dialog.remote_target));
+            (first, rest)
+        } else {
+            (dialog.remote_target.clone(), dialog.route_set.clone())
+        };
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let via_addr = self.contact_for(transport);
+        let contact = self.contact_header(transport);
+        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
+            return;
+        };
+        dialog.local_cseq = dialog.local_cseq.wrapping_add(1);
+        dialog.phase = DialogPhase::Terminating;
+        dialog.pending_2xx = None;
+        dialog.bye_branch = Some(branch.clone());
+        let mut bye = Message::request(Method::Bye, request_uri);
+        let via_host =
+            via_addr.map_or_else(|| "invalid".to_string(), |a| format!("{}:{}", host_for_uri(a.ip()), a.port()));
+        bye.push_header("Via", format!("SIP/2.0/{} {via_host};branch={branch};rport", transport.as_upper()));
+        bye.push_header("Max-Forwards", "70");
+        for route in routes {
+            bye.push_header("Route", route);
+        }
+        bye.push_header("From", dialog.local_party.clone());
+        bye.push_header("To", dialog.remote_party.clone());
+        bye.push_header("Call-ID", dialog.call_id.clone());
+        bye.push_header("CSeq", format!("{} BYE", dialog.local_cseq));
+        bye.push_header("Contact", contact);
+        bye.push_header("User-Agent", self.config.user_agent.clone());
+        let connection = if transport == Transport::Tcp
+            && dialog.origin.transport == Transport::Tcp
+            && dialog.origin.source == destination
+        {
+            dialog.origin.connection
+        } else {
+            None
+        };
+        let transmit = Transmit { transport, destination, connection, payload: bye.to_bytes() };
+        self.transmits.push_back(transmit.clone());
+        let timers = self.config.timers;
+        // §17.1.2.2: Timer E (UDP only) and Timer F.
+        self.client_transactions.insert(
+            branch,
+            ClientTransaction {
+                dialog: dialog_id,
+                transmit,
+                retransmit_at: (!transport.is_reliable()).then(|| now + timers.t1),
+                interval: timers.t1,
+                timeout_at: now + timers.t1_x64(),
+            },
+        );
+    }
+
+    /// Resolution of the next hop failed: give up on the BYE.
+    pub fn bye_unresolvable(&mut self, dialog: DialogId) {
+        if self.dialogs.contains_key(&dialog) {
+            self.end_dialog(dialog);
+            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Unresolvable });
+        }
+    }
+
+    fn end_dialog(&mut self, dialog_id: DialogId) {
+        if let Some(dialog) = self.dialogs.remove(&dialog_id) {
+            self.dialog_index.remove(&(dialog.call_id, dialog.local_tag, dialog.remote_tag));
+            // BYE glare: the peer's BYE ended the dialog first.
+            if let Some(branch) = dialog.bye_branch
+                && self.client_transactions.remove(&branch).is_some()
+            {
+                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Answered(200) });
+            }
+        }
+    }
+
+    /// Runs every timer due at `now`.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        let timers = self.config.timers;
+        // Server transactions: Timer G retransmits, H/I/J/L expiry.
+        let mut expired = Vec::new();
+        for (key, tx) in &mut self.transactions {
+            if tx.expires_at.is_some_and(|t| t <= now) {
+                expired.push(key.clone());
+                continue;
+            }
+            if let Some(at) = tx.retransmit_at
+                && at <= now
+            {
+                self.transmits.push_back(tx.reply.clone());
+                tx.retransmit_interval = (tx.retransmit_interval * 2).min(timers.t2);
+                tx.retransmit_at = Some(now + tx.retransmit_interval);
+            }
+        }
+        for key in expired {
+            if let Some(tx) = self.transactions.remove(&key)
+                && let Some(invite) = tx.invite
+            {
+                self.invites.remove(&invite);
+                self.merge_index.remove(&merge_key(&tx.request));
+            }
+        }
+
+        // Dialogs: 2xx retransmission and the ACK wait (§13.3.1.4).
+        let mut ack_timeouts = Vec::new();
+        for (id, dialog) in &mut self.dialogs {
+            let Some(pending) = &mut dialog.pending_2xx else {
+                continue;
+            };
+            if pending.give_up_at <= now {
+                ack_timeouts.push(*id);
+                continue;
+            }
+            if let Some(at) = pending.next_at
+                && at <= now
+            {
+                self.transmits.push_back(pending.transmit.clone());
+                pending.interval = (pending.interval * 2).min(timers.t2);
+                pending.next_at = Some(now + pending.interval);
+            }
+        }
+        for id in ack_timeouts {
+            if let Some(dialog) = self.dialogs.get_mut(&id) {
+                dialog.pending_2xx = None;
+            }
+            self.events.push_back(CoreEvent::Dialog { dialog: id, notice: DialogNotice::AckTimeout });
+            if let HangupStart::NeedsResolution(next_hop) = self.hangup(now, id) {
+                self.events.push_back(CoreEvent::ByeNeedsResolution { dialog: id, next_hop });
+            }
+        }
+
+        // Our BYE: Timer E retransmits, Timer F gives up.
+        let mut timed_out = Vec::new();
+        for (branch, client) in &mut self.client_transactions {
+            if client.timeout_at <= now {
+                timed_out.push(branch.clone());
+                continue;
+            }
+            if let Some(at) = client.retransmit_at
+                && at <= now
+            {
+                self.transmits.push_back(client.transmit.clone());
+                client.interval = (client.interval * 2).min(timers.t2);
+                client.retransmit_at = Some(now + client.interval);
+            }
+        }
+        for branch in timed_out {
+            if let Some(client) = self.client_transactions.remove(&branch) {
+                if let Some(dialog) = self.dialogs.get_mut(&client.dialog) {
+                    dialog.bye_branch = None;
+                }
+                self.end_dialog(client.dialog);
+                self.events.push_back(CoreEvent::ByeFinished { dialog: client.dialog, outcome: ByeOutcome::TimedOut });
+            }
+        }
+    }
+
+    /// Answers a request with a final response through a non-INVITE server transaction
+    /// (or, for INVITE errors, an INVITE transaction in Completed state).
+    #[allow(clippy::too_many_arguments)]
+    fn respond(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        origin: &Origin,
+        request: &Message,
+        status: u16,
+        reason: Option<&str>,
+        extra: &[(&str, &str)],
+    ) {
+        self.respond_tagged(now, key, origin, request, status, reason, extra, None);
+    }
+
+    /// [`Core::respond`] with a chosen To-tag for requests that carry none.
+    #[allow(clippy::too_many_arguments)]
+    fn respond_tagged(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        origin: &Origin,
+        request: &Message,
+        status: u16,
+        reason: Option<&str>,
+        extra: &[(&str, &str)],
+        to_tag: Option<String>,
+    ) {
+        let Some(method) = request.method().cloned() else {
+            return;
+        };
+        let tag = request.to_tag().or(to_tag).unwrap_or_else(|| self.random_token());
+        let reason = reason.unwrap_or_else(|| reason_phrase(status));
+        let response = self.build_response(request, origin, status, reason, Some(&tag), extra);
+        let Some(reply) = self.reply_transmit(request, origin, response, &method, status) else {
+            return;
+        };
+        self.transmits.push_back(reply.clone());
+        let timers = self.config.timers;
+        let reliable = origin.transport.is_reliable();
+        let is_invite = method == Method::Invite;
+        // §17.2.2 Timer J (64*T1 on UDP, 0 on TCP); §17.2.1 Timers G/H for INVITE.
+        if reliable && !is_invite {
+            return;
+        }
+        self.transactions.insert(
+            key,
+            ServerTransaction {
+                is_invite,
+                state: TxState::Completed,
+                reply,
+                request: request.clone(),
+                origin: *origin,
+                to_tag: tag,
+                invite: None,
+                retransmit_at: (is_invite && !reliable).then(|| now + timers.t1),
+                retransmit_interval: timers.t1,
+                expires_at: Some(now + timers.t1_x64()),
+            },
+        );
+    }
+
+    /// §8.2.6.2: copy Via, From, To (adding our tag), Call-ID and CSeq; RFC 3581 / §18.2.1:
+    /// add `received` and fill `rport` on the top Via.
+    fn build_response(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        status: u16,
+        reason: &str,
+        to_tag: Option<&str>,
+        extra: &[(&str, &str)],
+    ) -> Message {
+        let mut response = Message {
+            start: StartLine::Response { code: status, reason: reason.to_string() },
+            headers: Vec::new(),
+            body: Vec::new(),
+        };
+        let mut first_via = true;
+        for via in request.header_values("Via") {
+            if first_via {
+                first_via = false;
+                if let Some(mut top) = crate::message::Via::parse(via) {
+                    let source_ip = origin.source.ip().to_string();
+                    let rport = top.param("rport").is_some();
+                    if rport || top.host.trim_matches(['[', ']']) != source_ip {
+                        top.set_param("received", Some(source_ip));
+                    }
+                    if rport {
+                        top.set_param("rport", Some(origin.source.port().to_string()));
+                    }
+                    response.push_header("Via", top.to_string());
+                    continue;
+                }
+            }
+            response.push_header("Via", via);
+        }
+        if let Some(from) = request.header("From") {
+            response.push_header("From", from);
+        }
+        if let Some(to) = request.header("To") {
+            let has_tag = NameAddr::parse(to).is_some_and(|t| t.param("tag").is_some());
+            match to_tag {
+                Some(tag) if status > 100 && !has_tag => {
+                    response.push_header("To", format!("{to};tag={tag}"));
+                }
+                _ => response.push_header("To", to),
+            }
+        }
+        if let Some(call_id) = request.call_id() {
+            response.push_header("Call-ID", call_id);
+        }
+        if let Some(cseq) = request.header("CSeq") {
+            response.push_header("CSeq", cseq);
+        }
+        for (name, value) in extra {
+            response.push_header(name, *value);
+        }
+        response.push_header("Server", self.config.user_agent.clone());
+        response
+    }
+
+    /// §18.2.2 and RFC 3581 §4: TCP replies on the same connection; UDP replies to the
+    /// source when `rport` was requested, else to the source IP and the Via port.
+    fn reply_transmit(
+        &self,
+        request: &Message,
+        origin: &Origin,
+        response: Message,
+        method: &Method,
+        status: u16,
+    ) -> Option<Transmit> {
+        let destination = match origin.transport {
+            Transport::Tcp => origin.source,
+            Transport::Udp => {
+                let via = request.top_via()?;
+                if via.param("rport").is_some() {
+                    origin.source
+                } else {
+                    SocketAddr::new(origin.source.ip(), via.port.unwrap_or(5060))
+                }
+            }
+        };
+        metrics::counter!(
+            "switchboard_sip_responses_total",
+            "method" => method.metric_label(),
+            "code" => status.to_string()
+        )
+        .increment(1);
+        Some(Transmit {
+            transport: origin.transport,
+            destination,
+            connection: origin.connection,
+            payload: response.to_bytes(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,367 @@
+//! Drives a bound endpoint with raw UDP and TCP sockets.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use switchboard_sip::message::{Message, Method, StreamFrame, frame_stream, parse_message};
+use switchboard_sip::{DialogEvent, EndpointConfig, IncomingCall, SipEndpoint, Timers, Transport};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio::time::timeout;
+
+/// Guard against hangs only; never a performance assertion.
+const WAIT: Duration = Duration::from_secs(5);
+
+async fn start() -> (SipEndpoint, mpsc::Receiver<IncomingCall>) {
+    start_with_t1(100).await
+}
+
+async fn start_with_t1(t1_ms: u64) -> (SipEndpoint, mpsc::Receiver<IncomingCall>) {
+    let cfg = EndpointConfig {
+        udp: Some("127.0.0.1:0".parse().unwrap()),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        user_agent: "switchboard-test".into(),
+        timers: Timers {
+            t1: Duration::from_millis(t1_ms),
+            t2: Duration::from_millis(t1_ms * 4),
+            t4: Duration::from_millis(t1_ms * 5),
+        },
+        ..EndpointConfig::default()
+    };
+    SipEndpoint::bind(cfg).await.unwrap()
+}
+
+async fn recv_udp(socket: &UdpSocket) -> Message {
+    let mut buf = vec![0u8; 65_536];
+    let (len, _) = timeout(WAIT, socket.recv_from(&mut buf)).await.expect("no SIP message in time").unwrap();
+    match parse_message(&buf[..len], Transport::Udp) {
+        Ok(m) => m,
+        Err(e) => *e.partial.expect("unparseable message from the endpoint"),
+    }
+}
+
+/// Next message that is not a retransmitted 2xx/1xx we are not interested in.
+async fn recv_udp_where(socket: &UdpSocket, pred: impl Fn(&Message) -> bool) -> Message {
+    loop {
+        let m = recv_udp(socket).await;
+        if pred(&m) {
+            return m;
+        }
+    }
+}
+
+struct TcpPeer {
+    stream: TcpStream,
+    buf: Vec<u8>,
+    pongs: usize,
+}
+
+impl TcpPeer {
+    async fn recv(&mut self) -> Message {
+        loop {
+            match frame_stream(&self.buf, 65_536) {
+                StreamFrame::Message { len, .. } => {
+                    let bytes: Vec<u8> = self.buf.drain(..len).collect();
+                    return parse_message(&bytes, Transport::Tcp).unwrap();
+                }
+                StreamFrame::Keepalive(n) => {
+                    self.buf.drain(..n);
+                    self.pongs += 1;
+                    continue;
+                }
+                _ => {}
+            }
+            let mut chunk = [0u8; 4096];
+            let n = timeout(WAIT, self.stream.read(&mut chunk)).await.expect("no TCP message in time").unwrap();
+            assert!(n > 0, "connection closed");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+fn invite(transport: &str, local: SocketAddr, target: SocketAddr, call_id: &str, extra: &str) -> String {
+    let body = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    format!(
+        "INVITE sip:15550001000@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {local};branch=z9hG4bK-{call_id}-inv;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@{local}>;tag=caller\r\n\
+         To: <sip:15550001000@{target}>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{local};transport={}>\r\n\
+         {extra}\
+         Content-Type: application/sdp\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        transport.to_ascii_lowercase(),
+        body.len()
+    )
+}
+
+fn in_dialog(method: &str, transport: &str, local: SocketAddr, call_id: &str, tag: &str, cseq: u32) -> String {
+    format!(
+        "{method} sip:switchboard@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/{transport} {local};branch=z9hG4bK-{call_id}-{method}-{cseq};rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@{local}>;tag=caller\r\n\
+         To: <sip:15550001000@127.0.0.1>;tag={tag}\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: {cseq} {method}\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+fn reply_to(request: &Message, status: u16) -> String {
+    let mut out = format!("SIP/2.0 {status} OK\r\n");
+    for via in request.header_values("Via") {
+        out.push_str(&format!("Via: {via}\r\n"));
+    }
+    for name in ["From", "To", "Call-ID", "CSeq"] {
+        out.push_str(&format!("{name}: {}\r\n", request.header(name).unwrap()));
+    }
+    out.push_str("Content-Length: 0\r\n\r\n");
+    out
+}
+
+async fn next_call(calls: &mut mpsc::Receiver<IncomingCall>) -> IncomingCall {
+    timeout(WAIT, calls.recv()).await.unwrap().unwrap()
+}
+
+#[tokio::test]
+async fn udp_call_with_remote_bye() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let rr = "Record-Route: <sip:127.0.0.1:5999;lr>, <sip:10.0.0.1;lr>\r\n";
+    phone.send_to(invite("UDP", local, target, "udp-1", rr).as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(100));
+
+    let call = next_call(&mut calls).await;
+    assert_eq!(call.info.dialled, "15550001000");
+    assert_eq!(call.info.transport, Transport::Udp);
+    assert_eq!(call.info.source, local);
+    assert!(call.offer.as_deref().unwrap().contains("m=audio 6000"));
+    call.invite.ringing();
+    let ringing = recv_udp(&phone).await;
+    assert_eq!(ringing.status(), Some(180));
+    assert_eq!(ringing.header_values("Record-Route").count(), 2);
+
+    let mut dialog = call.invite.accept("v=0\r\nanswer\r\n");
+    assert_eq!(dialog.call_id(), "udp-1");
+    let ok = recv_udp(&phone).await;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.body, b"v=0\r\nanswer\r\n");
+    let rr: Vec<_> = ok.header_values("Record-Route").collect();
+    assert_eq!(rr, vec!["<sip:127.0.0.1:5999;lr>", "<sip:10.0.0.1;lr>"]);
+    assert_eq!(ok.header("Contact").unwrap(), format!("<sip:switchboard@{target};transport=udp>"));
+    let via = ok.top_via().unwrap();
+    assert_eq!(via.param("rport"), Some(local.port().to_string().as_str()));
+    let tag = ok.to_tag().unwrap();
+
+    phone.send_to(in_dialog("ACK", "UDP", local, "udp-1", &tag, 1).as_bytes(), target).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+
+    phone.send_to(in_dialog("BYE", "UDP", local, "udp-1", &tag, 2).as_bytes(), target).await.unwrap();
+    let bye_ok = recv_udp_where(&phone, |m| m.cseq().map(|c| c.1) == Some(Method::Bye)).await;
+    assert_eq!(bye_ok.status(), Some(200));
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::RemoteBye));
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), None);
+    assert_eq!(dialog.hangup().await, Ok(()));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_hangup_sends_bye_along_the_route_set() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    // The "proxy" in the route set is our raw socket itself.
+    let rr = format!("Record-Route: <sip:{local};lr>\r\n");
+    phone.send_to(invite("UDP", local, target, "udp-2", &rr).as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(100));
+    let call = next_call(&mut calls).await;
+    let mut dialog = call.invite.accept("v=0\r\n");
+    let ok = recv_udp(&phone).await;
+    let tag = ok.to_tag().unwrap();
+    phone.send_to(in_dialog("ACK", "UDP", local, "udp-2", &tag, 1).as_bytes(), target).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+
+    let hangup = tokio::spawn(async move { dialog.hangup().await });
+    let bye = recv_udp_where(&phone, |m| m.method() == Some(&Method::Bye)).await;
+    assert_eq!(bye.request_uri().unwrap(), format!("sip:alice@{local};transport=udp"));
+    assert_eq!(bye.header("Route").unwrap(), format!("<sip:{local};lr>"));
+    assert_eq!(bye.from_tag().as_deref(), Some(tag.as_str()));
+    assert_eq!(bye.to_tag().as_deref(), Some("caller"));
+    phone.send_to(reply_to(&bye, 200).as_bytes(), target).await.unwrap();
+    assert_eq!(timeout(WAIT, hangup).await.unwrap().unwrap(), Ok(()));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_error_responses() {
+    let (endpoint, _calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+
+    let options = in_dialog("OPTIONS", "UDP", local, "opt-1", "x", 1).replace(";tag=x", "");
+    phone.send_to(options.as_bytes(), target).await.unwrap();
+    let m = recv_udp(&phone).await;
+    assert_eq!(m.status(), Some(200));
+    assert_eq!(m.header("Allow"), Some("INVITE, ACK, BYE, CANCEL, OPTIONS"));
+    assert_eq!(m.header("Server"), Some("switchboard-test"));
+
+    endpoint.set_options_response(503);
+    let options = options.replace("CSeq: 1", "CSeq: 2").replace("-1;rport", "-2;rport");
+    phone.send_to(options.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(503));
+
+    let unknown = in_dialog("FROB", "UDP", local, "frob-1", "x", 1).replace(";tag=x", "");
+    phone.send_to(unknown.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(501));
+
+    let register = in_dialog("REGISTER", "UDP", local, "reg-1", "x", 1).replace(";tag=x", "");
+    phone.send_to(register.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(405));
+
+    let stray_bye = in_dialog("BYE", "UDP", local, "nope", "nosuchtag", 7);
+    phone.send_to(stray_bye.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(481));
+
+    let bad = in_dialog("OPTIONS", "UDP", local, "bad-1", "x", 1)
+        .replace(";tag=x", "")
+        .replace("Content-Length: 0", "Content-Length: zero");
+    phone.send_to(bad.as_bytes(), target).await.unwrap();
+    let m = recv_udp(&phone).await;
+    assert_eq!(m.status(), Some(400));
+    assert_eq!(m.call_id(), Some("bad-1"));
+
+    // Garbage without a Via: dropped; the next valid request is still answered.
+    phone.send_to(b"\x00\x01garbage\r\n\r\n", target).await.unwrap();
+    let options = options.replace("CSeq: 2", "CSeq: 3").replace("-2;rport", "-3;rport");
+    phone.send_to(options.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.cseq().map(|c| c.0), Some(3));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn udp_cancel() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    let text = invite("UDP", local, target, "cancel-1", "");
+    phone.send_to(text.as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(100));
+    let mut call = next_call(&mut calls).await;
+
+    let cancel = format!(
+        "CANCEL sip:15550001000@{target} SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {local};branch=z9hG4bK-cancel-1-inv;rport\r\n\
+         Max-Forwards: 70\r\n\
+         From: \"Alice\" <sip:alice@{local}>;tag=caller\r\n\
+         To: <sip:15550001000@{target}>\r\n\
+         Call-ID: cancel-1\r\nCSeq: 1 CANCEL\r\nContent-Length: 0\r\n\r\n"
+    );
+    phone.send_to(cancel.as_bytes(), target).await.unwrap();
+    let first = recv_udp(&phone).await;
+    let second = recv_udp(&phone).await;
+    assert_eq!(first.status(), Some(200));
+    assert_eq!(first.cseq().map(|c| c.1), Some(Method::Cancel));
+    assert_eq!(second.status(), Some(487));
+    timeout(WAIT, call.invite.cancelled()).await.unwrap();
+    let dialog = call.invite.accept("v=0\r\n");
+    assert_eq!(dialog.call_id(), "");
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn tcp_call_with_local_hangup() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let stream = TcpStream::connect(target).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let mut phone = TcpPeer { stream, buf: Vec::new(), pongs: 0 };
+    // Keep-alive CRLFs first, then the INVITE split across two writes.
+    let text = invite("TCP", local, target, "tcp-1", "");
+    phone.stream.write_all(b"\r\n\r\n").await.unwrap();
+    let (a, b) = text.as_bytes().split_at(60);
+    phone.stream.write_all(a).await.unwrap();
+    phone.stream.flush().await.unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    phone.stream.write_all(b).await.unwrap();
+    assert_eq!(phone.recv().await.status(), Some(100));
+    assert_eq!(phone.pongs, 1, "double-CRLF ping answered with a CRLF pong (RFC 5626)");
+
+    let call = next_call(&mut calls).await;
+    assert_eq!(call.info.transport, Transport::Tcp);
+    let mut dialog = call.invite.accept("v=0\r\n");
+    let ok = phone.recv().await;
+    assert_eq!(ok.status(), Some(200));
+    assert_eq!(ok.header("Contact").unwrap(), format!("<sip:switchboard@{target};transport=tcp>"));
+    let tag = ok.to_tag().unwrap();
+    phone.stream.write_all(in_dialog("ACK", "TCP", local, "tcp-1", &tag, 1).as_bytes()).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+
+    let hangup = tokio::spawn(async move { dialog.hangup().await });
+    let bye = phone.recv().await;
+    assert_eq!(bye.method(), Some(&Method::Bye));
+    assert_eq!(bye.top_via().unwrap().transport, "TCP");
+    phone.stream.write_all(reply_to(&bye, 200).as_bytes()).await.unwrap();
+    assert_eq!(timeout(WAIT, hangup).await.unwrap().unwrap(), Ok(()));
+
+    // A request without Content-Length on TCP: 400.
+    let options = in_dialog("OPTIONS", "TCP", local, "tcp-opt", "x", 1)
+        .replace(";tag=x", "")
+        .replace("Content-Length: 0\r\n", "");
+    phone.stream.write_all(options.as_bytes()).await.unwrap();
+    let m = phone.recv().await;
+    assert_eq!(m.status(), Some(400));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn ack_timeout_sends_bye() {
+    let (endpoint, mut calls) = start_with_t1(20).await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    phone.send_to(invite("UDP", local, target, "noack", "").as_bytes(), target).await.unwrap();
+    let call = next_call(&mut calls).await;
+    let mut dialog = call.invite.accept("v=0\r\n");
+    // Never ACK: after 64*T1 (1.28 s with T1 = 20 ms) the endpoint gives up and sends BYE.
+    let event = timeout(Duration::from_secs(15), dialog.next_event()).await.unwrap();
+    assert_eq!(event, Some(DialogEvent::AckTimeout));
+    let bye =
+        timeout(Duration::from_secs(5), recv_udp_where(&phone, |m| m.method() == Some(&Method::Bye))).await.unwrap();
+    phone.send_to(reply_to(&bye, 200).as_bytes(), target).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.hangup()).await.unwrap(), Ok(()));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn dropped_invite_is_rejected_and_dropped_dialog_hangs_up() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    phone.send_to(invite("UDP", local, target, "drop-1", "").as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(100));
+    drop(next_call(&mut calls).await);
+    assert_eq!(recv_udp(&phone).await.status(), Some(500));
+
+    phone.send_to(invite("UDP", local, target, "drop-2", "").as_bytes(), target).await.unwrap();
+    assert_eq!(recv_udp(&phone).await.status(), Some(100));
+    let dialog = next_call(&mut calls).await.invite.accept("v=0\r\n");
+    let ok = recv_udp_where(&phone, |m| m.status() == Some(200)).await;
+    let tag = ok.to_tag().unwrap();
+    phone.send_to(in_dialog("ACK", "UDP", local, "drop-2", &tag, 1).as_bytes(), target).await.unwrap();
+    drop(dialog);
+    let bye = recv_udp_where(&phone, |m| m.method() == Some(&Method::Bye)).await;
+    assert_eq!(bye.call_id(), Some("drop-2"));
+    endpoint.shutdown().await;
+}

@@ -1,0 +1,267 @@
+//! The media loop of one answered call: a thin async shell around the sans-IO pieces.
+//!
+//! One task, one `select!` over the RTP socket, the Realtime WebSocket, the SIP dialog, the
+//! pacer's next deadline, the reorder buffer's next deadline, the RTP timeout and shutdown.
+//!
+//! ```text
+//! caller RTP -> ReorderBuffer -> InboundAudio -> input_audio_buffer.append -> model
+//! model response.output_audio.delta -> Conversation (tag / discard) -> OutboundAudio -> Pacer -> RTP
+//! input_audio_buffer.speech_started -> Pacer::flush + conversation.item.truncate
+//! ```
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use switchboard_media::framing::{InboundAudio, OutboundAudio};
+use switchboard_media::pacer::Pacer;
+use switchboard_media::reorder::{PushOutcome, ReorderBuffer};
+use switchboard_media::rtp;
+use switchboard_realtime::client::{ClientError, RealtimeReceiver, RealtimeSender};
+use switchboard_realtime::conversation::{Conversation, ItemTag};
+use switchboard_realtime::events::{ClientEvent, ErrorEvent, ServerEvent};
+use switchboard_sip::{Dialog, DialogEvent};
+use tokio::net::UdpSocket;
+use tokio::sync::watch;
+use tokio::time::sleep_until;
+use tracing::{debug, info, warn};
+
+use super::end::CallEnd;
+use crate::telemetry;
+
+/// Everything the media loop needs, prepared by call setup.
+pub struct Bridge {
+    pub socket: UdpSocket,
+    /// Where to send RTP: the SDP's address until the caller's first packet shows where it really is.
+    pub remote: SocketAddr,
+    pub payload_type: u8,
+    pub telephone_event: Option<u8>,
+    /// Whether our negotiated direction lets us send (sendrecv / sendonly).
+    pub may_send: bool,
+    pub reorder: ReorderBuffer,
+    pub pacer: Pacer<ItemTag>,
+    pub inbound: InboundAudio,
+    pub outbound: OutboundAudio,
+    /// Milliseconds of model audio per byte received (G.711: 1/8, PCM16 24 kHz: 1/48).
+    pub model_ms_per_byte: f64,
+    pub ptime: Duration,
+    pub rtp_timeout: Duration,
+}
+
+/// Runs until the call ends, and says why.
+pub async fn run(
+    mut bridge: Bridge,
+    dialog: &mut Dialog,
+    realtime_tx: &mut RealtimeSender,
+    realtime_rx: &mut RealtimeReceiver,
+    mut shutdown: watch::Receiver<bool>,
+) -> CallEnd {
+    let mut conversation = Conversation::new();
+    let mut recv_buf = vec![0u8; 2048];
+    let mut send_buf = Vec::with_capacity(256);
+    let mut model_bytes = Vec::with_capacity(2048);
+    let mut frames: Vec<Vec<u8>> = Vec::new();
+    // The assistant item whose audio is being framed, so its last partial frame can be padded
+    // and queued when the next item starts.
+    let mut framing_tag: Option<ItemTag> = None;
+    let mut last_rtp_in = Instant::now();
+    let mut latched = false;
+    let ptime_ms = bridge.ptime.as_secs_f64() * 1000.0;
+
+    loop {
+        let pacer_due = tokio::time::Instant::from_std(bridge.pacer.next_deadline());
+        let reorder_due = bridge.reorder.next_deadline().map(tokio::time::Instant::from_std);
+        let rtp_deadline = tokio::time::Instant::from_std(last_rtp_in + bridge.rtp_timeout);
+
+        tokio::select! {
+            biased;
+
+            _ = sleep_until(pacer_due) => {
+                let now = Instant::now();
+                while let Some(frame) = bridge.pacer.poll(now) {
+                    if let Some(tag) = frame.tag {
+                        conversation.on_audio_played(tag, ptime_ms);
+                    }
+                    if bridge.may_send {
+                        send_buf.clear();
+                        rtp::write_rtp(&mut send_buf, &frame.header, &frame.payload);
+                        if let Err(e) = bridge.socket.send_to(&send_buf, bridge.remote).await {
+                            debug!(error = %e, "RTP send failed");
+                        }
+                        metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(1);
+                    }
+                }
+            }
+
+            received = bridge.socket.recv_from(&mut recv_buf) => {
+                let Ok((len, source)) = received else { continue };
+                let now = Instant::now();
+                let packet = &recv_buf[..len];
+                if rtp::is_rtcp(packet) {
+                    continue;
+                }
+                let Ok((header, payload)) = rtp::parse_rtp(packet) else {
+                    debug!(len, "not an RTP packet; ignored");
+                    continue;
+                };
+                metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(1);
+                last_rtp_in = now;
+                // Symmetric RTP (RFC 4961): answer where the caller's media really comes from,
+                // which behind a NAT is not what its SDP said.
+                if !latched || source != bridge.remote {
+                    if source != bridge.remote {
+                        info!(sdp = %bridge.remote, actual = %source, "RTP source differs from SDP; sending there");
+                    }
+                    bridge.remote = source;
+                    latched = true;
+                }
+                if header.payload_type == bridge.payload_type {
+                    if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted {
+                        if let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await {
+                            return end;
+                        }
+                    }
+                } else if Some(header.payload_type) == bridge.telephone_event {
+                    debug!("RFC 4733 event received (DTMF to the agent is not wired yet)");
+                }
+            }
+
+            _ = async { if let Some(due) = reorder_due { sleep_until(due).await } }, if reorder_due.is_some() => {
+                if let Err(end) = drain_inbound(&mut bridge, Instant::now(), &mut model_bytes, realtime_tx).await {
+                    return end;
+                }
+            }
+
+            event = realtime_rx.recv() => {
+                let event = match event {
+                    Some(Ok(event)) => event,
+                    Some(Err(ClientError::Closed { code, reason })) => {
+                        return CallEnd::AgentDisconnected(format!("closed with {code}: {reason}"));
+                    }
+                    Some(Err(ClientError::Event(e))) => {
+                        warn!(error = %e, "undecodable Realtime event ignored");
+                        continue;
+                    }
+                    Some(Err(e)) => return CallEnd::AgentDisconnected(e.to_string()),
+                    None => return CallEnd::AgentDisconnected("connection closed".into()),
+                };
+                match event {
+                    ServerEvent::OutputAudioDelta(delta) => {
+                        let Ok(audio) = BASE64.decode(delta.delta.as_bytes()) else {
+                            warn!("audio delta with bad base64 ignored");
+                            continue;
+                        };
+                        let ms = audio.len() as f64 * bridge.model_ms_per_byte;
+                        let Some(tag) = conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
+                            continue; // late audio of an interrupted response
+                        };
+                        if framing_tag.is_some_and(|t| t != tag) {
+                            finish_item(&mut bridge, &mut framing_tag);
+                        }
+                        framing_tag = Some(tag);
+                        frames.clear();
+                        bridge.outbound.push(&audio, &mut frames);
+                        for frame in frames.drain(..) {
+                            bridge.pacer.enqueue(tag, frame);
+                        }
+                    }
+                    ServerEvent::OutputAudioDone(_) => finish_item(&mut bridge, &mut framing_tag),
+                    ServerEvent::SpeechStarted(_) => {
+                        let dropped = bridge.pacer.flush();
+                        bridge.outbound.reset();
+                        framing_tag = None;
+                        let truncate = conversation.on_speech_started();
+                        if dropped > 0 || truncate.is_some() {
+                            metrics::counter!(telemetry::BARGE_INS_TOTAL).increment(1);
+                            info!(dropped_frames = dropped, "barge-in: agent audio flushed");
+                        }
+                        if let Some(truncate) = truncate {
+                            if let Err(end) = send(realtime_tx, &truncate.to_event()).await {
+                                return end;
+                            }
+                        }
+                    }
+                    ServerEvent::ResponseCreated(created) => conversation.on_response_created(&created.response.id),
+                    ServerEvent::ResponseDone(done) => conversation.on_response_done(&done.response.id),
+                    ServerEvent::Error(ErrorEvent { error, .. }) => {
+                        let code = error.code.clone().unwrap_or_default();
+                        metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => error_code_label(&code)).increment(1);
+                        if is_fatal_error_code(&code) {
+                            return CallEnd::AgentFatalError(format!("{code}: {}", error.message));
+                        }
+                        warn!(code = %code, message = %error.message, "Realtime error (call continues)");
+                    }
+                    ServerEvent::Unknown { event_type } => {
+                        metrics::counter!(telemetry::REALTIME_EVENTS_UNKNOWN_TOTAL).increment(1);
+                        debug!(%event_type, "unknown Realtime event ignored");
+                    }
+                    _ => {}
+                }
+            }
+
+            event = dialog.next_event() => match event {
+                Some(DialogEvent::Confirmed) => debug!("ACK received"),
+                Some(DialogEvent::RemoteBye) | None => return CallEnd::CallerHangup,
+                Some(DialogEvent::AckTimeout) => return CallEnd::AckTimeout,
+            },
+
+            _ = sleep_until(rtp_deadline) => return CallEnd::RtpTimeout,
+
+            _ = shutdown.changed() => return CallEnd::GatewayShutdown,
+        }
+    }
+}
+
+/// Pads and queues the last partial frame of the item being framed.
+fn finish_item(bridge: &mut Bridge, framing_tag: &mut Option<ItemTag>) {
+    if let Some(tag) = framing_tag.take() {
+        if let Some(frame) = bridge.outbound.flush_partial() {
+            bridge.pacer.enqueue(tag, frame);
+        }
+    }
+}
+
+/// Moves every packet the reorder buffer releases to the model, one append per packet (20 ms).
+async fn drain_inbound(
+    bridge: &mut Bridge,
+    now: Instant,
+    model_bytes: &mut Vec<u8>,
+    realtime_tx: &mut RealtimeSender,
+) -> Result<(), CallEnd> {
+    while let Some(frame) = bridge.reorder.pop(now) {
+        if frame.lost_before > 0 {
+            metrics::counter!(telemetry::RTP_LOST_TOTAL).increment(u64::from(frame.lost_before));
+        }
+        model_bytes.clear();
+        bridge.inbound.convert(&frame.payload, model_bytes);
+        let append = ClientEvent::InputAudioBufferAppend { event_id: None, audio: BASE64.encode(&model_bytes) };
+        send(realtime_tx, &append).await?;
+    }
+    Ok(())
+}
+
+async fn send(realtime_tx: &mut RealtimeSender, event: &ClientEvent) -> Result<(), CallEnd> {
+    realtime_tx.send(event).await.map_err(|e| CallEnd::AgentDisconnected(format!("send failed: {e}")))
+}
+
+/// Errors after which the session cannot go on (protocol reference §7).
+fn is_fatal_error_code(code: &str) -> bool {
+    matches!(code, "session_expired" | "invalid_api_key" | "model_not_found" | "beta_api_shape_disabled")
+}
+
+/// Error codes as a bounded label set.
+fn error_code_label(code: &str) -> &'static str {
+    const KNOWN: &[&str] = &[
+        "invalid_event",
+        "session_expired",
+        "beta_api_shape_disabled",
+        "conversation_already_has_active_response",
+        "response_cancel_not_active",
+        "input_audio_buffer_commit_empty",
+        "rate_limit_exceeded",
+        "invalid_api_key",
+        "model_not_found",
+    ];
+    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
+}

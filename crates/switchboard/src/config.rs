@@ -1,0 +1,516 @@
+//! The gateway's configuration: one TOML file, every key overridable from the environment as
+//! `SWITCHBOARD__<SECTION>__<KEY>` (double underscores, so snake_case keys survive).
+//!
+//! Loading never stops at the first problem: [`load`] collects every unknown key, type error and
+//! invalid value with its dotted key, so `switchboard check` can print them all at once.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::path::Path;
+
+use serde::Deserialize;
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct Config {
+    pub sip: SipConfig,
+    pub media: MediaConfig,
+    pub realtime: RealtimeConfig,
+    pub calls: CallsConfig,
+    pub admin: AdminConfig,
+    pub log: LogConfig,
+    /// Agents keyed by name. `default` answers every number no other agent claims.
+    pub agents: BTreeMap<String, AgentConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct SipConfig {
+    /// UDP listen address; empty string disables UDP.
+    pub udp: String,
+    /// TCP listen address; empty string disables TCP.
+    pub tcp: String,
+    /// Host put in our Contact/Via when listening on a wildcard address.
+    pub advertised_host: String,
+    pub user_agent: String,
+    pub max_message_bytes: usize,
+    /// RFC 3261 T1 in milliseconds (retransmission base).
+    pub t1_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct MediaConfig {
+    /// Address advertised in SDP `c=` lines: where callers send RTP.
+    pub address: String,
+    /// Address the RTP sockets bind to.
+    pub bind: String,
+    /// RTP port range, e.g. "20000-20999". One even port per call.
+    pub rtp_ports: String,
+    /// Codec preference, best first ("PCMU", "PCMA").
+    pub codecs: StringList,
+    /// A call with no RTP from the caller for this long is ended with BYE.
+    pub rtp_timeout_secs: u64,
+    /// How long an out-of-order packet waits for the missing one before it is declared lost.
+    pub reorder_wait_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct RealtimeConfig {
+    /// `wss://api.openai.com/v1/realtime` in production; `ws://` is allowed for a local endpoint.
+    pub url: String,
+    /// Defaults to the `OPENAI_API_KEY` environment variable. Empty: the built-in offline agent answers.
+    pub api_key: String,
+    pub model: String,
+    pub connect_timeout_ms: u64,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct CallsConfig {
+    /// Beyond this many concurrent calls new INVITEs get 503 with Retry-After.
+    pub max_concurrent: usize,
+    pub retry_after_secs: u32,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AdminConfig {
+    /// HTTP listener for /healthz, /readyz and /metrics; empty disables it.
+    pub listen: String,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct LogConfig {
+    /// `text` or `json`.
+    pub format: String,
+    /// A tracing env-filter directive, e.g. `info` or `switchboard=debug`. `RUST_LOG` wins if set.
+    pub level: String,
+}
+
+/// One agent: what the model is told and how it sounds.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct AgentConfig {
+    pub instructions: String,
+    pub voice: String,
+    /// Spoken first when the call is answered; empty: the caller speaks first.
+    pub greeting: String,
+    /// `auto`: G.711 straight through to the model; `pcm`: 24 kHz PCM16 with resampling.
+    pub audio_format: AudioFormatChoice,
+    /// Dialled numbers this agent answers: exact, or a prefix ending in `*`. Empty on `default`:
+    /// every number no other agent claims.
+    pub numbers: StringList,
+    /// Codec preference for this agent's calls; empty: `media.codecs`.
+    pub codecs: StringList,
+    pub vad_threshold: f64,
+    pub vad_prefix_padding_ms: u32,
+    pub vad_silence_duration_ms: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AudioFormatChoice {
+    Auto,
+    Pcm,
+}
+
+/// A list that may be written as a TOML array or, for environment overrides, a comma-separated string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StringList(pub Vec<String>);
+
+impl<'de> Deserialize<'de> for StringList {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            List(Vec<String>),
+            Text(String),
+        }
+        Ok(match Raw::deserialize(d)? {
+            Raw::List(items) => StringList(items),
+            Raw::Text(text) => StringList(
+                text.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(String::from)
+                    .collect(),
+            ),
+        })
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            sip: SipConfig::default(),
+            media: MediaConfig::default(),
+            realtime: RealtimeConfig::default(),
+            calls: CallsConfig::default(),
+            admin: AdminConfig::default(),
+            log: LogConfig::default(),
+            agents: BTreeMap::from([("default".to_string(), AgentConfig::default())]),
+        }
+    }
+}
+
+impl Default for SipConfig {
+    fn default() -> Self {
+        SipConfig {
+            udp: "0.0.0.0:5060".into(),
+            tcp: "0.0.0.0:5060".into(),
+            advertised_host: String::new(),
+            user_agent: concat!("Switchboard/", env!("CARGO_PKG_VERSION")).into(),
+            max_message_bytes: 16 * 1024,
+            t1_ms: 500,
+        }
+    }
+}
+
+impl Default for MediaConfig {
+    fn default() -> Self {
+        MediaConfig {
+            address: "127.0.0.1".into(),
+            bind: "0.0.0.0".into(),
+            rtp_ports: "20000-20999".into(),
+            codecs: StringList(vec!["PCMU".into(), "PCMA".into()]),
+            rtp_timeout_secs: 30,
+            reorder_wait_ms: 40,
+        }
+    }
+}
+
+impl Default for RealtimeConfig {
+    fn default() -> Self {
+        RealtimeConfig {
+            url: "wss://api.openai.com/v1/realtime".into(),
+            api_key: String::new(),
+            model: "gpt-realtime-2.1".into(),
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+impl Default for CallsConfig {
+    fn default() -> Self {
+        CallsConfig { max_concurrent: 500, retry_after_secs: 5 }
+    }
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig { listen: "127.0.0.1:9090".into() }
+    }
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        LogConfig { format: "text".into(), level: "info".into() }
+    }
+}
+
+impl Default for AgentConfig {
+    fn default() -> Self {
+        AgentConfig {
+            instructions: "You are a helpful, concise phone agent. Keep answers short.".into(),
+            voice: "marin".into(),
+            greeting: String::new(),
+            audio_format: AudioFormatChoice::Auto,
+            numbers: StringList::default(),
+            codecs: StringList::default(),
+            vad_threshold: 0.5,
+            vad_prefix_padding_ms: 300,
+            vad_silence_duration_ms: 500,
+        }
+    }
+}
+
+/// One problem found in the configuration, with the dotted key it concerns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration ({} problem(s)): {}", .0.len(), .0.iter().map(|p| p.to_string()).collect::<Vec<_>>().join("; "))]
+pub struct ConfigErrors(pub Vec<ConfigProblem>);
+
+/// Values derived from [`Config`] after validation, in the types the gateway uses.
+#[derive(Debug, Clone)]
+pub struct Resolved {
+    pub sip_udp: Option<SocketAddr>,
+    pub sip_tcp: Option<SocketAddr>,
+    pub advertised_host: Option<IpAddr>,
+    pub media_address: IpAddr,
+    pub media_bind: IpAddr,
+    pub rtp_ports: RangeInclusive<u16>,
+    pub admin_listen: Option<SocketAddr>,
+}
+
+const VOICES: &[&str] = &[
+    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
+];
+pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA"];
+
+/// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
+pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
+    let env = std::env::vars().collect::<Vec<_>>();
+    load_with_env(path, &env)
+}
+
+/// [`load`] with an explicit environment, so tests do not depend on the process environment.
+pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, Resolved), ConfigErrors> {
+    let problem = |key: &str, message: String| ConfigErrors(vec![ConfigProblem { key: key.into(), message }]);
+    let overrides: config::Map<String, String> = env
+        .iter()
+        .filter(|(k, _)| k.starts_with("SWITCHBOARD__"))
+        .cloned()
+        .collect();
+    let raw = config::Config::builder()
+        .add_source(config::File::from(path).format(config::FileFormat::Toml))
+        .add_source(
+            config::Environment::with_prefix("SWITCHBOARD")
+                .separator("__")
+                .try_parsing(true)
+                .source(Some(overrides)),
+        )
+        .build()
+        .map_err(|e| problem(&path.display().to_string(), e.to_string()))?;
+
+    let mut problems = Vec::new();
+    let mut unknown = Vec::new();
+    let mut record_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let deserializer = serde_ignored::Deserializer::new(raw, &mut record_unknown);
+    let parsed: Result<Config, _> = serde_path_to_error::deserialize(deserializer);
+    for key in unknown {
+        problems.push(ConfigProblem { key, message: "unknown key".into() });
+    }
+    let mut cfg = match parsed {
+        Ok(cfg) => cfg,
+        Err(e) => {
+            problems.push(ConfigProblem { key: e.path().to_string(), message: e.inner().to_string() });
+            return Err(ConfigErrors(problems));
+        }
+    };
+    if cfg.realtime.api_key.is_empty() {
+        if let Some((_, key)) = env.iter().find(|(k, _)| k == "OPENAI_API_KEY") {
+            cfg.realtime.api_key = key.clone();
+        }
+    }
+    match validate(&cfg, &mut problems) {
+        Some(resolved) if problems.is_empty() => Ok((cfg, resolved)),
+        _ => Err(ConfigErrors(problems)),
+    }
+}
+
+fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved> {
+    let mut bad = |key: &str, message: String| problems.push(ConfigProblem { key: key.into(), message });
+
+    let optional_addr = |key: &str, value: &str, bad: &mut dyn FnMut(&str, String)| -> Option<SocketAddr> {
+        if value.is_empty() {
+            return None;
+        }
+        value
+            .parse::<SocketAddr>()
+            .map_err(|_| bad(key, format!("`{value}` is not an IP:port address")))
+            .ok()
+    };
+    let sip_udp = optional_addr("sip.udp", &cfg.sip.udp, &mut bad);
+    let sip_tcp = optional_addr("sip.tcp", &cfg.sip.tcp, &mut bad);
+    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() {
+        bad("sip.udp", "at least one of sip.udp and sip.tcp must be set".into());
+    }
+    let advertised_host = if cfg.sip.advertised_host.is_empty() {
+        None
+    } else {
+        cfg.sip
+            .advertised_host
+            .parse()
+            .map_err(|_| bad("sip.advertised_host", format!("`{}` is not an IP address", cfg.sip.advertised_host)))
+            .ok()
+    };
+    if !(512..=65_535).contains(&cfg.sip.max_message_bytes) {
+        bad("sip.max_message_bytes", "must be between 512 and 65535".into());
+    }
+    if !(50..=5_000).contains(&cfg.sip.t1_ms) {
+        bad("sip.t1_ms", "must be between 50 and 5000".into());
+    }
+
+    let media_address = cfg
+        .media
+        .address
+        .parse::<IpAddr>()
+        .map_err(|_| bad("media.address", format!("`{}` is not an IP address", cfg.media.address)))
+        .ok();
+    if media_address.is_some_and(|a| a.is_unspecified()) {
+        bad("media.address", "must be an address callers can reach, not a wildcard".into());
+    }
+    let media_bind = cfg
+        .media
+        .bind
+        .parse::<IpAddr>()
+        .map_err(|_| bad("media.bind", format!("`{}` is not an IP address", cfg.media.bind)))
+        .ok();
+    let rtp_ports = parse_port_range(&cfg.media.rtp_ports)
+        .map_err(|m| bad("media.rtp_ports", m))
+        .ok();
+    check_codecs("media.codecs", &cfg.media.codecs, &mut bad);
+    if cfg.media.codecs.0.is_empty() {
+        bad("media.codecs", "at least one codec is needed".into());
+    }
+    if cfg.media.rtp_timeout_secs == 0 {
+        bad("media.rtp_timeout_secs", "must be at least 1".into());
+    }
+    if cfg.media.reorder_wait_ms > 500 {
+        bad("media.reorder_wait_ms", "must be at most 500".into());
+    }
+
+    match cfg.realtime.url.split_once("://") {
+        Some(("wss" | "ws", rest)) if !rest.is_empty() => {}
+        _ => bad("realtime.url", format!("`{}` must start with wss:// (or ws:// for a local endpoint)", cfg.realtime.url)),
+    }
+    if cfg.realtime.model.is_empty() {
+        bad("realtime.model", "must not be empty".into());
+    }
+    if cfg.calls.max_concurrent == 0 {
+        bad("calls.max_concurrent", "must be at least 1".into());
+    }
+    let admin_listen = optional_addr("admin.listen", &cfg.admin.listen, &mut bad);
+    if !matches!(cfg.log.format.as_str(), "text" | "json") {
+        bad("log.format", format!("`{}` must be `text` or `json`", cfg.log.format));
+    }
+
+    if cfg.agents.is_empty() {
+        bad("agents", "at least one agent is needed".into());
+    }
+    for (name, agent) in &cfg.agents {
+        let key = |field: &str| format!("agents.{name}.{field}");
+        if !VOICES.contains(&agent.voice.as_str()) {
+            bad(&key("voice"), format!("`{}` is not one of {}", agent.voice, VOICES.join(", ")));
+        }
+        if !(0.0..=1.0).contains(&agent.vad_threshold) {
+            bad(&key("vad_threshold"), "must be between 0 and 1".into());
+        }
+        check_codecs(&key("codecs"), &agent.codecs, &mut bad);
+        for pattern in &agent.numbers.0 {
+            let digits = pattern.strip_suffix('*').unwrap_or(pattern);
+            if digits.contains('*') || pattern.is_empty() {
+                bad(&key("numbers"), format!("`{pattern}`: a number, or a prefix ending in one `*`"));
+            }
+        }
+        if name != "default" && agent.numbers.0.is_empty() {
+            bad(&key("numbers"), "an agent other than `default` needs numbers to answer".into());
+        }
+    }
+
+    Some(Resolved {
+        sip_udp,
+        sip_tcp,
+        advertised_host,
+        media_address: media_address?,
+        media_bind: media_bind?,
+        rtp_ports: rtp_ports?,
+        admin_listen,
+    })
+}
+
+fn check_codecs(key: &str, codecs: &StringList, bad: &mut impl FnMut(&str, String)) {
+    for codec in &codecs.0 {
+        if !KNOWN_CODECS.iter().any(|k| k.eq_ignore_ascii_case(codec)) {
+            bad(key, format!("`{codec}` is not a supported codec ({})", KNOWN_CODECS.join(", ")));
+        }
+    }
+}
+
+/// Parses "20000-20999". The range must hold at least two ports and start even (RTP on even ports).
+pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
+    let (lo, hi) = text
+        .split_once('-')
+        .ok_or_else(|| format!("`{text}` must look like 20000-20999"))?;
+    let lo: u16 = lo.trim().parse().map_err(|_| format!("`{lo}` is not a port"))?;
+    let hi: u16 = hi.trim().parse().map_err(|_| format!("`{hi}` is not a port"))?;
+    if lo < 1024 || hi <= lo {
+        return Err(format!("`{text}`: need 1024 <= first < last"));
+    }
+    Ok(lo..=hi)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn write(text: &str) -> tempfile::NamedTempFile {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        f
+    }
+
+    #[test]
+    fn shipped_config_file_is_valid_and_matches_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/switchboard.toml");
+        let (cfg, resolved) = load_with_env(&path, &[]).unwrap();
+        let defaults = Config::default();
+        assert_eq!(cfg.sip.udp, defaults.sip.udp);
+        assert_eq!(cfg.media.rtp_ports, defaults.media.rtp_ports);
+        assert_eq!(cfg.realtime.model, defaults.realtime.model);
+        assert_eq!(resolved.rtp_ports, 20000..=20999);
+        assert!(cfg.agents.contains_key("default"));
+    }
+
+    #[test]
+    fn environment_overrides_nested_keys_with_double_underscores() {
+        let f = write("[agents.default]\ninstructions = \"x\"\n");
+        let env = [
+            ("SWITCHBOARD__AGENTS__DEFAULT__AUDIO_FORMAT".to_string(), "pcm".to_string()),
+            ("SWITCHBOARD__MEDIA__RTP_PORTS".to_string(), "30000-30099".to_string()),
+            ("SWITCHBOARD__CALLS__MAX_CONCURRENT".to_string(), "7".to_string()),
+            ("OPENAI_API_KEY".to_string(), "sk-test".to_string()),
+        ];
+        let (cfg, resolved) = load_with_env(f.path(), &env).unwrap();
+        assert_eq!(cfg.agents["default"].audio_format, AudioFormatChoice::Pcm);
+        assert_eq!(resolved.rtp_ports, 30000..=30099);
+        assert_eq!(cfg.calls.max_concurrent, 7);
+        assert_eq!(cfg.realtime.api_key, "sk-test");
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_key() {
+        let f = write(
+            "[sip]\nudp = \"nonsense\"\ncolour = \"blue\"\n[media]\nrtp_ports = \"9-3\"\ncodecs = [\"G729\"]\n\
+             [realtime]\nurl = \"http://x\"\n[agents.default]\nvoice = \"robot\"\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in ["sip.colour", "sip.udp", "media.rtp_ports", "media.codecs", "realtime.url", "agents.default.voice"] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn type_errors_name_the_key() {
+        let f = write("[calls]\nmax_concurrent = \"lots\"\n");
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        assert_eq!(err.0[0].key, "calls.max_concurrent");
+    }
+
+    #[test]
+    fn codecs_accept_a_comma_separated_string() {
+        let f = write("[media]\ncodecs = \"PCMA, PCMU\"\n");
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        assert_eq!(cfg.media.codecs.0, vec!["PCMA", "PCMU"]);
+    }
+}

@@ -1,0 +1,12 @@
+//! Switchboard: a SIP telephony gateway to the OpenAI Realtime API.
+//!
+//! This crate wires the protocol crates together: configuration ([`config`]), the gateway
+//! ([`app`]), one task per call ([`call`]), the admin HTTP listener ([`admin`]) and telemetry.
+
+pub mod admin;
+pub mod app;
+pub mod call;
+pub mod config;
+pub mod routing;
+pub mod rtp_ports;
+pub mod telemetry;

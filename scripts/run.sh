@@ -1,0 +1,6 @@
+#!/usr/bin/env bash
+# Runs the gateway with config/switchboard.toml (SIP on 5060 UDP+TCP, admin on 127.0.0.1:9090).
+# Without OPENAI_API_KEY it answers calls with the built-in offline agent (it echoes the caller).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+exec cargo run --release --locked -p switchboard --bin switchboard -- run --config "${SWITCHBOARD_CONFIG:-config/switchboard.toml}" "$@"

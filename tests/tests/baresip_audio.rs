@@ -1,0 +1,110 @@
+//! baresip, a real softphone, calls the gateway and plays recorded speech; the simulator's echo
+//! agent says it back; baresip records what it hears. The recording's speech envelope must
+//! correlate with the original (r >= 0.8) for PCMU and PCMA passthrough and for the PCM path.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use switchboard_e2e::audio;
+use switchboard_e2e::procs::{Gateway, Sim, run_bounded};
+use switchboard_e2e::{Ports, tools};
+
+/// A baresip config folder: plays `source` into the call, records the call under `dir/rec`.
+fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
+    let conf = dir.join("baresip");
+    let rec = dir.join("rec");
+    std::fs::create_dir_all(&conf).expect("mkdir");
+    std::fs::create_dir_all(&rec).expect("mkdir");
+    let config = format!(
+        "poll_method epoll\n\
+         sip_listen 127.0.0.1:{sip}\n\
+         net_interface 127.0.0.1\n\
+         audio_source aufile,{source}\n\
+         audio_player aubridge,nil\n\
+         audio_alert aubridge,nil\n\
+         rtp_ports {m0}-{m1}\n\
+         module_path /usr/lib/baresip/modules\n\
+         module g711.so\n\
+         module aufile.so\n\
+         module aubridge.so\n\
+         module sndfile.so\n\
+         module_tmp uuid.so\n\
+         module_tmp account.so\n\
+         module_app menu.so\n\
+         snd_path {rec}\n\
+         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
+        sip = ports.peer_sip,
+        source = source.display(),
+        m0 = ports.peer_media,
+        m1 = ports.peer_media + 99,
+        rec = rec.display(),
+    );
+    std::fs::write(conf.join("config"), config).expect("write baresip config");
+    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip)).expect("accounts");
+    conf
+}
+
+fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str) {
+    if !(tools::require("baresip", test) && tools::require("espeak-ng", test) && tools::require("sox", test)) {
+        return;
+    }
+    let ports = Ports::for_slot(slot);
+    let dir = tools::scratch_dir(test);
+    let speech = audio::make_speech(&dir);
+    // Speech, then silence long enough for the echo to come back before baresip hangs up.
+    let source = dir.join("speech_then_silence.wav");
+    let padded = run_bounded(
+        "sox",
+        Command::new("sox").arg(&speech.wav_8k).arg(&source).args(["pad", "0", "7"]),
+        Duration::from_secs(30),
+    );
+    assert!(padded.status.success(), "sox pad failed");
+    let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
+    let gateway = Gateway::start(ports, &sim.url(), extra_toml, &dir);
+    let conf = baresip_config(&dir, ports, &source);
+
+    let out = run_bounded(
+        "baresip",
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-u", &format!("audio_codecs={codec}"), "-t", "16"])
+            .arg("-e")
+            .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip)),
+        Duration::from_secs(40),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let recording = std::fs::read_dir(dir.join("rec"))
+        .expect("rec dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
+        .unwrap_or_else(|| panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log()));
+
+    let (rate, heard) = audio::read_wav(&recording);
+    assert_eq!(rate, 8000);
+    let (_, original) = audio::read_wav(&speech.wav_8k);
+    let frame = 160; // 20 ms at 8 kHz
+    let (lag, r) = audio::best_lag_correlation(&audio::envelope(&original, frame), &audio::envelope(&heard, frame), 600);
+    eprintln!("{test}: envelope correlation r = {r:.3} at lag {} ms", lag * 20);
+    assert!(r >= 0.8, "the echo heard by baresip correlates only {r:.3} with the original speech");
+
+    let sessions = sim.sessions();
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "one Realtime session per call");
+}
+
+#[test]
+fn baresip_pcmu_passthrough_echo_correlates() {
+    echo_call(8, "baresip_pcmu_passthrough_echo_correlates", "PCMU", "");
+}
+
+#[test]
+fn baresip_pcma_passthrough_echo_correlates() {
+    echo_call(9, "baresip_pcma_passthrough_echo_correlates", "PCMA", "");
+}
+
+#[test]
+fn baresip_pcm24k_transcoding_echo_correlates() {
+    echo_call(10, "baresip_pcm24k_transcoding_echo_correlates", "PCMU", "[agents.default]\naudio_format = \"pcm\"\n");
+}
