@@ -24,9 +24,30 @@ pub fn make_speech(dir: &Path) -> Speech {
         assert!(out.status.success(), "{what} failed: {}", String::from_utf8_lossy(&out.stderr));
     };
     ok(run_bounded("espeak-ng", Command::new("espeak-ng").arg("-w").arg(&wav).arg(PHRASE), limit), "espeak-ng");
-    ok(run_bounded("sox", Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-b", "16"]).arg(&speech.wav_8k), limit), "sox wav");
-    ok(run_bounded("sox", Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-t", "ul"]).arg(&speech.ulaw), limit), "sox ul");
-    ok(run_bounded("sox", Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-t", "al"]).arg(&speech.alaw), limit), "sox al");
+    ok(
+        run_bounded(
+            "sox",
+            Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-b", "16"]).arg(&speech.wav_8k),
+            limit,
+        ),
+        "sox wav",
+    );
+    ok(
+        run_bounded(
+            "sox",
+            Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-t", "ul"]).arg(&speech.ulaw),
+            limit,
+        ),
+        "sox ul",
+    );
+    ok(
+        run_bounded(
+            "sox",
+            Command::new("sox").arg(&wav).args(["-r", "8000", "-c", "1", "-t", "al"]).arg(&speech.alaw),
+            limit,
+        ),
+        "sox al",
+    );
     speech
 }
 

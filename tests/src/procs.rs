@@ -160,7 +160,13 @@ impl Gateway {
         Self::start_with_env(ports, realtime_url, extra_toml, dir, &[])
     }
 
-    pub fn start_with_env(ports: Ports, realtime_url: &str, extra_toml: &str, dir: &Path, env: &[(&str, &str)]) -> Gateway {
+    pub fn start_with_env(
+        ports: Ports,
+        realtime_url: &str,
+        extra_toml: &str,
+        dir: &Path,
+        env: &[(&str, &str)],
+    ) -> Gateway {
         let config = format!(
             "[sip]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\nt1_ms = 100\n\
              [media]\naddress = \"127.0.0.1\"\nbind = \"127.0.0.1\"\nrtp_ports = \"{rf}-{rl}\"\nrtp_timeout_secs = 10\n\
@@ -190,7 +196,9 @@ impl Gateway {
         let admin: SocketAddr = ([127, 0, 0, 1], self.ports.admin).into();
         let deadline = Instant::now() + limit;
         while Instant::now() < deadline {
-            if TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok() && http_get(admin, "/readyz").0 == 200 {
+            if TcpStream::connect_timeout(&admin, Duration::from_millis(200)).is_ok()
+                && http_get(admin, "/readyz").0 == 200
+            {
                 return;
             }
             std::thread::sleep(Duration::from_millis(50));

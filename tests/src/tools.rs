@@ -27,9 +27,8 @@ fn workspace_root() -> PathBuf {
 }
 
 fn release_binary(env: &str, name: &str) -> PathBuf {
-    let path = std::env::var_os(env)
-        .map(PathBuf::from)
-        .unwrap_or_else(|| workspace_root().join("target/release").join(name));
+    let path =
+        std::env::var_os(env).map(PathBuf::from).unwrap_or_else(|| workspace_root().join("target/release").join(name));
     assert!(
         path.exists(),
         "{} not found: build it with `cargo build --release -p switchboard -p switchboard-sim` (scripts/test.sh does)",

@@ -41,7 +41,8 @@ fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
         rec = rec.display(),
     );
     std::fs::write(conf.join("config"), config).expect("write baresip config");
-    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip)).expect("accounts");
+    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip))
+        .expect("accounts");
     conf
 }
 
@@ -80,13 +81,16 @@ fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str) {
         .filter_map(Result::ok)
         .map(|e| e.path())
         .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log()));
+        .unwrap_or_else(|| {
+            panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log())
+        });
 
     let (rate, heard) = audio::read_wav(&recording);
     assert_eq!(rate, 8000);
     let (_, original) = audio::read_wav(&speech.wav_8k);
     let frame = 160; // 20 ms at 8 kHz
-    let (lag, r) = audio::best_lag_correlation(&audio::envelope(&original, frame), &audio::envelope(&heard, frame), 600);
+    let (lag, r) =
+        audio::best_lag_correlation(&audio::envelope(&original, frame), &audio::envelope(&heard, frame), 600);
     eprintln!("{test}: envelope correlation r = {r:.3} at lag {} ms", lag * 20);
     assert!(r >= 0.8, "the echo heard by baresip correlates only {r:.3} with the original speech");
 

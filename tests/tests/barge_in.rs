@@ -39,7 +39,8 @@ fn barge_in_flushes_agent_audio_and_truncates_to_what_was_heard() {
     let Speech { ulaw, .. } = audio::make_speech(&dir);
     let stream = silence_speech_silence(&ulaw, &dir);
     let sim = Sim::start(ports, &["--behaviour", "echo", "--greeting-tone", "440:20000"], &dir);
-    let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"Welcome to the test line.\"\n", &dir);
+    let gateway =
+        Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"Welcome to the test line.\"\n", &dir);
     let filter = format!("udp and dst portrange {}-{}", ports.peer_media, ports.peer_media + 3);
     let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 60);
 
@@ -65,12 +66,12 @@ fn barge_in_flushes_agent_audio_and_truncates_to_what_was_heard() {
     let events = sessions[0]["events"].as_array().expect("events").clone();
     let speech_started_us = events
         .iter()
-        .find(|e| e["direction"] == "sent" && e["event"]["type"] == "input_audio_buffer.speech_started")
+        .find(|e| e["direction"] == "server" && e["event"]["type"] == "input_audio_buffer.speech_started")
         .and_then(|e| e["at_unix_us"].as_i64())
         .expect("the simulator detected the caller's speech");
     let truncate = events
         .iter()
-        .find(|e| e["direction"] == "received" && e["event"]["type"] == "conversation.item.truncate")
+        .find(|e| e["direction"] == "client" && e["event"]["type"] == "conversation.item.truncate")
         .expect("the gateway sent conversation.item.truncate");
     let audio_end_ms = truncate["event"]["audio_end_ms"].as_i64().expect("audio_end_ms");
 

@@ -30,7 +30,9 @@ fn final_status(answers: &[String]) -> Option<u16> {
 }
 
 fn offer(port: u16) -> String {
-    format!("v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio {port} RTP/AVP 0\na=rtpmap:0 PCMU/8000\n")
+    format!(
+        "v=0\no=- 1 1 IN IP4 127.0.0.1\ns=-\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio {port} RTP/AVP 0\na=rtpmap:0 PCMU/8000\n"
+    )
 }
 
 #[test]
@@ -46,7 +48,8 @@ fn bad_requests_get_precise_answers_and_the_gateway_survives() {
     let answers = sip_raw::exchange(target, &bad_length, WAIT);
     assert_eq!(final_status(&answers), Some(400), "non-numeric Content-Length: {answers:?}");
 
-    let bad_uri = request("INVITE", "bad-uri", "", "").replace("INVITE sip:15550001000@127.0.0.1 SIP/2.0", "INVITE not a uri SIP/2.0");
+    let bad_uri = request("INVITE", "bad-uri", "", "")
+        .replace("INVITE sip:15550001000@127.0.0.1 SIP/2.0", "INVITE not a uri SIP/2.0");
     assert_eq!(final_status(&sip_raw::exchange(target, &bad_uri, WAIT)), Some(400), "malformed request line");
 
     let looped = request("INVITE", "loop", "", "").replace("Max-Forwards: 70", "Max-Forwards: 0");
@@ -55,7 +58,8 @@ fn bad_requests_get_precise_answers_and_the_gateway_survives() {
     let unknown = request("FROBNICATE", "unknown-method", "", "");
     assert_eq!(final_status(&sip_raw::exchange(target, &unknown, WAIT)), Some(501), "unknown method");
 
-    let stray_bye = request("BYE", "no-such-dialog", "", "").replace("To: <sip:15550001000@127.0.0.1>", "To: <sip:15550001000@127.0.0.1>;tag=nope");
+    let stray_bye = request("BYE", "no-such-dialog", "", "")
+        .replace("To: <sip:15550001000@127.0.0.1>", "To: <sip:15550001000@127.0.0.1>;tag=nope");
     assert_eq!(final_status(&sip_raw::exchange(target, &stray_bye, WAIT)), Some(481), "BYE outside a dialog");
 
     let garbage = "\u{1}\u{2}NOT SIP AT ALL\r\n\r\n";

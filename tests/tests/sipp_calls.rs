@@ -86,7 +86,8 @@ fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, f
     // The echo agent said back what the caller said: envelopes correlate.
     let (_, reference) = audio::read_wav(&wav_8k);
     let received = decode(&to_caller, law);
-    let (lag, r) = audio::best_lag_correlation(&audio::envelope(&reference, 160), &audio::envelope(&received, 160), 600);
+    let (lag, r) =
+        audio::best_lag_correlation(&audio::envelope(&reference, 160), &audio::envelope(&received, 160), 600);
     eprintln!("{test}: echo envelope correlation r = {r:.3} at lag {} ms", lag * 20);
     assert!(r >= 0.8, "echoed speech correlation {r:.3} < 0.8");
 
@@ -96,7 +97,7 @@ fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, f
         .as_array()
         .expect("events")
         .iter()
-        .find(|e| e["direction"] == "received" && e["event"]["type"] == "session.update")
+        .find(|e| e["direction"] == "client" && e["event"]["type"] == "session.update")
         .expect("session.update received");
     let format = &update["event"]["session"]["audio"]["input"]["format"]["type"];
     assert_eq!(format, format_name, "G.711 goes to the model untouched");
@@ -175,13 +176,24 @@ fn refused(slot: u16, test: &str, formats: &str, service: &str, code: &str, extr
     );
     assert!(out.status.success(), "expected {code}; gateway log:\n{}", gateway.log());
     let metrics = gateway.metrics();
-    assert!(metrics.contains(&format!(r#"switchboard_calls_total{{outcome="refused",reason="{reason}"}} 1"#)), "{metrics}");
+    assert!(
+        metrics.contains(&format!(r#"switchboard_calls_total{{outcome="refused",reason="{reason}"}} 1"#)),
+        "{metrics}"
+    );
     assert!(sim.sessions().as_array().is_some_and(|s| s.is_empty()), "a refused call must not open a Realtime session");
 }
 
 #[test]
 fn unknown_number_gets_404() {
-    refused(4, "unknown_number_gets_404", "0 101", "999", "404", "[agents.default]\nnumbers = [\"1555*\"]\n", "no_route");
+    refused(
+        4,
+        "unknown_number_gets_404",
+        "0 101",
+        "999",
+        "404",
+        "[agents.default]\nnumbers = [\"1555*\"]\n",
+        "no_route",
+    );
 }
 
 #[test]

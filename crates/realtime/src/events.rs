@@ -907,6 +907,29 @@ mod tests {
     }
 
     #[test]
+    fn truncated_or_corrupted_input_never_panics() {
+        let samples = [
+            r#"{"type":"response.output_audio.delta","event_id":"e","response_id":"r","item_id":"i","output_index":0,"content_index":0,"delta":"AAA="}"#,
+            r#"{"type":"response.done","response":{"id":"r","status":"completed","output":[{"type":"message","role":"assistant","content":[{"type":"output_audio","transcript":"x"}]}]}}"#,
+            r#"{"type":"session.created","session":{"type":"realtime","audio":{"input":{"turn_detection":null}}}}"#,
+        ];
+        for sample in samples {
+            assert!(ServerEvent::from_json(sample).is_ok(), "{sample}");
+            for end in 0..sample.len() {
+                let _ = ServerEvent::from_json(&sample[..end]);
+            }
+            for i in 0..sample.len() {
+                let mut bytes = sample.as_bytes().to_vec();
+                bytes[i] = b'"';
+                if let Ok(text) = std::str::from_utf8(&bytes) {
+                    let _ = ServerEvent::from_json(text);
+                    let _ = ClientEvent::from_json(text);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_typed_server_event_type_is_listed() {
         // Each GA name produced by event_type() must be recognised as typed, so a malformed
         // payload is reported instead of silently becoming Unknown.

@@ -19,6 +19,7 @@ pub struct SimConfig {
     /// Seed for every random choice (chunk sizes, ids).
     pub seed: u64,
     /// Events kept per session log; later ones are only counted (bounded memory under load).
+    /// 0 keeps no session logs at all, for a long-running in-process simulator.
     pub log_limit: usize,
 }
 

@@ -283,7 +283,10 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
     let limit = state.cfg.log_limit;
     let log: SharedLog =
         Arc::new(Mutex::new(SessionLog { model: model.clone(), started_unix_us: unix_us(), ..SessionLog::default() }));
-    lock(&state.logs).push(log.clone());
+    // A log limit of 0 keeps no logs at all (the gateway's offline agent: calls for months).
+    if limit > 0 {
+        lock(&state.logs).push(log.clone());
+    }
     let (mut sink, mut stream) = socket.split();
 
     if beta {

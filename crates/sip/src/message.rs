@@ -339,9 +339,15 @@ pub fn parse_message(bytes: &[u8], transport: Transport) -> Result<Message, Pars
     let mut lines = head.split(|b| *b == b'\n').map(strip_cr);
     let first = lines.next().unwrap_or_default();
     let first = std::str::from_utf8(first).map_err(|_| ParseError::bare(ParseErrorKind::NonUtf8StartLine))?;
-    let start = parse_start_line(first).map_err(ParseError::bare)?;
-
-    let mut first_error: Option<ParseErrorKind> = None;
+    // A request whose line is broken in the middle (a bad Request-URI) still has headers
+    // good enough to answer 400 with (RFC 3261 §21.4.1), so keep parsing it.
+    let (start, mut first_error) = match parse_start_line(first) {
+        Ok(start) => (start, None),
+        Err(kind) => match salvage_request_line(first) {
+            Some(start) => (start, Some(kind)),
+            None => return Err(ParseError::bare(kind)),
+        },
+    };
     // RFC 3261 §7.3.1: unfold continuation lines first (a header name may even be followed by
     // its colon on the next line), then split each logical line into name and value.
     let mut logical: Vec<(usize, String)> = Vec::new();
@@ -485,6 +491,16 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
         return Err(ParseErrorKind::BadStartLine);
     }
     Ok(StartLine::Request { method: Method::from_token(method), uri: uri.to_string() })
+}
+
+/// `METHOD <anything> SIP/2.0` where the middle is not one Request-URI: the method and version
+/// are clear enough to answer, the URI is kept as written for the log.
+fn salvage_request_line(line: &str) -> Option<StartLine> {
+    let line = line.trim();
+    let (method, rest) = line.split_once(' ')?;
+    let (uri, version) = rest.rsplit_once(' ')?;
+    (is_token(method) && version.eq_ignore_ascii_case("SIP/2.0"))
+        .then(|| StartLine::Request { method: Method::from_token(method), uri: uri.trim().to_string() })
 }
 
 impl Message {
@@ -1072,6 +1088,19 @@ mod tests {
         // Extra bytes beyond Content-Length are ignored (§18.3).
         let m = parse_udp(&format!("{base}Content-Length: 2\r\n\r\nv=0")).unwrap();
         assert_eq!(m.body, b"v=");
+    }
+
+    #[test]
+    fn broken_request_uri_keeps_the_headers_for_a_400() {
+        let text = "INVITE not a uri SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\
+            From: <sip:a@h>;tag=1\r\nTo: <sip:x@h>\r\nCall-ID: cid\r\nCSeq: 1 INVITE\r\nContent-Length: 0\r\n\r\n";
+        let err = parse_udp(text).unwrap_err();
+        assert_eq!(err.kind, ParseErrorKind::BadStartLine);
+        let partial = err.partial.unwrap();
+        assert_eq!(partial.method(), Some(&Method::Invite));
+        assert_eq!(partial.call_id(), Some("cid"));
+        // Not a request line at all: nothing to answer.
+        assert!(parse_udp("HELLO\r\nCall-ID: x\r\n\r\n").unwrap_err().partial.is_none());
     }
 
     #[test]

@@ -49,12 +49,19 @@ pub struct RunningGateway {
 }
 
 /// Binds everything (admin, offline agent, SIP) and starts accepting calls.
-pub async fn start(config: Config, resolved: Resolved, metrics: Option<PrometheusHandle>) -> Result<RunningGateway, StartError> {
+pub async fn start(
+    config: Config,
+    resolved: Resolved,
+    metrics: Option<PrometheusHandle>,
+) -> Result<RunningGateway, StartError> {
     let mut offline_agent = None;
     let realtime = if config.realtime.api_key.is_empty() {
-        let sim = Simulator::start(offline_agent_config(), "127.0.0.1:0".parse().map_err(|_| {
-            StartError::OfflineAgent(std::io::Error::other("bad loopback address"))
-        })?)
+        let sim = Simulator::start(
+            offline_agent_config(),
+            "127.0.0.1:0"
+                .parse()
+                .map_err(|_| StartError::OfflineAgent(std::io::Error::other("bad loopback address")))?,
+        )
         .await
         .map_err(StartError::OfflineAgent)?;
         warn!(
@@ -134,9 +141,10 @@ pub async fn start(config: Config, resolved: Resolved, metrics: Option<Prometheu
     Ok(RunningGateway { state, sip, accept_task, offline_agent, admin_addr })
 }
 
-/// The offline agent: the simulator in-process, echoing the caller, greeting with a short tone.
+/// The offline agent: the simulator in-process, echoing the caller. It keeps no session logs, so
+/// a gateway left running on it for months does not grow.
 fn offline_agent_config() -> SimConfig {
-    SimConfig { behaviour: Behaviour::Echo, ..SimConfig::default() }
+    SimConfig { behaviour: Behaviour::Echo, log_limit: 0, ..SimConfig::default() }
 }
 
 impl RunningGateway {

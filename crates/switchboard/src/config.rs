@@ -134,13 +134,9 @@ impl<'de> Deserialize<'de> for StringList {
         }
         Ok(match Raw::deserialize(d)? {
             Raw::List(items) => StringList(items),
-            Raw::Text(text) => StringList(
-                text.split(',')
-                    .map(str::trim)
-                    .filter(|s| !s.is_empty())
-                    .map(String::from)
-                    .collect(),
-            ),
+            Raw::Text(text) => {
+                StringList(text.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect())
+            }
         })
     }
 }
@@ -260,9 +256,7 @@ pub struct Resolved {
     pub admin_listen: Option<SocketAddr>,
 }
 
-const VOICES: &[&str] = &[
-    "alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar",
-];
+const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
 pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA"];
 
 /// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
@@ -274,18 +268,12 @@ pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
 /// [`load`] with an explicit environment, so tests do not depend on the process environment.
 pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, Resolved), ConfigErrors> {
     let problem = |key: &str, message: String| ConfigErrors(vec![ConfigProblem { key: key.into(), message }]);
-    let overrides: config::Map<String, String> = env
-        .iter()
-        .filter(|(k, _)| k.starts_with("SWITCHBOARD__"))
-        .cloned()
-        .collect();
+    let overrides: config::Map<String, String> =
+        env.iter().filter(|(k, _)| k.starts_with("SWITCHBOARD__")).cloned().collect();
     let raw = config::Config::builder()
         .add_source(config::File::from(path).format(config::FileFormat::Toml))
         .add_source(
-            config::Environment::with_prefix("SWITCHBOARD")
-                .separator("__")
-                .try_parsing(true)
-                .source(Some(overrides)),
+            config::Environment::with_prefix("SWITCHBOARD").separator("__").try_parsing(true).source(Some(overrides)),
         )
         .build()
         .map_err(|e| problem(&path.display().to_string(), e.to_string()))?;
@@ -305,10 +293,10 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, R
             return Err(ConfigErrors(problems));
         }
     };
-    if cfg.realtime.api_key.is_empty() {
-        if let Some((_, key)) = env.iter().find(|(k, _)| k == "OPENAI_API_KEY") {
-            cfg.realtime.api_key = key.clone();
-        }
+    if cfg.realtime.api_key.is_empty()
+        && let Some((_, key)) = env.iter().find(|(k, _)| k == "OPENAI_API_KEY")
+    {
+        cfg.realtime.api_key = key.clone();
     }
     match validate(&cfg, &mut problems) {
         Some(resolved) if problems.is_empty() => Ok((cfg, resolved)),
@@ -323,10 +311,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if value.is_empty() {
             return None;
         }
-        value
-            .parse::<SocketAddr>()
-            .map_err(|_| bad(key, format!("`{value}` is not an IP:port address")))
-            .ok()
+        value.parse::<SocketAddr>().map_err(|_| bad(key, format!("`{value}` is not an IP:port address"))).ok()
     };
     let sip_udp = optional_addr("sip.udp", &cfg.sip.udp, &mut bad);
     let sip_tcp = optional_addr("sip.tcp", &cfg.sip.tcp, &mut bad);
@@ -364,9 +349,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         .parse::<IpAddr>()
         .map_err(|_| bad("media.bind", format!("`{}` is not an IP address", cfg.media.bind)))
         .ok();
-    let rtp_ports = parse_port_range(&cfg.media.rtp_ports)
-        .map_err(|m| bad("media.rtp_ports", m))
-        .ok();
+    let rtp_ports = parse_port_range(&cfg.media.rtp_ports).map_err(|m| bad("media.rtp_ports", m)).ok();
     check_codecs("media.codecs", &cfg.media.codecs, &mut bad);
     if cfg.media.codecs.0.is_empty() {
         bad("media.codecs", "at least one codec is needed".into());
@@ -380,7 +363,10 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
 
     match cfg.realtime.url.split_once("://") {
         Some(("wss" | "ws", rest)) if !rest.is_empty() => {}
-        _ => bad("realtime.url", format!("`{}` must start with wss:// (or ws:// for a local endpoint)", cfg.realtime.url)),
+        _ => bad(
+            "realtime.url",
+            format!("`{}` must start with wss:// (or ws:// for a local endpoint)", cfg.realtime.url),
+        ),
     }
     if cfg.realtime.model.is_empty() {
         bad("realtime.model", "must not be empty".into());
@@ -437,9 +423,7 @@ fn check_codecs(key: &str, codecs: &StringList, bad: &mut impl FnMut(&str, Strin
 
 /// Parses "20000-20999". The range must hold at least two ports and start even (RTP on even ports).
 pub fn parse_port_range(text: &str) -> Result<RangeInclusive<u16>, String> {
-    let (lo, hi) = text
-        .split_once('-')
-        .ok_or_else(|| format!("`{text}` must look like 20000-20999"))?;
+    let (lo, hi) = text.split_once('-').ok_or_else(|| format!("`{text}` must look like 20000-20999"))?;
     let lo: u16 = lo.trim().parse().map_err(|_| format!("`{lo}` is not a port"))?;
     let hi: u16 = hi.trim().parse().map_err(|_| format!("`{hi}` is not a port"))?;
     if lo < 1024 || hi <= lo {
@@ -495,7 +479,9 @@ mod tests {
         );
         let err = load_with_env(f.path(), &[]).unwrap_err();
         let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
-        for expected in ["sip.colour", "sip.udp", "media.rtp_ports", "media.codecs", "realtime.url", "agents.default.voice"] {
+        for expected in
+            ["sip.colour", "sip.udp", "media.rtp_ports", "media.codecs", "realtime.url", "agents.default.voice"]
+        {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }
     }

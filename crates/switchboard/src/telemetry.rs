@@ -20,11 +20,7 @@ pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = if cfg.format == "json" {
-        builder.json().with_current_span(true).try_init()
-    } else {
-        builder.try_init()
-    };
+    let _ = if cfg.format == "json" { builder.json().with_current_span(true).try_init() } else { builder.try_init() };
 }
 
 /// Installs the Prometheus recorder and describes every gateway metric.

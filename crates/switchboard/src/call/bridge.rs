@@ -117,10 +117,10 @@ pub async fn run(
                     latched = true;
                 }
                 if header.payload_type == bridge.payload_type {
-                    if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted {
-                        if let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await {
-                            return end;
-                        }
+                    if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted
+                        && let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await
+                    {
+                        return end;
                     }
                 } else if Some(header.payload_type) == bridge.telephone_event {
                     debug!("RFC 4733 event received (DTMF to the agent is not wired yet)");
@@ -176,10 +176,10 @@ pub async fn run(
                             metrics::counter!(telemetry::BARGE_INS_TOTAL).increment(1);
                             info!(dropped_frames = dropped, "barge-in: agent audio flushed");
                         }
-                        if let Some(truncate) = truncate {
-                            if let Err(end) = send(realtime_tx, &truncate.to_event()).await {
-                                return end;
-                            }
+                        if let Some(truncate) = truncate
+                            && let Err(end) = send(realtime_tx, &truncate.to_event()).await
+                        {
+                            return end;
                         }
                     }
                     ServerEvent::ResponseCreated(created) => conversation.on_response_created(&created.response.id),
@@ -215,10 +215,10 @@ pub async fn run(
 
 /// Pads and queues the last partial frame of the item being framed.
 fn finish_item(bridge: &mut Bridge, framing_tag: &mut Option<ItemTag>) {
-    if let Some(tag) = framing_tag.take() {
-        if let Some(frame) = bridge.outbound.flush_partial() {
-            bridge.pacer.enqueue(tag, frame);
-        }
+    if let Some(tag) = framing_tag.take()
+        && let Some(frame) = bridge.outbound.flush_partial()
+    {
+        bridge.pacer.enqueue(tag, frame);
     }
 }
 

@@ -124,7 +124,10 @@ impl CallEnd {
     pub fn needs_bye(&self) -> bool {
         matches!(
             self,
-            CallEnd::RtpTimeout | CallEnd::AgentDisconnected(_) | CallEnd::AgentFatalError(_) | CallEnd::GatewayShutdown
+            CallEnd::RtpTimeout
+                | CallEnd::AgentDisconnected(_)
+                | CallEnd::AgentFatalError(_)
+                | CallEnd::GatewayShutdown
         )
     }
 }

@@ -32,10 +32,7 @@ impl CallSlot {
     /// Takes a slot, or `None` when the gateway is at its limit.
     pub fn try_take(state: &Arc<GatewayState>) -> Option<CallSlot> {
         let limit = state.config.calls.max_concurrent;
-        state
-            .active_calls
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1))
-            .ok()?;
+        state.active_calls.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| (n < limit).then_some(n + 1)).ok()?;
         metrics::gauge!(telemetry::CALLS_ACTIVE).increment(1.0);
         Some(CallSlot(Arc::clone(state)))
     }
@@ -94,7 +91,10 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
         return refuse(invite, Refusal::NoRoute);
     };
     let Some(offer) = offer else {
-        return refuse(invite, Refusal::NotAcceptable("INVITE without an SDP offer (delayed offer) is not supported yet".into()));
+        return refuse(
+            invite,
+            Refusal::NotAcceptable("INVITE without an SDP offer (delayed offer) is not supported yet".into()),
+        );
     };
     let (std_socket, port_lease) = match state.rtp_ports.allocate() {
         Ok(pair) => pair,
@@ -109,12 +109,13 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let answer = match switchboard_sdp::answer_offer(&offer, &answer_policy(cfg.media.codecs.0.as_slice(), agent), &local) {
-        Ok(answer) => answer,
-        Err(e @ SdpError::Malformed { .. }) => return refuse(invite, Refusal::BadRequest(e.to_string())),
-        Err(e) => return refuse(invite, Refusal::NotAcceptable(e.to_string())),
-    };
-    let media = answer.media.clone();
+    let answer =
+        match switchboard_sdp::answer_offer(&offer, &answer_policy(cfg.media.codecs.0.as_slice(), agent), &local) {
+            Ok(answer) => answer,
+            Err(e @ SdpError::Malformed { .. }) => return refuse(invite, Refusal::BadRequest(e.to_string())),
+            Err(e) => return refuse(invite, Refusal::NotAcceptable(e.to_string())),
+        };
+    let media = answer.media;
     let Some(codec) = media_codec(media.codec) else {
         return refuse(invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
     };
@@ -151,10 +152,10 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
     info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
 
-    if !agent.greeting.is_empty() {
-        if let Err(e) = realtime_tx.send(&session::greeting(&agent.greeting)).await {
-            warn!(error = %e, "greeting request failed");
-        }
+    if !agent.greeting.is_empty()
+        && let Err(e) = realtime_tx.send(&session::greeting(&agent.greeting)).await
+    {
+        warn!(error = %e, "greeting request failed");
     }
 
     let bridge = bridge::Bridge {
@@ -183,10 +184,10 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
     };
     let end = bridge::run(bridge, &mut dialog, &mut realtime_tx, &mut realtime_rx, state.shutdown.subscribe()).await;
-    if end.needs_bye() {
-        if let Err(e) = dialog.hangup().await {
-            warn!(error = %e, "BYE failed");
-        }
+    if end.needs_bye()
+        && let Err(e) = dialog.hangup().await
+    {
+        warn!(error = %e, "BYE failed");
     }
     realtime_tx.close().await;
     drop(port_lease);

@@ -3,8 +3,7 @@
 
 use switchboard_media::framing::ModelAudio;
 use switchboard_realtime::events::{
-    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, ResponseConfig, SessionConfig, TurnDetection,
-    Voice,
+    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, ResponseConfig, SessionConfig, TurnDetection, Voice,
 };
 
 use crate::config::AgentConfig;
