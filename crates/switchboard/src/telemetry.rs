@@ -14,6 +14,12 @@ pub const RTP_PACKETS_TOTAL: &str = "switchboard_rtp_packets_total";
 pub const RTP_LOST_TOTAL: &str = "switchboard_rtp_lost_total";
 pub const REALTIME_EVENTS_UNKNOWN_TOTAL: &str = "switchboard_realtime_unknown_events_total";
 pub const REALTIME_ERRORS_TOTAL: &str = "switchboard_realtime_errors_total";
+pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
+pub const INBOUND_PROCESSING_SECONDS: &str = "switchboard_inbound_processing_seconds";
+pub const OUTBOUND_PROCESSING_SECONDS: &str = "switchboard_outbound_processing_seconds";
+
+/// Per-packet timings are sub-millisecond when things are well: fine buckets.
+const PACKET_TIMING_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
 
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
 pub fn init_logging(cfg: &LogConfig) {
@@ -30,6 +36,9 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
             Matcher::Full(CALL_SETUP_SECONDS.into()),
             &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
         )?
+        .set_buckets_for_metric(Matcher::Full(RTP_SEND_LATENESS_SECONDS.into()), PACKET_TIMING_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(INBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(OUTBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
         .install_recorder()?;
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
@@ -39,6 +48,18 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(RTP_LOST_TOTAL, "Inbound RTP packets declared lost by the reorder buffer.");
     metrics::describe_counter!(REALTIME_EVENTS_UNKNOWN_TOTAL, "Realtime server events of unknown type (ignored).");
     metrics::describe_counter!(REALTIME_ERRORS_TOTAL, "Realtime `error` events by code.");
+    metrics::describe_histogram!(
+        RTP_SEND_LATENESS_SECONDS,
+        "How late each outbound RTP packet left against its 20 ms slot."
+    );
+    metrics::describe_histogram!(
+        INBOUND_PROCESSING_SECONDS,
+        "Caller RTP packet received to its audio handed to the Realtime socket (in-order packets)."
+    );
+    metrics::describe_histogram!(
+        OUTBOUND_PROCESSING_SECONDS,
+        "Model audio delta received to its RTP frames queued in the pacer."
+    );
     Ok(handle)
 }
 

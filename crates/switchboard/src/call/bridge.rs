@@ -79,6 +79,7 @@ pub async fn run(
 
             _ = sleep_until(pacer_due) => {
                 let now = Instant::now();
+                let mut slot = bridge.pacer.next_deadline();
                 while let Some(frame) = bridge.pacer.poll(now) {
                     if let Some(tag) = frame.tag {
                         conversation.on_audio_played(tag, ptime_ms);
@@ -90,7 +91,10 @@ pub async fn run(
                             debug!(error = %e, "RTP send failed");
                         }
                         metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(1);
+                        metrics::histogram!(telemetry::RTP_SEND_LATENESS_SECONDS)
+                            .record(Instant::now().saturating_duration_since(slot).as_secs_f64());
                     }
+                    slot = bridge.pacer.next_deadline();
                 }
             }
 
@@ -117,10 +121,11 @@ pub async fn run(
                     latched = true;
                 }
                 if header.payload_type == bridge.payload_type {
-                    if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted
-                        && let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await
-                    {
-                        return end;
+                    if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted {
+                        if let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await {
+                            return end;
+                        }
+                        metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
                     }
                 } else if Some(header.payload_type) == bridge.telephone_event {
                     debug!("RFC 4733 event received (DTMF to the agent is not wired yet)");
@@ -148,6 +153,7 @@ pub async fn run(
                 };
                 match event {
                     ServerEvent::OutputAudioDelta(delta) => {
+                        let arrived = Instant::now();
                         let Ok(audio) = BASE64.decode(delta.delta.as_bytes()) else {
                             warn!("audio delta with bad base64 ignored");
                             continue;
@@ -165,6 +171,7 @@ pub async fn run(
                         for frame in frames.drain(..) {
                             bridge.pacer.enqueue(tag, frame);
                         }
+                        metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS).record(arrived.elapsed().as_secs_f64());
                     }
                     ServerEvent::OutputAudioDone(_) => finish_item(&mut bridge, &mut framing_tag),
                     ServerEvent::SpeechStarted(_) => {
