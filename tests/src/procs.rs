@@ -155,7 +155,8 @@ pub struct Gateway {
 
 impl Gateway {
     /// Starts the gateway on the slot's ports. `extra_toml` is appended to the generated config
-    /// (agents, overrides). Waits until /readyz says ready.
+    /// (agents, overrides). An empty `realtime_url` leaves the API key unset: the built-in offline
+    /// agent answers. Waits until /readyz says ready.
     pub fn start(ports: Ports, realtime_url: &str, extra_toml: &str, dir: &Path) -> Gateway {
         Self::start_with_env(ports, realtime_url, extra_toml, dir, &[])
     }
@@ -167,10 +168,15 @@ impl Gateway {
         dir: &Path,
         env: &[(&str, &str)],
     ) -> Gateway {
+        let realtime = if realtime_url.is_empty() {
+            "api_key = \"\"".to_string()
+        } else {
+            format!("url = \"{realtime_url}\"\napi_key = \"test-key\"")
+        };
         let config = format!(
             "[sip]\nudp = \"127.0.0.1:{sip}\"\ntcp = \"127.0.0.1:{sip}\"\nt1_ms = 100\n\
              [media]\naddress = \"127.0.0.1\"\nbind = \"127.0.0.1\"\nrtp_ports = \"{rf}-{rl}\"\nrtp_timeout_secs = 10\n\
-             [realtime]\nurl = \"{realtime_url}\"\napi_key = \"test-key\"\nconnect_timeout_ms = 3000\n\
+             [realtime]\n{realtime}\nconnect_timeout_ms = 3000\n\
              [admin]\nlisten = \"127.0.0.1:{admin}\"\n[log]\nlevel = \"info,switchboard=debug\"\n{extra_toml}",
             sip = ports.sip,
             rf = ports.rtp_first,

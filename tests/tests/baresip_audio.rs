@@ -46,7 +46,7 @@ fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
     conf
 }
 
-fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str) {
+fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str, model_format: &str) {
     if !(tools::require("baresip", test) && tools::require("espeak-ng", test) && tools::require("sox", test)) {
         return;
     }
@@ -96,19 +96,32 @@ fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str) {
 
     let sessions = sim.sessions();
     assert_eq!(sessions.as_array().map(Vec::len), Some(1), "one Realtime session per call");
+    let update = sessions[0]["events"]
+        .as_array()
+        .and_then(|events| events.iter().find(|e| e["direction"] == "client" && e["event"]["type"] == "session.update"))
+        .expect("session.update");
+    let audio = &update["event"]["session"]["audio"];
+    assert_eq!(audio["input"]["format"]["type"], model_format);
+    assert_eq!(audio["output"]["format"]["type"], model_format);
 }
 
 #[test]
 fn baresip_pcmu_passthrough_echo_correlates() {
-    echo_call(8, "baresip_pcmu_passthrough_echo_correlates", "PCMU", "");
+    echo_call(8, "baresip_pcmu_passthrough_echo_correlates", "PCMU", "", "audio/pcmu");
 }
 
 #[test]
 fn baresip_pcma_passthrough_echo_correlates() {
-    echo_call(9, "baresip_pcma_passthrough_echo_correlates", "PCMA", "");
+    echo_call(9, "baresip_pcma_passthrough_echo_correlates", "PCMA", "", "audio/pcma");
 }
 
 #[test]
 fn baresip_pcm24k_transcoding_echo_correlates() {
-    echo_call(10, "baresip_pcm24k_transcoding_echo_correlates", "PCMU", "[agents.default]\naudio_format = \"pcm\"\n");
+    echo_call(
+        10,
+        "baresip_pcm24k_transcoding_echo_correlates",
+        "PCMU",
+        "[agents.default]\naudio_format = \"pcm\"\n",
+        "audio/pcm",
+    );
 }

@@ -144,7 +144,7 @@ pub async fn start(
 /// The offline agent: the simulator in-process, echoing the caller. It keeps no session logs, so
 /// a gateway left running on it for months does not grow.
 fn offline_agent_config() -> SimConfig {
-    SimConfig { behaviour: Behaviour::Echo, log_limit: 0, ..SimConfig::default() }
+    SimConfig { behaviour: Behaviour::Echo, log_limit: 0, seed: rand::random(), ..SimConfig::default() }
 }
 
 impl RunningGateway {

@@ -24,7 +24,9 @@ const PACKET_TIMING_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001,
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
 pub fn init_logging(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    // Colour codes only for a person at a terminal; log files and collectors get plain text.
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // A second init (tests) is harmless: the first subscriber stays.
     let _ = if cfg.format == "json" { builder.json().with_current_span(true).try_init() } else { builder.try_init() };
 }
