@@ -115,3 +115,16 @@ fn sigterm_hangs_up_every_call_and_exits_cleanly() {
     assert_eq!(status.and_then(|s| s.code()), Some(0), "gateway exit; log:\n{}", gateway.log());
     assert!(gateway.log().contains("reason=GatewayShutdown"), "{}", gateway.log());
 }
+
+#[test]
+fn record_route_is_mirrored_and_our_bye_follows_the_route_set() {
+    let test = "record_route_is_mirrored";
+    if !tools::require("sipp", test) {
+        return;
+    }
+    let ports = Ports::for_slot(15);
+    let dir = tools::scratch_dir(test);
+    let gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "1")]);
+    let out = sipp::run("uac_record_route.xml", &[], &dir, ports, "15550001000", 0);
+    assert!(out.status.success(), "route set not honoured; gateway log:\n{}", gateway.log());
+}
