@@ -3,4 +3,6 @@
 # Without OPENAI_API_KEY it answers calls with the built-in offline agent (it echoes the caller).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec cargo run --release --locked -p switchboard --bin switchboard -- run --config "${SWITCHBOARD_CONFIG:-config/switchboard.toml}" "$@"
+cargo build --release --locked -p switchboard --bin switchboard
+# exec: Ctrl-C and SIGTERM reach the gateway itself, which hangs up its calls before exiting.
+exec target/release/switchboard run --config "${SWITCHBOARD_CONFIG:-config/switchboard.toml}" "$@"
