@@ -16,11 +16,22 @@ pub fn rtpmaps(formats: &str) -> String {
             "0" => "      a=rtpmap:0 PCMU/8000".to_string(),
             "8" => "      a=rtpmap:8 PCMA/8000".to_string(),
             "18" => "      a=rtpmap:18 G729/8000".to_string(),
+            "111" => "      a=rtpmap:111 opus/48000/2\n      a=fmtp:111 useinbandfec=1".to_string(),
             "101" => "      a=rtpmap:101 telephone-event/8000\n      a=fmtp:101 0-16".to_string(),
             other => panic!("no rtpmap for {other}"),
         })
         .collect::<Vec<_>>()
         .join("\n")
+}
+
+/// The media action that streams a raw G.711 file once as payload type `pt`.
+pub fn rtp_stream(path: &str, pt: &str) -> String {
+    format!("rtp_stream=\"{path},1,{pt}\"")
+}
+
+/// The media action that replays the RTP packets of a pcap with their original timing.
+pub fn play_pcap(path: &str) -> String {
+    format!("play_pcap_audio=\"{path}\"")
 }
 
 /// Fills `@KEY@` placeholders of a scenario into `dir` and runs SIPp against the gateway once.
@@ -37,7 +48,7 @@ pub fn run(
     for (key, value) in placeholders {
         text = text.replace(&format!("@{key}@"), value);
     }
-    assert!(!text.contains("@FORMATS@") && !text.contains("@AUDIO@"), "unfilled placeholder in {scenario}");
+    assert!(!text.contains("@FORMATS@") && !text.contains("@MEDIA@"), "unfilled placeholder in {scenario}");
     let path = dir.join(scenario);
     std::fs::write(&path, text).expect("write scenario");
     let output = run_bounded(

@@ -26,6 +26,8 @@ fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
          rtp_ports {m0}-{m1}\n\
          module_path /usr/lib/baresip/modules\n\
          module g711.so\n\
+         module g722.so\n\
+         module opus.so\n\
          module aufile.so\n\
          module aubridge.so\n\
          module sndfile.so\n\
@@ -46,7 +48,19 @@ fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
     conf
 }
 
+/// One call from baresip offering only `codec`; the gateway must pick `gateway_codec` (as logged).
 fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str, model_format: &str) {
+    echo_call_with(slot, test, codec, extra_toml, model_format, None);
+}
+
+fn echo_call_with(
+    slot: u16,
+    test: &str,
+    codec: &str,
+    extra_toml: &str,
+    model_format: &str,
+    gateway_codec: Option<&str>,
+) {
     if !(tools::require("baresip", test) && tools::require("espeak-ng", test) && tools::require("sox", test)) {
         return;
     }
@@ -85,12 +99,13 @@ fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str, model_format:
             panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log())
         });
 
+    // baresip records at the codec's rate (8 kHz G.711, 16 kHz G.722, 48 kHz Opus): compare
+    // envelopes of 20 ms frames, whatever the rate.
     let (rate, heard) = audio::read_wav(&recording);
-    assert_eq!(rate, 8000);
-    let (_, original) = audio::read_wav(&speech.wav_8k);
-    let frame = 160; // 20 ms at 8 kHz
-    let (lag, r) =
-        audio::best_lag_correlation(&audio::envelope(&original, frame), &audio::envelope(&heard, frame), 600);
+    let (original_rate, original) = audio::read_wav(&speech.wav_8k);
+    let heard_env = audio::envelope(&heard, (rate / 50) as usize);
+    let original_env = audio::envelope(&original, (original_rate / 50) as usize);
+    let (lag, r) = audio::best_lag_correlation(&original_env, &heard_env, 600);
     eprintln!("{test}: envelope correlation r = {r:.3} at lag {} ms", lag * 20);
     assert!(r >= 0.8, "the echo heard by baresip correlates only {r:.3} with the original speech");
 
@@ -103,6 +118,9 @@ fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str, model_format:
     let audio = &update["event"]["session"]["audio"];
     assert_eq!(audio["input"]["format"]["type"], model_format);
     assert_eq!(audio["output"]["format"]["type"], model_format);
+    if let Some(expected) = gateway_codec {
+        assert!(gateway.log().contains(&format!("codec={expected}")), "gateway did not pick {expected}");
+    }
 }
 
 #[test]
@@ -124,4 +142,16 @@ fn baresip_pcm24k_transcoding_echo_correlates() {
         "[agents.default]\naudio_format = \"pcm\"\n",
         "audio/pcm",
     );
+}
+
+const WIDEBAND_AGENT: &str = "[agents.default]\ncodecs = [\"opus\", \"G722\", \"PCMU\"]\n";
+
+#[test]
+fn baresip_opus_echo_correlates() {
+    echo_call_with(16, "baresip_opus_echo_correlates", "opus/48000/2", WIDEBAND_AGENT, "audio/pcm", Some("Opus"));
+}
+
+#[test]
+fn baresip_g722_echo_correlates() {
+    echo_call_with(17, "baresip_g722_echo_correlates", "G722/16000/1", WIDEBAND_AGENT, "audio/pcm", Some("G722"));
 }

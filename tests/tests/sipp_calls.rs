@@ -2,6 +2,7 @@
 //! negotiated payload type, CANCEL, OPTIONS, 404 and 488. The capture is the judge of RTP.
 
 use std::path::Path;
+use std::process::Command;
 use std::time::Duration;
 
 use switchboard_e2e::audio::{self, Speech};
@@ -60,8 +61,7 @@ fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, f
             ("FORMATS", formats),
             ("RTPMAPS", &sipp::rtpmaps(formats)),
             ("EXPECT_PT", &pt_text),
-            ("AUDIO", &stream),
-            ("AUDIO_PT", &pt_text),
+            ("MEDIA", &sipp::rtp_stream(&stream, &pt_text)),
         ],
         &dir,
         ports,
@@ -199,4 +199,67 @@ fn unknown_number_gets_404() {
 #[test]
 fn no_common_codec_gets_488() {
     refused(5, "no_common_codec_gets_488", "18", "15550001000", "488", "", "no_common_codec");
+}
+
+#[test]
+fn opus_pcap_replay_is_transcoded_both_ways() {
+    let test = "opus_pcap_replay_is_transcoded_both_ways";
+    if !(tools_present(test) && tools::require("python3", test) && tools::require("sox", test)) {
+        return;
+    }
+    let ports = Ports::for_slot(18);
+    let dir = tools::scratch_dir(test);
+    let speech = audio::make_speech(&dir);
+    // Caller audio: speech then silence, Opus-encoded by the system libopus into an RTP pcap.
+    let pcap_in = dir.join("caller_opus.pcap");
+    let made = switchboard_e2e::procs::run_bounded(
+        "opus_pcap.py",
+        Command::new("python3")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/opus_pcap.py"))
+            .arg(&pcap_in)
+            .arg("6")
+            .arg(&speech.wav_8k),
+        Duration::from_secs(60),
+    );
+    assert!(made.status.success(), "opus_pcap.py: {}", String::from_utf8_lossy(&made.stderr));
+    let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
+    let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ncodecs = [\"opus\", \"PCMU\"]\n", &dir);
+    let capture = capture_media(ports, &dir);
+    let formats = "111 0 101";
+    let out = sipp::run(
+        "uac_call.xml",
+        &[
+            ("FORMATS", formats),
+            ("RTPMAPS", &sipp::rtpmaps(formats)),
+            ("EXPECT_PT", "111"),
+            ("MEDIA", &sipp::play_pcap(&pcap_in.display().to_string())),
+        ],
+        &dir,
+        ports,
+        "15550001000",
+        9000,
+    );
+    let pcap_path = capture.finish();
+    assert!(out.status.success(), "SIPp Opus call failed; gateway log:\n{}", gateway.log());
+    assert!(gateway.log().contains("codec=Opus"), "the gateway must prefer Opus");
+
+    let packets = pcap::read_rtp(&pcap_path);
+    let to_caller: Vec<&RtpPacket> = packets.iter().filter(|p| p.dst.port() == ports.peer_media).collect();
+    assert!(to_caller.len() > 300, "gateway sent only {} RTP packets", to_caller.len());
+    assert!(to_caller.iter().all(|p| p.payload_type == 111), "Opus payload type 111 throughout");
+    // RFC 7587 §4.1: the RTP clock is 48 kHz whatever the audio rate: 960 ticks per 20 ms.
+    assert!(to_caller.windows(2).all(|w| w[1].timestamp.wrapping_sub(w[0].timestamp) == 960));
+    // The echo agent answered with speech: Opus speech packets are far larger than silence ones.
+    let speech_packets = to_caller.iter().filter(|p| p.payload.len() > 40).count();
+    assert!(speech_packets > 50, "only {speech_packets} speech-sized Opus packets reached the caller");
+
+    // The model got 24 kHz PCM and its VAD heard the caller's (decoded) speech.
+    let sessions = sim.sessions();
+    let events = sessions[0]["events"].as_array().expect("events");
+    let update = events.iter().find(|e| e["event"]["type"] == "session.update").expect("session.update");
+    assert_eq!(update["event"]["session"]["audio"]["input"]["format"]["type"], "audio/pcm");
+    assert!(
+        events.iter().any(|e| e["direction"] == "server" && e["event"]["type"] == "input_audio_buffer.speech_started"),
+        "the decoded caller audio never sounded like speech to the model"
+    );
 }

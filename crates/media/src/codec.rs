@@ -1,8 +1,15 @@
 //! Per-codec facts the media plane needs (framing, silence, encode/decode).
+//!
+//! Two rates per codec: the RTP clock rate (timestamps, the pacer) and the audio sample rate
+//! (what the codec encodes). They match for G.711 only: G.722 samples at 16 kHz on an 8 kHz
+//! clock (RFC 3551 §4.5.2) and Opus always uses a 48 kHz clock (RFC 7587 §4.1) while we run it
+//! at 24 kHz.
 
 use crate::g711;
+use crate::g722::{G722_SAMPLE_RATE, G722Decoder, G722Encoder};
+use crate::opus_codec::{OPUS_RTP_CLOCK_RATE, OPUS_SAMPLE_RATE, OpusDecoder, OpusEncoder, OpusEncoderSettings};
 
-/// An RTP audio codec. Opus and G.722 will be added; keep per-codec facts in methods.
+/// An RTP audio codec; per-codec facts live in methods.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum Codec {
@@ -10,54 +17,117 @@ pub enum Codec {
     Pcmu,
     /// G.711 A-law, 8 kHz, one byte per sample.
     Pcma,
+    /// G.722 at 64 kbit/s: 16 kHz audio, one byte per two samples, 8 kHz RTP clock.
+    G722,
+    /// Opus, mono, run at 24 kHz, 48 kHz RTP clock, variable packet size.
+    Opus,
 }
 
 impl Codec {
-    /// RTP clock rate in Hz (also the sample rate for G.711).
+    /// RTP clock rate in Hz: what RTP timestamps count (kept for existing callers; same as
+    /// [`rtp_clock_rate`](Self::rtp_clock_rate)).
     pub fn clock_rate(self) -> u32 {
+        self.rtp_clock_rate()
+    }
+
+    /// RTP clock rate in Hz (RFC 3551 §4.5.2 for G.722's 8000, RFC 7587 §4.1 for Opus' 48000).
+    pub fn rtp_clock_rate(self) -> u32 {
         match self {
-            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
+            Codec::Opus => OPUS_RTP_CLOCK_RATE,
         }
     }
 
-    /// Samples (and RTP timestamp units) in one frame of `ptime_ms`.
-    pub fn samples_per_frame(self, ptime_ms: u32) -> usize {
-        (u64::from(self.clock_rate()) * u64::from(ptime_ms) / 1000) as usize
+    /// The rate of the audio samples the codec encodes and decodes, in Hz.
+    pub fn sample_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::G722 => G722_SAMPLE_RATE,
+            Codec::Opus => OPUS_SAMPLE_RATE,
+        }
     }
 
-    /// Encoded bytes in one frame of `ptime_ms`.
+    /// True for the G.711 variants, the only codecs the model can speak directly.
+    pub fn is_g711(self) -> bool {
+        matches!(self, Codec::Pcmu | Codec::Pcma)
+    }
+
+    /// Audio samples (at [`sample_rate`](Self::sample_rate)) in one frame of `ptime_ms`.
+    pub fn samples_per_frame(self, ptime_ms: u32) -> usize {
+        (u64::from(self.sample_rate()) * u64::from(ptime_ms) / 1000) as usize
+    }
+
+    /// RTP timestamp units in one frame of `ptime_ms`.
+    pub fn timestamp_units_per_frame(self, ptime_ms: u32) -> u32 {
+        (u64::from(self.rtp_clock_rate()) * u64::from(ptime_ms) / 1000) as u32
+    }
+
+    /// Encoded bytes in one frame of `ptime_ms`; 0 for Opus, whose packets vary in size.
     pub fn bytes_per_frame(self, ptime_ms: u32) -> usize {
         match self {
             Codec::Pcmu | Codec::Pcma => self.samples_per_frame(ptime_ms),
+            Codec::G722 => self.samples_per_frame(ptime_ms) / 2,
+            Codec::Opus => 0,
         }
     }
 
-    /// The encoding of one linear zero sample.
+    /// The G.711 encoding of one linear zero sample. G.722 and Opus have no such byte (their
+    /// silence depends on codec state); they get 0, use [`silence_frame`](Self::silence_frame).
     pub fn silence_byte(self) -> u8 {
         match self {
             Codec::Pcmu => g711::ULAW_SILENCE,
             Codec::Pcma => g711::ALAW_SILENCE,
+            Codec::G722 | Codec::Opus => 0,
         }
     }
 
-    /// One encoded frame of silence of `ptime_ms`.
+    /// One encoded frame of silence of `ptime_ms`: constant bytes for G.711, zeros encoded by
+    /// a fresh encoder for G.722 and Opus (for Opus, 20 ms unless `ptime_ms` is an Opus frame
+    /// duration).
     pub fn silence_frame(self, ptime_ms: u32) -> Vec<u8> {
-        vec![self.silence_byte(); self.bytes_per_frame(ptime_ms)]
+        match self {
+            Codec::Pcmu | Codec::Pcma => vec![self.silence_byte(); self.bytes_per_frame(ptime_ms)],
+            Codec::G722 => {
+                let mut frame = Vec::with_capacity(self.bytes_per_frame(ptime_ms));
+                G722Encoder::new().encode(&vec![0; self.samples_per_frame(ptime_ms)], &mut frame);
+                frame
+            }
+            Codec::Opus => crate::opus_codec::opus_silence_packet(ptime_ms),
+        }
     }
 
-    /// Appends the encoding of linear samples (at the codec's rate) to `out`.
+    /// Appends the encoding of linear samples (at the codec's sample rate) to `out`.
+    ///
+    /// Stateless one-shot: exact for G.711; G.722 starts a fresh encoder per call (fine for a
+    /// whole signal at once); Opus appends one packet if `samples` is exactly one Opus frame at
+    /// 24 kHz and nothing otherwise. Calls use the stateful [`crate::framing`] types instead.
     pub fn encode(self, samples: &[i16], out: &mut Vec<u8>) {
         match self {
             Codec::Pcmu => g711::ulaw_encode_slice(samples, out),
             Codec::Pcma => g711::alaw_encode_slice(samples, out),
+            Codec::G722 => G722Encoder::new().encode(samples, out),
+            Codec::Opus => {
+                if let Ok(mut encoder) = OpusEncoder::new(OpusEncoderSettings::default()) {
+                    let _ = encoder.encode(samples, out);
+                }
+            }
         }
     }
 
     /// Appends the linear decoding of an encoded payload to `out`.
+    ///
+    /// Stateless one-shot like [`encode`](Self::encode): G.722 and Opus use a fresh decoder;
+    /// an undecodable Opus packet appends nothing.
     pub fn decode(self, payload: &[u8], out: &mut Vec<i16>) {
         match self {
             Codec::Pcmu => g711::ulaw_decode_slice(payload, out),
             Codec::Pcma => g711::alaw_decode_slice(payload, out),
+            Codec::G722 => G722Decoder::new().decode(payload, out),
+            Codec::Opus => {
+                if let Ok(mut decoder) = OpusDecoder::new() {
+                    let _ = decoder.decode(payload, out);
+                }
+            }
         }
     }
 }
@@ -71,6 +141,36 @@ mod tests {
         assert_eq!(Codec::Pcmu.samples_per_frame(20), 160);
         assert_eq!(Codec::Pcma.samples_per_frame(30), 240);
         assert_eq!(Codec::Pcmu.clock_rate(), 8000);
+        assert_eq!(Codec::G722.samples_per_frame(20), 320);
+        assert_eq!(Codec::G722.bytes_per_frame(20), 160);
+        assert_eq!(Codec::Opus.samples_per_frame(20), 480);
+    }
+
+    #[test]
+    fn rtp_clock_and_sample_rates_differ_for_g722_and_opus() {
+        assert_eq!((Codec::G722.clock_rate(), Codec::G722.sample_rate()), (8000, 16000));
+        assert_eq!((Codec::Opus.clock_rate(), Codec::Opus.sample_rate()), (48000, 24000));
+        assert_eq!(Codec::Pcma.rtp_clock_rate(), Codec::Pcma.sample_rate());
+        assert_eq!(Codec::G722.timestamp_units_per_frame(20), 160);
+        assert_eq!(Codec::Opus.timestamp_units_per_frame(20), 960);
+        assert_eq!(Codec::Pcmu.timestamp_units_per_frame(20), 160);
+    }
+
+    #[test]
+    fn g722_and_opus_silence_frames_decode_to_near_zero() {
+        let g722 = Codec::G722.silence_frame(20);
+        assert_eq!(g722.len(), 160);
+        let mut pcm = Vec::new();
+        Codec::G722.decode(&g722, &mut pcm);
+        assert_eq!(pcm.len(), 320);
+        assert!(pcm.iter().all(|&s| s.abs() <= 8));
+
+        let opus = Codec::Opus.silence_frame(20);
+        assert!(!opus.is_empty() && opus.len() < 20, "{} bytes", opus.len());
+        let mut pcm = Vec::new();
+        Codec::Opus.decode(&opus, &mut pcm);
+        assert_eq!(pcm.len(), 480);
+        assert!(pcm.iter().all(|&s| s.abs() <= 2));
     }
 
     #[test]

@@ -2,15 +2,25 @@
 //!
 //! With G.711 passthrough the model takes and produces the RTP payload bytes themselves
 //! (`audio/pcmu`, `audio/pcma`): nothing to convert, only framing. With PCM 24 kHz the bytes are
-//! 16-bit little-endian samples at 24 kHz, so G.711 is decoded/encoded and resampled.
+//! 16-bit little-endian samples at 24 kHz: G.711 is decoded/encoded and resampled (8k <-> 24k),
+//! G.722 likewise (16k <-> 24k), and Opus runs at 24 kHz so it needs no resampler.
+//!
+//! Passthrough exists for G.711 only: asking for it on a G.722 or Opus call gives PCM 24 kHz
+//! (see [`model_audio_for`]).
 
 use std::time::Duration;
 
 use crate::codec::Codec;
+use crate::g722::{G722Decoder, G722Encoder};
+use crate::opus_codec::{OpusDecoder, OpusEncoder, OpusEncoderSettings, is_opus_frame_size};
 use crate::resample::Resampler;
 
 /// The model's audio sample rate for `audio/pcm`.
 pub const MODEL_PCM_RATE: u32 = 24_000;
+
+/// Lost packets concealed before one received packet at most. A larger gap is a stall or a
+/// stream restart, not loss; filling it would flood the model with seconds of invented audio.
+pub const MAX_CONCEALED_PACKETS: u16 = 50;
 
 /// The audio format of the Realtime session.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -21,67 +31,199 @@ pub enum ModelAudio {
     Pcm24k,
 }
 
+/// The model audio format a call on `codec` actually uses when `requested` is asked for:
+/// passthrough only exists for G.711, every other codec gives the model PCM 24 kHz.
+pub fn model_audio_for(codec: Codec, requested: ModelAudio) -> ModelAudio {
+    if codec.is_g711() { requested } else { ModelAudio::Pcm24k }
+}
+
 /// A resampler between a codec's rate and the model's rate.
 fn model_resampler(from_hz: u32, to_hz: u32) -> Resampler {
-    // Every codec rate (8, 16, 48 kHz) is a supported small ratio of 24 kHz, so this does not
+    // Every codec rate (8, 16, 24 kHz) is a supported small ratio of 24 kHz, so this does not
     // fail (tested for each codec); the identity fallback only keeps a panic path out.
     Resampler::new(from_hz, to_hz).unwrap_or_else(|_| Resampler::identity())
 }
 
+/// Appends 16-bit little-endian PCM.
+fn extend_pcm16(samples: &[i16], out: &mut Vec<u8>) {
+    out.reserve(samples.len() * 2);
+    for sample in samples {
+        out.extend_from_slice(&sample.to_le_bytes());
+    }
+}
+
+/// The stateful part of decoding. Cloning gives fresh codec state (libopus state cannot be
+/// copied); a clone is a converter for a new stream with the same configuration.
+#[derive(Debug)]
+enum Decoding {
+    /// G.711 is stateless.
+    G711,
+    G722(G722Decoder),
+    /// `None` only if libopus could not allocate a decoder; packets then become silence.
+    Opus(Option<OpusDecoder>),
+}
+
+impl Decoding {
+    fn for_codec(codec: Codec) -> Decoding {
+        match codec {
+            Codec::G722 => Decoding::G722(G722Decoder::new()),
+            Codec::Opus => Decoding::Opus(OpusDecoder::new().ok()),
+            Codec::Pcmu | Codec::Pcma => Decoding::G711,
+        }
+    }
+}
+
 /// Converts inbound RTP payloads to bytes for `input_audio_buffer.append`.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct InboundAudio {
     codec: Codec,
     model: ModelAudio,
+    decoding: Decoding,
     resampler: Resampler,
     decoded: Vec<i16>,
     resampled: Vec<i16>,
 }
 
+impl Clone for InboundAudio {
+    /// Same configuration, fresh codec and resampler state.
+    fn clone(&self) -> Self {
+        InboundAudio::new(self.codec, self.model)
+    }
+}
+
 impl InboundAudio {
-    /// A converter for a call using `codec` whose model speaks `model`.
+    /// A converter for a call using `codec` whose model speaks `model`. For G.722 and Opus the
+    /// model always gets PCM 24 kHz, whatever `model` says ([`model_audio_for`]).
     pub fn new(codec: Codec, model: ModelAudio) -> Self {
         InboundAudio {
             codec,
-            model,
-            resampler: model_resampler(codec.clock_rate(), MODEL_PCM_RATE),
+            model: model_audio_for(codec, model),
+            decoding: Decoding::for_codec(codec),
+            resampler: model_resampler(codec.sample_rate(), MODEL_PCM_RATE),
             decoded: Vec::new(),
             resampled: Vec::new(),
         }
     }
 
+    /// The model audio format this converter produces.
+    pub fn model_audio(&self) -> ModelAudio {
+        self.model
+    }
+
     /// Appends the model-format bytes for one RTP payload to `out`.
     pub fn convert(&mut self, rtp_payload: &[u8], out: &mut Vec<u8>) {
-        match self.model {
-            ModelAudio::G711Passthrough => out.extend_from_slice(rtp_payload),
-            ModelAudio::Pcm24k => {
-                self.decoded.clear();
+        self.convert_with_loss(0, rtp_payload, out);
+    }
+
+    /// Like [`convert`](Self::convert) for a payload that follows `lost_before` lost packets
+    /// (the reorder buffer's count), first appending audio standing in for them so the model's
+    /// input timeline stays continuous (its timeline is time).
+    ///
+    /// Opus recovers the packet just before this one from this packet's in-band FEC (RFC 7587
+    /// §3.2) and conceals earlier ones with libopus PLC; G.711 and G.722 insert silence of this
+    /// payload's duration per lost packet. At most [`MAX_CONCEALED_PACKETS`] are filled in. An
+    /// Opus packet that does not decode is concealed as if lost.
+    pub fn convert_with_loss(&mut self, lost_before: u16, rtp_payload: &[u8], out: &mut Vec<u8>) {
+        let lost = usize::from(lost_before.min(MAX_CONCEALED_PACKETS));
+        if self.model == ModelAudio::G711Passthrough {
+            out.resize(out.len() + lost * rtp_payload.len(), self.codec.silence_byte());
+            out.extend_from_slice(rtp_payload);
+            return;
+        }
+        self.decoded.clear();
+        match &mut self.decoding {
+            Decoding::G711 => {
+                self.decoded.resize(lost * rtp_payload.len(), 0);
                 self.codec.decode(rtp_payload, &mut self.decoded);
-                self.resampled.clear();
-                self.resampler.process(&self.decoded, &mut self.resampled);
-                out.reserve(self.resampled.len() * 2);
-                for sample in &self.resampled {
-                    out.extend_from_slice(&sample.to_le_bytes());
-                }
             }
+            Decoding::G722(decoder) => {
+                self.decoded.resize(lost * rtp_payload.len() * 2, 0);
+                decoder.decode(rtp_payload, &mut self.decoded);
+            }
+            Decoding::Opus(Some(decoder)) => decode_opus_with_loss(decoder, lost, rtp_payload, &mut self.decoded),
+            Decoding::Opus(None) => {
+                let samples = self.codec.samples_per_frame(20);
+                self.decoded.resize((lost + 1) * samples, 0);
+            }
+        }
+        self.resampled.clear();
+        self.resampler.process(&self.decoded, &mut self.resampled);
+        extend_pcm16(&self.resampled, out);
+    }
+
+    /// Forgets codec and resampler history (e.g. after the stream restarted).
+    pub fn reset(&mut self) {
+        self.resampler.reset();
+        match &mut self.decoding {
+            Decoding::G711 | Decoding::Opus(None) => {}
+            Decoding::G722(decoder) => decoder.reset(),
+            Decoding::Opus(Some(decoder)) => decoder.reset(),
+        }
+    }
+}
+
+/// PLC for all but the last lost packet, FEC for the last, then the packet itself; each step
+/// that fails is replaced by PLC so the timeline keeps its length.
+fn decode_opus_with_loss(decoder: &mut OpusDecoder, lost: usize, payload: &[u8], out: &mut Vec<i16>) {
+    for _ in 1..lost {
+        conceal_or_silence(decoder, out);
+    }
+    if lost > 0 && decoder.recover_from_fec(payload, out).is_err() {
+        conceal_or_silence(decoder, out);
+    }
+    if decoder.decode(payload, out).is_err() {
+        conceal_or_silence(decoder, out);
+    }
+}
+
+fn conceal_or_silence(decoder: &mut OpusDecoder, out: &mut Vec<i16>) {
+    if decoder.conceal(out).is_err() {
+        out.resize(out.len() + decoder.last_packet_samples(), 0);
+    }
+}
+
+/// The stateful part of encoding; cloning gives fresh state like [`Decoding`].
+#[derive(Debug)]
+enum Encoding {
+    G711,
+    G722(G722Encoder),
+    /// `None` only if libopus refused the encoder; frames then become silence packets.
+    Opus(Option<OpusEncoder>, OpusEncoderSettings),
+}
+
+impl Encoding {
+    fn for_codec(codec: Codec, settings: OpusEncoderSettings) -> Encoding {
+        match codec {
+            Codec::G722 => Encoding::G722(G722Encoder::new()),
+            Codec::Opus => Encoding::Opus(OpusEncoder::new(settings).ok(), settings),
+            Codec::Pcmu | Codec::Pcma => Encoding::G711,
         }
     }
 
-    /// Forgets resampler history (e.g. after the stream restarted).
-    pub fn reset(&mut self) {
-        self.resampler.reset();
+    fn reset(&mut self) {
+        match self {
+            Encoding::G711 | Encoding::Opus(None, _) => {}
+            Encoding::G722(encoder) => encoder.reset(),
+            Encoding::Opus(Some(encoder), _) => encoder.reset(),
+        }
     }
 }
 
 /// Cuts model audio (arbitrary chunk sizes) into whole encoded RTP frames.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct OutboundAudio {
     codec: Codec,
     model: ModelAudio,
+    ptime: Duration,
     frame_bytes: usize,
+    /// Codec-rate samples per frame (G.722 and Opus, which encode whole frames).
+    frame_samples: usize,
+    encoding: Encoding,
     resampler: Resampler,
-    /// Encoded bytes not yet making a whole frame.
+    /// Encoded bytes not yet making a whole frame (G.711).
     pending: Vec<u8>,
+    /// Codec-rate samples not yet making a whole frame (G.722, Opus).
+    pending_samples: Vec<i16>,
     /// The first byte of a PCM16 sample split across two chunks.
     odd_byte: Option<u8>,
     /// Whether audio was pushed since the last flush/reset (the resampler holds a tail).
@@ -90,16 +232,43 @@ pub struct OutboundAudio {
     resampled: Vec<i16>,
 }
 
+impl Clone for OutboundAudio {
+    /// Same configuration, fresh codec and resampler state and nothing pending.
+    fn clone(&self) -> Self {
+        let settings = match &self.encoding {
+            Encoding::Opus(_, settings) => *settings,
+            Encoding::G711 | Encoding::G722(_) => OpusEncoderSettings::default(),
+        };
+        OutboundAudio::with_opus_settings(self.codec, self.model, self.ptime, settings)
+    }
+}
+
 impl OutboundAudio {
-    /// A framer for a call using `codec` at `ptime`, fed with audio in the `model` format.
+    /// A framer for a call using `codec` at `ptime`, fed with audio in the `model` format
+    /// (PCM 24 kHz for G.722 and Opus whatever `model` says). Opus uses the default
+    /// [`OpusEncoderSettings`].
     pub fn new(codec: Codec, model: ModelAudio, ptime: Duration) -> Self {
+        OutboundAudio::with_opus_settings(codec, model, ptime, OpusEncoderSettings::default())
+    }
+
+    /// Like [`new`](Self::new) with explicit Opus encoder settings (ignored by other codecs).
+    /// Opus packets last `ptime` when it is an Opus frame duration (10, 20, 40, 60 ms), else 20 ms.
+    pub fn with_opus_settings(codec: Codec, model: ModelAudio, ptime: Duration, settings: OpusEncoderSettings) -> Self {
         let ptime_ms = u32::try_from(ptime.as_millis()).unwrap_or(u32::MAX).max(1);
+        let mut frame_samples = codec.samples_per_frame(ptime_ms).max(1);
+        if codec == Codec::Opus && !is_opus_frame_size(frame_samples) {
+            frame_samples = codec.samples_per_frame(20);
+        }
         OutboundAudio {
             codec,
-            model,
-            frame_bytes: codec.bytes_per_frame(ptime_ms).max(1),
-            resampler: model_resampler(MODEL_PCM_RATE, codec.clock_rate()),
+            model: model_audio_for(codec, model),
+            ptime,
+            frame_bytes: codec.bytes_per_frame(ptime_ms).max(usize::from(codec != Codec::Opus)),
+            frame_samples,
+            encoding: Encoding::for_codec(codec, settings),
+            resampler: model_resampler(MODEL_PCM_RATE, codec.sample_rate()),
             pending: Vec::new(),
+            pending_samples: Vec::new(),
             odd_byte: None,
             has_audio: false,
             samples: Vec::new(),
@@ -107,14 +276,24 @@ impl OutboundAudio {
         }
     }
 
-    /// Encoded bytes in one frame.
+    /// The model audio format this framer expects.
+    pub fn model_audio(&self) -> ModelAudio {
+        self.model
+    }
+
+    /// Encoded bytes in one frame; 0 for Opus, whose packets vary in size.
     pub fn frame_bytes(&self) -> usize {
         self.frame_bytes
     }
 
-    /// Encoded bytes waiting for more audio to fill a frame.
+    /// Encoded bytes waiting for more audio to fill a frame (for G.722 the bytes the waiting
+    /// samples will encode to; for Opus, which has no fixed size, the waiting PCM16 bytes).
     pub fn pending_bytes(&self) -> usize {
-        self.pending.len()
+        match self.codec {
+            Codec::G722 => self.pending_samples.len() / 2,
+            Codec::Opus => self.pending_samples.len() * 2,
+            _ => self.pending.len(),
+        }
     }
 
     /// Appends every complete frame `model_bytes` makes to `frames`; keeps the remainder
@@ -124,37 +303,66 @@ impl OutboundAudio {
             return;
         }
         self.has_audio = true;
-        match self.model {
-            ModelAudio::G711Passthrough => self.pending.extend_from_slice(model_bytes),
-            ModelAudio::Pcm24k => {
-                self.samples.clear();
-                let mut bytes = model_bytes;
-                if let Some(low) = self.odd_byte.take()
-                    && let Some((&high, rest)) = bytes.split_first()
-                {
-                    self.samples.push(i16::from_le_bytes([low, high]));
-                    bytes = rest;
-                }
-                let mut pairs = bytes.chunks_exact(2);
-                self.samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-                self.odd_byte = pairs.remainder().first().copied();
-                self.resampled.clear();
-                self.resampler.process(&self.samples, &mut self.resampled);
-                self.codec.encode(&self.resampled, &mut self.pending);
-            }
+        if self.model == ModelAudio::G711Passthrough {
+            self.pending.extend_from_slice(model_bytes);
+            self.drain_frames(frames);
+            return;
         }
-        self.drain_frames(frames);
+        self.samples.clear();
+        let mut bytes = model_bytes;
+        if let Some(low) = self.odd_byte.take()
+            && let Some((&high, rest)) = bytes.split_first()
+        {
+            self.samples.push(i16::from_le_bytes([low, high]));
+            bytes = rest;
+        }
+        let mut pairs = bytes.chunks_exact(2);
+        self.samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
+        self.odd_byte = pairs.remainder().first().copied();
+        self.resampled.clear();
+        self.resampler.process(&self.samples, &mut self.resampled);
+        if matches!(self.encoding, Encoding::G711) {
+            self.codec.encode(&self.resampled, &mut self.pending);
+            self.drain_frames(frames);
+        } else {
+            self.pending_samples.extend_from_slice(&self.resampled);
+            self.encode_whole_frames(frames);
+        }
     }
 
     /// End of an item: the remainder padded with silence into one last frame, or `None` if
     /// nothing remains. For PCM the resampler's tail (its last ~3 ms) is included as far as it
-    /// fits in that frame, and the resampler restarts clean for the next item.
+    /// fits in that frame, and the resampler restarts clean for the next item (G.722's
+    /// encoder too, matching the fresh-state silence frames the pacer sends in between).
     pub fn flush_partial(&mut self) -> Option<Vec<u8>> {
         if !self.has_audio {
             return None;
         }
         self.has_audio = false;
         self.odd_byte = None;
+        if matches!(self.encoding, Encoding::G711) {
+            return self.flush_g711();
+        }
+        let mut frame = None;
+        if !self.pending_samples.is_empty() {
+            let zeros = vec![0i16; self.resampler.flush_input_samples()];
+            self.resampled.clear();
+            self.resampler.process(&zeros, &mut self.resampled);
+            let room = self.frame_samples.saturating_sub(self.pending_samples.len());
+            self.pending_samples.extend_from_slice(&self.resampled[..self.resampled.len().min(room)]);
+            self.pending_samples.resize(self.frame_samples, 0);
+            let mut frames = Vec::with_capacity(1);
+            self.encode_whole_frames(&mut frames);
+            frame = frames.pop();
+        }
+        self.resampler.reset();
+        if let Encoding::G722(encoder) = &mut self.encoding {
+            encoder.reset();
+        }
+        frame
+    }
+
+    fn flush_g711(&mut self) -> Option<Vec<u8>> {
         if self.model == ModelAudio::Pcm24k && !self.pending.is_empty() {
             let zeros = vec![0i16; self.resampler.flush_input_samples()];
             self.resampled.clear();
@@ -172,12 +380,14 @@ impl OutboundAudio {
         Some(frame)
     }
 
-    /// Barge-in: drops the remainder and the resampler state.
+    /// Barge-in: drops the remainder and the codec and resampler state.
     pub fn reset(&mut self) {
         self.pending.clear();
+        self.pending_samples.clear();
         self.odd_byte = None;
         self.has_audio = false;
         self.resampler.reset();
+        self.encoding.reset();
     }
 
     fn drain_frames(&mut self, frames: &mut Vec<Vec<u8>>) {
@@ -188,13 +398,35 @@ impl OutboundAudio {
         frames.extend(self.pending[..whole].chunks_exact(self.frame_bytes).map(<[u8]>::to_vec));
         self.pending.drain(..whole);
     }
+
+    /// Encodes every whole frame of `pending_samples` (G.722, Opus).
+    fn encode_whole_frames(&mut self, frames: &mut Vec<Vec<u8>>) {
+        let whole = self.pending_samples.len() / self.frame_samples * self.frame_samples;
+        let frame_ms = u32::try_from(self.frame_samples * 1000 / self.codec.sample_rate() as usize).unwrap_or(20);
+        for chunk in self.pending_samples[..whole].chunks_exact(self.frame_samples) {
+            let mut frame = Vec::with_capacity(self.frame_bytes.max(64));
+            match &mut self.encoding {
+                Encoding::G722(encoder) => encoder.encode(chunk, &mut frame),
+                Encoding::Opus(Some(encoder), _) => {
+                    if encoder.encode(chunk, &mut frame).is_err() {
+                        frame = crate::opus_codec::opus_silence_packet(frame_ms);
+                    }
+                }
+                Encoding::Opus(None, _) => frame = crate::opus_codec::opus_silence_packet(frame_ms),
+                Encoding::G711 => self.codec.encode(chunk, &mut frame),
+            }
+            frames.push(frame);
+        }
+        self.pending_samples.drain(..whole);
+    }
 }
 
 /// Playout time of `bytes` of model audio, in milliseconds: G.711 is one byte per sample at
 /// the codec's clock rate (bytes / 8 at 8 kHz); PCM 24 kHz is 48 bytes per millisecond.
+/// Passthrough on a non-G.711 codec counts as PCM 24 kHz, as [`model_audio_for`] decides.
 pub fn model_audio_ms(model: ModelAudio, codec: Codec, bytes: usize) -> f64 {
-    match model {
-        ModelAudio::G711Passthrough => bytes as f64 * 1000.0 / f64::from(codec.clock_rate()),
+    match model_audio_for(codec, model) {
+        ModelAudio::G711Passthrough => bytes as f64 * 1000.0 / f64::from(codec.sample_rate()),
         ModelAudio::Pcm24k => bytes as f64 / (f64::from(MODEL_PCM_RATE) * 2.0 / 1000.0),
     }
 }
@@ -320,6 +552,198 @@ mod tests {
         let mut frames = Vec::new();
         outbound.push(&[0; 960], &mut frames);
         assert!(frames[0].iter().all(|&b| b == 0xD5));
+    }
+
+    fn opus_frames_round_trip(frames: &[Vec<u8>], inbound: &mut InboundAudio) -> Vec<i16> {
+        let mut out = Vec::new();
+        for frame in frames {
+            inbound.convert(frame, &mut out);
+        }
+        pcm_samples(&out)
+    }
+
+    #[test]
+    fn passthrough_exists_only_for_g711() {
+        assert_eq!(model_audio_for(Codec::Pcmu, ModelAudio::G711Passthrough), ModelAudio::G711Passthrough);
+        assert_eq!(model_audio_for(Codec::Pcma, ModelAudio::Pcm24k), ModelAudio::Pcm24k);
+        for codec in [Codec::G722, Codec::Opus] {
+            assert_eq!(model_audio_for(codec, ModelAudio::G711Passthrough), ModelAudio::Pcm24k);
+            assert_eq!(InboundAudio::new(codec, ModelAudio::G711Passthrough).model_audio(), ModelAudio::Pcm24k);
+            let outbound = OutboundAudio::new(codec, ModelAudio::G711Passthrough, PTIME);
+            assert_eq!(outbound.model_audio(), ModelAudio::Pcm24k);
+            assert_eq!(model_audio_ms(ModelAudio::G711Passthrough, codec, 960), 20.0);
+        }
+    }
+
+    #[test]
+    fn opus_and_g722_round_trip_tones_through_the_model_format() {
+        for codec in [Codec::Opus, Codec::G722] {
+            for freq in [400.0, 1000.0, 3000.0] {
+                let tone = sine(freq, MODEL_PCM_RATE, 600, 8000);
+                let mut outbound = OutboundAudio::new(codec, ModelAudio::Pcm24k, PTIME);
+                let mut frames = Vec::new();
+                for chunk in pcm_bytes(&tone).chunks(777) {
+                    outbound.push(chunk, &mut frames);
+                }
+                assert_eq!(frames.len(), 30, "{codec:?}: 600 ms in 20 ms frames");
+                if codec == Codec::G722 {
+                    assert!(frames.iter().all(|f| f.len() == 160));
+                }
+                let mut inbound = InboundAudio::new(codec, ModelAudio::G711Passthrough);
+                let decoded = opus_frames_round_trip(&frames, &mut inbound);
+                assert_eq!(decoded.len(), tone.len(), "{codec:?}: 480 samples per frame at 24 kHz");
+                let steady = &decoded[4800..];
+                let found = dominant_frequency(steady, MODEL_PCM_RATE, 100.0, 7000.0, 10.0);
+                assert!((found - freq).abs() <= 10.0, "{codec:?} {freq}: {found}");
+                let level = rms_dbfs(steady) - rms_dbfs(&tone);
+                assert!(level.abs() < 3.0, "{codec:?} {freq}: {level:.1} dB");
+            }
+        }
+    }
+
+    #[test]
+    fn opus_packet_duration_follows_ptime() {
+        let tone = pcm_bytes(&sine(500.0, MODEL_PCM_RATE, 240, 8000));
+        for (ptime_ms, per_packet) in [(10, 240), (20, 480), (40, 960), (60, 1440), (30, 480)] {
+            let mut outbound = OutboundAudio::new(Codec::Opus, ModelAudio::Pcm24k, Duration::from_millis(ptime_ms));
+            let mut frames = Vec::new();
+            outbound.push(&tone, &mut frames);
+            assert_eq!(frames.len(), 5760 / per_packet, "{ptime_ms} ms");
+            let mut inbound = InboundAudio::new(Codec::Opus, ModelAudio::Pcm24k);
+            let mut out = Vec::new();
+            inbound.convert(&frames[0], &mut out);
+            assert_eq!(out.len(), per_packet * 2, "{ptime_ms} ms");
+        }
+    }
+
+    #[test]
+    fn opus_and_g722_flush_pad_one_frame_and_reset_drops_the_rest() {
+        for codec in [Codec::Opus, Codec::G722] {
+            let mut outbound = OutboundAudio::new(codec, ModelAudio::Pcm24k, PTIME);
+            let mut frames = Vec::new();
+            outbound.push(&pcm_bytes(&sine(500.0, MODEL_PCM_RATE, 105, 8000)), &mut frames);
+            assert_eq!(frames.len(), 5, "{codec:?}");
+            assert!(outbound.pending_bytes() > 0);
+            let last = outbound.flush_partial().unwrap();
+            let mut inbound = InboundAudio::new(codec, ModelAudio::Pcm24k);
+            let mut out = Vec::new();
+            inbound.convert(&last, &mut out);
+            assert_eq!(out.len(), 960, "{codec:?}: the last frame is a whole 20 ms");
+            assert_eq!(outbound.flush_partial(), None);
+            outbound.push(&[0; 500], &mut frames);
+            outbound.reset();
+            assert_eq!(outbound.pending_bytes(), 0);
+            assert_eq!(outbound.flush_partial(), None);
+        }
+    }
+
+    /// A 440 Hz tone with a 3 Hz syllable-like envelope: a steady tone would look like
+    /// stationary noise to the encoder's voice activity detector, which then stops adding FEC.
+    fn speech_like_tone(duration_ms: u32) -> Vec<i16> {
+        sine(440.0, MODEL_PCM_RATE, duration_ms, 12000)
+            .iter()
+            .enumerate()
+            .map(|(i, &s)| {
+                let t = i as f64 / f64::from(MODEL_PCM_RATE);
+                let envelope = 0.8 + 0.2 * (2.0 * std::f64::consts::PI * 3.0 * t).sin();
+                (f64::from(s) * envelope) as i16
+            })
+            .collect()
+    }
+
+    #[test]
+    fn opus_loss_keeps_the_timeline_and_recovers_the_tone() {
+        let tone = speech_like_tone(2000);
+        let mut outbound = OutboundAudio::new(Codec::Opus, ModelAudio::Pcm24k, PTIME);
+        let mut frames = Vec::new();
+        outbound.push(&pcm_bytes(&tone), &mut frames);
+        assert_eq!(frames.len(), 100);
+        let mut inbound = InboundAudio::new(Codec::Opus, ModelAudio::Pcm24k);
+        let mut out = Vec::new();
+        let mut lost = 0;
+        for (index, frame) in frames.iter().enumerate() {
+            if index % 5 == 4 {
+                lost += 1;
+                continue;
+            }
+            inbound.convert_with_loss(lost, frame, &mut out);
+            lost = 0;
+        }
+        let pcm = pcm_samples(&out);
+        // Everything up to the last received packet (the 100th is lost) is there: 99 packets.
+        assert_eq!(pcm.len(), 99 * 480);
+        // Every stand-in keeps the tone (a 20 ms window resolves about 50 Hz); most come from
+        // FEC at full level, the rest from PLC a few dB down (the encoder's VAD skips FEC on
+        // frames it finds inactive).
+        let mut at_full_level = 0;
+        let recovered: Vec<usize> = (9..99).step_by(5).collect();
+        for &lost_index in &recovered {
+            let span = lost_index * 480..(lost_index + 1) * 480;
+            let level = rms_dbfs(&pcm[span.clone()]) - rms_dbfs(&tone[span.clone()]);
+            assert!(level > -12.0, "packet {lost_index}: {level:.1} dB");
+            at_full_level += usize::from(level > -3.0);
+            let found = dominant_frequency(&pcm[span], MODEL_PCM_RATE, 200.0, 2000.0, 10.0);
+            assert!((found - 440.0).abs() <= 50.0, "packet {lost_index}: {found}");
+        }
+        assert!(at_full_level * 2 > recovered.len(), "{at_full_level} of {} at full level", recovered.len());
+    }
+
+    #[test]
+    fn opus_burst_loss_and_bad_packets_conceal_whole_packets() {
+        let mut outbound = OutboundAudio::new(Codec::Opus, ModelAudio::Pcm24k, PTIME);
+        let mut frames = Vec::new();
+        outbound.push(&pcm_bytes(&sine(440.0, MODEL_PCM_RATE, 100, 8000)), &mut frames);
+        let mut inbound = InboundAudio::new(Codec::Opus, ModelAudio::Pcm24k);
+        let mut out = Vec::new();
+        inbound.convert(&frames[0], &mut out);
+        inbound.convert_with_loss(3, &frames[4], &mut out);
+        assert_eq!(out.len(), 5 * 960);
+        inbound.convert(&[0xFF, 0x3F], &mut out);
+        assert_eq!(out.len(), 6 * 960, "an undecodable packet is concealed, not dropped");
+        inbound.convert_with_loss(u16::MAX, &frames[0], &mut out);
+        assert_eq!(out.len(), (7 + usize::from(MAX_CONCEALED_PACKETS)) * 960);
+    }
+
+    #[test]
+    fn g711_and_g722_loss_inserts_silence_of_the_packet_duration() {
+        let mut passthrough = InboundAudio::new(Codec::Pcmu, ModelAudio::G711Passthrough);
+        let mut out = Vec::new();
+        passthrough.convert_with_loss(2, &[1; 160], &mut out);
+        assert_eq!(out.len(), 480);
+        assert!(out[..320].iter().all(|&b| b == 0xFF));
+        assert!(out[320..].iter().all(|&b| b == 1));
+
+        for codec in [Codec::Pcma, Codec::G722] {
+            let tone = sine(1000.0, codec.sample_rate(), 100, 8000);
+            let mut payload = Vec::new();
+            codec.encode(&tone, &mut payload);
+            let frame = &payload[..codec.bytes_per_frame(20)];
+            let mut inbound = InboundAudio::new(codec, ModelAudio::Pcm24k);
+            let mut out = Vec::new();
+            inbound.convert(frame, &mut out);
+            inbound.convert_with_loss(2, frame, &mut out);
+            let pcm = pcm_samples(&out);
+            assert_eq!(pcm.len(), 4 * 480, "{codec:?}");
+            // The middle of the gap is silent (the filter rings a few ms into it).
+            assert!(rms_dbfs(&pcm[600..1300]) < -60.0, "{codec:?}");
+            assert!(rms_dbfs(&pcm[1500..]) > -20.0, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn clones_start_fresh_with_the_same_configuration() {
+        let outbound = OutboundAudio::with_opus_settings(
+            Codec::Opus,
+            ModelAudio::Pcm24k,
+            Duration::from_millis(40),
+            OpusEncoderSettings { bitrate_bps: 16_000, ..Default::default() },
+        );
+        let mut copy = outbound.clone();
+        let mut frames = Vec::new();
+        copy.push(&[0; 1920], &mut frames);
+        assert_eq!(frames.len(), 1, "40 ms packets kept");
+        let inbound = InboundAudio::new(Codec::G722, ModelAudio::Pcm24k);
+        assert_eq!(inbound.clone().model_audio(), ModelAudio::Pcm24k);
     }
 
     #[test]

@@ -1,4 +1,4 @@
-//! Media plane building blocks for the gateway: RTP packets, G.711, an inbound reorder buffer,
+//! Media plane building blocks for the gateway: RTP packets, G.711, G.722, Opus, an inbound reorder buffer,
 //! an outbound pacer, a polyphase resampler, the adaptation between RTP frames and the model's
 //! audio format, and signal helpers for tests and the simulator.
 //!
@@ -11,6 +11,8 @@
 pub mod codec;
 pub mod framing;
 pub mod g711;
+pub mod g722;
+pub mod opus_codec;
 pub mod pacer;
 pub mod reorder;
 pub mod resample;
@@ -18,7 +20,8 @@ pub mod rtp;
 pub mod signal;
 
 pub use codec::Codec;
-pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_ms};
+pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for, model_audio_ms};
+pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};
 pub use reorder::{PushOutcome, ReceivedFrame, ReorderBuffer, ReorderStats};
 pub use resample::{ResampleError, Resampler};

@@ -205,6 +205,30 @@ mod tests {
     }
 
     #[test]
+    fn timestamps_advance_by_the_rtp_clock_not_the_sample_rate() {
+        use crate::codec::Codec;
+        // RFC 3551 §4.5.2: G.722 at 16 kHz counts 8 kHz; RFC 7587 §4.1: Opus counts 48 kHz.
+        for (codec, step) in [(Codec::G722, 160u32), (Codec::Opus, 960), (Codec::Pcmu, 160)] {
+            let start = Instant::now();
+            let config = PacerConfig {
+                payload_type: 9,
+                ssrc: 1,
+                clock_rate: codec.clock_rate(),
+                ptime: PTIME,
+                silence: codec.silence_frame(20),
+            };
+            let mut pacer: Pacer<u8> = Pacer::new(config, start, 0, u32::MAX - 500);
+            pacer.enqueue(1, vec![1; 10]);
+            let frames = drain(&mut pacer, start + PTIME * 3);
+            assert_eq!(frames.len(), 4, "{codec:?}");
+            for (n, frame) in frames.iter().enumerate() {
+                assert_eq!(frame.header.timestamp, (u32::MAX - 500).wrapping_add(n as u32 * step), "{codec:?}");
+            }
+            assert_eq!(frames[1].payload, codec.silence_frame(20), "{codec:?}");
+        }
+    }
+
+    #[test]
     fn ten_minute_bursty_call_is_perfectly_paced() {
         let start = Instant::now();
         let mut pacer: Pacer<u32> = Pacer::new(config(), start, 65000, u32::MAX - 1000);

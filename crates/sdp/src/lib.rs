@@ -16,4 +16,4 @@ mod negotiate;
 pub use codec::{Codec, Direction};
 pub use error::SdpError;
 pub use model::{AddressType, Attribute, Connection, MediaDescription, Origin, RtpMap, SessionDescription, Timing};
-pub use negotiate::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpAnswer, answer_offer};
+pub use negotiate::{AnswerPolicy, LocalMedia, NegotiatedMedia, OpusParams, SdpAnswer, answer_offer};

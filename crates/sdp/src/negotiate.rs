@@ -52,9 +52,32 @@ pub struct NegotiatedMedia {
     pub remote_rtp: SocketAddr,
     /// Our direction in the answer.
     pub direction: Direction,
-    /// Our packetization time in milliseconds.
+    /// Our packetization time in milliseconds (for Opus the offered `a=ptime` when it is 10,
+    /// 20, 40 or 60, else the policy's).
+    pub ptime_ms: u32,
+    /// The peer's Opus parameters when the codec is Opus (RFC 7587 §6.1), `None` otherwise.
+    pub opus: Option<OpusParams>,
+}
+
+/// What the offerer's Opus fmtp asks of the stream we send (RFC 7587 §6.1): limits for our
+/// encoder and the packet duration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpusParams {
+    /// `maxaveragebitrate`: the most the peer wants to receive, bit/s (6000-510000).
+    pub max_average_bitrate: Option<u32>,
+    /// `maxplaybackrate`: the highest audio rate the peer renders, Hz (8000-48000).
+    pub max_playback_rate: Option<u32>,
+    /// `useinbandfec=1`: the peer's decoder uses in-band FEC, so ours should send it.
+    pub use_inband_fec: bool,
+    /// The packet duration to send, ms: the offered `a=ptime` if 10, 20, 40 or 60, else the
+    /// policy's.
     pub ptime_ms: u32,
 }
+
+/// The receive side of our Opus stream, announced in the answer's fmtp (RFC 7587 §6.1): mono,
+/// audio at most 24 kHz (the model's rate, so no wider band is worth the bits), and we decode
+/// in-band FEC.
+const OUR_OPUS_FMTP: &str = "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;sprop-stereo=0;useinbandfec=1";
 
 /// Our answer SDP (CRLF line endings) and the negotiated media parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -109,13 +132,15 @@ pub fn answer_offer(offer: &str, policy: &AnswerPolicy, local: &LocalMedia) -> R
                 Direction::RecvOnly | Direction::Inactive => Direction::Inactive,
             };
         }
+        let opus = (codec == Codec::Opus).then(|| opus_params(media, payload_type, policy.ptime_ms));
         let negotiated = NegotiatedMedia {
             codec,
             payload_type,
             telephone_event,
             remote_rtp: SocketAddr::new(connection.address, media.port),
             direction: offered_direction.reverse(),
-            ptime_ms: policy.ptime_ms,
+            ptime_ms: opus.map_or(policy.ptime_ms, |params| params.ptime_ms),
+            opus,
         };
         accepted = Some((index, negotiated, events));
     }
@@ -155,6 +180,29 @@ fn offered_codec(media: &MediaDescription, payload_type: u8) -> Option<Codec> {
         None if payload_type < 96 => Codec::from_static_payload_type(payload_type),
         None => None,
     }
+}
+
+/// Reads the offerer's Opus fmtp (RFC 7587 §6.1: `;`-separated `name=value`, names
+/// case-insensitive). Out-of-range or unparseable values are ignored, as if absent.
+fn opus_params(media: &MediaDescription, payload_type: u8, policy_ptime_ms: u32) -> OpusParams {
+    let mut params =
+        OpusParams { max_average_bitrate: None, max_playback_rate: None, use_inband_fec: false, ptime_ms: 20 };
+    for (name, value) in media.fmtp(payload_type).unwrap_or("").split(';').filter_map(|p| p.split_once('=')) {
+        let (name, value) = (name.trim(), value.trim());
+        let number = value.parse::<u32>().ok();
+        if name.eq_ignore_ascii_case("maxaveragebitrate") {
+            params.max_average_bitrate = number.filter(|n| (6000..=510_000).contains(n));
+        } else if name.eq_ignore_ascii_case("maxplaybackrate") {
+            params.max_playback_rate = number.filter(|n| (8000..=48_000).contains(n));
+        } else if name.eq_ignore_ascii_case("useinbandfec") {
+            params.use_inband_fec = number == Some(1);
+        }
+    }
+    // Opus frames are 2.5-60 ms; an RTP packet of one frame of 10-60 ms covers what phones ask.
+    let is_opus_ptime = |ms: &u32| matches!(ms, 10 | 20 | 40 | 60);
+    params.ptime_ms =
+        media.ptime_ms().filter(is_opus_ptime).or(Some(policy_ptime_ms).filter(is_opus_ptime)).unwrap_or(20);
+    params
 }
 
 /// RFC 4733 §7.1.1: telephone-event must use the clock rate of the audio codec. Returns the
@@ -252,7 +300,14 @@ fn write_answer(
         if let Some(te) = negotiated.telephone_event {
             let _ = write!(sdp, " {te}");
         }
-        let _ = write!(sdp, "\r\na=rtpmap:{pt} {}/{}\r\n", codec.encoding_name(), codec.clock_rate());
+        let _ = write!(sdp, "\r\na=rtpmap:{pt} {}/{}", codec.encoding_name(), codec.clock_rate());
+        if let Some(channels) = codec.rtpmap_channels() {
+            let _ = write!(sdp, "/{channels}");
+        }
+        sdp.push_str("\r\n");
+        if codec == Codec::Opus {
+            let _ = write!(sdp, "a=fmtp:{pt} {OUR_OPUS_FMTP}\r\n");
+        }
         if let (Some(te), Some(events)) = (negotiated.telephone_event, events) {
             let _ = write!(sdp, "a=rtpmap:{te} {TELEPHONE_EVENT}/{}\r\na=fmtp:{te} {events}\r\n", codec.clock_rate());
         }

@@ -56,6 +56,10 @@ pub struct MediaConfig {
     pub rtp_timeout_secs: u64,
     /// How long an out-of-order packet waits for the missing one before it is declared lost.
     pub reorder_wait_ms: u64,
+    /// Opus encoder target bitrate (bit/s); the caller's `maxaveragebitrate` caps it.
+    pub opus_bitrate_bps: u32,
+    /// Opus encoder complexity, 0 (cheapest) to 10 (best).
+    pub opus_complexity: u8,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -177,6 +181,8 @@ impl Default for MediaConfig {
             codecs: StringList(vec!["PCMU".into(), "PCMA".into()]),
             rtp_timeout_secs: 30,
             reorder_wait_ms: 40,
+            opus_bitrate_bps: 32_000,
+            opus_complexity: 5,
         }
     }
 }
@@ -257,7 +263,7 @@ pub struct Resolved {
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
-pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA"];
+pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA", "G722", "opus"];
 
 /// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
 pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
@@ -359,6 +365,12 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if cfg.media.reorder_wait_ms > 500 {
         bad("media.reorder_wait_ms", "must be at most 500".into());
+    }
+    if !(6_000..=510_000).contains(&cfg.media.opus_bitrate_bps) {
+        bad("media.opus_bitrate_bps", "must be between 6000 and 510000 (RFC 7587 §6.1)".into());
+    }
+    if cfg.media.opus_complexity > 10 {
+        bad("media.opus_complexity", "must be between 0 and 10".into());
     }
 
     match cfg.realtime.url.split_once("://") {

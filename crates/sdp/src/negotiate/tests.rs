@@ -75,6 +75,7 @@ a=sendrecv\r\n"
             remote_rtp: "192.0.2.20:6000".parse().unwrap(),
             direction: Direction::SendRecv,
             ptime_ms: 20,
+            opus: None,
         }
     );
     // Our answer must itself be parseable SDP.
@@ -328,6 +329,106 @@ fn telephone_event_ranges_are_intersected() {
     }
 }
 
+fn opus_policy() -> AnswerPolicy {
+    AnswerPolicy { codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma], ..AnswerPolicy::default() }
+}
+
+#[test]
+fn baresip_opus_offer_answers_mono_24k_with_fec_and_48k_dtmf() {
+    let answer = answer_offer(BARESIP, &opus_policy(), &local_v4()).unwrap();
+    assert_eq!(answer.media.codec, Codec::Opus);
+    assert_eq!(answer.media.payload_type, 111);
+    // RFC 4733 §7.1.1: telephone-event at the codec's clock rate, 48000 for Opus.
+    assert_eq!(answer.media.telephone_event, Some(101));
+    assert_eq!(
+        answer.media.opus,
+        Some(OpusParams { max_average_bitrate: None, max_playback_rate: None, use_inband_fec: false, ptime_ms: 20 })
+    );
+    assert_eq!(answer.media.ptime_ms, 20);
+    let m_section = answer.sdp.split_once("m=audio").unwrap().1;
+    assert_eq!(
+        m_section,
+        " 40000 RTP/AVP 111 101\r\n\
+a=rtpmap:111 opus/48000/2\r\n\
+a=fmtp:111 maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;sprop-stereo=0;useinbandfec=1\r\n\
+a=rtpmap:101 telephone-event/48000\r\n\
+a=fmtp:101 0-15\r\n\
+a=ptime:20\r\n\
+a=sendrecv\r\n"
+    );
+    let parsed = SessionDescription::parse(&answer.sdp).unwrap();
+    assert_eq!(parsed.media[0].rtpmap(111).unwrap().channels, Some(2));
+}
+
+#[test]
+fn opus_fmtp_limits_and_ptime_are_read_from_the_offer() {
+    let offer = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 96 0 97\r\n\
+a=rtpmap:96 OPUS/48000/2\r\n\
+a=fmtp:96 maxplaybackrate=16000; sprop-maxcapturerate=16000; MaxAverageBitrate=20000; useinbandfec=1; stereo=1\r\n\
+a=rtpmap:97 telephone-event/8000\r\na=ptime:40\r\n";
+    let answer = answer_offer(offer, &opus_policy(), &local_v4()).unwrap();
+    assert_eq!(
+        answer.media.opus,
+        Some(OpusParams {
+            max_average_bitrate: Some(20_000),
+            max_playback_rate: Some(16_000),
+            use_inband_fec: true,
+            ptime_ms: 40,
+        })
+    );
+    assert_eq!(answer.media.ptime_ms, 40);
+    assert!(answer.sdp.contains("a=ptime:40\r\n"));
+    // Only telephone-event/8000 was offered: it does not fit Opus' 48 kHz clock.
+    assert_eq!(answer.media.telephone_event, None);
+    assert!(answer.sdp.contains("m=audio 40000 RTP/AVP 96\r\n"));
+}
+
+#[test]
+fn opus_odd_ptime_and_bad_fmtp_values_fall_back() {
+    let offer = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 96\r\n\
+a=rtpmap:96 opus/48000/2\r\na=fmtp:96 maxaveragebitrate=1;maxplaybackrate=x;useinbandfec=0;junk\r\na=ptime:30\r\n";
+    let answer = answer_offer(offer, &opus_policy(), &local_v4()).unwrap();
+    assert_eq!(
+        answer.media.opus,
+        Some(OpusParams { max_average_bitrate: None, max_playback_rate: None, use_inband_fec: false, ptime_ms: 20 })
+    );
+    assert!(answer.sdp.contains("a=ptime:20\r\n"));
+}
+
+#[test]
+fn g722_only_offer() {
+    let offer = "v=0\r\no=- 1 1 IN IP4 192.0.2.1\r\ns=-\r\nc=IN IP4 192.0.2.1\r\nt=0 0\r\n\
+m=audio 5004 RTP/AVP 9 101\r\na=rtpmap:101 telephone-event/8000\r\n";
+    // The default policy (G.711 only) cannot take it.
+    assert_eq!(answer(offer), Err(SdpError::NoCommonCodec));
+    let answer = answer_offer(offer, &opus_policy(), &local_v4()).unwrap();
+    assert_eq!(answer.media.codec, Codec::G722);
+    assert_eq!(answer.media.payload_type, 9);
+    assert_eq!(answer.media.opus, None);
+    // G.722's RTP clock is 8000 (RFC 3551 §4.5.2), so telephone-event/8000 matches.
+    assert_eq!(answer.media.telephone_event, Some(101));
+    assert!(
+        answer
+            .sdp
+            .contains("m=audio 40000 RTP/AVP 9 101\r\na=rtpmap:9 G722/8000\r\na=rtpmap:101 telephone-event/8000\r\n")
+    );
+}
+
+#[test]
+fn our_codec_preference_picks_g722_over_pcmu() {
+    let policy = AnswerPolicy { codecs: vec![Codec::G722, Codec::Pcmu], ..AnswerPolicy::default() };
+    let answer = answer_offer(BARESIP, &policy, &local_v4()).unwrap();
+    assert_eq!(answer.media.codec, Codec::G722);
+    assert_eq!(answer.media.payload_type, 9);
+    assert_eq!(answer.media.telephone_event, Some(102), "telephone-event/8000 for G.722");
+    assert!(!answer.sdp.contains("opus"));
+    // Offered in the other order, our preference still wins.
+    let offer = "v=0\r\nc=IN IP4 192.0.2.1\r\nm=audio 5004 RTP/AVP 0 9\r\n";
+    assert_eq!(answer_offer(offer, &policy, &local_v4()).unwrap().media.codec, Codec::G722);
+    let policy = AnswerPolicy { codecs: vec![Codec::Pcmu, Codec::G722], ..AnswerPolicy::default() };
+    assert_eq!(answer_offer(offer, &policy, &local_v4()).unwrap().media.codec, Codec::Pcmu);
+}
+
 #[test]
 fn ptime_follows_policy() {
     let policy = AnswerPolicy { ptime_ms: 30, ..AnswerPolicy::default() };
@@ -355,6 +456,8 @@ impl XorShift {
 #[test]
 fn parse_and_answer_never_panic_on_mutated_offers() {
     let seeds = [SIPP, BARESIP];
+    // Half the rounds answer with Opus first, exercising the Opus fmtp reader on mutations.
+    let policies = [AnswerPolicy::default(), opus_policy()];
     let alphabet: &[u8] = b"=\r\n :/-0123456789amcvotsIP46AVPRTaudio.\xff\x00";
     let mut rng = XorShift(0x9E37_79B9_7F4A_7C15);
     let mut parsed_ok = 0;
@@ -381,7 +484,7 @@ fn parse_and_answer_never_panic_on_mutated_offers() {
             assert_eq!(reparsed.to_string(), serialized, "{text:?}");
             assert_eq!(reparsed.media.len(), sdp.media.len(), "{text:?}");
         }
-        if let Ok(answer) = answer_offer(&text, &AnswerPolicy::default(), &local_v4()) {
+        if let Ok(answer) = answer_offer(&text, &policies[(round / 2) % 2], &local_v4()) {
             // Property: an answer always parses and mirrors the offer's m= line count.
             let offered = SessionDescription::parse(&text).unwrap().media.len();
             let answered = SessionDescription::parse(&answer.sdp).unwrap().media.len();

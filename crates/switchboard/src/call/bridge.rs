@@ -241,7 +241,7 @@ async fn drain_inbound(
             metrics::counter!(telemetry::RTP_LOST_TOTAL).increment(u64::from(frame.lost_before));
         }
         model_bytes.clear();
-        bridge.inbound.convert(&frame.payload, model_bytes);
+        bridge.inbound.convert_with_loss(frame.lost_before, &frame.payload, model_bytes);
         let append = ClientEvent::InputAudioBufferAppend { event_id: None, audio: BASE64.encode(&model_bytes) };
         send(realtime_tx, &append).await?;
     }

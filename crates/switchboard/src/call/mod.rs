@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use switchboard_media::codec::Codec as MediaCodec;
-use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
+use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for};
+use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::pacer::{Pacer, PacerConfig};
 use switchboard_media::reorder::ReorderBuffer;
 use switchboard_realtime::client;
@@ -23,6 +24,7 @@ use crate::routing;
 use crate::telemetry::{self, Redacted};
 use end::{CallEnd, Refusal};
 
+/// What we send and ask for; an Opus caller may ask for 10, 40 or 60 ms instead.
 const PTIME: Duration = Duration::from_millis(20);
 
 /// Holds one of the `calls.max_concurrent` slots; dropping it frees the slot.
@@ -119,9 +121,23 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     let Some(codec) = media_codec(media.codec) else {
         return refuse(invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
     };
-    let model_audio = match agent.audio_format {
+    let requested = match agent.audio_format {
         AudioFormatChoice::Auto => ModelAudio::G711Passthrough,
         AudioFormatChoice::Pcm => ModelAudio::Pcm24k,
+    };
+    // Only G.711 can go to the model untouched; Opus and G.722 calls speak 24 kHz PCM to it.
+    let model_audio = model_audio_for(codec, requested);
+    let ptime = Duration::from_millis(u64::from(media.ptime_ms.max(10)));
+    let opus_settings = OpusEncoderSettings {
+        bitrate_bps: cfg.media.opus_bitrate_bps,
+        complexity: cfg.media.opus_complexity,
+        ..OpusEncoderSettings::default()
+    };
+    let opus_settings = match media.opus {
+        Some(peer) => {
+            opus_settings.with_peer_limits(peer.max_average_bitrate, peer.max_playback_rate, Some(peer.use_inband_fec))
+        }
+        None => opus_settings,
     };
     info!(agent = agent_name, codec = ?media.codec, model_audio = ?model_audio, "routed");
     invite.ringing();
@@ -170,17 +186,17 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
                 payload_type: media.payload_type,
                 ssrc: rand::random(),
                 clock_rate: codec.clock_rate(),
-                ptime: PTIME,
-                silence: codec.silence_frame(PTIME.as_millis() as u32),
+                ptime,
+                silence: codec.silence_frame(media.ptime_ms),
             },
             Instant::now(),
             rand::random(),
             rand::random(),
         ),
         inbound: InboundAudio::new(codec, model_audio),
-        outbound: OutboundAudio::new(codec, model_audio, PTIME),
+        outbound: OutboundAudio::with_opus_settings(codec, model_audio, ptime, opus_settings),
         model_ms_per_byte: switchboard_media::framing::model_audio_ms(model_audio, codec, 1),
-        ptime: PTIME,
+        ptime,
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
     };
     let end = bridge::run(bridge, &mut dialog, &mut realtime_tx, &mut realtime_rx, state.shutdown.subscribe()).await;
@@ -197,7 +213,7 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
 fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy {
     let names = if agent.codecs.0.is_empty() { global_codecs } else { agent.codecs.0.as_slice() };
     AnswerPolicy {
-        codecs: names.iter().filter_map(|name| SdpCodec::from_rtpmap(name, 8000)).collect(),
+        codecs: names.iter().filter_map(|name| SdpCodec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
     }
@@ -208,6 +224,8 @@ fn media_codec(codec: SdpCodec) -> Option<MediaCodec> {
     match codec {
         SdpCodec::Pcmu => Some(MediaCodec::Pcmu),
         SdpCodec::Pcma => Some(MediaCodec::Pcma),
+        SdpCodec::G722 => Some(MediaCodec::G722),
+        SdpCodec::Opus => Some(MediaCodec::Opus),
         _ => None,
     }
 }
