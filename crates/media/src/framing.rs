@@ -230,6 +230,9 @@ pub struct OutboundAudio {
     has_audio: bool,
     samples: Vec<i16>,
     resampled: Vec<i16>,
+    /// G.722/Opus frames leave `push` as raw codec-rate PCM16 and are encoded by
+    /// [`OutboundAudio::encode_deferred`] when their slot comes (see [`OutboundAudio::defer_encoding`]).
+    deferred: bool,
 }
 
 impl Clone for OutboundAudio {
@@ -273,7 +276,30 @@ impl OutboundAudio {
             has_audio: false,
             samples: Vec::new(),
             resampled: Vec::new(),
+            deferred: false,
         }
+    }
+
+    /// Defers G.722 and Opus encoding from [`push`](Self::push) to send time: frames come out
+    /// as raw PCM16 at the codec rate and [`encode_deferred`](Self::encode_deferred) encodes each
+    /// one when the pacer sends it. A model delta of up to a few hundred ms then costs one frame's
+    /// encode per 20 ms slot instead of a burst that holds up every call sharing the thread, and
+    /// audio flushed by a barge-in is never encoded. No effect on G.711.
+    pub fn defer_encoding(&mut self, deferred: bool) {
+        self.deferred = deferred && !matches!(self.encoding, Encoding::G711);
+    }
+
+    /// Encodes one frame produced while encoding is deferred; frames must be encoded in the
+    /// order they were produced (the codec state runs across them). Without deferral, or for
+    /// G.711, the frame is already encoded and comes back unchanged.
+    pub fn encode_deferred(&mut self, frame: Vec<u8>) -> Vec<u8> {
+        if !self.deferred {
+            return frame;
+        }
+        let samples: Vec<i16> = frame.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect();
+        let mut encoded = Vec::with_capacity(self.frame_bytes.max(64));
+        self.encode_samples(&samples, &mut encoded);
+        encoded
     }
 
     /// The model audio format this framer expects.
@@ -399,25 +425,42 @@ impl OutboundAudio {
         self.pending.drain(..whole);
     }
 
-    /// Encodes every whole frame of `pending_samples` (G.722, Opus).
+    /// Encodes (or, deferred, passes on as raw PCM16) every whole frame of `pending_samples`
+    /// (G.722, Opus).
     fn encode_whole_frames(&mut self, frames: &mut Vec<Vec<u8>>) {
         let whole = self.pending_samples.len() / self.frame_samples * self.frame_samples;
-        let frame_ms = u32::try_from(self.frame_samples * 1000 / self.codec.sample_rate() as usize).unwrap_or(20);
-        for chunk in self.pending_samples[..whole].chunks_exact(self.frame_samples) {
-            let mut frame = Vec::with_capacity(self.frame_bytes.max(64));
-            match &mut self.encoding {
-                Encoding::G722(encoder) => encoder.encode(chunk, &mut frame),
-                Encoding::Opus(Some(encoder), _) => {
-                    if encoder.encode(chunk, &mut frame).is_err() {
-                        frame = crate::opus_codec::opus_silence_packet(frame_ms);
-                    }
-                }
-                Encoding::Opus(None, _) => frame = crate::opus_codec::opus_silence_packet(frame_ms),
-                Encoding::G711 => self.codec.encode(chunk, &mut frame),
+        if self.deferred {
+            for chunk in self.pending_samples[..whole].chunks_exact(self.frame_samples) {
+                let mut raw = Vec::with_capacity(chunk.len() * 2);
+                extend_pcm16(chunk, &mut raw);
+                frames.push(raw);
             }
+            self.pending_samples.drain(..whole);
+            return;
+        }
+        let pending = std::mem::take(&mut self.pending_samples);
+        for chunk in pending[..whole].chunks_exact(self.frame_samples) {
+            let mut frame = Vec::with_capacity(self.frame_bytes.max(64));
+            self.encode_samples(chunk, &mut frame);
             frames.push(frame);
         }
+        self.pending_samples = pending;
         self.pending_samples.drain(..whole);
+    }
+
+    /// Encodes one frame of codec-rate samples.
+    fn encode_samples(&mut self, chunk: &[i16], frame: &mut Vec<u8>) {
+        let frame_ms = u32::try_from(self.frame_samples * 1000 / self.codec.sample_rate() as usize).unwrap_or(20);
+        match &mut self.encoding {
+            Encoding::G722(encoder) => encoder.encode(chunk, frame),
+            Encoding::Opus(Some(encoder), _) => {
+                if encoder.encode(chunk, frame).is_err() {
+                    *frame = crate::opus_codec::opus_silence_packet(frame_ms);
+                }
+            }
+            Encoding::Opus(None, _) => *frame = crate::opus_codec::opus_silence_packet(frame_ms),
+            Encoding::G711 => self.codec.encode(chunk, frame),
+        }
     }
 }
 
@@ -444,6 +487,28 @@ mod tests {
 
     fn pcm_samples(bytes: &[u8]) -> Vec<i16> {
         bytes.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect()
+    }
+
+    #[test]
+    fn deferred_encoding_gives_the_same_packets_at_send_time() {
+        for codec in [Codec::Opus, Codec::G722] {
+            let audio = pcm_bytes(&sine(700.0, MODEL_PCM_RATE, 300, 8000));
+            let mut now = OutboundAudio::new(codec, ModelAudio::Pcm24k, PTIME);
+            let mut later = OutboundAudio::new(codec, ModelAudio::Pcm24k, PTIME);
+            later.defer_encoding(true);
+            let (mut direct, mut raw) = (Vec::new(), Vec::new());
+            for chunk in audio.chunks(1234) {
+                now.push(chunk, &mut direct);
+                later.push(chunk, &mut raw);
+            }
+            direct.extend(now.flush_partial());
+            raw.extend(later.flush_partial());
+            assert_eq!(raw.len(), direct.len(), "{codec:?}: same number of frames");
+            let samples = codec.samples_per_frame(20);
+            assert!(raw.iter().all(|f| f.len() == samples * 2), "{codec:?}: raw PCM16 frames before encoding");
+            let deferred: Vec<Vec<u8>> = raw.into_iter().map(|f| later.encode_deferred(f)).collect();
+            assert_eq!(deferred, direct, "{codec:?}: identical packets");
+        }
     }
 
     #[test]

@@ -81,12 +81,17 @@ pub async fn run(
                 let now = Instant::now();
                 let mut slot = bridge.pacer.next_deadline();
                 while let Some(frame) = bridge.pacer.poll(now) {
-                    if let Some(tag) = frame.tag {
-                        conversation.on_audio_played(tag, ptime_ms);
-                    }
+                    let payload = match frame.tag {
+                        Some(tag) => {
+                            conversation.on_audio_played(tag, ptime_ms);
+                            // Opus/G.722 frames are encoded in their slot (OutboundAudio::defer_encoding).
+                            bridge.outbound.encode_deferred(frame.payload)
+                        }
+                        None => frame.payload,
+                    };
                     if bridge.may_send {
                         send_buf.clear();
-                        rtp::write_rtp(&mut send_buf, &frame.header, &frame.payload);
+                        rtp::write_rtp(&mut send_buf, &frame.header, &payload);
                         if let Err(e) = bridge.socket.send_to(&send_buf, bridge.remote).await {
                             debug!(error = %e, "RTP send failed");
                         }

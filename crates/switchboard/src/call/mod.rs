@@ -194,7 +194,11 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
             rand::random(),
         ),
         inbound: InboundAudio::new(codec, model_audio),
-        outbound: OutboundAudio::with_opus_settings(codec, model_audio, ptime, opus_settings),
+        outbound: {
+            let mut outbound = OutboundAudio::with_opus_settings(codec, model_audio, ptime, opus_settings);
+            outbound.defer_encoding(true);
+            outbound
+        },
         model_ms_per_byte: switchboard_media::framing::model_audio_ms(model_audio, codec, 1),
         ptime,
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
