@@ -382,7 +382,11 @@ impl OutboundAudio {
             frame = frames.pop();
         }
         self.resampler.reset();
-        if let Encoding::G722(encoder) = &mut self.encoding {
+        // With deferred encoding this item's frames are still queued, unencoded: resetting the
+        // encoder now would encode them from a fresh state mid-stream.
+        if !self.deferred
+            && let Encoding::G722(encoder) = &mut self.encoding
+        {
             encoder.reset();
         }
         frame
