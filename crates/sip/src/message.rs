@@ -467,8 +467,9 @@ fn validate(message: &Message) -> Result<(), ParseErrorKind> {
 
 fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
     let line = line.trim();
-    if line.len() >= 8 && line[..8].eq_ignore_ascii_case("SIP/2.0 ") {
-        let rest = line[8..].trim_start();
+    // `get` rather than slicing: the line may hold multi-byte UTF-8 anywhere.
+    if let Some(rest) = line.get(..8).filter(|p| p.eq_ignore_ascii_case("SIP/2.0 ")).and(line.get(8..)) {
+        let rest = rest.trim_start();
         let (code, reason) = rest.split_once(' ').unwrap_or((rest, ""));
         let code: u16 = code.parse().map_err(|_| ParseErrorKind::BadStartLine)?;
         if !(100..=699).contains(&code) {
@@ -485,7 +486,7 @@ fn parse_start_line(line: &str) -> Result<StartLine, ParseErrorKind> {
         return Err(ParseErrorKind::BadStartLine);
     }
     if !version.eq_ignore_ascii_case("SIP/2.0") {
-        if version.len() > 4 && version[..4].eq_ignore_ascii_case("SIP/") {
+        if version.len() > 4 && version.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("SIP/")) {
             return Err(ParseErrorKind::UnsupportedVersion);
         }
         return Err(ParseErrorKind::BadStartLine);
@@ -1134,6 +1135,16 @@ mod tests {
         let text = "OPTIONS sip:x@h SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\
             From: <sip:a@h>;tag=1\r\nTo: <sip:x@h>\r\nCall-ID: c\r\nCSeq: 1 INVITE\r\n\r\n";
         assert_eq!(parse_udp(text).unwrap_err().kind, ParseErrorKind::CSeqMethodMismatch);
+    }
+
+    /// Regression: multi-byte UTF-8 where the parser once sliced by byte position panicked the
+    /// endpoint's driver task.
+    #[test]
+    fn multi_byte_utf8_in_start_line_is_an_error_not_a_panic() {
+        for line in ["INVITE é sip:x@host SIP/2.0", "SIP/2.é 200 OK", "SIPé/2.0 200 OK", "INVITE sip:x@h SIé/2.0", "INVITE sip:x@h SIP/é"] {
+            let text = format!("{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\r\n");
+            assert!(parse_udp(&text).is_err(), "{line}");
+        }
     }
 
     #[test]

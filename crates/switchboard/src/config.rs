@@ -178,7 +178,7 @@ impl Default for MediaConfig {
             address: "127.0.0.1".into(),
             bind: "0.0.0.0".into(),
             rtp_ports: "20000-20999".into(),
-            codecs: StringList(vec!["PCMU".into(), "PCMA".into()]),
+            codecs: StringList(vec!["PCMU".into(), "PCMA".into(), "G722".into(), "opus".into()]),
             rtp_timeout_secs: 30,
             reorder_wait_ms: 40,
             opus_bitrate_bps: 32_000,
