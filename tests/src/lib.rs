@@ -25,14 +25,21 @@ pub struct Ports {
 }
 
 impl Ports {
+    /// Slots 0..25 have 100 RTP ports each (30000-32499); slots 25..65 have 50 each (20000-21999).
+    /// Both stay below Linux's ephemeral range (32768+), so a kernel-chosen port never collides.
     pub fn for_slot(slot: u16) -> Ports {
-        assert!(slot < 25, "slots 0..25 keep RTP ranges below the ephemeral range");
+        assert!(slot < 65, "slots 0..65 keep every range apart and below the ephemeral range");
+        let (rtp_first, rtp_last) = if slot < 25 {
+            (30000 + slot * 100, 30000 + slot * 100 + 99)
+        } else {
+            (20000 + (slot - 25) * 50, 20000 + (slot - 25) * 50 + 49)
+        };
         Ports {
             sip: 15060 + slot * 10,
             admin: 16000 + slot,
             sim: 17000 + slot,
-            rtp_first: 30000 + slot * 100,
-            rtp_last: 30000 + slot * 100 + 99,
+            rtp_first,
+            rtp_last,
             peer_sip: 18060 + slot * 10,
             peer_media: 22000 + slot * 100,
             peer_control: 16500 + slot,

@@ -1,26 +1,8 @@
-//! Locating binaries and external tools. A missing tool skips a test loudly locally and fails it
-//! under CI (`SWITCHBOARD_E2E_REQUIRED=1`, set by scripts/test.sh when CI=true).
+//! Locating binaries and scratch folders. External tools are found at build time (`build.rs`):
+//! a test needing a missing tool carries `#[cfg_attr(not(has_<tool>), ignore = "...")]` and shows
+//! as ignored, and under CI (`SWITCHBOARD_E2E_REQUIRED=1`) a missing tool fails the build.
 
 use std::path::PathBuf;
-use std::process::Command;
-
-/// Returns true when `tool` is on PATH. When it is not: panics under CI, else prints a loud skip.
-pub fn require(tool: &str, test: &str) -> bool {
-    let found = Command::new("sh")
-        .arg("-c")
-        .arg(format!("command -v {tool}"))
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if found {
-        return true;
-    }
-    if std::env::var("SWITCHBOARD_E2E_REQUIRED").is_ok_and(|v| v == "1") {
-        panic!("{test}: `{tool}` is required under CI but missing (scripts/install-deps.sh installs it)");
-    }
-    eprintln!("\n!!!!!!!! SKIPPED {test}: `{tool}` not installed (run scripts/install-deps.sh) !!!!!!!!\n");
-    false
-}
 
 fn workspace_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")

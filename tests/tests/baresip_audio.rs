@@ -61,9 +61,6 @@ fn echo_call_with(
     model_format: &str,
     gateway_codec: Option<&str>,
 ) {
-    if !(tools::require("baresip", test) && tools::require("espeak-ng", test) && tools::require("sox", test)) {
-        return;
-    }
     let ports = Ports::for_slot(slot);
     let dir = tools::scratch_dir(test);
     let speech = audio::make_speech(&dir);
@@ -124,16 +121,28 @@ fn echo_call_with(
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
 fn baresip_pcmu_passthrough_echo_correlates() {
     echo_call(8, "baresip_pcmu_passthrough_echo_correlates", "PCMU", "", "audio/pcmu");
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
 fn baresip_pcma_passthrough_echo_correlates() {
     echo_call(9, "baresip_pcma_passthrough_echo_correlates", "PCMA", "", "audio/pcma");
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
 fn baresip_pcm24k_transcoding_echo_correlates() {
     echo_call(
         10,
@@ -147,11 +156,19 @@ fn baresip_pcm24k_transcoding_echo_correlates() {
 const WIDEBAND_AGENT: &str = "[agents.default]\ncodecs = [\"opus\", \"G722\", \"PCMU\"]\n";
 
 #[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
 fn baresip_opus_echo_correlates() {
     echo_call_with(16, "baresip_opus_echo_correlates", "opus/48000/2", WIDEBAND_AGENT, "audio/pcm", Some("Opus"));
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
 fn baresip_g722_echo_correlates() {
     echo_call_with(17, "baresip_g722_echo_correlates", "G722/16000/1", WIDEBAND_AGENT, "audio/pcm", Some("G722"));
 }

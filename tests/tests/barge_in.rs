@@ -29,11 +29,12 @@ fn carries_tone(packet: &RtpPacket) -> bool {
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_sipp, has_tshark, has_espeak_ng)),
+    ignore = "needs sipp, tshark and espeak-ng (scripts/install-deps.sh)"
+)]
 fn barge_in_flushes_agent_audio_and_truncates_to_what_was_heard() {
     let test = "barge_in_flushes_agent_audio";
-    if !(tools::require("sipp", test) && tools::require("tshark", test) && tools::require("espeak-ng", test)) {
-        return;
-    }
     let ports = Ports::for_slot(11);
     let dir = tools::scratch_dir(test);
     let Speech { ulaw, .. } = audio::make_speech(&dir);

@@ -36,11 +36,9 @@ fn check_lists_every_problem_with_its_key_and_fails() {
 }
 
 #[test]
+#[cfg_attr(not(all(has_sipp, has_espeak_ng)), ignore = "needs sipp and espeak-ng (scripts/install-deps.sh)")]
 fn offline_agent_answers_without_an_api_key() {
     let test = "offline_agent_answers_without_an_api_key";
-    if !(tools::require("sipp", test) && tools::require("espeak-ng", test)) {
-        return;
-    }
     let ports = Ports::for_slot(12);
     let dir = tools::scratch_dir(test);
     let speech = audio::make_speech(&dir);
@@ -76,11 +74,9 @@ fn offline_agent_answers_without_an_api_key() {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn rtp_timeout_ends_the_call_with_bye() {
     let test = "rtp_timeout_ends_the_call_with_bye";
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(13);
     let dir = tools::scratch_dir(test);
     let gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "2")]);
@@ -92,11 +88,9 @@ fn rtp_timeout_ends_the_call_with_bye() {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn sigterm_hangs_up_every_call_and_exits_cleanly() {
     let test = "sigterm_hangs_up_every_call";
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(14);
     let dir = tools::scratch_dir(test);
     let mut gateway = Gateway::start(ports, "", "", &dir);
@@ -116,11 +110,9 @@ fn sigterm_hangs_up_every_call_and_exits_cleanly() {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn record_route_is_mirrored_and_our_bye_follows_the_route_set() {
     let test = "record_route_is_mirrored";
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(15);
     let dir = tools::scratch_dir(test);
     let gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "1")]);

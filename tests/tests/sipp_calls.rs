@@ -10,10 +10,6 @@ use switchboard_e2e::pcap::{self, RtpPacket};
 use switchboard_e2e::procs::{Capture, Gateway, Sim};
 use switchboard_e2e::{Ports, sipp, tools};
 
-fn tools_present(test: &str) -> bool {
-    tools::require("sipp", test) && tools::require("tshark", test) && tools::require("espeak-ng", test)
-}
-
 /// Speech followed by 1.5 s of G.711 silence: phones keep sending RTP, and the model's VAD needs
 /// that silence to notice the caller finished.
 fn speech_then_silence(speech: &Path, silence_byte: u8, dir: &Path, name: &str) -> String {
@@ -42,9 +38,6 @@ fn decode(packets: &[&RtpPacket], law: fn(u8) -> i16) -> Vec<i16> {
 /// One G.711 call: asserts the answer, RTP both ways with `pt`, and that the echo agent's audio the
 /// caller received correlates with what it said.
 fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, format_name: &str) {
-    if !tools_present(test) {
-        return;
-    }
     let ports = Ports::for_slot(slot);
     let dir = tools::scratch_dir(test);
     let Speech { wav_8k, ulaw, alaw } = audio::make_speech(&dir);
@@ -109,11 +102,19 @@ fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, f
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_sipp, has_tshark, has_espeak_ng)),
+    ignore = "needs sipp, tshark and espeak-ng (scripts/install-deps.sh)"
+)]
 fn pcmu_call_streams_audio_both_ways() {
     g711_call(0, "pcmu_call_streams_audio_both_ways", "0 8 101", 0, audio::ulaw_to_linear, "audio/pcmu");
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_sipp, has_tshark, has_espeak_ng)),
+    ignore = "needs sipp, tshark and espeak-ng (scripts/install-deps.sh)"
+)]
 fn pcma_only_offer_is_answered_with_pcma() {
     g711_call(1, "pcma_only_offer_is_answered_with_pcma", "8 101", 8, audio::alaw_to_linear, "audio/pcma");
 }
@@ -127,11 +128,9 @@ fn silent_realtime_endpoint() -> (std::net::TcpListener, String) {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn cancel_while_ringing_gets_487() {
     let test = "cancel_while_ringing_gets_487";
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(2);
     let dir = tools::scratch_dir(test);
     let (_listener, url) = silent_realtime_endpoint();
@@ -145,11 +144,9 @@ fn cancel_while_ringing_gets_487() {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn options_ping_gets_200_with_allow() {
     let test = "options_ping_gets_200_with_allow";
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(3);
     let dir = tools::scratch_dir(test);
     let (_listener, url) = silent_realtime_endpoint();
@@ -159,9 +156,6 @@ fn options_ping_gets_200_with_allow() {
 }
 
 fn refused(slot: u16, test: &str, formats: &str, service: &str, code: &str, extra_toml: &str, reason: &str) {
-    if !tools::require("sipp", test) {
-        return;
-    }
     let ports = Ports::for_slot(slot);
     let dir = tools::scratch_dir(test);
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
@@ -184,6 +178,7 @@ fn refused(slot: u16, test: &str, formats: &str, service: &str, code: &str, extr
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn unknown_number_gets_404() {
     refused(
         4,
@@ -197,16 +192,18 @@ fn unknown_number_gets_404() {
 }
 
 #[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn no_common_codec_gets_488() {
     refused(5, "no_common_codec_gets_488", "18", "15550001000", "488", "", "no_common_codec");
 }
 
 #[test]
+#[cfg_attr(
+    not(all(has_sipp, has_tshark, has_espeak_ng, has_python3, has_sox)),
+    ignore = "needs sipp, tshark, espeak-ng, python3 and sox (scripts/install-deps.sh)"
+)]
 fn opus_pcap_replay_is_transcoded_both_ways() {
     let test = "opus_pcap_replay_is_transcoded_both_ways";
-    if !(tools_present(test) && tools::require("python3", test) && tools::require("sox", test)) {
-        return;
-    }
     let ports = Ports::for_slot(18);
     let dir = tools::scratch_dir(test);
     let speech = audio::make_speech(&dir);

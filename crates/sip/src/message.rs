@@ -1141,7 +1141,13 @@ mod tests {
     /// endpoint's driver task.
     #[test]
     fn multi_byte_utf8_in_start_line_is_an_error_not_a_panic() {
-        for line in ["INVITE é sip:x@host SIP/2.0", "SIP/2.é 200 OK", "SIPé/2.0 200 OK", "INVITE sip:x@h SIé/2.0", "INVITE sip:x@h SIP/é"] {
+        for line in [
+            "INVITE é sip:x@host SIP/2.0",
+            "SIP/2.é 200 OK",
+            "SIPé/2.0 200 OK",
+            "INVITE sip:x@h SIé/2.0",
+            "INVITE sip:x@h SIP/é",
+        ] {
             let text = format!("{line}\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\n\r\n");
             assert!(parse_udp(&text).is_err(), "{line}");
         }
