@@ -13,9 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::message::{
-    Message, Method, NameAddr, ParseError, ParseErrorKind, SipUri, StartLine, count_lines, parse_message,
-};
+use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
 use crate::{Timers, Transport};
 
 /// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
@@ -323,6 +321,134 @@ fn host_for_uri(ip: IpAddr) -> String {
     }
 }
 
+/// A `Warning` value (RFC 3261 §20.43): code 399 (miscellaneous) from agent `switchboard`.
+fn warning(text: &str) -> String {
+    format!("399 switchboard \"{text}\"")
+}
+
+/// Request-URI schemes we serve (RFC 3261 §8.2.2.1; tel per RFC 3966).
+fn is_served_scheme(uri: &str) -> bool {
+    uri.split_once(':').is_some_and(|(scheme, _)| ["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme)))
+}
+
+/// The INVITE's remote target (§12.1.1): its Contact, or for an RFC 2543 client (no
+/// `z9hG4bK` branch: Contact was optional then) the From URI (RFC 4475 §3.4.1 inv2543).
+fn remote_target(request: &Message) -> Option<String> {
+    if let Some(contact) = request.header("Contact") {
+        return NameAddr::parse(contact).map(|c| c.uri);
+    }
+    let rfc2543 = request.top_via().is_some_and(|v| !v.branch().is_some_and(|b| b.starts_with("z9hG4bK")));
+    if rfc2543 { request.from().map(|f| f.uri) } else { None }
+}
+
+/// Why an INVITE body cannot be used (§8.2.3: 415).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyProblem {
+    /// A Content-Encoding other than identity.
+    Encoding,
+    /// Neither application/sdp nor a multipart/mixed holding one.
+    MediaType,
+}
+
+/// `type/subtype` of a Content-Type or Accept entry, lower-cased, without parameters.
+fn media_type(value: &str) -> String {
+    value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase()
+}
+
+/// The SDP offer in an INVITE: `Ok(None)` without a body (delayed offer, RFC 3261 §13.2.1) or
+/// with one that is not UTF-8; the `application/sdp` part of a `multipart/mixed` body
+/// (RFC 5621; RFC 4475 mpart01); `Err` for any other Content-Type or Content-Encoding.
+fn invite_offer(request: &Message) -> Result<Option<String>, BodyProblem> {
+    let identity = request
+        .header_values("Content-Encoding")
+        .flat_map(|v| v.split(','))
+        .all(|e| e.trim().eq_ignore_ascii_case("identity"));
+    if !identity {
+        return Err(BodyProblem::Encoding);
+    }
+    if request.body.is_empty() {
+        return Ok(None);
+    }
+    // A body without Content-Type (§7.4.1 says it MUST have one) is left to the offer/answer
+    // layer as before: no offer.
+    let Some(content_type) = request.header("Content-Type") else {
+        return Ok(None);
+    };
+    let sdp = match media_type(content_type).as_str() {
+        "application/sdp" => Some(request.body.as_slice()),
+        "multipart/mixed" => multipart_boundary(content_type)
+            .and_then(|boundary| multipart_sdp_part(&request.body, &boundary))
+            .map(Some)
+            .ok_or(BodyProblem::MediaType)?,
+        _ => return Err(BodyProblem::MediaType),
+    };
+    Ok(sdp.and_then(|bytes| String::from_utf8(bytes.to_vec()).ok()))
+}
+
+/// The `boundary` parameter of a multipart Content-Type (RFC 2046 §5.1.1), unquoted.
+fn multipart_boundary(content_type: &str) -> Option<String> {
+    content_type.split(';').skip(1).find_map(|param| {
+        let (name, value) = param.split_once('=')?;
+        name.trim().eq_ignore_ascii_case("boundary").then(|| value.trim().trim_matches('"').to_string())
+    })
+}
+
+/// The body of the first `application/sdp` part of a multipart body (RFC 2046 §5.1.1: parts
+/// are separated by `--boundary` lines; the CRLF before a delimiter belongs to it). Works on
+/// bytes: other parts may be binary.
+fn multipart_sdp_part<'a>(body: &'a [u8], boundary: &str) -> Option<&'a [u8]> {
+    let delimiter = format!("--{boundary}");
+    let delimiter = delimiter.as_bytes();
+    if delimiter.len() <= 2 {
+        return None;
+    }
+    let mut starts = Vec::new();
+    let mut from = 0;
+    while let Some(found) = body.get(from..).and_then(|rest| rest.windows(delimiter.len()).position(|w| w == delimiter))
+    {
+        starts.push(from + found);
+        from += found + delimiter.len();
+    }
+    for pair in starts.windows(2) {
+        let [start, end] = pair else {
+            continue;
+        };
+        let part = body.get(start + delimiter.len()..*end)?;
+        // Skip the rest of the delimiter line, then drop the CRLF that belongs to the next one.
+        let line_end = part.iter().position(|b| *b == b'\n')?;
+        let part = part.get(line_end + 1..)?;
+        let part = part.strip_suffix(b"\r\n").or_else(|| part.strip_suffix(b"\n")).unwrap_or(part);
+        let (headers, content) = if part.starts_with(b"\r\n") || part.starts_with(b"\n") {
+            (&[][..], part.get(part.iter().position(|b| *b == b'\n')? + 1..)?)
+        } else {
+            let (head_end, body_start) = crate::message::find_header_end(part)?;
+            (part.get(..head_end)?, part.get(body_start..)?)
+        };
+        let is_sdp = headers.split(|b| *b == b'\n').any(|line| {
+            std::str::from_utf8(line).ok().and_then(|l| l.split_once(':')).is_some_and(|(name, value)| {
+                name.trim().eq_ignore_ascii_case("Content-Type") && media_type(value) == "application/sdp"
+            })
+        });
+        if is_sdp {
+            return Some(content);
+        }
+    }
+    None
+}
+
+/// Whether the request's Accept (if any) admits an SDP body in our response (§20.1: no Accept
+/// means application/sdp; an empty one admits nothing).
+fn accepts_sdp(request: &Message) -> bool {
+    let mut accept = request.header_values("Accept").peekable();
+    if accept.peek().is_none() {
+        return true;
+    }
+    accept
+        .flat_map(|v| v.split(','))
+        .map(media_type)
+        .any(|m| m == "application/sdp" || m == "application/*" || m == "*/*")
+}
+
 /// Methods a UAS knows but does not serve outside a dialog: 405 (RFC 3261 §8.2.1).
 fn is_known_unserved(method: &Method) -> bool {
     matches!(
@@ -445,7 +571,10 @@ impl Core {
         }
     }
 
-    /// RFC 3261 §21.4.1: answer 400 with what was wrong when a response can be built.
+    /// RFC 3261 §21.4.1 / §21.5.7: answer 400 (505 for another SIP version) with what was wrong
+    /// in the reason phrase, whenever the request is readable enough to build a response.
+    /// Malformed responses are dropped (a response is never answered: RFC 4475 bigcode,
+    /// scalarlg).
     fn handle_malformed(&mut self, origin: Origin, error: ParseError) {
         count_malformed(origin.transport);
         tracing::debug!(source = %origin.source, error = %error.kind, "malformed SIP message");
@@ -456,18 +585,21 @@ impl Core {
             return;
         };
         metrics::counter!("switchboard_sip_requests_total", "method" => method.metric_label()).increment(1);
-        if method == Method::Ack || partial.top_via().is_none() {
+        // An ACK is never answered (§17.2.3); without any Via there is nothing to copy into the
+        // response (§8.2.6.2). A Via we cannot parse is copied as received and the response
+        // goes back to the source address (RFC 4475 badinv01).
+        if method == Method::Ack || partial.header("Via").is_none() {
             return;
         }
-        let reason = match &error.kind {
-            ParseErrorKind::BadContentLength
-            | ParseErrorKind::ContentLengthTooLarge
-            | ParseErrorKind::MissingContentLength => format!("Bad Request ({})", error.kind),
-            other => format!("Bad Request ({other})"),
+        let status = error.kind.status();
+        let (reason, warning) = match status {
+            505 => ("Version Not Supported".to_string(), Some(warning("only SIP/2.0 is supported"))),
+            _ => (format!("Bad Request ({})", error.kind), None),
         };
+        let extra: Vec<(&str, &str)> = warning.iter().map(|w| ("Warning", w.as_str())).collect();
         let tag = self.random_token();
-        let response = self.build_response(&partial, &origin, 400, &reason, Some(&tag), &[]);
-        let transmit = self.reply_transmit(&partial, &origin, response, &method, 400);
+        let response = self.build_response(&partial, &origin, status, &reason, Some(&tag), &extra);
+        let transmit = self.reply_transmit(&partial, &origin, response, &method, status);
         if let Some(transmit) = transmit {
             self.transmits.push_back(transmit);
         }
@@ -513,13 +645,28 @@ impl Core {
             return;
         }
 
-        // §8.2.1: methods we do not know at all.
+        // §8.2.1 method inspection first: methods we do not know at all (501), and those we
+        // know but do not serve outside a dialog (405).
         if matches!(method, Method::Other(_)) {
             self.respond(now, key, &origin, &request, 501, None, &[("Allow", ALLOW)]);
             return;
         }
-        // §8.2.2 / §16.3 step 3: no hops left.
-        if request.header("Max-Forwards").and_then(|v| v.trim().parse::<u8>().ok()) == Some(0) {
+        let in_dialog = request.to_tag().is_some();
+        if !in_dialog && is_known_unserved(&method) {
+            self.respond(now, key, &origin, &request, 405, None, &[("Allow", ALLOW)]);
+            return;
+        }
+        // §8.2.2.1: a Request-URI scheme we do not serve (RFC 4475 unkscm, novelsc).
+        if !is_served_scheme(request.request_uri().unwrap_or_default()) {
+            let warning = warning("only sip, sips and tel Request-URIs are served");
+            self.respond(now, key, &origin, &request, 416, None, &[("Warning", warning.as_str())]);
+            return;
+        }
+        // §16.3 step 3: no hops left. OPTIONS is answered anyway: Max-Forwards 0 is how a peer
+        // asks the next hop itself (§11, RFC 4475 §3.3.11 zeromf).
+        if method != Method::Options
+            && request.header("Max-Forwards").and_then(|v| v.trim().parse::<u8>().ok()) == Some(0)
+        {
             self.respond(now, key, &origin, &request, 483, None, &[]);
             return;
         }
@@ -559,9 +706,7 @@ impl Core {
             }
             // BYE outside a dialog (no To-tag): nothing to end (§15.1.2).
             Method::Bye => self.respond(now, key, &origin, &request, 481, None, &[]),
-            m if is_known_unserved(&m) => {
-                self.respond(now, key, &origin, &request, 405, None, &[("Allow", ALLOW)]);
-            }
+            // Unknown and unserved methods were answered in `handle_request`.
             _ => self.respond(now, key, &origin, &request, 501, None, &[]),
         }
     }
@@ -574,10 +719,37 @@ impl Core {
             return;
         }
         let to_tag = self.random_token();
-        let contact_uri = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri);
-        if contact_uri.is_none() {
-            // §8.1.1.8: an INVITE must carry a Contact (it becomes the remote target).
+        // §8.1.1.8: an INVITE carries exactly one Contact (it becomes the remote target).
+        if request.header_values("Contact").nth(1).is_some() {
+            self.respond(now, key, &origin, &request, 400, Some("Bad Request (more than one Contact)"), &[]);
+            return;
+        }
+        if remote_target(&request).is_none() {
             self.respond(now, key, &origin, &request, 400, Some("Bad Request (missing Contact)"), &[]);
+            return;
+        }
+        // §8.2.3 content processing: a body we cannot read is 415 with what we accept
+        // (§21.4.13; RFC 4475 invut).
+        let offer = match invite_offer(&request) {
+            Ok(offer) => offer,
+            Err(BodyProblem::Encoding) => {
+                let warning = warning("only the identity Content-Encoding is supported");
+                let extra = [("Accept-Encoding", "identity"), ("Warning", warning.as_str())];
+                self.respond(now, key, &origin, &request, 415, None, &extra);
+                return;
+            }
+            Err(BodyProblem::MediaType) => {
+                let warning = warning("only application/sdp bodies are supported");
+                let extra = [("Accept", "application/sdp"), ("Warning", warning.as_str())];
+                self.respond(now, key, &origin, &request, 415, None, &extra);
+                return;
+            }
+        };
+        // §21.4.7: our answer carries SDP; an Accept without it leaves nothing we may send
+        // (RFC 4475 §3.3.15 sdp01).
+        if !accepts_sdp(&request) {
+            let warning = warning("a session answer needs application/sdp, which Accept excludes");
+            self.respond(now, key, &origin, &request, 406, None, &[("Warning", warning.as_str())]);
             return;
         }
         let request_uri = request.request_uri().unwrap_or_default().to_string();
@@ -595,11 +767,6 @@ impl Core {
             source: origin.source,
             transport: origin.transport,
         };
-        let offer = request
-            .header("Content-Type")
-            .filter(|ct| ct.split(';').next().is_some_and(|t| t.trim().eq_ignore_ascii_case("application/sdp")))
-            .filter(|_| !request.body.is_empty())
-            .and_then(|_| String::from_utf8(request.body.clone()).ok());
 
         // §17.2.1: the INVITE server transaction answers 100 Trying at once.
         let trying = self.build_response(&request, &origin, 100, "Trying", None, &[]);
@@ -927,7 +1094,7 @@ impl Core {
         let remote_tag = request.from_tag().unwrap_or_default();
         let (cseq, _) = request.cseq()?;
         let local_party = format!("{};tag={to_tag}", request.header("To").unwrap_or_default());
-        let remote_target = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri).unwrap_or_default();
+        let remote_target = remote_target(&request).unwrap_or_default();
         let dialog_id = DialogId(self.fresh_id());
         let local_cseq = self.rng.random_range(1..=0x7fff_ffff_u32);
         self.dialogs.insert(
@@ -1320,16 +1487,13 @@ impl Core {
         method: &Method,
         status: u16,
     ) -> Option<Transmit> {
-        let destination = match origin.transport {
-            Transport::Tcp => origin.source,
-            Transport::Udp => {
-                let via = request.top_via()?;
-                if via.param("rport").is_some() {
-                    origin.source
-                } else {
-                    SocketAddr::new(origin.source.ip(), via.port.unwrap_or(5060))
-                }
+        let destination = match (origin.transport, request.top_via()) {
+            (Transport::Udp, Some(via)) if via.param("rport").is_none() => {
+                SocketAddr::new(origin.source.ip(), via.port.unwrap_or(5060))
             }
+            // TCP: the same connection; UDP with rport (RFC 3581), or with a top Via we cannot
+            // read (the 400 saying so still has to go somewhere): back to the source.
+            _ => origin.source,
         };
         metrics::counter!(
             "switchboard_sip_responses_total",

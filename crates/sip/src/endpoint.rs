@@ -448,7 +448,7 @@ async fn drive(
             received = recv_udp(shared.udp.as_ref(), &mut buf) => match received {
                 Ok((len, source)) => {
                     let origin = Origin { transport: Transport::Udp, source, connection: None };
-                    shared.core().handle_message(Instant::now(), origin, &buf[..len]);
+                    shared.core().handle_message(Instant::now(), origin, buf.get(..len).unwrap_or_default());
                 }
                 Err(error) => tracing::debug!(%error, "UDP receive error"),
             },
@@ -654,14 +654,14 @@ async fn read_loop(
         };
         match read {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
         }
         loop {
             match frame_stream(&buf, shared.max_message_bytes) {
                 StreamFrame::Incomplete => break,
                 StreamFrame::Keepalive(n) => {
                     // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong.
-                    let ping = buf[..n].windows(4).any(|w| w == b"\r\n\r\n");
+                    let ping = buf.get(..n).unwrap_or_default().windows(4).any(|w| w == b"\r\n\r\n");
                     buf.drain(..n);
                     if ping && let Some(connection) = shared.state().connections.get(&id) {
                         let _ = connection.writer.send(b"\r\n".to_vec());

@@ -8,6 +8,8 @@
 //! - [`endpoint`]: the tokio shell (UDP socket, TCP listener with Content-Length framing) and
 //!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`Dialog`]).
 
+#![warn(clippy::string_slice, clippy::indexing_slicing)]
+
 pub mod core;
 pub mod endpoint;
 pub mod message;
