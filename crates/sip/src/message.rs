@@ -512,7 +512,13 @@ fn validate(message: &Message) -> Result<(), ParseErrorKind> {
         return Err(ParseErrorKind::MalformedValue("Via"));
     }
     let Some((cseq_number, cseq_method)) = message.cseq() else {
-        return Err(ParseErrorKind::MalformedValue("CSeq"));
+        // All digits but too many of them (RFC 4475 scalar02, scalarlg) is a range error.
+        let number = message.header("CSeq").and_then(|v| v.split_whitespace().next()).unwrap_or_default();
+        return Err(if !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()) {
+            ParseErrorKind::OutOfRange("CSeq")
+        } else {
+            ParseErrorKind::MalformedValue("CSeq")
+        });
     };
     // §8.1.1.5: the sequence number MUST be less than 2**31.
     if cseq_number >= 1 << 31 {
@@ -1517,8 +1523,8 @@ mod tests {
             ("badinv01", K::MalformedValue("Via")),
             ("clerr", K::ContentLengthTooLarge),
             ("ncl", K::BadContentLength),
-            ("scalar02", K::MalformedValue("CSeq")),
-            ("scalarlg", K::MalformedValue("CSeq")),
+            ("scalar02", K::OutOfRange("CSeq")),
+            ("scalarlg", K::OutOfRange("CSeq")),
             ("quotbal", K::MalformedValue("To")),
             ("ltgtruri", K::MalformedRequestUri),
             ("lwsruri", K::RequestLineWhitespace),
