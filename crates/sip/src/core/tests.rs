@@ -729,3 +729,158 @@ fn merged_invite_via_another_path_gets_482() {
     assert_eq!(h.statuses(), vec![482]);
     assert!(h.events().is_empty(), "no second call for a merged request");
 }
+
+/// An INVITE with `body` and these headers (Content-Type and Content-Length included).
+fn invite_with_body(branch: &str, headers: &str, body: &[u8]) -> Vec<u8> {
+    let mut bytes = format!(
+        "INVITE sip:15550001000@127.0.0.1:5060 SIP/2.0\r\n\
+         Via: SIP/2.0/UDP {CALLER};branch={branch}\r\n\
+         Max-Forwards: 70\r\n\
+         From: <sip:alice@127.0.0.1>;tag=caller\r\n\
+         To: <sip:15550001000@127.0.0.1>\r\n\
+         Call-ID: {branch}\r\n\
+         CSeq: 1 INVITE\r\n\
+         Contact: <sip:alice@{CALLER}>\r\n\
+         {headers}Content-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// RFC 5621 / RFC 4475 mpart01: the SDP part of a multipart/mixed body is the offer, whatever
+/// else (binary) travels with it.
+#[test]
+fn multipart_invite_offers_its_sdp_part() {
+    let sdp = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    let mut body = b"--b0und\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b0und\r\n\
+        Content-Type: application/octet-stream\r\n\r\n\x00\xff\r\n\x80"
+        .to_vec();
+    body.extend_from_slice(
+        format!("\r\n--b0und\r\nContent-Type: Application/SDP\r\n\r\n{sdp}\r\n--b0und--\r\n").as_bytes(),
+    );
+    let mut h = Harness::new();
+    let text = invite_with_body("z9hG4bKmp", "Content-Type: multipart/mixed;boundary=\"b0und\"\r\n", &body);
+    h.core.handle_message(h.at(0), udp_origin(), &text);
+    assert_eq!(h.statuses(), vec![100]);
+    match h.events().as_slice() {
+        [CoreEvent::IncomingCall { offer, .. }] => assert_eq!(offer.as_deref(), Some(sdp)),
+        other => panic!("{other:?}"),
+    }
+    // Without an SDP part there is nothing we understand: 415.
+    let text = invite_with_body(
+        "z9hG4bKmp2",
+        "Content-Type: multipart/mixed;boundary=b0und\r\n",
+        b"--b0und\r\nContent-Type: text/plain\r\n\r\nHello\r\n--b0und--\r\n",
+    );
+    h.core.handle_message(h.at(0), udp_origin(), &text);
+    assert_eq!(h.statuses(), vec![415]);
+    assert!(h.events().is_empty());
+}
+
+/// RFC 3261 §8.2.3: an unknown body type or encoding is 415 with what we accept (§21.4.13);
+/// §21.4.7: an Accept without SDP is 406. None of them reaches the application.
+#[test]
+fn unusable_bodies_and_accept_get_415_and_406() {
+    let sdp = b"v=0\r\n";
+    let mut h = Harness::new();
+    let text = invite_with_body("z9hG4bKct", "Content-Type: application/unknownformat\r\n", b"<audio/>");
+    h.core.handle_message(h.at(0), udp_origin(), &text);
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(415));
+    assert_eq!(sent[0].1.header("Accept"), Some("application/sdp"));
+    let text = invite_with_body("z9hG4bKce", "Content-Type: application/sdp\r\nContent-Encoding: gzip\r\n", sdp);
+    h.core.handle_message(h.at(0), udp_origin(), &text);
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(415));
+    assert_eq!(sent[0].1.header("Accept-Encoding"), Some("identity"));
+    let text = invite_with_body("z9hG4bKac", "Content-Type: application/sdp\r\nAccept: text/plain\r\n", sdp);
+    h.core.handle_message(h.at(0), udp_origin(), &text);
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(406));
+    assert!(sent[0].1.header("Warning").is_some_and(|w| w.starts_with("399 switchboard \"")));
+    assert!(h.events().is_empty());
+    // Accept lists that admit SDP, and an identity encoding, are fine.
+    for (branch, headers) in [
+        ("z9hG4bKok1", "Accept: text/plain, application/sdp;level=1\r\n"),
+        ("z9hG4bKok2", "Accept: application/*\r\nContent-Encoding: identity\r\n"),
+        ("z9hG4bKok3", "Accept: */*\r\n"),
+    ] {
+        let text = invite_with_body(branch, &format!("Content-Type: application/sdp\r\n{headers}"), sdp);
+        h.core.handle_message(h.at(0), udp_origin(), &text);
+        assert_eq!(h.statuses(), vec![100], "{headers}");
+        h.incoming();
+    }
+}
+
+/// RFC 4475 §3.4.1 (inv2543): an RFC 2543 client (no `z9hG4bK` branch) may omit Contact; its
+/// From URI is the remote target, so our BYE still reaches it. An RFC 3261 client gets 400.
+#[test]
+fn rfc2543_invite_without_contact_uses_from_as_remote_target() {
+    let without_contact = |branch: &str| {
+        invite(branch, "")
+            .replace(&format!("Contact: <sip:alice@{CALLER}>\r\n"), "")
+            .replace("From: \"Alice\" <sip:alice@127.0.0.1>;tag=caller", "From: <sip:alice@127.0.0.1:5099>;tag=caller")
+    };
+    let mut h = Harness::new();
+    h.recv(0, &without_contact("z9hG4bKnocontact"));
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(400));
+    assert_eq!(sent[0].1.start, StartLine::Response { code: 400, reason: "Bad Request (missing Contact)".into() });
+
+    h.recv(10, &without_contact("old-2543-branch"));
+    assert_eq!(h.statuses(), vec![100]);
+    let id = h.incoming();
+    let dialog = h.core.accept(h.at(20), id, "v=0\r\n").unwrap();
+    h.sent();
+    assert_eq!(h.core.hangup(h.at(30), dialog), HangupStart::InProgress);
+    let sent = h.sent();
+    assert_eq!(sent[0].1.method(), Some(&Method::Bye));
+    assert_eq!(sent[0].1.request_uri(), Some("sip:alice@127.0.0.1:5099"));
+    assert_eq!(sent[0].0.destination, "127.0.0.1:5099".parse().unwrap());
+}
+
+/// RFC 4475 badinv01: a Via we cannot read still gets its 400, sent back to the source with
+/// the Via copied as received; 505 for another SIP version names it in a Warning.
+#[test]
+fn unreadable_via_and_other_version_are_still_answered() {
+    let mut h = Harness::new();
+    let text =
+        simple("OPTIONS", "z9hG4bKv", "").replace(&format!("UDP {CALLER};branch=z9hG4bKv"), "UDP 192.0.2.15;;,;,,");
+    h.recv(0, &text);
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].0.destination, CALLER.parse().unwrap());
+    assert_eq!(sent[0].1.start, StartLine::Response { code: 400, reason: "Bad Request (malformed Via)".into() });
+    assert_eq!(sent[0].1.header("Via"), Some("SIP/2.0/UDP 192.0.2.15;;"));
+
+    let text = simple("OPTIONS", "z9hG4bKv2", "").replace("SIP/2.0\r\n", "SIP/2.1\r\n");
+    h.recv(0, &text);
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(505));
+    assert!(sent[0].1.header("Warning").is_some_and(|w| w.contains("SIP/2.0")));
+    // An ACK is never answered, whatever is wrong with it.
+    h.recv(0, &simple("ACK", "z9hG4bKv3", "").replace("SIP/2.0\r\n", "SIP/3.0\r\n"));
+    assert!(h.sent().is_empty());
+}
+
+/// §8.2.1 before §8.2.2.1: an unknown method is 501 and an unserved one 405 whatever the
+/// Request-URI scheme; the scheme is checked next (416).
+#[test]
+fn method_inspection_comes_before_the_scheme_check() {
+    let mut h = Harness::new();
+    let with_uri = |method: &str, branch: &str, uri: &str| {
+        simple(method, branch, "").replace("sip:15550001000@127.0.0.1:5060", uri)
+    };
+    h.recv(0, &with_uri("OPTIONS", "z9hG4bKs1", "mailto:a@b"));
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(416));
+    assert_eq!(sent[0].1.start, StartLine::Response { code: 416, reason: "Unsupported URI Scheme".into() });
+    h.recv(0, &with_uri("REGISTER", "z9hG4bKs2", "mailto:a@b"));
+    assert_eq!(h.statuses(), vec![405]);
+    h.recv(0, &with_uri("FOO", "z9hG4bKs3", "mailto:a@b"));
+    assert_eq!(h.statuses(), vec![501]);
+    h.recv(0, &with_uri("OPTIONS", "z9hG4bKs4", "tel:+15550001000"));
+    assert_eq!(h.statuses(), vec![200]);
+}
