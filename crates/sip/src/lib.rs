@@ -1,12 +1,25 @@
 //! Switchboard's SIP user-agent-server endpoint (RFC 3261).
 //!
 //! Layers, in the quinn-proto/quinn style:
-//! - [`message`]: parser and serializer (never panics; typed errors with salvage for 400s);
+//! - [`message`]: parser and serializer (typed errors with salvage, so that a malformed
+//!   request still gets its 400 or 505);
 //! - [`core`]: a sans-IO endpoint (transactions §17.2, dialogs §12, CANCEL §9, our BYE §15)
 //!   driven by `handle_message`/`handle_timeout` with time passed in, drained with
 //!   `poll_transmit`/`poll_event`/`poll_timeout`;
 //! - [`endpoint`]: the tokio shell (UDP socket, TCP listener with Content-Length framing) and
 //!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`Dialog`]).
+//!
+//! No panic on any input from the network, and how that is kept true rather than claimed:
+//! - lints on this crate's non-test code: `clippy::indexing_slicing` and
+//!   `clippy::string_slice` (no `[]` indexing or slicing of bytes or strings: `get`,
+//!   `split_at_checked`, iterators and patterns instead), plus the workspace's `unwrap_used` /
+//!   `expect_used`; CI runs clippy with `-D warnings`;
+//! - property tests: every RFC 4475 message and our own vectors in `testdata/`, mutated (byte
+//!   flips, insertions, multi-byte and invalid UTF-8 in the start line) and truncated at every
+//!   byte, through [`message::parse_message`] (parse/serialize round trip) and
+//!   [`crate::core::Core::handle_message`] (whatever we answer parses);
+//! - `cargo fuzz` targets for the parser, the stream framer and the core under `fuzz/` at the
+//!   repository root (see `docs/testing.md`).
 
 #![warn(clippy::string_slice, clippy::indexing_slicing)]
 

@@ -1168,7 +1168,9 @@ pub enum StreamFrame {
     TooLarge,
 }
 
-/// Frames one message at the front of `buf` by its Content-Length.
+/// Frames one message at the front of `buf` by its Content-Length. Two Content-Length headers
+/// (RFC 4475 mcl01) leave the framing a guess: the head is handed over for its 400 and the
+/// connection closed, as for a missing or malformed one.
 pub fn frame_stream(buf: &[u8], max_message_bytes: usize) -> StreamFrame {
     let keepalive = buf.iter().take_while(|b| **b == b'\r' || **b == b'\n').count();
     if keepalive > 0 {
@@ -1178,6 +1180,7 @@ pub fn frame_stream(buf: &[u8], max_message_bytes: usize) -> StreamFrame {
         return if buf.len() > max_message_bytes { StreamFrame::TooLarge } else { StreamFrame::Incomplete };
     };
     let mut content_length = None;
+    let mut seen = 0;
     for line in buf.get(..head_end).unwrap_or_default().split(|b| *b == b'\n').skip(1) {
         let Some(colon) = line.iter().position(|b| *b == b':') else {
             continue;
@@ -1189,13 +1192,13 @@ pub fn frame_stream(buf: &[u8], max_message_bytes: usize) -> StreamFrame {
         let name = name.trim();
         if name.eq_ignore_ascii_case("content-length") || name.eq_ignore_ascii_case("l") {
             let value = value.strip_prefix(b":").unwrap_or(value);
+            seen += 1;
             content_length =
                 Some(std::str::from_utf8(strip_cr(value)).ok().and_then(|v| parse_digits::<usize>(v.trim())));
-            break;
         }
     }
     match content_length {
-        Some(Some(length)) => {
+        Some(Some(length)) if seen == 1 => {
             let total = body_start.saturating_add(length);
             if total > max_message_bytes {
                 StreamFrame::TooLarge
@@ -1743,6 +1746,9 @@ mod tests {
         assert_eq!(frame_stream(msg, 20), StreamFrame::TooLarge);
         let no_length = b"OPTIONS sip:x@h SIP/2.0\r\nVia: x\r\n\r\n";
         assert_eq!(frame_stream(no_length, 100), StreamFrame::Message { len: no_length.len(), then_close: true });
+        // Two Content-Length values (RFC 4475 mcl01): which one frames the stream is a guess.
+        let two = b"OPTIONS sip:x@h SIP/2.0\r\nl: 3\r\nContent-Length: 5\r\n\r\nabcdeNEXT";
+        assert_eq!(frame_stream(two, 100), StreamFrame::Message { len: two.len() - 9, then_close: true });
         assert_eq!(frame_stream(&[b'A'; 200], 100), StreamFrame::TooLarge);
     }
 
