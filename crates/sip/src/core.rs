@@ -1099,7 +1099,9 @@ impl Core {
         let local_party = format!("{};tag={to_tag}", request.header("To").unwrap_or_default());
         let remote_target = remote_target(&request).unwrap_or_default();
         let dialog_id = DialogId(self.fresh_id());
-        let local_cseq = self.rng.random_range(1..=0x7fff_ffff_u32);
+        // §8.1.1.5: CSeq MUST stay below 2**31 (peers, and our own parser, refuse more); start in
+        // the lower half so that the requests we add to the dialog never reach it.
+        let local_cseq = self.rng.random_range(1..=0x3fff_ffff_u32);
         self.dialogs.insert(
             dialog_id,
             DialogState {

@@ -503,11 +503,6 @@ fn validate(message: &Message) -> Result<(), ParseErrorKind> {
             return Err(ParseErrorKind::MissingHeader(name));
         }
     }
-    for name in SINGLE_VALUED {
-        if message.header_values(name).nth(1).is_some() {
-            return Err(ParseErrorKind::DuplicateHeader(name));
-        }
-    }
     if message.header_values("Via").any(|v| Via::parse(v).is_none()) {
         return Err(ParseErrorKind::MalformedValue("Via"));
     }
@@ -531,6 +526,17 @@ fn validate(message: &Message) -> Result<(), ParseErrorKind> {
     }
     if message.to().is_none() {
         return Err(ParseErrorKind::MalformedValue("To"));
+    }
+    // A response only has to be matched to our request (§17.1.3): what follows is what a UAS
+    // checks before acting on a request, and a peer's odd Date must not lose us its 200 to
+    // our BYE.
+    if matches!(message.start, StartLine::Response { .. }) {
+        return Ok(());
+    }
+    for name in SINGLE_VALUED {
+        if message.header_values(name).nth(1).is_some() {
+            return Err(ParseErrorKind::DuplicateHeader(name));
+        }
     }
     if message.header_values("Contact").any(|v| v != "*" && NameAddr::parse(v).is_none()) {
         return Err(ParseErrorKind::MalformedValue("Contact"));
@@ -1679,6 +1685,18 @@ mod tests {
         ] {
             assert_eq!(options_with(line, extra).map(|_| ()), outcome, "{extra:?}");
         }
+    }
+
+    /// Responses are only checked for what matching them needs: a peer's 200 to our BYE with
+    /// a local-time Date or a repeated header is still our 200.
+    #[test]
+    fn responses_are_checked_for_matching_only() {
+        let response = "SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bKa\r\nFrom: <sip:a@h>;tag=1\r\n\
+            To: <sip:x@h>;tag=2\r\nCall-ID: cid\r\nCSeq: 7 BYE\r\nDate: Fri, 01 Jan 2010 16:00:00 EST\r\n\
+            Server: a\r\nExpires: soon\r\nContent-Length: 0\r\n\r\n";
+        assert_eq!(parse_udp(response).unwrap().status(), Some(200));
+        let broken = response.replace("CSeq: 7 BYE", "CSeq: 99999999999 BYE");
+        assert_eq!(parse_udp(&broken).unwrap_err().kind, ParseErrorKind::OutOfRange("CSeq"));
     }
 
     /// Property: whatever parses, serializes to something that parses back to the same message;
