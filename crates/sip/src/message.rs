@@ -796,8 +796,37 @@ impl Message {
 /// Generic `;name=value` parameters.
 pub type Params = Vec<(String, Option<String>)>;
 
+/// Splits at `separator` outside quoted strings (RFC 3261 §25.1 `quoted-string`, with
+/// `quoted-pair` escapes), so that `;x="a;b"` stays one parameter.
+fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    let mut parts = Vec::new();
+    let mut in_quotes = false;
+    let mut escaped = false;
+    let mut start = 0;
+    for (i, ch) in text.char_indices() {
+        if in_quotes {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_quotes = false;
+            }
+        } else if ch == '"' {
+            in_quotes = true;
+        } else if ch == separator {
+            // `char_indices` positions are char boundaries, so `get` always succeeds.
+            parts.push(text.get(start..i).unwrap_or_default());
+            start = i + ch.len_utf8();
+        }
+    }
+    parts.push(text.get(start..).unwrap_or_default());
+    parts
+}
+
 fn parse_params(text: &str) -> Params {
-    text.split(';')
+    split_outside_quotes(text, ';')
+        .into_iter()
         .map(str::trim)
         .filter(|p| !p.is_empty())
         .map(|p| match p.split_once('=') {
@@ -816,7 +845,7 @@ fn parse_header_params(text: &str) -> Option<Params> {
         return Some(Vec::new());
     }
     let rest = text.strip_prefix(';')?;
-    let well_formed = rest.split(';').all(|p| {
+    let well_formed = split_outside_quotes(rest, ';').into_iter().all(|p| {
         let name = p.split_once('=').map_or(p, |(name, _)| name).trim();
         is_token(name)
     });
@@ -907,7 +936,7 @@ impl Via {
         let (sent_by, params) = rest.split_once(';').unwrap_or((rest, ""));
         let (host, port) = split_host_port(sent_by)?;
         // `;;` or a trailing `;` is not a via-param (RFC 3261 §25.1).
-        if rest.contains(';') && params.split(';').any(|p| p.trim().is_empty()) {
+        if rest.contains(';') && split_outside_quotes(params, ';').iter().any(|p| p.trim().is_empty()) {
             return None;
         }
         Some(Via { transport: transport.to_ascii_uppercase(), host, port, params: parse_params(params) })
@@ -1648,6 +1677,11 @@ mod tests {
             assert!(NameAddr::parse(bad).is_none(), "{bad}");
         }
         assert!(options_with("OPTIONS sip:x@h SIP/2.0", "Contact: *\r\n").is_ok());
+        // Regression: a quoted parameter value holding `;` was cut in two.
+        let contact = NameAddr::parse("<sip:a@h>;+sip.instance=\"<urn:uuid:1;2>\";expires=60").unwrap();
+        assert_eq!(contact.param("+sip.instance"), Some("\"<urn:uuid:1;2>\""));
+        assert_eq!(contact.param("expires"), Some("60"));
+        assert_eq!(NameAddr::parse("<sip:a@h>;x=\"a\\\";b\";tag=t").unwrap().param("tag"), Some("t"));
         assert_eq!(
             options_with("OPTIONS sip:x@h SIP/2.0", "Contact: <sip:a@h>, sip:b@h?x=y\r\n"),
             Err(ParseErrorKind::MalformedValue("Contact"))
