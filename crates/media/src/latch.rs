@@ -11,7 +11,8 @@
 //! - **The signalled address** (the SDP's `c=`/`m=`) is trusted on its first packet.
 //! - **Any other source** (a caller behind a NAT) is learned after a probation: `probation_packets`
 //!   packets in a row from one address with one SSRC and consecutive sequence numbers (RFC 3550
-//!   §A.1 uses the same idea, `MIN_SEQUENTIAL`, to validate a new source), and only when the source
+//!   §A.1 uses the same idea, `MIN_SEQUENTIAL`, to validate a new source) paced like a voice stream
+//!   rather than fired in a burst, and only when the source
 //!   we have is quiet: the signalled address has not been heard within `signalled_priority` of the
 //!   answer, or the learned source has been silent for `relearn_silence`. A burst of stray or
 //!   forged packets (a spray across the port range, late packets of an old call) never passes.
@@ -29,6 +30,11 @@
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
+
+/// A voice stream sends one packet every 10-60 ms (RFC 3551 §4.2 `ptime`; 20 ms here). Probation
+/// packets closer together than this on average are a burst (a spray across the port range, a
+/// replay), not a stream, however well their sequence numbers line up.
+pub const MIN_STREAM_SPACING: Duration = Duration::from_millis(5);
 
 /// How strict the latch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -133,6 +139,7 @@ struct Candidate {
     ssrc: u32,
     last_sequence: u16,
     packets: u32,
+    first_seen: Instant,
 }
 
 /// The caller's RTP source for one call.
@@ -176,11 +183,13 @@ impl RtpSourceLatch {
             // The current source, if any, was learned on probation: the SDP's address wins.
             return self.learn(now, source, LearnedBy::Signalled);
         }
-        let packets = self.track_candidate(source, ssrc, sequence);
+        let candidate = self.track_candidate(now, source, ssrc, sequence);
         if !self.way_is_clear(now) {
             return self.ignore(IgnoreReason::OtherSource);
         }
-        if packets < self.config.probation_packets {
+        let paced = now.saturating_duration_since(candidate.first_seen)
+            >= MIN_STREAM_SPACING.saturating_mul(candidate.packets.saturating_sub(1));
+        if candidate.packets < self.config.probation_packets || !paced {
             return self.ignore(IgnoreReason::Probation);
         }
         self.learn(now, source, LearnedBy::Probation)
@@ -225,18 +234,23 @@ impl RtpSourceLatch {
         self.stats
     }
 
-    /// Counts `source`'s packet towards its probation; returns how many it has in a row.
-    fn track_candidate(&mut self, source: SocketAddr, ssrc: u32, sequence: u16) -> u32 {
-        let candidate = match self.candidate.as_mut() {
+    /// Counts `source`'s packet towards its probation.
+    fn track_candidate(&mut self, now: Instant, source: SocketAddr, ssrc: u32, sequence: u16) -> Candidate {
+        match self.candidate.as_mut() {
             Some(c) if c.address == source && c.ssrc == ssrc && c.last_sequence.wrapping_add(1) == sequence => {
                 c.packets = c.packets.saturating_add(1);
                 c.last_sequence = sequence;
                 *c
             }
             // A different source, SSRC or a break in the sequence starts the count again.
-            _ => *self.candidate.insert(Candidate { address: source, ssrc, last_sequence: sequence, packets: 1 }),
-        };
-        candidate.packets
+            _ => *self.candidate.insert(Candidate {
+                address: source,
+                ssrc,
+                last_sequence: sequence,
+                packets: 1,
+                first_seen: now,
+            }),
+        }
     }
 
     /// May a source on probation replace the current one now?
@@ -434,22 +448,51 @@ mod tests {
         Stream::new(CALLER, 1).send_many(&mut l, &mut now, 3);
         now += Duration::from_secs(10);
         let source = addr(NAT);
+        let mut tick = || {
+            now += PTIME;
+            now
+        };
         // Three in sequence, then a gap: the count starts again.
         for seq in [1u16, 2, 3, 5, 6, 7] {
-            assert!(!l.on_packet(now, source, 42, seq).is_accepted(), "seq {seq}");
+            assert!(!l.on_packet(tick(), source, 42, seq).is_accepted(), "seq {seq}");
         }
         // Another SSRC from the same address starts again too.
-        assert!(!l.on_packet(now, source, 43, 8).is_accepted());
+        assert!(!l.on_packet(tick(), source, 43, 8).is_accepted());
         for seq in [9u16, 10] {
-            assert!(!l.on_packet(now, source, 43, seq).is_accepted(), "seq {seq}");
+            assert!(!l.on_packet(tick(), source, 43, seq).is_accepted(), "seq {seq}");
         }
-        assert!(l.on_packet(now, source, 43, 11).is_accepted(), "fourth in a row");
+        assert!(l.on_packet(tick(), source, 43, 11).is_accepted(), "fourth in a row");
         // Sequence numbers wrap (RFC 3550 §A.1).
         let mut wrapped = latch(CALLER, t0);
+        let mut now = t0 + Duration::from_secs(1);
         for seq in [65534u16, 65535, 0] {
-            assert!(!wrapped.on_packet(t0 + Duration::from_secs(1), source, 5, seq).is_accepted());
+            assert!(!wrapped.on_packet(now, source, 5, seq).is_accepted());
+            now += PTIME;
         }
-        assert!(wrapped.on_packet(t0 + Duration::from_secs(1), source, 5, 1).is_accepted());
+        assert!(wrapped.on_packet(now, source, 5, 1).is_accepted());
+    }
+
+    #[test]
+    fn a_burst_in_sequence_is_not_a_stream() {
+        // A spray that gets its sequence numbers right but fires them back to back.
+        let t0 = Instant::now();
+        let mut l = latch(CALLER, t0);
+        let mut now = t0 + Duration::from_secs(10);
+        for seq in 0..10u16 {
+            assert!(!l.on_packet(now, addr(ATTACKER), 9, seq).is_accepted(), "seq {seq}");
+            now += Duration::from_micros(50);
+        }
+        assert_eq!(l.source(), None);
+        // Paced like a voice stream, the same packets pass (the caller never sent).
+        let mut paced = latch(CALLER, t0);
+        let mut now = t0 + Duration::from_secs(10);
+        let verdicts: Vec<bool> = (0..4u16)
+            .map(|seq| {
+                now += PTIME;
+                paced.on_packet(now, addr(ATTACKER), 9, seq).is_accepted()
+            })
+            .collect();
+        assert_eq!(verdicts, [false, false, false, true]);
     }
 
     #[test]
