@@ -234,6 +234,11 @@ impl RtpSourceLatch {
         self.stats
     }
 
+    /// How the current source was learned, if one was.
+    pub fn learned_by(&self) -> Option<LearnedBy> {
+        self.current.map(|c| c.by)
+    }
+
     /// Counts `source`'s packet towards its probation.
     fn track_candidate(&mut self, now: Instant, source: SocketAddr, ssrc: u32, sequence: u16) -> Candidate {
         match self.candidate.as_mut() {
@@ -275,11 +280,6 @@ impl RtpSourceLatch {
     fn ignore(&mut self, reason: IgnoreReason) -> SourceVerdict {
         self.stats.ignored += 1;
         SourceVerdict::Ignore(reason)
-    }
-
-    /// How the current source was learned, if one was.
-    pub fn learned_by(&self) -> Option<LearnedBy> {
-        self.current.map(|c| c.by)
     }
 }
 

@@ -39,6 +39,8 @@ struct PoolState {
     in_use: HashSet<u16>,
     /// Ports released within the quarantine, with when. Bounded by the number of ports in the range.
     released: HashMap<u16, Instant>,
+    /// Times a quarantined port had to be reused (the range is too small for the load).
+    quarantine_reuses: u64,
 }
 
 /// A port held by one call; dropping it gives the port back (into quarantine).
@@ -57,7 +59,7 @@ impl RtpPorts {
             bind,
             range,
             quarantine,
-            state: Mutex::new(PoolState { in_use: HashSet::new(), released: HashMap::new() }),
+            state: Mutex::new(PoolState { in_use: HashSet::new(), released: HashMap::new(), quarantine_reuses: 0 }),
         })
     }
 
@@ -98,7 +100,15 @@ impl RtpPorts {
         quarantined.sort_unstable();
         for (_, port) in quarantined {
             if let Some(socket) = self.bind(port) {
-                warn!(port, "every free RTP port is in quarantine; reusing the one released longest ago");
+                state.quarantine_reuses += 1;
+                // Logged at the 1st, 2nd, 4th, 8th... reuse: visible, but never one line per call.
+                if state.quarantine_reuses.is_power_of_two() {
+                    warn!(
+                        reuses = state.quarantine_reuses,
+                        "every free RTP port is in quarantine; reusing the one released longest ago \
+                         (media.rtp_ports is small for this load)"
+                    );
+                }
                 state.released.remove(&port);
                 state.in_use.insert(port);
                 return Ok((socket, PortLease { pool: Arc::clone(self), port }));
