@@ -36,6 +36,11 @@ use std::time::{Duration, Instant};
 /// replay), not a stream, however well their sequence numbers line up.
 pub const MIN_STREAM_SPACING: Duration = Duration::from_millis(5);
 
+/// Packets of one voice stream are never this far apart (`ptime` is at most 120 ms), so a longer
+/// gap starts the probation again: a source cannot bank packets sent long ago (while the caller
+/// talked) and then take a silent call with one more.
+pub const MAX_STREAM_GAP: Duration = Duration::from_millis(300);
+
 /// How strict the latch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatchConfig {
@@ -140,6 +145,7 @@ struct Candidate {
     last_sequence: u16,
     packets: u32,
     first_seen: Instant,
+    last_seen: Instant,
 }
 
 /// The caller's RTP source for one call.
@@ -242,18 +248,25 @@ impl RtpSourceLatch {
     /// Counts `source`'s packet towards its probation.
     fn track_candidate(&mut self, now: Instant, source: SocketAddr, ssrc: u32, sequence: u16) -> Candidate {
         match self.candidate.as_mut() {
-            Some(c) if c.address == source && c.ssrc == ssrc && c.last_sequence.wrapping_add(1) == sequence => {
+            Some(c)
+                if c.address == source
+                    && c.ssrc == ssrc
+                    && c.last_sequence.wrapping_add(1) == sequence
+                    && now.saturating_duration_since(c.last_seen) <= MAX_STREAM_GAP =>
+            {
                 c.packets = c.packets.saturating_add(1);
                 c.last_sequence = sequence;
+                c.last_seen = now;
                 *c
             }
-            // A different source, SSRC or a break in the sequence starts the count again.
+            // A different source, SSRC, a break in the sequence or a long pause starts the count again.
             _ => *self.candidate.insert(Candidate {
                 address: source,
                 ssrc,
                 last_sequence: sequence,
                 packets: 1,
                 first_seen: now,
+                last_seen: now,
             }),
         }
     }
@@ -470,6 +483,24 @@ mod tests {
             now += PTIME;
         }
         assert!(wrapped.on_packet(now, source, 5, 1).is_accepted());
+    }
+
+    #[test]
+    fn packets_banked_while_the_caller_talked_do_not_count_later() {
+        let t0 = Instant::now();
+        let mut l = latch(CALLER, t0);
+        let mut now = t0;
+        let (mut caller, mut attacker) = (Stream::new(CALLER, 1), Stream::new(ATTACKER, 2));
+        // The attacker sends a well-formed stream while the caller talks: all ignored.
+        for _ in 0..10 {
+            caller.send(&mut l, now);
+            assert!(!attacker.send(&mut l, now + PTIME / 2).is_accepted());
+            now += PTIME;
+        }
+        // The caller goes quiet; a minute later one more packet continues the attacker's sequence.
+        now += Duration::from_secs(60);
+        assert_eq!(attacker.send(&mut l, now), SourceVerdict::Ignore(IgnoreReason::Probation));
+        assert_eq!(l.send_target(), Some(addr(CALLER)));
     }
 
     #[test]
