@@ -595,3 +595,51 @@ fn a_sipp_call_keeps_its_downlink_and_echo_while_attacked() {
     assert!(r >= 0.8, "the echo of SIPp's speech correlates only {r:.3}: the attack reached the agent");
     assert!(metric(&gateway, "switchboard_rtp_ignored_packets_total") >= 70.0);
 }
+
+/// Stray packets do not keep a dead call alive: the caller stops sending, another address keeps
+/// hitting the port with packets that never form a stream (a new SSRC each), and the call still
+/// ends with BYE at `media.rtp_timeout_secs` (10 s here).
+#[test]
+#[cfg_attr(not(has_unshare), ignore = "needs unshare (util-linux)")]
+fn stray_packets_do_not_keep_a_dead_call_alive() {
+    let test = "stray_packets_do_not_keep_a_dead_call_alive";
+    if !inside_own_netns(test) {
+        return;
+    }
+    let (_dir, _sim, gateway) = start(test, 53, &[]);
+    let caller = Caller::call(&gateway, "dead-caller");
+    stream(&caller.media, caller.gateway_media, 0x7777, 25, silence_frame).join().unwrap();
+    let caller_gone = Instant::now();
+
+    let attacker = UdpSocket::bind((loopback(2), 0)).expect("bind attacker");
+    let target = caller.gateway_media;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stray = {
+        let (attacker, stop) = (attacker.try_clone().expect("clone"), Arc::clone(&stop));
+        thread::spawn(move || {
+            let mut i: u32 = 0;
+            while !stop.load(Ordering::Relaxed) && i < 50 * 20 {
+                let _ = attacker.send_to(&rtp_packet(0xB000 + i, i as u16, i * 160, &[SILENCE; 160]), target);
+                i += 1;
+                thread::sleep(PTIME);
+            }
+        })
+    };
+    let deadline = Instant::now() + Duration::from_secs(16);
+    let mut buf = [0u8; 65_535];
+    let mut bye_after = None;
+    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
+        caller.sip.set_read_timeout(Some(left.max(Duration::from_millis(1)))).expect("timeout");
+        let Ok((n, _)) = caller.sip.recv_from(&mut buf) else { break };
+        if String::from_utf8_lossy(&buf[..n]).starts_with("BYE ") {
+            bye_after = Some(caller_gone.elapsed());
+            break;
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    stray.join().unwrap();
+    println!("BYE {bye_after:?} after the caller went quiet");
+    let bye_after =
+        bye_after.unwrap_or_else(|| panic!("no BYE: the stray packets kept the call alive\n{}", gateway.log()));
+    assert!(bye_after >= Duration::from_secs(9), "BYE too early: {bye_after:?}");
+}
