@@ -12,6 +12,7 @@ pub mod codec;
 pub mod framing;
 pub mod g711;
 pub mod g722;
+pub mod latch;
 pub mod opus_codec;
 pub mod pacer;
 pub mod reorder;
@@ -21,6 +22,7 @@ pub mod signal;
 
 pub use codec::Codec;
 pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for, model_audio_ms};
+pub use latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
 pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};
 pub use reorder::{PushOutcome, ReceivedFrame, ReorderBuffer, ReorderStats};

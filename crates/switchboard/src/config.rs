@@ -60,6 +60,24 @@ pub struct MediaConfig {
     pub opus_bitrate_bps: u32,
     /// Opus encoder complexity, 0 (cheapest) to 10 (best).
     pub opus_complexity: u8,
+    /// Strict RTP: packets in a row (one address, one SSRC, consecutive sequence numbers) before
+    /// a source other than the SDP's address is learned as the caller's.
+    pub rtp_probation_packets: u32,
+    /// Strict RTP: how long after the answer only the SDP's address can become the caller's source.
+    pub rtp_signalled_priority_ms: u64,
+    /// Strict RTP: how long the caller's source must be silent before another stream may replace it.
+    pub rtp_relearn_silence_ms: u64,
+}
+
+impl MediaConfig {
+    /// The strict RTP settings for each call's source latch.
+    pub fn latch_config(&self) -> switchboard_media::latch::LatchConfig {
+        switchboard_media::latch::LatchConfig {
+            probation_packets: self.rtp_probation_packets,
+            signalled_priority: std::time::Duration::from_millis(self.rtp_signalled_priority_ms),
+            relearn_silence: std::time::Duration::from_millis(self.rtp_relearn_silence_ms),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -183,6 +201,9 @@ impl Default for MediaConfig {
             reorder_wait_ms: 40,
             opus_bitrate_bps: 32_000,
             opus_complexity: 5,
+            rtp_probation_packets: 4,
+            rtp_signalled_priority_ms: 500,
+            rtp_relearn_silence_ms: 2000,
         }
     }
 }
@@ -372,6 +393,15 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.media.opus_complexity > 10 {
         bad("media.opus_complexity", "must be between 0 and 10".into());
     }
+    if !(1..=50).contains(&cfg.media.rtp_probation_packets) {
+        bad("media.rtp_probation_packets", "must be between 1 and 50".into());
+    }
+    if cfg.media.rtp_signalled_priority_ms > 10_000 {
+        bad("media.rtp_signalled_priority_ms", "must be at most 10000".into());
+    }
+    if !(100..=60_000).contains(&cfg.media.rtp_relearn_silence_ms) {
+        bad("media.rtp_relearn_silence_ms", "must be between 100 and 60000".into());
+    }
 
     match cfg.realtime.url.split_once("://") {
         Some(("wss" | "ws", rest)) if !rest.is_empty() => {}
@@ -462,6 +492,8 @@ mod tests {
         let defaults = Config::default();
         assert_eq!(cfg.sip.udp, defaults.sip.udp);
         assert_eq!(cfg.media.rtp_ports, defaults.media.rtp_ports);
+        assert_eq!(cfg.media.latch_config(), defaults.media.latch_config());
+        assert_eq!(defaults.media.latch_config(), switchboard_media::latch::LatchConfig::default());
         assert_eq!(cfg.realtime.model, defaults.realtime.model);
         assert_eq!(resolved.rtp_ports, 20000..=20999);
         assert!(cfg.agents.contains_key("default"));
@@ -493,6 +525,20 @@ mod tests {
         let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
         for expected in
             ["sip.colour", "sip.udp", "media.rtp_ports", "media.codecs", "realtime.url", "agents.default.voice"]
+        {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn strict_rtp_settings_are_range_checked() {
+        let f = write(
+            "[media]\nrtp_probation_packets = 0\nrtp_signalled_priority_ms = 60000\nrtp_relearn_silence_ms = 10\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in
+            ["media.rtp_probation_packets", "media.rtp_signalled_priority_ms", "media.rtp_relearn_silence_ms"]
         {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }

@@ -12,6 +12,7 @@ pub const CALL_SETUP_SECONDS: &str = "switchboard_call_setup_seconds";
 pub const BARGE_INS_TOTAL: &str = "switchboard_barge_ins_total";
 pub const RTP_PACKETS_TOTAL: &str = "switchboard_rtp_packets_total";
 pub const RTP_LOST_TOTAL: &str = "switchboard_rtp_lost_total";
+pub const RTP_IGNORED_PACKETS_TOTAL: &str = "switchboard_rtp_ignored_packets_total";
 pub const REALTIME_EVENTS_UNKNOWN_TOTAL: &str = "switchboard_realtime_unknown_events_total";
 pub const REALTIME_ERRORS_TOTAL: &str = "switchboard_realtime_errors_total";
 pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
@@ -48,6 +49,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(BARGE_INS_TOTAL, "Caller interruptions that flushed agent audio.");
     metrics::describe_counter!(RTP_PACKETS_TOTAL, "RTP packets by direction (in, out).");
     metrics::describe_counter!(RTP_LOST_TOTAL, "Inbound RTP packets declared lost by the reorder buffer.");
+    metrics::describe_counter!(
+        RTP_IGNORED_PACKETS_TOTAL,
+        "RTP packets dropped by strict RTP (not from the caller's source), by reason (other_source, probation)."
+    );
     metrics::describe_counter!(REALTIME_EVENTS_UNKNOWN_TOTAL, "Realtime server events of unknown type (ignored).");
     metrics::describe_counter!(REALTIME_ERRORS_TOTAL, "Realtime `error` events by code.");
     metrics::describe_histogram!(

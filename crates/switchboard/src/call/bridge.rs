@@ -8,6 +8,10 @@
 //! model response.output_audio.delta -> Conversation (tag / discard) -> OutboundAudio -> Pacer -> RTP
 //! input_audio_buffer.speech_started -> Pacer::flush + conversation.item.truncate
 //! ```
+//!
+//! Strict RTP: every received packet goes through the call's [`RtpSourceLatch`] first. Only the
+//! caller's learned source reaches the agent, refreshes the RTP timeout, or decides where we send;
+//! and nothing is sent before the ACK or the caller's first packet.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -15,6 +19,7 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use switchboard_media::framing::{InboundAudio, OutboundAudio};
+use switchboard_media::latch::{LatchConfig, RtpSourceLatch, SourceVerdict};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::reorder::{PushOutcome, ReorderBuffer};
 use switchboard_media::rtp;
@@ -28,12 +33,14 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 use super::end::CallEnd;
-use crate::telemetry;
+use crate::telemetry::{self, Redacted};
 
 /// Everything the media loop needs, prepared by call setup.
 pub struct Bridge {
+    /// Strict RTP: how the caller's source is learned and re-learned (`media.rtp_*`).
+    pub strict_rtp: LatchConfig,
     pub socket: UdpSocket,
-    /// Where to send RTP: the SDP's address until the caller's first packet shows where it really is.
+    /// The caller's RTP address from its SDP. Where we really send is the latch's decision.
     pub remote: SocketAddr,
     pub payload_type: u8,
     pub telephone_event: Option<u8>,
@@ -51,7 +58,30 @@ pub struct Bridge {
 
 /// Runs until the call ends, and says why.
 pub async fn run(
+    bridge: Bridge,
+    dialog: &mut Dialog,
+    realtime_tx: &mut RealtimeSender,
+    realtime_rx: &mut RealtimeReceiver,
+    shutdown: watch::Receiver<bool>,
+) -> CallEnd {
+    let mut latch = RtpSourceLatch::new(bridge.strict_rtp, bridge.remote, Instant::now());
+    let end = media_loop(bridge, &mut latch, dialog, realtime_tx, realtime_rx, shutdown).await;
+    let stats = latch.stats();
+    if stats.ignored > 0 {
+        // Once per call, not per packet: an attacked call must not flood the log.
+        info!(
+            ignored = stats.ignored,
+            accepted = stats.accepted,
+            learned = stats.learned,
+            "RTP from other sources ignored"
+        );
+    }
+    end
+}
+
+async fn media_loop(
     mut bridge: Bridge,
+    latch: &mut RtpSourceLatch,
     dialog: &mut Dialog,
     realtime_tx: &mut RealtimeSender,
     realtime_rx: &mut RealtimeReceiver,
@@ -66,7 +96,6 @@ pub async fn run(
     // and queued when the next item starts.
     let mut framing_tag: Option<ItemTag> = None;
     let mut last_rtp_in = Instant::now();
-    let mut latched = false;
     let ptime_ms = bridge.ptime.as_secs_f64() * 1000.0;
 
     loop {
@@ -89,10 +118,14 @@ pub async fn run(
                         }
                         None => frame.payload,
                     };
-                    if bridge.may_send {
+                    // Nothing goes out before the ACK or the caller's first packet (the latch says
+                    // where, if anywhere): the pacer keeps its clock, the frame is dropped.
+                    if bridge.may_send
+                        && let Some(target) = latch.send_target()
+                    {
                         send_buf.clear();
                         rtp::write_rtp(&mut send_buf, &frame.header, &payload);
-                        if let Err(e) = bridge.socket.send_to(&send_buf, bridge.remote).await {
+                        if let Err(e) = bridge.socket.send_to(&send_buf, target).await {
                             debug!(error = %e, "RTP send failed");
                         }
                         metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(1);
@@ -114,17 +147,29 @@ pub async fn run(
                     debug!(len, "not an RTP packet; ignored");
                     continue;
                 };
+                // Symmetric RTP (RFC 4961) made strict: we answer where the caller's media really
+                // comes from (behind a NAT, not what its SDP said), but only a learned source
+                // counts; anything else is dropped before it reaches the agent or the timeout.
+                match latch.on_packet(now, source, header.ssrc, header.sequence) {
+                    SourceVerdict::Accept => {}
+                    SourceVerdict::Learned(learned) => {
+                        let previous = learned.previous.map(|p| p.to_string()).unwrap_or_default();
+                        info!(
+                            source = %Redacted(&learned.source.to_string()),
+                            previous = %Redacted(&previous),
+                            by = ?learned.by,
+                            signalled = learned.source == bridge.remote,
+                            "caller's RTP source learned"
+                        );
+                        debug!(source = %learned.source, previous, "caller's RTP source (unredacted)");
+                    }
+                    SourceVerdict::Ignore(reason) => {
+                        metrics::counter!(telemetry::RTP_IGNORED_PACKETS_TOTAL, "reason" => reason.label()).increment(1);
+                        continue;
+                    }
+                }
                 metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(1);
                 last_rtp_in = now;
-                // Symmetric RTP (RFC 4961): answer where the caller's media really comes from,
-                // which behind a NAT is not what its SDP said.
-                if !latched || source != bridge.remote {
-                    if source != bridge.remote {
-                        info!(sdp = %bridge.remote, actual = %source, "RTP source differs from SDP; sending there");
-                    }
-                    bridge.remote = source;
-                    latched = true;
-                }
                 if header.payload_type == bridge.payload_type {
                     if bridge.reorder.push(now, header, payload) == PushOutcome::Accepted {
                         if let Err(end) = drain_inbound(&mut bridge, now, &mut model_bytes, realtime_tx).await {
@@ -213,7 +258,11 @@ pub async fn run(
             }
 
             event = dialog.next_event() => match event {
-                Some(DialogEvent::Confirmed) => debug!("ACK received"),
+                Some(DialogEvent::Confirmed) => {
+                    // The dialog is confirmed: the SDP's address may now be sent to (RFC 3261 §13.3.1.4).
+                    latch.on_dialog_confirmed();
+                    debug!("ACK received");
+                }
                 Some(DialogEvent::RemoteBye) | None => return CallEnd::CallerHangup,
                 Some(DialogEvent::AckTimeout) => return CallEnd::AckTimeout,
             },

@@ -175,6 +175,7 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     }
 
     let bridge = bridge::Bridge {
+        strict_rtp: cfg.media.latch_config(),
         socket,
         remote: media.remote_rtp,
         payload_type: media.payload_type,
