@@ -11,8 +11,8 @@ mod items;
 mod session;
 
 pub use client::{
-    ClientError, ConnectConfig, ConnectError, ConnectLimits, Keepalive, KeepaliveAction, RealtimeReceiver, RealtimeSender,
-    connect, connect_with_limits,
+    ClientError, ConnectConfig, ConnectError, ConnectLimits, Keepalive, KeepaliveAction, RealtimeReceiver,
+    RealtimeSender, connect, connect_with_limits,
 };
 pub use conversation::{Conversation, ItemTag, Truncate};
 pub use error_code::ErrorCode;

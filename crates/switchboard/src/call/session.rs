@@ -9,8 +9,8 @@ use switchboard_media::codec::Codec;
 use switchboard_media::framing::ModelAudio;
 use switchboard_realtime::client::ConnectError;
 use switchboard_realtime::events::{
-    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, ErrorEvent, ResponseConfig, SessionConfig,
-    ServerEvent, SessionEvent, StatusDetails, TurnDetection, Voice,
+    AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, ErrorEvent, ResponseConfig, ServerEvent,
+    SessionConfig, SessionEvent, StatusDetails, TurnDetection, Voice,
 };
 
 use super::end::Refusal;
@@ -424,10 +424,7 @@ mod tests {
         assert!(matches!(setup.on_event(&bare), SetupStep::Refuse(Refusal::AgentFormatMismatch(_))));
 
         let mut early = connected_setup(Codec::Pcmu, AudioFormat::Pcmu, Instant::now());
-        assert!(matches!(
-            early.on_event(&updated(pcmu(), pcmu())),
-            SetupStep::Refuse(Refusal::AgentSessionRefused(_))
-        ));
+        assert!(matches!(early.on_event(&updated(pcmu(), pcmu())), SetupStep::Refuse(Refusal::AgentSessionRefused(_))));
     }
 
     #[test]
@@ -453,16 +450,16 @@ mod tests {
 
     #[test]
     fn failed_response_reasons_are_a_bounded_set() {
-        let details = |error: serde_json::Value| StatusDetails {
-            kind: Some("failed".into()),
-            reason: None,
-            error: Some(error),
-        };
+        let details =
+            |error: serde_json::Value| StatusDetails { kind: Some("failed".into()), reason: None, error: Some(error) };
         assert_eq!(
             failed_response_reason(Some(&details(json!({"type":"server_error","code":"server_error"})))),
             "server_error"
         );
-        assert_eq!(failed_response_reason(Some(&details(json!({"type":"rate_limit_exceeded"})))), "rate_limit_exceeded");
+        assert_eq!(
+            failed_response_reason(Some(&details(json!({"type":"rate_limit_exceeded"})))),
+            "rate_limit_exceeded"
+        );
         assert_eq!(failed_response_reason(Some(&details(json!({"code":"made_up_\u{1b}[0m"})))), "other");
         assert_eq!(failed_response_reason(None), "unknown");
     }
