@@ -182,10 +182,12 @@ fn peak_rss_kib(pid: u32) -> u64 {
 
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn a_50_mb_message_ends_the_call_with_bye_and_memory_stays_bounded() {
-    let test = "huge_message";
+fn hostile_servers_cannot_grow_the_gateway_memory() {
+    let test = "hostile_server_memory";
     let ports = Ports::for_slot(43);
-    let dir = tools::scratch_dir(test);
+
+    // One 50 MB message, 1 s after session.updated: refused from its frame header, BYE.
+    let dir = tools::scratch_dir(&format!("{test}_huge_message"));
     let sim = Sim::start(ports, &["--huge-message-bytes", "50000000"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "", &dir);
     let before = peak_rss_kib(gateway.guard.pid());
@@ -193,12 +195,40 @@ fn a_50_mb_message_ends_the_call_with_bye_and_memory_stays_bounded() {
     let out = sipp::run("uac_wait_bye.xml", &[], &dir, ports, "15550001000", 0);
     let elapsed = started.elapsed();
     let peak = peak_rss_kib(gateway.guard.pid());
-    eprintln!("{test}: BYE after {elapsed:?}; gateway peak RSS {before} KiB before, {peak} KiB after");
+    eprintln!("{test}: 50 MB message: BYE after {elapsed:?}; gateway peak RSS {before} KiB before, {peak} KiB after");
     assert!(out.status.success(), "no BYE after the huge message; gateway log:\n{}", gateway.log());
-    // The message comes 1 s after session.updated.
     assert!(elapsed < Duration::from_secs(1) + MARGIN, "BYE only after {elapsed:?}");
     assert_recorded(&gateway, "failed", "agent_message_too_large");
     assert!(peak < before + 16 * 1024, "peak RSS grew from {before} to {peak} KiB for one message");
+    drop(gateway);
+    drop(sim);
+
+    // Ten minutes of greeting audio sent as fast as possible: at most 5 s of it is queued, the
+    // rest is dropped and counted; the call ends normally (RTP timeout: SIPp sends no RTP).
+    let dir = tools::scratch_dir(&format!("{test}_audio_flood"));
+    let sim = Sim::start(ports, &["--greeting-tone", "440:600000", "--speed", "0"], &dir);
+    let gateway = Gateway::start_with_env(
+        ports,
+        &sim.url(),
+        "[agents.default]\ngreeting = \"Hello\"\n",
+        &dir,
+        &[("SWITCHBOARD__REALTIME__MAX_QUEUED_AUDIO_SECS", "5"), ("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "3")],
+    );
+    let before = peak_rss_kib(gateway.guard.pid());
+    let out = sipp::run("uac_wait_bye.xml", &[], &dir, ports, "15550001000", 0);
+    let peak = peak_rss_kib(gateway.guard.pid());
+    assert!(out.status.success(), "the flooded call did not end normally; gateway log:\n{}", gateway.log());
+    assert_recorded(&gateway, "failed", "rtp_timeout");
+    let metrics = gateway.metrics();
+    let dropped: u64 = metrics
+        .lines()
+        .find(|l| l.starts_with("switchboard_agent_audio_dropped_frames_total"))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0);
+    eprintln!("{test}: audio flood: {dropped} frames dropped; peak RSS {before} KiB before, {peak} KiB after");
+    // 10 min = 30,000 frames of 20 ms; at most 5 s (250 frames) queued, 3 s of it played.
+    assert!(dropped >= 29_000, "only {dropped} frames dropped:\n{metrics}");
+    assert!(peak < before + 32 * 1024, "peak RSS grew from {before} to {peak} KiB");
 }
 
 #[test]

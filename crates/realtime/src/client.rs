@@ -208,10 +208,19 @@ impl RealtimeSender {
         }
     }
 
-    /// Sends a normal Close (1000) and flushes; errors are irrelevant at this point.
+    /// Sends a normal Close (1000) and flushes; errors are irrelevant at this point. Bounded by
+    /// the send timeout: a server that stopped reading must not hold the call's task.
     pub async fn close(&mut self) {
-        let _ = self.sink.send(Message::Close(None)).await;
-        let _ = self.sink.close().await;
+        let closing = async {
+            let _ = self.sink.send(Message::Close(None)).await;
+            let _ = self.sink.close().await;
+        };
+        match self.send_timeout {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, closing).await;
+            }
+            None => closing.await,
+        }
     }
 }
 
