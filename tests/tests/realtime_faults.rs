@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use switchboard_e2e::pcap::{self, RtpPacket};
 use switchboard_e2e::procs::{Capture, Gateway, Sim};
-use switchboard_e2e::{Ports, audio, sipp, tools};
+use switchboard_e2e::{Ports, audio, sip_raw, sipp, tools};
 
 /// `connect_timeout_ms` in the harness's generated gateway config.
 const SETUP_DEADLINE: Duration = Duration::from_millis(3000);
@@ -73,7 +73,7 @@ fn a_server_that_never_sends_session_created_gets_503_within_the_deadline() {
 
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn an_error_for_session_update_gets_503_and_no_answer() {
+fn session_update_error_gets_503_and_a_delayed_offer_gets_no_sdp_offer() {
     let test = "error_for_session_update";
     let ports = Ports::for_slot(39);
     let dir = tools::scratch_dir(test);
@@ -90,6 +90,21 @@ fn an_error_for_session_update_gets_503_and_no_answer() {
         !events.iter().any(|e| e["direction"] == "client" && e["event"]["type"] == "input_audio_buffer.append"),
         "audio was sent to a session whose formats were never confirmed"
     );
+
+    // An INVITE without SDP (delayed offer): 488 with its own reason, not `no_common_codec`.
+    let invite = "INVITE sip:15550001000@127.0.0.1 SIP/2.0\n\
+                  Via: SIP/2.0/UDP LOCAL;branch=z9hG4bK-delayed-offer\n\
+                  From: <sip:caller@127.0.0.1>;tag=abc\n\
+                  To: <sip:15550001000@127.0.0.1>\n\
+                  Call-ID: delayed-offer\n\
+                  CSeq: 1 INVITE\n\
+                  Contact: <sip:caller@LOCAL>\n\
+                  Max-Forwards: 70\n\
+                  Content-Length: 0\n\n";
+    let answers = sip_raw::exchange(gateway.sip_addr(), invite, Duration::from_millis(800));
+    assert!(answers.iter().any(|a| sip_raw::status_of(a) == Some(488)), "delayed offer: {answers:?}");
+    assert_recorded(&gateway, "refused", "no_sdp_offer");
+    assert!(!gateway.metrics().contains(r#"reason="no_common_codec""#), "{}", gateway.metrics());
 }
 
 #[test]
