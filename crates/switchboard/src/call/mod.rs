@@ -165,6 +165,10 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     let (mut realtime_tx, mut realtime_rx, confirmed) = match opened {
         Ok(session) => session,
         Err(refusal) => {
+            if is_cancelled(&mut invite) {
+                // The CANCEL came in while the refusal was being decided: 487 has been sent.
+                return CallEnd::CallerCancelled;
+            }
             warn!(reason = ?refusal, "Realtime session not confirmed; refusing the call");
             return refuse(state, invite, refusal);
         }
