@@ -1,6 +1,8 @@
 //! WebSocket client for the Realtime API (reference §1.1): `wss://` in production, `ws://` for
 //! the local simulator. The binary installs the rustls crypto provider before the first connect.
 
+use std::time::{Duration, Instant};
+
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpStream;
@@ -15,8 +17,14 @@ use crate::events::{ClientEvent, EventError, ServerEvent};
 /// Initial WebSocket read buffer.
 const READ_BUFFER_BYTES: usize = 8 * 1024;
 
-/// `conversation.item.retrieved` carries full audio (§1.1): allow large messages.
-const MAX_MESSAGE_BYTES: usize = 256 * 1024 * 1024;
+/// Default cap on one server message (and frame). The gateway never asks for
+/// `conversation.item.retrieved` (the only event carrying whole items of audio, §1.1); audio
+/// deltas are a few KiB. A larger message is refused before its payload is buffered, so one
+/// hostile or broken server cannot make a call hold hundreds of MiB.
+pub const DEFAULT_MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// The longest a server error body is kept (it is logged; the server is not trusted).
+const MAX_ERROR_BODY_CHARS: usize = 300;
 
 type Socket = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
@@ -29,13 +37,31 @@ pub struct ConnectConfig {
     pub api_key: String,
 }
 
+/// Per-connection bounds, chosen by the gateway's configuration.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectLimits {
+    /// Largest server message (and frame) accepted; a larger one fails the receiver with
+    /// [`ClientError::MessageTooLarge`].
+    pub max_message_bytes: usize,
+    /// How long one send may wait for the socket to take its bytes (a peer that stopped
+    /// reading); `None`: no bound.
+    pub send_timeout: Option<Duration>,
+}
+
+impl Default for ConnectLimits {
+    fn default() -> Self {
+        Self { max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES, send_timeout: None }
+    }
+}
+
 /// Why the WebSocket session could not be opened.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
     /// The URL (or a header built from the config) is not usable.
     #[error("bad Realtime URL {url}: {reason}")]
     BadUrl { url: String, reason: String },
-    /// The server answered the upgrade with an HTTP error (§1.3), e.g. 401 or 403.
+    /// The server answered the upgrade with an HTTP error (§1.3), e.g. 401 or 403. `body` is
+    /// cut to a few hundred characters.
     #[error("Realtime upgrade rejected with HTTP {status}: {body}")]
     Rejected { status: u16, body: String },
     /// TCP, TLS or WebSocket handshake failure.
@@ -56,6 +82,14 @@ pub enum ClientError {
     /// A client event that could not be serialized.
     #[error("could not encode client event: {0}")]
     Encode(#[source] serde_json::Error),
+    /// The server sent a message larger than [`ConnectLimits::max_message_bytes`]; the
+    /// connection is unusable after it.
+    #[error("Realtime server message of {size} bytes exceeds the {max_size}-byte limit")]
+    MessageTooLarge { size: usize, max_size: usize },
+    /// A send did not complete within [`ConnectLimits::send_timeout`]: the server stopped
+    /// reading.
+    #[error("Realtime send blocked for more than {0:?}")]
+    SendTimeout(Duration),
     /// The socket failed.
     #[error("Realtime transport error: {0}")]
     Transport(#[from] tungstenite::Error),
@@ -65,6 +99,7 @@ pub enum ClientError {
 #[derive(Debug)]
 pub struct RealtimeSender {
     sink: SplitSink<Socket, Message>,
+    send_timeout: Option<Duration>,
 }
 
 /// The receiving half of a session.
@@ -72,6 +107,9 @@ pub struct RealtimeSender {
 pub struct RealtimeReceiver {
     stream: SplitStream<Socket>,
     finished: bool,
+    /// When the last frame of any kind (text, binary, ping, pong, close) arrived: what the
+    /// watchdog ([`Keepalive`]) feeds on.
+    last_frame_at: Instant,
 }
 
 /// Builds the request URL: appends `model=<model>` unless the query already names a model.
@@ -100,8 +138,16 @@ fn encode_query(value: &str) -> String {
     out
 }
 
-/// Opens a Realtime session: `Authorization: Bearer <key>`, no `OpenAI-Beta` header (GA).
+/// Opens a Realtime session with the default [`ConnectLimits`].
 pub async fn connect(cfg: &ConnectConfig) -> Result<(RealtimeSender, RealtimeReceiver), ConnectError> {
+    connect_with_limits(cfg, ConnectLimits::default()).await
+}
+
+/// Opens a Realtime session: `Authorization: Bearer <key>`, no `OpenAI-Beta` header (GA).
+pub async fn connect_with_limits(
+    cfg: &ConnectConfig,
+    limits: ConnectLimits,
+) -> Result<(RealtimeSender, RealtimeReceiver), ConnectError> {
     let url = request_url(cfg);
     let bad_url = |reason: String| ConnectError::BadUrl { url: url.clone(), reason };
     if !(url.starts_with("ws://") || url.starts_with("wss://")) {
@@ -117,39 +163,73 @@ pub async fn connect(cfg: &ConnectConfig) -> Result<(RealtimeSender, RealtimeRec
     // deltas are a few KiB; the codec grows the buffer itself for a larger frame.
     let config = WebSocketConfig::default()
         .read_buffer_size(READ_BUFFER_BYTES)
-        .max_message_size(Some(MAX_MESSAGE_BYTES))
-        .max_frame_size(Some(MAX_MESSAGE_BYTES));
+        .max_message_size(Some(limits.max_message_bytes))
+        .max_frame_size(Some(limits.max_message_bytes));
     let (socket, _response) =
         tokio_tungstenite::connect_async_with_config(request, Some(config), true).await.map_err(|e| match e {
             tungstenite::Error::Http(response) => {
                 let status = response.status().as_u16();
-                let body =
-                    response.body().as_deref().map(|b| String::from_utf8_lossy(b).into_owned()).unwrap_or_default();
+                let body = response
+                    .body()
+                    .as_deref()
+                    .map(|b| String::from_utf8_lossy(b).chars().take(MAX_ERROR_BODY_CHARS).collect())
+                    .unwrap_or_default();
                 ConnectError::Rejected { status, body }
             }
             tungstenite::Error::Url(e) => bad_url(e.to_string()),
             other => ConnectError::Transport(other),
         })?;
     let (sink, stream) = socket.split();
-    Ok((RealtimeSender { sink }, RealtimeReceiver { stream, finished: false }))
+    Ok((
+        RealtimeSender { sink, send_timeout: limits.send_timeout },
+        RealtimeReceiver { stream, finished: false, last_frame_at: Instant::now() },
+    ))
 }
 
 impl RealtimeSender {
     /// Sends one client event as a text frame.
     pub async fn send(&mut self, event: &ClientEvent) -> Result<(), ClientError> {
         let text = serde_json::to_string(event).map_err(ClientError::Encode)?;
-        self.sink.send(Message::text(text)).await?;
-        Ok(())
+        self.send_message(Message::text(text)).await
     }
 
-    /// Sends a normal Close (1000) and flushes; errors are irrelevant at this point.
+    /// Sends a WebSocket Ping (RFC 6455 §5.5.2); the server's Pong is traffic for the watchdog.
+    pub async fn ping(&mut self) -> Result<(), ClientError> {
+        self.send_message(Message::Ping(Vec::<u8>::new().into())).await
+    }
+
+    async fn send_message(&mut self, message: Message) -> Result<(), ClientError> {
+        match self.send_timeout {
+            Some(limit) => match tokio::time::timeout(limit, self.sink.send(message)).await {
+                Ok(result) => Ok(result?),
+                Err(_) => Err(ClientError::SendTimeout(limit)),
+            },
+            None => Ok(self.sink.send(message).await?),
+        }
+    }
+
+    /// Sends a normal Close (1000) and flushes; errors are irrelevant at this point. Bounded by
+    /// the send timeout: a server that stopped reading must not hold the call's task.
     pub async fn close(&mut self) {
-        let _ = self.sink.send(Message::Close(None)).await;
-        let _ = self.sink.close().await;
+        let closing = async {
+            let _ = self.sink.send(Message::Close(None)).await;
+            let _ = self.sink.close().await;
+        };
+        match self.send_timeout {
+            Some(limit) => {
+                let _ = tokio::time::timeout(limit, closing).await;
+            }
+            None => closing.await,
+        }
     }
 }
 
 impl RealtimeReceiver {
+    /// When the last frame of any kind arrived (the connect time before the first one).
+    pub fn last_frame_at(&self) -> Instant {
+        self.last_frame_at
+    }
+
     /// The next server event. Cancel-safe (use it in `tokio::select!`). Pings are answered by
     /// the WebSocket layer. A Close frame yields `Err(ClientError::Closed)`, then `None`.
     pub async fn recv(&mut self) -> Option<Result<ServerEvent, ClientError>> {
@@ -163,15 +243,19 @@ impl RealtimeReceiver {
                     return None;
                 }
                 Some(Err(e)) => {
-                    if matches!(e, tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed) {
-                        self.finished = true;
-                        return None;
-                    }
                     self.finished = true;
-                    return Some(Err(ClientError::Transport(e)));
+                    return match e {
+                        tungstenite::Error::ConnectionClosed | tungstenite::Error::AlreadyClosed => None,
+                        tungstenite::Error::Capacity(tungstenite::error::CapacityError::MessageTooLong {
+                            size,
+                            max_size,
+                        }) => Some(Err(ClientError::MessageTooLarge { size, max_size })),
+                        other => Some(Err(ClientError::Transport(other))),
+                    };
                 }
                 Some(Ok(message)) => message,
             };
+            self.last_frame_at = Instant::now();
             match message {
                 Message::Text(text) => {
                     return Some(ServerEvent::from_json(text.as_str()).map_err(ClientError::from));
@@ -196,10 +280,109 @@ impl RealtimeReceiver {
     }
 }
 
+/// What the connection's keepalive wants done now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeepaliveAction {
+    /// Nothing due yet.
+    Wait,
+    /// Send a WebSocket Ping now.
+    SendPing,
+    /// No frame at all for the watchdog period: count the connection as dropped.
+    Dead { silent_for: Duration },
+}
+
+/// Pings and the no-traffic watchdog of one Realtime connection, sans-IO: the shell feeds the
+/// time of the last received frame and sleeps until [`Keepalive::next_deadline`].
+///
+/// A healthy server answers every Ping with a Pong (RFC 6455 §5.5.2), so with pings every
+/// `ping_interval` a connection that stays silent for `watchdog` (several intervals) is dead or
+/// wedged, even while neither side has anything to say (a silent caller, no response).
+#[derive(Debug, Clone)]
+pub struct Keepalive {
+    ping_interval: Duration,
+    watchdog: Duration,
+    last_traffic: Instant,
+    next_ping: Instant,
+}
+
+impl Keepalive {
+    /// Starts counting at `now` (the connection is known alive).
+    pub fn new(now: Instant, ping_interval: Duration, watchdog: Duration) -> Self {
+        Self { ping_interval, watchdog, last_traffic: now, next_ping: now + ping_interval }
+    }
+
+    /// A frame arrived at `at` (any kind). Older times are ignored.
+    pub fn on_traffic(&mut self, at: Instant) {
+        self.last_traffic = self.last_traffic.max(at);
+    }
+
+    /// When [`Keepalive::poll`] has something to do next.
+    pub fn next_deadline(&self) -> Instant {
+        self.next_ping.min(self.last_traffic + self.watchdog)
+    }
+
+    /// The watchdog first, then the ping schedule. A ping is sent at most once per call, even
+    /// after a long stall of the caller's task (missed pings are not sent in a burst).
+    pub fn poll(&mut self, now: Instant) -> KeepaliveAction {
+        let silent_for = now.saturating_duration_since(self.last_traffic);
+        if silent_for >= self.watchdog {
+            return KeepaliveAction::Dead { silent_for };
+        }
+        if now >= self.next_ping {
+            self.next_ping = now + self.ping_interval;
+            return KeepaliveAction::SendPing;
+        }
+        KeepaliveAction::Wait
+    }
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+
+    const SECOND: Duration = Duration::from_secs(1);
+
+    #[test]
+    fn keepalive_pings_on_schedule_while_traffic_flows() {
+        let t0 = Instant::now();
+        let mut keepalive = Keepalive::new(t0, 5 * SECOND, 15 * SECOND);
+        assert_eq!(keepalive.next_deadline(), t0 + 5 * SECOND);
+        assert_eq!(keepalive.poll(t0 + 4 * SECOND), KeepaliveAction::Wait);
+        assert_eq!(keepalive.poll(t0 + 5 * SECOND), KeepaliveAction::SendPing);
+        assert_eq!(keepalive.poll(t0 + 5 * SECOND), KeepaliveAction::Wait, "one ping per interval");
+        // The pong arrives; an hour of pings and pongs never trips the watchdog.
+        for tick in 1..=720u32 {
+            let now = t0 + 5 * SECOND * tick;
+            keepalive.on_traffic(now + Duration::from_millis(20));
+            assert!(!matches!(keepalive.poll(now + SECOND), KeepaliveAction::Dead { .. }));
+        }
+    }
+
+    #[test]
+    fn keepalive_declares_a_silent_connection_dead_after_the_watchdog_period() {
+        let t0 = Instant::now();
+        let mut keepalive = Keepalive::new(t0, 5 * SECOND, 15 * SECOND);
+        keepalive.on_traffic(t0 + 2 * SECOND);
+        assert_eq!(keepalive.poll(t0 + 5 * SECOND), KeepaliveAction::SendPing);
+        assert_eq!(keepalive.poll(t0 + 10 * SECOND), KeepaliveAction::SendPing);
+        assert_eq!(keepalive.poll(t0 + 15 * SECOND), KeepaliveAction::SendPing);
+        // Last frame at 2 s: dead at 17 s, and the deadline says so.
+        assert_eq!(keepalive.next_deadline(), t0 + 17 * SECOND);
+        assert_eq!(keepalive.poll(t0 + 17 * SECOND), KeepaliveAction::Dead { silent_for: 15 * SECOND });
+        // Stale traffic reports do not move the clock backwards.
+        keepalive.on_traffic(t0);
+        assert!(matches!(keepalive.poll(t0 + 17 * SECOND), KeepaliveAction::Dead { .. }));
+    }
+
+    #[test]
+    fn keepalive_does_not_burst_missed_pings() {
+        let t0 = Instant::now();
+        let mut keepalive = Keepalive::new(t0, 5 * SECOND, 60 * SECOND);
+        assert_eq!(keepalive.poll(t0 + 30 * SECOND), KeepaliveAction::SendPing);
+        assert_eq!(keepalive.poll(t0 + 30 * SECOND), KeepaliveAction::Wait);
+        assert_eq!(keepalive.next_deadline(), t0 + 35 * SECOND);
+    }
 
     fn cfg(url: &str) -> ConnectConfig {
         ConnectConfig { url: url.to_owned(), model: "gpt-realtime-2.1".to_owned(), api_key: "sk-test".to_owned() }

@@ -5,10 +5,15 @@
 
 pub mod client;
 pub mod conversation;
+pub mod error_code;
 pub mod events;
 mod items;
 mod session;
 
-pub use client::{ClientError, ConnectConfig, ConnectError, RealtimeReceiver, RealtimeSender, connect};
+pub use client::{
+    ClientError, ConnectConfig, ConnectError, ConnectLimits, Keepalive, KeepaliveAction, RealtimeReceiver,
+    RealtimeSender, connect, connect_with_limits,
+};
 pub use conversation::{Conversation, ItemTag, Truncate};
+pub use error_code::ErrorCode;
 pub use events::{ClientEvent, EventError, ServerEvent};

@@ -3,6 +3,8 @@
 use std::str::FromStr;
 use std::time::Duration;
 
+use switchboard_realtime::events::AudioFormat;
+
 /// How the simulator behaves.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SimConfig {
@@ -21,6 +23,42 @@ pub struct SimConfig {
     /// Events kept per session log; later ones are only counted (bounded memory under load).
     /// 0 keeps no session logs at all, for a long-running in-process simulator.
     pub log_limit: usize,
+    /// Misbehaviours for tests of the gateway's error handling; all off by default.
+    pub faults: Faults,
+}
+
+/// Ways the simulator can misbehave (reference §1.3 and §7 describe how the real API fails).
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Faults {
+    /// Refuse the WebSocket upgrade with this HTTP status and an API-shaped error body.
+    pub reject_upgrade: Option<u16>,
+    /// Accept the upgrade, then never send anything (no `session.created`, no answers, pongs
+    /// only from the WebSocket layer).
+    pub silent: bool,
+    /// Answer `session.update` with an `error` (`invalid_value`) instead of `session.updated`.
+    pub refuse_session_update: bool,
+    /// Confirm every `session.update` with this audio format both ways, whatever was asked.
+    pub updated_format: Option<AudioFormat>,
+    /// Wait this long before answering `session.update`.
+    pub session_update_delay: Duration,
+    /// This long after the upgrade, stop reading and sending altogether (no events, no
+    /// pongs), as a server under SIGSTOP or behind a dead network path.
+    pub stall_after: Option<Duration>,
+    /// One second after the first `session.updated`, send one text message of this many bytes.
+    pub huge_message_bytes: Option<usize>,
+    /// Responses triggered by the caller's speech end `failed` (`server_error`) without audio;
+    /// client `response.create` (greeting, apology) still answers with the greeting tone.
+    pub fail_vad_responses: bool,
+}
+
+/// `--updated-format`: `pcm` (24 kHz), `pcmu` or `pcma`.
+pub fn parse_audio_format(text: &str) -> Result<AudioFormat, ParseError> {
+    match text.trim() {
+        "pcm" | "audio/pcm" => Ok(AudioFormat::PCM24K),
+        "pcmu" | "audio/pcmu" => Ok(AudioFormat::Pcmu),
+        "pcma" | "audio/pcma" => Ok(AudioFormat::Pcma),
+        other => Err(ParseError { what: "audio format", value: other.to_owned(), expected: "pcm, pcmu or pcma" }),
+    }
 }
 
 impl Default for SimConfig {
@@ -33,6 +71,7 @@ impl Default for SimConfig {
             max_session: Duration::from_secs(60 * 60),
             seed: 0,
             log_limit: 100_000,
+            faults: Faults::default(),
         }
     }
 }

@@ -353,9 +353,32 @@ impl SimSession {
             let id = self.event_id();
             return vec![Outgoing::Event(error_event(id, code, &message, Some(&param), client_event_id))];
         }
+        if self.cfg.faults.refuse_session_update {
+            // Fault mode: the update is refused and the session keeps its defaults (PCM 24 kHz).
+            let id = self.event_id();
+            let message = "Invalid value for 'session.audio.input.format' (simulated fault).";
+            return vec![Outgoing::Event(error_event(
+                id,
+                "invalid_value",
+                message,
+                Some("session.audio.input.format"),
+                client_event_id,
+            ))];
+        }
         let old_input = self.input_format;
         let old_turn = self.turn_detection();
         merge_session(&mut self.session, update);
+        if let Some(format) = self.cfg.faults.updated_format {
+            // Fault mode: the server keeps (or picks) another audio format than the one asked for.
+            if let Some(audio) = self.session.audio.as_mut() {
+                if let Some(input) = audio.input.as_mut() {
+                    input.format = Some(format);
+                }
+                if let Some(output) = audio.output.as_mut() {
+                    output.format = Some(format);
+                }
+            }
+        }
         self.input_format = self
             .session
             .audio
@@ -625,6 +648,10 @@ impl SimSession {
                 Behaviour::Monologue { ms } => ReplySource::Monologue { ms },
             };
             out.extend(self.start_response(now, source, None));
+            if self.cfg.faults.fail_vad_responses {
+                // Fault mode: the caller-triggered response fails before any audio.
+                out.extend(self.finish_active(ResponseStatus::Failed, None));
+            }
         }
         out
     }
@@ -1257,11 +1284,23 @@ impl SimSession {
                 "text_tokens": text_tokens, "audio_tokens": audio_tokens
             })),
         };
-        let details = reason.map(|reason| StatusDetails {
-            kind: Some("cancelled".to_owned()),
-            reason: Some(reason.to_owned()),
-            error: None,
-        });
+        let details = match status {
+            // §4.3: `failed` carries `error{type,code,message}`.
+            ResponseStatus::Failed => Some(StatusDetails {
+                kind: Some("failed".to_owned()),
+                reason: None,
+                error: Some(serde_json::json!({
+                    "type": "server_error",
+                    "code": "server_error",
+                    "message": "The server had an error while processing your request (simulated fault).",
+                })),
+            }),
+            _ => reason.map(|reason| StatusDetails {
+                kind: Some("cancelled".to_owned()),
+                reason: Some(reason.to_owned()),
+                error: None,
+            }),
+        };
         let mut response_obj = self.response_object(status, details, vec![item], Some(usage));
         response_obj.id = rid;
         response_obj.conversation_id = response.conversation_id.clone();
@@ -2011,6 +2050,65 @@ mod tests {
         append_pcmu(&mut sim, t0, &audio::sine(440.0, 8000, 200, 0.5));
         let out = sim.poll(t0 + Duration::from_secs(7));
         assert!(!types(&out).contains(&"input_audio_buffer.timeout_triggered".to_owned()));
+    }
+
+    #[test]
+    fn fault_refuse_session_update_answers_with_an_error_and_keeps_the_defaults() {
+        let now = Instant::now();
+        let mut cfg = cfg(4.0);
+        cfg.faults.refuse_session_update = true;
+        let mut sim = open(cfg, now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","event_id":"evt_session_config",
+            "session":{"type":"realtime","audio":{"input":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        let error = error_of(&out);
+        assert_eq!(error.code.as_deref(), Some("invalid_value"));
+        assert_eq!(error.event_id.as_deref(), Some("evt_session_config"));
+        assert_eq!(sim.input_format, AudioFormat::PCM24K);
+    }
+
+    #[test]
+    fn fault_updated_format_overrides_what_was_asked() {
+        let now = Instant::now();
+        let mut cfg = cfg(4.0);
+        cfg.faults.updated_format = Some(AudioFormat::Pcma);
+        let mut sim = open(cfg, now);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime",
+            "audio":{"input":{"format":{"type":"audio/pcmu"}},"output":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        let [ServerEvent::SessionUpdated(updated)] = events(&out).as_slice() else { panic!("{out:?}") };
+        let audio = updated.session.audio.as_ref().unwrap();
+        assert_eq!(audio.input.as_ref().unwrap().format, Some(AudioFormat::Pcma));
+        assert_eq!(audio.output.as_ref().unwrap().format, Some(AudioFormat::Pcma));
+    }
+
+    #[test]
+    fn fault_fail_vad_responses_ends_turns_failed_but_client_responses_still_speak() {
+        let now = Instant::now();
+        let mut cfg = cfg(0.0);
+        cfg.faults.fail_vad_responses = true;
+        let mut sim = open(cfg, now);
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let Some(ServerEvent::ResponseDone(done)) =
+            events(&out).into_iter().rev().find(|e| matches!(e, ServerEvent::ResponseDone(_)))
+        else {
+            panic!("{:?}", types(&out))
+        };
+        assert_eq!(done.response.status, ResponseStatus::Failed);
+        let error = done.response.status_details.as_ref().unwrap().error.as_ref().unwrap();
+        assert_eq!(error["code"], "server_error");
+        assert!(!types(&out).contains(&"response.output_audio.delta".to_owned()), "no audio in a failed response");
+        // The client's response.create (the gateway's apology) is answered with audio.
+        let out = send(&mut sim, now, json!({"type":"response.create","event_id":"evt_apology"}));
+        let out = [out, sim.poll(now + Duration::from_secs(5))].concat();
+        assert!(types(&out).contains(&"response.output_audio.delta".to_owned()), "{:?}", types(&out));
     }
 
     #[test]

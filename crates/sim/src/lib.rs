@@ -11,6 +11,6 @@ mod core;
 mod server;
 mod vad;
 
-pub use crate::config::{Behaviour, BurstPattern, ParseError, SimConfig, Tone};
+pub use crate::config::{Behaviour, BurstPattern, Faults, ParseError, SimConfig, Tone, parse_audio_format};
 pub use crate::core::{Outgoing, SESSION_EXPIRED_MESSAGE, SimSession};
 pub use crate::server::{Direction, LoggedEvent, RunningSimulator, SessionLog, Simulator};

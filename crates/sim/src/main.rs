@@ -4,7 +4,8 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use switchboard_sim::{Behaviour, BurstPattern, SimConfig, Simulator, Tone};
+use switchboard_realtime::events::AudioFormat;
+use switchboard_sim::{Behaviour, BurstPattern, Faults, SimConfig, Simulator, Tone, parse_audio_format};
 
 /// Serve a simulated OpenAI Realtime API (GA) on ws://LISTEN/v1/realtime.
 #[derive(Debug, Parser)]
@@ -40,6 +41,34 @@ struct Args {
     /// Events kept per session log.
     #[arg(long, default_value_t = 100_000)]
     log_limit: usize,
+    /// Fault: refuse the WebSocket upgrade with this HTTP status (e.g. 401, 429, 503).
+    #[arg(long, value_name = "STATUS", value_parser = clap::value_parser!(u16).range(400..=599))]
+    reject_upgrade: Option<u16>,
+    /// Fault: accept the upgrade, then never send anything (no session.created).
+    #[arg(long)]
+    no_session_created: bool,
+    /// Fault: answer session.update with an `error` instead of session.updated.
+    #[arg(long)]
+    refuse_session_update: bool,
+    /// Fault: confirm session.update with this audio format both ways: pcm, pcmu or pcma.
+    #[arg(long, value_name = "FORMAT", value_parser = parse_format)]
+    updated_format: Option<AudioFormat>,
+    /// Fault: wait this long before answering session.update.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    session_update_delay_ms: u64,
+    /// Fault: this many seconds after the upgrade, stop reading and sending (no pongs either).
+    #[arg(long, value_name = "SECS")]
+    stall_after_secs: Option<f64>,
+    /// Fault: one second after session.updated, send one text message of this many bytes.
+    #[arg(long, value_name = "BYTES")]
+    huge_message_bytes: Option<usize>,
+    /// Fault: responses to the caller's speech end `failed` (server_error), without audio.
+    #[arg(long)]
+    fail_responses: bool,
+}
+
+fn parse_format(text: &str) -> Result<AudioFormat, String> {
+    parse_audio_format(text).map_err(|e| e.to_string())
 }
 
 #[tokio::main]
@@ -59,6 +88,16 @@ async fn main() -> std::io::Result<()> {
         max_session: Duration::from_secs(args.max_session_secs),
         seed: args.seed,
         log_limit: args.log_limit,
+        faults: Faults {
+            reject_upgrade: args.reject_upgrade,
+            silent: args.no_session_created,
+            refuse_session_update: args.refuse_session_update,
+            updated_format: args.updated_format,
+            session_update_delay: Duration::from_millis(args.session_update_delay_ms),
+            stall_after: args.stall_after_secs.filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64),
+            huge_message_bytes: args.huge_message_bytes,
+            fail_vad_responses: args.fail_responses,
+        },
     };
     let sim = Simulator::start(cfg, args.listen).await?;
     println!("{}", sim.url());

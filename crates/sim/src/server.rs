@@ -165,6 +165,22 @@ fn unauthorized(message: &str) -> Response {
     (StatusCode::UNAUTHORIZED, Json(body)).into_response()
 }
 
+/// Fault mode: the upgrade answered with an HTTP error and an API-shaped body (§1.3).
+fn rejected_upgrade(status: u16) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::SERVICE_UNAVAILABLE);
+    let (kind, code) = match status.as_u16() {
+        401 => ("invalid_request_error", "invalid_api_key"),
+        403 => ("invalid_request_error", "unsupported_country_region_territory"),
+        429 => ("requests", "rate_limit_exceeded"),
+        _ => ("server_error", "server_error"),
+    };
+    let body = json!({"error": {
+        "message": format!("Simulated upgrade refusal with HTTP {}.", status.as_u16()),
+        "type": kind, "param": null, "code": code
+    }});
+    (status, Json(body)).into_response()
+}
+
 async fn realtime(
     State(state): State<Arc<AppState>>,
     headers: HeaderMap,
@@ -188,6 +204,9 @@ async fn realtime(
         && key != expected
     {
         return unauthorized("Incorrect API key provided.");
+    }
+    if let Some(status) = state.cfg.faults.reject_upgrade {
+        return rejected_upgrade(status);
     }
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
@@ -295,6 +314,30 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
         return;
     }
 
+    let faults = state.cfg.faults.clone();
+    if faults.silent {
+        // Fault mode: upgraded, then nothing. Reading keeps the socket open (the WebSocket layer
+        // still answers pings); nothing is ever sent.
+        tracing::info!("simulated session opened in silent fault mode");
+        let mut shutdown = state.shutdown.clone();
+        loop {
+            tokio::select! {
+                message = stream.next() => match message {
+                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => break,
+                    Some(Ok(_)) => continue,
+                },
+                _ = shutdown.wait_for(|stopped| *stopped) => break,
+            }
+        }
+        lock(&log).closed = true;
+        return;
+    }
+    let stall_at = faults.stall_after.map(|after| tokio::time::Instant::now() + after);
+    let mut huge_at: Option<tokio::time::Instant> = None;
+    let mut stalled = false;
+    let mut send_huge = false;
+    let mut delay = std::time::Duration::ZERO;
+
     let n = state.sessions_started.fetch_add(1, Ordering::Relaxed);
     let seed = state.cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let unix_secs = i64::try_from(unix_us() / 1_000_000).unwrap_or(0);
@@ -307,13 +350,32 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
     while open {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
         let outgoing = tokio::select! {
+            _ = sleep_until_some(stall_at) => {
+                stalled = true;
+                break;
+            }
+            _ = sleep_until_some(huge_at) => {
+                huge_at = None;
+                send_huge = true;
+                Vec::new()
+            }
             message = stream.next() => match message {
                 Some(Ok(Message::Text(text))) => {
                     let now = Instant::now();
                     match serde_json::from_str::<Value>(text.as_str()) {
                         Ok(value) => {
                             record(&log, limit, Direction::Client, value.clone());
-                            session.handle_value(now, value)
+                            if value.get("type").and_then(Value::as_str) == Some("session.update") {
+                                delay = faults.session_update_delay;
+                            }
+                            let outgoing = session.handle_value(now, value);
+                            let updated = outgoing
+                                .iter()
+                                .any(|o| matches!(o, Outgoing::Event(ServerEvent::SessionUpdated(_))));
+                            if updated && huge_at.is_none() && faults.huge_message_bytes.is_some() {
+                                huge_at = Some(tokio::time::Instant::now() + std::time::Duration::from_secs(1));
+                            }
+                            outgoing
                         }
                         Err(_) => {
                             record(&log, limit, Direction::Client, json!({"unparsed": text.as_str()}));
@@ -329,11 +391,47 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
                 vec![Outgoing::Close { code: 1001, reason: "simulator shutting down".to_owned() }]
             }
         };
+        if !delay.is_zero() {
+            // Fault mode: a slow session.update answer (nothing else is read meanwhile).
+            tokio::time::sleep(std::mem::take(&mut delay)).await;
+        }
+        if std::mem::take(&mut send_huge) {
+            let size = faults.huge_message_bytes.unwrap_or(0);
+            tracing::info!(size, "sending one huge message (fault mode)");
+            if sink.send(Message::text(huge_message(size))).await.is_err() {
+                break;
+            }
+        }
         open = deliver(&mut sink, &log, limit, outgoing).await;
+    }
+    if stalled {
+        // Fault mode: frozen. No reads (so no pongs either), no writes, until shutdown.
+        tracing::info!(session_id = %lock(&log).session_id, "simulated session stalled");
+        let _ = shutdown.wait_for(|stopped| *stopped).await;
     }
     let _ = sink.close().await;
     lock(&log).closed = true;
     tracing::info!(session_id = %lock(&log).session_id, "simulated session closed");
+}
+
+/// Sleeps until `at`, or forever when there is no such time.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// A valid audio delta event padded to about `size` bytes (fault mode: one huge message).
+fn huge_message(size: usize) -> String {
+    let head = r#"{"type":"response.output_audio.delta","event_id":"event_huge","response_id":"resp_huge","item_id":"item_huge","output_index":0,"content_index":0,"delta":""#;
+    let tail = r#""}"#;
+    let padding = size.saturating_sub(head.len() + tail.len()) / 4 * 4;
+    let mut text = String::with_capacity(head.len() + padding + tail.len());
+    text.push_str(head);
+    text.extend(std::iter::repeat_n('/', padding));
+    text.push_str(tail);
+    text
 }
 
 #[cfg(test)]

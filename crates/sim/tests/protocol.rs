@@ -410,3 +410,78 @@ async fn conversation_truncate_after_barge_in_is_accepted() {
     assert_eq!(t.audio_end_ms, played * 20);
     sim.shutdown().await;
 }
+
+fn sim_config_with(faults: switchboard_sim::Faults) -> SimConfig {
+    SimConfig { faults, ..SimConfig::default() }
+}
+
+fn connect_config(sim: &RunningSimulator) -> ConnectConfig {
+    ConnectConfig { url: sim.url(), model: "gpt-realtime-2.1".into(), api_key: "sk-test".into() }
+}
+
+#[tokio::test]
+async fn fault_reject_upgrade_is_a_rejected_connect_with_its_status() {
+    for status in [401u16, 429, 503] {
+        let faults = switchboard_sim::Faults { reject_upgrade: Some(status), ..Default::default() };
+        let sim = start(sim_config_with(faults)).await;
+        match connect(&connect_config(&sim)).await {
+            Err(ConnectError::Rejected { status: got, body }) => {
+                assert_eq!(got, status);
+                assert!(body.contains("error"), "{body}");
+            }
+            other => panic!("expected HTTP {status}, got {:?}", other.map(|_| ())),
+        }
+        sim.shutdown().await;
+    }
+}
+
+#[tokio::test]
+async fn a_message_over_the_limit_fails_the_receiver_without_buffering_it() {
+    let faults = switchboard_sim::Faults { huge_message_bytes: Some(5_000_000), ..Default::default() };
+    let sim = start(sim_config_with(faults)).await;
+    let limits = switchboard_realtime::ConnectLimits { max_message_bytes: 1024 * 1024, send_timeout: None };
+    let (mut tx, mut rx) = switchboard_realtime::connect_with_limits(&connect_config(&sim), limits).await.unwrap();
+    tx.send(&ClientEvent::SessionUpdate { event_id: None, session: Box::new(SessionConfig::realtime()) })
+        .await
+        .unwrap();
+    let outcome = tokio::time::timeout(WAIT, async {
+        loop {
+            match rx.recv().await {
+                Some(Ok(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the huge message never came");
+    match outcome {
+        Some(Err(ClientError::MessageTooLarge { size, max_size })) => {
+            assert!(size > max_size, "{size} <= {max_size}");
+            assert_eq!(max_size, 1024 * 1024);
+        }
+        other => panic!("expected MessageTooLarge, got {other:?}"),
+    }
+    assert!(rx.recv().await.is_none(), "the connection is finished after an oversized message");
+    sim.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_stalled_server_stops_answering_pings_and_the_last_frame_time_stops_moving() {
+    let faults = switchboard_sim::Faults { stall_after: Some(Duration::from_millis(1500)), ..Default::default() };
+    let sim = start(sim_config_with(faults)).await;
+    let (mut tx, mut rx) = connect(&connect_config(&sim)).await.unwrap();
+    // Drain the opening events (session.created, conversation.created).
+    while tokio::time::timeout(Duration::from_millis(100), rx.recv()).await.is_ok() {}
+    // Before the stall: a ping is answered, and the pong alone moves the last-frame time.
+    let before = rx.last_frame_at();
+    tx.ping().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert!(rx.last_frame_at() > before, "no pong before the stall");
+    // After it: nothing at all comes back.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let stalled_at = rx.last_frame_at();
+    tx.ping().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_millis(500), rx.recv()).await;
+    assert_eq!(rx.last_frame_at(), stalled_at, "a stalled server must not answer pings");
+    sim.shutdown().await;
+}

@@ -88,7 +88,18 @@ pub struct RealtimeConfig {
     /// Defaults to the `OPENAI_API_KEY` environment variable. Empty: the built-in offline agent answers.
     pub api_key: String,
     pub model: String,
+    /// The whole session setup (WebSocket connect, `session.created`, `session.updated`) must be
+    /// done within this time, or the call is refused with 503 before it is answered.
     pub connect_timeout_ms: u64,
+    /// A WebSocket Ping is sent this often during a call.
+    pub ping_interval_secs: u64,
+    /// No frame at all (events, pongs) for this long: the AI connection counts as dropped and the
+    /// call is ended with BYE (reason `agent_watchdog`).
+    pub watchdog_secs: u64,
+    /// Largest Realtime server message accepted; a larger one ends the call.
+    pub max_message_bytes: usize,
+    /// Agent audio queued for playout per call, at most; model audio beyond it is dropped.
+    pub max_queued_audio_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -133,6 +144,12 @@ pub struct AgentConfig {
     pub vad_threshold: f64,
     pub vad_prefix_padding_ms: u32,
     pub vad_silence_duration_ms: u32,
+    /// Said when a response fails (`response.done` with status `failed`) so the caller does not
+    /// hear silence; empty: nothing is said.
+    pub apology: String,
+    /// The apology is said at most once per this many seconds (a failing model is not asked
+    /// again and again).
+    pub apology_min_interval_secs: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -215,6 +232,10 @@ impl Default for RealtimeConfig {
             api_key: String::new(),
             model: "gpt-realtime-2.1".into(),
             connect_timeout_ms: 5000,
+            ping_interval_secs: 5,
+            watchdog_secs: 15,
+            max_message_bytes: 4 * 1024 * 1024,
+            max_queued_audio_secs: 120,
         }
     }
 }
@@ -249,6 +270,8 @@ impl Default for AgentConfig {
             vad_threshold: 0.5,
             vad_prefix_padding_ms: 300,
             vad_silence_duration_ms: 500,
+            apology: "Sorry, I had a problem. Could you say that again?".into(),
+            apology_min_interval_secs: 10,
         }
     }
 }
@@ -413,6 +436,24 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.realtime.model.is_empty() {
         bad("realtime.model", "must not be empty".into());
     }
+    if !(100..=60_000).contains(&cfg.realtime.connect_timeout_ms) {
+        bad("realtime.connect_timeout_ms", "must be between 100 and 60000".into());
+    }
+    if cfg.realtime.ping_interval_secs == 0 {
+        bad("realtime.ping_interval_secs", "must be at least 1".into());
+    }
+    if cfg.realtime.watchdog_secs <= cfg.realtime.ping_interval_secs {
+        bad(
+            "realtime.watchdog_secs",
+            "must be longer than realtime.ping_interval_secs (a pong needs a ping to answer)".into(),
+        );
+    }
+    if !(64 * 1024..=64 * 1024 * 1024).contains(&cfg.realtime.max_message_bytes) {
+        bad("realtime.max_message_bytes", "must be between 65536 and 67108864".into());
+    }
+    if !(1..=3600).contains(&cfg.realtime.max_queued_audio_secs) {
+        bad("realtime.max_queued_audio_secs", "must be between 1 and 3600".into());
+    }
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());
     }
@@ -433,6 +474,12 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
             bad(&key("vad_threshold"), "must be between 0 and 1".into());
         }
         check_codecs(&key("codecs"), &agent.codecs, &mut bad);
+        if agent.apology.len() > 1000 {
+            bad(&key("apology"), "must be at most 1000 bytes".into());
+        }
+        if agent.apology_min_interval_secs == 0 {
+            bad(&key("apology_min_interval_secs"), "must be at least 1".into());
+        }
         for pattern in &agent.numbers.0 {
             let digits = pattern.strip_suffix('*').unwrap_or(pattern);
             if digits.contains('*') || pattern.is_empty() {
@@ -495,6 +542,12 @@ mod tests {
         assert_eq!(cfg.media.latch_config(), defaults.media.latch_config());
         assert_eq!(defaults.media.latch_config(), switchboard_media::latch::LatchConfig::default());
         assert_eq!(cfg.realtime.model, defaults.realtime.model);
+        assert_eq!(cfg.realtime.watchdog_secs, defaults.realtime.watchdog_secs);
+        assert_eq!(cfg.realtime.ping_interval_secs, defaults.realtime.ping_interval_secs);
+        assert_eq!(cfg.realtime.max_message_bytes, defaults.realtime.max_message_bytes);
+        assert_eq!(cfg.realtime.max_queued_audio_secs, defaults.realtime.max_queued_audio_secs);
+        assert_eq!(cfg.agents["default"].apology, defaults.agents["default"].apology);
+        assert_eq!(cfg.agents["default"].apology_min_interval_secs, 10);
         assert_eq!(resolved.rtp_ports, 20000..=20999);
         assert!(cfg.agents.contains_key("default"));
     }
@@ -540,6 +593,24 @@ mod tests {
         for expected in
             ["media.rtp_probation_packets", "media.rtp_signalled_priority_ms", "media.rtp_relearn_silence_ms"]
         {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+    }
+
+    #[test]
+    fn realtime_bounds_are_checked() {
+        let f = write(
+            "[realtime]\nping_interval_secs = 10\nwatchdog_secs = 10\nmax_message_bytes = 1\n\
+             max_queued_audio_secs = 0\n[agents.default]\napology_min_interval_secs = 0\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "realtime.watchdog_secs",
+            "realtime.max_message_bytes",
+            "realtime.max_queued_audio_secs",
+            "agents.default.apology_min_interval_secs",
+        ] {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }
     }

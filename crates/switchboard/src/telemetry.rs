@@ -15,6 +15,8 @@ pub const RTP_LOST_TOTAL: &str = "switchboard_rtp_lost_total";
 pub const RTP_IGNORED_PACKETS_TOTAL: &str = "switchboard_rtp_ignored_packets_total";
 pub const REALTIME_EVENTS_UNKNOWN_TOTAL: &str = "switchboard_realtime_unknown_events_total";
 pub const REALTIME_ERRORS_TOTAL: &str = "switchboard_realtime_errors_total";
+pub const REALTIME_FAILED_RESPONSES_TOTAL: &str = "switchboard_realtime_failed_responses_total";
+pub const AGENT_AUDIO_DROPPED_FRAMES_TOTAL: &str = "switchboard_agent_audio_dropped_frames_total";
 pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
 pub const INBOUND_PROCESSING_SECONDS: &str = "switchboard_inbound_processing_seconds";
 pub const OUTBOUND_PROCESSING_SECONDS: &str = "switchboard_outbound_processing_seconds";
@@ -55,6 +57,14 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     );
     metrics::describe_counter!(REALTIME_EVENTS_UNKNOWN_TOTAL, "Realtime server events of unknown type (ignored).");
     metrics::describe_counter!(REALTIME_ERRORS_TOTAL, "Realtime `error` events by code.");
+    metrics::describe_counter!(
+        REALTIME_FAILED_RESPONSES_TOTAL,
+        "Realtime responses that ended with status `failed`, by reason."
+    );
+    metrics::describe_counter!(
+        AGENT_AUDIO_DROPPED_FRAMES_TOTAL,
+        "Agent audio frames dropped because the call's playout queue was full."
+    );
     metrics::describe_histogram!(
         RTP_SEND_LATENESS_SECONDS,
         "How late each outbound RTP packet left against its 20 ms slot."

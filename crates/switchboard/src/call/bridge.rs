@@ -23,9 +23,10 @@ use switchboard_media::latch::{LatchConfig, RtpSourceLatch, SourceVerdict};
 use switchboard_media::pacer::Pacer;
 use switchboard_media::reorder::{PushOutcome, ReorderBuffer};
 use switchboard_media::rtp;
-use switchboard_realtime::client::{ClientError, RealtimeReceiver, RealtimeSender};
+use switchboard_realtime::client::{ClientError, Keepalive, KeepaliveAction, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::conversation::{Conversation, ItemTag};
-use switchboard_realtime::events::{ClientEvent, ErrorEvent, ServerEvent};
+use switchboard_realtime::error_code::ErrorCode;
+use switchboard_realtime::events::{ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
 use switchboard_sip::{Dialog, DialogEvent};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -33,6 +34,7 @@ use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 use super::end::CallEnd;
+use super::session::{self, ApologyLimiter};
 use crate::telemetry::{self, Redacted};
 
 /// Everything the media loop needs, prepared by call setup.
@@ -54,6 +56,13 @@ pub struct Bridge {
     pub model_ms_per_byte: f64,
     pub ptime: Duration,
     pub rtp_timeout: Duration,
+    /// Pings to the Realtime server and the no-traffic watchdog.
+    pub keepalive: Keepalive,
+    /// Agent audio queued in the pacer, at most; model audio beyond it is dropped, never played.
+    pub max_queued_audio: Duration,
+    /// Said after a failed response (`None`: the agent has no apology configured).
+    pub apology: Option<String>,
+    pub apology_limiter: ApologyLimiter,
 }
 
 /// Runs until the call ends, and says why.
@@ -97,11 +106,15 @@ async fn media_loop(
     let mut framing_tag: Option<ItemTag> = None;
     let mut last_rtp_in = Instant::now();
     let ptime_ms = bridge.ptime.as_secs_f64() * 1000.0;
+    // The item whose audio is being dropped because the playout queue is full (logged once).
+    let mut overflowing_tag: Option<ItemTag> = None;
 
     loop {
         let pacer_due = tokio::time::Instant::from_std(bridge.pacer.next_deadline());
         let reorder_due = bridge.reorder.next_deadline().map(tokio::time::Instant::from_std);
         let rtp_deadline = tokio::time::Instant::from_std(last_rtp_in + bridge.rtp_timeout);
+        bridge.keepalive.on_traffic(realtime_rx.last_frame_at());
+        let keepalive_due = tokio::time::Instant::from_std(bridge.keepalive.next_deadline());
 
         tokio::select! {
             biased;
@@ -198,6 +211,9 @@ async fn media_loop(
                         warn!(error = %e, "undecodable Realtime event ignored");
                         continue;
                     }
+                    Some(Err(e @ ClientError::MessageTooLarge { .. })) => {
+                        return CallEnd::AgentMessageTooLarge(e.to_string());
+                    }
                     Some(Err(e)) => return CallEnd::AgentDisconnected(e.to_string()),
                     None => return CallEnd::AgentDisconnected("connection closed".into()),
                 };
@@ -218,8 +234,25 @@ async fn media_loop(
                         framing_tag = Some(tag);
                         frames.clear();
                         bridge.outbound.push(&audio, &mut frames);
+                        // Bounded playout queue: the model streams faster than real time, but
+                        // never minutes ahead unless it misbehaves. Policy when full: drop the
+                        // new audio (what is queued plays on; a barge-in truncates the item to
+                        // what was really played).
+                        let mut dropped = 0u64;
                         for frame in frames.drain(..) {
-                            bridge.pacer.enqueue(tag, frame);
+                            if bridge.pacer.queued_duration() >= bridge.max_queued_audio {
+                                dropped += 1;
+                            } else {
+                                bridge.pacer.enqueue(tag, frame);
+                            }
+                        }
+                        if dropped > 0 {
+                            metrics::counter!(telemetry::AGENT_AUDIO_DROPPED_FRAMES_TOTAL).increment(dropped);
+                            if overflowing_tag != Some(tag) {
+                                overflowing_tag = Some(tag);
+                                warn!(queued_ms = bridge.pacer.queued_duration().as_millis() as u64,
+                                    "agent audio queue full; dropping the rest of this item's audio");
+                            }
                         }
                         metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS).record(arrived.elapsed().as_secs_f64());
                     }
@@ -240,20 +273,53 @@ async fn media_loop(
                         }
                     }
                     ServerEvent::ResponseCreated(created) => conversation.on_response_created(&created.response.id),
-                    ServerEvent::ResponseDone(done) => conversation.on_response_done(&done.response.id),
-                    ServerEvent::Error(ErrorEvent { error, .. }) => {
-                        let code = error.code.clone().unwrap_or_default();
-                        metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => error_code_label(&code)).increment(1);
-                        if is_fatal_error_code(&code) {
-                            return CallEnd::AgentFatalError(format!("{code}: {}", error.message));
+                    ServerEvent::ResponseDone(done) => {
+                        conversation.on_response_done(&done.response.id);
+                        if done.response.status == ResponseStatus::Failed {
+                            let reason = session::failed_response_reason(done.response.status_details.as_ref());
+                            metrics::counter!(telemetry::REALTIME_FAILED_RESPONSES_TOTAL, "reason" => reason).increment(1);
+                            let apologise = bridge.apology.is_some() && bridge.apology_limiter.try_take(Instant::now());
+                            warn!(reason, response_id = %done.response.id, apologise, "Realtime response failed");
+                            // No response is active after response.done: the apology may start now.
+                            if apologise
+                                && let Some(text) = &bridge.apology
+                                && let Err(end) = send(realtime_tx, &session::apology(text)).await
+                            {
+                                return end;
+                            }
                         }
-                        warn!(code = %code, message = %error.message, "Realtime error (call continues)");
+                    }
+                    ServerEvent::Error(ErrorEvent { error, .. }) => {
+                        let code = ErrorCode::parse(error.code.as_deref());
+                        metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
+                        if code.is_fatal() {
+                            return CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message));
+                        }
+                        warn!(code = code.as_str(), message = %error.message, "Realtime error (call continues)");
                     }
                     ServerEvent::Unknown { event_type } => {
                         metrics::counter!(telemetry::REALTIME_EVENTS_UNKNOWN_TOTAL).increment(1);
                         debug!(%event_type, "unknown Realtime event ignored");
                     }
                     _ => {}
+                }
+            }
+
+            // Pings, and the watchdog: no frame at all from the Realtime server (not even a pong)
+            // for realtime.watchdog_secs means it is gone or wedged (a later issue reconnects).
+            _ = sleep_until(keepalive_due) => {
+                bridge.keepalive.on_traffic(realtime_rx.last_frame_at());
+                match bridge.keepalive.poll(Instant::now()) {
+                    KeepaliveAction::Wait => {}
+                    KeepaliveAction::SendPing => {
+                        if let Err(e) = realtime_tx.ping().await {
+                            return CallEnd::AgentDisconnected(format!("ping failed: {e}"));
+                        }
+                    }
+                    KeepaliveAction::Dead { silent_for } => {
+                        warn!(silent_ms = silent_for.as_millis() as u64, "no traffic from the Realtime server; hanging up");
+                        return CallEnd::AgentWatchdog(silent_for);
+                    }
                 }
             }
 
@@ -304,25 +370,4 @@ async fn drain_inbound(
 
 async fn send(realtime_tx: &mut RealtimeSender, event: &ClientEvent) -> Result<(), CallEnd> {
     realtime_tx.send(event).await.map_err(|e| CallEnd::AgentDisconnected(format!("send failed: {e}")))
-}
-
-/// Errors after which the session cannot go on (protocol reference §7).
-fn is_fatal_error_code(code: &str) -> bool {
-    matches!(code, "session_expired" | "invalid_api_key" | "model_not_found" | "beta_api_shape_disabled")
-}
-
-/// Error codes as a bounded label set.
-fn error_code_label(code: &str) -> &'static str {
-    const KNOWN: &[&str] = &[
-        "invalid_event",
-        "session_expired",
-        "beta_api_shape_disabled",
-        "conversation_already_has_active_response",
-        "response_cancel_not_active",
-        "input_audio_buffer_commit_empty",
-        "rate_limit_exceeded",
-        "invalid_api_key",
-        "model_not_found",
-    ];
-    KNOWN.iter().find(|k| **k == code).copied().unwrap_or("other")
 }

@@ -25,12 +25,27 @@ pub enum Refusal {
     NoRoute,
     /// 488: no codec in common, or no usable audio stream.
     NotAcceptable(String),
+    /// 488: an INVITE without an SDP offer (delayed offer, RFC 3261 §13.2.1), which the gateway
+    /// does not support yet.
+    NoSdpOffer,
     /// 503 + Retry-After: at `calls.max_concurrent`.
     Overloaded,
-    /// 503: the RTP port range is exhausted.
+    /// 503 + Retry-After: the RTP port range is exhausted.
     NoMediaPort,
-    /// 503: the Realtime session could not be opened.
+    /// 503 (+ Retry-After): the Realtime endpoint could not be reached (TCP, TLS, WebSocket).
     AgentUnavailable(String),
+    /// 503: the Realtime endpoint answered the WebSocket upgrade with an HTTP error (§1.3).
+    /// Retry-After for 429 and 5xx (try later); none for 401/403 (our key or account: retrying
+    /// will not help).
+    AgentRejectedUpgrade { status: u16, body: String },
+    /// 503 + Retry-After: connect, `session.created` and `session.updated` did not all arrive
+    /// within `realtime.connect_timeout_ms`. Says which one was missing.
+    AgentTimeout(&'static str),
+    /// 503: the session was refused after the upgrade: an `error` for our `session.update`, or
+    /// the connection closed during setup.
+    AgentSessionRefused(String),
+    /// 503: `session.updated` confirmed audio formats the media code cannot produce or play.
+    AgentFormatMismatch(String),
 }
 
 impl Refusal {
@@ -38,16 +53,44 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => (400, "Bad Request"),
             Refusal::NoRoute => (404, "Not Found"),
-            Refusal::NotAcceptable(_) => (488, "Not Acceptable Here"),
-            Refusal::Overloaded | Refusal::NoMediaPort | Refusal::AgentUnavailable(_) => (503, "Service Unavailable"),
+            Refusal::NotAcceptable(_) | Refusal::NoSdpOffer => (488, "Not Acceptable Here"),
+            Refusal::Overloaded
+            | Refusal::NoMediaPort
+            | Refusal::AgentUnavailable(_)
+            | Refusal::AgentRejectedUpgrade { .. }
+            | Refusal::AgentTimeout(_)
+            | Refusal::AgentSessionRefused(_)
+            | Refusal::AgentFormatMismatch(_) => (503, "Service Unavailable"),
+        }
+    }
+
+    /// Whether the 503 carries `Retry-After: calls.retry_after_secs` (RFC 3261 §21.5.4): only
+    /// when the condition is transient, so that a caller or proxy retrying later may succeed.
+    pub fn retry_after(&self) -> bool {
+        match self {
+            Refusal::Overloaded | Refusal::NoMediaPort | Refusal::AgentUnavailable(_) | Refusal::AgentTimeout(_) => {
+                true
+            }
+            Refusal::AgentRejectedUpgrade { status, .. } => *status == 429 || (500..=599).contains(status),
+            Refusal::BadRequest(_)
+            | Refusal::NoRoute
+            | Refusal::NotAcceptable(_)
+            | Refusal::NoSdpOffer
+            | Refusal::AgentSessionRefused(_)
+            | Refusal::AgentFormatMismatch(_) => false,
         }
     }
 
     pub fn fault(&self) -> Fault {
         match self {
             Refusal::BadRequest(_) | Refusal::NotAcceptable(_) => Fault::Caller,
-            Refusal::AgentUnavailable(_) => Fault::Upstream,
-            Refusal::NoRoute | Refusal::Overloaded | Refusal::NoMediaPort => Fault::Gateway,
+            Refusal::AgentUnavailable(_)
+            | Refusal::AgentRejectedUpgrade { .. }
+            | Refusal::AgentTimeout(_)
+            | Refusal::AgentSessionRefused(_)
+            | Refusal::AgentFormatMismatch(_) => Fault::Upstream,
+            // Delayed offer is valid SIP: the missing support is ours.
+            Refusal::NoRoute | Refusal::Overloaded | Refusal::NoMediaPort | Refusal::NoSdpOffer => Fault::Gateway,
         }
     }
 
@@ -56,9 +99,14 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::NoRoute => "no_route",
             Refusal::NotAcceptable(_) => "no_common_codec",
+            Refusal::NoSdpOffer => "no_sdp_offer",
             Refusal::Overloaded => "overloaded",
             Refusal::NoMediaPort => "no_media_port",
             Refusal::AgentUnavailable(_) => "agent_unavailable",
+            Refusal::AgentRejectedUpgrade { .. } => "agent_rejected_upgrade",
+            Refusal::AgentTimeout(_) => "agent_timeout",
+            Refusal::AgentSessionRefused(_) => "agent_session_refused",
+            Refusal::AgentFormatMismatch(_) => "agent_format_mismatch",
         }
     }
 }
@@ -79,6 +127,10 @@ pub enum CallEnd {
     AgentDisconnected(String),
     /// The Realtime API sent a fatal `error` (expired session, bad key, ...); we sent BYE.
     AgentFatalError(String),
+    /// No frame from the Realtime API (not even a pong) for `realtime.watchdog_secs`; we sent BYE.
+    AgentWatchdog(std::time::Duration),
+    /// The Realtime API sent a message over `realtime.max_message_bytes`; we sent BYE.
+    AgentMessageTooLarge(String),
     /// The gateway is shutting down; we sent BYE.
     GatewayShutdown,
 }
@@ -89,7 +141,10 @@ impl CallEnd {
             CallEnd::Refused(r) => r.fault(),
             CallEnd::CallerCancelled | CallEnd::CallerHangup => Fault::None,
             CallEnd::AckTimeout | CallEnd::RtpTimeout => Fault::Caller,
-            CallEnd::AgentDisconnected(_) | CallEnd::AgentFatalError(_) => Fault::Upstream,
+            CallEnd::AgentDisconnected(_)
+            | CallEnd::AgentFatalError(_)
+            | CallEnd::AgentWatchdog(_)
+            | CallEnd::AgentMessageTooLarge(_) => Fault::Upstream,
             CallEnd::GatewayShutdown => Fault::Gateway,
         }
     }
@@ -100,9 +155,12 @@ impl CallEnd {
             CallEnd::Refused(_) => "refused",
             CallEnd::CallerCancelled => "cancelled",
             CallEnd::CallerHangup | CallEnd::GatewayShutdown => "completed",
-            CallEnd::AckTimeout | CallEnd::RtpTimeout | CallEnd::AgentDisconnected(_) | CallEnd::AgentFatalError(_) => {
-                "failed"
-            }
+            CallEnd::AckTimeout
+            | CallEnd::RtpTimeout
+            | CallEnd::AgentDisconnected(_)
+            | CallEnd::AgentFatalError(_)
+            | CallEnd::AgentWatchdog(_)
+            | CallEnd::AgentMessageTooLarge(_) => "failed",
         }
     }
 
@@ -116,6 +174,8 @@ impl CallEnd {
             CallEnd::RtpTimeout => "rtp_timeout",
             CallEnd::AgentDisconnected(_) => "agent_disconnected",
             CallEnd::AgentFatalError(_) => "agent_error",
+            CallEnd::AgentWatchdog(_) => "agent_watchdog",
+            CallEnd::AgentMessageTooLarge(_) => "agent_message_too_large",
             CallEnd::GatewayShutdown => "shutdown",
         }
     }
@@ -127,6 +187,8 @@ impl CallEnd {
             CallEnd::RtpTimeout
                 | CallEnd::AgentDisconnected(_)
                 | CallEnd::AgentFatalError(_)
+                | CallEnd::AgentWatchdog(_)
+                | CallEnd::AgentMessageTooLarge(_)
                 | CallEnd::GatewayShutdown
         )
     }
@@ -155,6 +217,46 @@ mod tests {
         assert_eq!(Refusal::Overloaded.status().0, 503);
         assert_eq!(Refusal::AgentUnavailable("x".into()).fault(), Fault::Upstream);
         assert_eq!(CallEnd::Refused(Refusal::NotAcceptable("x".into())).fault(), Fault::Caller);
+    }
+
+    #[test]
+    fn agent_refusals_have_precise_reasons_and_retry_after_only_when_transient() {
+        let upgrade = |status| Refusal::AgentRejectedUpgrade { status, body: String::new() };
+        let cases = [
+            (upgrade(401), "agent_rejected_upgrade", false),
+            (upgrade(403), "agent_rejected_upgrade", false),
+            (upgrade(429), "agent_rejected_upgrade", true),
+            (upgrade(503), "agent_rejected_upgrade", true),
+            (Refusal::AgentTimeout("session.created"), "agent_timeout", true),
+            (Refusal::AgentSessionRefused("x".into()), "agent_session_refused", false),
+            (Refusal::AgentFormatMismatch("x".into()), "agent_format_mismatch", false),
+            (Refusal::AgentUnavailable("x".into()), "agent_unavailable", true),
+        ];
+        for (refusal, label, retry_after) in cases {
+            assert_eq!(refusal.status().0, 503, "{refusal:?}");
+            assert_eq!(refusal.reason_label(), label, "{refusal:?}");
+            assert_eq!(refusal.retry_after(), retry_after, "{refusal:?}");
+            assert_eq!(refusal.fault(), Fault::Upstream, "{refusal:?}");
+        }
+    }
+
+    #[test]
+    fn a_delayed_offer_has_its_own_reason() {
+        let end = CallEnd::Refused(Refusal::NoSdpOffer);
+        assert_eq!(end.reason_label(), "no_sdp_offer");
+        assert_ne!(end.reason_label(), CallEnd::Refused(Refusal::NotAcceptable("x".into())).reason_label());
+        assert_eq!(Refusal::NoSdpOffer.status().0, 488);
+    }
+
+    #[test]
+    fn agent_watchdog_and_oversized_messages_hang_up_with_their_own_reason() {
+        let watchdog = CallEnd::AgentWatchdog(std::time::Duration::from_secs(15));
+        assert!(watchdog.needs_bye());
+        assert_eq!((watchdog.outcome_label(), watchdog.reason_label()), ("failed", "agent_watchdog"));
+        let large = CallEnd::AgentMessageTooLarge("x".into());
+        assert!(large.needs_bye());
+        assert_eq!(large.reason_label(), "agent_message_too_large");
+        assert_eq!(CallEnd::CallerCancelled.outcome_label(), "cancelled");
     }
 
     #[test]

@@ -13,16 +13,18 @@ use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio, model_
 use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::pacer::{Pacer, PacerConfig};
 use switchboard_media::reorder::ReorderBuffer;
-use switchboard_realtime::client;
+use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
+use switchboard_realtime::events::ClientEvent;
 use switchboard_sdp::{AnswerPolicy, Codec as SdpCodec, Direction, LocalMedia, SdpError};
 use switchboard_sip::{IncomingCall, ServerInvite};
-use tracing::{Instrument, info, info_span, warn};
+use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, AudioFormatChoice};
 use crate::routing;
 use crate::telemetry::{self, Redacted};
 use end::{CallEnd, Refusal};
+use session::{ConfirmedAudio, SessionSetup, SetupStep};
 
 /// What we send and ask for; an Opus caller may ask for 10, 40 or 60 ms instead.
 const PTIME: Duration = Duration::from_millis(20);
@@ -49,11 +51,8 @@ impl Drop for CallSlot {
 
 /// Refuses a call the gateway cannot take (overload), without spending a task on it.
 pub fn refuse_overloaded(state: &GatewayState, call: IncomingCall) {
-    let retry_after = state.config.calls.retry_after_secs.to_string();
-    let refusal = Refusal::Overloaded;
-    let (status, reason) = refusal.status();
-    call.invite.reject(status, reason, &[("Retry-After", retry_after.as_str())]);
-    record_end(&CallEnd::Refused(refusal));
+    let end = refuse(state, call.invite, Refusal::Overloaded);
+    record_end(&end);
 }
 
 /// Runs one call to its end in its own span.
@@ -78,9 +77,13 @@ fn record_end(end: &CallEnd) {
         .increment(1);
 }
 
-fn refuse(invite: ServerInvite, refusal: Refusal) -> CallEnd {
+/// Answers the INVITE with the refusal's status, and `Retry-After: calls.retry_after_secs` when
+/// the condition is transient (RFC 3261 §21.5.4).
+fn refuse(state: &GatewayState, invite: ServerInvite, refusal: Refusal) -> CallEnd {
     let (status, reason) = refusal.status();
-    invite.reject(status, reason, &[]);
+    let retry_after = state.config.calls.retry_after_secs.to_string();
+    let headers: &[(&str, &str)] = if refusal.retry_after() { &[("Retry-After", retry_after.as_str())] } else { &[] };
+    invite.reject(status, reason, headers);
     CallEnd::Refused(refusal)
 }
 
@@ -90,19 +93,16 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     let cfg = &state.config;
 
     let Some((agent_name, agent)) = routing::route(&cfg.agents, &info.dialled) else {
-        return refuse(invite, Refusal::NoRoute);
+        return refuse(state, invite, Refusal::NoRoute);
     };
     let Some(offer) = offer else {
-        return refuse(
-            invite,
-            Refusal::NotAcceptable("INVITE without an SDP offer (delayed offer) is not supported yet".into()),
-        );
+        return refuse(state, invite, Refusal::NoSdpOffer);
     };
     let (std_socket, port_lease) = match state.rtp_ports.allocate() {
         Ok(pair) => pair,
         Err(e) => {
             warn!(error = %e, "RTP port range exhausted");
-            return refuse(invite, Refusal::NoMediaPort);
+            return refuse(state, invite, Refusal::NoMediaPort);
         }
     };
     let local = LocalMedia {
@@ -114,12 +114,12 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     let answer =
         match switchboard_sdp::answer_offer(&offer, &answer_policy(cfg.media.codecs.0.as_slice(), agent), &local) {
             Ok(answer) => answer,
-            Err(e @ SdpError::Malformed { .. }) => return refuse(invite, Refusal::BadRequest(e.to_string())),
-            Err(e) => return refuse(invite, Refusal::NotAcceptable(e.to_string())),
+            Err(e @ SdpError::Malformed { .. }) => return refuse(state, invite, Refusal::BadRequest(e.to_string())),
+            Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
         };
     let media = answer.media;
     let Some(codec) = media_codec(media.codec) else {
-        return refuse(invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
+        return refuse(state, invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
     };
     let requested = match agent.audio_format {
         AudioFormatChoice::Auto => ModelAudio::G711Passthrough,
@@ -142,29 +142,63 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     info!(agent = agent_name, codec = ?media.codec, model_audio = ?model_audio, "routed");
     invite.ringing();
 
-    let connect = client::connect(&state.realtime);
-    let connected = tokio::select! {
+    // The call is answered only once the session is confirmed (connect, session.created,
+    // session.updated in formats we can use) within one deadline; a CANCEL meanwhile wins.
+    let realtime_cfg = &cfg.realtime;
+    let mut setup = SessionSetup::new(
+        codec,
+        session::model_format(model_audio, codec),
+        Instant::now(),
+        Duration::from_millis(realtime_cfg.connect_timeout_ms),
+    );
+    let limits = ConnectLimits {
+        max_message_bytes: realtime_cfg.max_message_bytes,
+        // A server that stops reading must not wedge the call's task past the watchdog.
+        send_timeout: Some(Duration::from_secs(realtime_cfg.watchdog_secs)),
+    };
+    let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
+    let opened = tokio::select! {
+        biased;
         _ = invite.cancelled() => return CallEnd::CallerCancelled,
-        result = tokio::time::timeout(Duration::from_millis(cfg.realtime.connect_timeout_ms), connect) => result,
+        opened = open_session(&state.realtime, limits, &update, &mut setup) => opened,
     };
-    let (mut realtime_tx, mut realtime_rx) = match connected {
-        Ok(Ok(pair)) => pair,
-        Ok(Err(e)) => return refuse(invite, Refusal::AgentUnavailable(e.to_string())),
-        Err(_) => return refuse(invite, Refusal::AgentUnavailable("connect timed out".into())),
+    let (mut realtime_tx, mut realtime_rx, confirmed) = match opened {
+        Ok(session) => session,
+        Err(refusal) => {
+            if is_cancelled(&mut invite) {
+                // The CANCEL came in while the refusal was being decided: 487 has been sent.
+                return CallEnd::CallerCancelled;
+            }
+            warn!(reason = ?refusal, "Realtime session not confirmed; refusing the call");
+            return refuse(state, invite, refusal);
+        }
     };
-    let format = session::model_format(model_audio, codec);
-    if let Err(e) = realtime_tx.send(&session::session_update(agent, &cfg.realtime.model, format)).await {
-        return refuse(invite, Refusal::AgentUnavailable(format!("session.update failed: {e}")));
+    if confirmed.input != model_audio || confirmed.output != model_audio {
+        info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
+            "the Realtime API confirmed other audio formats; converting to them");
     }
+    debug!(setup_ms = received.elapsed().as_millis() as u64, "Realtime session confirmed");
 
     let socket = match std_socket.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(std_socket)) {
         Ok(socket) => socket,
         Err(e) => {
             warn!(error = %e, "RTP socket setup failed");
-            return refuse(invite, Refusal::NoMediaPort);
+            return refuse(state, invite, Refusal::NoMediaPort);
         }
     };
+    // A CANCEL that arrived while the session was being confirmed has been answered 487 by
+    // the SIP layer: answering now would create a dialog that never existed.
+    if is_cancelled(&mut invite) {
+        close_in_background(realtime_tx);
+        return CallEnd::CallerCancelled;
+    }
     let mut dialog = invite.accept(&answer.sdp);
+    if dialog.call_id().is_empty() {
+        // The INVITE stopped being pending between the check above and the accept (the SIP core
+        // refuses the 200 and hands back an ended dialog with no Call-ID): the CANCEL won.
+        close_in_background(realtime_tx);
+        return CallEnd::CallerCancelled;
+    }
     metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
     info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
 
@@ -194,15 +228,23 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
             rand::random(),
             rand::random(),
         ),
-        inbound: InboundAudio::new(codec, model_audio),
+        inbound: InboundAudio::new(codec, confirmed.input),
         outbound: {
-            let mut outbound = OutboundAudio::with_opus_settings(codec, model_audio, ptime, opus_settings);
+            let mut outbound = OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings);
             outbound.defer_encoding(true);
             outbound
         },
-        model_ms_per_byte: switchboard_media::framing::model_audio_ms(model_audio, codec, 1),
+        model_ms_per_byte: switchboard_media::framing::model_audio_ms(confirmed.output, codec, 1),
         ptime,
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
+        keepalive: client::Keepalive::new(
+            Instant::now(),
+            Duration::from_secs(realtime_cfg.ping_interval_secs),
+            Duration::from_secs(realtime_cfg.watchdog_secs),
+        ),
+        max_queued_audio: Duration::from_secs(realtime_cfg.max_queued_audio_secs),
+        apology: (!agent.apology.is_empty()).then(|| agent.apology.clone()),
+        apology_limiter: session::ApologyLimiter::new(Duration::from_secs(agent.apology_min_interval_secs)),
     };
     let end = bridge::run(bridge, &mut dialog, &mut realtime_tx, &mut realtime_rx, state.shutdown.subscribe()).await;
     if end.needs_bye()
@@ -213,6 +255,73 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     realtime_tx.close().await;
     drop(port_lease);
     end
+}
+
+/// Connects and confirms the session (see [`SessionSetup`]); every wait ends at the setup's
+/// deadline. On refusal after the upgrade the WebSocket is closed in the background.
+async fn open_session(
+    connect: &ConnectConfig,
+    limits: ConnectLimits,
+    update: &ClientEvent,
+    setup: &mut SessionSetup,
+) -> Result<(RealtimeSender, RealtimeReceiver, ConfirmedAudio), Refusal> {
+    let deadline = tokio::time::Instant::from_std(setup.deadline());
+    let timed_out = |setup: &mut SessionSetup| {
+        // The timer fired at the deadline; never earlier than it for the sans-IO check.
+        setup.on_timeout(Instant::now().max(setup.deadline())).unwrap_or(Refusal::AgentTimeout("session setup"))
+    };
+    let (mut tx, mut rx) = match tokio::time::timeout_at(deadline, client::connect_with_limits(connect, limits)).await {
+        Err(_) => return Err(timed_out(setup)),
+        Ok(Err(e)) => return Err(setup.on_connect_failed(&e)),
+        Ok(Ok(pair)) => pair,
+    };
+    setup.on_connected();
+    // Sent at once, as OpenAI's samples do: the server reads it after sending session.created.
+    let refusal = match tokio::time::timeout_at(deadline, tx.send(update)).await {
+        Err(_) => Some(timed_out(setup)),
+        Ok(Err(e)) => Some(setup.on_closed(&format!("session.update not sent: {e}"))),
+        Ok(Ok(())) => None,
+    };
+    if let Some(refusal) = refusal {
+        close_in_background(tx);
+        return Err(refusal);
+    }
+    loop {
+        let step = match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Err(_) => SetupStep::Refuse(timed_out(setup)),
+            Ok(None) => SetupStep::Refuse(setup.on_closed("connection closed")),
+            Ok(Some(Err(ClientError::Event(e)))) => {
+                warn!(error = %e, "undecodable Realtime event during setup ignored");
+                continue;
+            }
+            Ok(Some(Err(e))) => SetupStep::Refuse(setup.on_closed(&e.to_string())),
+            Ok(Some(Ok(event))) => setup.on_event(&event),
+        };
+        match step {
+            SetupStep::Wait => continue,
+            SetupStep::Ready(confirmed) => return Ok((tx, rx, confirmed)),
+            SetupStep::Refuse(refusal) => {
+                close_in_background(tx);
+                return Err(refusal);
+            }
+        }
+    }
+}
+
+/// Sends a WebSocket Close without holding up the caller's answer (bounded: the server may
+/// not be reading).
+fn close_in_background(mut tx: RealtimeSender) {
+    tokio::spawn(async move {
+        let _ = tokio::time::timeout(Duration::from_secs(2), tx.close()).await;
+    });
+}
+
+/// Whether the caller's CANCEL has already arrived, without waiting for one.
+fn is_cancelled(invite: &mut ServerInvite) -> bool {
+    use std::future::Future;
+    let mut cancelled = std::pin::pin!(invite.cancelled());
+    let waker = std::task::Waker::noop();
+    cancelled.as_mut().poll(&mut std::task::Context::from_waker(waker)).is_ready()
 }
 
 fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy {
