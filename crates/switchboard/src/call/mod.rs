@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, AudioFormatChoice};
 use crate::routing;
-use crate::telemetry::{self, Redacted};
+use crate::telemetry::{self, Escaped, Redacted};
 use end::{CallEnd, Refusal};
 
 /// What we send and ask for; an Opus caller may ask for 10, 40 or 60 ms instead.
@@ -58,7 +58,7 @@ pub fn refuse_overloaded(state: &GatewayState, call: IncomingCall) {
 
 /// Runs one call to its end in its own span.
 pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot) {
-    let span = info_span!("call", call_id = %call.info.call_id, dialled = %Redacted(&call.info.dialled));
+    let span = info_span!("call", call_id = %Escaped(&call.info.call_id), dialled = %Redacted(&call.info.dialled));
     async move {
         info!(from = %Redacted(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
         let end = run(&state, call).await;
