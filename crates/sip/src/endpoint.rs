@@ -1091,8 +1091,23 @@ async fn write_loop(
             break;
         }
     }
+    // A connection closed in good order (the peer closed its side, a 400 before closing) still
+    // gets what was already queued for it, within a short bound; a slow peer gets nothing more.
+    if !writer.overflowed.load(Ordering::Acquire) {
+        let drain = async {
+            while let Ok(bytes) = queue.try_recv() {
+                if write_half.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIME, drain).await;
+    }
     let _ = write_half.shutdown().await;
 }
+
+/// How long a closing connection may take to send what was queued before it closed.
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Per-connection read loop: frames messages by Content-Length and hands them to the driver.
 async fn read_loop(

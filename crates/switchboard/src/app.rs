@@ -278,7 +278,18 @@ async fn supervise(
     let what = tokio::select! {
         _ = shutdown.wait_for(|stop| *stop) => return,
         stopped = sip.closed() => format!("SIP endpoint: {stopped}"),
-        ended = accept_task => format!("call accept loop {}", describe_end(ended)),
+        ended = accept_task => match ended {
+            // The call accept loop returns only when the SIP endpoint stops handing it calls:
+            // report the cause (the endpoint's dead task), which the endpoint says at once.
+            Ok(()) => {
+                state.ready.store(false, Ordering::Release);
+                match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
+                    Ok(stopped) => format!("SIP endpoint: {stopped}"),
+                    Err(_) => "call accept loop ended".to_string(),
+                }
+            }
+            Err(e) => format!("call accept loop {}", describe_end(Err(e))),
+        },
         ended = admin => format!("admin server {}", describe_end(ended)),
     };
     if *state.shutdown.borrow() {
