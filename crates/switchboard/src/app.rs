@@ -275,22 +275,25 @@ async fn supervise(
         }
     };
     let mut shutdown = state.shutdown.subscribe();
-    let what = tokio::select! {
+    let ended = tokio::select! {
         _ = shutdown.wait_for(|stop| *stop) => return,
-        stopped = sip.closed() => format!("SIP endpoint: {stopped}"),
-        ended = accept_task => match ended {
-            // The call accept loop returns only when the SIP endpoint stops handing it calls:
-            // report the cause (the endpoint's dead task), which the endpoint says at once.
-            Ok(()) => {
-                state.ready.store(false, Ordering::Release);
-                match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
-                    Ok(stopped) => format!("SIP endpoint: {stopped}"),
-                    Err(_) => "call accept loop ended".to_string(),
-                }
+        stopped = sip.closed() => Ended::Sip(stopped),
+        ended = accept_task => Ended::AcceptLoop(ended),
+        ended = admin => Ended::Admin(ended),
+    };
+    let what = match ended {
+        Ended::Sip(stopped) => format!("SIP endpoint: {stopped}"),
+        // The call accept loop returns only when the SIP endpoint stops handing it calls:
+        // report the cause (the endpoint's dead task), which the endpoint says at once.
+        Ended::AcceptLoop(Ok(())) => {
+            state.ready.store(false, Ordering::Release);
+            match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
+                Ok(stopped) => format!("SIP endpoint: {stopped}"),
+                Err(_) => "call accept loop ended".to_string(),
             }
-            Err(e) => format!("call accept loop {}", describe_end(Err(e))),
-        },
-        ended = admin => format!("admin server {}", describe_end(ended)),
+        }
+        Ended::AcceptLoop(ended) => format!("call accept loop {}", describe_end(ended)),
+        Ended::Admin(ended) => format!("admin server {}", describe_end(ended)),
     };
     if *state.shutdown.borrow() {
         // Tasks end during a graceful shutdown by design.
@@ -300,6 +303,13 @@ async fn supervise(
     state.fail(what.clone());
     sip.set_options_response(503);
     fatal.send_replace(Some(what));
+}
+
+/// Which supervised task ended first.
+enum Ended {
+    Sip(switchboard_sip::endpoint::EndpointStopped),
+    AcceptLoop(Result<(), tokio::task::JoinError>),
+    Admin(Result<(), tokio::task::JoinError>),
 }
 
 fn describe_end(ended: Result<(), tokio::task::JoinError>) -> String {
