@@ -285,13 +285,10 @@ async fn supervise(
         Ended::Sip(stopped) => format!("SIP endpoint: {stopped}"),
         // The call accept loop returns only when the SIP endpoint stops handing it calls:
         // report the cause (the endpoint's dead task), which the endpoint says at once.
-        Ended::AcceptLoop(Ok(())) => {
-            state.ready.store(false, Ordering::Release);
-            match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
-                Ok(stopped) => format!("SIP endpoint: {stopped}"),
-                Err(_) => "call accept loop ended".to_string(),
-            }
-        }
+        Ended::AcceptLoop(Ok(())) => match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
+            Ok(stopped) => format!("SIP endpoint: {stopped}"),
+            Err(_) => "call accept loop ended".to_string(),
+        },
         Ended::AcceptLoop(ended) => format!("call accept loop {}", describe_end(ended)),
         Ended::Admin(ended) => format!("admin server {}", describe_end(ended)),
     };
