@@ -99,7 +99,10 @@ fn closed_by_peer(stream: &mut TcpStream, deadline: Instant) -> bool {
 fn options(local: SocketAddr, call_id: &str, vias: usize) -> String {
     let mut extra = String::new();
     for i in 0..vias {
-        extra.push_str(&format!("Via: SIP/2.0/TCP proxy{i}.example.invalid:5060;branch=z9hG4bK-{i}-{}\r\n", "x".repeat(120)));
+        extra.push_str(&format!(
+            "Via: SIP/2.0/TCP proxy{i}.example.invalid:5060;branch=z9hG4bK-{i}-{}\r\n",
+            "x".repeat(120)
+        ));
     }
     format!(
         "OPTIONS sip:switchboard@127.0.0.1 SIP/2.0\r\n\
@@ -306,10 +309,8 @@ fn at_the_fd_limit_admin_answers_and_the_accept_loop_does_not_spin() {
     // Phase 2: no descriptor left at all (soft limit lowered to the next free descriptor
     // number): accept() fails with EMFILE, and the loop must back off rather than retry at once.
     let in_use = lowest_free_fd(pid);
-    let lowered = Command::new("prlimit")
-        .args(["--pid", &pid.to_string(), &format!("--nofile={in_use}:128")])
-        .status()
-        .unwrap();
+    let lowered =
+        Command::new("prlimit").args(["--pid", &pid.to_string(), &format!("--nofile={in_use}:128")]).status().unwrap();
     assert!(lowered.success());
     let mut pending = Vec::new();
     for _ in 0..20 {
