@@ -197,6 +197,10 @@ pub async fn start(
             accept_call(&accept_state, &mut calls, call);
             while calls.try_join_next().is_some() {}
         }
+        // The endpoint hands out no more calls (shutdown, or its driver died, which the
+        // supervisor reports). Keep the call tasks so they end in order, each with its BYE
+        // where possible and its metrics, until `shutdown` aborts this task after its grace.
+        std::future::pending::<()>().await;
         drop(calls);
     });
     let accept_abort = accept_task.abort_handle();
@@ -283,12 +287,6 @@ async fn supervise(
     };
     let what = match ended {
         Ended::Sip(stopped) => format!("SIP endpoint: {stopped}"),
-        // The call accept loop returns only when the SIP endpoint stops handing it calls:
-        // report the cause (the endpoint's dead task), which the endpoint says at once.
-        Ended::AcceptLoop(Ok(())) => match tokio::time::timeout(Duration::from_secs(1), sip.closed()).await {
-            Ok(stopped) => format!("SIP endpoint: {stopped}"),
-            Err(_) => "call accept loop ended".to_string(),
-        },
         Ended::AcceptLoop(ended) => format!("call accept loop {}", describe_end(ended)),
         Ended::Admin(ended) => format!("admin server {}", describe_end(ended)),
     };
