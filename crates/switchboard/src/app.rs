@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchboard_realtime::client::ConnectConfig;
 use switchboard_sim::{Behaviour, RunningSimulator, SimConfig, Simulator};
-use switchboard_sip::endpoint::TcpLimits;
+use switchboard_sip::endpoint::{EndpointStopped, TcpLimits};
 use switchboard_sip::{EndpointConfig, IncomingCall, SipEndpoint, Timers};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
@@ -286,6 +286,8 @@ async fn supervise(
         ended = admin => Ended::Admin(ended),
     };
     let what = match ended {
+        // Only `shutdown` stops the endpoint this way, and that is no failure.
+        Ended::Sip(EndpointStopped::Shutdown) => return,
         Ended::Sip(stopped) => format!("SIP endpoint: {stopped}"),
         Ended::AcceptLoop(ended) => format!("call accept loop {}", describe_end(ended)),
         Ended::Admin(ended) => format!("admin server {}", describe_end(ended)),
@@ -302,7 +304,7 @@ async fn supervise(
 
 /// Which supervised task ended first.
 enum Ended {
-    Sip(switchboard_sip::endpoint::EndpointStopped),
+    Sip(EndpointStopped),
     AcceptLoop(Result<(), tokio::task::JoinError>),
     Admin(Result<(), tokio::task::JoinError>),
 }
@@ -359,7 +361,8 @@ impl RunningGateway {
     pub async fn shutdown(mut self, grace: Duration) {
         self.state.ready.store(false, Ordering::Release);
         self.sip.set_options_response(503);
-        let _ = self.state.shutdown.send(true);
+        // send_replace: `send` would leave the flag unset when no task happens to watch it yet.
+        self.state.shutdown.send_replace(true);
         let active = self.active_calls();
         info!(active_calls = active, "shutting down: hanging up calls");
         let deadline = tokio::time::Instant::now() + grace;
@@ -375,5 +378,66 @@ impl RunningGateway {
         if let Some(sim) = self.offline_agent.take() {
             sim.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A gateway on ephemeral loopback ports with the offline agent.
+    async fn start_gateway() -> RunningGateway {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(
+            b"[sip]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n[media]\nbind = \"127.0.0.1\"\n\
+              [admin]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let (config, resolved) = crate::config::load_with_env(file.path(), &[]).unwrap();
+        start(config, resolved, None).await.unwrap()
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_sip_driver_fails_health_and_readiness_at_once() {
+        let gateway = start_gateway().await;
+        let admin = gateway.admin_addr().unwrap();
+        assert_eq!(http_get(admin, "/readyz").await.0, 200);
+        assert_eq!(http_get(admin, "/healthz").await.0, 200);
+
+        gateway.driver_killer_for_test()();
+        let failure = tokio::time::timeout(Duration::from_secs(5), gateway.failed()).await.unwrap();
+        assert!(failure.contains("SIP driver panicked"), "{failure}");
+        // By the time `failed()` completes (what main waits for), both endpoints say so.
+        let (status, body) = http_get(admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("SIP driver panicked"), "{body}");
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert_eq!(status, 503);
+        assert!(body.starts_with("unhealthy"), "{body}");
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_graceful_shutdown_is_not_a_failure() {
+        let gateway = start_gateway().await;
+        let state = Arc::clone(&gateway.state);
+        let fatal = gateway.fatal.clone();
+        gateway.shutdown(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(state.failure(), None);
+        assert_eq!(*fatal.borrow(), None);
     }
 }
