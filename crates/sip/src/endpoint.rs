@@ -761,7 +761,7 @@ async fn drive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<(Origin, Vec<u8>
             received = recv_udp(shared.udp.as_ref(), &mut buf) => match received {
                 Ok((len, source)) => {
                     let origin = Origin { transport: Transport::Udp, source, connection: None };
-                    shared.core().handle_message(Instant::now(), origin, &buf[..len]);
+                    shared.core().handle_message(Instant::now(), origin, buf.get(..len).unwrap_or_default());
                 }
                 Err(error) => tracing::debug!(%error, "UDP receive error"),
             },
