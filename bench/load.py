@@ -443,6 +443,8 @@ class GatewayRun(Run):
         codecs = '["opus", "PCMU"]' if args.codec == "opus" else '["PCMU", "PCMA"]'
         config = (
             f'[sip]\nudp = "127.0.0.1:{GW_SIP_PORT}"\ntcp = "127.0.0.1:{GW_SIP_PORT}"\n'
+            # Every call comes from one SIPp: exempt it from the per-source limits, as a proxy in front is.
+            f'trusted_proxies = ["127.0.0.1"]\n'
             f'[media]\naddress = "127.0.0.1"\nbind = "127.0.0.1"\nrtp_ports = "{GW_RTP_FIRST}-{rtp_last}"\n'
             f"codecs = {codecs}\n"
             f'[realtime]\nurl = "ws://127.0.0.1:{SIM_PORT}/v1/realtime"\napi_key = "bench"\n'

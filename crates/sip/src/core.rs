@@ -507,6 +507,14 @@ impl Core {
         (self.transactions.len(), self.dialogs.len(), self.client_transactions.len())
     }
 
+    /// Whether a dialog or a pending transaction was set up over this TCP connection: its peer
+    /// expects in-dialog requests (our BYE) on it (RFC 3261 §18.2.2), so it must not be closed
+    /// for idling during a long, quiet call.
+    pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
+        let uses = |origin: &Origin| origin.connection == Some(connection);
+        self.dialogs.values().any(|d| uses(&d.origin)) || self.transactions.values().any(|t| uses(&t.origin))
+    }
+
     /// Earliest deadline at which [`Core::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
         let tx = self.transactions.values().flat_map(|t| [t.retransmit_at, t.expires_at]);

@@ -3,12 +3,14 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
+use tokio::task::{JoinError, JoinHandle};
 
 use crate::core::{
     ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, DialogNotice, HangupStart, InviteId, NextHop,
@@ -34,6 +36,10 @@ pub struct EndpointConfig {
     pub max_headers: usize,
     /// RFC 3261 timer values.
     pub timers: Timers,
+    /// `Retry-After` (seconds) on the 503 sent when the application's call backlog is full.
+    pub retry_after_secs: u32,
+    /// Bounds on the TCP transport.
+    pub tcp_limits: TcpLimits,
 }
 
 impl Default for EndpointConfig {
@@ -46,9 +52,131 @@ impl Default for EndpointConfig {
             max_message_bytes: 16 * 1024,
             max_headers: 100,
             timers: Timers::default(),
+            retry_after_secs: 5,
+            tcp_limits: TcpLimits::default(),
         }
     }
 }
+
+/// Bounds on the TCP transport: every connection costs a file descriptor, two tasks and buffers,
+/// so how many there are, how long they may idle and how much may queue for them are all capped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TcpLimits {
+    /// A connection that receives nothing for this long is closed. RFC 5626 §3.5.1 CRLF
+    /// keepalives count as traffic, so a client that wants a long-lived connection sends them.
+    pub idle_timeout: Duration,
+    /// Connections open at once (accepted and opened by us). Further connections are accepted
+    /// and closed at once. Clamped at bind time to the process's file-descriptor limit minus a
+    /// reserve (see [`fd_reserve`]), so TCP alone can never starve RTP sockets, WebSockets or the
+    /// admin listener of descriptors.
+    pub max_connections: usize,
+    /// Connections accepted from one IP address at once.
+    pub max_connections_per_address: usize,
+    /// Bytes queued for a connection whose peer does not read; beyond this the connection is
+    /// closed (the slow peer is disconnected, our memory is not its buffer).
+    pub write_queue_bytes: usize,
+}
+
+impl Default for TcpLimits {
+    fn default() -> Self {
+        TcpLimits {
+            idle_timeout: Duration::from_secs(300),
+            max_connections: 1000,
+            max_connections_per_address: 32,
+            write_queue_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Descriptors kept free of TCP connections: a quarter of the limit, between 16 and 256.
+pub fn fd_reserve(fd_limit: u64) -> u64 {
+    (fd_limit / 4).clamp(16, 256)
+}
+
+/// The soft `RLIMIT_NOFILE` of this process, read from `/proc/self/limits` (no `unsafe` needed);
+/// `None` when unknown or unlimited.
+pub fn open_file_limit() -> Option<u64> {
+    let limits = std::fs::read_to_string("/proc/self/limits").ok()?;
+    parse_open_file_limit(&limits)
+}
+
+fn parse_open_file_limit(limits: &str) -> Option<u64> {
+    let line = limits.lines().find(|l| l.starts_with("Max open files"))?;
+    line.trim_start_matches("Max open files").split_whitespace().next()?.parse().ok()
+}
+
+/// How the endpoint stopped: on request, or because a task it cannot live without ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointStopped {
+    /// [`SipEndpoint::shutdown`] was called.
+    Shutdown,
+    /// The driver or the TCP accept loop ended on its own: nothing is read, answered or
+    /// retransmitted any more. `panic` holds the panic message when it panicked.
+    TaskEnded { task: &'static str, panic: Option<String> },
+}
+
+impl std::fmt::Display for EndpointStopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            EndpointStopped::Shutdown => f.write_str("shut down"),
+            EndpointStopped::TaskEnded { task, panic: Some(message) } => write!(f, "{task} panicked: {message}"),
+            EndpointStopped::TaskEnded { task, panic: None } => write!(f, "{task} ended"),
+        }
+    }
+}
+
+/// Metric names of the SIP shell (documented in docs/metrics.md).
+pub mod metric_names {
+    /// TCP connections closed by the shell, by reason (`idle`, `write_queue_full`).
+    pub const TCP_CLOSED_TOTAL: &str = "switchboard_sip_tcp_closed_total";
+    /// TCP connections refused at accept, by reason (`max_connections`, `per_address`).
+    pub const TCP_REFUSED_TOTAL: &str = "switchboard_sip_tcp_refused_total";
+    /// `accept()` failures that paused the accept loop (EMFILE, ENFILE, ENOBUFS, ...).
+    pub const TCP_ACCEPT_ERRORS_TOTAL: &str = "switchboard_sip_tcp_accept_errors_total";
+    /// TCP connections open now.
+    pub const TCP_CONNECTIONS: &str = "switchboard_sip_tcp_connections";
+}
+
+/// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
+/// a summary ("N more") is logged at most once per `every`. Sans-IO: time is a parameter.
+#[derive(Debug, Clone)]
+pub struct WarningLimiter {
+    every: Duration,
+    last_logged: Option<Instant>,
+    suppressed: u64,
+}
+
+/// What to do with one occurrence of a rate-limited warning.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarningAction {
+    /// Log it; `suppressed` occurrences since the previous log line were not logged.
+    Log { suppressed: u64 },
+    /// Count it only.
+    Suppress,
+}
+
+impl WarningLimiter {
+    pub fn new(every: Duration) -> Self {
+        WarningLimiter { every, last_logged: None, suppressed: 0 }
+    }
+
+    /// Records one occurrence at `now`.
+    pub fn hit(&mut self, now: Instant) -> WarningAction {
+        match self.last_logged {
+            Some(last) if now.saturating_duration_since(last) < self.every => {
+                self.suppressed = self.suppressed.saturating_add(1);
+                WarningAction::Suppress
+            }
+            _ => {
+                self.last_logged = Some(now);
+                WarningAction::Log { suppressed: std::mem::take(&mut self.suppressed) }
+            }
+        }
+    }
+}
+
+/// How often a repeated warning of the shell may reach the log.
+const WARNING_EVERY: Duration = Duration::from_secs(10);
 
 /// Failure to start the endpoint.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +222,49 @@ pub struct IncomingCall {
 
 struct Connection {
     peer: SocketAddr,
-    writer: mpsc::UnboundedSender<Vec<u8>>,
+    writer: ConnectionWriter,
+}
+
+/// Why a message could not be queued for a TCP connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum QueueError {
+    /// The connection is gone (its writer ended).
+    Closed,
+    /// The peer does not read fast enough: the connection is being closed.
+    Full,
+}
+
+/// The sending side of one TCP connection: a queue bounded in bytes. Over the bound the
+/// connection is closed rather than the queue grown (design note 14: disconnect the slow peer).
+#[derive(Clone)]
+struct ConnectionWriter {
+    queue: mpsc::UnboundedSender<Vec<u8>>,
+    queued_bytes: Arc<AtomicUsize>,
+    limit: usize,
+    /// Set when a message did not fit: the reason the connection was closed.
+    overflowed: Arc<AtomicBool>,
+    close: Arc<watch::Sender<bool>>,
+}
+
+impl ConnectionWriter {
+    fn send(&self, bytes: Vec<u8>) -> Result<(), QueueError> {
+        let len = bytes.len();
+        let admitted = self
+            .queued_bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |queued| {
+                queued.checked_add(len).filter(|total| *total <= self.limit)
+            })
+            .is_ok();
+        if !admitted {
+            self.overflowed.store(true, Ordering::Release);
+            self.close.send_replace(true);
+            return Err(QueueError::Full);
+        }
+        self.queue.send(bytes).map_err(|_| {
+            self.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+            QueueError::Closed
+        })
+    }
 }
 
 #[derive(Default)]
@@ -103,7 +273,17 @@ struct ShellState {
     dialogs: HashMap<DialogId, mpsc::UnboundedSender<DialogEvent>>,
     hangups: HashMap<DialogId, Vec<oneshot::Sender<Result<(), HangupError>>>>,
     connections: HashMap<ConnectionId, Connection>,
+    /// Open connections per peer IP; entries are removed at zero, so the map is bounded by
+    /// the connection cap.
+    connections_per_address: HashMap<IpAddr, usize>,
     next_connection: ConnectionId,
+}
+
+/// Rate-limited warnings of the shell, one limiter per kind.
+struct ShellWarnings {
+    refused: WarningLimiter,
+    accept_error: WarningLimiter,
+    write_queue_full: WarningLimiter,
 }
 
 struct Shared {
@@ -114,8 +294,17 @@ struct Shared {
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
     max_message_bytes: usize,
-    inbound: mpsc::UnboundedSender<(Origin, Vec<u8>)>,
+    retry_after: String,
+    tcp_limits: TcpLimits,
+    /// Messages framed by the TCP readers, bounded: a full queue stops the readers (TCP
+    /// backpressure) instead of growing.
+    inbound: mpsc::Sender<(Origin, Vec<u8>)>,
     shutdown: watch::Sender<bool>,
+    /// Set once, when the driver or the accept loop has ended (see [`SipEndpoint::closed`]).
+    stopped: watch::Sender<Option<EndpointStopped>>,
+    /// Test hook: the driver panics on its next turn.
+    panic_requested: AtomicBool,
+    warnings: Mutex<ShellWarnings>,
 }
 
 /// Locks a mutex, recovering from poisoning (a panicked holder cannot leave the core
@@ -131,6 +320,19 @@ impl Shared {
 
     fn state(&self) -> MutexGuard<'_, ShellState> {
         lock(&self.state)
+    }
+
+    /// Whether the endpoint is stopping or stopped: nothing sent now would go out.
+    fn is_down(&self) -> bool {
+        *self.shutdown.borrow() || self.stopped.borrow().is_some()
+    }
+
+    /// Logs a rate-limited warning (first one, then a summary at most every [`WARNING_EVERY`]).
+    fn warn_limited(&self, pick: fn(&mut ShellWarnings) -> &mut WarningLimiter, message: &str) {
+        let action = pick(&mut lock(&self.warnings)).hit(Instant::now());
+        if let WarningAction::Log { suppressed } = action {
+            tracing::warn!(suppressed_since_last = suppressed, "{message}");
+        }
     }
 }
 
@@ -191,8 +393,22 @@ impl SipEndpoint {
             },
             rand::random(),
         );
-        let (inbound_tx, inbound_rx) = mpsc::unbounded_channel();
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (shutdown, _) = watch::channel(false);
+        let (stopped, _) = watch::channel(None);
+        let mut tcp_limits = cfg.tcp_limits;
+        if let Some(fd_limit) = open_file_limit() {
+            let budget = usize::try_from(fd_limit.saturating_sub(fd_reserve(fd_limit))).unwrap_or(usize::MAX);
+            if budget < tcp_limits.max_connections {
+                tracing::info!(
+                    fd_limit,
+                    configured = tcp_limits.max_connections,
+                    effective = budget,
+                    "TCP connection cap lowered to fit the file-descriptor limit"
+                );
+                tcp_limits.max_connections = budget;
+            }
+        }
         let shared = Arc::new(Shared {
             core: Mutex::new(core),
             state: Mutex::new(ShellState::default()),
@@ -201,14 +417,22 @@ impl SipEndpoint {
             local_udp,
             local_tcp,
             max_message_bytes: cfg.max_message_bytes,
+            retry_after: cfg.retry_after_secs.to_string(),
+            tcp_limits,
             inbound: inbound_tx,
             shutdown,
+            stopped,
+            panic_requested: AtomicBool::new(false),
+            warnings: Mutex::new(ShellWarnings {
+                refused: WarningLimiter::new(WARNING_EVERY),
+                accept_error: WarningLimiter::new(WARNING_EVERY),
+                write_queue_full: WarningLimiter::new(WARNING_EVERY),
+            }),
         });
         let (calls_tx, calls_rx) = mpsc::channel(64);
-        tokio::spawn(drive(shared.clone(), inbound_rx, calls_tx));
-        if let Some(listener) = tcp {
-            tokio::spawn(accept_loop(shared.clone(), listener));
-        }
+        let driver = tokio::spawn(drive(shared.clone(), inbound_rx, calls_tx));
+        let acceptor = tcp.map(|listener| tokio::spawn(accept_loop(shared.clone(), listener)));
+        tokio::spawn(supervise(shared.clone(), driver, acceptor));
         Ok((SipEndpoint { shared }, calls_rx))
     }
 
@@ -230,12 +454,94 @@ impl SipEndpoint {
     /// Stops the driver and listeners; pending dialog handles see `None` / `Shutdown`.
     pub async fn shutdown(&self) {
         self.shared.shutdown.send_replace(true);
-        let mut state = self.shared.state();
-        state.invites.clear();
-        state.dialogs.clear();
-        state.hangups.clear();
-        state.connections.clear();
+        release_waiters(&self.shared);
     }
+
+    /// Completes when the endpoint has stopped: after [`SipEndpoint::shutdown`], or at once when
+    /// the driver task or the TCP accept loop ends or panics. From then on no SIP message is
+    /// read or answered; the application must treat it as fatal (fail readiness, exit, let the
+    /// supervisor restart the process). Cancel-safe.
+    pub async fn closed(&self) -> EndpointStopped {
+        let mut stopped = self.shared.stopped.subscribe();
+        match stopped.wait_for(Option::is_some).await {
+            Ok(value) => value.clone().unwrap_or(EndpointStopped::Shutdown),
+            // The sender lives in `Shared`, which `self` keeps alive: not reachable.
+            Err(_) => EndpointStopped::Shutdown,
+        }
+    }
+
+    /// Whether the endpoint has stopped (see [`SipEndpoint::closed`]).
+    pub fn stopped(&self) -> Option<EndpointStopped> {
+        self.shared.stopped.borrow().clone()
+    }
+
+    /// Test hook: makes the driver task panic on its next turn, as a parser bug would.
+    #[doc(hidden)]
+    pub fn panic_driver_for_test(&self) {
+        self.shared.panic_requested.store(true, Ordering::Release);
+        self.shared.wake.notify_one();
+    }
+
+    /// TCP connections open now.
+    pub fn tcp_connections(&self) -> usize {
+        self.shared.state().connections.len()
+    }
+
+    /// The TCP connection cap in force (the configured one, lowered to fit the fd limit).
+    pub fn tcp_max_connections(&self) -> usize {
+        self.shared.tcp_limits.max_connections
+    }
+}
+
+/// Messages framed by TCP readers waiting for the driver.
+const INBOUND_QUEUE: usize = 256;
+
+/// Drops every waiter so pending `Dialog`/`ServerInvite` futures end (`None`, `Shutdown`)
+/// instead of waiting for a driver that will never answer them.
+fn release_waiters(shared: &Shared) {
+    let mut state = shared.state();
+    state.invites.clear();
+    state.dialogs.clear();
+    state.hangups.clear();
+    for connection in state.connections.values() {
+        connection.writer.close.send_replace(true);
+    }
+}
+
+/// Watches the driver and the accept loop. Whichever ends first (returns or panics) stops the
+/// endpoint: a SIP stack without its driver answers nothing and fires no timer, and one without
+/// its accept loop silently refuses TCP; both must be reported, not hidden behind a live process.
+async fn supervise(shared: Arc<Shared>, driver: JoinHandle<()>, acceptor: Option<JoinHandle<()>>) {
+    let (task, result) = match acceptor {
+        Some(acceptor) => tokio::select! {
+            result = driver => ("SIP driver", result),
+            result = acceptor => ("SIP TCP accept loop", result),
+        },
+        None => ("SIP driver", driver.await),
+    };
+    let stopped = if *shared.shutdown.borrow() {
+        EndpointStopped::Shutdown
+    } else {
+        let stopped = EndpointStopped::TaskEnded { task, panic: result.err().map(describe_join_error) };
+        tracing::error!(reason = %stopped, "SIP endpoint stopped");
+        stopped
+    };
+    // Stop the other task too: a half-working endpoint is worse than a stopped one.
+    shared.shutdown.send_replace(true);
+    shared.stopped.send_replace(Some(stopped));
+    release_waiters(&shared);
+}
+
+fn describe_join_error(error: JoinError) -> String {
+    if !error.is_panic() {
+        return "cancelled".to_string();
+    }
+    let payload = error.into_panic();
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "non-string panic payload".to_string())
 }
 
 /// A pending incoming INVITE. Dropping it unanswered rejects the call with 500.
@@ -361,7 +667,15 @@ impl Dialog {
         let (tx, rx) = oneshot::channel();
         let start = {
             let mut core = self.shared.core();
-            self.shared.state().hangups.entry(self.id).or_default().push(tx);
+            let mut state = self.shared.state();
+            // Checked under the state lock: `release_waiters` runs after the flags are set, so a
+            // waiter registered here is either released by it or never registered.
+            if self.shared.is_down() {
+                self.ended = Some(Err(HangupError::Shutdown));
+                return Err(HangupError::Shutdown);
+            }
+            state.hangups.entry(self.id).or_default().push(tx);
+            drop(state);
             core.hangup(Instant::now(), self.id)
         };
         match start {
@@ -427,15 +741,14 @@ async fn recv_udp(socket: Option<&Arc<UdpSocket>>, buf: &mut [u8]) -> std::io::R
 }
 
 /// The driver: one task owning all socket reads for the core and all timer firing.
-async fn drive(
-    shared: Arc<Shared>,
-    mut inbound: mpsc::UnboundedReceiver<(Origin, Vec<u8>)>,
-    calls: mpsc::Sender<IncomingCall>,
-) {
+async fn drive(shared: Arc<Shared>, mut inbound: mpsc::Receiver<(Origin, Vec<u8>)>, calls: mpsc::Sender<IncomingCall>) {
     let mut shutdown = shared.shutdown.subscribe();
     // Room for oversized datagrams so the size guard sees them.
     let mut buf = vec![0u8; 65_536];
     loop {
+        if shared.panic_requested.load(Ordering::Acquire) {
+            panic!("SIP driver panic requested by the test hook");
+        }
         let deadline = shared.core().poll_timeout();
         let sleep = async {
             match deadline {
@@ -444,7 +757,7 @@ async fn drive(
             }
         };
         tokio::select! {
-            _ = shutdown.changed() => break,
+            _ = shutdown.wait_for(|stop| *stop) => break,
             received = recv_udp(shared.udp.as_ref(), &mut buf) => match received {
                 Ok((len, source)) => {
                     let origin = Origin { transport: Transport::Udp, source, connection: None };
@@ -501,7 +814,7 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                     let call = match error {
                         mpsc::error::TrySendError::Full(call) | mpsc::error::TrySendError::Closed(call) => call,
                     };
-                    call.invite.reject(503, "Service Unavailable", &[("Retry-After", "5")]);
+                    call.invite.reject(503, "Service Unavailable", &[("Retry-After", shared.retry_after.as_str())]);
                     rejected_any = true;
                 }
             }
@@ -571,15 +884,27 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
                     .or_else(|| state.connections.values().find(|c| c.peer == transmit.destination))
                     .map(|c| c.writer.clone())
             };
-            match writer {
-                Some(writer) if writer.send(transmit.payload.clone()).is_ok() => {}
-                _ => {
+            let queued = match writer {
+                Some(writer) => writer.send(transmit.payload.clone()),
+                None => Err(QueueError::Closed),
+            };
+            match queued {
+                Ok(()) => {}
+                Err(QueueError::Full) => {
+                    // The peer does not read: its connection is being closed; a new one to the
+                    // same peer would only queue the same way.
+                    shared.warn_limited(
+                        |w| &mut w.write_queue_full,
+                        "TCP peer does not read its responses: write queue full, connection closed",
+                    );
+                }
+                Err(QueueError::Closed) => {
                     // §18.1.1 / §18.2.2: open a new connection to the destination.
                     let shared = shared.clone();
                     tokio::spawn(async move {
                         match TcpStream::connect(transmit.destination).await {
                             Ok(stream) => {
-                                let writer = register_connection(&shared, stream);
+                                let writer = register_connection(&shared, stream, transmit.destination);
                                 let _ = writer.send(transmit.payload);
                             }
                             Err(error) => tracing::debug!(
@@ -595,81 +920,255 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
     }
 }
 
+/// Accepts TCP connections within the caps. Errors that concern one connection (reset before
+/// accept) are skipped; any other error, typically EMFILE/ENFILE at the descriptor limit, pauses
+/// the loop with a growing back-off: the pending connection stays in the kernel's backlog, so
+/// retrying at once would fail again at once and spin a core (measured: 119 % before this).
 async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut backoff = AcceptBackoff::default();
     loop {
-        tokio::select! {
-            _ = shutdown.changed() => break,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    register_connection(&shared, stream);
+        let accepted = tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            accepted = listener.accept() => accepted,
+        };
+        match accepted {
+            Ok((stream, peer)) => {
+                backoff.reset();
+                match admit_connection(&shared, peer.ip()) {
+                    Ok(()) => {
+                        register_connection(&shared, stream, peer);
+                    }
+                    Err(reason) => {
+                        // Accepted only to be closed: the descriptor is released at once and
+                        // the peer learns (RST/FIN) instead of waiting in the backlog.
+                        drop(stream);
+                        metrics::counter!(metric_names::TCP_REFUSED_TOTAL, "reason" => reason).increment(1);
+                        shared.warn_limited(|w| &mut w.refused, "TCP connection refused: connection cap reached");
+                        tracing::debug!(%peer, reason, "TCP connection refused");
+                    }
                 }
-                Err(error) => tracing::debug!(%error, "TCP accept failed"),
-            },
+            }
+            Err(error) if is_per_connection_error(&error) => {
+                tracing::debug!(%error, "TCP accept: connection gone before accept");
+            }
+            Err(error) => {
+                let pause = backoff.next_pause();
+                metrics::counter!(metric_names::TCP_ACCEPT_ERRORS_TOTAL).increment(1);
+                shared.warn_limited(|w| &mut w.accept_error, "TCP accept failing (descriptor limit?): backing off");
+                tracing::debug!(%error, pause_ms = pause.as_millis() as u64, "TCP accept failed");
+                tokio::select! {
+                    _ = shutdown.wait_for(|stop| *stop) => break,
+                    _ = tokio::time::sleep(pause) => {}
+                }
+            }
         }
     }
 }
 
+/// Errors of `accept()` that concern only the connection being accepted (Linux accept(2)).
+fn is_per_connection_error(error: &std::io::Error) -> bool {
+    use std::io::ErrorKind;
+    matches!(
+        error.kind(),
+        ErrorKind::ConnectionAborted
+            | ErrorKind::ConnectionReset
+            | ErrorKind::ConnectionRefused
+            | ErrorKind::Interrupted
+    )
+}
+
+/// Pause after a failed `accept()`: 10 ms, doubling up to 1 s; reset by the next success.
+#[derive(Debug, Default)]
+struct AcceptBackoff {
+    failures: u32,
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn next_pause(&mut self) -> Duration {
+        let pause = Self::FIRST.saturating_mul(1u32 << self.failures.min(16)).min(Self::MAX);
+        self.failures = self.failures.saturating_add(1);
+        pause
+    }
+
+    fn reset(&mut self) {
+        self.failures = 0;
+    }
+}
+
+/// Checks the global and per-address caps for a new inbound connection.
+fn admit_connection(shared: &Shared, ip: IpAddr) -> Result<(), &'static str> {
+    let state = shared.state();
+    let limits = &shared.tcp_limits;
+    if state.connections.len() >= limits.max_connections {
+        return Err("max_connections");
+    }
+    if state.connections_per_address.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_address {
+        return Err("per_address");
+    }
+    Ok(())
+}
+
+/// Removes a connection from the tables when its read loop ends, however it ends.
+struct Registration {
+    shared: Arc<Shared>,
+    id: ConnectionId,
+    ip: IpAddr,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        if let Some(connection) = state.connections.remove(&self.id) {
+            connection.writer.close.send_replace(true);
+        }
+        if let Some(count) = state.connections_per_address.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.connections_per_address.remove(&self.ip);
+            }
+        }
+        metrics::gauge!(metric_names::TCP_CONNECTIONS).set(state.connections.len() as f64);
+    }
+}
+
 /// Registers a TCP connection and spawns its reader and writer tasks.
-fn register_connection(shared: &Arc<Shared>, stream: TcpStream) -> mpsc::UnboundedSender<Vec<u8>> {
+fn register_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> ConnectionWriter {
     let _ = stream.set_nodelay(true);
-    let peer = stream.peer_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
-    let (read_half, mut write_half) = stream.into_split();
-    let (writer_tx, mut writer_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (read_half, write_half) = stream.into_split();
+    let (queue, queue_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+    let (close, _) = watch::channel(false);
+    let writer = ConnectionWriter {
+        queue,
+        queued_bytes: Arc::new(AtomicUsize::new(0)),
+        limit: shared.tcp_limits.write_queue_bytes,
+        overflowed: Arc::new(AtomicBool::new(false)),
+        close: Arc::new(close),
+    };
     let id = {
         let mut state = shared.state();
         state.next_connection += 1;
         let id = state.next_connection;
-        state.connections.insert(id, Connection { peer, writer: writer_tx.clone() });
+        state.connections.insert(id, Connection { peer, writer: writer.clone() });
+        *state.connections_per_address.entry(peer.ip()).or_default() += 1;
+        metrics::gauge!(metric_names::TCP_CONNECTIONS).set(state.connections.len() as f64);
         id
     };
-    tokio::spawn(async move {
-        while let Some(bytes) = writer_rx.recv().await {
-            if write_half.write_all(&bytes).await.is_err() {
-                break;
-            }
-        }
-        let _ = write_half.shutdown().await;
-    });
-    tokio::spawn(read_loop(shared.clone(), id, peer, read_half));
-    writer_tx
+    let registration = Registration { shared: shared.clone(), id, ip: peer.ip() };
+    tokio::spawn(write_loop(writer.clone(), queue_rx, write_half));
+    tokio::spawn(read_loop(shared.clone(), registration, peer, read_half, writer.clone()));
+    writer
 }
+
+/// Per-connection writer: sends queued messages in order until the connection is closed.
+async fn write_loop(
+    writer: ConnectionWriter,
+    mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
+    mut write_half: tokio::net::tcp::OwnedWriteHalf,
+) {
+    let mut close = writer.close.subscribe();
+    loop {
+        let bytes = tokio::select! {
+            _ = close.wait_for(|closed| *closed) => break,
+            bytes = queue.recv() => match bytes {
+                Some(bytes) => bytes,
+                None => break,
+            },
+        };
+        let len = bytes.len();
+        // A peer that does not read blocks this write; the close signal (queue over its bound,
+        // idle timeout, shutdown) must still get through.
+        let written = tokio::select! {
+            _ = close.wait_for(|closed| *closed) => break,
+            written = write_half.write_all(&bytes) => written,
+        };
+        writer.queued_bytes.fetch_sub(len, Ordering::AcqRel);
+        if written.is_err() {
+            writer.close.send_replace(true);
+            break;
+        }
+    }
+    // A connection closed in good order (the peer closed its side, a 400 before closing) still
+    // gets what was already queued for it, within a short bound; a slow peer gets nothing more.
+    if !writer.overflowed.load(Ordering::Acquire) {
+        let drain = async {
+            while let Ok(bytes) = queue.try_recv() {
+                if write_half.write_all(&bytes).await.is_err() {
+                    break;
+                }
+            }
+        };
+        let _ = tokio::time::timeout(CLOSE_DRAIN_TIME, drain).await;
+    }
+    let _ = write_half.shutdown().await;
+}
+
+/// How long a closing connection may take to send what was queued before it closed.
+const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Per-connection read loop: frames messages by Content-Length and hands them to the driver.
 async fn read_loop(
     shared: Arc<Shared>,
-    id: ConnectionId,
+    registration: Registration,
     peer: SocketAddr,
     mut read_half: tokio::net::tcp::OwnedReadHalf,
+    writer: ConnectionWriter,
 ) {
     let mut shutdown = shared.shutdown.subscribe();
+    let mut close = writer.close.subscribe();
+    let idle_timeout = shared.tcp_limits.idle_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 8192];
-    let origin = Origin { transport: Transport::Tcp, source: peer, connection: Some(id) };
+    let origin = Origin { transport: Transport::Tcp, source: peer, connection: Some(registration.id) };
     let mut close_after_grace = false;
     'outer: loop {
         let read = tokio::select! {
-            _ = shutdown.changed() => break,
-            read = read_half.read(&mut chunk) => read,
+            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = close.wait_for(|closed| *closed) => {
+                if writer.overflowed.load(Ordering::Acquire) {
+                    metrics::counter!(metric_names::TCP_CLOSED_TOTAL, "reason" => "write_queue_full").increment(1);
+                    tracing::debug!(%peer, "TCP peer does not read; closing");
+                }
+                break;
+            }
+            read = tokio::time::timeout(idle_timeout, read_half.read(&mut chunk)) => match read {
+                Ok(read) => read,
+                // A connection that carries a call stays open however quiet it is: the caller
+                // (behind NAT, perhaps) can only get our BYE on it.
+                Err(_) if shared.core().connection_in_use(registration.id) => continue 'outer,
+                Err(_) => {
+                    metrics::counter!(metric_names::TCP_CLOSED_TOTAL, "reason" => "idle").increment(1);
+                    tracing::debug!(%peer, "TCP connection idle; closing");
+                    break;
+                }
+            },
         };
-        match read {
+        let n = match read {
             Ok(0) | Err(_) => break,
-            Ok(n) => buf.extend_from_slice(chunk.get(..n).unwrap_or_default()),
-        }
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(chunk.get(..n).unwrap_or_default());
         loop {
             match frame_stream(&buf, shared.max_message_bytes) {
                 StreamFrame::Incomplete => break,
                 StreamFrame::Keepalive(n) => {
                     // RFC 5626 §3.5.1: answer a double-CRLF ping with a single CRLF pong.
                     let ping = buf.get(..n).unwrap_or_default().windows(4).any(|w| w == b"\r\n\r\n");
-                    buf.drain(..n);
-                    if ping && let Some(connection) = shared.state().connections.get(&id) {
-                        let _ = connection.writer.send(b"\r\n".to_vec());
+                    buf.drain(..n.min(buf.len()));
+                    if ping {
+                        let _ = writer.send(b"\r\n".to_vec());
                     }
                 }
                 StreamFrame::Message { len, then_close } => {
-                    let message: Vec<u8> = buf.drain(..len).collect();
-                    let _ = shared.inbound.send((origin, message));
+                    let message: Vec<u8> = buf.drain(..len.min(buf.len())).collect();
+                    // Awaited: when the driver is behind, this reader stops reading and TCP
+                    // flow control slows the peer down.
+                    if shared.inbound.send((origin, message)).await.is_err() {
+                        break 'outer;
+                    }
                     shared.wake.notify_one();
                     if then_close {
                         close_after_grace = true;
@@ -686,7 +1185,46 @@ async fn read_loop(
     }
     if close_after_grace {
         // Let the 400 for the unframeable message go out before the writer closes.
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    shared.state().connections.remove(&id);
+    drop(registration);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_log_the_first_then_a_summary_per_period() {
+        let start = Instant::now();
+        let mut limiter = WarningLimiter::new(Duration::from_secs(10));
+        assert_eq!(limiter.hit(start), WarningAction::Log { suppressed: 0 });
+        for ms in 1..=5 {
+            assert_eq!(limiter.hit(start + Duration::from_millis(ms)), WarningAction::Suppress);
+        }
+        assert_eq!(limiter.hit(start + Duration::from_secs(10)), WarningAction::Log { suppressed: 5 });
+        assert_eq!(limiter.hit(start + Duration::from_secs(11)), WarningAction::Suppress);
+        assert_eq!(limiter.hit(start + Duration::from_secs(30)), WarningAction::Log { suppressed: 1 });
+    }
+
+    #[test]
+    fn accept_backoff_doubles_to_a_ceiling_and_resets() {
+        let mut backoff = AcceptBackoff::default();
+        let pauses: Vec<u64> = (0..10).map(|_| backoff.next_pause().as_millis() as u64).collect();
+        assert_eq!(pauses, [10, 20, 40, 80, 160, 320, 640, 1000, 1000, 1000]);
+        backoff.reset();
+        assert_eq!(backoff.next_pause(), Duration::from_millis(10));
+    }
+
+    #[test]
+    fn open_file_limit_is_read_from_proc_limits() {
+        let limits = "Limit                     Soft Limit           Hard Limit           Units     \n\
+                      Max cpu time              unlimited            unlimited            seconds   \n\
+                      Max open files            1024                 524288               files     \n";
+        assert_eq!(parse_open_file_limit(limits), Some(1024));
+        assert_eq!(parse_open_file_limit("Max open files unlimited unlimited files"), None);
+        assert_eq!(fd_reserve(1024), 256);
+        assert_eq!(fd_reserve(40), 16);
+        assert_eq!(fd_reserve(20_000), 256);
+    }
 }

@@ -4,8 +4,9 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use switchboard_sip::endpoint::{EndpointStopped, TcpLimits};
 use switchboard_sip::message::{Message, Method, StreamFrame, frame_stream, parse_message};
-use switchboard_sip::{DialogEvent, EndpointConfig, IncomingCall, SipEndpoint, Timers, Transport};
+use switchboard_sip::{DialogEvent, EndpointConfig, HangupError, IncomingCall, SipEndpoint, Timers, Transport};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -363,5 +364,229 @@ async fn dropped_invite_is_rejected_and_dropped_dialog_hangs_up() {
     drop(dialog);
     let bye = recv_udp_where(&phone, |m| m.method() == Some(&Method::Bye)).await;
     assert_eq!(bye.call_id(), Some("drop-2"));
+    endpoint.shutdown().await;
+}
+
+async fn start_with(adjust: impl FnOnce(&mut EndpointConfig)) -> (SipEndpoint, mpsc::Receiver<IncomingCall>) {
+    let mut cfg = EndpointConfig {
+        udp: Some("127.0.0.1:0".parse().unwrap()),
+        tcp: Some("127.0.0.1:0".parse().unwrap()),
+        user_agent: "switchboard-test".into(),
+        timers: Timers {
+            t1: Duration::from_millis(100),
+            t2: Duration::from_millis(400),
+            t4: Duration::from_millis(500),
+        },
+        ..EndpointConfig::default()
+    };
+    adjust(&mut cfg);
+    SipEndpoint::bind(cfg).await.unwrap()
+}
+
+fn options(local: SocketAddr, call_id: &str, vias: usize) -> String {
+    let mut extra_vias = String::new();
+    for i in 0..vias {
+        extra_vias.push_str(&format!(
+            "Via: SIP/2.0/TCP proxy{i}.example.invalid:5060;branch=z9hG4bK-{i}-{}\r\n",
+            "x".repeat(120)
+        ));
+    }
+    format!(
+        "OPTIONS sip:switchboard@127.0.0.1 SIP/2.0\r\n\
+         Via: SIP/2.0/TCP {local};branch=z9hG4bK-{call_id}\r\n\
+         {extra_vias}\
+         Max-Forwards: 70\r\n\
+         From: <sip:probe@{local}>;tag=p\r\n\
+         To: <sip:switchboard@127.0.0.1>\r\n\
+         Call-ID: {call_id}\r\n\
+         CSeq: 1 OPTIONS\r\n\
+         Content-Length: 0\r\n\r\n"
+    )
+}
+
+/// Reads until the peer closes (EOF or reset); `false` if it is still open after `limit`.
+async fn closed_by_peer(stream: &mut TcpStream, limit: Duration) -> bool {
+    let mut chunk = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, stream.read(&mut chunk)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => {}
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_panicking_driver_is_reported_and_releases_every_waiter() {
+    let (endpoint, mut calls) = start().await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    phone.send_to(invite("UDP", local, target, "doomed", "").as_bytes(), target).await.unwrap();
+    let call = next_call(&mut calls).await;
+    let mut dialog = call.invite.accept("v=0\r\n");
+    let ok = recv_udp_where(&phone, |m| m.status() == Some(200)).await;
+    phone.send_to(in_dialog("ACK", "UDP", local, "doomed", &ok.to_tag().unwrap(), 1).as_bytes(), target).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+    assert_eq!(endpoint.stopped(), None);
+
+    endpoint.panic_driver_for_test();
+    let stopped = timeout(WAIT, endpoint.closed()).await.expect("closed() must complete when the driver dies");
+    match &stopped {
+        EndpointStopped::TaskEnded { task, panic: Some(message) } => {
+            assert_eq!(*task, "SIP driver");
+            assert!(message.contains("test hook"), "{message}");
+        }
+        other => panic!("expected a driver panic, got {other:?}"),
+    }
+    assert_eq!(endpoint.stopped(), Some(stopped));
+    // Nothing will answer a BYE any more: waiters end instead of hanging.
+    assert_eq!(timeout(WAIT, dialog.hangup()).await.unwrap(), Err(HangupError::Shutdown));
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), None);
+    assert!(timeout(WAIT, calls.recv()).await.unwrap().is_none(), "no more calls after the driver died");
+}
+
+#[tokio::test]
+async fn shutdown_is_reported_as_shutdown() {
+    let (endpoint, _calls) = start().await;
+    endpoint.shutdown().await;
+    assert_eq!(timeout(WAIT, endpoint.closed()).await.unwrap(), EndpointStopped::Shutdown);
+}
+
+#[tokio::test]
+async fn backlog_503_carries_the_configured_retry_after() {
+    let (endpoint, _calls) = start_with(|cfg| cfg.retry_after_secs = 17).await;
+    let target = endpoint.local_udp_addr().unwrap();
+    let phone = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    let local = phone.local_addr().unwrap();
+    // Nobody takes calls from the receiver: the 64-call backlog fills, then 503.
+    for i in 0..70 {
+        phone.send_to(invite("UDP", local, target, &format!("backlog-{i}"), "").as_bytes(), target).await.unwrap();
+    }
+    let refused = recv_udp_where(&phone, |m| m.status() == Some(503)).await;
+    assert_eq!(refused.header("Retry-After"), Some("17"));
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn idle_tcp_connections_are_closed() {
+    let limits = TcpLimits { idle_timeout: Duration::from_millis(300), ..TcpLimits::default() };
+    let (endpoint, _calls) = start_with(|cfg| cfg.tcp_limits = limits).await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let mut idle = TcpStream::connect(target).await.unwrap();
+    assert!(closed_by_peer(&mut idle, WAIT).await, "an idle connection must be closed");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while endpoint.tcp_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "connection still registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    endpoint.shutdown().await;
+}
+
+/// A 70-minute call over TCP is quiet on SIP: its connection must not be closed for idling, or the
+/// caller (behind NAT, say) could never get our BYE.
+#[tokio::test]
+async fn a_tcp_connection_carrying_a_call_outlives_the_idle_timeout() {
+    let limits = TcpLimits { idle_timeout: Duration::from_millis(200), ..TcpLimits::default() };
+    // A short T1: the INVITE transaction (64*T1 after its 2xx, RFC 6026) ends soon after the call.
+    let (endpoint, mut calls) = start_with(|cfg| {
+        cfg.tcp_limits = limits;
+        cfg.timers.t1 = Duration::from_millis(20);
+    })
+    .await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let stream = TcpStream::connect(target).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    let mut phone = TcpPeer { stream, buf: Vec::new(), pongs: 0 };
+    phone.stream.write_all(invite("TCP", local, target, "tcp-quiet", "").as_bytes()).await.unwrap();
+    assert_eq!(phone.recv().await.status(), Some(100));
+    let call = next_call(&mut calls).await;
+    let mut dialog = call.invite.accept("v=0\r\n");
+    let ok = phone.recv().await;
+    let tag = ok.to_tag().unwrap();
+    phone.stream.write_all(in_dialog("ACK", "TCP", local, "tcp-quiet", &tag, 1).as_bytes()).await.unwrap();
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+
+    // Five idle timeouts of silence, then our BYE still arrives on the same connection.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert_eq!(endpoint.tcp_connections(), 1, "the call's connection was closed for idling");
+    let hangup = tokio::spawn(async move { dialog.hangup().await });
+    let bye = phone.recv().await;
+    assert_eq!(bye.method(), Some(&Method::Bye));
+    phone.stream.write_all(reply_to(&bye, 200).as_bytes()).await.unwrap();
+    assert_eq!(timeout(WAIT, hangup).await.unwrap().unwrap(), Ok(()));
+
+    // With the call over, the idle timeout applies again.
+    assert!(closed_by_peer(&mut phone.stream, WAIT).await, "an idle connection without a call must be closed");
+    endpoint.shutdown().await;
+}
+
+#[tokio::test]
+async fn tcp_connections_beyond_the_per_address_cap_are_closed_at_once() {
+    let limits = TcpLimits { max_connections_per_address: 2, ..TcpLimits::default() };
+    let (endpoint, _calls) = start_with(|cfg| cfg.tcp_limits = limits).await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let mut kept = Vec::new();
+    for _ in 0..2 {
+        kept.push(TcpStream::connect(target).await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while endpoint.tcp_connections() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "connections not registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut third = TcpStream::connect(target).await.unwrap();
+    assert!(closed_by_peer(&mut third, WAIT).await, "the third connection from one address must be closed");
+    // The first two still work.
+    let local = kept[0].local_addr().unwrap();
+    kept[0].write_all(options(local, "still-open", 0).as_bytes()).await.unwrap();
+    let mut peer = TcpPeer { stream: kept.remove(0), buf: Vec::new(), pongs: 0 };
+    assert_eq!(peer.recv().await.status(), Some(200));
+    assert_eq!(endpoint.tcp_connections(), 2);
+
+    let limits = TcpLimits { max_connections: 1, ..TcpLimits::default() };
+    let (endpoint, _calls) = start_with(|cfg| cfg.tcp_limits = limits).await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let _first = TcpStream::connect(target).await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while endpoint.tcp_connections() < 1 {
+        assert!(tokio::time::Instant::now() < deadline, "connection not registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut second = TcpStream::connect(target).await.unwrap();
+    assert!(closed_by_peer(&mut second, WAIT).await, "beyond the global cap connections are closed");
+}
+
+#[tokio::test]
+async fn a_tcp_peer_that_does_not_read_is_disconnected() {
+    let limits = TcpLimits { write_queue_bytes: 64 * 1024, ..TcpLimits::default() };
+    let (endpoint, _calls) = start_with(|cfg| cfg.tcp_limits = limits).await;
+    let target = endpoint.local_tcp_addr().unwrap();
+    let mut stream = TcpStream::connect(target).await.unwrap();
+    let local = stream.local_addr().unwrap();
+    // Each OPTIONS carries 40 long Via headers, which the ~6 KB response repeats (§8.2.6.2).
+    // We never read: once the kernel buffers are full the gateway's queue grows to its bound.
+    let mut disconnected = false;
+    for i in 0..20_000 {
+        let request = options(local, &format!("flood-{i}"), 40);
+        match timeout(WAIT, stream.write_all(request.as_bytes())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => {
+                disconnected = true;
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    if !disconnected {
+        disconnected = closed_by_peer(&mut stream, WAIT).await;
+    }
+    assert!(disconnected, "a peer that never reads must be disconnected");
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while endpoint.tcp_connections() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "connection still registered");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     endpoint.shutdown().await;
 }

@@ -1,22 +1,25 @@
 //! The running gateway: SIP endpoint, call tasks, admin HTTP, offline agent, and shutdown.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::PrometheusHandle;
 use switchboard_realtime::client::ConnectConfig;
 use switchboard_sim::{Behaviour, RunningSimulator, SimConfig, Simulator};
-use switchboard_sip::{EndpointConfig, SipEndpoint, Timers};
+use switchboard_sip::endpoint::{EndpointStopped, TcpLimits};
+use switchboard_sip::{EndpointConfig, IncomingCall, SipEndpoint, Timers};
 use tokio::sync::watch;
-use tokio::task::JoinSet;
-use tracing::{info, warn};
+use tokio::task::{JoinHandle, JoinSet};
+use tracing::{error, info, warn};
 
 use crate::admin;
+use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::{self, CallSlot};
 use crate::config::{Config, Resolved};
 use crate::rtp_ports::RtpPorts;
+use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
 /// What every call task shares.
 pub struct GatewayState {
@@ -28,6 +31,50 @@ pub struct GatewayState {
     /// Flips to true once at shutdown; every call task watches it.
     pub shutdown: watch::Sender<bool>,
     pub ready: AtomicBool,
+    /// Per-source limits, checked before a call costs anything.
+    pub admission: Mutex<Admission>,
+    /// Rate limit on the "refused by per-source admission" warning.
+    admission_warnings: Mutex<WarningLimiter>,
+    /// Set once, when a task the gateway cannot live without has ended: what ended and why.
+    /// `/healthz` and `/readyz` report it; the process then exits non-zero.
+    failure: OnceLock<String>,
+}
+
+impl GatewayState {
+    /// Why the gateway is broken, if it is.
+    pub fn failure(&self) -> Option<&str> {
+        self.failure.get().map(String::as_str)
+    }
+
+    /// Records a fatal failure (the first one wins) and stops taking calls at once.
+    fn fail(&self, what: String) {
+        if self.failure.set(what).is_ok() {
+            self.ready.store(false, Ordering::Release);
+            metrics::gauge!(telemetry::UP).set(0.0);
+        }
+    }
+
+    fn admission(&self) -> MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// How many sources the admission table may track: always more than the calls that can be up
+/// (entries with calls up are never evicted), and at least 4096.
+fn admission_table_size(max_concurrent: usize) -> usize {
+    max_concurrent.saturating_mul(2).max(4096)
+}
+
+/// A call admitted against its source's limits; dropping it (the call ended) gives the slot back.
+struct SourceSlot {
+    state: Arc<GatewayState>,
+    source: IpAddr,
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        self.state.admission().release(self.source, Instant::now());
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -43,9 +90,12 @@ pub enum StartError {
 pub struct RunningGateway {
     state: Arc<GatewayState>,
     sip: SipEndpoint,
-    accept_task: tokio::task::JoinHandle<JoinSet<()>>,
+    /// Aborting it aborts the accept task, which drops its JoinSet and so every call task.
+    accept_abort: tokio::task::AbortHandle,
     offline_agent: Option<RunningSimulator>,
     admin_addr: Option<SocketAddr>,
+    /// Flips to `Some(what)` when a task the gateway cannot live without ends.
+    fatal: watch::Receiver<Option<String>>,
 }
 
 /// Binds everything (admin, offline agent, SIP) and starts accepting calls.
@@ -81,24 +131,33 @@ pub async fn start(
     };
 
     let (shutdown, _) = watch::channel(false);
+    let admission = Admission::new(AdmissionConfig {
+        max_calls_per_source: config.calls.max_per_source,
+        invites_per_second: config.sip.invite_rate_per_source,
+        trusted: resolved.trusted_proxies.clone(),
+        max_sources: admission_table_size(config.calls.max_concurrent),
+    });
     let state = Arc::new(GatewayState {
         rtp_ports: RtpPorts::new(resolved.media_bind, resolved.rtp_ports.clone()),
         realtime,
         active_calls: AtomicUsize::new(0),
         shutdown,
         ready: AtomicBool::new(false),
+        admission: Mutex::new(admission),
+        admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
+        failure: OnceLock::new(),
         resolved,
         config,
     });
 
-    let admin_addr = match state.resolved.admin_listen {
+    let (admin_addr, admin_task) = match state.resolved.admin_listen {
         Some(addr) => {
-            let bound = admin::serve(addr, Arc::clone(&state), metrics)
+            let (bound, task) = admin::serve(addr, Arc::clone(&state), metrics)
                 .await
                 .map_err(|source| StartError::Admin { addr, source })?;
-            Some(bound)
+            (Some(bound), Some(task))
         }
-        None => None,
+        None => (None, None),
     };
 
     let sip_cfg = &state.config.sip;
@@ -114,31 +173,148 @@ pub async fn start(
         max_message_bytes: sip_cfg.max_message_bytes,
         max_headers: 100,
         timers: Timers { t1, t2: Duration::from_secs(4).max(t1), t4: Duration::from_secs(5) },
+        retry_after_secs: state.config.calls.retry_after_secs,
+        tcp_limits: TcpLimits {
+            idle_timeout: Duration::from_secs(sip_cfg.tcp_idle_timeout_secs),
+            max_connections: sip_cfg.tcp_max_connections,
+            max_connections_per_address: sip_cfg.tcp_max_connections_per_address,
+            write_queue_bytes: sip_cfg.tcp_write_queue_bytes,
+        },
     })
     .await?;
-    info!(udp = ?sip.local_udp_addr(), tcp = ?sip.local_tcp_addr(), admin = ?admin_addr, "Switchboard listening");
+    info!(
+        udp = ?sip.local_udp_addr(),
+        tcp = ?sip.local_tcp_addr(),
+        admin = ?admin_addr,
+        tcp_max_connections = sip.tcp_max_connections(),
+        "Switchboard listening"
+    );
 
     let accept_state = Arc::clone(&state);
     let accept_task = tokio::spawn(async move {
         let mut calls = JoinSet::new();
         while let Some(call) = incoming.recv().await {
-            if *accept_state.shutdown.borrow() {
-                call::refuse_overloaded(&accept_state, call);
-                continue;
-            }
-            match CallSlot::try_take(&accept_state) {
-                Some(slot) => {
-                    calls.spawn(call::handle(Arc::clone(&accept_state), call, slot));
-                }
-                None => call::refuse_overloaded(&accept_state, call),
-            }
+            accept_call(&accept_state, &mut calls, call);
             while calls.try_join_next().is_some() {}
         }
-        calls
+        // The endpoint hands out no more calls (shutdown, or its driver died, which the
+        // supervisor reports). Keep the call tasks so they end in order, each with its BYE
+        // where possible and its metrics, until `shutdown` aborts this task after its grace.
+        std::future::pending::<()>().await;
+        drop(calls);
     });
+    let accept_abort = accept_task.abort_handle();
+    let (fatal_tx, fatal) = watch::channel(None);
+    tokio::spawn(supervise(Arc::clone(&state), sip.clone(), accept_task, admin_task, fatal_tx));
     state.ready.store(true, Ordering::Release);
+    metrics::gauge!(telemetry::UP).set(1.0);
 
-    Ok(RunningGateway { state, sip, accept_task, offline_agent, admin_addr })
+    Ok(RunningGateway { state, sip, accept_abort, offline_agent, admin_addr, fatal })
+}
+
+/// One new INVITE: per-source admission, then a global call slot, then the call's own task.
+/// Everything here is cheap; routing, RTP ports and the Realtime session come after.
+fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
+    if *state.shutdown.borrow() {
+        call::refuse_overloaded(state, call);
+        return;
+    }
+    let source = call.info.source.ip();
+    let decision = state.admission().admit(source, Instant::now());
+    let source_slot = match decision {
+        Decision::Admitted => Some(SourceSlot { state: Arc::clone(state), source }),
+        Decision::Trusted => None,
+        Decision::Refused(refusal) => {
+            refuse_by_admission(state, call, refusal);
+            return;
+        }
+    };
+    metrics::gauge!(telemetry::ADMISSION_SOURCES).set(state.admission().tracked_sources() as f64);
+    match CallSlot::try_take(state) {
+        Some(slot) => {
+            let call_state = Arc::clone(state);
+            calls.spawn(async move {
+                call::handle(call_state, call, slot).await;
+                drop(source_slot);
+            });
+        }
+        None => call::refuse_overloaded(state, call),
+    }
+}
+
+/// 503 + Retry-After for a source over its limits, counted by reason; the warning is rate-limited
+/// (an attacker must not be able to flood the log either).
+fn refuse_by_admission(state: &GatewayState, call: IncomingCall, refusal: AdmissionRefusal) {
+    let retry_after = state.config.calls.retry_after_secs.to_string();
+    let source = call.info.source;
+    tracing::debug!(%source, call_id = %Escaped(&call.info.call_id), reason = refusal.reason_label(), "INVITE refused by per-source admission");
+    call.invite.reject(503, "Service Unavailable", &[("Retry-After", retry_after.as_str())]);
+    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => "refused", "reason" => refusal.reason_label()).increment(1);
+    let action = state.admission_warnings.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now());
+    if let WarningAction::Log { suppressed } = action {
+        warn!(
+            reason = refusal.reason_label(),
+            suppressed_since_last = suppressed,
+            "INVITE refused: source over its per-source limit (sip.invite_rate_per_source / calls.max_per_source)"
+        );
+    }
+}
+
+/// Watches the tasks the gateway cannot live without: the SIP endpoint (its driver and TCP accept
+/// loop), the call accept loop and the admin server. The first to end (return or panic) outside
+/// a shutdown marks the gateway failed: readiness and health fail at once, the OPTIONS answer
+/// turns 503, calls are told to hang up, and `main` exits non-zero so systemd or Kubernetes
+/// restarts the process. A gateway that cannot read SIP any more must not look healthy.
+async fn supervise(
+    state: Arc<GatewayState>,
+    sip: SipEndpoint,
+    accept_task: JoinHandle<()>,
+    admin_task: Option<JoinHandle<()>>,
+    fatal: watch::Sender<Option<String>>,
+) {
+    let admin = async {
+        match admin_task {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
+    };
+    let mut shutdown = state.shutdown.subscribe();
+    let ended = tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => return,
+        stopped = sip.closed() => Ended::Sip(stopped),
+        ended = accept_task => Ended::AcceptLoop(ended),
+        ended = admin => Ended::Admin(ended),
+    };
+    let what = match ended {
+        // Only `shutdown` stops the endpoint this way, and that is no failure.
+        Ended::Sip(EndpointStopped::Shutdown) => return,
+        Ended::Sip(stopped) => format!("SIP endpoint: {stopped}"),
+        Ended::AcceptLoop(ended) => format!("call accept loop {}", describe_end(ended)),
+        Ended::Admin(ended) => format!("admin server {}", describe_end(ended)),
+    };
+    if *state.shutdown.borrow() {
+        // Tasks end during a graceful shutdown by design.
+        return;
+    }
+    error!(failure = %what, "a task the gateway cannot live without has ended: failing readiness and exiting");
+    state.fail(what.clone());
+    sip.set_options_response(503);
+    fatal.send_replace(Some(what));
+}
+
+/// Which supervised task ended first.
+enum Ended {
+    Sip(EndpointStopped),
+    AcceptLoop(Result<(), tokio::task::JoinError>),
+    Admin(Result<(), tokio::task::JoinError>),
+}
+
+fn describe_end(ended: Result<(), tokio::task::JoinError>) -> String {
+    match ended {
+        Ok(()) => "ended".to_string(),
+        Err(e) if e.is_panic() => "panicked".to_string(),
+        Err(_) => "was cancelled".to_string(),
+    }
 }
 
 /// The offline agent: the simulator in-process, echoing the caller. It keeps no session logs, so
@@ -160,12 +336,33 @@ impl RunningGateway {
         self.state.active_calls.load(Ordering::Acquire)
     }
 
+    /// Completes when a task the gateway cannot live without has ended, with what ended. The
+    /// caller should then [`RunningGateway::shutdown`] (calls are hung up where the SIP endpoint
+    /// still can) and exit non-zero.
+    pub async fn failed(&self) -> String {
+        let mut fatal = self.fatal.clone();
+        match fatal.wait_for(Option::is_some).await {
+            Ok(what) => what.clone().unwrap_or_default(),
+            // The supervisor returned without a failure (graceful shutdown): never completes.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Test hook: a function that makes the SIP endpoint's driver task panic, as a parser bug
+    /// would.
+    #[doc(hidden)]
+    pub fn driver_killer_for_test(&self) -> impl FnOnce() + Send + 'static {
+        let sip = self.sip.clone();
+        move || sip.panic_driver_for_test()
+    }
+
     /// Stops taking calls (new INVITEs and OPTIONS get 503), hangs up every call with BYE, waits
     /// up to `grace` for the calls to finish, then closes the listeners.
     pub async fn shutdown(mut self, grace: Duration) {
         self.state.ready.store(false, Ordering::Release);
         self.sip.set_options_response(503);
-        let _ = self.state.shutdown.send(true);
+        // send_replace: `send` would leave the flag unset when no task happens to watch it yet.
+        self.state.shutdown.send_replace(true);
         let active = self.active_calls();
         info!(active_calls = active, "shutting down: hanging up calls");
         let deadline = tokio::time::Instant::now() + grace;
@@ -177,9 +374,70 @@ impl RunningGateway {
         }
         self.sip.shutdown().await;
         // Dropping the accept task's JoinSet aborts any call task still running.
-        self.accept_task.abort();
+        self.accept_abort.abort();
         if let Some(sim) = self.offline_agent.take() {
             sim.shutdown().await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// A gateway on ephemeral loopback ports with the offline agent.
+    async fn start_gateway() -> RunningGateway {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(
+            b"[sip]\nudp = \"127.0.0.1:0\"\ntcp = \"127.0.0.1:0\"\n[media]\nbind = \"127.0.0.1\"\n\
+              [admin]\nlisten = \"127.0.0.1:0\"\n",
+        )
+        .unwrap();
+        let (config, resolved) = crate::config::load_with_env(file.path(), &[]).unwrap();
+        start(config, resolved, None).await.unwrap()
+    }
+
+    async fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+        let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+        stream.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dead_sip_driver_fails_health_and_readiness_at_once() {
+        let gateway = start_gateway().await;
+        let admin = gateway.admin_addr().unwrap();
+        assert_eq!(http_get(admin, "/readyz").await.0, 200);
+        assert_eq!(http_get(admin, "/healthz").await.0, 200);
+
+        gateway.driver_killer_for_test()();
+        let failure = tokio::time::timeout(Duration::from_secs(5), gateway.failed()).await.unwrap();
+        assert!(failure.contains("SIP driver panicked"), "{failure}");
+        // By the time `failed()` completes (what main waits for), both endpoints say so.
+        let (status, body) = http_get(admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("SIP driver panicked"), "{body}");
+        let (status, body) = http_get(admin, "/healthz").await;
+        assert_eq!(status, 503);
+        assert!(body.starts_with("unhealthy"), "{body}");
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_graceful_shutdown_is_not_a_failure() {
+        let gateway = start_gateway().await;
+        let state = Arc::clone(&gateway.state);
+        let fatal = gateway.fatal.clone();
+        gateway.shutdown(Duration::from_secs(1)).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(state.failure(), None);
+        assert_eq!(*fatal.borrow(), None);
     }
 }

@@ -12,6 +12,8 @@ use std::path::Path;
 
 use serde::Deserialize;
 
+use crate::admission::IpNet;
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -39,6 +41,19 @@ pub struct SipConfig {
     pub max_message_bytes: usize,
     /// RFC 3261 T1 in milliseconds (retransmission base).
     pub t1_ms: u64,
+    /// New INVITEs per second accepted from one source address (a token bucket holding one
+    /// second's worth); more get 503 with Retry-After. 0: no limit.
+    pub invite_rate_per_source: u32,
+    /// Addresses or CIDR networks exempt from the per-source limits (a proxy or PBX in front).
+    pub trusted_proxies: StringList,
+    /// A TCP connection that receives nothing for this long is closed.
+    pub tcp_idle_timeout_secs: u64,
+    /// TCP connections open at once (lowered to fit the process's file-descriptor limit).
+    pub tcp_max_connections: usize,
+    /// TCP connections open at once from one IP address.
+    pub tcp_max_connections_per_address: usize,
+    /// Bytes queued for a TCP peer that does not read before it is disconnected.
+    pub tcp_write_queue_bytes: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -108,6 +123,8 @@ pub struct CallsConfig {
     /// Beyond this many concurrent calls new INVITEs get 503 with Retry-After.
     pub max_concurrent: usize,
     pub retry_after_secs: u32,
+    /// Calls up at once from one source address; more get 503 with Retry-After. 0: no limit.
+    pub max_per_source: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -203,6 +220,12 @@ impl Default for SipConfig {
             user_agent: concat!("Switchboard/", env!("CARGO_PKG_VERSION")).into(),
             max_message_bytes: 16 * 1024,
             t1_ms: 500,
+            invite_rate_per_source: 10,
+            trusted_proxies: StringList::default(),
+            tcp_idle_timeout_secs: 300,
+            tcp_max_connections: 1000,
+            tcp_max_connections_per_address: 32,
+            tcp_write_queue_bytes: 256 * 1024,
         }
     }
 }
@@ -242,7 +265,7 @@ impl Default for RealtimeConfig {
 
 impl Default for CallsConfig {
     fn default() -> Self {
-        CallsConfig { max_concurrent: 500, retry_after_secs: 5 }
+        CallsConfig { max_concurrent: 500, retry_after_secs: 5, max_per_source: 20 }
     }
 }
 
@@ -304,6 +327,8 @@ pub struct Resolved {
     pub media_bind: IpAddr,
     pub rtp_ports: RangeInclusive<u16>,
     pub admin_listen: Option<SocketAddr>,
+    /// `sip.trusted_proxies`, parsed.
+    pub trusted_proxies: Vec<IpNet>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -382,6 +407,25 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if !(50..=5_000).contains(&cfg.sip.t1_ms) {
         bad("sip.t1_ms", "must be between 50 and 5000".into());
+    }
+    let mut trusted_proxies = Vec::new();
+    for entry in &cfg.sip.trusted_proxies.0 {
+        match entry.parse::<IpNet>() {
+            Ok(net) => trusted_proxies.push(net),
+            Err(message) => bad("sip.trusted_proxies", message),
+        }
+    }
+    if cfg.sip.tcp_idle_timeout_secs == 0 {
+        bad("sip.tcp_idle_timeout_secs", "must be at least 1".into());
+    }
+    if cfg.sip.tcp_max_connections == 0 {
+        bad("sip.tcp_max_connections", "must be at least 1".into());
+    }
+    if cfg.sip.tcp_max_connections_per_address == 0 {
+        bad("sip.tcp_max_connections_per_address", "must be at least 1".into());
+    }
+    if cfg.sip.tcp_write_queue_bytes < cfg.sip.max_message_bytes {
+        bad("sip.tcp_write_queue_bytes", "must be at least sip.max_message_bytes (one full message)".into());
     }
 
     let media_address = cfg
@@ -499,6 +543,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         media_bind: media_bind?,
         rtp_ports: rtp_ports?,
         admin_listen,
+        trusted_proxies,
     })
 }
 
@@ -550,6 +595,14 @@ mod tests {
         assert_eq!(cfg.agents["default"].apology_min_interval_secs, 10);
         assert_eq!(resolved.rtp_ports, 20000..=20999);
         assert!(cfg.agents.contains_key("default"));
+        assert_eq!(cfg.sip.invite_rate_per_source, defaults.sip.invite_rate_per_source);
+        assert_eq!(cfg.sip.trusted_proxies, defaults.sip.trusted_proxies);
+        assert_eq!(cfg.sip.tcp_idle_timeout_secs, defaults.sip.tcp_idle_timeout_secs);
+        assert_eq!(cfg.sip.tcp_max_connections, defaults.sip.tcp_max_connections);
+        assert_eq!(cfg.sip.tcp_max_connections_per_address, defaults.sip.tcp_max_connections_per_address);
+        assert_eq!(cfg.sip.tcp_write_queue_bytes, defaults.sip.tcp_write_queue_bytes);
+        assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
+        assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
     }
 
     #[test]
@@ -620,6 +673,38 @@ mod tests {
         let f = write("[calls]\nmax_concurrent = \"lots\"\n");
         let err = load_with_env(f.path(), &[]).unwrap_err();
         assert_eq!(err.0[0].key, "calls.max_concurrent");
+    }
+
+    #[test]
+    fn admission_and_tcp_keys_have_defaults_and_are_validated() {
+        let f = write("");
+        let (cfg, resolved) = load_with_env(f.path(), &[]).unwrap();
+        assert_eq!(cfg.calls.max_per_source, 20);
+        assert_eq!(cfg.sip.invite_rate_per_source, 10);
+        assert!(resolved.trusted_proxies.is_empty());
+
+        let f = write("[sip]\ntrusted_proxies = [\"10.0.0.0/8\", \"192.0.2.7\"]\n");
+        let (_, resolved) = load_with_env(f.path(), &[]).unwrap();
+        assert_eq!(resolved.trusted_proxies.len(), 2);
+        let env = [("SWITCHBOARD__SIP__TRUSTED_PROXIES".to_string(), "127.0.0.4, ::1".to_string())];
+        let (_, resolved) = load_with_env(write("").path(), &env).unwrap();
+        assert_eq!(resolved.trusted_proxies.len(), 2);
+
+        let f = write(
+            "[sip]\ntrusted_proxies = [\"10.0.0.0/40\"]\ntcp_idle_timeout_secs = 0\ntcp_max_connections = 0\n\
+             tcp_max_connections_per_address = 0\ntcp_write_queue_bytes = 10\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "sip.trusted_proxies",
+            "sip.tcp_idle_timeout_secs",
+            "sip.tcp_max_connections",
+            "sip.tcp_max_connections_per_address",
+            "sip.tcp_write_queue_bytes",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! ([`app`]), one task per call ([`call`]), the admin HTTP listener ([`admin`]) and telemetry.
 
 pub mod admin;
+pub mod admission;
 pub mod app;
 pub mod call;
 pub mod config;

@@ -85,11 +85,46 @@ fn run(path: PathBuf) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         };
-        wait_for_signal().await;
-        gateway.shutdown(Duration::from_secs(10)).await;
-        tracing::info!("stopped");
-        ExitCode::SUCCESS
+        if std::env::var_os(TEST_HOOKS_ENV).is_some_and(|v| v == "1") {
+            install_test_hooks(&gateway);
+        }
+        tokio::select! {
+            () = wait_for_signal() => {
+                gateway.shutdown(Duration::from_secs(10)).await;
+                tracing::info!("stopped");
+                ExitCode::SUCCESS
+            }
+            failure = gateway.failed() => {
+                // A dead task is a dead process: hang up what can still be hung up, then exit
+                // non-zero so systemd (Restart=on-failure) or Kubernetes restarts the gateway.
+                gateway.shutdown(Duration::from_secs(5)).await;
+                tracing::error!(%failure, "exiting after a fatal failure");
+                ExitCode::from(EXIT_TASK_FAILED)
+            }
+        }
     })
+}
+
+/// Exit status after a task the gateway cannot live without has ended (EX_SOFTWARE, sysexits.h).
+const EXIT_TASK_FAILED: u8 = 70;
+
+/// When set to `1`, SIGUSR1 makes the SIP driver task panic: end-to-end tests use it to prove
+/// that a dead task fails readiness and ends the process. Never set it in production.
+const TEST_HOOKS_ENV: &str = "SWITCHBOARD_TEST_HOOKS";
+
+fn install_test_hooks(gateway: &app::RunningGateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut usr1) = signal(SignalKind::user_defined1()) else {
+        tracing::warn!("test hooks requested but SIGUSR1 cannot be handled");
+        return;
+    };
+    tracing::warn!("{TEST_HOOKS_ENV}=1: SIGUSR1 panics the SIP driver (a test hook)");
+    let kill_driver = gateway.driver_killer_for_test();
+    tokio::spawn(async move {
+        if usr1.recv().await.is_some() {
+            kill_driver();
+        }
+    });
 }
 
 async fn wait_for_signal() {

@@ -20,6 +20,15 @@ pub const AGENT_AUDIO_DROPPED_FRAMES_TOTAL: &str = "switchboard_agent_audio_drop
 pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
 pub const INBOUND_PROCESSING_SECONDS: &str = "switchboard_inbound_processing_seconds";
 pub const OUTBOUND_PROCESSING_SECONDS: &str = "switchboard_outbound_processing_seconds";
+/// 1 while the gateway can work; 0 once a task it cannot live without has ended.
+pub const UP: &str = "switchboard_up";
+/// Sources tracked by per-source admission.
+pub const ADMISSION_SOURCES: &str = "switchboard_admission_sources";
+pub use switchboard_sip::endpoint::metric_names::{
+    TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
+};
+/// Rate-limits a repeated warning: first one, then a summary count at most once per period.
+pub use switchboard_sip::endpoint::{WarningAction, WarningLimiter};
 
 /// Per-packet timings are sub-millisecond when things are well: fine buckets.
 const PACKET_TIMING_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
@@ -77,6 +86,12 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         OUTBOUND_PROCESSING_SECONDS,
         "Model audio delta received to its RTP frames queued in the pacer."
     );
+    metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
+    metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
+    metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
+    metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
+    metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");
+    metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
     Ok(handle)
 }
 
@@ -85,11 +100,41 @@ pub struct Redacted<'a>(pub &'a str);
 
 impl std::fmt::Display for Redacted<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let chars: Vec<char> = self.0.chars().collect();
-        let keep = chars.len().saturating_sub(4);
-        let shown: String = chars[keep..].iter().collect();
-        write!(f, "…{shown}")
+        let skip = self.0.chars().count().saturating_sub(4);
+        let shown: String = self.0.chars().skip(skip).collect();
+        write!(f, "…{}", Escaped(&shown))
     }
+}
+
+/// A value from the network (Call-ID, URI, display name, User-Agent) made safe for a text log:
+/// control characters, ANSI escapes and CR/LF cannot forge log lines or drive a terminal, so
+/// they are written as `\x1b`, `\r`, `\n`, `\t`, `\u{..}`; a backslash is doubled so the
+/// escaped form is unambiguous; Unicode bidirectional overrides (which reorder what a reader sees)
+/// are escaped too. Everything else is shown as is.
+pub struct Escaped<'a>(pub &'a str);
+
+impl std::fmt::Display for Escaped<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        use std::fmt::Write;
+        for c in self.0.chars() {
+            match c {
+                '\\' => f.write_str("\\\\")?,
+                '\r' => f.write_str("\\r")?,
+                '\n' => f.write_str("\\n")?,
+                '\t' => f.write_str("\\t")?,
+                c if c.is_control() && u32::from(c) < 0x100 => write!(f, "\\x{:02x}", u32::from(c))?,
+                c if c.is_control() || is_bidi_control(c) => write!(f, "\\u{{{:x}}}", u32::from(c))?,
+                c => f.write_char(c)?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Unicode bidirectional formatting characters (Unicode TR9 §2): marks, embeddings, overrides
+/// and isolates.
+fn is_bidi_control(c: char) -> bool {
+    matches!(c, '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
 }
 
 #[cfg(test)]
@@ -100,5 +145,22 @@ mod tests {
     fn redaction_keeps_only_the_last_four_characters() {
         assert_eq!(Redacted("+15550001234").to_string(), "…1234");
         assert_eq!(Redacted("12").to_string(), "…12");
+        assert_eq!(Redacted("123\r\nX").to_string(), "…3\\r\\nX");
+    }
+
+    #[test]
+    fn network_values_are_escaped_for_the_log() {
+        assert_eq!(Escaped("abc-123@host").to_string(), "abc-123@host");
+        assert_eq!(
+            Escaped("id\u{1b}[31mRED\r\n2026-11-30T00:00:00Z  INFO forged").to_string(),
+            "id\\x1b[31mRED\\r\\n2026-11-30T00:00:00Z  INFO forged"
+        );
+        assert_eq!(Escaped("a\tb\0c\u{7f}").to_string(), "a\\tb\\x00c\\x7f");
+        assert_eq!(Escaped("back\\slash").to_string(), "back\\\\slash");
+        assert_eq!(Escaped("\u{202e}txt.exe").to_string(), "\\u{202e}txt.exe");
+        assert_eq!(Escaped("\u{9b}31m").to_string(), "\\x9b31m", "C1 CSI is a control character too");
+        assert_eq!(Escaped("Zoë 日本").to_string(), "Zoë 日本");
+        let escaped = Escaped("\u{1b}\r\n\u{7}").to_string();
+        assert!(!escaped.chars().any(char::is_control), "{escaped:?}");
     }
 }

@@ -32,11 +32,10 @@ pub enum Refusal {
     Overloaded,
     /// 503 + Retry-After: the RTP port range is exhausted.
     NoMediaPort,
-    /// 503 (+ Retry-After): the Realtime endpoint could not be reached (TCP, TLS, WebSocket).
+    /// 503 + Retry-After: the Realtime endpoint could not be reached (TCP, TLS, WebSocket).
     AgentUnavailable(String),
-    /// 503: the Realtime endpoint answered the WebSocket upgrade with an HTTP error (§1.3).
-    /// Retry-After for 429 and 5xx (try later); none for 401/403 (our key or account: retrying
-    /// will not help).
+    /// 503: the Realtime endpoint answered the WebSocket upgrade with an HTTP error (§1.3), e.g.
+    /// 401/403 (our key or account), 429 or 5xx.
     AgentRejectedUpgrade { status: u16, body: String },
     /// 503 + Retry-After: connect, `session.created` and `session.updated` did not all arrive
     /// within `realtime.connect_timeout_ms`. Says which one was missing.
@@ -64,21 +63,11 @@ impl Refusal {
         }
     }
 
-    /// Whether the 503 carries `Retry-After: calls.retry_after_secs` (RFC 3261 §21.5.4): only
-    /// when the condition is transient, so that a caller or proxy retrying later may succeed.
+    /// Whether the answer carries `Retry-After: calls.retry_after_secs` (RFC 3261 §21.5.4): every
+    /// 503 does. Even a refusal that retrying here will not cure soon (401 from the Realtime
+    /// endpoint) is one a proxy should route around for that long, to another gateway.
     pub fn retry_after(&self) -> bool {
-        match self {
-            Refusal::Overloaded | Refusal::NoMediaPort | Refusal::AgentUnavailable(_) | Refusal::AgentTimeout(_) => {
-                true
-            }
-            Refusal::AgentRejectedUpgrade { status, .. } => *status == 429 || (500..=599).contains(status),
-            Refusal::BadRequest(_)
-            | Refusal::NoRoute
-            | Refusal::NotAcceptable(_)
-            | Refusal::NoSdpOffer
-            | Refusal::AgentSessionRefused(_)
-            | Refusal::AgentFormatMismatch(_) => false,
-        }
+        self.status().0 == 503
     }
 
     pub fn fault(&self) -> Fault {
@@ -220,16 +209,16 @@ mod tests {
     }
 
     #[test]
-    fn agent_refusals_have_precise_reasons_and_retry_after_only_when_transient() {
+    fn agent_refusals_have_precise_reasons_and_every_503_retry_after() {
         let upgrade = |status| Refusal::AgentRejectedUpgrade { status, body: String::new() };
         let cases = [
-            (upgrade(401), "agent_rejected_upgrade", false),
-            (upgrade(403), "agent_rejected_upgrade", false),
+            (upgrade(401), "agent_rejected_upgrade", true),
+            (upgrade(403), "agent_rejected_upgrade", true),
             (upgrade(429), "agent_rejected_upgrade", true),
             (upgrade(503), "agent_rejected_upgrade", true),
             (Refusal::AgentTimeout("session.created"), "agent_timeout", true),
-            (Refusal::AgentSessionRefused("x".into()), "agent_session_refused", false),
-            (Refusal::AgentFormatMismatch("x".into()), "agent_format_mismatch", false),
+            (Refusal::AgentSessionRefused("x".into()), "agent_session_refused", true),
+            (Refusal::AgentFormatMismatch("x".into()), "agent_format_mismatch", true),
             (Refusal::AgentUnavailable("x".into()), "agent_unavailable", true),
         ];
         for (refusal, label, retry_after) in cases {

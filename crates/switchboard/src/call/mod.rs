@@ -22,7 +22,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, AudioFormatChoice};
 use crate::routing;
-use crate::telemetry::{self, Redacted};
+use crate::telemetry::{self, Escaped, Redacted};
 use end::{CallEnd, Refusal};
 use session::{ConfirmedAudio, SessionSetup, SetupStep};
 
@@ -57,7 +57,7 @@ pub fn refuse_overloaded(state: &GatewayState, call: IncomingCall) {
 
 /// Runs one call to its end in its own span.
 pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot) {
-    let span = info_span!("call", call_id = %call.info.call_id, dialled = %Redacted(&call.info.dialled));
+    let span = info_span!("call", call_id = %Escaped(&call.info.call_id), dialled = %Redacted(&call.info.dialled));
     async move {
         info!(from = %Redacted(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
         let end = run(&state, call).await;

@@ -1,0 +1,383 @@
+//! Admission before expense: per-source limits checked on every new INVITE before the call costs
+//! anything (routing, an RTP port, a Realtime session, which is billed upstream).
+//!
+//! Two limits per source IP address, in the spirit of Kamailio's `pike` module:
+//! - `sip.invite_rate_per_source`: new INVITEs per second, a token bucket holding one second's
+//!   worth (so a burst of that size passes, a sustained flood does not);
+//! - `calls.max_per_source`: calls up at once.
+//!
+//! Sources in `sip.trusted_proxies` (a Kamailio or a PBX in front, which concentrates many
+//! callers behind one address) are exempt. The per-source table is bounded: entries with no call
+//! up and a full bucket are idle and swept once per second of traffic; when the table is still
+//! full, the least recently seen entry without a call is evicted (forgetting an idle source only
+//! gives it a fresh bucket). Entries with calls up are never evicted, and there are at most
+//! `calls.max_concurrent` of them, so a table larger than that always has room.
+//!
+//! Sans-IO: time is a parameter; the shell (`app.rs`) holds it behind a mutex.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+/// An IP network written as an address (`192.0.2.7`, `::1`) or a CIDR (`10.0.0.0/8`, `fd00::/8`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    network: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    /// Whether `ip` is inside the network (an IPv4-mapped IPv6 address counts as IPv4).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match (self.network, ip.to_canonical()) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+impl FromStr for IpNet {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((addr, prefix)) => (addr, Some(prefix)),
+            None => (text, None),
+        };
+        let network: IpAddr =
+            addr.trim().parse().map_err(|_| format!("`{text}` is not an IP address or CIDR network"))?;
+        let network = network.to_canonical();
+        let max = if network.is_ipv4() { 32 } else { 128 };
+        let prefix = match prefix {
+            None => max,
+            Some(p) => p
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|p| *p <= max)
+                .ok_or_else(|| format!("`{text}`: the prefix length must be 0..={max}"))?,
+        };
+        Ok(IpNet { network, prefix })
+    }
+}
+
+impl fmt::Display for IpNet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.network, self.prefix)
+    }
+}
+
+/// The limits, from `[sip]` and `[calls]`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdmissionConfig {
+    /// Calls up at once per source; 0: no limit.
+    pub max_calls_per_source: u32,
+    /// New INVITEs per second per source; 0: no limit.
+    pub invites_per_second: u32,
+    /// Exempt sources.
+    pub trusted: Vec<IpNet>,
+    /// Bound on the per-source table.
+    pub max_sources: usize,
+}
+
+/// Why a source's INVITE was refused (503 with Retry-After).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionRefusal {
+    /// Over `sip.invite_rate_per_source`.
+    RateLimited,
+    /// At `calls.max_per_source`.
+    TooManyCalls,
+    /// The table is full of sources with calls up (cannot happen when it is larger than
+    /// `calls.max_concurrent`; refusing is the bounded answer if it does).
+    TableFull,
+}
+
+impl AdmissionRefusal {
+    /// `reason` label of `switchboard_calls_total{outcome="refused"}`.
+    pub fn reason_label(self) -> &'static str {
+        match self {
+            AdmissionRefusal::RateLimited => "source_rate_limited",
+            AdmissionRefusal::TooManyCalls => "source_call_limit",
+            AdmissionRefusal::TableFull => "source_table_full",
+        }
+    }
+}
+
+/// The answer for one new INVITE.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Counted against the source: call [`Admission::release`] when the call ends.
+    Admitted,
+    /// From a trusted proxy: not counted, nothing to release.
+    Trusted,
+    Refused(AdmissionRefusal),
+}
+
+#[derive(Debug, Clone)]
+struct Source {
+    /// Tokens left at `refilled_at`.
+    tokens: f64,
+    refilled_at: Instant,
+    active_calls: u32,
+    last_seen: Instant,
+}
+
+impl Source {
+    fn refill(&mut self, now: Instant, rate: f64, capacity: f64) {
+        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        self.tokens = (self.tokens + elapsed * rate).min(capacity);
+        self.refilled_at = now;
+    }
+
+    fn is_idle(&self, now: Instant, rate: f64, capacity: f64) -> bool {
+        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
+        self.active_calls == 0 && self.tokens + elapsed * rate >= capacity
+    }
+}
+
+/// How often idle entries are swept.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// Per-source admission state.
+#[derive(Debug)]
+pub struct Admission {
+    cfg: AdmissionConfig,
+    sources: HashMap<IpAddr, Source>,
+    last_sweep: Option<Instant>,
+}
+
+impl Admission {
+    pub fn new(cfg: AdmissionConfig) -> Self {
+        Admission { cfg, sources: HashMap::new(), last_sweep: None }
+    }
+
+    fn rate(&self) -> f64 {
+        f64::from(self.cfg.invites_per_second)
+    }
+
+    /// Bucket size: one second's worth of INVITEs.
+    fn capacity(&self) -> f64 {
+        f64::from(self.cfg.invites_per_second.max(1))
+    }
+
+    /// Decides on a new INVITE from `source` at `now`.
+    pub fn admit(&mut self, source: IpAddr, now: Instant) -> Decision {
+        let source = source.to_canonical();
+        if self.cfg.trusted.iter().any(|net| net.contains(source)) {
+            return Decision::Trusted;
+        }
+        if self.cfg.max_calls_per_source == 0 && self.cfg.invites_per_second == 0 {
+            return Decision::Admitted;
+        }
+        self.sweep_if_due(now);
+        let (rate, capacity) = (self.rate(), self.capacity());
+        if !self.sources.contains_key(&source) && !self.make_room(now) {
+            return Decision::Refused(AdmissionRefusal::TableFull);
+        }
+        let entry = self.sources.entry(source).or_insert(Source {
+            tokens: capacity,
+            refilled_at: now,
+            active_calls: 0,
+            last_seen: now,
+        });
+        entry.last_seen = now;
+        if self.cfg.invites_per_second > 0 {
+            entry.refill(now, rate, capacity);
+            if entry.tokens < 1.0 {
+                return Decision::Refused(AdmissionRefusal::RateLimited);
+            }
+            entry.tokens -= 1.0;
+        }
+        if self.cfg.max_calls_per_source > 0 && entry.active_calls >= self.cfg.max_calls_per_source {
+            return Decision::Refused(AdmissionRefusal::TooManyCalls);
+        }
+        entry.active_calls += 1;
+        Decision::Admitted
+    }
+
+    /// A call admitted with [`Decision::Admitted`] from `source` has ended.
+    pub fn release(&mut self, source: IpAddr, now: Instant) {
+        if let Some(entry) = self.sources.get_mut(&source.to_canonical()) {
+            entry.active_calls = entry.active_calls.saturating_sub(1);
+            entry.last_seen = now;
+        }
+    }
+
+    /// Sources tracked now (bounded by `max_sources`).
+    pub fn tracked_sources(&self) -> usize {
+        self.sources.len()
+    }
+
+    /// Calls up from `source` as counted here.
+    pub fn active_calls(&self, source: IpAddr) -> u32 {
+        self.sources.get(&source.to_canonical()).map_or(0, |s| s.active_calls)
+    }
+
+    fn sweep_if_due(&mut self, now: Instant) {
+        if self.last_sweep.is_some_and(|last| now.saturating_duration_since(last) < SWEEP_EVERY) {
+            return;
+        }
+        self.last_sweep = Some(now);
+        self.sweep(now);
+    }
+
+    fn sweep(&mut self, now: Instant) {
+        let (rate, capacity) = (self.rate(), self.capacity());
+        self.sources.retain(|_, source| !source.is_idle(now, rate, capacity));
+    }
+
+    /// Ensures room for one more entry; `false` when every entry has calls up.
+    fn make_room(&mut self, now: Instant) -> bool {
+        if self.sources.len() < self.cfg.max_sources {
+            return true;
+        }
+        self.sweep(now);
+        if self.sources.len() < self.cfg.max_sources {
+            return true;
+        }
+        let oldest_without_calls = self
+            .sources
+            .iter()
+            .filter(|(_, source)| source.active_calls == 0)
+            .min_by_key(|(_, source)| source.last_seen)
+            .map(|(ip, _)| *ip);
+        match oldest_without_calls {
+            Some(ip) => {
+                self.sources.remove(&ip);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ip(text: &str) -> IpAddr {
+        text.parse().unwrap()
+    }
+
+    fn admission(max_calls: u32, rate: u32) -> Admission {
+        Admission::new(AdmissionConfig {
+            max_calls_per_source: max_calls,
+            invites_per_second: rate,
+            trusted: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::1".parse().unwrap()],
+            max_sources: 4,
+        })
+    }
+
+    #[test]
+    fn networks_parse_and_match() {
+        let net: IpNet = "192.168.1.0/24".parse().unwrap();
+        assert!(net.contains(ip("192.168.1.200")));
+        assert!(!net.contains(ip("192.168.2.1")));
+        assert!(net.contains(ip("::ffff:192.168.1.9")), "IPv4-mapped IPv6 counts as IPv4");
+        let host: IpNet = "127.0.0.4".parse().unwrap();
+        assert!(host.contains(ip("127.0.0.4")) && !host.contains(ip("127.0.0.5")));
+        let all: IpNet = "0.0.0.0/0".parse().unwrap();
+        assert!(all.contains(ip("203.0.113.1")) && !all.contains(ip("::1")));
+        let v6: IpNet = "fd00::/8".parse().unwrap();
+        assert!(v6.contains(ip("fd12::1")) && !v6.contains(ip("fe80::1")));
+        for bad in ["10.0.0.0/33", "nonsense", "::/129", "1.2.3.4/x", ""] {
+            assert!(bad.parse::<IpNet>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_flood_from_one_source_is_limited_to_the_rate() {
+        let start = Instant::now();
+        let mut admission = admission(0, 10);
+        let flooder = ip("192.0.2.1");
+        // 20 INVITEs per second for 3 s: the first second's burst of 10, then 10 per second.
+        let mut admitted = 0;
+        for i in 0..60u64 {
+            let now = start + Duration::from_millis(i * 50);
+            match admission.admit(flooder, now) {
+                Decision::Admitted => admitted += 1,
+                Decision::Refused(AdmissionRefusal::RateLimited) => {}
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert!((38..=41).contains(&admitted), "{admitted} admitted");
+        // Another source is not affected.
+        assert_eq!(admission.admit(ip("192.0.2.2"), start + Duration::from_secs(3)), Decision::Admitted);
+    }
+
+    #[test]
+    fn concurrent_calls_per_source_are_capped_until_one_ends() {
+        let now = Instant::now();
+        let mut admission = admission(2, 0);
+        let source = ip("192.0.2.1");
+        assert_eq!(admission.admit(source, now), Decision::Admitted);
+        assert_eq!(admission.admit(source, now), Decision::Admitted);
+        assert_eq!(admission.admit(source, now), Decision::Refused(AdmissionRefusal::TooManyCalls));
+        assert_eq!(admission.admit(ip("192.0.2.2"), now), Decision::Admitted);
+        admission.release(source, now);
+        assert_eq!(admission.active_calls(source), 1);
+        assert_eq!(admission.admit(source, now), Decision::Admitted);
+    }
+
+    #[test]
+    fn trusted_proxies_are_exempt() {
+        let now = Instant::now();
+        let mut admission = admission(1, 1);
+        for _ in 0..100 {
+            assert_eq!(admission.admit(ip("10.1.2.3"), now), Decision::Trusted);
+            assert_eq!(admission.admit(ip("2001:db8::1"), now), Decision::Trusted);
+        }
+        assert_eq!(admission.tracked_sources(), 0, "trusted sources are not tracked");
+    }
+
+    #[test]
+    fn the_table_is_bounded_and_idle_sources_are_forgotten() {
+        let start = Instant::now();
+        let mut admission = admission(5, 10);
+        // A source with a call up is kept; a spray of new sources recycles the idle entries.
+        let caller = ip("192.0.2.1");
+        assert_eq!(admission.admit(caller, start), Decision::Admitted);
+        for i in 0..1000u32 {
+            let source = IpAddr::from(std::net::Ipv4Addr::from(0xC633_6400 + i));
+            let now = start + Duration::from_millis(u64::from(i));
+            assert_eq!(admission.admit(source, now), Decision::Admitted);
+            admission.release(source, now);
+            assert!(admission.tracked_sources() <= 4);
+        }
+        assert_eq!(admission.active_calls(caller), 1, "a source with a call up is never evicted");
+        // Once their buckets refill, idle sources are swept.
+        admission.admit(caller, start + Duration::from_secs(10));
+        assert_eq!(admission.tracked_sources(), 1);
+    }
+
+    #[test]
+    fn a_table_full_of_sources_with_calls_refuses_new_sources() {
+        let now = Instant::now();
+        let mut admission = admission(5, 0);
+        for i in 1..=4 {
+            assert_eq!(admission.admit(ip(&format!("192.0.2.{i}")), now), Decision::Admitted);
+        }
+        assert_eq!(admission.admit(ip("192.0.2.9"), now), Decision::Refused(AdmissionRefusal::TableFull));
+        admission.release(ip("192.0.2.1"), now);
+        assert_eq!(admission.admit(ip("192.0.2.9"), now), Decision::Admitted);
+    }
+
+    #[test]
+    fn zero_disables_a_limit() {
+        let now = Instant::now();
+        let mut admission = admission(0, 0);
+        for _ in 0..1000 {
+            assert_eq!(admission.admit(ip("192.0.2.1"), now), Decision::Admitted);
+        }
+        assert_eq!(admission.tracked_sources(), 0);
+    }
+}
