@@ -320,36 +320,7 @@ fn parse_digits<T: std::str::FromStr>(text: &str) -> Option<T> {
 
 /// Splits on commas that are outside `<...>` and quoted strings.
 pub fn split_top_level_commas(value: &str) -> Vec<&str> {
-    let mut parts = Vec::new();
-    let mut depth_angle = false;
-    let mut in_quotes = false;
-    let mut escaped = false;
-    let mut start = 0;
-    for (i, ch) in value.char_indices() {
-        if in_quotes {
-            if escaped {
-                escaped = false;
-            } else if ch == '\\' {
-                escaped = true;
-            } else if ch == '"' {
-                in_quotes = false;
-            }
-            continue;
-        }
-        match ch {
-            '"' => in_quotes = true,
-            '<' => depth_angle = true,
-            '>' => depth_angle = false,
-            ',' if !depth_angle => {
-                // `char_indices` positions are char boundaries, so `get` always succeeds.
-                parts.push(value.get(start..i).unwrap_or_default().trim());
-                start = i + 1;
-            }
-            _ => {}
-        }
-    }
-    parts.push(value.get(start..).unwrap_or_default().trim());
-    parts.into_iter().filter(|p| !p.is_empty()).collect()
+    split_outside(value, ',', true).into_iter().map(str::trim).filter(|p| !p.is_empty()).collect()
 }
 
 /// Where the header section ends: index of the blank line and the start of the body.
@@ -799,8 +770,15 @@ pub type Params = Vec<(String, Option<String>)>;
 /// Splits at `separator` outside quoted strings (RFC 3261 §25.1 `quoted-string`, with
 /// `quoted-pair` escapes), so that `;x="a;b"` stays one parameter.
 fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
+    split_outside(text, separator, false)
+}
+
+/// Splits at `separator` outside quoted strings and, with `angle_brackets`, outside `<...>` (a
+/// URI in a name-addr may hold commas, RFC 3261 §7.3.1). Parts are returned untrimmed.
+fn split_outside(text: &str, separator: char, angle_brackets: bool) -> Vec<&str> {
     let mut parts = Vec::new();
     let mut in_quotes = false;
+    let mut in_angles = false;
     let mut escaped = false;
     let mut start = 0;
     for (i, ch) in text.char_indices() {
@@ -814,7 +792,11 @@ fn split_outside_quotes(text: &str, separator: char) -> Vec<&str> {
             }
         } else if ch == '"' {
             in_quotes = true;
-        } else if ch == separator {
+        } else if angle_brackets && ch == '<' {
+            in_angles = true;
+        } else if angle_brackets && ch == '>' {
+            in_angles = false;
+        } else if ch == separator && !in_angles {
             // `char_indices` positions are char boundaries, so `get` always succeeds.
             parts.push(text.get(start..i).unwrap_or_default());
             start = i + ch.len_utf8();
