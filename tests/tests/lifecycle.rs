@@ -3,7 +3,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use switchboard_e2e::procs::{Gateway, run_bounded};
+use switchboard_e2e::procs::{Gateway, Sim, run_bounded};
 use switchboard_e2e::{Ports, audio, sipp, tools};
 
 #[test]
@@ -96,9 +96,9 @@ fn sigterm_hangs_up_every_call_and_exits_cleanly() {
     let mut gateway = Gateway::start(ports, "", "", &dir);
     let sipp_dir = dir.clone();
     let caller = std::thread::spawn(move || sipp::run("uac_wait_bye.xml", &[], &sipp_dir, ports, "15550001000", 0));
-    // Wait until the call is up.
+    // Wait until the call is answered (a call still in setup at shutdown gets 503 instead).
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !gateway.metrics().contains("switchboard_calls_active 1") {
+    while !gateway.metrics().contains("switchboard_call_setup_seconds_count 1") {
         assert!(std::time::Instant::now() < deadline, "call never came up; log:\n{}", gateway.log());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -118,4 +118,42 @@ fn record_route_is_mirrored_and_our_bye_follows_the_route_set() {
     let gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "1")]);
     let out = sipp::run("uac_record_route.xml", &[], &dir, ports, "15550001000", 0);
     assert!(out.status.success(), "route set not honoured; gateway log:\n{}", gateway.log());
+}
+
+/// SIGTERM while a call is still being set up (its `session.updated` is slow): the call is refused
+/// with 503 and Retry-After so a proxy can send it elsewhere, never answered only to be hung up,
+/// and the gateway still exits cleanly.
+#[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
+fn sigterm_during_call_setup_refuses_the_call_with_503() {
+    let test = "sigterm_during_call_setup";
+    let ports = Ports::for_slot(19);
+    let dir = tools::scratch_dir(test);
+    let sim = Sim::start(ports, &["--session-update-delay-ms", "2000"], &dir);
+    let mut gateway = Gateway::start(ports, &sim.url(), "", &dir);
+    let sipp_dir = dir.clone();
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            "uac_refused_retry_after.xml",
+            &[("CODE", "503"), ("RETRY_CHECK", r#"check_it="true""#)],
+            &sipp_dir,
+            ports,
+            "15550001000",
+            0,
+        )
+    });
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gateway.metrics().contains("switchboard_calls_active 1") {
+        assert!(std::time::Instant::now() < deadline, "call never arrived; log:\n{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = gateway.guard.terminate(Duration::from_secs(15));
+    let out = caller.join().unwrap();
+    assert!(out.status.success(), "the caller in setup did not get 503 + Retry-After; log:\n{}", gateway.log());
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "gateway exit; log:\n{}", gateway.log());
+    assert!(
+        !gateway.log().contains("answered setup_ms"),
+        "a call in setup at shutdown must not be answered:\n{}",
+        gateway.log()
+    );
 }

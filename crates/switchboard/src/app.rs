@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use crate::admin;
 use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
+use crate::call::end::Refusal;
 use crate::call::{self, CallSlot};
 use crate::config::{Config, Resolved};
 use crate::rtp_ports::RtpPorts;
@@ -216,7 +217,7 @@ pub async fn start(
 /// Everything here is cheap; routing, RTP ports and the Realtime session come after.
 fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
     if *state.shutdown.borrow() {
-        call::refuse_overloaded(state, call);
+        call::refuse_early(state, call, Refusal::ShuttingDown);
         return;
     }
     let source = call.info.source.ip();
@@ -238,7 +239,7 @@ fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: Incomin
                 drop(source_slot);
             });
         }
-        None => call::refuse_overloaded(state, call),
+        None => call::refuse_early(state, call, Refusal::Overloaded),
     }
 }
 

@@ -335,7 +335,9 @@ async fn media_loop(
 
             _ = sleep_until(rtp_deadline) => return CallEnd::RtpTimeout,
 
-            _ = shutdown.changed() => return CallEnd::GatewayShutdown,
+            // `wait_for` also sees a shutdown that began before this loop subscribed.
+            // (The guard it returns is dropped inside: it must not live across the loop's awaits.)
+            _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return CallEnd::GatewayShutdown,
         }
     }
 }

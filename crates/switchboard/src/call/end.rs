@@ -30,6 +30,8 @@ pub enum Refusal {
     NoSdpOffer,
     /// 503 + Retry-After: at `calls.max_concurrent`.
     Overloaded,
+    /// 503 + Retry-After: the gateway is shutting down (draining); a proxy sends the call elsewhere.
+    ShuttingDown,
     /// 503 + Retry-After: the RTP port range is exhausted.
     NoMediaPort,
     /// 503 + Retry-After: the Realtime endpoint could not be reached (TCP, TLS, WebSocket).
@@ -54,6 +56,7 @@ impl Refusal {
             Refusal::NoRoute => (404, "Not Found"),
             Refusal::NotAcceptable(_) | Refusal::NoSdpOffer => (488, "Not Acceptable Here"),
             Refusal::Overloaded
+            | Refusal::ShuttingDown
             | Refusal::NoMediaPort
             | Refusal::AgentUnavailable(_)
             | Refusal::AgentRejectedUpgrade { .. }
@@ -79,7 +82,11 @@ impl Refusal {
             | Refusal::AgentSessionRefused(_)
             | Refusal::AgentFormatMismatch(_) => Fault::Upstream,
             // Delayed offer is valid SIP: the missing support is ours.
-            Refusal::NoRoute | Refusal::Overloaded | Refusal::NoMediaPort | Refusal::NoSdpOffer => Fault::Gateway,
+            Refusal::NoRoute
+            | Refusal::Overloaded
+            | Refusal::ShuttingDown
+            | Refusal::NoMediaPort
+            | Refusal::NoSdpOffer => Fault::Gateway,
         }
     }
 
@@ -90,6 +97,7 @@ impl Refusal {
             Refusal::NotAcceptable(_) => "no_common_codec",
             Refusal::NoSdpOffer => "no_sdp_offer",
             Refusal::Overloaded => "overloaded",
+            Refusal::ShuttingDown => "shutdown",
             Refusal::NoMediaPort => "no_media_port",
             Refusal::AgentUnavailable(_) => "agent_unavailable",
             Refusal::AgentRejectedUpgrade { .. } => "agent_rejected_upgrade",

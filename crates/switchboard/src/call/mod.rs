@@ -49,9 +49,9 @@ impl Drop for CallSlot {
     }
 }
 
-/// Refuses a call the gateway cannot take (overload), without spending a task on it.
-pub fn refuse_overloaded(state: &GatewayState, call: IncomingCall) {
-    let end = refuse(state, call.invite, Refusal::Overloaded);
+/// Refuses a call the gateway cannot take (overload, shutdown), without spending a task on it.
+pub fn refuse_early(state: &GatewayState, call: IncomingCall, refusal: Refusal) {
+    let end = refuse(state, call.invite, refusal);
     record_end(&end);
 }
 
@@ -191,6 +191,12 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     if is_cancelled(&mut invite) {
         close_in_background(realtime_tx);
         return CallEnd::CallerCancelled;
+    }
+    // Shutdown began during setup: a 503 lets a proxy send the call elsewhere, rather than
+    // answering it only to hang up at once.
+    if *state.shutdown.borrow() {
+        close_in_background(realtime_tx);
+        return refuse(state, invite, Refusal::ShuttingDown);
     }
     let mut dialog = invite.accept(&answer.sdp);
     if dialog.call_id().is_empty() {
