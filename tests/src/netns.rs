@@ -51,7 +51,7 @@ pub fn enter_loopback_namespace_with_env(test_name: &str, limit: Duration, env: 
         unshare.arg("--map-root-user");
     }
     unshare
-        .args(["--net", "--", "sh", "-c", "ip link set lo up && exec \"$0\" \"$@\""])
+        .args(["--net", "--", "sh", "-c", "PATH=\"$PATH:/usr/sbin:/sbin\"; ip link set lo up && exec \"$0\" \"$@\""])
         .arg(exe)
         .args([test_name, "--exact", "--nocapture", "--include-ignored", "--test-threads=1"])
         .env(INSIDE, "1")

@@ -150,15 +150,16 @@ fn hang_up(socket: &UdpSocket, target: SocketAddr, ok: &str) {
 
 #[test]
 #[cfg_attr(
-    not(all(has_unshare, has_sipp, has_tshark, has_espeak_ng)),
-    ignore = "needs unshare, sipp, tshark and espeak-ng (scripts/install-deps.sh)"
+    not(all(has_unshare, has_ip, has_sipp, has_tshark, has_espeak_ng)),
+    ignore = "needs unshare, ip, sipp, tshark and espeak-ng (scripts/install-deps.sh)"
 )]
 fn rfc4475_torture_messages_get_their_expected_outcome_and_a_real_call_follows() {
     let test = "rfc4475_torture_messages_get_their_expected_outcome_and_a_real_call_follows";
+    // Read first, outside the namespace: a missing corpus fails at once, with its own message.
+    let corpus = load_corpus();
     if !netns::enter_loopback_namespace(test, Duration::from_secs(240)) {
         return;
     }
-    let corpus = load_corpus();
     let ports = Ports::for_slot(SLOT);
     let dir = tools::scratch_dir("rfc4475");
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);

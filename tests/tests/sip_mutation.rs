@@ -260,8 +260,8 @@ fn active_calls(admin: SocketAddr) -> Option<u64> {
 
 #[test]
 #[cfg_attr(
-    not(all(has_unshare, has_baresip, has_espeak_ng, has_sox)),
-    ignore = "needs unshare, baresip, espeak-ng and sox (scripts/install-deps.sh)"
+    not(all(has_unshare, has_ip, has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs unshare, ip, baresip, espeak-ng and sox (scripts/install-deps.sh)"
 )]
 fn twenty_thousand_mutated_messages_leave_the_gateway_answering_and_calling() {
     let test = "twenty_thousand_mutated_messages_leave_the_gateway_answering_and_calling";
@@ -351,8 +351,23 @@ fn twenty_thousand_mutated_messages_leave_the_gateway_answering_and_calling() {
     // 4. A real call still works, end to end.
     let r = real_call::baresip_pcmu_echo_call(ports, &gateway, &dir);
     eprintln!("baresip call after the flood: echo correlation r = {r:.3}");
-    let log = gateway.log();
-    assert!(!log.contains("panicked"), "the gateway log shows a panic:\n{log}");
+    let log = std::fs::read(&gateway.log_path).expect("read gateway log");
+    let log_text = String::from_utf8_lossy(&log);
+    assert!(!log_text.contains("panicked"), "the gateway log shows a panic:\n{log_text}");
     assert!(gateway.guard.child.try_wait().expect("try_wait").is_none(), "the gateway exited");
     let _ = gateway.guard.terminate(Duration::from_secs(10));
+
+    // 5. Values from the network reach the log escaped: no raw control bytes (an ANSI escape or a
+    //    forged line), whatever the mutated headers held.
+    let raw_lines: Vec<String> = log
+        .split(|&b| b == b'\n')
+        .filter(|line| line.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f))
+        .take(5)
+        .map(|line| String::from_utf8_lossy(line).escape_debug().to_string())
+        .collect();
+    assert!(
+        raw_lines.is_empty(),
+        "raw control bytes from the network reached the gateway log, e.g.:\n{}",
+        raw_lines.join("\n")
+    );
 }
