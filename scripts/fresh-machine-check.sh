@@ -179,9 +179,12 @@ echo "=== run.sh: ready=$ready after $(( $(date +%s) - t0 )) s"
 options_ok=0
 if [ "$ready" = 1 ]; then
     # A SIP OPTIONS ping over UDP, as a load balancer sends it (python3 is not installed yet by
-    # run.sh, so plain bash: a connected UDP socket on /dev/udp).
-    reply=$(in_root 'exec 3<>/dev/udp/127.0.0.1/5060
-        printf "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKfresh1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:check@127.0.0.1>;tag=f1\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: fresh-check-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" >&3
+    # run.sh, so plain bash: a connected UDP socket on /dev/udp). printf would write the message
+    # line by line, one datagram each; cat writes the file in one datagram. `rport`: the answer
+    # goes to the socket's port (RFC 3581).
+    reply=$(in_root 'printf "OPTIONS sip:ping@127.0.0.1 SIP/2.0\r\nVia: SIP/2.0/UDP 127.0.0.1:9;branch=z9hG4bKfresh1;rport\r\nMax-Forwards: 70\r\nFrom: <sip:check@127.0.0.1>;tag=f1\r\nTo: <sip:ping@127.0.0.1>\r\nCall-ID: fresh-check-1\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n" >/tmp/options.sip
+        exec 3<>/dev/udp/127.0.0.1/5060
+        cat /tmp/options.sip >&3
         timeout 5 head -1 <&3' 2>&1 || true)
     echo "OPTIONS answer: $reply"
     case "$reply" in "SIP/2.0 200"*) options_ok=1 ;; esac
