@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Proves the README's two commands work on a machine where no system package is installed yet.
 #
-#   sudo scripts/fresh-machine-check.sh [--rev REV] [--root DIR] [--keep] [--ci]
+#   sudo scripts/fresh-machine-check.sh [--rev REV] [--root DIR] [--keep] [--ci | --run-only]
 #
 # 1. Builds a minimal Debian root (`debootstrap --variant=minbase`, the suite of this machine, from
 #    /etc/os-release): no compiler, no cmake, no SIPp, no tshark.
@@ -14,7 +14,7 @@
 #    starts the gateway), checks it with GET /healthz and a SIP OPTIONS ping, stops it by PID; then
 #    `scripts/test.sh` (installs the test packages, runs the whole suite) with CI=true, so a test
 #    tool that failed to install fails the run instead of showing as ignored. `--ci` runs `.ci/run`
-#    instead of `scripts/test.sh` (adds the fmt and clippy gates).
+#    instead of `scripts/test.sh` (adds the fmt and clippy gates); `--run-only` stops after run.sh.
 #
 # Everything runs in a private mount namespace and a private network namespace: the mounts vanish
 # with it (and are also undone by a trap), and the suite's loopback ports cannot collide with tests
@@ -34,6 +34,7 @@ while [ $# -gt 0 ]; do
         --root) root=$2; shift 2 ;;
         --keep) keep=1; shift ;;
         --ci) suite_command=.ci/run; shift ;;
+        --run-only) suite_command=""; shift ;;
         -h | --help) sed -n '2,25p' "$0"; exit 0 ;;
         *) echo "fresh-machine-check: unknown option $1" >&2; exit 2 ;;
     esac
@@ -195,6 +196,10 @@ kill -KILL "$gateway_pid" 2>/dev/null || true
 wait "$gateway_pid" 2>/dev/null || true
 echo "=== RESULT run.sh: healthz=$ready options=$options_ok in $(( $(date +%s) - t0 )) s"
 
+if [ -z "$suite_command" ]; then
+    [ "$ready" = 1 ] && [ "$options_ok" = 1 ]
+    exit
+fi
 # scripts/test.sh (or .ci/run): installs the test packages, runs the whole suite. Bounded: 100 min.
 echo "=== $suite_command"
 t0=$(date +%s)
@@ -205,7 +210,7 @@ echo "=== RESULT $suite_command: exit $suite_status in $(( $(date +%s) - t0 )) s
 INNER
 )
 
-say "entering the namespaces; run.sh, then $suite_command (progress in $log)"
+say "entering the namespaces; run.sh, then ${suite_command:-nothing else} (progress in $log)"
 setsid unshare --mount --net --propagation private -- \
     nice -n 10 bash -c "$inner" inner "$root" "$rustup_home" "$cargo_home" "$suite_command" >>"$log" 2>&1 &
 ns_pid=$!
@@ -218,5 +223,5 @@ status=0
 wait "$ns_pid" || status=$?
 ns_pid=""
 grep -E '^=== RESULT|^test result:|FAILED|panicked' "$log" | tail -60 >&2 || true
-if [ "$status" = 0 ]; then say "PASS: run.sh and $suite_command work on a fresh $suite root"; else say "FAIL (status $status)"; fi
+if [ "$status" = 0 ]; then say "PASS: run.sh ${suite_command:+and $suite_command }work on a fresh $suite root"; else say "FAIL (status $status)"; fi
 exit "$status"
