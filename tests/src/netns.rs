@@ -57,9 +57,12 @@ pub fn enter_loopback_namespace_with_env(test_name: &str, limit: Duration, env: 
         .env(INSIDE, "1")
         .envs(env.iter().copied());
     let out = run_bounded("unshare", &mut unshare, limit);
-    // print!, not eprint!: libtest captures it, and shows it when the test fails.
-    print!("--- run inside the network namespace ---\n{}", String::from_utf8_lossy(&out.stdout));
-    print!("{}", String::from_utf8_lossy(&out.stderr));
+    // Captured by libtest and shown when the test fails. Each line is indented, so the inner
+    // run's own "test result:" line is not read as a summary of this binary.
+    println!("--- the run inside the network namespace ---");
+    for line in String::from_utf8_lossy(&out.stdout).lines().chain(String::from_utf8_lossy(&out.stderr).lines()) {
+        println!("  | {line}");
+    }
     assert!(
         out.status.success(),
         "{test_name} failed inside its network namespace ({}); its output is above",
