@@ -22,7 +22,9 @@
 # no change to this machine's firewall). Every process started here is stopped by its PID.
 # Exit status: 0 when both commands passed. The log is written to $root.log and summarized at the end.
 set -euo pipefail
-
+# The whole script is one block: bash reads it completely before running it, so editing the file
+# during a (long) run cannot change what the run does.
+{
 repo=$(cd "$(dirname "$0")/.." && pwd)
 rev=HEAD
 root=""
@@ -225,3 +227,4 @@ ns_pid=""
 grep -E '^=== RESULT|^test result:|FAILED|panicked' "$log" | tail -60 >&2 || true
 if [ "$status" = 0 ]; then say "PASS: run.sh ${suite_command:+and $suite_command }work on a fresh $suite root"; else say "FAIL (status $status)"; fi
 exit "$status"
+}
