@@ -17,4 +17,5 @@ target_dir="${CARGO_TARGET_DIR:-$PWD/target}"
 case "$target_dir" in /*) ;; *) target_dir="$PWD/$target_dir" ;; esac
 export SWITCHBOARD_BIN="$target_dir/release/switchboard"
 export SWITCHBOARD_SIM_BIN="$target_dir/release/switchboard-sim"
-cargo test --locked --workspace "$@"
+# --no-fail-fast: every test binary runs, so one failure does not hide the others.
+cargo test --locked --workspace --no-fail-fast "$@"
