@@ -23,7 +23,7 @@ const INSIDE: &str = "SWITCHBOARD_E2E_IN_LOOPBACK_NETNS";
 /// inside a new network namespace, bounded by `limit`, prints its output, asserts it passed and
 /// returns `false`.
 ///
-/// ```ignore
+/// ```text
 /// #[test]
 /// fn hostile_input() {
 ///     if !netns::enter_loopback_namespace("hostile_input", Duration::from_secs(120)) {
