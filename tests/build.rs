@@ -15,6 +15,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("sox", "has_sox"),
     ("python3", "has_python3"),
     ("unshare", "has_unshare"),
+    ("ip", "has_ip"),
 ];
 
 fn find(tool: &str, dirs: &[PathBuf]) -> Option<PathBuf> {

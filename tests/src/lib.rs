@@ -5,8 +5,11 @@
 //! Each test takes a distinct `slot`, which fixes its ports, so tests can run in parallel.
 
 pub mod audio;
+pub mod mutate;
+pub mod netns;
 pub mod pcap;
 pub mod procs;
+pub mod real_call;
 pub mod sip_raw;
 pub mod sipp;
 pub mod tools;

@@ -270,3 +270,9 @@ impl Capture {
         self.path.clone()
     }
 }
+
+/// The resident memory of a process in KiB (VmRSS in /proc/PID/status).
+pub fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
+}
