@@ -1196,6 +1196,11 @@ pub fn frame_stream(buf: &[u8], max_message_bytes: usize) -> StreamFrame {
     let Some((head_end, body_start)) = find_header_end(buf) else {
         return if buf.len() > max_message_bytes { StreamFrame::TooLarge } else { StreamFrame::Incomplete };
     };
+    // A head over the limit is too large whatever its framing, and however the stream was split
+    // (found by the `sip_stream` fuzz target: without Content-Length it came out as a message).
+    if body_start > max_message_bytes {
+        return StreamFrame::TooLarge;
+    }
     let mut content_length = None;
     let mut seen = 0;
     for line in buf.get(..head_end).unwrap_or_default().split(|b| *b == b'\n').skip(1) {
@@ -1784,6 +1789,18 @@ mod tests {
         let two = b"OPTIONS sip:x@h SIP/2.0\r\nl: 3\r\nContent-Length: 5\r\n\r\nabcdeNEXT";
         assert_eq!(frame_stream(two, 100), StreamFrame::Message { len: two.len() - 9, then_close: true });
         assert_eq!(frame_stream(&[b'A'; 200], 100), StreamFrame::TooLarge);
+    }
+
+    /// Regression (fuzz/regressions/sip_stream): a head over the limit without Content-Length was
+    /// handed over as a message when it arrived in one read, but refused when it arrived in two.
+    #[test]
+    fn an_oversized_head_is_too_large_however_it_arrives() {
+        let text = format!("OPTIONS sip:x SIP/2.0\r\nX: {}\r\n\r\n", "a".repeat(100));
+        let bytes = text.as_bytes();
+        assert_eq!(frame_stream(bytes, 64), StreamFrame::TooLarge);
+        assert_eq!(frame_stream(&bytes[..70], 64), StreamFrame::TooLarge);
+        let with_length = format!("OPTIONS sip:x SIP/2.0\r\nl: 0\r\nX: {}\r\n\r\n", "a".repeat(100));
+        assert_eq!(frame_stream(with_length.as_bytes(), 64), StreamFrame::TooLarge);
     }
 
     #[test]
