@@ -26,7 +26,8 @@ pub fn round_trip(data: &[u8]) {
     let mut written = Vec::new();
     write_rtp(&mut written, &header, payload);
     assert_eq!(written.len(), RTP_HEADER_LEN + payload.len());
-    let (header_again, payload_again) = parse_rtp(&written).unwrap_or_else(|e| panic!("write_rtp wrote an invalid packet: {e}"));
+    let (header_again, payload_again) =
+        parse_rtp(&written).unwrap_or_else(|e| panic!("write_rtp wrote an invalid packet: {e}"));
     assert_eq!(header_again, header, "header changed on write/parse");
     assert_eq!(payload_again, payload, "payload changed on write/parse");
     let plain = data.first().is_some_and(|first| first & 0x3F == 0);
