@@ -22,10 +22,14 @@ TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 # Own target dir by default so fuzz builds (instrumented, nightly) never invalidate the
 # workspace's; honour CARGO_TARGET_DIR when the caller set one.
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/fuzz/target}"
-# No sanitizer: the code is safe Rust (unsafe_code = "forbid"), so ASan finds nothing a panic
-# would not, and runs ~2x slower. Debug assertions and overflow checks stay on (cargo-fuzz
-# default), so an arithmetic overflow is a crash too.
+# No sanitizer: the crates are safe Rust (unsafe_code = "forbid"), where ASan adds little but
+# run time (libopus, the one C library, is built by its own cmake without instrumentation).
+# Debug assertions and overflow checks stay on (cargo-fuzz default): an overflow is a crash.
 FUZZ_BUILD_FLAGS=(--sanitizer none)
+# Bounded resources are a property too: an input (at most a few KiB) that makes the process
+# hold more than this, or takes longer than this on one input, is reported as a crash.
+RSS_LIMIT_MB="${FUZZ_RSS_LIMIT_MB:-512}"
+UNIT_TIMEOUT_SECS="${FUZZ_UNIT_TIMEOUT_SECS:-10}"
 TRIPLE="$(rustc +nightly -vV | sed -n 's/^host: //p')"
 BIN_DIR="$CARGO_TARGET_DIR/$TRIPLE/release"
 
@@ -65,7 +69,8 @@ run_target() {
     start=$(date +%s)
     set +e
     nice -n 19 "$BIN_DIR/$target" "$scratch" "fuzz/corpus/$target" \
-        -artifact_prefix="fuzz/artifacts/$target/" -print_final_stats=1 "$@" >"$log" 2>&1
+        -artifact_prefix="fuzz/artifacts/$target/" -print_final_stats=1 \
+        -rss_limit_mb="$RSS_LIMIT_MB" -timeout="$UNIT_TIMEOUT_SECS" "$@" >"$log" 2>&1
     status=$?
     set -e
     end=$(date +%s)
