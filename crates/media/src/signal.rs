@@ -276,6 +276,28 @@ mod tests {
     }
 
     #[test]
+    fn wav_parse_survives_every_truncation_and_cuts_an_overrunning_data_chunk() {
+        let samples = sine(300.0, 8000, 10, 5000);
+        let bytes = wav_mono_i16_bytes(8000, &samples);
+        for len in 0..bytes.len() {
+            // Any prefix: an error or the samples present so far, never a panic.
+            if let Ok((rate, parsed)) = parse_wav_mono_i16(&bytes[..len]) {
+                assert_eq!(rate, 8000);
+                assert_eq!(parsed[..], samples[..parsed.len()]);
+            }
+        }
+        // A streaming writer's data size (0xFFFFFFFF) runs past the file: cut to the file.
+        let mut streaming = bytes.clone();
+        streaming[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_wav_mono_i16(&streaming).unwrap(), (8000, samples));
+        // A chunk claiming more bytes than the file has ends the walk: no data chunk.
+        let mut huge_chunk = bytes[..36].to_vec();
+        huge_chunk.extend_from_slice(b"LIST");
+        huge_chunk.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_wav_mono_i16(&huge_chunk).is_err());
+    }
+
+    #[test]
     fn wav_round_trip_and_extra_chunks() {
         let samples = sine(300.0, 16000, 50, 5000);
         let bytes = wav_mono_i16_bytes(16000, &samples);
