@@ -44,6 +44,11 @@ fn model_resampler(from_hz: u32, to_hz: u32) -> Resampler {
     Resampler::new(from_hz, to_hz).unwrap_or_else(|_| Resampler::identity())
 }
 
+/// The samples of 16-bit little-endian PCM; a trailing odd byte is not a sample and is ignored.
+fn pcm16_samples(bytes: &[u8]) -> impl Iterator<Item = i16> + '_ {
+    bytes.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair))
+}
+
 /// Appends 16-bit little-endian PCM.
 fn extend_pcm16(samples: &[i16], out: &mut Vec<u8>) {
     out.reserve(samples.len() * 2);
@@ -296,7 +301,7 @@ impl OutboundAudio {
         if !self.deferred {
             return frame;
         }
-        let samples: Vec<i16> = frame.chunks_exact(2).map(|p| i16::from_le_bytes([p[0], p[1]])).collect();
+        let samples: Vec<i16> = pcm16_samples(&frame).collect();
         let mut encoded = Vec::with_capacity(self.frame_bytes.max(64));
         self.encode_samples(&samples, &mut encoded);
         encoded
@@ -342,9 +347,8 @@ impl OutboundAudio {
             self.samples.push(i16::from_le_bytes([low, high]));
             bytes = rest;
         }
-        let mut pairs = bytes.chunks_exact(2);
-        self.samples.extend(pairs.by_ref().map(|p| i16::from_le_bytes([p[0], p[1]])));
-        self.odd_byte = pairs.remainder().first().copied();
+        self.samples.extend(pcm16_samples(bytes));
+        self.odd_byte = bytes.as_chunks::<2>().1.first().copied();
         self.resampled.clear();
         self.resampler.process(&self.samples, &mut self.resampled);
         if matches!(self.encoding, Encoding::G711) {
@@ -375,7 +379,8 @@ impl OutboundAudio {
             self.resampled.clear();
             self.resampler.process(&zeros, &mut self.resampled);
             let room = self.frame_samples.saturating_sub(self.pending_samples.len());
-            self.pending_samples.extend_from_slice(&self.resampled[..self.resampled.len().min(room)]);
+            self.resampled.truncate(room);
+            self.pending_samples.extend_from_slice(&self.resampled);
             self.pending_samples.resize(self.frame_samples, 0);
             let mut frames = Vec::with_capacity(1);
             self.encode_whole_frames(&mut frames);
@@ -398,8 +403,8 @@ impl OutboundAudio {
             self.resampled.clear();
             self.resampler.process(&zeros, &mut self.resampled);
             let room = self.frame_bytes.saturating_sub(self.pending.len());
-            let tail = &self.resampled[..self.resampled.len().min(room)];
-            self.codec.encode(tail, &mut self.pending);
+            self.resampled.truncate(room);
+            self.codec.encode(&self.resampled, &mut self.pending);
         }
         self.resampler.reset();
         if self.pending.is_empty() {
@@ -425,7 +430,8 @@ impl OutboundAudio {
         if whole == 0 {
             return;
         }
-        frames.extend(self.pending[..whole].chunks_exact(self.frame_bytes).map(<[u8]>::to_vec));
+        // `chunks_exact` yields exactly the `whole / frame_bytes` complete frames.
+        frames.extend(self.pending.chunks_exact(self.frame_bytes).map(<[u8]>::to_vec));
         self.pending.drain(..whole);
     }
 
@@ -434,7 +440,7 @@ impl OutboundAudio {
     fn encode_whole_frames(&mut self, frames: &mut Vec<Vec<u8>>) {
         let whole = self.pending_samples.len() / self.frame_samples * self.frame_samples;
         if self.deferred {
-            for chunk in self.pending_samples[..whole].chunks_exact(self.frame_samples) {
+            for chunk in self.pending_samples.chunks_exact(self.frame_samples) {
                 let mut raw = Vec::with_capacity(chunk.len() * 2);
                 extend_pcm16(chunk, &mut raw);
                 frames.push(raw);
@@ -443,7 +449,7 @@ impl OutboundAudio {
             return;
         }
         let pending = std::mem::take(&mut self.pending_samples);
-        for chunk in pending[..whole].chunks_exact(self.frame_samples) {
+        for chunk in pending.chunks_exact(self.frame_samples) {
             let mut frame = Vec::with_capacity(self.frame_bytes.max(64));
             self.encode_samples(chunk, &mut frame);
             frames.push(frame);

@@ -5,8 +5,11 @@
 //! Everything here is pure and sans-IO: time is passed in as `now: Instant` and deadlines are
 //! returned, so a 10-minute call can be simulated in milliseconds.
 
-// Tests may unwrap: a panic is the failure report there.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// Byte-facing code must not panic on hostile input (issue 6): no slicing or indexing that can
+// go out of bounds or split a UTF-8 character; use `get`, `split_at_checked`, iterators.
+#![warn(clippy::string_slice, clippy::indexing_slicing)]
+// Tests may unwrap and index: a panic is the failure report there.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice, clippy::indexing_slicing))]
 
 pub mod codec;
 pub mod framing;

@@ -134,18 +134,12 @@ impl OpusEncoder {
         if !is_opus_frame_size(samples.len()) {
             return Err(OpusError::FrameSize { samples: samples.len() });
         }
-        let start = out.len();
-        out.resize(start + MAX_PACKET_BYTES, 0);
-        match self.inner.encode(samples, &mut out[start..]) {
-            Ok(len) => {
-                out.truncate(start + len);
-                Ok(len)
-            }
-            Err(e) => {
-                out.truncate(start);
-                Err(e.into())
-            }
-        }
+        let mut packet = [0u8; MAX_PACKET_BYTES];
+        let len = self.inner.encode(samples, &mut packet)?;
+        // libopus returns at most the buffer's length; `get` keeps that a promise, not a panic.
+        let encoded = packet.get(..len).unwrap_or(&packet);
+        out.extend_from_slice(encoded);
+        Ok(encoded.len())
     }
 
     /// Forgets the encoder history (e.g. at barge-in), keeping the settings.
@@ -186,8 +180,7 @@ impl OpusDecoder {
         if samples == 0 || samples > MAX_PACKET_SAMPLES {
             return Err(OpusError::FrameSize { samples });
         }
-        let decoded = self.inner.decode(packet, &mut self.buffer[..samples], false)?;
-        out.extend_from_slice(&self.buffer[..decoded]);
+        let decoded = self.decode_into(packet, samples, false, out)?;
         self.last_packet_samples = decoded;
         Ok(decoded)
     }
@@ -196,18 +189,30 @@ impl OpusDecoder {
     /// the in-band FEC it carries (or conceals it when it has none) and appends the samples.
     /// Call [`decode`](Self::decode) on `next_packet` afterwards.
     pub fn recover_from_fec(&mut self, next_packet: &[u8], out: &mut Vec<i16>) -> Result<usize, OpusError> {
-        let samples = self.last_packet_samples;
-        let decoded = self.inner.decode(next_packet, &mut self.buffer[..samples], true)?;
-        out.extend_from_slice(&self.buffer[..decoded]);
-        Ok(decoded)
+        self.decode_into(next_packet, self.last_packet_samples, true, out)
     }
 
     /// Packet loss concealment for one lost packet of the last packet's duration.
     pub fn conceal(&mut self, out: &mut Vec<i16>) -> Result<usize, OpusError> {
-        let samples = self.last_packet_samples;
-        let decoded = self.inner.decode(&[], &mut self.buffer[..samples], false)?;
-        out.extend_from_slice(&self.buffer[..decoded]);
-        Ok(decoded)
+        self.decode_into(&[], self.last_packet_samples, false, out)
+    }
+
+    /// Decodes `samples` samples (at most [`MAX_PACKET_SAMPLES`]) of `packet` (empty: conceal)
+    /// and appends what libopus produced to `out`.
+    fn decode_into(
+        &mut self,
+        packet: &[u8],
+        samples: usize,
+        fec: bool,
+        out: &mut Vec<i16>,
+    ) -> Result<usize, OpusError> {
+        let Some(buffer) = self.buffer.get_mut(..samples) else {
+            return Err(OpusError::FrameSize { samples });
+        };
+        let decoded = self.inner.decode(packet, buffer, fec)?;
+        let decoded_samples = buffer.get(..decoded).unwrap_or(buffer);
+        out.extend_from_slice(decoded_samples);
+        Ok(decoded_samples.len())
     }
 
     /// Forgets the decoder history (e.g. after the stream restarted).

@@ -122,9 +122,13 @@ impl Resampler {
                 break;
             }
             let phase = self.position % self.up;
-            // `position` never drops below (taps - 1) * up, so the window is in bounds.
-            let window = &self.history[newest + 1 - taps..=newest];
-            let acc = dot(&self.phases[phase], window);
+            // `position` never drops below (taps - 1) * up, so the window is in bounds; `get`
+            // makes a broken invariant end the loop instead of panicking the call.
+            let window = (newest + 1).checked_sub(taps).and_then(|oldest| self.history.get(oldest..=newest));
+            let (Some(window), Some(coefficients)) = (window, self.phases.get(phase)) else {
+                break;
+            };
+            let acc = dot(coefficients, window);
             out.push(acc.round().clamp(f32::from(i16::MIN), f32::from(i16::MAX)) as i16);
             self.position += self.down;
         }
@@ -157,14 +161,14 @@ impl Resampler {
 /// f32 accumulator forces strictly sequential adds).
 fn dot(coefficients: &[f32], window: &[f32]) -> f32 {
     let mut lanes = [0.0f32; 8];
-    let mut coefficient_chunks = coefficients.chunks_exact(8);
-    let mut window_chunks = window.chunks_exact(8);
-    for (c, x) in coefficient_chunks.by_ref().zip(window_chunks.by_ref()) {
-        for lane in 0..8 {
-            lanes[lane] += c[lane] * x[lane];
+    let (coefficient_chunks, coefficient_tail) = coefficients.as_chunks::<8>();
+    let (window_chunks, window_tail) = window.as_chunks::<8>();
+    for (c, x) in coefficient_chunks.iter().zip(window_chunks) {
+        for ((lane, c), x) in lanes.iter_mut().zip(c).zip(x) {
+            *lane += c * x;
         }
     }
-    let tail: f32 = coefficient_chunks.remainder().iter().zip(window_chunks.remainder()).map(|(c, x)| c * x).sum();
+    let tail: f32 = coefficient_tail.iter().zip(window_tail).map(|(c, x)| c * x).sum();
     lanes.iter().sum::<f32>() + tail
 }
 
@@ -203,8 +207,13 @@ fn design_polyphase(from_hz: u32, to_hz: u32, up: usize, down: usize) -> (usize,
     for tap in &mut prototype {
         *tap *= up as f64 / sum;
     }
+    // Phase `p` uses prototype taps p, p + up, p + 2 up, ..., reversed so they apply oldest-first.
     let phases = (0..up)
-        .map(|phase| (0..taps_per_phase).map(|j| prototype[phase + up * (taps_per_phase - 1 - j)] as f32).collect())
+        .map(|phase| {
+            let mut taps: Vec<f32> = prototype.iter().skip(phase).step_by(up).map(|&tap| tap as f32).collect();
+            taps.reverse();
+            taps
+        })
         .collect();
     (taps_per_phase, phases)
 }

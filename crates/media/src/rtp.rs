@@ -55,12 +55,10 @@ pub enum RtpError {
 /// Parses an RTP packet, returning its header and payload (without CSRCs, extension or padding).
 pub fn parse_rtp(buf: &[u8]) -> Result<(RtpHeader, &[u8]), RtpError> {
     let len = buf.len();
-    let (Some(&first), Some(&second)) = (buf.first(), buf.get(1)) else {
+    let Some((fixed, after_fixed)) = buf.split_first_chunk::<RTP_HEADER_LEN>() else {
         return Err(RtpError::TooShort { len });
     };
-    if len < RTP_HEADER_LEN {
-        return Err(RtpError::TooShort { len });
-    }
+    let [first, second, seq0, seq1, ts0, ts1, ts2, ts3, ssrc0, ssrc1, ssrc2, ssrc3] = *fixed;
     let version = first >> 6;
     if version != 2 {
         return Err(RtpError::UnsupportedVersion(version));
@@ -71,36 +69,35 @@ pub fn parse_rtp(buf: &[u8]) -> Result<(RtpHeader, &[u8]), RtpError> {
     let header = RtpHeader {
         payload_type: second & 0x7F,
         marker: second & 0x80 != 0,
-        sequence: u16::from_be_bytes([buf[2], buf[3]]),
-        timestamp: u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]),
-        ssrc: u32::from_be_bytes([buf[8], buf[9], buf[10], buf[11]]),
+        sequence: u16::from_be_bytes([seq0, seq1]),
+        timestamp: u32::from_be_bytes([ts0, ts1, ts2, ts3]),
+        ssrc: u32::from_be_bytes([ssrc0, ssrc1, ssrc2, ssrc3]),
     };
-    let mut offset = RTP_HEADER_LEN + 4 * csrc_count;
-    if offset > len {
+    let Some((_csrcs, mut rest)) = after_fixed.split_at_checked(4 * csrc_count) else {
         return Err(RtpError::Truncated { part: "CSRC list", len });
-    }
+    };
     // RFC 3550 §5.3.1: 16-bit profile-defined id, 16-bit length in 32-bit words, then data.
     if has_extension {
-        let Some(length_bytes) = buf.get(offset + 2..offset + 4) else {
+        let Some((&[_, _, length_high, length_low], after_extension_header)) = rest.split_first_chunk::<4>() else {
             return Err(RtpError::Truncated { part: "header extension", len });
         };
-        let words = usize::from(u16::from_be_bytes([length_bytes[0], length_bytes[1]]));
-        offset += 4 + 4 * words;
-        if offset > len {
+        let words = usize::from(u16::from_be_bytes([length_high, length_low]));
+        let Some((_extension, after_extension)) = after_extension_header.split_at_checked(4 * words) else {
             return Err(RtpError::Truncated { part: "header extension", len });
-        }
+        };
+        rest = after_extension;
     }
-    let mut end = len;
     // RFC 3550 §5.1: the last octet of the padding counts the padding octets, itself included.
     if has_padding {
-        let count = buf[len - 1];
-        let available = len - offset;
-        if count == 0 || usize::from(count) > available {
+        let available = rest.len();
+        // A padding bit on a packet that ends with the header has no count octet at all.
+        let count = rest.last().copied().unwrap_or(0);
+        let Some(payload_len) = available.checked_sub(usize::from(count)).filter(|_| count != 0) else {
             return Err(RtpError::BadPadding { count, available });
-        }
-        end -= usize::from(count);
+        };
+        rest = rest.get(..payload_len).unwrap_or_default();
     }
-    Ok((header, &buf[offset..end]))
+    Ok((header, rest))
 }
 
 /// True when a datagram on a muxed RTP/RTCP port is RTCP (RFC 5761 §4): version 2 and the
@@ -212,6 +209,11 @@ mod tests {
         pad_big[0] |= 0x20;
         *pad_big.last_mut().unwrap() = 5;
         assert_eq!(parse_rtp(&pad_big), Err(RtpError::BadPadding { count: 5, available: 4 }));
+
+        // Padding bit on a bare header: no count octet after the header, so no padding to strip.
+        let mut pad_bare = good[..RTP_HEADER_LEN].to_vec();
+        pad_bare[0] |= 0x20;
+        assert_eq!(parse_rtp(&pad_bare), Err(RtpError::BadPadding { count: 0, available: 0 }));
     }
 
     #[test]

@@ -87,11 +87,11 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
     if n < 2 {
         return 0.0;
     }
-    let (a, b) = (&a[..n], &b[..n]);
-    let mean_a = a.iter().sum::<f64>() / n as f64;
-    let mean_b = b.iter().sum::<f64>() / n as f64;
+    let (a, b) = (a.iter().take(n), b.iter().take(n));
+    let mean_a = a.clone().sum::<f64>() / n as f64;
+    let mean_b = b.clone().sum::<f64>() / n as f64;
     let (mut covariance, mut var_a, mut var_b) = (0.0, 0.0, 0.0);
-    for (x, y) in a.iter().zip(b) {
+    for (x, y) in a.zip(b) {
         let (dx, dy) = (x - mean_a, y - mean_b);
         covariance += dx * dy;
         var_a += dx * dx;
@@ -108,7 +108,7 @@ pub fn pearson(a: &[f64], b: &[f64]) -> f64 {
 pub fn best_lag_correlation(reference_env: &[f64], received_env: &[f64], max_lag_frames: usize) -> (usize, f64) {
     let mut best = (0, f64::MIN);
     for lag in 0..=max_lag_frames.min(received_env.len()) {
-        let r = pearson(reference_env, &received_env[lag..]);
+        let r = pearson(reference_env, received_env.get(lag..).unwrap_or_default());
         if r > best.1 {
             best = (lag, r);
         }
@@ -119,9 +119,9 @@ pub fn best_lag_correlation(reference_env: &[f64], received_env: &[f64], max_lag
 /// Linear-interpolation resampling: crude, for tests that only need "roughly the same signal
 /// at another rate". Use [`crate::resample::Resampler`] for audio that is listened to.
 pub fn resample_linear(samples: &[i16], from_hz: u32, to_hz: u32) -> Vec<i16> {
-    if samples.is_empty() || from_hz == 0 || to_hz == 0 {
+    let (Some(&last), false) = (samples.last(), from_hz == 0 || to_hz == 0) else {
         return Vec::new();
-    }
+    };
     let count = (samples.len() as u64 * u64::from(to_hz) / u64::from(from_hz)) as usize;
     let step = f64::from(from_hz) / f64::from(to_hz);
     (0..count)
@@ -129,8 +129,9 @@ pub fn resample_linear(samples: &[i16], from_hz: u32, to_hz: u32) -> Vec<i16> {
             let position = i as f64 * step;
             let index = position.floor() as usize;
             let fraction = position - index as f64;
-            let a = f64::from(samples[index.min(samples.len() - 1)]);
-            let b = f64::from(samples[(index + 1).min(samples.len() - 1)]);
+            // Past the end, hold the last sample.
+            let a = f64::from(samples.get(index).copied().unwrap_or(last));
+            let b = f64::from(samples.get(index + 1).copied().unwrap_or(last));
             (a + (b - a) * fraction).round() as i16
         })
         .collect()
@@ -149,27 +150,27 @@ pub fn read_wav_mono_i16(path: impl AsRef<Path>) -> io::Result<(u32, Vec<i16>)> 
 
 /// [`read_wav_mono_i16`] on bytes already in memory.
 pub fn parse_wav_mono_i16(bytes: &[u8]) -> io::Result<(u32, Vec<i16>)> {
-    if bytes.len() < 12 || &bytes[0..4] != b"RIFF" || &bytes[8..12] != b"WAVE" {
+    let Some((&[b'R', b'I', b'F', b'F', _, _, _, _, b'W', b'A', b'V', b'E'], mut chunks)) =
+        bytes.split_first_chunk::<12>()
+    else {
         return Err(invalid("not a RIFF/WAVE file"));
-    }
-    let mut offset = 12;
+    };
     let mut rate = None;
-    while offset + 8 <= bytes.len() {
-        let id = &bytes[offset..offset + 4];
-        let size =
-            u32::from_le_bytes([bytes[offset + 4], bytes[offset + 5], bytes[offset + 6], bytes[offset + 7]]) as usize;
-        let body_start = offset + 8;
-        let body_end = body_start.saturating_add(size).min(bytes.len());
-        let body = &bytes[body_start..body_end];
-        match id {
+    // Each chunk: 4-byte id, 4-byte little-endian size, body.
+    while let Some((&[i0, i1, i2, i3, s0, s1, s2, s3], after_header)) = chunks.split_first_chunk::<8>() {
+        let size = u32::from_le_bytes([s0, s1, s2, s3]) as usize;
+        let (body, after_body) = after_header.split_at_checked(size).unwrap_or((after_header, &[]));
+        match &[i0, i1, i2, i3] {
             b"fmt " => {
-                if body.len() < 16 {
+                let Some((&[f0, f1, c0, c1, r0, r1, r2, r3, _, _, _, _, _, _, b0, b1], _)) =
+                    body.split_first_chunk::<16>()
+                else {
                     return Err(invalid("fmt chunk too short"));
-                }
-                let format = u16::from_le_bytes([body[0], body[1]]);
-                let channels = u16::from_le_bytes([body[2], body[3]]);
-                let sample_rate = u32::from_le_bytes([body[4], body[5], body[6], body[7]]);
-                let bits = u16::from_le_bytes([body[14], body[15]]);
+                };
+                let format = u16::from_le_bytes([f0, f1]);
+                let channels = u16::from_le_bytes([c0, c1]);
+                let sample_rate = u32::from_le_bytes([r0, r1, r2, r3]);
+                let bits = u16::from_le_bytes([b0, b1]);
                 // 1 = PCM; 0xFFFE = WAVE_FORMAT_EXTENSIBLE (sox writes it for some files).
                 if format != 1 && format != 0xFFFE {
                     return Err(invalid("WAV is not PCM"));
@@ -181,13 +182,13 @@ pub fn parse_wav_mono_i16(bytes: &[u8]) -> io::Result<(u32, Vec<i16>)> {
             }
             b"data" => {
                 let rate = rate.ok_or_else(|| invalid("data chunk before fmt chunk"))?;
-                let samples = body.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+                let samples = body.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair)).collect();
                 return Ok((rate, samples));
             }
             _ => {}
         }
-        // Chunks are padded to an even size (RIFF).
-        offset = body_start.saturating_add(size).saturating_add(size & 1);
+        // Chunks are padded to an even size (RIFF); a missing pad byte at the end is tolerated.
+        chunks = if size & 1 == 1 { after_body.get(1..).unwrap_or_default() } else { after_body };
     }
     Err(invalid("no data chunk"))
 }
@@ -272,6 +273,28 @@ mod tests {
         let up = resample_linear(&tone, 8000, 24000);
         assert_eq!(up.len(), 2400);
         assert!((dominant_frequency(&up, 24000, 100.0, 2000.0, 10.0) - 500.0).abs() < 1.0);
+    }
+
+    #[test]
+    fn wav_parse_survives_every_truncation_and_cuts_an_overrunning_data_chunk() {
+        let samples = sine(300.0, 8000, 10, 5000);
+        let bytes = wav_mono_i16_bytes(8000, &samples);
+        for len in 0..bytes.len() {
+            // Any prefix: an error or the samples present so far, never a panic.
+            if let Ok((rate, parsed)) = parse_wav_mono_i16(&bytes[..len]) {
+                assert_eq!(rate, 8000);
+                assert_eq!(parsed[..], samples[..parsed.len()]);
+            }
+        }
+        // A streaming writer's data size (0xFFFFFFFF) runs past the file: cut to the file.
+        let mut streaming = bytes.clone();
+        streaming[40..44].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(parse_wav_mono_i16(&streaming).unwrap(), (8000, samples));
+        // A chunk claiming more bytes than the file has ends the walk: no data chunk.
+        let mut huge_chunk = bytes[..36].to_vec();
+        huge_chunk.extend_from_slice(b"LIST");
+        huge_chunk.extend_from_slice(&u32::MAX.to_le_bytes());
+        assert!(parse_wav_mono_i16(&huge_chunk).is_err());
     }
 
     #[test]

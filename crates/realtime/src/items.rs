@@ -319,6 +319,20 @@ mod tests {
         assert_eq!(serde_json::to_value(&item).unwrap(), raw);
     }
 
+    /// Found by the `realtime_event` fuzz target (fuzz/regressions/realtime_event/): JSON with a
+    /// duplicate key (RFC 8259 §4 leaves its meaning undefined) makes serde refuse the typed
+    /// item, so it is kept as `Other` with the duplicates merged (last wins). Pinned here so a
+    /// change is deliberate: the item is not lost, and its re-encoding reads as the typed item.
+    #[test]
+    fn duplicate_keys_keep_the_item_as_other() {
+        let text = r#"{"type":"function_call_output","call_id":"a","output":"1","call_id":"b","output":"2"}"#;
+        let item: Item = serde_json::from_str(text).unwrap();
+        let Item::Other(map) = &item else { panic!("expected the Other fallback, got {item:?}") };
+        assert_eq!(map.get("call_id"), Some(&json!("b")));
+        let again: Item = serde_json::from_str(&serde_json::to_string(&item).unwrap()).unwrap();
+        assert_eq!(again, Item::function_call_output("b", "2"));
+    }
+
     #[test]
     fn assistant_audio_message_parses() {
         let raw = json!({"id":"item_1","object":"realtime.item","type":"message","status":"completed",

@@ -5,8 +5,11 @@
 //! SDP leniently (unknown lines and attributes are kept); [`answer_offer`] turns a remote offer
 //! into our answer plus the [`NegotiatedMedia`] the media layer needs.
 
-// Tests may unwrap: a panic is the failure report there.
-#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+// Byte-facing code must not panic on hostile input (issue 6): no slicing or indexing that can
+// go out of bounds or split a UTF-8 character; use `get`, `split_at_checked`, iterators.
+#![warn(clippy::string_slice, clippy::indexing_slicing)]
+// Tests may unwrap and index: a panic is the failure report there.
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice, clippy::indexing_slicing))]
 
 mod codec;
 mod error;

@@ -228,13 +228,15 @@ impl SessionDescription {
             saw_any_line = true;
             let malformed = |reason: &str| SdpError::Malformed { line: line_number, reason: reason.to_owned() };
             // RFC 8866 §5: `<type>=<value>` where <type> is exactly one case-significant letter.
-            let bytes = line.as_bytes();
-            if bytes.len() < 2 || !bytes[0].is_ascii_alphabetic() || bytes[1] != b'=' {
-                return Err(malformed("expected a line of the form <letter>=<value>"));
-            }
-            let kind = char::from(bytes[0]);
-            // The first two bytes are ASCII, so slicing at 2 is on a char boundary.
-            let value = &line[2..];
+            // `split_at_checked` is None when the line is shorter than 2 bytes or byte 2 is inside
+            // a multi-byte character; either way it is not `<letter>=`.
+            let (kind, value) = match line.split_at_checked(2) {
+                Some((prefix, value)) => match prefix.as_bytes() {
+                    [letter, b'='] if letter.is_ascii_alphabetic() => (char::from(*letter), value),
+                    _ => return Err(malformed("expected a line of the form <letter>=<value>")),
+                },
+                None => return Err(malformed("expected a line of the form <letter>=<value>")),
+            };
             let in_media = !session.media.is_empty();
             match kind {
                 'v' => {

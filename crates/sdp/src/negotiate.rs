@@ -245,25 +245,25 @@ fn mark_events(list: &str, supported: &mut [bool]) {
 /// Formats supported events as compact ranges, e.g. `0-15` or `0-11,16`.
 fn format_events(supported: &[bool]) -> Option<String> {
     let mut out = String::new();
-    let mut event = 0;
-    while event < supported.len() {
-        if !supported[event] {
-            event += 1;
-            continue;
+    // Walk the flags once, closing a run at each unsupported event (and at the end).
+    let mut run_start: Option<usize> = None;
+    for (event, &is_supported) in supported.iter().chain(std::iter::once(&false)).enumerate() {
+        match (is_supported, run_start) {
+            (true, None) => run_start = Some(event),
+            (false, Some(start)) => {
+                if !out.is_empty() {
+                    out.push(',');
+                }
+                let last = event - 1;
+                if start == last {
+                    let _ = write!(out, "{start}");
+                } else {
+                    let _ = write!(out, "{start}-{last}");
+                }
+                run_start = None;
+            }
+            _ => {}
         }
-        let start = event;
-        while event + 1 < supported.len() && supported[event + 1] {
-            event += 1;
-        }
-        if !out.is_empty() {
-            out.push(',');
-        }
-        if start == event {
-            let _ = write!(out, "{start}");
-        } else {
-            let _ = write!(out, "{start}-{event}");
-        }
-        event += 1;
     }
     (!out.is_empty()).then_some(out)
 }

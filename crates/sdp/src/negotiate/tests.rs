@@ -493,3 +493,23 @@ fn parse_and_answer_never_panic_on_mutated_offers() {
     }
     assert!(parsed_ok > 100, "mutations too destructive: {parsed_ok}");
 }
+
+#[test]
+fn event_ranges_format_compactly() {
+    let mut supported = [false; MAX_TELEPHONE_EVENT as usize + 1];
+    assert_eq!(format_events(&supported), None);
+    mark_events("0-11, 16", &mut supported);
+    assert_eq!(format_events(&supported).as_deref(), Some("0-11,16"));
+    mark_events("12-15", &mut supported);
+    assert_eq!(format_events(&supported).as_deref(), Some("0-16"));
+    let mut single = [false; 3];
+    mark_events("1", &mut single);
+    assert_eq!(format_events(&single).as_deref(), Some("1"));
+}
+
+#[test]
+fn a_multibyte_character_at_the_line_type_position_is_malformed_not_a_panic() {
+    // Byte 2 falls inside the two-byte 'é' of the second line: the type/value split must not cut it.
+    let offer = "v=0\r\né=x\r\nvé\r\n";
+    assert!(SessionDescription::parse(offer).is_err());
+}

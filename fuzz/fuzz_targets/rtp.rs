@@ -1,0 +1,4 @@
+#![no_main]
+//! See `switchboard_fuzz::rtp::round_trip` for the input format and the properties checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| switchboard_fuzz::rtp::round_trip(data));

@@ -1,0 +1,4 @@
+#![no_main]
+//! See `switchboard_fuzz::sip::core_sequence` for the input format and the properties checked.
+
+libfuzzer_sys::fuzz_target!(|data: &[u8]| switchboard_fuzz::sip::core_sequence(data));
