@@ -1660,6 +1660,10 @@ mod tests {
             "<>",
             "a@h",
             "",
+            // Regressions (fuzz/regressions/sip_core): such a Contact became our BYE's
+            // Request-URI, and the BYE no longer parsed.
+            "<sip:alice x@127.0.0.1:5061>",
+            "<sip:\r\0alice@127.0.0.1:5061>",
         ] {
             assert!(NameAddr::parse(bad).is_none(), "{bad}");
         }
