@@ -8,6 +8,7 @@ pub mod admission;
 pub mod app;
 pub mod call;
 pub mod config;
+pub mod media_clock;
 pub mod routing;
 pub mod rtp_ports;
 pub mod telemetry;
