@@ -19,6 +19,7 @@ use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::end::Refusal;
 use crate::call::{self, CallSlot};
 use crate::config::{Config, Resolved};
+use crate::media_clock::MediaClock;
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
@@ -34,6 +35,8 @@ pub struct GatewayState {
     pub ready: AtomicBool,
     /// Per-source limits, checked before a call costs anything.
     pub admission: Mutex<Admission>,
+    /// Paces and sends every call's outbound RTP (one thread, see `media_clock`).
+    pub media_clock: Arc<MediaClock>,
     /// Rate limit on the "refused by per-source admission" warning.
     admission_warnings: Mutex<WarningLimiter>,
     /// Set once, when a task the gateway cannot live without has ended: what ended and why.
@@ -86,6 +89,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("offline agent: {0}")]
     OfflineAgent(std::io::Error),
+    #[error("media clock thread: {0}")]
+    MediaClock(std::io::Error),
 }
 
 pub struct RunningGateway {
@@ -145,6 +150,7 @@ pub async fn start(
         shutdown,
         ready: AtomicBool::new(false),
         admission: Mutex::new(admission),
+        media_clock: MediaClock::start().map_err(StartError::MediaClock)?,
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
         resolved,

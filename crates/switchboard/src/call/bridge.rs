@@ -9,11 +9,17 @@
 //! input_audio_buffer.speech_started -> Pacer::flush + conversation.item.truncate
 //! ```
 //!
+//! Outbound pacing is not in this task: the pacer sits behind a mutex ([`ClockedSend`]) that the
+//! gateway's one [`MediaClock`] serves on time with every other call's (issue 7). This task only
+//! queues encoded frames into it, flushes it on barge-in, and tells it where to send.
+//!
 //! Strict RTP: every received packet goes through the call's [`RtpSourceLatch`] first. Only the
 //! caller's learned source reaches the agent, refreshes the RTP timeout, or decides where we send;
 //! and nothing is sent before the ACK or the caller's first packet.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
@@ -29,12 +35,13 @@ use switchboard_realtime::error_code::ErrorCode;
 use switchboard_realtime::events::{ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
 use switchboard_sip::{Dialog, DialogEvent};
 use tokio::net::UdpSocket;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
+use crate::media_clock::{MediaClock, Paced, RtpTransmit};
 use crate::telemetry::{self, Redacted};
 
 /// Everything the media loop needs, prepared by call setup.
@@ -42,6 +49,10 @@ pub struct Bridge {
     /// Strict RTP: how the caller's source is learned and re-learned (`media.rtp_*`).
     pub strict_rtp: LatchConfig,
     pub socket: UdpSocket,
+    /// The same RTP socket, for the media clock's sends.
+    pub clock_socket: Arc<std::net::UdpSocket>,
+    /// Paces and sends this call's outbound RTP.
+    pub clock: Arc<MediaClock>,
     /// The caller's RTP address from its SDP. Where we really send is the latch's decision.
     pub remote: SocketAddr,
     pub payload_type: u8,
@@ -49,6 +60,7 @@ pub struct Bridge {
     /// Whether our negotiated direction lets us send (sendrecv / sendonly).
     pub may_send: bool,
     pub reorder: ReorderBuffer,
+    /// Handed to the media clock when the loop starts.
     pub pacer: Pacer<ItemTag>,
     pub inbound: InboundAudio,
     pub outbound: OutboundAudio,
@@ -63,6 +75,76 @@ pub struct Bridge {
     /// Said after a failed response (`None`: the agent has no apology configured).
     pub apology: Option<String>,
     pub apology_limiter: ApologyLimiter,
+}
+
+/// How many played-frame records the clock keeps before it wakes the task to take them. Each
+/// record covers a run of frames of one item, so this is reached only when the task has not
+/// looked for a long while (it looks at every Realtime event).
+const PLAYED_RECORDS_BEFORE_WAKE: usize = 16;
+
+/// The outbound half of the call that the media clock drives (contract M).
+pub struct ClockedSend {
+    pacer: Pacer<ItemTag>,
+    /// Where frames go: the latch's target while we may send. `None`: frames are dropped and the
+    /// pacer keeps its clock (nothing goes out before the ACK or the caller's first packet).
+    target: Option<SocketAddr>,
+    /// Frames played per item since the task last took them (runs of one item merged).
+    played: Vec<(ItemTag, u32)>,
+    ready: VecDeque<RtpTransmit>,
+}
+
+impl ClockedSend {
+    fn new(pacer: Pacer<ItemTag>) -> ClockedSend {
+        ClockedSend { pacer, target: None, played: Vec::new(), ready: VecDeque::with_capacity(4) }
+    }
+}
+
+impl Paced for ClockedSend {
+    fn handle_timeout(&mut self, now: Instant) {
+        while let Some(frame) = self.pacer.poll(now) {
+            if let Some(tag) = frame.tag {
+                match self.played.last_mut() {
+                    Some((last, frames)) if *last == tag => *frames += 1,
+                    _ => self.played.push((tag, 1)),
+                }
+            }
+            if let Some(destination) = self.target {
+                let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
+                rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
+                self.ready.push_back(RtpTransmit { destination, packet });
+            }
+        }
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        Some(self.pacer.next_deadline())
+    }
+
+    fn poll_transmit(&mut self) -> Option<RtpTransmit> {
+        self.ready.pop_front()
+    }
+
+    fn wants_task(&self) -> bool {
+        self.played.len() >= PLAYED_RECORDS_BEFORE_WAKE
+    }
+}
+
+/// The call's [`ClockedSend`], shared with the media clock. Never held across an await.
+struct SharedSend(Arc<Mutex<ClockedSend>>);
+
+impl SharedSend {
+    fn lock(&self) -> MutexGuard<'_, ClockedSend> {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Hands the frames the clock played to the conversation's bookkeeping (what a barge-in
+    /// truncates to).
+    fn settle_played(&self, conversation: &mut Conversation, ptime_ms: f64) {
+        let played = std::mem::take(&mut self.lock().played);
+        for (tag, frames) in played {
+            conversation.on_audio_played(tag, f64::from(frames) * ptime_ms);
+        }
+    }
 }
 
 /// Runs until the call ends, and says why.
@@ -98,7 +180,16 @@ async fn media_loop(
 ) -> CallEnd {
     let mut conversation = Conversation::new();
     let mut recv_buf = vec![0u8; 2048];
-    let mut send_buf = Vec::with_capacity(256);
+    // The pacer moves to the clock's side; the bridge keeps an idle copy of its config in its place.
+    let idle = Pacer::new(bridge.pacer.config().clone(), Instant::now(), 0, 0);
+    let pacer = std::mem::replace(&mut bridge.pacer, idle);
+    let clocked_send = SharedSend(Arc::new(Mutex::new(ClockedSend::new(pacer))));
+    let task_wake = Arc::new(Notify::new());
+    // Dropped when this function returns: the clock stops sending for the call.
+    let _registration =
+        bridge.clock.register(Arc::clone(&clocked_send.0), Arc::clone(&bridge.clock_socket), Arc::clone(&task_wake));
+    // The target the clock has; updated whenever the latch's changes.
+    let mut clock_target: Option<SocketAddr> = None;
     let mut model_bytes = Vec::with_capacity(2048);
     let mut frames: Vec<Vec<u8>> = Vec::new();
     // The assistant item whose audio is being framed, so its last partial frame can be padded
@@ -110,7 +201,11 @@ async fn media_loop(
     let mut overflowing_tag: Option<ItemTag> = None;
 
     loop {
-        let pacer_due = tokio::time::Instant::from_std(bridge.pacer.next_deadline());
+        let target = if bridge.may_send { latch.send_target() } else { None };
+        if target != clock_target {
+            clock_target = target;
+            clocked_send.lock().target = target;
+        }
         let reorder_due = bridge.reorder.next_deadline().map(tokio::time::Instant::from_std);
         let rtp_deadline = tokio::time::Instant::from_std(last_rtp_in + bridge.rtp_timeout);
         bridge.keepalive.on_traffic(realtime_rx.last_frame_at());
@@ -119,35 +214,8 @@ async fn media_loop(
         tokio::select! {
             biased;
 
-            _ = sleep_until(pacer_due) => {
-                let now = Instant::now();
-                let mut slot = bridge.pacer.next_deadline();
-                while let Some(frame) = bridge.pacer.poll(now) {
-                    let payload = match frame.tag {
-                        Some(tag) => {
-                            conversation.on_audio_played(tag, ptime_ms);
-                            // Opus/G.722 frames are encoded in their slot (OutboundAudio::defer_encoding).
-                            bridge.outbound.encode_deferred(frame.payload)
-                        }
-                        None => frame.payload,
-                    };
-                    // Nothing goes out before the ACK or the caller's first packet (the latch says
-                    // where, if anywhere): the pacer keeps its clock, the frame is dropped.
-                    if bridge.may_send
-                        && let Some(target) = latch.send_target()
-                    {
-                        send_buf.clear();
-                        rtp::write_rtp(&mut send_buf, &frame.header, &payload);
-                        if let Err(e) = bridge.socket.send_to(&send_buf, target).await {
-                            debug!(error = %e, "RTP send failed");
-                        }
-                        metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out").increment(1);
-                        metrics::histogram!(telemetry::RTP_SEND_LATENESS_SECONDS)
-                            .record(Instant::now().saturating_duration_since(slot).as_secs_f64());
-                    }
-                    slot = bridge.pacer.next_deadline();
-                }
-            }
+            // The clock has played-frame records to hand over (see `PLAYED_RECORDS_BEFORE_WAKE`).
+            () = task_wake.notified() => clocked_send.settle_played(&mut conversation, ptime_ms),
 
             received = bridge.socket.recv_from(&mut recv_buf) => {
                 let Ok((len, source)) = received else { continue };
@@ -217,6 +285,8 @@ async fn media_loop(
                     Some(Err(e)) => return CallEnd::AgentDisconnected(e.to_string()),
                     None => return CallEnd::AgentDisconnected("connection closed".into()),
                 };
+                // The conversation must know what was played before it judges a barge-in.
+                clocked_send.settle_played(&mut conversation, ptime_ms);
                 match event {
                     ServerEvent::OutputAudioDelta(delta) => {
                         let arrived = Instant::now();
@@ -229,36 +299,40 @@ async fn media_loop(
                             continue; // late audio of an interrupted response
                         };
                         if framing_tag.is_some_and(|t| t != tag) {
-                            finish_item(&mut bridge, &mut framing_tag);
+                            finish_item(&mut bridge, &clocked_send, &mut framing_tag);
                         }
                         framing_tag = Some(tag);
                         frames.clear();
+                        // Encoded here, when the audio arrives, not in the clock's path.
                         bridge.outbound.push(&audio, &mut frames);
                         // Bounded playout queue: the model streams faster than real time, but
                         // never minutes ahead unless it misbehaves. Policy when full: drop the
                         // new audio (what is queued plays on; a barge-in truncates the item to
                         // what was really played).
                         let mut dropped = 0u64;
+                        let mut clocked = clocked_send.lock();
                         for frame in frames.drain(..) {
-                            if bridge.pacer.queued_duration() >= bridge.max_queued_audio {
+                            if clocked.pacer.queued_duration() >= bridge.max_queued_audio {
                                 dropped += 1;
                             } else {
-                                bridge.pacer.enqueue(tag, frame);
+                                clocked.pacer.enqueue(tag, frame);
                             }
                         }
+                        let queued = clocked.pacer.queued_duration();
+                        drop(clocked);
                         if dropped > 0 {
                             metrics::counter!(telemetry::AGENT_AUDIO_DROPPED_FRAMES_TOTAL).increment(dropped);
                             if overflowing_tag != Some(tag) {
                                 overflowing_tag = Some(tag);
-                                warn!(queued_ms = bridge.pacer.queued_duration().as_millis() as u64,
+                                warn!(queued_ms = queued.as_millis() as u64,
                                     "agent audio queue full; dropping the rest of this item's audio");
                             }
                         }
                         metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS).record(arrived.elapsed().as_secs_f64());
                     }
-                    ServerEvent::OutputAudioDone(_) => finish_item(&mut bridge, &mut framing_tag),
+                    ServerEvent::OutputAudioDone(_) => finish_item(&mut bridge, &clocked_send, &mut framing_tag),
                     ServerEvent::SpeechStarted(_) => {
-                        let dropped = bridge.pacer.flush();
+                        let dropped = clocked_send.lock().pacer.flush();
                         bridge.outbound.reset();
                         framing_tag = None;
                         let truncate = conversation.on_speech_started();
@@ -343,11 +417,11 @@ async fn media_loop(
 }
 
 /// Pads and queues the last partial frame of the item being framed.
-fn finish_item(bridge: &mut Bridge, framing_tag: &mut Option<ItemTag>) {
+fn finish_item(bridge: &mut Bridge, clocked_send: &SharedSend, framing_tag: &mut Option<ItemTag>) {
     if let Some(tag) = framing_tag.take()
         && let Some(frame) = bridge.outbound.flush_partial()
     {
-        bridge.pacer.enqueue(tag, frame);
+        clocked_send.lock().pacer.enqueue(tag, frame);
     }
 }
 

@@ -179,8 +179,13 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     }
     debug!(setup_ms = received.elapsed().as_millis() as u64, "Realtime session confirmed");
 
-    let socket = match std_socket.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(std_socket)) {
-        Ok(socket) => socket,
+    // Two handles on one socket: the call's task receives, the media clock sends (non-blocking).
+    let sockets = std_socket.set_nonblocking(true).and_then(|()| {
+        let clock_socket = Arc::new(std_socket.try_clone()?);
+        Ok((tokio::net::UdpSocket::from_std(std_socket)?, clock_socket))
+    });
+    let (socket, clock_socket) = match sockets {
+        Ok(sockets) => sockets,
         Err(e) => {
             warn!(error = %e, "RTP socket setup failed");
             return refuse(state, invite, Refusal::NoMediaPort);
@@ -217,6 +222,8 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
     let bridge = bridge::Bridge {
         strict_rtp: cfg.media.latch_config(),
         socket,
+        clock_socket,
+        clock: Arc::clone(&state.media_clock),
         remote: media.remote_rtp,
         payload_type: media.payload_type,
         telephone_event: media.telephone_event,
@@ -235,11 +242,9 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
             rand::random(),
         ),
         inbound: InboundAudio::new(codec, confirmed.input),
-        outbound: {
-            let mut outbound = OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings);
-            outbound.defer_encoding(true);
-            outbound
-        },
+        // Encoded when the model's audio arrives (in this task), so the media clock's path is only
+        // an RTP header and a send (docs/decisions/0003-media-clock.md).
+        outbound: OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings),
         model_ms_per_byte: switchboard_media::framing::model_audio_ms(confirmed.output, codec, 1),
         ptime,
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
