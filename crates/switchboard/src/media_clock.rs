@@ -42,6 +42,10 @@ use crate::telemetry;
 /// holding the lock (queueing one delta's frames: microseconds) is done.
 pub const BUSY_RETRY: Duration = Duration::from_micros(200);
 
+/// Deadlines are rounded up to this grid so that calls due within one grain share a wake-up
+/// (see [`Schedule`]). It divides every ptime (10, 20, 30, 40, 60 ms).
+pub const WAKE_GRAIN: Duration = Duration::from_millis(1);
+
 /// The window over which [`MediaClock::lateness`] summarises send lateness.
 pub const LATENESS_WINDOW: Duration = Duration::from_secs(1);
 
@@ -72,6 +76,8 @@ pub trait Paced: Send + 'static {
 /// completed [`LATENESS_WINDOW`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct LatenessStats {
+    /// Sequence number of the window (0: none completed yet), so a reader sees each one once.
+    pub window: u64,
     /// Packets sent in the window.
     pub samples: u64,
     /// Upper bounds of the histogram bucket holding the percentile (so never under-stated).
@@ -113,6 +119,7 @@ impl LatenessHistogram {
     pub fn stats(&self) -> LatenessStats {
         let samples: u64 = self.counts.iter().sum();
         LatenessStats {
+            window: 0,
             samples,
             p50: self.quantile(samples, 50),
             p99: self.quantile(samples, 99),
@@ -153,16 +160,19 @@ struct Entry {
     task: Arc<Notify>,
     /// Cleared by [`ClockRegistration`]'s drop: no new serve starts after it.
     active: Arc<AtomicBool>,
-    /// The wake-up the heap holds for this entry; heap items with another time are stale.
+    /// The deadline the entry is scheduled for (`None`: not scheduled).
     scheduled: Option<Instant>,
+    /// Bumped at every (re)scheduling: heap items of older generations are stale.
+    generation: u64,
 }
 
-/// A heap item: wake at `at` to serve `id` for its deadline `due` (`at` is later than `due`
-/// only when a busy lock postponed it; lateness is measured against `due`).
+/// A heap item: wake at `at` to serve `id` for its deadline `due`. `at` is `due` rounded up to
+/// the clock's grain, or later when a busy lock postponed it; lateness is measured against `due`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 struct Wake {
     at: Instant,
     id: Id,
+    generation: u64,
     due: Instant,
 }
 
@@ -196,18 +206,29 @@ pub struct ServeReport {
 }
 
 /// The clock's deadline heap and its registered calls (sans-IO: `now` is a parameter).
-#[derive(Default)]
+///
+/// Deadlines are rounded up to a grid of `grain` from `epoch`, so calls whose slots fall within
+/// one grain share a wake-up: 500 calls with random phases need at most 1,000 wake-ups a second
+/// at a 1 ms grain instead of 25,000. A call's slots all sit at the same offset from the grid
+/// (the grain divides the ptime), so the rounding is a constant delay per call, not jitter.
 pub struct Schedule {
+    epoch: Instant,
+    grain: Duration,
     entries: HashMap<Id, Entry>,
     heap: BinaryHeap<Reverse<Wake>>,
 }
 
 impl Schedule {
-    fn add(&mut self, id: Id, mut entry: Entry, now: Instant) {
-        let deadline = lock_quietly(&entry.paced).and_then(|paced| paced.poll_timeout());
-        entry.scheduled = None;
+    pub fn new(epoch: Instant, grain: Duration) -> Schedule {
+        Schedule { epoch, grain, entries: HashMap::new(), heap: BinaryHeap::new() }
+    }
+
+    /// A new call is served at once: its first `handle_timeout` runs what is due and its
+    /// `poll_timeout` then schedules it. (Reading `poll_timeout` here would need its lock,
+    /// which its task may hold while it waits for the inbox this is drained from.)
+    fn add(&mut self, id: Id, entry: Entry, now: Instant) {
         self.entries.insert(id, entry);
-        self.set_deadline(id, deadline, now);
+        self.set_deadline(id, Some(now));
     }
 
     fn remove(&mut self, id: Id) {
@@ -216,15 +237,28 @@ impl Schedule {
         self.compact();
     }
 
+    /// `due` rounded up to the grain (a deadline before the epoch is its own wake-up).
+    fn wake_time(&self, due: Instant) -> Instant {
+        let grain = self.grain.as_nanos();
+        if grain == 0 || due <= self.epoch {
+            return due;
+        }
+        let offset = (due - self.epoch).as_nanos();
+        let rounded = offset.div_ceil(grain).saturating_mul(grain);
+        u64::try_from(rounded).ok().and_then(|nanos| self.epoch.checked_add(Duration::from_nanos(nanos))).unwrap_or(due)
+    }
+
     /// Moves `id`'s next wake-up to `deadline` (`None`: not scheduled).
-    fn set_deadline(&mut self, id: Id, deadline: Option<Instant>, _now: Instant) {
+    fn set_deadline(&mut self, id: Id, deadline: Option<Instant>) {
+        let at = deadline.map(|due| self.wake_time(due));
         let Some(entry) = self.entries.get_mut(&id) else { return };
         if entry.scheduled == deadline {
             return;
         }
         entry.scheduled = deadline;
-        if let Some(at) = deadline {
-            self.heap.push(Reverse(Wake { at, id, due: at }));
+        entry.generation += 1;
+        if let (Some(due), Some(at)) = (deadline, at) {
+            self.heap.push(Reverse(Wake { at, id, generation: entry.generation, due }));
         }
         self.compact();
     }
@@ -236,7 +270,7 @@ impl Schedule {
             return;
         }
         let entries = &self.entries;
-        self.heap.retain(|Reverse(wake)| entries.get(&wake.id).is_some_and(|e| e.scheduled == Some(wake.at)));
+        self.heap.retain(|Reverse(wake)| entries.get(&wake.id).is_some_and(|e| e.generation == wake.generation));
     }
 
     /// The earliest wake-up, stale items skipped.
@@ -251,7 +285,7 @@ impl Schedule {
     }
 
     fn is_live(&self, wake: &Wake) -> bool {
-        self.entries.get(&wake.id).is_some_and(|e| e.scheduled == Some(wake.at) && e.active.load(Ordering::Acquire))
+        self.entries.get(&wake.id).is_some_and(|e| e.generation == wake.generation && e.active.load(Ordering::Acquire))
     }
 
     /// Registered calls.
@@ -263,7 +297,7 @@ impl Schedule {
         self.entries.is_empty()
     }
 
-    /// Serves every call due at `now`, appending their packets to `out` (in deadline order).
+    /// Serves every call due at `now`, appending their packets to `out` (in wake-up order).
     pub fn serve(&mut self, now: Instant, out: &mut Vec<Outgoing>) -> ServeReport {
         let mut report = ServeReport::default();
         let mut postponed = Vec::new();
@@ -287,7 +321,7 @@ impl Schedule {
                 }
                 Err(TryLockError::WouldBlock) => {
                     report.busy += 1;
-                    postponed.push(Wake { at: now + BUSY_RETRY, id: wake.id, due: wake.due });
+                    postponed.push(Wake { at: now + BUSY_RETRY, ..wake });
                     continue;
                 }
                 Err(TryLockError::Poisoned(_)) => {
@@ -301,24 +335,17 @@ impl Schedule {
             if wants_task {
                 entry.task.notify_one();
             }
+            // Served: whatever comes next is a new scheduling, even for the same deadline.
             entry.scheduled = None;
-            self.set_deadline(wake.id, next, now);
+            self.set_deadline(wake.id, next);
         }
-        for wake in postponed {
-            if let Some(entry) = self.entries.get_mut(&wake.id) {
-                entry.scheduled = Some(wake.at);
-                self.heap.push(Reverse(wake));
-            }
-        }
+        // Same generation: the postponed item stays the entry's live one.
+        self.heap.extend(postponed.into_iter().map(Reverse));
         for id in poisoned {
             self.remove(id);
         }
         report
     }
-}
-
-fn lock_quietly<P: ?Sized>(mutex: &Mutex<P>) -> Option<MutexGuard<'_, P>> {
-    mutex.lock().ok()
 }
 
 /// Requests from the call tasks, drained by the clock at each wake-up. Bounded by the live
@@ -392,7 +419,7 @@ impl MediaClock {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let active = Arc::new(AtomicBool::new(true));
         let paced: Arc<Mutex<dyn Paced>> = paced;
-        let entry = Entry { paced, socket, task, active: Arc::clone(&active), scheduled: None };
+        let entry = Entry { paced, socket, task, active: Arc::clone(&active), scheduled: None, generation: 0 };
         let mut inbox = self.shared.inbox();
         inbox.added.push((id, entry));
         // A new call's first deadline is usually now: wake the clock to look at it.
@@ -457,10 +484,11 @@ impl Drop for ClockRegistration {
 
 /// The clock thread: drain the inbox, sleep to the earliest deadline, serve, send, repeat.
 fn run(shared: &Shared) {
-    let mut schedule = Schedule::default();
+    let mut schedule = Schedule::new(Instant::now(), WAKE_GRAIN);
     let mut outgoing = Vec::new();
     let mut window = LatenessHistogram::default();
     let mut window_end = Instant::now() + LATENESS_WINDOW;
+    let mut window_number = 0u64;
     let lateness_metric = metrics::histogram!(telemetry::RTP_SEND_LATENESS_SECONDS);
     let sent_metric = metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out");
     let would_block_metric = metrics::counter!(telemetry::RTP_SEND_DROPPED_TOTAL, "reason" => "would_block");
@@ -470,32 +498,31 @@ fn run(shared: &Shared) {
     loop {
         // Drain the inbox, then sleep until the earliest deadline (or the window's end, so the
         // published lateness is fresh even with no calls), unless a request came meanwhile.
-        let mut now = Instant::now();
-        loop {
+        let now = loop {
             if inbox.stop {
                 return;
             }
             for (id, entry) in inbox.added.drain(..) {
-                schedule.add(id, entry, now);
+                schedule.add(id, entry, Instant::now());
             }
             for id in inbox.removed.drain(..) {
                 schedule.remove(id);
             }
             for (id, deadline) in inbox.rescheduled.drain() {
-                schedule.set_deadline(id, deadline, now);
+                schedule.set_deadline(id, deadline);
             }
-            now = Instant::now();
+            let now = Instant::now();
             let wake_at = schedule.next_wake().map_or(window_end, |at| at.min(window_end));
             if wake_at <= now {
                 inbox.sleeping_until = None;
-                break;
+                break now;
             }
             inbox.sleeping_until = Some(wake_at);
             inbox = match shared.wake.wait_timeout(inbox, wake_at - now) {
                 Ok((guard, _)) => guard,
                 Err(poisoned) => poisoned.into_inner().0,
             };
-        }
+        };
         drop(inbox);
 
         let report = schedule.serve(now, &mut outgoing);
@@ -526,7 +553,9 @@ fn run(shared: &Shared) {
 
         let now = Instant::now();
         if now >= window_end {
-            *shared.lateness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = window.stats();
+            window_number += 1;
+            let stats = LatenessStats { window: window_number, ..window.stats() };
+            *shared.lateness.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = stats;
             window = LatenessHistogram::default();
             // Whole windows from the previous end; after a long stall, restart from now.
             window_end += LATENESS_WINDOW;
@@ -571,7 +600,9 @@ mod tests {
 
     impl Paced for PacedLeg {
         fn handle_timeout(&mut self, now: Instant) {
-            self.served_at.push(now);
+            if self.pacer.next_deadline() <= now {
+                self.served_at.push(now);
+            }
             while let Some(frame) = self.pacer.poll(now) {
                 let mut packet = Vec::new();
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
@@ -601,12 +632,19 @@ mod tests {
         rtp::parse_rtp(packet).unwrap().0.ssrc
     }
 
-    fn add(schedule: &mut Schedule, id: Id, leg: &Arc<Mutex<PacedLeg>>, now: Instant) -> Arc<AtomicBool> {
+    fn add(schedule: &mut Schedule, id: Id, leg: &Arc<Mutex<PacedLeg>>) -> Arc<AtomicBool> {
         let active = Arc::new(AtomicBool::new(true));
         let paced: Arc<Mutex<dyn Paced>> = leg.clone();
-        let entry =
-            Entry { paced, socket: socket(), task: Arc::new(Notify::new()), active: active.clone(), scheduled: None };
-        schedule.add(id, entry, now);
+        let entry = Entry {
+            paced,
+            socket: socket(),
+            task: Arc::new(Notify::new()),
+            active: active.clone(),
+            scheduled: None,
+            generation: 0,
+        };
+        let registered_at = schedule.epoch;
+        schedule.add(id, entry, registered_at);
         active
     }
 
@@ -617,7 +655,7 @@ mod tests {
     #[test]
     fn every_due_call_is_served_in_one_wake_up_in_deadline_order() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         // Three calls with slots offset by 0, 7 and 13 ms.
         let legs: Vec<_> = [0u64, 7, 13]
             .iter()
@@ -626,7 +664,7 @@ mod tests {
             })
             .collect();
         for (id, leg) in legs.iter().enumerate() {
-            add(&mut schedule, id as Id, leg, start);
+            add(&mut schedule, id as Id, leg);
         }
         assert_eq!(schedule.next_wake(), Some(start));
         let mut out = Vec::new();
@@ -663,12 +701,52 @@ mod tests {
     }
 
     #[test]
+    fn slots_within_one_grain_share_a_wake_up_at_a_constant_offset() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
+        // Phases 0.1, 0.4 and 0.9 ms past the grid: one wake-up at 1 ms serves all three.
+        let phases = [100u64, 400, 900];
+        let legs: Vec<_> = phases
+            .iter()
+            .map(|&us| Arc::new(Mutex::new(PacedLeg::new(start + Duration::from_micros(us), destination(), us as u32))))
+            .collect();
+        for (id, leg) in legs.iter().enumerate() {
+            add(&mut schedule, id as Id, leg);
+        }
+        let mut out = Vec::new();
+        let mut wake_ups = Vec::new();
+        while let Some(at) = schedule.next_wake() {
+            if at > start + Duration::from_millis(199) {
+                break;
+            }
+            schedule.serve(at, &mut out);
+            wake_ups.push(at - start);
+        }
+        // The look at registration, then one wake-up per ptime for the three calls.
+        let expected: Vec<Duration> =
+            std::iter::once(Duration::ZERO).chain((0..10u32).map(|n| WAKE_GRAIN + PTIME * n)).collect();
+        assert_eq!(wake_ups, expected);
+        assert_eq!(out.len(), 30);
+        // Each call is served the same time after each of its slots: an offset, not jitter.
+        for (leg, us) in legs.iter().zip(phases) {
+            let leg = leg.lock().unwrap();
+            let lateness: Vec<Duration> = leg
+                .served_at
+                .iter()
+                .enumerate()
+                .map(|(n, at)| *at - (start + Duration::from_micros(us) + PTIME * n as u32))
+                .collect();
+            assert!(lateness.iter().all(|l| *l == WAKE_GRAIN - Duration::from_micros(us)), "{lateness:?}");
+        }
+    }
+
+    #[test]
     fn calls_due_together_share_one_wake_up() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         let legs: Vec<_> = (0..100).map(|n| Arc::new(Mutex::new(PacedLeg::new(start, destination(), n)))).collect();
         for (id, leg) in legs.iter().enumerate() {
-            add(&mut schedule, id as Id, leg, start);
+            add(&mut schedule, id as Id, leg);
         }
         let mut out = Vec::new();
         let report = schedule.serve(start + Duration::from_micros(300), &mut out);
@@ -680,11 +758,11 @@ mod tests {
     #[test]
     fn removed_call_is_not_served_again() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         let kept = Arc::new(Mutex::new(PacedLeg::new(start, destination(), 1)));
         let removed = Arc::new(Mutex::new(PacedLeg::new(start, destination(), 2)));
-        add(&mut schedule, 1, &kept, start);
-        let active = add(&mut schedule, 2, &removed, start);
+        add(&mut schedule, 1, &kept);
+        let active = add(&mut schedule, 2, &removed);
         let mut out = Vec::new();
         schedule.serve(start, &mut out);
         assert_eq!(out.len(), 2);
@@ -703,9 +781,9 @@ mod tests {
     #[test]
     fn busy_call_is_retried_not_skipped() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         let leg = Arc::new(Mutex::new(PacedLeg::new(start, destination(), 1)));
-        add(&mut schedule, 1, &leg, start);
+        add(&mut schedule, 1, &leg);
         let mut out = Vec::new();
         {
             let _task_holds_it = leg.lock().unwrap();
@@ -725,19 +803,23 @@ mod tests {
     #[test]
     fn reschedule_moves_the_wake_up_and_stale_items_are_skipped() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         let leg = Arc::new(Mutex::new(PacedLeg::new(start + PTIME, destination(), 1)));
-        add(&mut schedule, 1, &leg, start);
-        assert_eq!(schedule.next_wake(), Some(start + PTIME));
-        schedule.set_deadline(1, Some(start + PTIME * 5), start);
-        assert_eq!(schedule.next_wake(), Some(start + PTIME * 5));
+        add(&mut schedule, 1, &leg);
+        // A new call is looked at once at registration, then at its own deadline.
+        assert_eq!(schedule.next_wake(), Some(start));
         let mut out = Vec::new();
+        assert_eq!(schedule.serve(start, &mut out).served, 1);
+        assert!(out.is_empty(), "nothing due yet");
+        assert_eq!(schedule.next_wake(), Some(start + PTIME));
+        schedule.set_deadline(1, Some(start + PTIME * 5));
+        assert_eq!(schedule.next_wake(), Some(start + PTIME * 5));
         assert_eq!(schedule.serve(start + PTIME * 2, &mut out).served, 0);
-        schedule.set_deadline(1, None, start);
+        schedule.set_deadline(1, None);
         assert_eq!(schedule.next_wake(), None);
         // Many reschedules never grow the heap past its bound.
         for n in 0..1000u32 {
-            schedule.set_deadline(1, Some(start + Duration::from_micros(u64::from(n))), start);
+            schedule.set_deadline(1, Some(start + Duration::from_micros(u64::from(n))));
         }
         assert!(schedule.heap.len() <= 2 * schedule.len() + 65);
     }
@@ -745,7 +827,7 @@ mod tests {
     #[test]
     fn wants_task_wakes_the_call_task() {
         let start = Instant::now();
-        let mut schedule = Schedule::default();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
         let leg = Arc::new(Mutex::new(PacedLeg::new(start, destination(), 1)));
         leg.lock().unwrap().wants_task = true;
         let task = Arc::new(Notify::new());
@@ -756,6 +838,7 @@ mod tests {
             task: task.clone(),
             active: Arc::new(AtomicBool::new(true)),
             scheduled: None,
+            generation: 0,
         };
         schedule.add(1, entry, start);
         schedule.serve(start, &mut Vec::new());
