@@ -415,7 +415,11 @@ class Run:
             self.result["active_at_start"] = active_calls()
         window = CpuWindow({"server": server_pid, "uac": self.uac.pid})
         window.start()
+        fetch_start = time.monotonic()
         before = self.snapshot()
+        # Counters are read at the middle of each fetch (slow on a loaded machine): rates use the
+        # time between the two reads, not the CPU window's.
+        before_at = (fetch_start + time.monotonic()) / 2
         # RSS sampled through the window; the median is reported.
         rss_samples = []
         end = time.monotonic() + self.args.duration
@@ -424,7 +428,9 @@ class Run:
             self.sample_gauges()
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         elapsed, cpu = window.stop()
+        fetch_start = time.monotonic()
         after = self.snapshot()
+        self.result["metrics_secs"] = (fetch_start + time.monotonic()) / 2 - before_at
         if active_calls:
             self.result["active_at_end"] = active_calls()
         self.result["window_secs"] = elapsed
@@ -532,7 +538,7 @@ class GatewayRun(Run):
             packets = counter_sum(after, "switchboard_rtp_packets_total", f'direction="{direction}"') - counter_sum(
                 before, "switchboard_rtp_packets_total", f'direction="{direction}"'
             )
-            self.result[f"pps_{direction}"] = packets / self.result["window_secs"]
+            self.result[f"pps_{direction}"] = packets / self.result["metrics_secs"]
         self.result["rtp_lost"] = counter_sum(after, "switchboard_rtp_lost_total") - counter_sum(
             before, "switchboard_rtp_lost_total"
         )
