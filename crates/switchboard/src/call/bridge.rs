@@ -447,3 +447,58 @@ async fn drain_inbound(
 async fn send(realtime_tx: &mut RealtimeSender, event: &ClientEvent) -> Result<(), CallEnd> {
     realtime_tx.send(event).await.map_err(|e| CallEnd::AgentDisconnected(format!("send failed: {e}")))
 }
+
+#[cfg(test)]
+mod tests {
+    use switchboard_media::pacer::PacerConfig;
+
+    use super::*;
+
+    const PTIME: Duration = Duration::from_millis(20);
+
+    fn clocked(start: Instant) -> ClockedSend {
+        let config = PacerConfig { payload_type: 0, ssrc: 9, clock_rate: 8000, ptime: PTIME, silence: vec![0xFF; 160] };
+        ClockedSend::new(Pacer::new(config, start, 0, 0))
+    }
+
+    #[test]
+    fn nothing_is_sent_before_there_is_a_target_but_the_clock_runs() {
+        let start = Instant::now();
+        let mut send = clocked(start);
+        send.handle_timeout(start);
+        assert_eq!(send.poll_transmit(), None, "no target: frame dropped");
+        assert_eq!(send.poll_timeout(), Some(start + PTIME));
+        send.target = Some("127.0.0.1:4000".parse().unwrap());
+        send.handle_timeout(start + PTIME);
+        let packet = send.poll_transmit().unwrap();
+        let (header, payload) = rtp::parse_rtp(&packet.packet).unwrap();
+        assert_eq!((header.sequence, header.timestamp), (1, 160), "the pacer kept its clock");
+        assert_eq!(payload, [0xFF; 160]);
+    }
+
+    #[test]
+    fn played_frames_are_recorded_per_item_and_wake_the_task_when_many() {
+        let start = Instant::now();
+        let mut send = clocked(start);
+        let (first, second): (ItemTag, ItemTag) = (1, 2);
+        for _ in 0..3 {
+            send.pacer.enqueue(first, vec![1; 160]);
+        }
+        send.pacer.enqueue(second, vec![2; 160]);
+        let mut slot = 0;
+        for _ in 0..4 {
+            send.handle_timeout(start + PTIME * slot);
+            slot += 1;
+        }
+        assert_eq!(send.played, [(first, 3), (second, 1)], "runs of one item merged");
+        assert!(!send.wants_task());
+        for n in 0..PLAYED_RECORDS_BEFORE_WAKE {
+            send.pacer.enqueue(10 + n as ItemTag, vec![3; 160]);
+        }
+        for _ in 0..PLAYED_RECORDS_BEFORE_WAKE {
+            send.handle_timeout(start + PTIME * slot);
+            slot += 1;
+        }
+        assert!(send.wants_task(), "the task is woken to take the records");
+    }
+}
