@@ -260,6 +260,23 @@ def calls_by_outcome(samples):
 # ---------------------------------------------------------------- helpers
 
 
+def clock_realtime(pid, priority):
+    """SCHED_FIFO for the gateway's media clock thread only (by thread name): its work per
+    wake-up is small and bounded, so it cannot starve the machine, and the scheduler then runs
+    it the moment its timer fires, whatever else is runnable."""
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                name = f.read().strip()
+        except OSError:
+            continue
+        if name == "media-clock":
+            result = subprocess.run(["chrt", "-f", "-p", str(priority), tid], capture_output=True, text=True)
+            log(f"media-clock thread {tid}: chrt -f {priority}: exit {result.returncode} {result.stderr.strip()}")
+            return
+    log("no media-clock thread found")
+
+
 def check_free(ports, kind):
     for port in ports:
         s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
@@ -516,6 +533,8 @@ class GatewayRun(Run):
         gateway = Proc("switchboard", prefix + [GATEWAY_BIN, "run", "--config", config_path], self.workdir,
                        os.path.join(self.workdir, "gateway.log"), env=env)
         wait_tcp(GW_ADMIN_PORT, 15, "gateway admin")
+        if args.clock_rt_priority:
+            clock_realtime(gateway.pid, args.clock_rt_priority)
         time.sleep(2)
         self.result["idle_rss_kb"] = rss_kb(gateway.pid)
         idle = CpuWindow({"server": gateway.pid})
@@ -542,6 +561,9 @@ class GatewayRun(Run):
         self.result["rtp_lost"] = counter_sum(after, "switchboard_rtp_lost_total") - counter_sum(
             before, "switchboard_rtp_lost_total"
         )
+        for key, name in (("busy_retries", "switchboard_media_clock_busy_retries_total"),
+                          ("send_dropped", "switchboard_rtp_send_dropped_total")):
+            self.result[key] = counter_sum(after, name) - counter_sum(before, name)
         if args.tshark_secs > 0 and self.uac.alive():
             self.result["tshark"] = tshark_gaps(self.workdir, GW_RTP_FIRST, args.tshark_secs)
         if args.perf_secs > 0 and self.uac.alive():
@@ -706,7 +728,8 @@ def report(args, gw, base):
     add(
         f"Gateway context: calls active at window start/end {gw.get('active_at_start')}/{gw.get('active_at_end')}, "
         f"RTP {gw['pps_in']:.0f} pkt/s in, {gw['pps_out']:.0f} pkt/s out (expected {50 * (gw.get('active_at_start') or n)} each), "
-        f"{gw['rtp_lost']:.0f} lost in window, {gw['threads']} threads, idle CPU {gw['idle_cpu_pct']:.2f} %, "
+        f"{gw['rtp_lost']:.0f} lost in window, media clock busy retries {gw.get('busy_retries', 0):.0f} and "
+        f"send drops {gw.get('send_dropped', 0):.0f} in window, {gw['threads']} threads, idle CPU {gw['idle_cpu_pct']:.2f} %, "
         f"simulator CPU {gw['sim_cpu_pct']:.1f} %, calls after run: "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(gw["gw_calls"].items()))
         + f"; active after run {gw['gw_active_after']}; capacity admission saturated for {gw.get('saturated_secs', 0)} of the window's 1 s samples."
@@ -768,6 +791,8 @@ def main():
     parser.add_argument("--skip-gateway", action="store_true",
                         help="baseline only: checks the load generator path (e.g. Opus before the gateway has it)")
     parser.add_argument("--keep", action="store_true", help="keep the work directory")
+    parser.add_argument("--clock-rt-priority", type=int, default=0,
+                        help="SCHED_FIFO priority for the gateway's media-clock thread only (experiment, root)")
     parser.add_argument("--autogroup-nice", type=int, default=None,
                         help="autogroup nice of every process started (e.g. -10, needs root): the bench's share "
                              "of a machine others are using")
