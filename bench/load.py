@@ -144,6 +144,25 @@ def cpu_seconds(pid):
     return (utime + stime) / CLK_TCK
 
 
+def thread_cpu_seconds(pid):
+    """{thread name: utime + stime seconds}, threads of the same name summed."""
+    out = {}
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        fields = stat[stat.rindex(")") + 2 :].split()
+        out[name] = out.get(name, 0.0) + (int(fields[11]) + int(fields[12])) / CLK_TCK
+    return out
+
+
 def rss_kb(pid):
     with open(f"/proc/{pid}/status") as f:
         for line in f:
@@ -431,6 +450,7 @@ class Run:
         if active_calls:
             self.result["active_at_start"] = active_calls()
         window = CpuWindow({"server": server_pid, "uac": self.uac.pid})
+        threads_before = thread_cpu_seconds(server_pid)
         window.start()
         fetch_start = time.monotonic()
         before = self.snapshot()
@@ -445,6 +465,10 @@ class Run:
             self.sample_gauges()
             time.sleep(min(1.0, max(0.0, end - time.monotonic())))
         elapsed, cpu = window.stop()
+        threads_after = thread_cpu_seconds(server_pid)
+        self.result["thread_cpu"] = {
+            name: 100.0 * (secs - threads_before.get(name, 0.0)) / elapsed for name, secs in threads_after.items()
+        }
         fetch_start = time.monotonic()
         after = self.snapshot()
         self.result["metrics_secs"] = (fetch_start + time.monotonic()) / 2 - before_at
@@ -730,7 +754,9 @@ def report(args, gw, base):
         f"RTP {gw['pps_in']:.0f} pkt/s in, {gw['pps_out']:.0f} pkt/s out (expected {50 * (gw.get('active_at_start') or n)} each), "
         f"{gw['rtp_lost']:.0f} lost in window, media clock busy retries {gw.get('busy_retries', 0):.0f} and "
         f"send drops {gw.get('send_dropped', 0):.0f} in window, {gw['threads']} threads, idle CPU {gw['idle_cpu_pct']:.2f} %, "
-        f"simulator CPU {gw['sim_cpu_pct']:.1f} %, calls after run: "
+        f"simulator CPU {gw['sim_cpu_pct']:.1f} %, gateway threads (% of a core): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(gw.get("thread_cpu", {}).items()))
+        + ", calls after run: "
         + ", ".join(f"{k} {v:.0f}" for k, v in sorted(gw["gw_calls"].items()))
         + f"; active after run {gw['gw_active_after']}; capacity admission saturated for {gw.get('saturated_secs', 0)} of the window's 1 s samples."
     )
