@@ -64,6 +64,10 @@ pub struct Bridge {
     pub pacer: Pacer<ItemTag>,
     pub inbound: InboundAudio,
     pub outbound: OutboundAudio,
+    /// Opus and G.722: `outbound` defers encoding, and this task encodes frames just ahead of
+    /// their slot ([`ENCODE_AHEAD_FRAMES`]), so neither the media clock nor audio a barge-in
+    /// discards pays for the encoder. G.711 is encoded when it arrives (it costs nothing).
+    pub encode_ahead: bool,
     /// Milliseconds of model audio per byte received (G.711: 1/8, PCM16 24 kHz: 1/48).
     pub model_ms_per_byte: f64,
     pub ptime: Duration,
@@ -82,6 +86,10 @@ pub struct Bridge {
 /// looked for a long while (it looks at every Realtime event).
 const PLAYED_RECORDS_BEFORE_WAKE: usize = 16;
 
+/// With `encode_ahead`, the clock wakes the task when fewer encoded frames than this wait in the
+/// pacer (60 ms at 20 ms ptime); the task then encodes up to two more than this.
+const ENCODE_AHEAD_FRAMES: usize = 3;
+
 /// The outbound half of the call that the media clock drives (contract M).
 pub struct ClockedSend {
     pacer: Pacer<ItemTag>,
@@ -91,11 +99,19 @@ pub struct ClockedSend {
     /// Frames played per item since the task last took them (runs of one item merged).
     played: Vec<(ItemTag, u32)>,
     ready: VecDeque<RtpTransmit>,
+    /// The task holds unencoded frames to top the pacer up with (`encode_ahead`).
+    unencoded_waiting: bool,
 }
 
 impl ClockedSend {
     fn new(pacer: Pacer<ItemTag>) -> ClockedSend {
-        ClockedSend { pacer, target: None, played: Vec::new(), ready: VecDeque::with_capacity(4) }
+        ClockedSend {
+            pacer,
+            target: None,
+            played: Vec::new(),
+            ready: VecDeque::with_capacity(4),
+            unencoded_waiting: false,
+        }
     }
 }
 
@@ -126,6 +142,7 @@ impl Paced for ClockedSend {
 
     fn wants_task(&self) -> bool {
         self.played.len() >= PLAYED_RECORDS_BEFORE_WAKE
+            || (self.unencoded_waiting && self.pacer.queued_frames() < ENCODE_AHEAD_FRAMES)
     }
 }
 
@@ -144,6 +161,22 @@ impl SharedSend {
         for (tag, frames) in played {
             conversation.on_audio_played(tag, f64::from(frames) * ptime_ms);
         }
+    }
+
+    /// `encode_ahead`: encodes the next unencoded frames (outside the lock) until the pacer holds
+    /// two more than [`ENCODE_AHEAD_FRAMES`].
+    fn top_up(&self, outbound: &mut OutboundAudio, unencoded: &mut VecDeque<(ItemTag, Vec<u8>)>) {
+        let queued = self.lock().pacer.queued_frames();
+        let wanted = (ENCODE_AHEAD_FRAMES + 2).saturating_sub(queued);
+        let encoded: Vec<(ItemTag, Vec<u8>)> = std::iter::from_fn(|| unencoded.pop_front())
+            .take(wanted)
+            .map(|(tag, raw)| (tag, outbound.encode_deferred(raw)))
+            .collect();
+        let mut clocked = self.lock();
+        for (tag, frame) in encoded {
+            clocked.pacer.enqueue(tag, frame);
+        }
+        clocked.unencoded_waiting = !unencoded.is_empty();
     }
 }
 
@@ -190,6 +223,9 @@ async fn media_loop(
         bridge.clock.register(Arc::clone(&clocked_send.0), Arc::clone(&bridge.clock_socket), Arc::clone(&task_wake));
     // The target the clock has; updated whenever the latch's changes.
     let mut clock_target: Option<SocketAddr> = None;
+    // `encode_ahead`: frames produced but not yet encoded, in production order (bounded with the
+    // pacer's queue by `max_queued_audio`).
+    let mut unencoded: VecDeque<(ItemTag, Vec<u8>)> = VecDeque::new();
     let mut model_bytes = Vec::with_capacity(2048);
     let mut frames: Vec<Vec<u8>> = Vec::new();
     // The assistant item whose audio is being framed, so its last partial frame can be padded
@@ -215,7 +251,12 @@ async fn media_loop(
             biased;
 
             // The clock has played-frame records to hand over (see `PLAYED_RECORDS_BEFORE_WAKE`).
-            () = task_wake.notified() => clocked_send.settle_played(&mut conversation, ptime_ms),
+            () = task_wake.notified() => {
+                clocked_send.settle_played(&mut conversation, ptime_ms);
+                if bridge.encode_ahead {
+                    clocked_send.top_up(&mut bridge.outbound, &mut unencoded);
+                }
+            }
 
             received = bridge.socket.recv_from(&mut recv_buf) => {
                 let Ok((len, source)) = received else { continue };
@@ -299,11 +340,12 @@ async fn media_loop(
                             continue; // late audio of an interrupted response
                         };
                         if framing_tag.is_some_and(|t| t != tag) {
-                            finish_item(&mut bridge, &clocked_send, &mut framing_tag);
+                            finish_item(&mut bridge, &clocked_send, &mut framing_tag, &mut unencoded);
                         }
                         framing_tag = Some(tag);
                         frames.clear();
-                        // Encoded here, when the audio arrives, not in the clock's path.
+                        // G.711: encoded here; Opus, G.722: framed here, encoded just ahead of
+                        // the slot (`encode_ahead`). Never in the clock's path.
                         bridge.outbound.push(&audio, &mut frames);
                         // Bounded playout queue: the model streams faster than real time, but
                         // never minutes ahead unless it misbehaves. Policy when full: drop the
@@ -311,15 +353,24 @@ async fn media_loop(
                         // what was really played).
                         let mut dropped = 0u64;
                         let mut clocked = clocked_send.lock();
+                        let held = |clocked: &ClockedSend, unencoded: &VecDeque<_>| {
+                            clocked.pacer.queued_duration()
+                                + bridge.ptime.saturating_mul(u32::try_from(unencoded.len()).unwrap_or(u32::MAX))
+                        };
                         for frame in frames.drain(..) {
-                            if clocked.pacer.queued_duration() >= bridge.max_queued_audio {
+                            if held(&clocked, &unencoded) >= bridge.max_queued_audio {
                                 dropped += 1;
+                            } else if bridge.encode_ahead {
+                                unencoded.push_back((tag, frame));
                             } else {
                                 clocked.pacer.enqueue(tag, frame);
                             }
                         }
-                        let queued = clocked.pacer.queued_duration();
+                        let queued = held(&clocked, &unencoded);
                         drop(clocked);
+                        if bridge.encode_ahead {
+                            clocked_send.top_up(&mut bridge.outbound, &mut unencoded);
+                        }
                         if dropped > 0 {
                             metrics::counter!(telemetry::AGENT_AUDIO_DROPPED_FRAMES_TOTAL).increment(dropped);
                             if overflowing_tag != Some(tag) {
@@ -330,9 +381,15 @@ async fn media_loop(
                         }
                         metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS).record(arrived.elapsed().as_secs_f64());
                     }
-                    ServerEvent::OutputAudioDone(_) => finish_item(&mut bridge, &clocked_send, &mut framing_tag),
+                    ServerEvent::OutputAudioDone(_) => {
+                        finish_item(&mut bridge, &clocked_send, &mut framing_tag, &mut unencoded);
+                    }
                     ServerEvent::SpeechStarted(_) => {
-                        let dropped = clocked_send.lock().pacer.flush();
+                        let dropped = {
+                            let mut clocked = clocked_send.lock();
+                            clocked.unencoded_waiting = false;
+                            clocked.pacer.flush() + std::mem::take(&mut unencoded).len()
+                        };
                         bridge.outbound.reset();
                         framing_tag = None;
                         let truncate = conversation.on_speech_started();
@@ -417,11 +474,21 @@ async fn media_loop(
 }
 
 /// Pads and queues the last partial frame of the item being framed.
-fn finish_item(bridge: &mut Bridge, clocked_send: &SharedSend, framing_tag: &mut Option<ItemTag>) {
+fn finish_item(
+    bridge: &mut Bridge,
+    clocked_send: &SharedSend,
+    framing_tag: &mut Option<ItemTag>,
+    unencoded: &mut VecDeque<(ItemTag, Vec<u8>)>,
+) {
     if let Some(tag) = framing_tag.take()
         && let Some(frame) = bridge.outbound.flush_partial()
     {
-        clocked_send.lock().pacer.enqueue(tag, frame);
+        if bridge.encode_ahead {
+            unencoded.push_back((tag, frame));
+            clocked_send.top_up(&mut bridge.outbound, unencoded);
+        } else {
+            clocked_send.lock().pacer.enqueue(tag, frame);
+        }
     }
 }
 
@@ -474,6 +541,44 @@ mod tests {
         let (header, payload) = rtp::parse_rtp(&packet.packet).unwrap();
         assert_eq!((header.sequence, header.timestamp), (1, 160), "the pacer kept its clock");
         assert_eq!(payload, [0xFF; 160]);
+    }
+
+    #[test]
+    fn opus_is_encoded_just_ahead_of_the_slot_by_the_task() {
+        use switchboard_media::framing::ModelAudio;
+        use switchboard_media::signal::sine;
+        let start = Instant::now();
+        let send = SharedSend(Arc::new(Mutex::new(clocked(start))));
+        let mut outbound = OutboundAudio::new(switchboard_media::Codec::Opus, ModelAudio::Pcm24k, PTIME);
+        outbound.defer_encoding(true);
+        let pcm: Vec<u8> = sine(440.0, 24000, 200, 8000).iter().flat_map(|s| s.to_le_bytes()).collect();
+        let mut frames = Vec::new();
+        outbound.push(&pcm, &mut frames);
+        assert_eq!(frames.len(), 10);
+        let raw_len = frames[0].len();
+        let mut unencoded: VecDeque<(ItemTag, Vec<u8>)> = frames.into_iter().map(|f| (1, f)).collect();
+
+        send.top_up(&mut outbound, &mut unencoded);
+        assert_eq!(send.lock().pacer.queued_frames(), ENCODE_AHEAD_FRAMES + 2);
+        assert_eq!(unencoded.len(), 10 - (ENCODE_AHEAD_FRAMES + 2), "the rest waits unencoded");
+        assert!(!send.lock().wants_task(), "enough encoded ahead");
+        // Three slots later fewer than ENCODE_AHEAD_FRAMES are left: the clock asks for more.
+        for slot in 0..3 {
+            send.lock().handle_timeout(start + PTIME * slot);
+        }
+        assert!(send.lock().wants_task());
+        send.top_up(&mut outbound, &mut unencoded);
+        let clocked = send.lock();
+        assert_eq!(clocked.pacer.queued_frames(), ENCODE_AHEAD_FRAMES + 2);
+        assert!(!clocked.wants_task());
+        drop(clocked);
+        // What the clock sends is Opus, not the raw PCM the task framed.
+        let mut clocked = send.lock();
+        clocked.target = Some("127.0.0.1:4000".parse().unwrap());
+        clocked.handle_timeout(start + PTIME * 3);
+        let packet = clocked.poll_transmit().unwrap();
+        let (_, payload) = rtp::parse_rtp(&packet.packet).unwrap();
+        assert!(payload.len() < raw_len, "encoded: {} bytes, raw frame {raw_len}", payload.len());
     }
 
     #[test]

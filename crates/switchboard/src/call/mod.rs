@@ -219,6 +219,7 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
         warn!(error = %e, "greeting request failed");
     }
 
+    let encode_ahead = !matches!(codec, MediaCodec::Pcmu | MediaCodec::Pcma);
     let bridge = bridge::Bridge {
         strict_rtp: cfg.media.latch_config(),
         socket,
@@ -242,9 +243,15 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
             rand::random(),
         ),
         inbound: InboundAudio::new(codec, confirmed.input),
-        // Encoded when the model's audio arrives (in this task), so the media clock's path is only
-        // an RTP header and a send (docs/decisions/0003-media-clock.md).
-        outbound: OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings),
+        // Opus and G.722 are encoded by the call's task just ahead of their slot (`encode_ahead`),
+        // so the media clock's path is only an RTP header and a send, and audio a barge-in
+        // discards is never encoded (docs/decisions/0003-media-clock.md).
+        outbound: {
+            let mut outbound = OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings);
+            outbound.defer_encoding(encode_ahead);
+            outbound
+        },
+        encode_ahead,
         model_ms_per_byte: switchboard_media::framing::model_audio_ms(confirmed.output, codec, 1),
         ptime,
         rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
