@@ -16,8 +16,6 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use switchboard_media::framing::{InboundAudio, OutboundAudio};
 use switchboard_media::latch::{LatchConfig, RtpSourceLatch, SourceVerdict};
 use switchboard_media::pacer::Pacer;
@@ -222,10 +220,7 @@ async fn media_loop(
                 match event {
                     ServerEvent::OutputAudioDelta(delta) => {
                         let arrived = Instant::now();
-                        let Ok(audio) = BASE64.decode(delta.delta.as_bytes()) else {
-                            warn!("audio delta with bad base64 ignored");
-                            continue;
-                        };
+                        let audio = delta.delta;
                         let ms = bridge.model_output.bytes_to_ms(audio.len());
                         let Some(tag) = conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                             continue; // late audio of an interrupted response
@@ -373,7 +368,7 @@ async fn drain_inbound(
         }
         model_bytes.clear();
         bridge.inbound.convert_with_loss(frame.lost_before, &frame.payload, model_bytes);
-        let append = ClientEvent::InputAudioBufferAppend { event_id: None, audio: BASE64.encode(&model_bytes) };
+        let append = ClientEvent::append(model_bytes.clone());
         send(realtime_tx, &append).await?;
     }
     Ok(())
