@@ -1,6 +1,5 @@
 //! One call from INVITE to its end: route, negotiate, open the Realtime session, answer, bridge.
 
-pub mod bridge;
 pub mod core;
 pub mod end;
 pub mod session;
