@@ -1480,9 +1480,9 @@ fn fill_turn_detection_defaults(td: TurnDetection) -> TurnDetection {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
+    use crate::config::BurstPattern;
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as BASE64;
-    use crate::config::BurstPattern;
     use serde_json::json;
 
     fn cfg(speed: f64) -> SimConfig {
