@@ -14,8 +14,8 @@
 //! window's p99 is above `calls.saturation_lateness_ms`, and recovers only after the p99 has
 //! stayed at or below `calls.recovery_lateness_ms` for `calls.saturation_hold_secs`. A window
 //! with fewer than [`MIN_SAMPLES`] packets says nothing about saturation (an idle gateway is not
-//! saturated) and counts as below the mark. Refusing new calls never ends calls already up:
-//! protect the calls the gateway has instead of degrading them all.
+//! saturated, and a few calls cannot make it so) and counts as below the mark. Refusing new calls
+//! never ends calls already up: protect the calls the gateway has instead of degrading them all.
 //!
 //! Sans-IO: [`CapacityGate::observe`] takes `now` and one window's stats; the shell (`app.rs`)
 //! feeds it once per clock window and applies the transitions (503 to INVITE and OPTIONS,
@@ -25,9 +25,12 @@ use std::time::{Duration, Instant};
 
 use crate::media_clock::LatenessStats;
 
-/// Fewer packets than this in a window (under half a second of one call's audio... of 25 calls'
-/// 20 ms packets) is no evidence of saturation either way.
-pub const MIN_SAMPLES: u64 = 50;
+/// Fewer packets than this in a one-second window (20 calls at 20 ms) is no evidence of
+/// saturation. With few calls the p99 is a single packet: one scheduler hiccup of a loaded
+/// machine would close admission for a gateway that is nowhere near full (the end-to-end test
+/// `capacity::a_call_is_paced_by_the_media_clock_and_admission_stays_open` saw a single call
+/// trip it at 50). A gateway that a score of calls saturates is not worth protecting this way.
+pub const MIN_SAMPLES: u64 = 1000;
 
 /// The thresholds, from `[calls]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -685,6 +685,19 @@ mod tests {
     }
 
     #[test]
+    fn capacity_admission_marks_are_checked() {
+        let f = write("[calls]\nsaturation_lateness_ms = 5\nrecovery_lateness_ms = 8\nsaturation_hold_secs = 7200\n");
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"calls.recovery_lateness_ms"), "{keys:?}");
+        assert!(keys.contains(&"calls.saturation_hold_secs"), "{keys:?}");
+        // 0 turns it off, whatever the recovery mark.
+        let f = write("[calls]\nsaturation_lateness_ms = 0\nrecovery_lateness_ms = 8\n");
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        assert!(!cfg.calls.capacity().enabled());
+    }
+
+    #[test]
     fn realtime_bounds_are_checked() {
         let f = write(
             "[realtime]\nping_interval_secs = 10\nwatchdog_secs = 10\nmax_message_bytes = 1\n\

@@ -33,7 +33,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use crate::telemetry;
 
@@ -45,6 +45,11 @@ pub const BUSY_RETRY: Duration = Duration::from_micros(200);
 /// Deadlines are rounded up to this grid so that calls due within one grain share a wake-up
 /// (see [`Schedule`]). It divides every ptime (10, 20, 30, 40, 60 ms).
 pub const WAKE_GRAIN: Duration = Duration::from_millis(1);
+
+/// The clock thread's nice value, when the process may raise it (root or CAP_SYS_NICE): it ranks
+/// the clock ahead of the gateway's own busy runtime workers, so a wake-up is not queued behind
+/// a worker's time slice. Without the privilege the clock runs at the process's priority.
+pub const CLOCK_THREAD_NICE: i32 = -10;
 
 /// The window over which [`MediaClock::lateness`] summarises send lateness.
 pub const LATENESS_WINDOW: Duration = Duration::from_secs(1);
@@ -484,6 +489,11 @@ impl Drop for ClockRegistration {
 
 /// The clock thread: drain the inbox, sleep to the earliest deadline, serve, send, repeat.
 fn run(shared: &Shared) {
+    // setpriority(PRIO_PROCESS, tid) sets one thread's nice on Linux.
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), CLOCK_THREAD_NICE) {
+        Ok(()) => debug!(nice = CLOCK_THREAD_NICE, "media clock thread priority raised"),
+        Err(e) => info!(error = %e, "media clock thread runs at normal priority (needs CAP_SYS_NICE to raise it)"),
+    }
     let mut schedule = Schedule::new(Instant::now(), WAKE_GRAIN);
     let mut outgoing = Vec::new();
     let mut window = LatenessHistogram::default();

@@ -584,8 +584,19 @@ fn agent_audio_beyond_the_queue_limit_is_dropped_not_played() {
 fn nothing_is_sent_to_an_unconfirmed_peer_that_has_not_sent() {
     let start = Instant::now();
     let mut core = CallCore::new(start, core_config(), leg_config());
-    core.handle_timeout(start + Duration::from_secs(1));
-    assert_eq!(core.poll_transmit(), None, "no ACK and no RTP from the caller yet");
+    for slot in 0..=50 {
+        core.handle_timeout(start + PTIME * slot);
+        assert_eq!(core.poll_transmit(), None, "no ACK and no RTP from the caller yet");
+    }
+    // The ACK: from now on the SDP's address gets the stream, and the pacer kept its clock
+    // meanwhile (50 slots went by unsent).
+    core.handle_dialog(start + Duration::from_secs(1), DialogInput::Confirmed);
+    core.handle_timeout(start + Duration::from_millis(1020));
+    let sent = core.poll_transmit().unwrap();
+    let (header, _) = rtp::parse_rtp(&sent.packet).unwrap();
+    let stream = leg_config().stream;
+    assert_eq!(header.sequence, stream.sequence.wrapping_add(51));
+    assert_eq!(header.timestamp, stream.timestamp.wrapping_add(51 * 160));
 }
 
 #[test]
