@@ -6,7 +6,10 @@
 # Builds the release gateway and simulator, then runs bench/load.py: N concurrent SIPp calls
 # through the gateway, then the same load against SIPp's own UAS as a baseline. Loopback only;
 # every process it starts is killed by PID at the end. Prints a markdown results table on stdout
-# (progress goes to stderr). Exit code 1 when any gateway call failed.
+# (progress goes to stderr). Exit code 1 when any gateway call failed. A 503 from capacity
+# admission is a clean refusal, not a failure: the table reports offered / answered / refused and
+# the capacity found. On a machine shared with builds, add --autogroup-nice -10 (root; see
+# docs/benchmarks.md, issue 7 results); --saturation-ms 0 turns capacity admission off.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

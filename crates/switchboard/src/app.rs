@@ -18,7 +18,9 @@ use crate::admin;
 use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::end::Refusal;
 use crate::call::{self, CallSlot};
+use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
+use crate::media_clock::{LATENESS_WINDOW, MediaClock};
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
@@ -34,6 +36,10 @@ pub struct GatewayState {
     pub ready: AtomicBool,
     /// Per-source limits, checked before a call costs anything.
     pub admission: Mutex<Admission>,
+    /// Paces and sends every call's outbound RTP (one thread, see `media_clock`).
+    pub media_clock: Arc<MediaClock>,
+    /// True while capacity admission refuses new calls (`capacity.rs`, `watch_capacity`).
+    pub capacity_saturated: AtomicBool,
     /// Rate limit on the "refused by per-source admission" warning.
     admission_warnings: Mutex<WarningLimiter>,
     /// Set once, when a task the gateway cannot live without has ended: what ended and why.
@@ -86,6 +92,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("offline agent: {0}")]
     OfflineAgent(std::io::Error),
+    #[error("media clock thread: {0}")]
+    MediaClock(std::io::Error),
 }
 
 pub struct RunningGateway {
@@ -145,6 +153,8 @@ pub async fn start(
         shutdown,
         ready: AtomicBool::new(false),
         admission: Mutex::new(admission),
+        media_clock: MediaClock::start().map_err(StartError::MediaClock)?,
+        capacity_saturated: AtomicBool::new(false),
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
         resolved,
@@ -207,6 +217,7 @@ pub async fn start(
     let accept_abort = accept_task.abort_handle();
     let (fatal_tx, fatal) = watch::channel(None);
     tokio::spawn(supervise(Arc::clone(&state), sip.clone(), accept_task, admin_task, fatal_tx));
+    tokio::spawn(watch_capacity(Arc::clone(&state), sip.clone()));
     state.ready.store(true, Ordering::Release);
     metrics::gauge!(telemetry::UP).set(1.0);
 
@@ -218,6 +229,10 @@ pub async fn start(
 fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
     if *state.shutdown.borrow() {
         call::refuse_early(state, call, Refusal::ShuttingDown);
+        return;
+    }
+    if state.capacity_saturated.load(Ordering::Acquire) {
+        refuse_saturated(state, call);
         return;
     }
     let source = call.info.source.ip();
@@ -258,6 +273,70 @@ fn refuse_by_admission(state: &GatewayState, call: IncomingCall, refusal: Admiss
             suppressed_since_last = suppressed,
             "INVITE refused: source over its per-source limit (sip.invite_rate_per_source / calls.max_per_source)"
         );
+    }
+}
+
+/// 503 + Retry-After while capacity admission says the machine is full. Logged once per
+/// transition by `watch_capacity`, here only at debug level (a flood must not flood the log).
+fn refuse_saturated(state: &GatewayState, call: IncomingCall) {
+    let retry_after = state.config.calls.retry_after_secs.to_string();
+    tracing::debug!(call_id = %Escaped(&call.info.call_id), "INVITE refused: pacing saturated");
+    call.invite.reject(503, "Service Unavailable", &[("Retry-After", retry_after.as_str())]);
+    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => "refused", "reason" => "saturated").increment(1);
+}
+
+/// Capacity admission's shell: reads the media clock's lateness once per window, feeds the
+/// sans-IO [`CapacityGate`], and applies its transitions: the flag `accept_call` and `/readyz`
+/// read, the OPTIONS answer, the `switchboard_capacity_saturated` gauge.
+async fn watch_capacity(state: Arc<GatewayState>, sip: SipEndpoint) {
+    let mut gate = CapacityGate::new(state.config.calls.capacity());
+    metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
+    let mut shutdown = state.shutdown.subscribe();
+    // Four looks per window: a window is seen at most a quarter window after it ends.
+    let mut tick = tokio::time::interval(LATENESS_WINDOW / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_window = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let window = state.media_clock.lateness();
+        if window.window == last_window {
+            continue;
+        }
+        last_window = window.window;
+        metrics::gauge!(telemetry::MEDIA_CLOCK_LATENESS_P99_SECONDS).set(window.p99.as_secs_f64());
+        metrics::gauge!(telemetry::MEDIA_CLOCK_LATENESS_MAX_SECONDS).set(window.max.as_secs_f64());
+        if let Some(transition) = gate.observe(Instant::now(), window) {
+            apply_capacity(&state, &sip, transition);
+        }
+    }
+}
+
+/// Applies a capacity admission decision: the flag `accept_call` and `/readyz` read, the OPTIONS
+/// answer, the gauge, one log line.
+fn apply_capacity(state: &GatewayState, sip: &SipEndpoint, transition: Transition) {
+    match transition {
+        Transition::Saturated { p99 } => {
+            state.capacity_saturated.store(true, Ordering::Release);
+            metrics::gauge!(telemetry::CAPACITY_SATURATED).set(1.0);
+            sip.set_options_response(503);
+            warn!(
+                p99_ms = p99.as_secs_f64() * 1000.0,
+                active_calls = state.active_calls.load(Ordering::Acquire),
+                "pacing saturated: refusing new calls (calls.saturation_lateness_ms)"
+            );
+        }
+        Transition::Recovered => {
+            state.capacity_saturated.store(false, Ordering::Release);
+            metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
+            // Shutdown and failure keep their 503.
+            if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !*state.shutdown.borrow() {
+                sip.set_options_response(200);
+            }
+            info!(active_calls = state.active_calls.load(Ordering::Acquire), "pacing recovered: taking calls again");
+        }
     }
 }
 
@@ -428,6 +507,68 @@ mod tests {
         let (status, body) = http_get(admin, "/healthz").await;
         assert_eq!(status, 503);
         assert!(body.starts_with("unhealthy"), "{body}");
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// Sends one SIP request over UDP and returns the first final response.
+    async fn sip_request(gateway: &RunningGateway, method: &str, body: &str) -> String {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let target = gateway.sip_udp_addr().unwrap();
+        let content_type = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let request = format!(
+            "{method} sip:100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{method}-cap\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:t@{local}>;tag=1\r\nTo: <sip:100@{target}>\r\n\
+             Call-ID: cap-{method}@test\r\nCSeq: 1 {method}\r\nContact: <sip:t@{local}>\r\n\
+             {content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.send_to(request.as_bytes(), target).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, _) =
+                tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if !text.starts_with("SIP/2.0 1") {
+                return text;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saturation_refuses_invites_options_and_readiness_until_recovered() {
+        let gateway = start_gateway().await;
+        let admin = gateway.admin_addr().unwrap();
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                     m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 200"));
+
+        apply_capacity(&gateway.state, &gateway.sip, Transition::Saturated { p99: Duration::from_millis(30) });
+        let (status, body) = http_get(admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("saturated"), "{body}");
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 503"));
+        let refused = sip_request(&gateway, "INVITE", offer).await;
+        assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+        assert!(refused.contains("Retry-After: 5"), "{refused}");
+        assert_eq!(gateway.state.active_calls.load(Ordering::Acquire), 0, "refused before it cost anything");
+
+        apply_capacity(&gateway.state, &gateway.sip, Transition::Recovered);
+        assert_eq!(http_get(admin, "/readyz").await.0, 200);
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 200"));
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_while_not_ready_keeps_options_503() {
+        let gateway = start_gateway().await;
+        let state = Arc::clone(&gateway.state);
+        let sip = gateway.sip.clone();
+        apply_capacity(&state, &sip, Transition::Saturated { p99: Duration::from_millis(30) });
+        // Shutting down (ready cleared first): recovering must not reopen the door.
+        state.ready.store(false, Ordering::Release);
+        apply_capacity(&state, &sip, Transition::Recovered);
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 503"));
         gateway.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -125,6 +125,12 @@ pub struct CallsConfig {
     pub retry_after_secs: u32,
     /// Calls up at once from one source address; more get 503 with Retry-After. 0: no limit.
     pub max_per_source: u32,
+    /// Capacity admission (`capacity.rs`): new calls get 503 (and OPTIONS 503) once the p99 of
+    /// outbound RTP send lateness over one second exceeds this. 0: off.
+    pub saturation_lateness_ms: u32,
+    /// ...until the p99 has stayed at or below this for `saturation_hold_secs`.
+    pub recovery_lateness_ms: u32,
+    pub saturation_hold_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -263,9 +269,27 @@ impl Default for RealtimeConfig {
     }
 }
 
+impl CallsConfig {
+    /// The capacity admission thresholds.
+    pub fn capacity(&self) -> crate::capacity::CapacityConfig {
+        crate::capacity::CapacityConfig {
+            saturation_lateness: std::time::Duration::from_millis(u64::from(self.saturation_lateness_ms)),
+            recovery_lateness: std::time::Duration::from_millis(u64::from(self.recovery_lateness_ms)),
+            hold: std::time::Duration::from_secs(u64::from(self.saturation_hold_secs)),
+        }
+    }
+}
+
 impl Default for CallsConfig {
     fn default() -> Self {
-        CallsConfig { max_concurrent: 500, retry_after_secs: 5, max_per_source: 20 }
+        CallsConfig {
+            max_concurrent: 500,
+            retry_after_secs: 5,
+            max_per_source: 20,
+            saturation_lateness_ms: 10,
+            recovery_lateness_ms: 4,
+            saturation_hold_secs: 5,
+        }
     }
 }
 
@@ -332,7 +356,6 @@ pub struct Resolved {
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
-pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA", "G722", "opus"];
 
 /// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
 pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
@@ -501,6 +524,15 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());
     }
+    if cfg.calls.saturation_lateness_ms > 1000 {
+        bad("calls.saturation_lateness_ms", "must be at most 1000 (0 turns capacity admission off)".into());
+    }
+    if cfg.calls.saturation_lateness_ms > 0 && cfg.calls.recovery_lateness_ms > cfg.calls.saturation_lateness_ms {
+        bad("calls.recovery_lateness_ms", "must not be above calls.saturation_lateness_ms".into());
+    }
+    if cfg.calls.saturation_hold_secs > 3600 {
+        bad("calls.saturation_hold_secs", "must be at most 3600".into());
+    }
     let admin_listen = optional_addr("admin.listen", &cfg.admin.listen, &mut bad);
     if !matches!(cfg.log.format.as_str(), "text" | "json") {
         bad("log.format", format!("`{}` must be `text` or `json`", cfg.log.format));
@@ -549,8 +581,10 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
 
 fn check_codecs(key: &str, codecs: &StringList, bad: &mut impl FnMut(&str, String)) {
     for codec in &codecs.0 {
-        if !KNOWN_CODECS.iter().any(|k| k.eq_ignore_ascii_case(codec)) {
-            bad(key, format!("`{codec}` is not a supported codec ({})", KNOWN_CODECS.join(", ")));
+        // One vocabulary: the names SDP negotiates are the names the configuration accepts.
+        if switchboard_sdp::Codec::from_name(codec).is_none() {
+            let known: Vec<&str> = switchboard_sdp::Codec::all().iter().map(|c| c.encoding_name()).collect();
+            bad(key, format!("`{codec}` is not a supported codec ({})", known.join(", ")));
         }
     }
 }
@@ -648,6 +682,19 @@ mod tests {
         {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }
+    }
+
+    #[test]
+    fn capacity_admission_marks_are_checked() {
+        let f = write("[calls]\nsaturation_lateness_ms = 5\nrecovery_lateness_ms = 8\nsaturation_hold_secs = 7200\n");
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        assert!(keys.contains(&"calls.recovery_lateness_ms"), "{keys:?}");
+        assert!(keys.contains(&"calls.saturation_hold_secs"), "{keys:?}");
+        // 0 turns it off, whatever the recovery mark.
+        let f = write("[calls]\nsaturation_lateness_ms = 0\nrecovery_lateness_ms = 8\n");
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        assert!(!cfg.calls.capacity().enabled());
     }
 
     #[test]
