@@ -25,6 +25,7 @@
 
 pub mod client;
 pub mod core;
+pub mod digest;
 pub mod endpoint;
 pub mod message;
 
