@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use crate::client::{CallFailure, OutgoingCall};
 use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
 use crate::{Timers, Transport};
 
@@ -25,6 +26,37 @@ pub type ConnectionId = u64;
 /// Identifies a pending incoming INVITE (server transaction awaiting the application).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InviteId(pub u64);
+
+/// Identifies a call we placed (a client INVITE and what follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutgoingId(pub u64);
+
+/// Who cancels a call we placed: decides the outcome reported for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The ring timeout expired: [`CallFailure::NoAnswer`].
+    RingTimeout,
+    /// The application cancelled: [`CallFailure::Cancelled`].
+    Caller,
+}
+
+/// A call just placed by [`Core::place_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedCall {
+    pub id: OutgoingId,
+    pub call_id: String,
+}
+
+/// One step of a call we placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutgoingProgress {
+    /// A 1xx other than 100.
+    Provisional { status: u16, reason: String },
+    /// A 2xx: the dialog exists, the ACK is sent.
+    Answered { dialog: DialogId, sdp_answer: String },
+    /// Final failure.
+    Failed(CallFailure),
+}
 
 /// Identifies a dialog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -110,6 +142,8 @@ pub enum CoreEvent {
     ByeNeedsResolution { dialog: DialogId, next_hop: NextHop },
     /// Our BYE finished (or there was nothing left to hang up).
     ByeFinished { dialog: DialogId, outcome: ByeOutcome },
+    /// A call we placed progressed.
+    Outgoing { call: OutgoingId, progress: OutgoingProgress },
 }
 
 /// What [`Core::hangup`] did.
@@ -486,6 +520,20 @@ impl Core {
             events: VecDeque::new(),
         }
     }
+
+    /// Places a call: sends our INVITE (not yet implemented: fails at once).
+    pub fn place_call(&mut self, _now: Instant, _call: OutgoingCall) -> Result<PlacedCall, String> {
+        let id = OutgoingId(self.fresh_id());
+        let call_id = self.random_token();
+        self.events.push_back(CoreEvent::Outgoing {
+            call: id,
+            progress: OutgoingProgress::Failed(CallFailure::Unreachable { reason: "not implemented yet".to_string() }),
+        });
+        Ok(PlacedCall { id, call_id })
+    }
+
+    /// Cancels a call we placed (RFC 3261 §9.1).
+    pub fn cancel_call(&mut self, _now: Instant, _call: OutgoingId, _reason: CancelReason) {}
 
     /// Status answered to OPTIONS (200 normally, 503 while draining).
     pub fn set_options_status(&mut self, status: u16) {

@@ -12,10 +12,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::client::{CallFailure, OutgoingCall};
 use crate::core::{
     ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, DialogNotice, HangupStart, InviteId, NextHop,
     Origin, Transmit,
 };
+use crate::core::{CancelReason, OutgoingId, OutgoingProgress};
 use crate::message::{StreamFrame, frame_stream};
 use crate::{CallInfo, Timers, Transport};
 
@@ -185,6 +187,16 @@ pub enum EndpointError {
     NoListener,
     #[error("cannot bind {transport:?} {addr}: {source}")]
     Bind { transport: Transport, addr: SocketAddr, source: std::io::Error },
+    /// [`SipEndpoint::place_call`] on a transport we do not listen on (responses would have
+    /// nowhere to come back to).
+    #[error("no {0:?} listener to place a call from")]
+    NoTransport(Transport),
+    /// [`SipEndpoint::place_call`] with a Request-URI, To or From that is not a SIP URI.
+    #[error("invalid outgoing call: {0}")]
+    InvalidCall(String),
+    /// The endpoint has stopped.
+    #[error("endpoint shut down")]
+    Shutdown,
 }
 
 /// Why our BYE did not complete cleanly. The dialog is over in every case.
@@ -272,6 +284,8 @@ struct ShellState {
     invites: HashMap<InviteId, oneshot::Sender<()>>,
     dialogs: HashMap<DialogId, mpsc::UnboundedSender<DialogEvent>>,
     hangups: HashMap<DialogId, Vec<oneshot::Sender<Result<(), HangupError>>>>,
+    /// Calls we placed, until their final outcome.
+    outgoing: HashMap<OutgoingId, mpsc::UnboundedSender<CallProgress>>,
     connections: HashMap<ConnectionId, Connection>,
     /// Open connections per peer IP; entries are removed at zero, so the map is bounded by
     /// the connection cap.
@@ -482,6 +496,32 @@ impl SipEndpoint {
         self.shared.wake.notify_one();
     }
 
+    /// Places a call (RFC 3261 §13.2.1): sends our INVITE with the SDP offer to
+    /// `call.destination` and returns the handle that reports its progress.
+    pub fn place_call(&self, call: OutgoingCall) -> Result<ClientInvite, EndpointError> {
+        let has_listener = match call.transport {
+            Transport::Udp => self.shared.udp.is_some(),
+            Transport::Tcp => self.shared.local_tcp.is_some(),
+        };
+        if !has_listener {
+            return Err(EndpointError::NoTransport(call.transport));
+        }
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let (id, call_id) = {
+            let mut core = self.shared.core();
+            let mut state = self.shared.state();
+            if self.shared.is_down() {
+                return Err(EndpointError::Shutdown);
+            }
+            let placed = core.place_call(Instant::now(), call).map_err(EndpointError::InvalidCall)?;
+            // Registered under the core lock so that no event for this call can be missed.
+            state.outgoing.insert(placed.id, progress_tx);
+            (placed.id, placed.call_id)
+        };
+        self.shared.wake.notify_one();
+        Ok(ClientInvite { shared: self.shared.clone(), id, call_id, progress: progress_rx, finished: None })
+    }
+
     /// TCP connections open now.
     pub fn tcp_connections(&self) -> usize {
         self.shared.state().connections.len()
@@ -503,6 +543,7 @@ fn release_waiters(shared: &Shared) {
     state.invites.clear();
     state.dialogs.clear();
     state.hangups.clear();
+    state.outgoing.clear();
     for connection in state.connections.values() {
         connection.writer.close.send_replace(true);
     }
@@ -542,6 +583,84 @@ fn describe_join_error(error: JoinError) -> String {
         .map(|s| (*s).to_string())
         .or_else(|| payload.downcast_ref::<String>().cloned())
         .unwrap_or_else(|| "non-string panic payload".to_string())
+}
+
+/// One step of a call we placed.
+#[derive(Debug)]
+pub enum CallProgress {
+    /// 1xx (other than 100 Trying, which only stops retransmissions).
+    Provisional { status: u16, reason: String },
+    /// 2xx: the dialog is confirmed and the ACK already sent.
+    Answered { dialog: Dialog, sdp_answer: String },
+    /// The call did not connect.
+    Failed(CallFailure),
+}
+
+/// A call we placed ([`SipEndpoint::place_call`]). Dropping it before a final response
+/// cancels the call (CANCEL after a 1xx; a 2xx that arrives anyway is ACKed and BYEd).
+pub struct ClientInvite {
+    shared: Arc<Shared>,
+    id: OutgoingId,
+    call_id: String,
+    progress: mpsc::UnboundedReceiver<CallProgress>,
+    /// The final outcome once seen: returned again by later [`ClientInvite::progress`] calls.
+    finished: Option<Finished>,
+}
+
+#[derive(Debug, Clone)]
+enum Finished {
+    Answered,
+    Failed(CallFailure),
+}
+
+impl std::fmt::Debug for ClientInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientInvite").field("id", &self.id).field("call_id", &self.call_id).finish()
+    }
+}
+
+impl ClientInvite {
+    /// The next step of the call. After a final one: a failure is returned again; after
+    /// `Answered` (the dialog has been handed out) this pends forever. Cancel-safe.
+    pub async fn progress(&mut self) -> CallProgress {
+        match &self.finished {
+            Some(Finished::Failed(failure)) => return CallProgress::Failed(failure.clone()),
+            Some(Finished::Answered) => return std::future::pending().await,
+            None => {}
+        }
+        let step = self.progress.recv().await.unwrap_or_else(|| {
+            CallProgress::Failed(CallFailure::Unreachable { reason: "endpoint shut down".to_string() })
+        });
+        match &step {
+            CallProgress::Provisional { .. } => {}
+            CallProgress::Answered { .. } => self.finished = Some(Finished::Answered),
+            CallProgress::Failed(failure) => self.finished = Some(Finished::Failed(failure.clone())),
+        }
+        step
+    }
+
+    /// Cancels the call: CANCEL once a 1xx has arrived (RFC 3261 §9.1; before that the CANCEL
+    /// is held back). The outcome becomes [`CallFailure::Cancelled`] unless the call already
+    /// ended. Idempotent.
+    pub fn cancel(&self) {
+        self.shared.core().cancel_call(Instant::now(), self.id, CancelReason::Caller);
+        self.shared.wake.notify_one();
+    }
+
+    /// The call's Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+}
+
+impl Drop for ClientInvite {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            self.shared.core().cancel_call(Instant::now(), self.id, CancelReason::Caller);
+            self.shared.wake.notify_one();
+        }
+        self.shared.state().outgoing.remove(&self.id);
+    }
 }
 
 /// A pending incoming INVITE. Dropping it unanswered rejects the call with 500.
@@ -838,6 +957,30 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                     for waiter in state.hangups.remove(&dialog).unwrap_or_default() {
                         let _ = waiter.send(Ok(()));
                     }
+                }
+            }
+            CoreEvent::Outgoing { call, progress } => {
+                let step = match progress {
+                    OutgoingProgress::Provisional { status, reason } => CallProgress::Provisional { status, reason },
+                    OutgoingProgress::Failed(failure) => CallProgress::Failed(failure),
+                    OutgoingProgress::Answered { dialog, sdp_answer } => {
+                        let (events_tx, events_rx) = mpsc::unbounded_channel();
+                        let call_id = shared.core().dialog_call_id(dialog).unwrap_or_default().to_string();
+                        shared.state().dialogs.insert(dialog, events_tx);
+                        let dialog =
+                            Dialog { shared: shared.clone(), id: dialog, call_id, events: events_rx, ended: None };
+                        CallProgress::Answered { dialog, sdp_answer }
+                    }
+                };
+                let last = !matches!(step, CallProgress::Provisional { .. });
+                let sender = {
+                    let mut state = shared.state();
+                    if last { state.outgoing.remove(&call) } else { state.outgoing.get(&call).cloned() }
+                };
+                // Sent with no lock held: when the ClientInvite is gone the step is dropped
+                // here, and a dropped Dialog hangs up (which takes the locks).
+                if let Some(sender) = sender {
+                    let _ = sender.send(step);
                 }
             }
             CoreEvent::ByeNeedsResolution { dialog, next_hop } => {

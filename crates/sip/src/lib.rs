@@ -23,15 +23,19 @@
 
 #![warn(clippy::string_slice, clippy::indexing_slicing)]
 
+pub mod client;
 pub mod core;
+pub mod digest;
 pub mod endpoint;
 pub mod message;
 
 use std::time::Duration;
 
+pub use crate::client::{CallFailure, Credentials, OutgoingCall};
 pub use crate::core::CallInfo;
 pub use crate::endpoint::{
-    Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall, ServerInvite, SipEndpoint,
+    CallProgress, ClientInvite, Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall,
+    ServerInvite, SipEndpoint,
 };
 
 /// Transport a message arrived on (and the one its responses go back on).
