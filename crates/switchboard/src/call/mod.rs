@@ -2,6 +2,7 @@
 
 pub mod bridge;
 pub mod end;
+pub mod outbound;
 pub mod session;
 
 use std::sync::Arc;
