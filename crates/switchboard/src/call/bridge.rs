@@ -72,9 +72,10 @@ pub async fn run(
     realtime_tx: &mut RealtimeSender,
     realtime_rx: &mut RealtimeReceiver,
     shutdown: watch::Receiver<bool>,
+    hangup: watch::Receiver<bool>,
 ) -> CallEnd {
     let mut latch = RtpSourceLatch::new(bridge.strict_rtp, bridge.remote, Instant::now());
-    let end = media_loop(bridge, &mut latch, dialog, realtime_tx, realtime_rx, shutdown).await;
+    let end = media_loop(bridge, &mut latch, dialog, realtime_tx, realtime_rx, shutdown, hangup).await;
     let stats = latch.stats();
     if stats.ignored > 0 {
         // Once per call, not per packet: an attacked call must not flood the log.
@@ -95,6 +96,7 @@ async fn media_loop(
     realtime_tx: &mut RealtimeSender,
     realtime_rx: &mut RealtimeReceiver,
     mut shutdown: watch::Receiver<bool>,
+    mut hangup: watch::Receiver<bool>,
 ) -> CallEnd {
     let mut conversation = Conversation::new();
     let mut recv_buf = vec![0u8; 2048];
@@ -338,6 +340,13 @@ async fn media_loop(
             // `wait_for` also sees a shutdown that began before this loop subscribed.
             // (The guard it returns is dropped inside: it must not live across the loop's awaits.)
             _ = async { drop(shutdown.wait_for(|stop| *stop).await) } => return CallEnd::GatewayShutdown,
+
+            // A dropped sender means no operator can hang up: wait forever.
+            _ = async {
+                if hangup.wait_for(|h| *h).await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            } => return CallEnd::Operator,
         }
     }
 }
