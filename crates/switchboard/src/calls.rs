@@ -254,6 +254,14 @@ impl CallGuard {
         self.registry.update(&self.id, |view| view.state = state);
     }
 
+    /// An inbound call's agent and codec, known once it is routed and negotiated.
+    pub fn set_routed(&self, agent: &str, codec: &str) {
+        self.registry.update(&self.id, |view| {
+            view.agent = agent.to_string();
+            view.codec = Some(codec.to_string());
+        });
+    }
+
     pub fn set_codec(&self, codec: &str) {
         self.registry.update(&self.id, |view| view.codec = Some(codec.to_string()));
     }
