@@ -1755,4 +1755,6 @@ mod outgoing;
 pub mod transaction;
 
 #[cfg(test)]
+mod client_tests;
+#[cfg(test)]
 mod tests;
