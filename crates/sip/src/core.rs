@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use self::transaction::client_invite::{ClientInvite, InviteResponse, InviteTimeout};
+use self::transaction::client_non_invite::{ClientNonInvite, NonInviteResponse, NonInviteTimeout};
 use crate::client::{CallFailure, OutgoingCall};
 use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
 use crate::{Timers, Transport};
@@ -112,20 +114,22 @@ pub enum ByeOutcome {
     Answered(u16),
     /// Another final response; the dialog is over anyway.
     Rejected(u16),
+    /// The dialog had no usable remote target: ended without a BYE.
+    NoRemoteTarget,
     /// Timer F fired.
     TimedOut,
     /// The next hop's host name did not resolve.
     Unresolvable,
 }
 
-/// Dialog-level notifications for the application.
+/// Dialog events for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogNotice {
-    /// The ACK for our 2xx arrived.
+pub enum DialogEvent {
+    /// UAS: the ACK for our 2xx arrived.
     Confirmed,
-    /// The peer sent BYE (already answered 200).
+    /// The peer hung up (its BYE already answered 200).
     RemoteBye,
-    /// No ACK within 64*T1; the core is sending BYE itself (§13.3.1.4).
+    /// UAS: no ACK within 64*T1; the endpoint has sent BYE itself (§13.3.1.4).
     AckTimeout,
 }
 
@@ -137,11 +141,14 @@ pub enum CoreEvent {
     /// The caller cancelled (already answered 200 to CANCEL and 487 to the INVITE).
     InviteCancelled { invite: InviteId },
     /// Something happened in a dialog.
-    Dialog { dialog: DialogId, notice: DialogNotice },
-    /// Our BYE must go to a host name: resolve it and call [`Core::send_bye`].
+    Dialog { dialog: DialogId, notice: DialogEvent },
+    /// Our BYE must go to a host name: resolve it and call [`Core::send_bye`] (or
+    /// [`Core::bye_unresolvable`]).
     ByeNeedsResolution { dialog: DialogId, next_hop: NextHop },
     /// Our BYE finished (or there was nothing left to hang up).
     ByeFinished { dialog: DialogId, outcome: ByeOutcome },
+    /// A request sent with [`Core::send_request`] ended.
+    RequestFinished { dialog: DialogId, request: RequestId, outcome: RequestOutcome },
     /// A call we placed progressed.
     Outgoing { call: OutgoingId, progress: OutgoingProgress },
 }
@@ -151,10 +158,22 @@ pub enum CoreEvent {
 pub enum HangupStart {
     /// Nothing to do: the dialog already ended.
     AlreadyEnded,
-    /// BYE sent (or already in flight); wait for [`CoreEvent::ByeFinished`].
+    /// BYE sent, in flight, or waiting for the next hop's resolution
+    /// ([`CoreEvent::ByeNeedsResolution`]); wait for [`CoreEvent::ByeFinished`].
     InProgress,
-    /// The next hop is a host name: resolve it and call [`Core::send_bye`].
-    NeedsResolution(NextHop),
+}
+
+/// Identifies a request sent with [`Core::send_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// How an in-dialog request of ours ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Its final response.
+    Answered { status: u16, reason: String },
+    /// Timer F: no final response.
+    TimedOut,
 }
 
 /// Static configuration of the core.
@@ -270,21 +289,52 @@ struct DialogState {
     remote_target: String,
     route_set: Vec<String>,
     local_cseq: u32,
-    remote_cseq: u32,
+    /// The peer's last CSeq; `None` on a UAC dialog before the peer's first request.
+    remote_cseq: Option<u32>,
     origin: Origin,
     phase: DialogPhase,
     pending_2xx: Option<Pending2xx>,
     last_answer: String,
     bye_branch: Option<String>,
+    role: Role,
+    /// UAC: the ACK for the INVITE's 2xx (CSeq number, bytes), sent again for each
+    /// retransmission of that 2xx (§13.2.2.4).
+    ack_for_2xx: Option<(u32, Transmit)>,
+}
+
+/// Which side of the INVITE we were (RFC 3261 §12.1).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// We sent the INVITE.
+    Uac,
+    /// We received it.
+    Uas,
+}
+
+/// Who a non-INVITE client transaction reports to (responses go back to whoever sent the
+/// request).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum RequestOwner {
+    /// Our BYE ending this dialog.
+    Bye(DialogId),
+    /// Our CANCEL of this outgoing call.
+    Cancel(OutgoingId),
+    /// Another in-dialog request sent with [`Core::send_request`].
+    InDialog { dialog: DialogId, request: RequestId },
 }
 
 #[derive(Debug)]
-struct ClientTransaction {
-    dialog: DialogId,
-    transmit: Transmit,
-    retransmit_at: Option<Instant>,
-    interval: Duration,
-    timeout_at: Instant,
+struct OwnedNonInvite {
+    owner: RequestOwner,
+    transaction: ClientNonInvite,
+}
+
+/// Client transaction key (RFC 3261 §17.1.3): the branch of our top Via and the CSeq method
+/// (a CANCEL shares its INVITE's branch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: Method,
 }
 
 /// The sans-IO endpoint.
@@ -300,7 +350,12 @@ pub struct Core {
     merge_index: HashMap<(String, String, u32), TxKey>,
     dialogs: HashMap<DialogId, DialogState>,
     dialog_index: HashMap<(String, String, String), DialogId>,
-    client_transactions: HashMap<String, ClientTransaction>,
+    /// Our non-INVITE requests (BYE, CANCEL, in-dialog requests).
+    client_transactions: HashMap<ClientKey, OwnedNonInvite>,
+    /// Our INVITEs, by branch, with the call they belong to.
+    client_invites: HashMap<String, (OutgoingId, ClientInvite)>,
+    /// Calls we placed.
+    outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
 }
@@ -516,24 +571,12 @@ impl Core {
             dialogs: HashMap::new(),
             dialog_index: HashMap::new(),
             client_transactions: HashMap::new(),
+            client_invites: HashMap::new(),
+            outgoing: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
     }
-
-    /// Places a call: sends our INVITE (not yet implemented: fails at once).
-    pub fn place_call(&mut self, _now: Instant, _call: OutgoingCall) -> Result<PlacedCall, String> {
-        let id = OutgoingId(self.fresh_id());
-        let call_id = self.random_token();
-        self.events.push_back(CoreEvent::Outgoing {
-            call: id,
-            progress: OutgoingProgress::Failed(CallFailure::Unreachable { reason: "not implemented yet".to_string() }),
-        });
-        Ok(PlacedCall { id, call_id })
-    }
-
-    /// Cancels a call we placed (RFC 3261 §9.1).
-    pub fn cancel_call(&mut self, _now: Instant, _call: OutgoingId, _reason: CancelReason) {}
 
     /// Status answered to OPTIONS (200 normally, 503 while draining).
     pub fn set_options_status(&mut self, status: u16) {
@@ -552,7 +595,7 @@ impl Core {
 
     /// Number of live server transactions, dialogs and client transactions (for tests/metrics).
     pub fn live_state(&self) -> (usize, usize, usize) {
-        (self.transactions.len(), self.dialogs.len(), self.client_transactions.len())
+        (self.transactions.len(), self.dialogs.len(), self.client_transactions.len() + self.client_invites.len())
     }
 
     /// Whether a dialog or a pending transaction was set up over this TCP connection: its peer
@@ -570,8 +613,10 @@ impl Core {
             Some(p) => [p.next_at, Some(p.give_up_at)],
             None => [None, None],
         });
-        let clients = self.client_transactions.values().flat_map(|c| [c.retransmit_at, Some(c.timeout_at)]);
-        tx.chain(dialogs).chain(clients).flatten().min()
+        let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
+        let invites = self.client_invites.values().map(|(_, c)| c.deadline());
+        let outgoing = self.outgoing.values().map(|o| o.deadline());
+        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).flatten().min()
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -623,7 +668,7 @@ impl Core {
                 }
                 StartLine::Response { code, .. } => {
                     let code = *code;
-                    self.handle_response(now, message, code);
+                    self.handle_response(now, origin, message, code);
                 }
             },
             Err(error) => self.handle_malformed(origin, error),
@@ -893,17 +938,17 @@ impl Core {
             return;
         };
         // §12.2.2: CSeq must increase within the dialog.
-        if cseq <= dialog.remote_cseq {
+        if dialog.remote_cseq.is_some_and(|last| cseq <= last) {
             self.respond(now, key, &origin, &request, 500, Some("Server Internal Error (CSeq out of order)"), &[]);
             return;
         }
-        dialog.remote_cseq = cseq;
+        dialog.remote_cseq = Some(cseq);
         match method {
             // §15.1.2: answer 200 and end the dialog.
             Method::Bye => {
                 self.respond(now, key, &origin, &request, 200, None, &[]);
                 self.end_dialog(dialog_id);
-                self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::RemoteBye });
+                self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::RemoteBye });
             }
             Method::Options => {
                 let status = self.options_status;
@@ -1008,37 +1053,69 @@ impl Core {
             dialog.phase = DialogPhase::Confirmed;
         }
         if initial {
-            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::Confirmed });
+            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Confirmed });
         }
     }
 
-    fn handle_response(&mut self, _now: Instant, response: Message, code: u16) {
-        // §17.1.3: match by top Via branch (and CSeq method).
+    /// §17.1.3: a response goes to the client transaction whose branch and CSeq method it
+    /// carries, and from there to whoever sent the request. Anything else is dropped
+    /// (§18.1.2: a stray response is discarded).
+    fn handle_response(&mut self, now: Instant, origin: Origin, response: Message, code: u16) {
         let Some(branch) = response.top_via().and_then(|v| v.branch().map(str::to_string)) else {
             return;
         };
-        if response.cseq().map(|(_, m)| m) != Some(Method::Bye) {
-            return;
-        }
-        let Some(client) = self.client_transactions.get_mut(&branch) else {
+        let Some((_, method)) = response.cseq() else {
             return;
         };
-        if code < 200 {
-            // §17.1.2.2: Proceeding; over UDP keep retransmitting at T2.
-            if client.retransmit_at.is_some() {
-                client.interval = self.config.timers.t2;
+        if method == Method::Invite {
+            let Some((call, transaction)) = self.client_invites.get_mut(&branch) else {
+                return;
+            };
+            let call = *call;
+            match transaction.on_response(now, &response, code) {
+                InviteResponse::Provisional => self.outgoing_provisional(now, call, &branch, &response, code),
+                InviteResponse::Success => self.outgoing_success(now, origin, call, &response),
+                InviteResponse::Failure { ack } => {
+                    self.transmits.push_back(ack);
+                    self.outgoing_failure(now, call, &branch, &response, code);
+                }
+                InviteResponse::RetransmittedFailure { ack } => self.transmits.push_back(ack),
+                InviteResponse::Absorbed => {}
             }
             return;
         }
-        let dialog = client.dialog;
-        self.client_transactions.remove(&branch);
-        let outcome = if (200..300).contains(&code) || code == 481 {
-            ByeOutcome::Answered(code)
-        } else {
-            ByeOutcome::Rejected(code)
+        let key = ClientKey { branch, method };
+        let Some(entry) = self.client_transactions.get_mut(&key) else {
+            return;
         };
-        self.end_dialog(dialog);
-        self.events.push_back(CoreEvent::ByeFinished { dialog, outcome });
+        if entry.transaction.on_response(now, code) != NonInviteResponse::Final {
+            return;
+        }
+        match entry.owner {
+            RequestOwner::Bye(dialog) => {
+                let outcome = if (200..300).contains(&code) || code == 481 {
+                    ByeOutcome::Answered(code)
+                } else {
+                    ByeOutcome::Rejected(code)
+                };
+                if let Some(state) = self.dialogs.get_mut(&dialog) {
+                    state.bye_branch = None;
+                }
+                self.end_dialog(dialog);
+                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome });
+            }
+            // A 200 to our CANCEL: the 487 to the INVITE follows (§9.1); anything else (481:
+            // the INVITE already ended) leaves the INVITE's own final response to decide.
+            RequestOwner::Cancel(_) => {}
+            RequestOwner::InDialog { dialog, request } => {
+                let reason = match &response.start {
+                    StartLine::Response { reason, .. } => reason.clone(),
+                    StartLine::Request { .. } => String::new(),
+                };
+                let outcome = RequestOutcome::Answered { status: code, reason };
+                self.events.push_back(CoreEvent::RequestFinished { dialog, request, outcome });
+            }
+        }
     }
 
     /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
@@ -1169,7 +1246,7 @@ impl Core {
                 remote_target,
                 route_set: request.header_values("Record-Route").map(str::to_string).collect(),
                 local_cseq,
-                remote_cseq: cseq,
+                remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
                 pending_2xx: Some(Pending2xx {
@@ -1182,10 +1259,17 @@ impl Core {
                 }),
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
+                role: Role::Uas,
+                ack_for_2xx: None,
             },
         );
         self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
         Some(dialog_id)
+    }
+
+    /// Which side of the INVITE we were in this dialog.
+    pub fn dialog_role(&self, dialog: DialogId) -> Option<Role> {
+        self.dialogs.get(&dialog).map(|d| d.role)
     }
 
     /// The dialog's Call-ID.
@@ -1209,7 +1293,9 @@ impl Core {
         Some(NextHop { transport, host: uri.host_unbracketed().to_string(), port: uri.port.unwrap_or(5060) })
     }
 
-    /// Starts our BYE (idempotent). IP-literal next hops are sent at once.
+    /// Starts our BYE (idempotent). IP-literal next hops are sent at once; for a host name the
+    /// core emits [`CoreEvent::ByeNeedsResolution`] (the one signal for it) and waits for
+    /// [`Core::send_bye`] or [`Core::bye_unresolvable`].
     pub fn hangup(&mut self, now: Instant, dialog_id: DialogId) -> HangupStart {
         let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
             return HangupStart::AlreadyEnded;
@@ -1226,20 +1312,17 @@ impl Core {
         let Some(hop) = self.next_hop(dialog) else {
             tracing::warn!("dialog has no usable remote target; ending without BYE");
             self.end_dialog(dialog_id);
-            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Rejected(0) });
+            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::NoRemoteTarget });
             return HangupStart::InProgress;
         };
         match hop.host.parse::<IpAddr>() {
-            Ok(ip) => {
-                self.send_bye(now, dialog_id, SocketAddr::new(ip, hop.port));
-                HangupStart::InProgress
-            }
-            Err(_) => HangupStart::NeedsResolution(hop),
+            Ok(ip) => self.send_bye(now, dialog_id, SocketAddr::new(ip, hop.port)),
+            Err(_) => self.events.push_back(CoreEvent::ByeNeedsResolution { dialog: dialog_id, next_hop: hop }),
         }
+        HangupStart::InProgress
     }
 
-    /// Sends our BYE to a resolved next hop (§15.1.1): Request-URI = remote target (or the
-    /// first route when it is a strict router), Route = route set, CSeq = ours + 1.
+    /// Sends our BYE to a resolved next hop (§15.1.1) through a non-INVITE client transaction.
     pub fn send_bye(&mut self, now: Instant, dialog_id: DialogId, destination: SocketAddr) {
         let Some(dialog) = self.dialogs.get(&dialog_id) else {
             return;
@@ -1247,9 +1330,85 @@ impl Core {
         if dialog.bye_branch.is_some() {
             return;
         }
-        let Some(hop) = self.next_hop(dialog) else {
+        let cseq = dialog.local_cseq.wrapping_add(1);
+        let Some((bye, mut transmit, branch)) = self.build_in_dialog(dialog_id, Method::Bye, cseq, destination) else {
             return;
         };
+        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
+            return;
+        };
+        dialog.local_cseq = cseq;
+        dialog.phase = DialogPhase::Terminating;
+        dialog.pending_2xx = None;
+        dialog.bye_branch = Some(branch.clone());
+        transmit.payload = bye.to_bytes();
+        self.start_request(now, ClientKey { branch, method: Method::Bye }, RequestOwner::Bye(dialog_id), transmit);
+    }
+
+    /// Sends a request inside a dialog (§12.2.1.1) to a resolved next hop: REFER, INFO,
+    /// NOTIFY, OPTIONS, UPDATE, a re-INVITE... with the caller's extra headers and body
+    /// (`Content-Type` among the headers when there is one). BYE goes through
+    /// [`Core::hangup`], ACK and CANCEL are the transactions' business: those are refused, as
+    /// is a dialog that is over or ending. The outcome arrives as
+    /// [`CoreEvent::RequestFinished`].
+    pub fn send_request(
+        &mut self,
+        now: Instant,
+        dialog_id: DialogId,
+        destination: SocketAddr,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Option<RequestId> {
+        if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
+            return None;
+        }
+        let dialog = self.dialogs.get(&dialog_id)?;
+        if dialog.phase == DialogPhase::Terminating {
+            return None;
+        }
+        let cseq = dialog.local_cseq.wrapping_add(1);
+        let (mut request, mut transmit, branch) = self.build_in_dialog(dialog_id, method.clone(), cseq, destination)?;
+        for (name, value) in headers {
+            request.push_header(name, *value);
+        }
+        request.body = body.to_vec();
+        if let Some(dialog) = self.dialogs.get_mut(&dialog_id) {
+            dialog.local_cseq = cseq;
+        }
+        transmit.payload = request.to_bytes();
+        let id = RequestId(self.fresh_id());
+        let owner = RequestOwner::InDialog { dialog: dialog_id, request: id };
+        self.start_request(now, ClientKey { branch, method }, owner, transmit);
+        Some(id)
+    }
+
+    /// Where an in-dialog request of this dialog goes (resolve a host name before
+    /// [`Core::send_request`]).
+    pub fn dialog_next_hop(&self, dialog: DialogId) -> Option<NextHop> {
+        self.dialogs.get(&dialog).and_then(|d| self.next_hop(d))
+    }
+
+    /// Sends `transmit` once and starts its non-INVITE client transaction (§17.1.2).
+    fn start_request(&mut self, now: Instant, key: ClientKey, owner: RequestOwner, transmit: Transmit) {
+        self.transmits.push_back(transmit.clone());
+        let transaction = ClientNonInvite::start(now, transmit, self.config.timers);
+        self.client_transactions.insert(key, OwnedNonInvite { owner, transaction });
+    }
+
+    /// Builds a request inside a dialog (§12.2.1.1): Request-URI = remote target (or the first
+    /// route when it is a strict router), Route = route set, the dialog's From, To and Call-ID,
+    /// CSeq `cseq`, a new branch. Returns the request, a transmit to fill with its bytes, and
+    /// the branch.
+    fn build_in_dialog(
+        &mut self,
+        dialog_id: DialogId,
+        method: Method,
+        cseq: u32,
+        destination: SocketAddr,
+    ) -> Option<(Message, Transmit, String)> {
+        let dialog = self.dialogs.get(&dialog_id)?;
+        let hop = self.next_hop(dialog)?;
         let transport = hop.transport;
         let strict = dialog
             .route_set
@@ -1266,30 +1425,6 @@ impl Core {
         } else {
             (dialog.remote_target.clone(), dialog.route_set.clone())
         };
-        let branch = format!("z9hG4bK{}", self.random_token());
-        let via_addr = self.contact_for(transport);
-        let contact = self.contact_header(transport);
-        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
-            return;
-        };
-        dialog.local_cseq = dialog.local_cseq.wrapping_add(1);
-        dialog.phase = DialogPhase::Terminating;
-        dialog.pending_2xx = None;
-        dialog.bye_branch = Some(branch.clone());
-        let mut bye = Message::request(Method::Bye, request_uri);
-        let via_host =
-            via_addr.map_or_else(|| "invalid".to_string(), |a| format!("{}:{}", host_for_uri(a.ip()), a.port()));
-        bye.push_header("Via", format!("SIP/2.0/{} {via_host};branch={branch};rport", transport.as_upper()));
-        bye.push_header("Max-Forwards", "70");
-        for route in routes {
-            bye.push_header("Route", route);
-        }
-        bye.push_header("From", dialog.local_party.clone());
-        bye.push_header("To", dialog.remote_party.clone());
-        bye.push_header("Call-ID", dialog.call_id.clone());
-        bye.push_header("CSeq", format!("{} BYE", dialog.local_cseq));
-        bye.push_header("Contact", contact);
-        bye.push_header("User-Agent", self.config.user_agent.clone());
         let connection = if transport == Transport::Tcp
             && dialog.origin.transport == Transport::Tcp
             && dialog.origin.source == destination
@@ -1298,20 +1433,33 @@ impl Core {
         } else {
             None
         };
-        let transmit = Transmit { transport, destination, connection, payload: bye.to_bytes() };
-        self.transmits.push_back(transmit.clone());
-        let timers = self.config.timers;
-        // §17.1.2.2: Timer E (UDP only) and Timer F.
-        self.client_transactions.insert(
-            branch,
-            ClientTransaction {
-                dialog: dialog_id,
-                transmit,
-                retransmit_at: (!transport.is_reliable()).then(|| now + timers.t1),
-                interval: timers.t1,
-                timeout_at: now + timers.t1_x64(),
-            },
-        );
+        let (local_party, remote_party, call_id) =
+            (dialog.local_party.clone(), dialog.remote_party.clone(), dialog.call_id.clone());
+        let branch = format!("z9hG4bK{}", self.random_token());
+        let mut request = Message::request(method.clone(), request_uri);
+        request.push_header("Via", self.via_value(transport, &branch));
+        request.push_header("Max-Forwards", "70");
+        for route in routes {
+            request.push_header("Route", route);
+        }
+        request.push_header("From", local_party);
+        request.push_header("To", remote_party);
+        request.push_header("Call-ID", call_id);
+        request.push_header("CSeq", format!("{cseq} {method}"));
+        if method != Method::Ack {
+            request.push_header("Contact", self.contact_header(transport));
+            request.push_header("User-Agent", self.config.user_agent.clone());
+        }
+        let transmit = Transmit { transport, destination, connection, payload: Vec::new() };
+        Some((request, transmit, branch))
+    }
+
+    /// Our Via for a request (§8.1.1.7, RFC 3581 `rport`).
+    fn via_value(&self, transport: Transport, branch: &str) -> String {
+        let via_host = self
+            .contact_for(transport)
+            .map_or_else(|| "invalid".to_string(), |a| format!("{}:{}", host_for_uri(a.ip()), a.port()));
+        format!("SIP/2.0/{} {via_host};branch={branch};rport", transport.as_upper())
     }
 
     /// Resolution of the next hop failed: give up on the BYE.
@@ -1327,7 +1475,7 @@ impl Core {
             self.dialog_index.remove(&(dialog.call_id, dialog.local_tag, dialog.remote_tag));
             // BYE glare: the peer's BYE ended the dialog first.
             if let Some(branch) = dialog.bye_branch
-                && self.client_transactions.remove(&branch).is_some()
+                && self.client_transactions.remove(&ClientKey { branch, method: Method::Bye }).is_some()
             {
                 self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Answered(200) });
             }
@@ -1383,34 +1531,66 @@ impl Core {
             if let Some(dialog) = self.dialogs.get_mut(&id) {
                 dialog.pending_2xx = None;
             }
-            self.events.push_back(CoreEvent::Dialog { dialog: id, notice: DialogNotice::AckTimeout });
-            if let HangupStart::NeedsResolution(next_hop) = self.hangup(now, id) {
-                self.events.push_back(CoreEvent::ByeNeedsResolution { dialog: id, next_hop });
+            self.events.push_back(CoreEvent::Dialog { dialog: id, notice: DialogEvent::AckTimeout });
+            self.hangup(now, id);
+        }
+
+        // Our non-INVITE requests: Timer E retransmits, Timer F gives up, Timer K ends.
+        let mut ended = Vec::new();
+        for (key, entry) in &mut self.client_transactions {
+            match entry.transaction.on_timeout(now) {
+                NonInviteTimeout::Idle => {}
+                NonInviteTimeout::Retransmit(transmit) => self.transmits.push_back(transmit),
+                NonInviteTimeout::TimedOut => ended.push((key.clone(), Some(entry.owner))),
+                NonInviteTimeout::Terminated => ended.push((key.clone(), None)),
+            }
+        }
+        for (key, timed_out) in ended {
+            self.client_transactions.remove(&key);
+            if let Some(owner) = timed_out {
+                self.request_timed_out(owner);
             }
         }
 
-        // Our BYE: Timer E retransmits, Timer F gives up.
-        let mut timed_out = Vec::new();
-        for (branch, client) in &mut self.client_transactions {
-            if client.timeout_at <= now {
-                timed_out.push(branch.clone());
-                continue;
-            }
-            if let Some(at) = client.retransmit_at
-                && at <= now
-            {
-                self.transmits.push_back(client.transmit.clone());
-                client.interval = (client.interval * 2).min(timers.t2);
-                client.retransmit_at = Some(now + client.interval);
+        // Our INVITEs: Timer A retransmits, Timer B gives up, Timers D and M end them.
+        let mut ended = Vec::new();
+        for (branch, (call, transaction)) in &mut self.client_invites {
+            match transaction.on_timeout(now) {
+                InviteTimeout::Idle => {}
+                InviteTimeout::Retransmit(transmit) => self.transmits.push_back(transmit),
+                InviteTimeout::TimedOut => ended.push((branch.clone(), *call, true)),
+                InviteTimeout::Terminated => ended.push((branch.clone(), *call, false)),
             }
         }
-        for branch in timed_out {
-            if let Some(client) = self.client_transactions.remove(&branch) {
-                if let Some(dialog) = self.dialogs.get_mut(&client.dialog) {
-                    dialog.bye_branch = None;
+        for (branch, call, timed_out) in ended {
+            self.client_invites.remove(&branch);
+            if timed_out {
+                self.invite_timed_out(now, call, &branch);
+            }
+            self.forget_outgoing_if_done(call);
+        }
+        // Ring timeouts and CANCELs left unanswered.
+        self.outgoing_timeouts(now);
+    }
+
+    /// Timer F of one of our non-INVITE requests.
+    fn request_timed_out(&mut self, owner: RequestOwner) {
+        match owner {
+            RequestOwner::Bye(dialog) => {
+                if let Some(state) = self.dialogs.get_mut(&dialog) {
+                    state.bye_branch = None;
                 }
-                self.end_dialog(client.dialog);
-                self.events.push_back(CoreEvent::ByeFinished { dialog: client.dialog, outcome: ByeOutcome::TimedOut });
+                self.end_dialog(dialog);
+                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut });
+            }
+            // §9.1: the INVITE's own timers (or the 64*T1 after CANCEL) settle the call.
+            RequestOwner::Cancel(_) => {}
+            RequestOwner::InDialog { dialog, request } => {
+                self.events.push_back(CoreEvent::RequestFinished {
+                    dialog,
+                    request,
+                    outcome: RequestOutcome::TimedOut,
+                });
             }
         }
     }
@@ -1571,5 +1751,10 @@ impl Core {
     }
 }
 
+mod outgoing;
+pub mod transaction;
+
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod tests;

@@ -14,10 +14,10 @@ use tokio::task::{JoinError, JoinHandle};
 
 use crate::client::{CallFailure, OutgoingCall};
 use crate::core::{
-    ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, DialogNotice, HangupStart, InviteId, NextHop,
-    Origin, Transmit,
+    ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
 };
-use crate::core::{CancelReason, OutgoingId, OutgoingProgress};
+use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, RequestOutcome, Role};
+use crate::message::Method;
 use crate::message::{StreamFrame, frame_stream};
 use crate::{CallInfo, Timers, Transport};
 
@@ -206,22 +206,15 @@ pub enum HangupError {
     Timeout,
     #[error("BYE answered with {0}")]
     Rejected(u16),
+    #[error("the dialog has no usable remote target; ended without BYE")]
+    NoRemoteTarget,
     #[error("next hop host name did not resolve")]
     Unresolvable,
     #[error("endpoint shut down")]
     Shutdown,
 }
 
-/// Dialog events for the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogEvent {
-    /// ACK received.
-    Confirmed,
-    /// The caller hung up (already answered 200).
-    RemoteBye,
-    /// No ACK within 64*T1: the endpoint has sent BYE itself (RFC 3261 §13.3.1.4).
-    AckTimeout,
-}
+pub use crate::core::DialogEvent;
 
 /// A new call.
 #[derive(Debug)]
@@ -284,6 +277,8 @@ struct ShellState {
     invites: HashMap<InviteId, oneshot::Sender<()>>,
     dialogs: HashMap<DialogId, mpsc::UnboundedSender<DialogEvent>>,
     hangups: HashMap<DialogId, Vec<oneshot::Sender<Result<(), HangupError>>>>,
+    /// In-dialog requests waiting for their final response.
+    requests: HashMap<RequestId, oneshot::Sender<RequestOutcome>>,
     /// Calls we placed, until their final outcome.
     outgoing: HashMap<OutgoingId, mpsc::UnboundedSender<CallProgress>>,
     connections: HashMap<ConnectionId, Connection>,
@@ -544,6 +539,7 @@ fn release_waiters(shared: &Shared) {
     state.dialogs.clear();
     state.hangups.clear();
     state.outgoing.clear();
+    state.requests.clear();
     for connection in state.connections.values() {
         connection.writer.close.send_replace(true);
     }
@@ -695,8 +691,9 @@ impl ServerInvite {
     }
 
     /// Answers 200 OK with our SDP (Contact, Record-Route mirrored), retransmitted until ACK.
-    /// After a CANCEL the returned dialog is already ended.
-    pub fn accept(mut self, sdp_answer: &str) -> Dialog {
+    /// `None` when the INVITE is no longer pending: the caller cancelled it first (the CANCEL
+    /// race; 487 already sent).
+    pub fn accept(mut self, sdp_answer: &str) -> Option<Dialog> {
         self.answered = true;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (dialog, call_id) = {
@@ -712,13 +709,8 @@ impl ServerInvite {
             (dialog, call_id)
         };
         self.shared.wake.notify_one();
-        Dialog {
-            shared: self.shared.clone(),
-            id: dialog.unwrap_or(DialogId(0)),
-            call_id,
-            events: events_rx,
-            ended: dialog.is_none().then_some(Ok(())),
-        }
+        let id = dialog?;
+        Some(Dialog { shared: self.shared.clone(), id, call_id, events: events_rx, ended: None, role: Role::Uas })
     }
 
     /// Completes when the caller cancelled (200 to CANCEL and 487 already sent).
@@ -752,14 +744,15 @@ impl Drop for ServerInvite {
     }
 }
 
-/// An established (or establishing) dialog on the UAS side. Dropping it without a hangup
-/// sends BYE in the background.
+/// A dialog (RFC 3261 §12), of a call we answered (UAS) or placed (UAC). Dropping it without
+/// a hangup sends BYE in the background.
 pub struct Dialog {
     shared: Arc<Shared>,
     id: DialogId,
     call_id: String,
     events: mpsc::UnboundedReceiver<DialogEvent>,
     ended: Option<Result<(), HangupError>>,
+    role: Role,
 }
 
 impl std::fmt::Debug for Dialog {
@@ -804,7 +797,6 @@ impl Dialog {
                 return Ok(());
             }
             HangupStart::InProgress => {}
-            HangupStart::NeedsResolution(hop) => spawn_resolve(self.shared.clone(), self.id, hop),
         }
         self.shared.wake.notify_one();
         let result = rx.await.unwrap_or(Err(HangupError::Shutdown));
@@ -816,6 +808,71 @@ impl Dialog {
     pub fn call_id(&self) -> &str {
         &self.call_id
     }
+
+    /// Whether we placed the call (UAC) or answered it (UAS).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Sends a request inside the dialog (REFER, INFO, NOTIFY, OPTIONS, UPDATE, re-INVITE...)
+    /// with extra headers (`Content-Type` among them when `body` is not empty) and waits for
+    /// its final response (status and reason) or Timer F. BYE is [`Dialog::hangup`].
+    pub async fn send_request(
+        &self,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String), RequestError> {
+        if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
+            return Err(RequestError::NotAllowed(method));
+        }
+        if self.ended.is_some() {
+            return Err(RequestError::Ended);
+        }
+        let hop = self.shared.core().dialog_next_hop(self.id).ok_or(RequestError::Ended)?;
+        let destination = match hop.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, hop.port),
+            Err(_) => tokio::net::lookup_host((hop.host.as_str(), hop.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or(RequestError::Unresolvable)?,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.shared.core();
+            let mut state = self.shared.state();
+            if self.shared.is_down() {
+                return Err(RequestError::Shutdown);
+            }
+            let request = core
+                .send_request(Instant::now(), self.id, destination, method, headers, body)
+                .ok_or(RequestError::Ended)?;
+            // Registered under the core lock: its outcome cannot be missed.
+            state.requests.insert(request, tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.await {
+            Ok(RequestOutcome::Answered { status, reason }) => Ok((status, reason)),
+            Ok(RequestOutcome::TimedOut) => Err(RequestError::Timeout),
+            Err(_) => Err(RequestError::Shutdown),
+        }
+    }
+}
+
+/// Why an in-dialog request got no final response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} is not sent with send_request")]
+    NotAllowed(Method),
+    #[error("the dialog is over or ending")]
+    Ended,
+    #[error("next hop host name did not resolve")]
+    Unresolvable,
+    #[error("no final response before Timer F")]
+    Timeout,
+    #[error("endpoint shut down")]
+    Shutdown,
 }
 
 impl Drop for Dialog {
@@ -823,10 +880,8 @@ impl Drop for Dialog {
         if self.ended.is_some() {
             return;
         }
-        let start = self.shared.core().hangup(Instant::now(), self.id);
-        if let HangupStart::NeedsResolution(hop) = start {
-            spawn_resolve(self.shared.clone(), self.id, hop);
-        }
+        // A host-name next hop comes back as an event the driver resolves.
+        self.shared.core().hangup(Instant::now(), self.id);
         self.shared.state().dialogs.remove(&self.id);
         self.shared.wake.notify_one();
     }
@@ -942,17 +997,12 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                     let _ = sender.send(());
                 }
             }
-            CoreEvent::Dialog { dialog, notice } => {
-                let event = match notice {
-                    DialogNotice::Confirmed => DialogEvent::Confirmed,
-                    DialogNotice::RemoteBye => DialogEvent::RemoteBye,
-                    DialogNotice::AckTimeout => DialogEvent::AckTimeout,
-                };
+            CoreEvent::Dialog { dialog, notice: event } => {
                 let mut state = shared.state();
                 if let Some(sender) = state.dialogs.get(&dialog) {
                     let _ = sender.send(event);
                 }
-                if notice == DialogNotice::RemoteBye {
+                if event == DialogEvent::RemoteBye {
                     state.dialogs.remove(&dialog);
                     for waiter in state.hangups.remove(&dialog).unwrap_or_default() {
                         let _ = waiter.send(Ok(()));
@@ -967,8 +1017,14 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                         let (events_tx, events_rx) = mpsc::unbounded_channel();
                         let call_id = shared.core().dialog_call_id(dialog).unwrap_or_default().to_string();
                         shared.state().dialogs.insert(dialog, events_tx);
-                        let dialog =
-                            Dialog { shared: shared.clone(), id: dialog, call_id, events: events_rx, ended: None };
+                        let dialog = Dialog {
+                            shared: shared.clone(),
+                            id: dialog,
+                            call_id,
+                            events: events_rx,
+                            ended: None,
+                            role: Role::Uac,
+                        };
                         CallProgress::Answered { dialog, sdp_answer }
                     }
                 };
@@ -983,6 +1039,11 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                     let _ = sender.send(step);
                 }
             }
+            CoreEvent::RequestFinished { request, outcome, .. } => {
+                if let Some(waiter) = shared.state().requests.remove(&request) {
+                    let _ = waiter.send(outcome);
+                }
+            }
             CoreEvent::ByeNeedsResolution { dialog, next_hop } => {
                 spawn_resolve(shared.clone(), dialog, next_hop);
             }
@@ -990,6 +1051,7 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                 let result = match outcome {
                     ByeOutcome::Answered(_) => Ok(()),
                     ByeOutcome::Rejected(code) => Err(HangupError::Rejected(code)),
+                    ByeOutcome::NoRemoteTarget => Err(HangupError::NoRemoteTarget),
                     ByeOutcome::TimedOut => Err(HangupError::Timeout),
                     ByeOutcome::Unresolvable => Err(HangupError::Unresolvable),
                 };

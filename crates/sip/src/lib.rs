@@ -35,7 +35,7 @@ pub use crate::client::{CallFailure, Credentials, OutgoingCall};
 pub use crate::core::CallInfo;
 pub use crate::endpoint::{
     CallProgress, ClientInvite, Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall,
-    ServerInvite, SipEndpoint,
+    RequestError, ServerInvite, SipEndpoint,
 };
 
 /// Transport a message arrived on (and the one its responses go back on).

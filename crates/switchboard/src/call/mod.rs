@@ -189,13 +189,12 @@ async fn run(
         close_in_background(session.sender);
         return refuse(state, invite, Refusal::ShuttingDown);
     }
-    let dialog = invite.accept(&answer.sdp);
-    if dialog.call_id().is_empty() {
+    let Some(dialog) = invite.accept(&answer.sdp) else {
         // The INVITE stopped being pending between the check above and the accept (the SIP core
-        // refuses the 200 and hands back an ended dialog with no Call-ID): the CANCEL won.
+        // refuses the 200): the CANCEL won.
         close_in_background(session.sender);
         return CallEnd::CallerCancelled;
-    }
+    };
     metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
     info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
     if let Some(entry) = entry {
