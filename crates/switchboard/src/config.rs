@@ -416,7 +416,6 @@ pub struct Resolved {
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
-pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA", "G722", "opus"];
 
 /// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
 pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
@@ -742,8 +741,10 @@ fn is_sip_host(text: &str) -> bool {
 
 fn check_codecs(key: &str, codecs: &StringList, bad: &mut impl FnMut(&str, String)) {
     for codec in &codecs.0 {
-        if !KNOWN_CODECS.iter().any(|k| k.eq_ignore_ascii_case(codec)) {
-            bad(key, format!("`{codec}` is not a supported codec ({})", KNOWN_CODECS.join(", ")));
+        // One vocabulary: the names SDP negotiates are the names the configuration accepts.
+        if switchboard_sdp::Codec::from_name(codec).is_none() {
+            let known: Vec<&str> = switchboard_sdp::Codec::all().iter().map(|c| c.encoding_name()).collect();
+            bad(key, format!("`{codec}` is not a supported codec ({})", known.join(", ")));
         }
     }
 }

@@ -26,7 +26,7 @@ use switchboard_media::rtp;
 use switchboard_realtime::client::{ClientError, Keepalive, KeepaliveAction, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::conversation::{Conversation, ItemTag};
 use switchboard_realtime::error_code::ErrorCode;
-use switchboard_realtime::events::{ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
+use switchboard_realtime::events::{AudioFormat, ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
 use switchboard_sip::{Dialog, DialogEvent};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -52,8 +52,8 @@ pub struct Bridge {
     pub pacer: Pacer<ItemTag>,
     pub inbound: InboundAudio,
     pub outbound: OutboundAudio,
-    /// Milliseconds of model audio per byte received (G.711: 1/8, PCM16 24 kHz: 1/48).
-    pub model_ms_per_byte: f64,
+    /// The format the model speaks (what one byte of its audio lasts).
+    pub model_output: AudioFormat,
     pub ptime: Duration,
     pub rtp_timeout: Duration,
     /// Pings to the Realtime server and the no-traffic watchdog.
@@ -226,7 +226,7 @@ async fn media_loop(
                             warn!("audio delta with bad base64 ignored");
                             continue;
                         };
-                        let ms = audio.len() as f64 * bridge.model_ms_per_byte;
+                        let ms = bridge.model_output.bytes_to_ms(audio.len());
                         let Some(tag) = conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                             continue; // late audio of an interrupted response
                         };

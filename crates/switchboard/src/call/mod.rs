@@ -16,7 +16,7 @@ use switchboard_media::codec::Codec;
 use switchboard_media::framing::{ModelAudio, model_audio_for};
 use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::events::ClientEvent;
-use switchboard_sdp::{AnswerPolicy, Codec as SdpCodec, LocalMedia, NegotiatedMedia, SdpError};
+use switchboard_sdp::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpError};
 use switchboard_sip::{Dialog, IncomingCall, ServerInvite};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
@@ -148,9 +148,7 @@ async fn run(
             Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
         };
     let media = answer.media;
-    let Some(codec) = media_codec(media.codec) else {
-        return refuse(state, invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
-    };
+    let codec = media.codec;
     info!(agent = agent_name, codec = ?media.codec, "routed");
     if let Some(entry) = entry {
         entry.set_routed(agent_name, media.codec.encoding_name());
@@ -376,19 +374,8 @@ fn is_cancelled(invite: &mut ServerInvite) -> bool {
 fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy {
     let names = if agent.codecs.0.is_empty() { global_codecs } else { agent.codecs.0.as_slice() };
     AnswerPolicy {
-        codecs: names.iter().filter_map(|name| SdpCodec::from_name(name)).collect(),
+        codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
-    }
-}
-
-/// The media pipeline for a negotiated codec; `None` for a codec SDP knows but media does not.
-fn media_codec(codec: SdpCodec) -> Option<Codec> {
-    match codec {
-        SdpCodec::Pcmu => Some(Codec::Pcmu),
-        SdpCodec::Pcma => Some(Codec::Pcma),
-        SdpCodec::G722 => Some(Codec::G722),
-        SdpCodec::Opus => Some(Codec::Opus),
-        _ => None,
     }
 }

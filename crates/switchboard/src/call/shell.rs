@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use switchboard_media::CodecCoding;
 use switchboard_media::framing::{InboundAudio, OutboundAudio};
 use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::pacer::{Pacer, PacerConfig};
@@ -26,9 +27,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     let realtime_cfg = &cfg.realtime;
     let super::OpenSession { sender: mut realtime_tx, receiver: mut realtime_rx, confirmed, codec: _ } = session;
     let end = 'call: {
-        let Some(codec) = super::media_codec(media.codec) else {
-            break 'call CallEnd::MediaSetupFailed(format!("{:?} has no media pipeline", media.codec));
-        };
+        let codec = media.codec;
         let socket = match socket.set_nonblocking(true).and_then(|()| tokio::net::UdpSocket::from_std(socket)) {
             Ok(socket) => socket,
             Err(e) => {
@@ -80,7 +79,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 outbound.defer_encoding(true);
                 outbound
             },
-            model_ms_per_byte: switchboard_media::framing::model_audio_ms(confirmed.output, codec, 1),
+            model_output: session::model_format(confirmed.output, codec),
             ptime,
             rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
             keepalive: client::Keepalive::new(
