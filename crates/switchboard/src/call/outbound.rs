@@ -28,7 +28,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::end::CallEnd;
-use super::{CallDirection, CallSlot, Established, converse, media_codec, open_session, record_end};
+use super::{CallDirection, CallSlot, Established, converse, open_session, record_end};
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError};
 use crate::config::{AgentConfig, Config, Resolved, TrunkConfig, TrunkTransport, is_sip_user};
@@ -272,11 +272,10 @@ async fn handle(
     .await
 }
 
-/// The codecs this trunk offers, in order: the trunk's list, else `media.codecs`; only those
-/// the media code can carry.
+/// The codecs this trunk offers, in order: the trunk's list, else `media.codecs`.
 fn offered_codecs(state: &GatewayState, trunk: &TrunkConfig) -> Vec<SdpCodec> {
     let names = if trunk.codecs.0.is_empty() { &state.config.media.codecs.0 } else { &trunk.codecs.0 };
-    names.iter().filter_map(|name| SdpCodec::from_name(name)).filter(|codec| media_codec(*codec).is_some()).collect()
+    names.iter().filter_map(|name| SdpCodec::from_name(name)).collect()
 }
 
 async fn run(
@@ -287,7 +286,7 @@ async fn run(
     mut hangup: watch::Receiver<bool>,
 ) -> OutboundOutcome {
     let codecs = offered_codecs(state, &plan.trunk);
-    let Some(first_codec) = codecs.first().and_then(|codec| media_codec(*codec)) else {
+    let Some(&first_codec) = codecs.first() else {
         return OutboundOutcome::Failed { reason: "no codec to offer".into() };
     };
     let (socket, port_lease) = match state.rtp_ports.allocate() {
@@ -409,11 +408,7 @@ async fn run(
         }
     };
     entry.set_codec(media.codec.encoding_name());
-    let Some(codec) = media_codec(media.codec) else {
-        hang_up(&mut dialog).await;
-        session.close_in_background();
-        return OutboundOutcome::Failed { reason: format!("{:?} has no media pipeline", media.codec) };
-    };
+    let codec = media.codec;
     if !session.suits(codec) {
         // The callee chose another G.711 law than the one the session passes through: the model
         // must be told the other format, so the session is opened again (a short silence).
