@@ -42,6 +42,9 @@ fn mufasa() -> Credentials {
     Credentials { username: "Mufasa".into(), password: "Circle of Life".into() }
 }
 
+/// Things at virtual times (ms).
+type Timed<T> = Vec<(u64, T)>;
+
 struct Harness {
     core: Core,
     base: Instant,
@@ -87,7 +90,7 @@ impl Harness {
     }
 
     /// Runs timers every 10 ms of virtual time; returns (time, message sent) and the events.
-    fn run(&mut self, from_ms: u64, until_ms: u64) -> (Vec<(u64, Message)>, Vec<(u64, CoreEvent)>) {
+    fn run(&mut self, from_ms: u64, until_ms: u64) -> (Timed<Message>, Timed<CoreEvent>) {
         let mut sent = Vec::new();
         let mut events = Vec::new();
         let mut t = from_ms;
@@ -273,7 +276,7 @@ fn answered_call_is_acked_from_the_dialog() {
     let (sent, events) = h.run(2_510, 40_000);
     assert!(sent.is_empty() && events.is_empty());
     assert_eq!(h.core.live_state(), (0, 1, 0));
-    assert!(h.core.outgoing.get(&id).is_none(), "call state released after Timer M");
+    assert!(!h.core.outgoing.contains_key(&id), "call state released after Timer M");
 }
 
 /// §17.1.1.3: a 3xx-6xx is ACKed by the transaction (same branch, response's To tag), its

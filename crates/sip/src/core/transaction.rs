@@ -82,7 +82,7 @@ pub fn expired(deadline: Option<Instant>, now: Instant) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #![allow(clippy::unwrap_used)]
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
     use super::*;
 
     fn fire_times(mut timer: Retransmit, base: Instant, until: Duration) -> Vec<u64> {
