@@ -22,13 +22,13 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, SystemTime};
 
 use serde::Deserialize;
-use switchboard_sdp::{Codec as SdpCodec, LocalMedia, NegotiatedMedia};
+use switchboard_sdp::{Codec as SdpCodec, LocalMedia, OfferPolicy};
 use switchboard_sip::{CallFailure, CallProgress, Credentials, Dialog, OutgoingCall, SipEndpoint, Transport};
 use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::end::CallEnd;
-use super::{CallDirection, CallSlot, Established, converse, open_session, record_end};
+use super::{CallDirection, CallSlot, Established, PTIME, converse, open_session, record_end};
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError};
 use crate::config::{AgentConfig, Config, Resolved, TrunkConfig, TrunkTransport, is_sip_user};
@@ -317,11 +317,12 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let offer = match sdp_offer(&local, &codecs) {
+    let policy = OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true };
+    let offer = match switchboard_sdp::create_offer(&policy, &local) {
         Ok(offer) => offer,
-        Err(reason) => {
+        Err(e) => {
             session.close_in_background();
-            return OutboundOutcome::Failed { reason };
+            return OutboundOutcome::Failed { reason: e.to_string() };
         }
     };
     let credentials = (!plan.trunk.username.is_empty()).then(|| Credentials {
@@ -397,7 +398,7 @@ async fn run(
     };
     info!("answered");
 
-    let media = match sdp_answer_media(&offer, &sdp_answer) {
+    let media = match switchboard_sdp::receive_answer(&offer, &sdp_answer) {
         Ok(media) => media,
         Err(reason) => {
             // RFC 3264 §6 leaves us nothing to send with: hang up at once.
@@ -438,21 +439,6 @@ async fn run(
     let end = converse(state, call).await;
     record_end(&end);
     OutboundOutcome::Answered { end: end.reason_label().to_string() }
-}
-
-/// Our SDP offer, kept to check the answer against (RFC 3264 §6).
-struct SdpOffer {
-    sdp: String,
-}
-
-fn sdp_offer(local: &LocalMedia, codecs: &[SdpCodec]) -> Result<SdpOffer, String> {
-    let _ = (local, codecs);
-    Err("the SDP offerer side is not merged yet".into())
-}
-
-fn sdp_answer_media(offer: &SdpOffer, answer: &str) -> Result<NegotiatedMedia, String> {
-    let _ = (&offer.sdp, answer);
-    Err("the SDP offerer side is not merged yet".into())
 }
 
 /// Resolves once an operator asked to hang up; never when the sender is gone.
