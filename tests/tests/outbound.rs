@@ -300,9 +300,10 @@ fn digest_challenge_is_answered_and_delete_hangs_up() {
     let dir = tools::scratch_dir(test);
     let trunk = trunk_toml(ports, "username = \"gw-user\"\npassword_env = \"E2E_TRUNK_PASSWORD\"\n");
     let agent = "[agents.default]\ngreeting = \"Hello {{name}}, this is your reminder.\"\n";
+    let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
     let gateway = Gateway::start_with_env(
         ports,
-        "",
+        &sim.url(),
         &format!("{trunk}{agent}"),
         &dir,
         &[("E2E_TRUNK_PASSWORD", "pw-never-logged")],
@@ -316,6 +317,16 @@ fn digest_challenge_is_answered_and_delete_hangs_up() {
     let view = wait_for_call(ports, None, &id, Duration::from_secs(5), ended);
     assert_eq!(view["outcome"]["outcome"], "answered", "{view}\ngateway log:\n{}", gateway.log());
     assert!(!gateway.log().contains("pw-never-logged"), "the trunk password reached the log");
+    // The agent greets first, with the request's variables filled in.
+    let sessions = sim.sessions();
+    let events = sessions[0]["events"].as_array().expect("events");
+    let first_request = events
+        .iter()
+        .find(|e| e["direction"] == "client" && e["event"]["type"] != "session.update")
+        .expect("a client event after session.update");
+    assert_eq!(first_request["event"]["type"], "response.create", "{first_request}");
+    let instructions = first_request["event"]["response"]["instructions"].as_str().unwrap_or_default();
+    assert!(instructions.contains("Hello Ada, this is your reminder."), "{instructions}");
 
     // An answered call hung up through the API: the callee sees a BYE.
     let callee = Callee::start("uas_wait_bye.xml", &[], &dir, ports, 0);
