@@ -971,4 +971,32 @@ mod tests {
         assert_eq!(trunk_host("sip.example.com:5080"), "sip.example.com");
         assert_eq!(trunk_host("[::1]:5060"), "[::1]");
     }
+
+    #[test]
+    fn the_shipped_trunk_example_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/switchboard.toml");
+        let shipped = std::fs::read_to_string(path).unwrap();
+        let example: String = shipped
+            .split_once("# [trunks.carrier]")
+            .unwrap()
+            .1
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let example = example.replace("sip.carrier.example:5060", "127.0.0.1:5060");
+        let f = write(&format!("[trunks.carrier]\n{example}"));
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        let (shown, defaults) = (&cfg.trunks["carrier"], TrunkConfig::default());
+        assert_eq!(shown.transport, defaults.transport);
+        assert_eq!(shown.from_user, defaults.from_user);
+        assert_eq!(shown.from_domain, defaults.from_domain);
+        assert_eq!(shown.username, defaults.username);
+        assert_eq!(shown.password, defaults.password);
+        assert_eq!(shown.codecs, defaults.codecs);
+        assert_eq!(shown.max_concurrent, defaults.max_concurrent);
+        assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
+        assert_eq!(cfg.admin.token, Secret::default());
+    }
 }
