@@ -20,6 +20,18 @@ const TOKEN: &str = "e2e-admin-token";
 
 /// One HTTP/1.1 request to the admin listener (`Connection: close`); returns (status, body).
 fn http(ports: Ports, method: &str, path: &str, token: Option<&str>, body: Option<&str>) -> (u16, String) {
+    let (status, _, body) = http_with_head(ports, method, path, token, body);
+    (status, body)
+}
+
+/// [`http`], with the response head (status line and headers) too.
+fn http_with_head(
+    ports: Ports,
+    method: &str,
+    path: &str,
+    token: Option<&str>,
+    body: Option<&str>,
+) -> (u16, String, String) {
     let addr: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
     let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect to admin");
     stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
@@ -37,14 +49,15 @@ fn http(ports: Ports, method: &str, path: &str, token: Option<&str>, body: Optio
     let mut response = String::new();
     stream.read_to_string(&mut response).expect("read response");
     let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((response.as_str(), ""));
+    let (head, body) = (head.to_string(), body.to_string());
     // Bodies are small JSON documents: undo chunked framing if hyper chose it.
     let body = if body.starts_with(|c: char| c.is_ascii_hexdigit()) && !body.starts_with('{') {
         body.lines().nth(1).unwrap_or_default().to_string()
     } else {
         body
     };
-    (status, body)
+    (status, head, body)
 }
 
 /// `POST /v1/calls`; returns the new call's id (asserts 201).
@@ -353,8 +366,13 @@ fn failed_calls_report_their_outcome_and_the_api_checks_requests() {
     let ports = Ports::for_slot(23);
     let dir = tools::scratch_dir(test);
     // The generated config has its own [admin] table: the token comes in through the environment.
-    let gateway =
-        Gateway::start_with_env(ports, "", &trunk_toml(ports, ""), &dir, &[("SWITCHBOARD__ADMIN__TOKEN", TOKEN)]);
+    let gateway = Gateway::start_with_env(
+        ports,
+        "",
+        &trunk_toml(ports, "max_concurrent = 1\n"),
+        &dir,
+        &[("SWITCHBOARD__ADMIN__TOKEN", TOKEN)],
+    );
     let auth = Some(TOKEN);
 
     // The API: 401 without the token, 400 naming the field, 404 unknown agent or trunk or call.
@@ -404,6 +422,10 @@ fn failed_calls_report_their_outcome_and_the_api_checks_requests() {
     let id = place_call(ports, auth, good, &gateway);
     let ringing = wait_for_call(ports, auth, &id, Duration::from_secs(5), |v| v["state"] == "ringing");
     assert_eq!(ringing["state"], "ringing", "{ringing}");
+    // The trunk carries max_concurrent = 1 call: a second one is refused for now.
+    let (status, head, body) = http_with_head(ports, "POST", "/v1/calls", auth, Some(good));
+    assert_eq!(status, 503, "{body}");
+    assert!(head.to_ascii_lowercase().contains("retry-after: 5"), "{head}");
     assert_eq!(http(ports, "DELETE", &format!("/v1/calls/{id}"), auth, None).0, 204);
     callee.finish(Duration::from_secs(10), &gateway);
     let view = wait_for_call(ports, auth, &id, Duration::from_secs(5), ended);

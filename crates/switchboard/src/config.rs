@@ -647,6 +647,14 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if !(1..=600).contains(&trunk.ring_timeout_secs) {
             bad(&key("ring_timeout_secs"), "must be between 1 and 600".into());
         }
+        let listener = match trunk.transport {
+            TrunkTransport::Udp => &cfg.sip.udp,
+            TrunkTransport::Tcp => &cfg.sip.tcp,
+        };
+        if listener.is_empty() {
+            // Responses come back to where we listen (RFC 3261 §18.1.1): no listener, no calls.
+            bad(&key("transport"), format!("{:?} needs sip.{:?} to be set", trunk.transport, trunk.transport).to_lowercase());
+        }
         if trunk.username.is_empty() && !trunk.password.is_empty() {
             bad(&key("username"), "a password is set but no username".into());
         }
@@ -931,7 +939,7 @@ mod tests {
         let f = write(
             "[trunks.a]\naddress = \"no-port\"\ncodecs = [\"G729\"]\nmax_concurrent = 0\nring_timeout_secs = 0\n\
              password_env = \"UNSET_VARIABLE_FOR_TEST\"\nfrom_user = \"a b\"\n\
-             [trunks.b]\naddress = \"name.invalid:5060\"\npassword = \"x\"\n",
+             [trunks.b]\naddress = \"name.invalid:5060\"\npassword = \"x\"\ntransport = \"tcp\"\n[sip]\ntcp = \"\"\n",
         );
         let err = load_with_env(f.path(), &[]).unwrap_err();
         let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
@@ -944,6 +952,7 @@ mod tests {
             "trunks.a.from_user",
             "trunks.b.address",
             "trunks.b.username",
+            "trunks.b.transport",
         ] {
             assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
         }
