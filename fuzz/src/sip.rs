@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchboard_sip::Transport;
-use switchboard_sip::core::{Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, Origin};
+use switchboard_sip::core::{Core, CoreConfig, CoreEvent, DialogId, InviteId, Origin};
 use switchboard_sip::message::{Message, StreamFrame, frame_stream, parse_message};
 
 use crate::split_records;
@@ -235,9 +235,8 @@ impl CoreHarness {
     }
 
     fn hangup(&mut self, dialog: DialogId) {
-        if let HangupStart::NeedsResolution(_) = self.core.hangup(self.now, dialog) {
-            self.core.bye_unresolvable(dialog);
-        }
+        // A host-name next hop comes back as `ByeNeedsResolution`, answered in `drain`.
+        self.core.hangup(self.now, dialog);
     }
 
     /// Runs every timer due up to `until`, in order, as the shell's timer loop does.

@@ -8,13 +8,16 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use self::transaction::Retransmit;
 use self::transaction::client_invite::{ClientInvite, InviteResponse, InviteTimeout};
 use self::transaction::client_non_invite::{ClientNonInvite, NonInviteResponse, NonInviteTimeout};
+use self::transaction::server_invite::{ServerInvite, ServerInviteState, ServerTimeout};
+use self::transaction::server_non_invite::ServerNonInvite;
 use crate::client::{CallFailure, OutgoingCall};
 use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
 use crate::{Timers, Transport};
@@ -229,32 +232,43 @@ impl TxKey {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TxState {
-    /// INVITE: provisional sent; non-INVITE: not used (we answer at once).
-    Proceeding,
-    /// Final response sent (non-2xx for INVITE).
-    Completed,
-    /// INVITE: ACK received for a non-2xx (Timer I running).
-    Confirmed,
-    /// INVITE: 2xx sent; absorb retransmitted INVITEs (RFC 6026 §7.1).
-    Accepted,
+/// A server transaction of either kind (§17.2).
+#[derive(Debug)]
+enum ServerTransaction {
+    /// Boxed: it keeps the request and is twice the size of a non-INVITE one.
+    Invite(Box<ServerInvite>),
+    NonInvite(ServerNonInvite),
 }
 
-#[derive(Debug)]
-struct ServerTransaction {
-    is_invite: bool,
-    state: TxState,
-    reply: Transmit,
-    request: Message,
-    origin: Origin,
-    to_tag: String,
-    invite: Option<InviteId>,
-    /// Timer G (INVITE non-2xx over UDP).
-    retransmit_at: Option<Instant>,
-    retransmit_interval: Duration,
-    /// Timers H, I, J, L.
-    expires_at: Option<Instant>,
+impl ServerTransaction {
+    fn origin(&self) -> &Origin {
+        match self {
+            ServerTransaction::Invite(tx) => tx.origin(),
+            ServerTransaction::NonInvite(tx) => tx.origin(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            ServerTransaction::Invite(tx) => tx.deadline(),
+            ServerTransaction::NonInvite(tx) => tx.deadline(),
+        }
+    }
+
+    /// The INVITE transaction, if this is one.
+    fn as_invite(&self) -> Option<&ServerInvite> {
+        match self {
+            ServerTransaction::Invite(tx) => Some(tx),
+            ServerTransaction::NonInvite(_) => None,
+        }
+    }
+
+    fn as_invite_mut(&mut self) -> Option<&mut ServerInvite> {
+        match self {
+            ServerTransaction::Invite(tx) => Some(tx),
+            ServerTransaction::NonInvite(_) => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -271,10 +285,23 @@ enum DialogPhase {
 struct Pending2xx {
     cseq: u32,
     transmit: Transmit,
-    next_at: Option<Instant>,
-    interval: Duration,
+    /// T1 doubling up to T2, UDP only (§13.3.1.4).
+    retransmit: Retransmit,
     give_up_at: Instant,
     initial: bool,
+}
+
+impl Pending2xx {
+    fn start(now: Instant, cseq: u32, transmit: Transmit, timers: Timers, initial: bool) -> Pending2xx {
+        let reliable = transmit.transport.is_reliable();
+        Pending2xx {
+            cseq,
+            transmit,
+            retransmit: Retransmit::start(now, timers.t1, Some(timers.t2), reliable),
+            give_up_at: now + timers.t1_x64(),
+            initial,
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -603,14 +630,14 @@ impl Core {
     /// for idling during a long, quiet call.
     pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
         let uses = |origin: &Origin| origin.connection == Some(connection);
-        self.dialogs.values().any(|d| uses(&d.origin)) || self.transactions.values().any(|t| uses(&t.origin))
+        self.dialogs.values().any(|d| uses(&d.origin)) || self.transactions.values().any(|t| uses(t.origin()))
     }
 
     /// Earliest deadline at which [`Core::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let tx = self.transactions.values().flat_map(|t| [t.retransmit_at, t.expires_at]);
+        let tx = self.transactions.values().map(ServerTransaction::deadline);
         let dialogs = self.dialogs.values().flat_map(|d| match &d.pending_2xx {
-            Some(p) => [p.next_at, Some(p.give_up_at)],
+            Some(p) => [p.retransmit.deadline(), Some(p.give_up_at)],
             None => [None, None],
         });
         let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
@@ -717,29 +744,24 @@ impl Core {
 
         // §17.2.3 matching: ACK to a non-2xx final and retransmissions.
         if method == Method::Ack {
-            if let Some(tx) = self.transactions.get_mut(&key)
-                && tx.is_invite
-                && matches!(tx.state, TxState::Completed | TxState::Confirmed)
-            {
-                if tx.state == TxState::Completed {
-                    // §17.2.1: Completed -> Confirmed; Timer I = T4 (UDP) or 0 (TCP).
-                    tx.state = TxState::Confirmed;
-                    tx.retransmit_at = None;
-                    tx.expires_at =
-                        Some(if origin.transport.is_reliable() { now } else { now + self.config.timers.t4 });
-                }
-                return;
+            let taken = self
+                .transactions
+                .get_mut(&key)
+                .and_then(ServerTransaction::as_invite_mut)
+                .is_some_and(|tx| tx.on_ack(now, origin.transport.is_reliable()));
+            if !taken {
+                self.handle_ack_for_2xx(now, &request);
             }
-            self.handle_ack_for_2xx(now, &request);
             return;
         }
         if let Some(tx) = self.transactions.get(&key) {
             // Retransmission: resend the last response (§17.2.1, §17.2.2).
-            if tx.state != TxState::Proceeding || tx.is_invite {
-                let reply = tx.reply.clone();
-                if !reply.payload.is_empty() {
-                    self.transmits.push_back(reply);
-                }
+            let reply = match tx {
+                ServerTransaction::Invite(tx) => tx.on_retransmission(),
+                ServerTransaction::NonInvite(tx) => tx.on_retransmission(),
+            };
+            if let Some(reply) = reply {
+                self.transmits.push_back(reply);
             }
             return;
         }
@@ -879,21 +901,8 @@ impl Core {
         };
         self.transmits.push_back(reply.clone());
         let invite = InviteId(self.fresh_id());
-        self.transactions.insert(
-            key.clone(),
-            ServerTransaction {
-                is_invite: true,
-                state: TxState::Proceeding,
-                reply,
-                request,
-                origin,
-                to_tag,
-                invite: Some(invite),
-                retransmit_at: None,
-                retransmit_interval: self.config.timers.t1,
-                expires_at: None,
-            },
-        );
+        let transaction = ServerInvite::proceeding(request, origin, to_tag, Some(invite), reply, self.config.timers);
+        self.transactions.insert(key.clone(), ServerTransaction::Invite(Box::new(transaction)));
         self.merge_index.insert(merge, key.clone());
         self.invites.insert(invite, key);
         self.events.push_back(CoreEvent::IncomingCall { invite, info, offer });
@@ -902,13 +911,13 @@ impl Core {
     /// §9.2: CANCEL matches the INVITE transaction with the same branch and sent-by.
     fn handle_cancel(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey) {
         let invite_key = TxKey { method: "INVITE".to_string(), ..key.clone() };
-        let Some(tx) = self.transactions.get(&invite_key) else {
+        let Some(tx) = self.transactions.get(&invite_key).and_then(ServerTransaction::as_invite) else {
             self.respond(now, key, &origin, &request, 481, None, &[]);
             return;
         };
-        let to_tag = tx.to_tag.clone();
-        let pending = tx.state == TxState::Proceeding;
-        let invite = tx.invite;
+        let to_tag = tx.to_tag().to_string();
+        let pending = tx.state() == ServerInviteState::Proceeding;
+        let invite = tx.invite();
         // §9.2: the CANCEL's 200 SHOULD carry the same To-tag as the INVITE's responses.
         self.respond_tagged(now, key, &origin, &request, 200, None, &[], Some(to_tag));
         if pending && let Some(invite) = invite {
@@ -1002,30 +1011,10 @@ impl Core {
             if let Some(target) = new_target {
                 dialog.remote_target = target;
             }
-            dialog.pending_2xx = Some(Pending2xx {
-                cseq,
-                transmit: reply.clone(),
-                next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
-                interval: timers.t1,
-                give_up_at: now + timers.t1_x64(),
-                initial: false,
-            });
+            dialog.pending_2xx = Some(Pending2xx::start(now, cseq, reply.clone(), timers, false));
         }
-        self.transactions.insert(
-            key,
-            ServerTransaction {
-                is_invite: true,
-                state: TxState::Accepted,
-                reply,
-                request,
-                origin,
-                to_tag: local_tag,
-                invite: None,
-                retransmit_at: None,
-                retransmit_interval: timers.t1,
-                expires_at: Some(now + timers.t1_x64()),
-            },
-        );
+        let transaction = ServerInvite::answered(now, request, origin, local_tag, reply, 200, timers);
+        self.transactions.insert(key, ServerTransaction::Invite(Box::new(transaction)));
     }
 
     /// §13.3.1.4: the ACK for a 2xx is matched by dialog and CSeq, not by transaction.
@@ -1120,18 +1109,12 @@ impl Core {
 
     /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
     pub fn ringing(&mut self, invite: InviteId) {
-        let Some(key) = self.invites.get(&invite) else {
+        let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
-        let Some(tx) = self.transactions.get(key) else {
+        let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
-        if tx.state != TxState::Proceeding {
-            return;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
         let contact = self.contact_header(origin.transport);
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
@@ -1141,8 +1124,8 @@ impl Core {
             return;
         };
         self.transmits.push_back(reply.clone());
-        if let Some(tx) = self.invites.get(&invite).and_then(|k| self.transactions.get_mut(k)) {
-            tx.reply = reply;
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.provisional(reply);
         }
     }
 
@@ -1173,42 +1156,33 @@ impl Core {
         let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
-        let Some(tx) = self.transactions.get(&key) else {
+        let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
-        if tx.state != TxState::Proceeding {
-            return;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
         let reason = if reason.is_empty() { reason_phrase(status) } else { reason };
         let response = self.build_response(&request, &origin, status, reason, Some(&to_tag), extra_headers);
         let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, status) else {
             return;
         };
         self.transmits.push_back(reply.clone());
-        let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key) {
-            tx.state = TxState::Completed;
-            tx.reply = reply;
-            tx.retransmit_interval = timers.t1;
-            tx.retransmit_at = (!origin.transport.is_reliable()).then(|| now + timers.t1);
-            tx.expires_at = Some(now + timers.t1_x64());
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.complete(now, reply);
         }
+    }
+
+    /// The request, origin and To tag of an INVITE transaction still waiting for the
+    /// application (Proceeding).
+    fn proceeding_invite(&self, key: &TxKey) -> Option<(Message, Origin, String)> {
+        let tx = self.transactions.get(key)?.as_invite()?;
+        (tx.state() == ServerInviteState::Proceeding)
+            .then(|| (tx.request().clone(), *tx.origin(), tx.to_tag().to_string()))
     }
 
     /// Answers a pending INVITE with 200 OK and our SDP; creates the dialog (§12.1.1) and
     /// retransmits the 2xx until ACK (§13.3.1.4). `None` if the INVITE is no longer pending.
     pub fn accept(&mut self, now: Instant, invite: InviteId, sdp_answer: &str) -> Option<DialogId> {
         let key = self.invites.remove(&invite)?;
-        let tx = self.transactions.get(&key)?;
-        if tx.state != TxState::Proceeding {
-            return None;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
+        let (request, origin, to_tag) = self.proceeding_invite(&key)?;
         let contact = self.contact_header(origin.transport);
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
@@ -1220,10 +1194,8 @@ impl Core {
         let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
         self.transmits.push_back(reply.clone());
         let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key) {
-            tx.state = TxState::Accepted;
-            tx.reply = reply.clone();
-            tx.expires_at = Some(now + timers.t1_x64());
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.accept(now, reply.clone());
         }
 
         let call_id = request.call_id().unwrap_or_default().to_string();
@@ -1249,14 +1221,7 @@ impl Core {
                 remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
-                pending_2xx: Some(Pending2xx {
-                    cseq,
-                    transmit: reply,
-                    next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
-                    interval: timers.t1,
-                    give_up_at: now + timers.t1_x64(),
-                    initial: true,
-                }),
+                pending_2xx: Some(Pending2xx::start(now, cseq, reply, timers, true)),
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
                 role: Role::Uas,
@@ -1484,28 +1449,25 @@ impl Core {
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let timers = self.config.timers;
         // Server transactions: Timer G retransmits, H/I/J/L expiry.
         let mut expired = Vec::new();
         for (key, tx) in &mut self.transactions {
-            if tx.expires_at.is_some_and(|t| t <= now) {
-                expired.push(key.clone());
-                continue;
-            }
-            if let Some(at) = tx.retransmit_at
-                && at <= now
-            {
-                self.transmits.push_back(tx.reply.clone());
-                tx.retransmit_interval = (tx.retransmit_interval * 2).min(timers.t2);
-                tx.retransmit_at = Some(now + tx.retransmit_interval);
+            match tx {
+                ServerTransaction::Invite(tx) => match tx.on_timeout(now) {
+                    ServerTimeout::Idle => {}
+                    ServerTimeout::Retransmit(reply) => self.transmits.push_back(reply),
+                    ServerTimeout::Terminated => expired.push(key.clone()),
+                },
+                ServerTransaction::NonInvite(tx) if tx.expired(now) => expired.push(key.clone()),
+                ServerTransaction::NonInvite(_) => {}
             }
         }
         for key in expired {
-            if let Some(tx) = self.transactions.remove(&key)
-                && let Some(invite) = tx.invite
+            if let Some(ServerTransaction::Invite(tx)) = self.transactions.remove(&key)
+                && let Some(invite) = tx.invite()
             {
                 self.invites.remove(&invite);
-                self.merge_index.remove(&merge_key(&tx.request));
+                self.merge_index.remove(&merge_key(tx.request()));
             }
         }
 
@@ -1519,12 +1481,8 @@ impl Core {
                 ack_timeouts.push(*id);
                 continue;
             }
-            if let Some(at) = pending.next_at
-                && at <= now
-            {
+            if pending.retransmit.fire(now) {
                 self.transmits.push_back(pending.transmit.clone());
-                pending.interval = (pending.interval * 2).min(timers.t2);
-                pending.next_at = Some(now + pending.interval);
             }
         }
         for id in ack_timeouts {
@@ -1635,27 +1593,17 @@ impl Core {
         };
         self.transmits.push_back(reply.clone());
         let timers = self.config.timers;
-        let reliable = origin.transport.is_reliable();
-        let is_invite = method == Method::Invite;
-        // §17.2.2 Timer J (64*T1 on UDP, 0 on TCP); §17.2.1 Timers G/H for INVITE.
-        if reliable && !is_invite {
-            return;
-        }
-        self.transactions.insert(
-            key,
-            ServerTransaction {
-                is_invite,
-                state: TxState::Completed,
-                reply,
-                request: request.clone(),
-                origin: *origin,
-                to_tag: tag,
-                invite: None,
-                retransmit_at: (is_invite && !reliable).then(|| now + timers.t1),
-                retransmit_interval: timers.t1,
-                expires_at: Some(now + timers.t1_x64()),
-            },
-        );
+        // §17.2.1 Timers G/H for INVITE; §17.2.2 Timer J (64*T1 on UDP, none on TCP).
+        let transaction = if method == Method::Invite {
+            let tx = ServerInvite::answered(now, request.clone(), *origin, tag, reply, status, timers);
+            ServerTransaction::Invite(Box::new(tx))
+        } else {
+            match ServerNonInvite::completed(now, *origin, reply, timers) {
+                Some(tx) => ServerTransaction::NonInvite(tx),
+                None => return,
+            }
+        };
+        self.transactions.insert(key, transaction);
     }
 
     /// §8.2.6.2: copy Via, From, To (adding our tag), Call-ID and CSeq; RFC 3581 / §18.2.1:

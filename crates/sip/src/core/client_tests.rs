@@ -3,6 +3,8 @@
 //! non-INVITE requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice)]
 
+use std::time::Duration;
+
 use super::*;
 use crate::client::Credentials;
 use crate::digest::Challenge;
