@@ -218,6 +218,22 @@ async fn udp_call_cancelled_after_ringing() {
     endpoint.shutdown().await;
 }
 
+/// Nobody listens: the refused TCP connection fails the call at once (not after Timer B).
+#[tokio::test]
+async fn tcp_call_to_a_closed_port_is_unreachable_at_once() {
+    let (endpoint, _calls) = start().await;
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut call = endpoint.place_call(outgoing(closed, Transport::Tcp, None)).unwrap();
+    match progress(&mut call).await {
+        CallProgress::Failed(CallFailure::Unreachable { reason }) => assert!(reason.contains("TCP"), "{reason}"),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
+    endpoint.shutdown().await;
+}
+
 struct TcpPeer {
     stream: TcpStream,
     buf: Vec<u8>,

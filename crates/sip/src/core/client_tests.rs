@@ -596,3 +596,22 @@ fn bye_received_on_a_uac_dialog() {
     assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye }]);
     assert_eq!(h.core.live_state().1, 0);
 }
+
+/// A TCP connection that cannot be opened ends the INVITE at once: unreachable, not Timer B.
+#[test]
+fn tcp_connect_failure_ends_the_call_at_once() {
+    let mut h = Harness::new();
+    let (id, _) = h.place(call(Transport::Tcp, 120_000, None));
+    h.core.transport_failed(TRUNK.parse().unwrap());
+    assert_eq!(
+        h.events(),
+        vec![CoreEvent::Outgoing {
+            call: id,
+            progress: OutgoingProgress::Failed(CallFailure::Unreachable {
+                reason: "cannot connect to 127.0.0.1:5080 over TCP".into()
+            })
+        }]
+    );
+    assert_eq!(h.core.live_state(), (0, 0, 0));
+    assert_eq!(h.core.poll_timeout(), None);
+}

@@ -324,6 +324,39 @@ impl Core {
         }
     }
 
+    /// A TCP connection to `destination` could not be opened: every client transaction of
+    /// ours still waiting on it ends as a transport error would end it (§17.1.1.2, §17.1.2.2):
+    /// calls fail as unreachable, BYEs and other requests as timed out.
+    pub fn transport_failed(&mut self, destination: SocketAddr) {
+        let waiting_on = |t: &Transmit| t.transport == Transport::Tcp && t.destination == destination;
+        let invites: Vec<(String, OutgoingId)> = self
+            .client_invites
+            .iter()
+            .filter(|(_, (_, tx))| !tx.has_response() && waiting_on(tx.transmit()))
+            .map(|(branch, (call, _))| (branch.clone(), *call))
+            .collect();
+        for (branch, call) in invites {
+            self.client_invites.remove(&branch);
+            let current = self.outgoing.get(&call).is_some_and(|s| s.branch == branch);
+            if current {
+                let reason = format!("cannot connect to {destination} over TCP");
+                self.finish_outgoing(call, CallFailure::Unreachable { reason });
+            }
+            self.forget_outgoing_if_done(call);
+        }
+        let requests: Vec<ClientKey> = self
+            .client_transactions
+            .iter()
+            .filter(|(_, entry)| entry.transaction.is_waiting() && waiting_on(entry.transaction.transmit()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in requests {
+            if let Some(entry) = self.client_transactions.remove(&key) {
+                self.request_timed_out(entry.owner);
+            }
+        }
+    }
+
     /// Ring timeouts (CANCEL) and CANCELs left without a final response for 64*T1.
     pub(super) fn outgoing_timeouts(&mut self, now: Instant) {
         let ringing_out: Vec<OutgoingId> = self
