@@ -615,3 +615,16 @@ fn tcp_connect_failure_ends_the_call_at_once() {
     assert_eq!(h.core.live_state(), (0, 0, 0));
     assert_eq!(h.core.poll_timeout(), None);
 }
+
+/// A challenge that arrives after we cancelled is not answered: the outcome is the
+/// cancellation, not an authentication failure.
+#[test]
+fn a_challenge_after_our_cancel_ends_as_cancelled() {
+    let mut h = Harness::new();
+    let (id, invite) = h.place(call(Transport::Udp, 120_000, Some(mufasa())));
+    h.core.cancel_call(h.at(10), id, CancelReason::Caller);
+    h.recv(100, &response(&invite, 401, "Unauthorized", Some("t"), &sha256_challenge(false), ""));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "the ACK only: no INVITE with credentials");
+    assert_eq!(outgoing(&h.events()), vec![OutgoingProgress::Failed(CallFailure::Cancelled)]);
+}

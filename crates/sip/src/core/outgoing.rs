@@ -24,6 +24,9 @@ use rand::Rng;
 use super::*;
 use crate::digest::Challenge;
 
+/// Calls being placed at once (from `place_call` until their last INVITE transaction ends).
+pub const MAX_OUTGOING_CALLS: usize = 10_000;
+
 /// What the core keeps about a call we placed.
 #[derive(Debug)]
 pub(super) struct OutgoingState {
@@ -79,8 +82,9 @@ fn quoted(text: &str) -> String {
 fn classify(code: u16, reason: &str, cancel: Option<CancelReason>) -> CallFailure {
     match (code, cancel) {
         (486 | 600, _) => CallFailure::Busy { status: code },
-        (487, Some(reason)) => OutgoingState::cancelled_outcome(reason),
-        (401 | 407, _) => CallFailure::AuthFailed { status: code },
+        // We cancelled: its 487, or a challenge we chose not to answer.
+        (401 | 407 | 487, Some(reason)) => OutgoingState::cancelled_outcome(reason),
+        (401 | 407, None) => CallFailure::AuthFailed { status: code },
         (408, _) => CallFailure::Unreachable { reason: format!("{code} {reason}") },
         _ => CallFailure::Rejected { status: code, reason: reason.to_string() },
     }
@@ -107,6 +111,11 @@ impl Core {
         }
         if self.contact_for(call.transport).is_none() {
             return Err(format!("no {} address of ours for Via and Contact", call.transport.as_upper()));
+        }
+        // The table is bounded: the application limits concurrent calls (trunk
+        // max_concurrent); this is the backstop that refuses rather than grows.
+        if self.outgoing.len() >= MAX_OUTGOING_CALLS {
+            return Err(format!("{MAX_OUTGOING_CALLS} calls already being placed"));
         }
         let id = OutgoingId(self.fresh_id());
         let call_id = format!("{}{}", self.random_token(), self.random_token());
