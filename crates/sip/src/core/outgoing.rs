@@ -443,16 +443,21 @@ impl Core {
     ) -> Option<DialogId> {
         let dialog_id = DialogId(self.fresh_id());
         let state = self.outgoing.get(&id)?;
+        // A Contact we cannot route to (missing, or not a SIP URI) leaves the Request-URI as the
+        // remote target: the dialog must stay usable for the ACK and the BYE.
         let remote_target = response
             .header("Contact")
             .and_then(NameAddr::parse)
             .map(|c| c.uri)
+            .filter(|uri| SipUri::parse(uri).is_some())
             .unwrap_or_else(|| state.call.request_uri.clone());
-        // §12.1.2: the route set is the Record-Route list in reverse order.
+        // §12.1.2: the route set is the Record-Route list in reverse order (entries that are not
+        // SIP URIs cannot be routed through and are left out).
         let mut route_set: Vec<String> = response
             .header_values("Record-Route")
             .flat_map(crate::message::split_top_level_commas)
             .map(|r| r.trim().to_string())
+            .filter(|r| NameAddr::parse(r).and_then(|r| SipUri::parse(&r.uri)).is_some())
             .collect();
         route_set.reverse();
         let call_id = state.call_id.clone();
@@ -490,7 +495,11 @@ impl Core {
             .dialog_next_hop(dialog_id)
             .and_then(|hop| hop.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, hop.port)))
             .unwrap_or(fallback);
-        let (mut ack, mut transmit, _) = self.build_in_dialog(dialog_id, Method::Ack, cseq, destination)?;
+        let Some((mut ack, mut transmit, _)) = self.build_in_dialog(dialog_id, Method::Ack, cseq, destination) else {
+            // Not reachable with the checks above; never keep a dialog we cannot ACK.
+            self.end_dialog(dialog_id);
+            return None;
+        };
         if let Some((name, value)) = authorization {
             ack.push_header(name, value);
         }
