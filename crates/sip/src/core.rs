@@ -138,7 +138,8 @@ pub enum ByeOutcome {
 /// Dialog events for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum DialogEvent {
-    /// UAS: the ACK for our 2xx arrived.
+    /// The dialog is confirmed: UAS, the ACK for our 2xx arrived; UAC, we received the 2xx and
+    /// sent our ACK (reported right after the call's `Answered`).
     Confirmed,
     /// The peer hung up (its BYE already answered 200).
     RemoteBye,

@@ -115,6 +115,7 @@ async fn udp_call_answered_acked_and_hung_up() {
         other => panic!("expected Answered, got {other:?}"),
     };
     assert_eq!(dialog.call_id(), call.call_id());
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
     let (ack, _) = recv_method(&uas, Method::Ack).await;
     assert_eq!(ack.cseq().unwrap().0, invite.cseq().unwrap().0);
     // After the final step, progress pends (the dialog has been handed out).
@@ -163,6 +164,7 @@ async fn udp_call_busy_and_remote_bye() {
     uas.send_to(bye.as_bytes(), from).await.unwrap();
     let (ok, _) = recv_udp(&uas).await;
     assert_eq!(ok.status(), Some(200));
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
     assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::RemoteBye));
     endpoint.shutdown().await;
 }

@@ -256,6 +256,7 @@ fn answered_call_is_acked_from_the_dialog() {
         }
         other => panic!("expected Answered, got {other:?}"),
     };
+    assert_eq!(events.last(), Some(&CoreEvent::Dialog { dialog, notice: DialogEvent::Confirmed }));
     assert_eq!(h.core.dialog_role(dialog), Some(Role::Uac));
     let sent = h.sent();
     assert_eq!(sent.len(), 1);

@@ -430,6 +430,10 @@ impl Core {
         let sdp_answer = String::from_utf8_lossy(&response.body).into_owned();
         self.events
             .push_back(CoreEvent::Outgoing { call: id, progress: OutgoingProgress::Answered { dialog, sdp_answer } });
+        // §12.1.2: the 2xx confirms a UAC's dialog (our ACK is sent). Reported like the UAS's
+        // ACK, so that whoever waits for a confirmed dialog before sending media need not
+        // know the role.
+        self.events.push_back(CoreEvent::Dialog { dialog, notice: DialogEvent::Confirmed });
     }
 
     /// §12.1.2: the UAC's dialog from a 2xx, and the ACK for it (§13.2.2.4: a new request with
