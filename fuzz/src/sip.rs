@@ -221,7 +221,11 @@ impl CoreHarness {
                 },
                 CoreEvent::InviteCancelled { invite } => self.app.pending_invites.retain(|i| *i != invite),
                 CoreEvent::ByeNeedsResolution { dialog, .. } => self.core.bye_unresolvable(dialog),
-                CoreEvent::Dialog { .. } | CoreEvent::ByeFinished { .. } => {}
+                // This harness drives the server side only: no request or call of ours to end.
+                CoreEvent::Dialog { .. }
+                | CoreEvent::ByeFinished { .. }
+                | CoreEvent::RequestFinished { .. }
+                | CoreEvent::Outgoing { .. } => {}
             }
         }
     }
