@@ -1112,11 +1112,13 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
                                 let writer = register_connection(&shared, stream, transmit.destination);
                                 let _ = writer.send(transmit.payload);
                             }
-                            Err(error) => tracing::debug!(
-                                %error,
-                                destination = %transmit.destination,
-                                "TCP connect failed"
-                            ),
+                            Err(error) => {
+                                tracing::debug!(%error, destination = %transmit.destination, "TCP connect failed");
+                                // §17.1.1.2 / §17.1.2.2: a transport error ends our requests to
+                                // that peer now instead of at Timer B or F.
+                                shared.core().transport_failed(transmit.destination);
+                                shared.wake.notify_one();
+                            }
                         }
                     });
                 }

@@ -115,6 +115,7 @@ async fn udp_call_answered_acked_and_hung_up() {
         other => panic!("expected Answered, got {other:?}"),
     };
     assert_eq!(dialog.call_id(), call.call_id());
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
     let (ack, _) = recv_method(&uas, Method::Ack).await;
     assert_eq!(ack.cseq().unwrap().0, invite.cseq().unwrap().0);
     // After the final step, progress pends (the dialog has been handed out).
@@ -163,6 +164,7 @@ async fn udp_call_busy_and_remote_bye() {
     uas.send_to(bye.as_bytes(), from).await.unwrap();
     let (ok, _) = recv_udp(&uas).await;
     assert_eq!(ok.status(), Some(200));
+    assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
     assert_eq!(timeout(WAIT, dialog.next_event()).await.unwrap(), Some(DialogEvent::RemoteBye));
     endpoint.shutdown().await;
 }
@@ -215,6 +217,22 @@ async fn udp_call_cancelled_after_ringing() {
     uas.send_to(&response(&invite, 487, "Request Terminated", "", ""), from).await.unwrap();
     assert!(matches!(progress(&mut call).await, CallProgress::Failed(CallFailure::Cancelled)));
     recv_method(&uas, Method::Ack).await;
+    endpoint.shutdown().await;
+}
+
+/// Nobody listens: the refused TCP connection fails the call at once (not after Timer B).
+#[tokio::test]
+async fn tcp_call_to_a_closed_port_is_unreachable_at_once() {
+    let (endpoint, _calls) = start().await;
+    let closed = {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        listener.local_addr().unwrap()
+    };
+    let mut call = endpoint.place_call(outgoing(closed, Transport::Tcp, None)).unwrap();
+    match progress(&mut call).await {
+        CallProgress::Failed(CallFailure::Unreachable { reason }) => assert!(reason.contains("TCP"), "{reason}"),
+        other => panic!("expected unreachable, got {other:?}"),
+    }
     endpoint.shutdown().await;
 }
 

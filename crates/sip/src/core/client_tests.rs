@@ -3,6 +3,8 @@
 //! non-INVITE requests.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice)]
 
+use std::time::Duration;
+
 use super::*;
 use crate::client::Credentials;
 use crate::digest::Challenge;
@@ -254,6 +256,7 @@ fn answered_call_is_acked_from_the_dialog() {
         }
         other => panic!("expected Answered, got {other:?}"),
     };
+    assert_eq!(events.last(), Some(&CoreEvent::Dialog { dialog, notice: DialogEvent::Confirmed }));
     assert_eq!(h.core.dialog_role(dialog), Some(Role::Uac));
     let sent = h.sent();
     assert_eq!(sent.len(), 1);
@@ -593,4 +596,121 @@ fn bye_received_on_a_uac_dialog() {
     assert_eq!(sent[0].1.status(), Some(200));
     assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye }]);
     assert_eq!(h.core.live_state().1, 0);
+}
+
+/// A TCP connection that cannot be opened ends the INVITE at once: unreachable, not Timer B.
+#[test]
+fn tcp_connect_failure_ends_the_call_at_once() {
+    let mut h = Harness::new();
+    let (id, _) = h.place(call(Transport::Tcp, 120_000, None));
+    h.core.transport_failed(TRUNK.parse().unwrap());
+    assert_eq!(
+        h.events(),
+        vec![CoreEvent::Outgoing {
+            call: id,
+            progress: OutgoingProgress::Failed(CallFailure::Unreachable {
+                reason: "cannot connect to 127.0.0.1:5080 over TCP".into()
+            })
+        }]
+    );
+    assert_eq!(h.core.live_state(), (0, 0, 0));
+    assert_eq!(h.core.poll_timeout(), None);
+}
+
+/// A challenge that arrives after we cancelled is not answered: the outcome is the
+/// cancellation, not an authentication failure.
+#[test]
+fn a_challenge_after_our_cancel_ends_as_cancelled() {
+    let mut h = Harness::new();
+    let (id, invite) = h.place(call(Transport::Udp, 120_000, Some(mufasa())));
+    h.core.cancel_call(h.at(10), id, CancelReason::Caller);
+    h.recv(100, &response(&invite, 401, "Unauthorized", Some("t"), &sha256_challenge(false), ""));
+    let sent = h.sent();
+    assert_eq!(sent.len(), 1, "the ACK only: no INVITE with credentials");
+    assert_eq!(outgoing(&h.events()), vec![OutgoingProgress::Failed(CallFailure::Cancelled)]);
+}
+
+/// Runs every timer in order up to `until_ms` (as the shell does), answering the core like an
+/// application would: answered calls are hung up, host names never resolve.
+fn settle(h: &mut Harness, until_ms: u64) {
+    let until = h.at(until_ms);
+    let mut fired = 0u32;
+    loop {
+        for event in h.events() {
+            match event {
+                CoreEvent::Outgoing { progress: OutgoingProgress::Answered { dialog, .. }, .. } => {
+                    let now = h.core.poll_timeout().unwrap_or(h.base).max(h.base);
+                    h.core.hangup(now, dialog);
+                }
+                CoreEvent::ByeNeedsResolution { dialog, .. } => h.core.bye_unresolvable(dialog),
+                _ => {}
+            }
+        }
+        // Whatever we send must parse.
+        h.sent();
+        match h.core.poll_timeout() {
+            Some(deadline) if deadline <= until => h.core.handle_timeout(deadline),
+            _ => break,
+        }
+        fired += 1;
+        assert!(fired < 100_000, "timer storm");
+    }
+}
+
+/// No response to our INVITE or CANCEL, however mangled, panics the core, makes it send
+/// something unreadable, or leaves state behind once the timers have run.
+#[test]
+fn mutated_responses_never_panic_and_leave_nothing_behind() {
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+    let mut rng = StdRng::seed_from_u64(7);
+    let challenge = sha256_challenge(false);
+    let proxy_challenge = challenge.replace("WWW-Authenticate", "Proxy-Authenticate");
+    for round in 0..120 {
+        let mut h = Harness::new();
+        let (id, invite) = h.place(call(Transport::Udp, 20_000, Some(mufasa())));
+        let ringing = response(&invite, 180, "Ringing", Some("callee"), "", "");
+        let vectors = [
+            ringing.clone(),
+            ok_200(&invite, "callee"),
+            response(&invite, 401, "Unauthorized", Some("t"), &challenge, ""),
+            response(&invite, 407, "Proxy Authentication Required", Some("t"), &proxy_challenge, ""),
+            response(&invite, 486, "Busy Here", Some("callee"), "", ""),
+            response(&invite, 487, "Request Terminated", Some("callee"), "", ""),
+        ];
+        // Half the rounds ring and cancel first, so that CANCEL responses and 487s meet a CANCEL.
+        if round % 2 == 1 {
+            h.recv(10, &ringing);
+            h.core.cancel_call(h.at(20), id, CancelReason::Caller);
+            h.sent();
+        }
+        for vector in &vectors {
+            for _ in 0..20 {
+                let mut mutated = vector.clone().into_bytes();
+                for _ in 0..rng.random_range(1..6) {
+                    if mutated.is_empty() {
+                        break;
+                    }
+                    let at = rng.random_range(0..mutated.len());
+                    match rng.random_range(0..4) {
+                        0 => mutated[at] = rng.random(),
+                        1 => {
+                            mutated.remove(at);
+                        }
+                        2 => mutated.truncate(at),
+                        _ => {
+                            let specials = b"\r\n:;<>\",=@ \t\xff";
+                            mutated.insert(at, specials[rng.random_range(0..specials.len())]);
+                        }
+                    }
+                }
+                let origin = Origin { transport: Transport::Udp, source: TRUNK.parse().unwrap(), connection: None };
+                h.core.handle_message(h.at(30), origin, &mutated);
+            }
+            h.recv(40, vector);
+        }
+        settle(&mut h, 400_000);
+        assert_eq!(h.core.live_state(), (0, 0, 0), "round {round}");
+        assert!(h.core.outgoing.is_empty(), "round {round}: call state left behind");
+    }
 }

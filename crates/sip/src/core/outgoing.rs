@@ -24,6 +24,9 @@ use rand::Rng;
 use super::*;
 use crate::digest::Challenge;
 
+/// Calls being placed at once (from `place_call` until their last INVITE transaction ends).
+pub const MAX_OUTGOING_CALLS: usize = 10_000;
+
 /// What the core keeps about a call we placed.
 #[derive(Debug)]
 pub(super) struct OutgoingState {
@@ -79,8 +82,9 @@ fn quoted(text: &str) -> String {
 fn classify(code: u16, reason: &str, cancel: Option<CancelReason>) -> CallFailure {
     match (code, cancel) {
         (486 | 600, _) => CallFailure::Busy { status: code },
-        (487, Some(reason)) => OutgoingState::cancelled_outcome(reason),
-        (401 | 407, _) => CallFailure::AuthFailed { status: code },
+        // We cancelled: its 487, or a challenge we chose not to answer.
+        (401 | 407 | 487, Some(reason)) => OutgoingState::cancelled_outcome(reason),
+        (401 | 407, None) => CallFailure::AuthFailed { status: code },
         (408, _) => CallFailure::Unreachable { reason: format!("{code} {reason}") },
         _ => CallFailure::Rejected { status: code, reason: reason.to_string() },
     }
@@ -107,6 +111,11 @@ impl Core {
         }
         if self.contact_for(call.transport).is_none() {
             return Err(format!("no {} address of ours for Via and Contact", call.transport.as_upper()));
+        }
+        // The table is bounded: the application limits concurrent calls (trunk
+        // max_concurrent); this is the backstop that refuses rather than grows.
+        if self.outgoing.len() >= MAX_OUTGOING_CALLS {
+            return Err(format!("{MAX_OUTGOING_CALLS} calls already being placed"));
         }
         let id = OutgoingId(self.fresh_id());
         let call_id = format!("{}{}", self.random_token(), self.random_token());
@@ -324,6 +333,39 @@ impl Core {
         }
     }
 
+    /// A TCP connection to `destination` could not be opened: every client transaction of
+    /// ours still waiting on it ends as a transport error would end it (§17.1.1.2, §17.1.2.2):
+    /// calls fail as unreachable, BYEs and other requests as timed out.
+    pub fn transport_failed(&mut self, destination: SocketAddr) {
+        let waiting_on = |t: &Transmit| t.transport == Transport::Tcp && t.destination == destination;
+        let invites: Vec<(String, OutgoingId)> = self
+            .client_invites
+            .iter()
+            .filter(|(_, (_, tx))| !tx.has_response() && waiting_on(tx.transmit()))
+            .map(|(branch, (call, _))| (branch.clone(), *call))
+            .collect();
+        for (branch, call) in invites {
+            self.client_invites.remove(&branch);
+            let current = self.outgoing.get(&call).is_some_and(|s| s.branch == branch);
+            if current {
+                let reason = format!("cannot connect to {destination} over TCP");
+                self.finish_outgoing(call, CallFailure::Unreachable { reason });
+            }
+            self.forget_outgoing_if_done(call);
+        }
+        let requests: Vec<ClientKey> = self
+            .client_transactions
+            .iter()
+            .filter(|(_, entry)| entry.transaction.is_waiting() && waiting_on(entry.transaction.transmit()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in requests {
+            if let Some(entry) = self.client_transactions.remove(&key) {
+                self.request_timed_out(entry.owner);
+            }
+        }
+    }
+
     /// Ring timeouts (CANCEL) and CANCELs left without a final response for 64*T1.
     pub(super) fn outgoing_timeouts(&mut self, now: Instant) {
         let ringing_out: Vec<OutgoingId> = self
@@ -388,6 +430,10 @@ impl Core {
         let sdp_answer = String::from_utf8_lossy(&response.body).into_owned();
         self.events
             .push_back(CoreEvent::Outgoing { call: id, progress: OutgoingProgress::Answered { dialog, sdp_answer } });
+        // §12.1.2: the 2xx confirms a UAC's dialog (our ACK is sent). Reported like the UAS's
+        // ACK, so that whoever waits for a confirmed dialog before sending media need not
+        // know the role.
+        self.events.push_back(CoreEvent::Dialog { dialog, notice: DialogEvent::Confirmed });
     }
 
     /// §12.1.2: the UAC's dialog from a 2xx, and the ACK for it (§13.2.2.4: a new request with
@@ -401,16 +447,21 @@ impl Core {
     ) -> Option<DialogId> {
         let dialog_id = DialogId(self.fresh_id());
         let state = self.outgoing.get(&id)?;
+        // A Contact we cannot route to (missing, or not a SIP URI) leaves the Request-URI as the
+        // remote target: the dialog must stay usable for the ACK and the BYE.
         let remote_target = response
             .header("Contact")
             .and_then(NameAddr::parse)
             .map(|c| c.uri)
+            .filter(|uri| SipUri::parse(uri).is_some())
             .unwrap_or_else(|| state.call.request_uri.clone());
-        // §12.1.2: the route set is the Record-Route list in reverse order.
+        // §12.1.2: the route set is the Record-Route list in reverse order (entries that are not
+        // SIP URIs cannot be routed through and are left out).
         let mut route_set: Vec<String> = response
             .header_values("Record-Route")
             .flat_map(crate::message::split_top_level_commas)
             .map(|r| r.trim().to_string())
+            .filter(|r| NameAddr::parse(r).and_then(|r| SipUri::parse(&r.uri)).is_some())
             .collect();
         route_set.reverse();
         let call_id = state.call_id.clone();
@@ -448,7 +499,11 @@ impl Core {
             .dialog_next_hop(dialog_id)
             .and_then(|hop| hop.host.parse::<IpAddr>().ok().map(|ip| SocketAddr::new(ip, hop.port)))
             .unwrap_or(fallback);
-        let (mut ack, mut transmit, _) = self.build_in_dialog(dialog_id, Method::Ack, cseq, destination)?;
+        let Some((mut ack, mut transmit, _)) = self.build_in_dialog(dialog_id, Method::Ack, cseq, destination) else {
+            // Not reachable with the checks above; never keep a dialog we cannot ACK.
+            self.end_dialog(dialog_id);
+            return None;
+        };
         if let Some((name, value)) = authorization {
             ack.push_header(name, value);
         }

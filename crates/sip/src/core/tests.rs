@@ -1,6 +1,8 @@
 //! State-machine tests on a virtual clock: a base `Instant` plus offsets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice)]
 
+use std::time::Duration;
+
 use super::*;
 use crate::message::parse_message;
 

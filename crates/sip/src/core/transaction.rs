@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 pub mod client_invite;
 pub mod client_non_invite;
+pub mod server_invite;
+pub mod server_non_invite;
 
 /// A retransmission timer that starts at T1 and doubles, optionally up to a ceiling (RFC 3261
 /// Timers A, E, G and the 2xx retransmission of §13.3.1.4). Never armed over a reliable

@@ -120,6 +120,11 @@ impl ClientNonInvite {
         &self.transmit
     }
 
+    /// Whether it still waits for a final response (Trying or Proceeding).
+    pub fn is_waiting(&self) -> bool {
+        matches!(self.state, ClientNonInviteState::Trying | ClientNonInviteState::Proceeding)
+    }
+
     /// A response matched to this transaction (§17.1.3).
     pub fn on_response(&mut self, now: Instant, code: u16) -> NonInviteResponse {
         match self.state {
