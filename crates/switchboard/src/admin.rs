@@ -82,6 +82,10 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     }
     let active = gw.active_calls.load(Ordering::Acquire);
     let limit = gw.config.calls.max_concurrent;
+    if gw.capacity_saturated.load(Ordering::Acquire) {
+        // Same answer as INVITE and OPTIONS get: a load balancer steers new calls elsewhere.
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: pacing saturated ({active} calls)\n"));
+    }
     if active >= limit {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: at the call limit ({active}/{limit})\n"));
     }

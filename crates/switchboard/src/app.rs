@@ -19,7 +19,9 @@ use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::end::Refusal;
 use crate::call::{self, CallSlot};
 use crate::calls::CallRegistry;
+use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
+use crate::media_clock::{LATENESS_WINDOW, MediaClock};
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
@@ -39,6 +41,10 @@ pub struct GatewayState {
     pub ready: AtomicBool,
     /// Per-source limits, checked before a call costs anything.
     pub admission: Mutex<Admission>,
+    /// Paces and sends every call's outbound RTP (one thread, see `media_clock`).
+    pub media_clock: Arc<MediaClock>,
+    /// True while capacity admission refuses new calls (`capacity.rs`, `watch_capacity`).
+    pub capacity_saturated: AtomicBool,
     /// Rate limit on the "refused by per-source admission" warning.
     admission_warnings: Mutex<WarningLimiter>,
     /// Set once, when a task the gateway cannot live without has ended: what ended and why.
@@ -98,6 +104,8 @@ pub enum StartError {
     Admin { addr: SocketAddr, source: std::io::Error },
     #[error("offline agent: {0}")]
     OfflineAgent(std::io::Error),
+    #[error("media clock thread: {0}")]
+    MediaClock(std::io::Error),
 }
 
 pub struct RunningGateway {
@@ -159,6 +167,8 @@ pub async fn start(
         shutdown,
         ready: AtomicBool::new(false),
         admission: Mutex::new(admission),
+        media_clock: MediaClock::start().map_err(StartError::MediaClock)?,
+        capacity_saturated: AtomicBool::new(false),
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
         resolved,
@@ -222,6 +232,7 @@ pub async fn start(
     let accept_abort = accept_task.abort_handle();
     let (fatal_tx, fatal) = watch::channel(None);
     tokio::spawn(supervise(Arc::clone(&state), sip.clone(), accept_task, admin_task, fatal_tx));
+    tokio::spawn(watch_capacity(Arc::clone(&state), sip.clone()));
     state.ready.store(true, Ordering::Release);
     metrics::gauge!(telemetry::UP).set(1.0);
 
@@ -233,6 +244,10 @@ pub async fn start(
 fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
     if *state.shutdown.borrow() {
         call::refuse_early(state, call, Refusal::ShuttingDown);
+        return;
+    }
+    if state.capacity_saturated.load(Ordering::Acquire) {
+        refuse_saturated(state, call);
         return;
     }
     let source = call.info.source.ip();
@@ -273,6 +288,65 @@ fn refuse_by_admission(state: &GatewayState, call: IncomingCall, refusal: Admiss
             suppressed_since_last = suppressed,
             "INVITE refused: source over its per-source limit (sip.invite_rate_per_source / calls.max_per_source)"
         );
+    }
+}
+
+/// 503 + Retry-After while capacity admission says the machine is full. Logged once per
+/// transition by `watch_capacity`, here only at debug level (a flood must not flood the log).
+fn refuse_saturated(state: &GatewayState, call: IncomingCall) {
+    let retry_after = state.config.calls.retry_after_secs.to_string();
+    tracing::debug!(call_id = %Escaped(&call.info.call_id), "INVITE refused: pacing saturated");
+    call.invite.reject(503, "Service Unavailable", &[("Retry-After", retry_after.as_str())]);
+    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => "refused", "reason" => "saturated").increment(1);
+}
+
+/// Capacity admission's shell: reads the media clock's lateness once per window, feeds the
+/// sans-IO [`CapacityGate`], and applies its transitions: the flag `accept_call` and `/readyz`
+/// read, the OPTIONS answer, the `switchboard_capacity_saturated` gauge.
+async fn watch_capacity(state: Arc<GatewayState>, sip: SipEndpoint) {
+    let mut gate = CapacityGate::new(state.config.calls.capacity());
+    metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
+    let mut shutdown = state.shutdown.subscribe();
+    // Four looks per window: a window is seen at most a quarter window after it ends.
+    let mut tick = tokio::time::interval(LATENESS_WINDOW / 4);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_window = 0;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|stop| *stop) => return,
+            _ = tick.tick() => {}
+        }
+        let window = state.media_clock.lateness();
+        if window.window == last_window {
+            continue;
+        }
+        last_window = window.window;
+        metrics::gauge!(telemetry::MEDIA_CLOCK_LATENESS_P99_SECONDS).set(window.p99.as_secs_f64());
+        match gate.observe(Instant::now(), window) {
+            Some(Transition::Saturated { p99 }) => {
+                state.capacity_saturated.store(true, Ordering::Release);
+                metrics::gauge!(telemetry::CAPACITY_SATURATED).set(1.0);
+                sip.set_options_response(503);
+                warn!(
+                    p99_ms = p99.as_secs_f64() * 1000.0,
+                    active_calls = state.active_calls.load(Ordering::Acquire),
+                    "pacing saturated: refusing new calls (calls.saturation_lateness_ms)"
+                );
+            }
+            Some(Transition::Recovered) => {
+                state.capacity_saturated.store(false, Ordering::Release);
+                metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
+                // Shutdown and failure keep their 503.
+                if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !*state.shutdown.borrow() {
+                    sip.set_options_response(200);
+                }
+                info!(
+                    active_calls = state.active_calls.load(Ordering::Acquire),
+                    "pacing recovered: taking calls again"
+                );
+            }
+            None => {}
+        }
     }
 }
 

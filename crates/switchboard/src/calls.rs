@@ -10,7 +10,6 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
-use base64::Engine;
 use serde::Serialize;
 use tokio::sync::watch;
 
@@ -300,10 +299,14 @@ pub fn redact_party(text: &str) -> String {
     Redacted(user).to_string()
 }
 
-/// 128 random bits, URL-safe base64 without padding (22 characters).
+/// 128 random bits as 32 lowercase hex digits (URL-safe, unguessable).
 fn new_call_id() -> String {
+    use std::fmt::Write;
     let bytes: [u8; 16] = rand::random();
-    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    bytes.iter().fold(String::with_capacity(32), |mut id, byte| {
+        let _ = write!(id, "{byte:02x}");
+        id
+    })
 }
 
 /// `2026-11-30T11:43:09Z` (RFC 3339, UTC, whole seconds).
@@ -360,8 +363,8 @@ mod tests {
     fn a_call_is_listed_while_its_guard_lives_and_numbers_are_redacted() {
         let registry = CallRegistry::new(10);
         let (guard, _) = registry.register(outbound("carrier", 2), at(0)).unwrap();
-        assert_eq!(guard.id().len(), 22);
-        assert!(guard.id().chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'));
+        assert_eq!(guard.id().len(), 32);
+        assert!(guard.id().chars().all(|c| c.is_ascii_hexdigit()));
         guard.set_state(CallState::Ringing);
         guard.set_codec("PCMU");
         let listed = registry.list();

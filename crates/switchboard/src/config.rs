@@ -127,6 +127,12 @@ pub struct CallsConfig {
     pub retry_after_secs: u32,
     /// Calls up at once from one source address; more get 503 with Retry-After. 0: no limit.
     pub max_per_source: u32,
+    /// Capacity admission (`capacity.rs`): new calls get 503 (and OPTIONS 503) once the p99 of
+    /// outbound RTP send lateness over one second exceeds this. 0: off.
+    pub saturation_lateness_ms: u32,
+    /// ...until the p99 has stayed at or below this for `saturation_hold_secs`.
+    pub recovery_lateness_ms: u32,
+    pub saturation_hold_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -328,9 +334,27 @@ impl Default for RealtimeConfig {
     }
 }
 
+impl CallsConfig {
+    /// The capacity admission thresholds.
+    pub fn capacity(&self) -> crate::capacity::CapacityConfig {
+        crate::capacity::CapacityConfig {
+            saturation_lateness: std::time::Duration::from_millis(u64::from(self.saturation_lateness_ms)),
+            recovery_lateness: std::time::Duration::from_millis(u64::from(self.recovery_lateness_ms)),
+            hold: std::time::Duration::from_secs(u64::from(self.saturation_hold_secs)),
+        }
+    }
+}
+
 impl Default for CallsConfig {
     fn default() -> Self {
-        CallsConfig { max_concurrent: 500, retry_after_secs: 5, max_per_source: 20 }
+        CallsConfig {
+            max_concurrent: 500,
+            retry_after_secs: 5,
+            max_per_source: 20,
+            saturation_lateness_ms: 10,
+            recovery_lateness_ms: 4,
+            saturation_hold_secs: 5,
+        }
     }
 }
 
@@ -585,6 +609,15 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());
     }
+    if cfg.calls.saturation_lateness_ms > 1000 {
+        bad("calls.saturation_lateness_ms", "must be at most 1000 (0 turns capacity admission off)".into());
+    }
+    if cfg.calls.saturation_lateness_ms > 0 && cfg.calls.recovery_lateness_ms > cfg.calls.saturation_lateness_ms {
+        bad("calls.recovery_lateness_ms", "must not be above calls.saturation_lateness_ms".into());
+    }
+    if cfg.calls.saturation_hold_secs > 3600 {
+        bad("calls.saturation_hold_secs", "must be at most 3600".into());
+    }
     let admin_listen = optional_addr("admin.listen", &cfg.admin.listen, &mut bad);
     if admin_listen.is_some_and(|addr| !addr.ip().is_loopback()) && cfg.admin.token.is_empty() {
         bad(
@@ -653,7 +686,10 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         };
         if listener.is_empty() {
             // Responses come back to where we listen (RFC 3261 §18.1.1): no listener, no calls.
-            bad(&key("transport"), format!("{:?} needs sip.{:?} to be set", trunk.transport, trunk.transport).to_lowercase());
+            bad(
+                &key("transport"),
+                format!("{:?} needs sip.{:?} to be set", trunk.transport, trunk.transport).to_lowercase(),
+            );
         }
         if trunk.username.is_empty() && !trunk.password.is_empty() {
             bad(&key("username"), "a password is set but no username".into());

@@ -19,9 +19,19 @@ pub const REALTIME_EVENTS_UNKNOWN_TOTAL: &str = "switchboard_realtime_unknown_ev
 pub const REALTIME_ERRORS_TOTAL: &str = "switchboard_realtime_errors_total";
 pub const REALTIME_FAILED_RESPONSES_TOTAL: &str = "switchboard_realtime_failed_responses_total";
 pub const AGENT_AUDIO_DROPPED_FRAMES_TOTAL: &str = "switchboard_agent_audio_dropped_frames_total";
+/// Caller audio appends dropped because the call's Realtime writer queue was full.
+pub const REALTIME_APPENDS_DROPPED_TOTAL: &str = "switchboard_realtime_appends_dropped_total";
 pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
 pub const INBOUND_PROCESSING_SECONDS: &str = "switchboard_inbound_processing_seconds";
 pub const OUTBOUND_PROCESSING_SECONDS: &str = "switchboard_outbound_processing_seconds";
+/// Outbound RTP packets the media clock could not send, by reason (would_block, error).
+pub const RTP_SEND_DROPPED_TOTAL: &str = "switchboard_rtp_send_dropped_total";
+/// Times the media clock found a call's lock busy and retried it shortly after.
+pub const MEDIA_CLOCK_BUSY_RETRIES_TOTAL: &str = "switchboard_media_clock_busy_retries_total";
+/// 1 while capacity admission refuses new calls (pacing lateness over the threshold), else 0.
+pub const CAPACITY_SATURATED: &str = "switchboard_capacity_saturated";
+/// p99 send lateness of the last media clock window, seconds (what capacity admission reads).
+pub const MEDIA_CLOCK_LATENESS_P99_SECONDS: &str = "switchboard_media_clock_lateness_p99_seconds";
 /// 1 while the gateway can work; 0 once a task it cannot live without has ended.
 pub const UP: &str = "switchboard_up";
 /// Sources tracked by per-source admission.
@@ -92,6 +102,22 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_histogram!(
         OUTBOUND_PROCESSING_SECONDS,
         "Model audio delta received to its RTP frames queued in the pacer."
+    );
+    metrics::describe_counter!(
+        RTP_SEND_DROPPED_TOTAL,
+        "Outbound RTP packets not sent by the media clock, by reason (would_block: socket buffer full; error)."
+    );
+    metrics::describe_counter!(
+        MEDIA_CLOCK_BUSY_RETRIES_TOTAL,
+        "Times the media clock found a call busy and retried it 200 us later."
+    );
+    metrics::describe_gauge!(
+        CAPACITY_SATURATED,
+        "1 while new calls are refused because pacing lateness is over the threshold."
+    );
+    metrics::describe_gauge!(
+        MEDIA_CLOCK_LATENESS_P99_SECONDS,
+        "p99 outbound RTP send lateness over the media clock's last 1 s window."
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");

@@ -1,6 +1,6 @@
 //! One call from INVITE to its end: route, negotiate, open the Realtime session, answer, bridge.
 
-pub mod bridge;
+pub mod core;
 pub mod end;
 pub mod outbound;
 pub mod session;
