@@ -251,4 +251,92 @@ mod tests {
         assert_eq!(field("not json"), None);
         assert!(parse_request(br#"{"to": "1", "agent": "default", "variables": {"a": "b"}}"#).is_ok());
     }
+
+    /// The calls API in-process, with a fake trunk on a loopback UDP socket that answers every
+    /// INVITE with 486: the token is required, requests are checked, and the busy outcome of a
+    /// call placed through the trunk is visible after it ended.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_calls_api_places_a_call_and_reports_its_outcome() {
+        use std::io::Write as _;
+        use std::time::Duration;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        let trunk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let trunk_addr = trunk.local_addr().unwrap();
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        write!(
+            file,
+            "[sip]\nudp = \"127.0.0.1:0\"\ntcp = \"\"\n[media]\nbind = \"127.0.0.1\"\n\
+             [admin]\nlisten = \"127.0.0.1:0\"\ntoken = \"t0ken\"\n[trunks.fake]\naddress = \"{trunk_addr}\"\n"
+        )
+        .unwrap();
+        let (config, resolved) = crate::config::load_with_env(file.path(), &[]).unwrap();
+        let gateway = crate::app::start(config, resolved, None).await.unwrap();
+        let admin = gateway.admin_addr().unwrap();
+
+        let request = |method: &'static str, path: String, token: Option<&'static str>, body: &'static str| async move {
+            let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+            let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+            let head = format!(
+                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            stream.write_all(head.as_bytes()).await.unwrap();
+            let mut response = String::new();
+            stream.read_to_string(&mut response).await.unwrap();
+            let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+            (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+        };
+
+        let good = r#"{"to": "+1 555 0100", "agent": "default"}"#;
+        assert_eq!(request("POST", "/v1/calls".into(), None, good).await.0, 401);
+        assert_eq!(request("POST", "/v1/calls".into(), Some("t0ker"), good).await.0, 401);
+        let (status, body) =
+            request("POST", "/v1/calls".into(), Some("t0ken"), r#"{"to": "x y", "agent": "default"}"#).await;
+        assert_eq!((status, body.contains(r#""field":"to""#)), (400, true), "{body}");
+        let (status, body) =
+            request("POST", "/v1/calls".into(), Some("t0ken"), r#"{"to": "1", "agent": "ghost"}"#).await;
+        assert_eq!((status, body.contains(r#""field":"agent""#)), (404, true), "{body}");
+
+        let (status, body) = request("POST", "/v1/calls".into(), Some("t0ken"), good).await;
+        assert_eq!(status, 201, "{body}");
+        let id = serde_json::from_str::<serde_json::Value>(&body).unwrap()["id"].as_str().unwrap().to_string();
+
+        // The fake trunk: the INVITE carries our offer; answer 486 and take the ACK.
+        let mut buf = vec![0u8; 65_535];
+        let (len, from) =
+            tokio::time::timeout(Duration::from_secs(10), trunk.recv_from(&mut buf)).await.unwrap().unwrap();
+        let invite = String::from_utf8_lossy(&buf[..len]).to_string();
+        assert!(invite.starts_with("INVITE sip:+15550100@"), "{invite}");
+        assert!(invite.contains("m=audio "), "{invite}");
+        let copied: String = invite
+            .lines()
+            .filter(|l| {
+                ["via:", "from:", "to:", "call-id:", "cseq:"].iter().any(|h| l.to_ascii_lowercase().starts_with(h))
+            })
+            .map(|l| {
+                if l.to_ascii_lowercase().starts_with("to:") { format!("{l};tag=busy\r\n") } else { format!("{l}\r\n") }
+            })
+            .collect();
+        let busy = format!("SIP/2.0 486 Busy Here\r\n{copied}Content-Length: 0\r\n\r\n");
+        trunk.send_to(busy.as_bytes(), from).await.unwrap();
+
+        let mut outcome = serde_json::Value::Null;
+        for _ in 0..100 {
+            let (status, body) = request("GET", format!("/v1/calls/{id}"), Some("t0ken"), "").await;
+            assert_eq!(status, 200, "{body}");
+            outcome = serde_json::from_str(&body).unwrap();
+            if outcome["state"] == "ended" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(outcome["outcome"]["outcome"], "busy", "{outcome}");
+        assert_eq!(outcome["outcome"]["status"], 486, "{outcome}");
+        assert_eq!(outcome["to"], "…0100", "{outcome}");
+        assert_eq!(request("DELETE", format!("/v1/calls/{id}"), Some("t0ken"), "").await.0, 409);
+        assert_eq!(request("DELETE", "/v1/calls/nope".into(), Some("t0ken"), "").await.0, 404);
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
 }
