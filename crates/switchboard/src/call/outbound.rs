@@ -30,9 +30,9 @@ use tracing::{Instrument, info, info_span, warn};
 use super::end::CallEnd;
 use super::{CallDirection, CallSlot, Established, PTIME, converse, open_session, record_end};
 use crate::app::GatewayState;
-use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError};
+use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError, redact_party};
 use crate::config::{AgentConfig, Config, Resolved, TrunkConfig, TrunkTransport, is_sip_user};
-use crate::telemetry::{self, Escaped, Redacted};
+use crate::telemetry::{self, Escaped};
 
 /// What `POST /v1/calls` accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -206,6 +206,8 @@ pub enum StartError {
     GatewayFull,
     #[error("the trunk `{0}` carries its max_concurrent calls")]
     TrunkFull(String),
+    #[error("the gateway's pacing is saturated (calls.saturation_lateness_ms)")]
+    Saturated,
     #[error("the gateway is shutting down")]
     ShuttingDown,
     #[error("the gateway is not ready")]
@@ -224,6 +226,10 @@ pub fn start(state: &Arc<GatewayState>, plan: OutboundPlan) -> Result<String, St
     let Some(sip) = state.sip.get().cloned() else { return Err(StartError::NotReady) };
     if !state.ready.load(Ordering::Acquire) {
         return Err(StartError::NotReady);
+    }
+    // Pacing saturated (capacity.rs): a new call would degrade every call up, as for INVITEs.
+    if state.capacity_saturated.load(Ordering::Acquire) {
+        return Err(StartError::Saturated);
     }
     let slot = CallSlot::try_take(state).ok_or(StartError::GatewayFull)?;
     let new_call = NewCall {
@@ -252,7 +258,8 @@ async fn handle(
     hangup: watch::Receiver<bool>,
     slot: CallSlot,
 ) {
-    let span = info_span!("outbound", call = entry.id(), to = %Redacted(&plan.to), trunk = plan.trunk_name.as_str());
+    let to = redact_party(&plan.to);
+    let span = info_span!("outbound", call = entry.id(), to = %to, trunk = plan.trunk_name.as_str());
     async {
         info!(agent = plan.agent_name.as_str(), "placing an outbound call");
         let outcome = run(&state, &sip, &plan, &entry, hangup).await;
