@@ -357,6 +357,39 @@ fn digest_challenge_is_answered_and_delete_hangs_up() {
     assert_eq!(status, 409, "a second DELETE finds the call ended");
     let metrics = gateway.metrics();
     assert!(metrics.contains(r#"switchboard_outbound_calls_total{outcome="answered"} 2"#), "{metrics}");
+
+    // Inbound calls are listed too, and DELETE hangs them up the same way.
+    let sipp_dir = dir.clone();
+    let caller = std::thread::spawn(move || sipp::run("uac_wait_bye.xml", &[], &sipp_dir, ports, "15550001000", 0));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let inbound = loop {
+        let (status, body) = http(ports, "GET", "/v1/calls", None, None);
+        assert_eq!(status, 200, "{body}");
+        let list: Value = serde_json::from_str(&body).expect("JSON list");
+        let answered = list["calls"]
+            .as_array()
+            .expect("calls")
+            .iter()
+            .find(|c| c["direction"] == "inbound" && c["state"] == "answered")
+            .cloned();
+        if let Some(call) = answered {
+            break call;
+        }
+        assert!(Instant::now() < deadline, "the inbound call never showed up answered: {list}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(inbound["agent"], "default", "{inbound}");
+    assert_eq!(inbound["codec"], "PCMU", "{inbound}");
+    assert_eq!(inbound["to"], "…1000", "{inbound}");
+    let inbound_id = inbound["id"].as_str().expect("id");
+    assert_eq!(http(ports, "DELETE", &format!("/v1/calls/{inbound_id}"), None, None).0, 204);
+    let out = caller.join().expect("SIPp thread");
+    assert!(out.status.success(), "the inbound caller saw no BYE; gateway log:\n{}", gateway.log());
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.contains(r#"switchboard_calls_total{outcome="completed",reason="operator_hangup"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[test]
