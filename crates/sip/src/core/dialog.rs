@@ -47,9 +47,10 @@ pub(super) struct DialogState {
     pub(super) call_id: String,
     pub(super) local_tag: String,
     pub(super) remote_tag: String,
-    /// Our party (the INVITE's To with our tag) for From of our requests.
+    /// Our party, the From of our requests: UAS, the INVITE's To with our tag; UAC, our
+    /// INVITE's From.
     pub(super) local_party: String,
-    /// Their party (the INVITE's From) for To of our requests.
+    /// Their party, the To of our requests: UAS, the INVITE's From; UAC, the 2xx's To.
     pub(super) remote_party: String,
     pub(super) remote_target: String,
     pub(super) route_set: Vec<String>,
@@ -58,7 +59,9 @@ pub(super) struct DialogState {
     pub(super) remote_cseq: Option<u32>,
     pub(super) origin: Origin,
     pub(super) phase: DialogPhase,
+    /// UAS: our 2xx until its ACK.
     pub(super) pending_2xx: Option<Pending2xx>,
+    /// The SDP we answer a session-refresh re-INVITE with.
     pub(super) last_answer: String,
     pub(super) bye_branch: Option<String>,
     pub(super) role: Role,

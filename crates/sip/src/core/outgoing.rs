@@ -402,8 +402,11 @@ impl Core {
         };
         let index = (state.call_id.clone(), state.from_tag.clone(), to_tag.clone());
         if let Some(dialog) = self.dialog_index.get(&index).and_then(|d| self.dialogs.get(d)) {
-            // §13.2.2.4: a retransmitted 2xx gets the same ACK again.
-            if let Some((_, ack)) = &dialog.ack_for_2xx {
+            // §13.2.2.4: a retransmitted 2xx (same dialog, same CSeq) gets the same ACK again.
+            let cseq = response.cseq().map(|(n, _)| n);
+            if let Some((acked, ack)) = &dialog.ack_for_2xx
+                && Some(*acked) == cseq
+            {
                 self.transmits.push_back(ack.clone());
             }
             return;
