@@ -252,7 +252,8 @@ impl Core {
         let Some(hop) = self.next_hop(dialog) else {
             tracing::warn!("dialog has no usable remote target; ending without BYE");
             self.end_dialog(dialog_id);
-            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::NoRemoteTarget });
+            self.events
+                .push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: Err(HangupError::NoRemoteTarget) });
             return HangupStart::InProgress;
         };
         match hop.host.parse::<IpAddr>() {
@@ -398,7 +399,7 @@ impl Core {
     pub fn bye_unresolvable(&mut self, dialog: DialogId) {
         if self.dialogs.contains_key(&dialog) {
             self.end_dialog(dialog);
-            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Unresolvable });
+            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Unresolvable) });
         }
     }
 
@@ -409,7 +410,7 @@ impl Core {
             if let Some(branch) = dialog.bye_branch
                 && self.client_transactions.remove(&ClientKey { branch, method: Method::Bye }).is_some()
             {
-                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Answered(200) });
+                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: Ok(()) });
             }
         }
     }
@@ -422,7 +423,7 @@ impl Core {
                     state.bye_branch = None;
                 }
                 self.end_dialog(dialog);
-                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut });
+                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Timeout) });
             }
             // §9.1: the INVITE's own timers (or the 64*T1 after CANCEL) settle the call.
             RequestOwner::Cancel(_) => {}
