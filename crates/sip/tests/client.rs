@@ -286,6 +286,16 @@ async fn our_client_calls_our_server() {
         assert_eq!(sdp_answer, ANSWER);
         assert_eq!(timeout(WAIT, uac_dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
         assert_eq!(timeout(WAIT, uas_dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+        // Requests inside the dialog, from either side, come back with their final response.
+        let options = uac_dialog.send_request(Method::Options, &[], b"");
+        assert_eq!(timeout(WAIT, options).await.unwrap(), Ok((200, "OK".to_string())));
+        let info =
+            uas_dialog.send_request(Method::Info, &[("Content-Type", "application/dtmf-relay")], b"Signal=5\r\n");
+        assert_eq!(timeout(WAIT, info).await.unwrap(), Ok((501, "Not Implemented".to_string())));
+        assert_eq!(
+            uac_dialog.send_request(Method::Bye, &[], b"").await,
+            Err(switchboard_sip::RequestError::NotAllowed(Method::Bye))
+        );
         assert_eq!(timeout(WAIT, uac_dialog.hangup()).await.unwrap(), Ok(()));
         assert_eq!(timeout(WAIT, uas_dialog.next_event()).await.unwrap(), Some(DialogEvent::RemoteBye));
 
