@@ -329,6 +329,61 @@ mod tests {
         assert!(!SdpError::StreamRejected.is_offerers_fault());
     }
 
+    /// Mutated answers (byte flips, deletions, truncations, inserted SDP punctuation) never
+    /// panic, and whatever is accepted keeps the RFC 3264 promises: a codec we offered under a
+    /// payload type the answer lists, a non-zero port, telephone-event only as offered.
+    #[test]
+    fn mutated_answers_never_panic_and_accepted_ones_fit_the_offer() {
+        let offer = offer(vec![Codec::Opus, Codec::G722, Codec::Pcmu, Codec::Pcma]);
+        let base = answer(
+            "m=audio 30000 RTP/AVP 111 0 101",
+            "a=rtpmap:111 opus/48000/2\r\na=fmtp:111 maxaveragebitrate=20000;useinbandfec=1\r\n\
+             a=rtpmap:101 telephone-event/8000\r\na=fmtp:101 0-15\r\na=ptime:20\r\na=recvonly\r\n",
+        );
+        assert!(receive_answer(&offer, &base).is_ok());
+        // xorshift64*: a fixed sequence, no dependency.
+        let mut state = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move |bound: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % bound.max(1)
+        };
+        let specials = [b'\r', b'\n', b'=', b' ', b'/', b':', b'0', b'9', 0xff];
+        let mut accepted = 0;
+        for _ in 0..20_000 {
+            let mut bytes = base.clone().into_bytes();
+            for _ in 0..1 + next(4) {
+                if bytes.is_empty() {
+                    break;
+                }
+                let at = next(bytes.len());
+                match next(4) {
+                    0 => bytes[at] = next(256) as u8,
+                    1 => {
+                        bytes.remove(at);
+                    }
+                    2 => bytes.truncate(at),
+                    _ => bytes.insert(at, specials[next(specials.len())]),
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes);
+            let Ok(media) = receive_answer(&offer, &text) else {
+                continue;
+            };
+            accepted += 1;
+            let parsed = SessionDescription::parse(&text).expect("an accepted answer parses");
+            let m = &parsed.media[0];
+            assert!(offer.codecs.iter().any(|c| c.codec == media.codec));
+            assert!(m.payload_types().any(|pt| pt == media.payload_type));
+            assert_ne!(media.remote_rtp.port(), 0);
+            if let Some(events) = media.telephone_event {
+                assert!(m.payload_types().any(|pt| pt == events));
+            }
+        }
+        assert!(accepted > 1_000, "the mutations should leave many answers usable ({accepted})");
+    }
+
     /// Our own offer, answered by our own answerer, comes back as the same stream.
     #[test]
     fn our_answerer_answers_our_offer() {

@@ -120,19 +120,22 @@ pub struct NextHop {
     pub port: u16,
 }
 
-/// Outcome of our BYE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ByeOutcome {
-    /// 2xx, or 481 (the peer had already forgotten the dialog).
-    Answered(u16),
-    /// Another final response; the dialog is over anyway.
+/// How our BYE ended: `Ok` for a 2xx, or a 481 (the peer had already forgotten the dialog).
+pub type ByeOutcome = Result<(), HangupError>;
+
+/// Why our BYE did not complete cleanly. The dialog is over in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HangupError {
+    #[error("no final response to BYE before Timer F")]
+    Timeout,
+    #[error("BYE answered with {0}")]
     Rejected(u16),
-    /// The dialog had no usable remote target: ended without a BYE.
+    #[error("the dialog has no usable remote target; ended without BYE")]
     NoRemoteTarget,
-    /// Timer F fired.
-    TimedOut,
-    /// The next hop's host name did not resolve.
+    #[error("next hop host name did not resolve")]
     Unresolvable,
+    #[error("endpoint shut down")]
+    Shutdown,
 }
 
 /// Dialog events for the application.
@@ -906,11 +909,8 @@ impl Core {
         }
         match entry.owner {
             RequestOwner::Bye(dialog) => {
-                let outcome = if (200..300).contains(&code) || code == 481 {
-                    ByeOutcome::Answered(code)
-                } else {
-                    ByeOutcome::Rejected(code)
-                };
+                let outcome =
+                    if (200..300).contains(&code) || code == 481 { Ok(()) } else { Err(HangupError::Rejected(code)) };
                 if let Some(state) = self.dialogs.get_mut(&dialog) {
                     state.bye_branch = None;
                 }

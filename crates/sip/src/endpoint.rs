@@ -13,10 +13,10 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::client::{CallFailure, OutgoingCall};
-use crate::core::{
-    ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
-};
 use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, RequestOutcome, Role};
+use crate::core::{
+    ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
+};
 use crate::message::Method;
 use crate::message::{StreamFrame, frame_stream};
 use crate::{CallInfo, Timers, Transport};
@@ -199,22 +199,7 @@ pub enum EndpointError {
     Shutdown,
 }
 
-/// Why our BYE did not complete cleanly. The dialog is over in every case.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HangupError {
-    #[error("no final response to BYE before Timer F")]
-    Timeout,
-    #[error("BYE answered with {0}")]
-    Rejected(u16),
-    #[error("the dialog has no usable remote target; ended without BYE")]
-    NoRemoteTarget,
-    #[error("next hop host name did not resolve")]
-    Unresolvable,
-    #[error("endpoint shut down")]
-    Shutdown,
-}
-
-pub use crate::core::DialogEvent;
+pub use crate::core::{DialogEvent, HangupError};
 
 /// A new call.
 #[derive(Debug)]
@@ -1047,14 +1032,7 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
             CoreEvent::ByeNeedsResolution { dialog, next_hop } => {
                 spawn_resolve(shared.clone(), dialog, next_hop);
             }
-            CoreEvent::ByeFinished { dialog, outcome } => {
-                let result = match outcome {
-                    ByeOutcome::Answered(_) => Ok(()),
-                    ByeOutcome::Rejected(code) => Err(HangupError::Rejected(code)),
-                    ByeOutcome::NoRemoteTarget => Err(HangupError::NoRemoteTarget),
-                    ByeOutcome::TimedOut => Err(HangupError::Timeout),
-                    ByeOutcome::Unresolvable => Err(HangupError::Unresolvable),
-                };
+            CoreEvent::ByeFinished { dialog, outcome: result } => {
                 let mut state = shared.state();
                 state.dialogs.remove(&dialog);
                 for waiter in state.hangups.remove(&dialog).unwrap_or_default() {

@@ -259,3 +259,55 @@ impl TcpPeer {
         self.stream.write_all(bytes).await.unwrap();
     }
 }
+
+/// Our client against our own server: a call placed from one endpoint to another is answered,
+/// confirmed on both sides (our ACK matches our UAS's dialog), and hung up by the caller; a
+/// second call is cancelled while ringing.
+#[tokio::test]
+async fn our_client_calls_our_server() {
+    let (caller, _caller_calls) = start().await;
+    let (callee, mut callee_calls) = start().await;
+    for transport in [Transport::Udp, Transport::Tcp] {
+        let callee_addr = match transport {
+            Transport::Udp => callee.local_udp_addr().unwrap(),
+            Transport::Tcp => callee.local_tcp_addr().unwrap(),
+        };
+        let mut call = caller.place_call(outgoing(callee_addr, transport, None)).unwrap();
+        let incoming = timeout(WAIT, callee_calls.recv()).await.unwrap().unwrap();
+        assert_eq!(incoming.info.call_id, call.call_id());
+        assert_eq!(incoming.info.dialled, "+15551234567");
+        assert_eq!(incoming.info.transport, transport);
+        incoming.invite.ringing();
+        assert!(matches!(progress(&mut call).await, CallProgress::Provisional { status: 180, .. }));
+        let mut uas_dialog = incoming.invite.accept(ANSWER).expect("still pending");
+        let CallProgress::Answered { dialog: mut uac_dialog, sdp_answer } = progress(&mut call).await else {
+            panic!("not answered")
+        };
+        assert_eq!(sdp_answer, ANSWER);
+        assert_eq!(timeout(WAIT, uac_dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+        assert_eq!(timeout(WAIT, uas_dialog.next_event()).await.unwrap(), Some(DialogEvent::Confirmed));
+        // Requests inside the dialog, from either side, come back with their final response.
+        let options = uac_dialog.send_request(Method::Options, &[], b"");
+        assert_eq!(timeout(WAIT, options).await.unwrap(), Ok((200, "OK".to_string())));
+        let info =
+            uas_dialog.send_request(Method::Info, &[("Content-Type", "application/dtmf-relay")], b"Signal=5\r\n");
+        assert_eq!(timeout(WAIT, info).await.unwrap(), Ok((501, "Not Implemented".to_string())));
+        assert_eq!(
+            uac_dialog.send_request(Method::Bye, &[], b"").await,
+            Err(switchboard_sip::RequestError::NotAllowed(Method::Bye))
+        );
+        assert_eq!(timeout(WAIT, uac_dialog.hangup()).await.unwrap(), Ok(()));
+        assert_eq!(timeout(WAIT, uas_dialog.next_event()).await.unwrap(), Some(DialogEvent::RemoteBye));
+
+        // Cancelled while ringing: the callee sees the CANCEL, the caller gets Cancelled.
+        let mut call = caller.place_call(outgoing(callee_addr, transport, None)).unwrap();
+        let mut incoming = timeout(WAIT, callee_calls.recv()).await.unwrap().unwrap();
+        incoming.invite.ringing();
+        assert!(matches!(progress(&mut call).await, CallProgress::Provisional { status: 180, .. }));
+        call.cancel();
+        timeout(WAIT, incoming.invite.cancelled()).await.unwrap();
+        assert!(matches!(progress(&mut call).await, CallProgress::Failed(CallFailure::Cancelled)));
+    }
+    caller.shutdown().await;
+    callee.shutdown().await;
+}

@@ -525,7 +525,7 @@ fn bye_on_a_uac_dialog_follows_timers_e_and_f() {
     let (resent, events) = h.run(1_010, 40_000);
     let times: Vec<u64> = resent.iter().map(|(t, _)| *t - 1_000).collect();
     assert_eq!(times, [500, 1500, 3500, 7500, 11_500, 15_500, 19_500, 23_500, 27_500, 31_500]);
-    assert_eq!(events, vec![(33_000, CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut })]);
+    assert_eq!(events, vec![(33_000, CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Timeout) })]);
 }
 
 /// Timer K: after the final response to our request, retransmitted responses are absorbed for

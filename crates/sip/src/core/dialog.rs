@@ -47,9 +47,10 @@ pub(super) struct DialogState {
     pub(super) call_id: String,
     pub(super) local_tag: String,
     pub(super) remote_tag: String,
-    /// Our party (the INVITE's To with our tag) for From of our requests.
+    /// Our party, the From of our requests: UAS, the INVITE's To with our tag; UAC, our
+    /// INVITE's From.
     pub(super) local_party: String,
-    /// Their party (the INVITE's From) for To of our requests.
+    /// Their party, the To of our requests: UAS, the INVITE's From; UAC, the 2xx's To.
     pub(super) remote_party: String,
     pub(super) remote_target: String,
     pub(super) route_set: Vec<String>,
@@ -58,7 +59,9 @@ pub(super) struct DialogState {
     pub(super) remote_cseq: Option<u32>,
     pub(super) origin: Origin,
     pub(super) phase: DialogPhase,
+    /// UAS: our 2xx until its ACK.
     pub(super) pending_2xx: Option<Pending2xx>,
+    /// The SDP we answer a session-refresh re-INVITE with.
     pub(super) last_answer: String,
     pub(super) bye_branch: Option<String>,
     pub(super) role: Role,
@@ -249,7 +252,8 @@ impl Core {
         let Some(hop) = self.next_hop(dialog) else {
             tracing::warn!("dialog has no usable remote target; ending without BYE");
             self.end_dialog(dialog_id);
-            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::NoRemoteTarget });
+            self.events
+                .push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: Err(HangupError::NoRemoteTarget) });
             return HangupStart::InProgress;
         };
         match hop.host.parse::<IpAddr>() {
@@ -395,7 +399,7 @@ impl Core {
     pub fn bye_unresolvable(&mut self, dialog: DialogId) {
         if self.dialogs.contains_key(&dialog) {
             self.end_dialog(dialog);
-            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Unresolvable });
+            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Unresolvable) });
         }
     }
 
@@ -406,7 +410,7 @@ impl Core {
             if let Some(branch) = dialog.bye_branch
                 && self.client_transactions.remove(&ClientKey { branch, method: Method::Bye }).is_some()
             {
-                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Answered(200) });
+                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: Ok(()) });
             }
         }
     }
@@ -419,7 +423,7 @@ impl Core {
                     state.bye_branch = None;
                 }
                 self.end_dialog(dialog);
-                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut });
+                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Timeout) });
             }
             // §9.1: the INVITE's own timers (or the 64*T1 after CANCEL) settle the call.
             RequestOwner::Cancel(_) => {}

@@ -41,27 +41,43 @@ pub(super) struct OutgoingState {
     /// `(header, value)` of the credentials in the current INVITE, repeated in the ACK for its
     /// 2xx (§22.1: the ACK carries the INVITE's credentials).
     authorization: Option<(&'static str, String)>,
-    ring_deadline: Option<Instant>,
-    /// Why we cancel, once we do.
-    cancel: Option<CancelReason>,
-    cancel_sent: bool,
-    /// §9.1: 64*T1 after our CANCEL the INVITE is considered cancelled.
-    cancel_deadline: Option<Instant>,
     /// A challenge has been answered (each call answers one, RFC 3261 §22.2).
     auth_answered: bool,
-    /// The final outcome was reported.
-    finished: bool,
-    /// The dialog of the 2xx we reported.
-    dialog: Option<DialogId>,
+    phase: CallPhase,
+}
+
+/// Where a call we placed stands, as its transaction user sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum CallPhase {
+    /// Our INVITE is out; the ring timeout runs.
+    Inviting { ring_deadline: Instant },
+    /// We cancel: the CANCEL is held back until a 1xx (`deadline` `None`), or sent and the
+    /// INVITE given until `deadline` (64*T1, §9.1) to end.
+    Cancelling { reason: CancelReason, deadline: Option<Instant> },
+    /// The final outcome was reported (answered or failed); later 2xx are ACKed and BYEd.
+    Finished,
 }
 
 impl OutgoingState {
     /// The next ring or CANCEL deadline.
     pub(super) fn deadline(&self) -> Option<Instant> {
-        if self.finished {
-            return None;
+        match self.phase {
+            CallPhase::Inviting { ring_deadline } => Some(ring_deadline),
+            CallPhase::Cancelling { deadline, .. } => deadline,
+            CallPhase::Finished => None,
         }
-        [self.ring_deadline, self.cancel_deadline].into_iter().flatten().min()
+    }
+
+    fn is_finished(&self) -> bool {
+        self.phase == CallPhase::Finished
+    }
+
+    /// Why we cancel, if we do.
+    fn cancel_reason(&self) -> Option<CancelReason> {
+        match self.phase {
+            CallPhase::Cancelling { reason, .. } => Some(reason),
+            CallPhase::Inviting { .. } | CallPhase::Finished => None,
+        }
     }
 
     /// The outcome of a call we cancelled.
@@ -126,7 +142,7 @@ impl Core {
         };
         // §8.1.1.5: below 2**31, and low enough that in-dialog requests never reach it.
         let cseq = self.rng.random_range(1..=0x3fff_ffff_u32);
-        let ring_deadline = Some(now + call.ring_timeout);
+        let ring_deadline = now + call.ring_timeout;
         self.outgoing.insert(
             id,
             OutgoingState {
@@ -137,13 +153,8 @@ impl Core {
                 cseq,
                 branch: String::new(),
                 authorization: None,
-                ring_deadline,
-                cancel: None,
-                cancel_sent: false,
-                cancel_deadline: None,
                 auth_answered: false,
-                finished: false,
-                dialog: None,
+                phase: CallPhase::Inviting { ring_deadline },
             },
         );
         self.send_invite(now, id);
@@ -191,11 +202,10 @@ impl Core {
         let Some(state) = self.outgoing.get_mut(&id) else {
             return;
         };
-        if state.finished || state.cancel.is_some() {
+        if !matches!(state.phase, CallPhase::Inviting { .. }) {
             return;
         }
-        state.cancel = Some(reason);
-        state.ring_deadline = None;
+        state.phase = CallPhase::Cancelling { reason, deadline: None };
         let answered_once = self.client_invites.get(&state.branch).is_some_and(|(_, tx)| tx.has_response());
         if answered_once {
             self.send_cancel(now, id);
@@ -206,14 +216,13 @@ impl Core {
         let Some(state) = self.outgoing.get_mut(&id) else {
             return;
         };
-        if state.cancel_sent {
+        let CallPhase::Cancelling { reason, deadline: None } = state.phase else {
             return;
-        }
+        };
         let Some((_, invite)) = self.client_invites.get(&state.branch) else {
             return;
         };
-        state.cancel_sent = true;
-        state.cancel_deadline = Some(now + self.config.timers.t1_x64());
+        state.phase = CallPhase::Cancelling { reason, deadline: Some(now + self.config.timers.t1_x64()) };
         let cancel = invite.build_cancel();
         let transmit = Transmit { payload: cancel.to_bytes(), ..invite.transmit().clone() };
         let key = ClientKey { branch: state.branch.clone(), method: Method::Cancel };
@@ -225,18 +234,16 @@ impl Core {
         let Some(state) = self.outgoing.get_mut(&id) else {
             return;
         };
-        if state.finished {
+        if state.is_finished() {
             return;
         }
-        state.finished = true;
-        state.ring_deadline = None;
-        state.cancel_deadline = None;
+        state.phase = CallPhase::Finished;
         self.events.push_back(CoreEvent::Outgoing { call: id, progress: OutgoingProgress::Failed(failure) });
     }
 
     /// Drops the state of a finished call once none of its INVITE transactions is left.
     pub(super) fn forget_outgoing_if_done(&mut self, id: OutgoingId) {
-        let finished = self.outgoing.get(&id).is_some_and(|s| s.finished);
+        let finished = self.outgoing.get(&id).is_some_and(OutgoingState::is_finished);
         if finished && !self.client_invites.values().any(|(call, _)| *call == id) {
             self.outgoing.remove(&id);
         }
@@ -253,10 +260,10 @@ impl Core {
         let Some(state) = self.outgoing.get(&id) else {
             return;
         };
-        if state.branch != branch || state.finished {
+        if state.branch != branch || state.is_finished() {
             return;
         }
-        let cancel_held = state.cancel.is_some() && !state.cancel_sent;
+        let cancel_held = matches!(state.phase, CallPhase::Cancelling { deadline: None, .. });
         if code > 100 {
             let reason = match &response.start {
                 StartLine::Response { reason, .. } => reason.clone(),
@@ -283,14 +290,14 @@ impl Core {
         let Some(state) = self.outgoing.get(&id) else {
             return;
         };
-        if state.branch != branch || state.finished {
+        if state.branch != branch || state.is_finished() {
             return;
         }
         let reason = match &response.start {
             StartLine::Response { reason, .. } => reason.clone(),
             StartLine::Request { .. } => String::new(),
         };
-        if matches!(code, 401 | 407) && state.cancel.is_none() {
+        if matches!(code, 401 | 407) && matches!(state.phase, CallPhase::Inviting { .. }) {
             let (challenge_header, answer_header) = if code == 401 {
                 ("WWW-Authenticate", "Authorization")
             } else {
@@ -319,7 +326,7 @@ impl Core {
                 return;
             }
         }
-        let cancel = self.outgoing.get(&id).and_then(|s| s.cancel);
+        let cancel = self.outgoing.get(&id).and_then(OutgoingState::cancel_reason);
         let failure = classify(code, &reason, cancel);
         self.finish_outgoing(id, failure);
     }
@@ -371,7 +378,7 @@ impl Core {
         let ringing_out: Vec<OutgoingId> = self
             .outgoing
             .iter()
-            .filter(|(_, s)| !s.finished && s.ring_deadline.is_some_and(|at| at <= now))
+            .filter(|(_, s)| matches!(s.phase, CallPhase::Inviting { ring_deadline } if ring_deadline <= now))
             .map(|(id, _)| *id)
             .collect();
         for id in ringing_out {
@@ -380,8 +387,12 @@ impl Core {
         let given_up: Vec<(OutgoingId, String, CancelReason)> = self
             .outgoing
             .iter()
-            .filter(|(_, s)| !s.finished && s.cancel_deadline.is_some_and(|at| at <= now))
-            .filter_map(|(id, s)| s.cancel.map(|reason| (*id, s.branch.clone(), reason)))
+            .filter_map(|(id, s)| match s.phase {
+                CallPhase::Cancelling { reason, deadline: Some(at) } if at <= now => {
+                    Some((*id, s.branch.clone(), reason))
+                }
+                _ => None,
+            })
             .collect();
         for (id, branch, reason) in given_up {
             // §9.1: consider the INVITE transaction cancelled and destroy it.
@@ -402,14 +413,17 @@ impl Core {
         };
         let index = (state.call_id.clone(), state.from_tag.clone(), to_tag.clone());
         if let Some(dialog) = self.dialog_index.get(&index).and_then(|d| self.dialogs.get(d)) {
-            // §13.2.2.4: a retransmitted 2xx gets the same ACK again.
-            if let Some((_, ack)) = &dialog.ack_for_2xx {
+            // §13.2.2.4: a retransmitted 2xx (same dialog, same CSeq) gets the same ACK again.
+            let cseq = response.cseq().map(|(n, _)| n);
+            if let Some((acked, ack)) = &dialog.ack_for_2xx
+                && Some(*acked) == cseq
+            {
                 self.transmits.push_back(ack.clone());
             }
             return;
         }
-        let unwanted = state.finished || state.cancel.is_some() || state.dialog.is_some();
-        let cancel = state.cancel;
+        let unwanted = !matches!(state.phase, CallPhase::Inviting { .. });
+        let cancel = state.cancel_reason();
         let Some(dialog) = self.create_uac_dialog(id, origin, response, to_tag) else {
             return;
         };
@@ -423,9 +437,7 @@ impl Core {
             return;
         }
         if let Some(state) = self.outgoing.get_mut(&id) {
-            state.finished = true;
-            state.dialog = Some(dialog);
-            state.ring_deadline = None;
+            state.phase = CallPhase::Finished;
         }
         let sdp_answer = String::from_utf8_lossy(&response.body).into_owned();
         self.events

@@ -380,7 +380,7 @@ fn our_bye_retransmits_over_udp_and_stops_on_200() {
         bye.header("To").unwrap()
     );
     h.recv(3_800, &response);
-    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Answered(200) }]);
+    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: Ok(()) }]);
     assert!(h.run_until(3_810, 60_000).is_empty());
     assert_eq!(h.core.live_state().1, 0);
     assert_eq!(h.core.live_state().2, 0);
@@ -423,7 +423,7 @@ fn our_bye_over_tcp_is_not_retransmitted_and_times_out() {
     assert!(sent[0].1.top_via().unwrap().transport == "TCP");
     assert!(h.run_until(6_010, 37_990).is_empty());
     h.tick(38_000);
-    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut }]);
+    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Timeout) }]);
 }
 
 #[test]
