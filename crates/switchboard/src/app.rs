@@ -322,30 +322,35 @@ async fn watch_capacity(state: Arc<GatewayState>, sip: SipEndpoint) {
         }
         last_window = window.window;
         metrics::gauge!(telemetry::MEDIA_CLOCK_LATENESS_P99_SECONDS).set(window.p99.as_secs_f64());
-        match gate.observe(Instant::now(), window) {
-            Some(Transition::Saturated { p99 }) => {
-                state.capacity_saturated.store(true, Ordering::Release);
-                metrics::gauge!(telemetry::CAPACITY_SATURATED).set(1.0);
-                sip.set_options_response(503);
-                warn!(
-                    p99_ms = p99.as_secs_f64() * 1000.0,
-                    active_calls = state.active_calls.load(Ordering::Acquire),
-                    "pacing saturated: refusing new calls (calls.saturation_lateness_ms)"
-                );
+        metrics::gauge!(telemetry::MEDIA_CLOCK_LATENESS_MAX_SECONDS).set(window.max.as_secs_f64());
+        if let Some(transition) = gate.observe(Instant::now(), window) {
+            apply_capacity(&state, &sip, transition);
+        }
+    }
+}
+
+/// Applies a capacity admission decision: the flag `accept_call` and `/readyz` read, the OPTIONS
+/// answer, the gauge, one log line.
+fn apply_capacity(state: &GatewayState, sip: &SipEndpoint, transition: Transition) {
+    match transition {
+        Transition::Saturated { p99 } => {
+            state.capacity_saturated.store(true, Ordering::Release);
+            metrics::gauge!(telemetry::CAPACITY_SATURATED).set(1.0);
+            sip.set_options_response(503);
+            warn!(
+                p99_ms = p99.as_secs_f64() * 1000.0,
+                active_calls = state.active_calls.load(Ordering::Acquire),
+                "pacing saturated: refusing new calls (calls.saturation_lateness_ms)"
+            );
+        }
+        Transition::Recovered => {
+            state.capacity_saturated.store(false, Ordering::Release);
+            metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
+            // Shutdown and failure keep their 503.
+            if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !*state.shutdown.borrow() {
+                sip.set_options_response(200);
             }
-            Some(Transition::Recovered) => {
-                state.capacity_saturated.store(false, Ordering::Release);
-                metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
-                // Shutdown and failure keep their 503.
-                if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !*state.shutdown.borrow() {
-                    sip.set_options_response(200);
-                }
-                info!(
-                    active_calls = state.active_calls.load(Ordering::Acquire),
-                    "pacing recovered: taking calls again"
-                );
-            }
-            None => {}
+            info!(active_calls = state.active_calls.load(Ordering::Acquire), "pacing recovered: taking calls again");
         }
     }
 }
@@ -517,6 +522,68 @@ mod tests {
         let (status, body) = http_get(admin, "/healthz").await;
         assert_eq!(status, 503);
         assert!(body.starts_with("unhealthy"), "{body}");
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    /// Sends one SIP request over UDP and returns the first final response.
+    async fn sip_request(gateway: &RunningGateway, method: &str, body: &str) -> String {
+        let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let local = socket.local_addr().unwrap();
+        let target = gateway.sip_udp_addr().unwrap();
+        let content_type = if body.is_empty() { "" } else { "Content-Type: application/sdp\r\n" };
+        let request = format!(
+            "{method} sip:100@{target} SIP/2.0\r\nVia: SIP/2.0/UDP {local};branch=z9hG4bK-{method}-cap\r\n\
+             Max-Forwards: 70\r\nFrom: <sip:t@{local}>;tag=1\r\nTo: <sip:100@{target}>\r\n\
+             Call-ID: cap-{method}@test\r\nCSeq: 1 {method}\r\nContact: <sip:t@{local}>\r\n\
+             {content_type}Content-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        socket.send_to(request.as_bytes(), target).await.unwrap();
+        let mut buf = vec![0u8; 4096];
+        loop {
+            let (len, _) =
+                tokio::time::timeout(Duration::from_secs(5), socket.recv_from(&mut buf)).await.unwrap().unwrap();
+            let text = String::from_utf8_lossy(&buf[..len]).to_string();
+            if !text.starts_with("SIP/2.0 1") {
+                return text;
+            }
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn saturation_refuses_invites_options_and_readiness_until_recovered() {
+        let gateway = start_gateway().await;
+        let admin = gateway.admin_addr().unwrap();
+        let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\n\
+                     m=audio 40000 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n";
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 200"));
+
+        apply_capacity(&gateway.state, &gateway.sip, Transition::Saturated { p99: Duration::from_millis(30) });
+        let (status, body) = http_get(admin, "/readyz").await;
+        assert_eq!(status, 503);
+        assert!(body.contains("saturated"), "{body}");
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 503"));
+        let refused = sip_request(&gateway, "INVITE", offer).await;
+        assert!(refused.starts_with("SIP/2.0 503"), "{refused}");
+        assert!(refused.contains("Retry-After: 5"), "{refused}");
+        assert_eq!(gateway.state.active_calls.load(Ordering::Acquire), 0, "refused before it cost anything");
+
+        apply_capacity(&gateway.state, &gateway.sip, Transition::Recovered);
+        assert_eq!(http_get(admin, "/readyz").await.0, 200);
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 200"));
+        gateway.shutdown(Duration::from_secs(1)).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn recovery_while_not_ready_keeps_options_503() {
+        let gateway = start_gateway().await;
+        let state = Arc::clone(&gateway.state);
+        let sip = gateway.sip.clone();
+        apply_capacity(&state, &sip, Transition::Saturated { p99: Duration::from_millis(30) });
+        // Shutting down (ready cleared first): recovering must not reopen the door.
+        state.ready.store(false, Ordering::Release);
+        apply_capacity(&state, &sip, Transition::Recovered);
+        assert!(sip_request(&gateway, "OPTIONS", "").await.starts_with("SIP/2.0 503"));
         gateway.shutdown(Duration::from_secs(1)).await;
     }
 

@@ -32,6 +32,8 @@ pub const MEDIA_CLOCK_BUSY_RETRIES_TOTAL: &str = "switchboard_media_clock_busy_r
 pub const CAPACITY_SATURATED: &str = "switchboard_capacity_saturated";
 /// p99 send lateness of the last media clock window, seconds (what capacity admission reads).
 pub const MEDIA_CLOCK_LATENESS_P99_SECONDS: &str = "switchboard_media_clock_lateness_p99_seconds";
+/// Largest send lateness of the media clock's last window, seconds.
+pub const MEDIA_CLOCK_LATENESS_MAX_SECONDS: &str = "switchboard_media_clock_lateness_max_seconds";
 /// 1 while the gateway can work; 0 once a task it cannot live without has ended.
 pub const UP: &str = "switchboard_up";
 /// Sources tracked by per-source admission.
@@ -118,6 +120,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_gauge!(
         MEDIA_CLOCK_LATENESS_P99_SECONDS,
         "p99 outbound RTP send lateness over the media clock's last 1 s window."
+    );
+    metrics::describe_gauge!(
+        MEDIA_CLOCK_LATENESS_MAX_SECONDS,
+        "Largest outbound RTP send lateness in the media clock's last 1 s window."
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");

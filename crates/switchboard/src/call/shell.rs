@@ -243,7 +243,11 @@ impl MediaLoop<'_> {
                 failed = self.writer.failed() => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
                 _ = async { if let Some(due) = task_due { sleep_until(due).await } }, if task_due.is_some() => {
-                    self.core.lock().handle_task_timeout(Instant::now());
+                    // Pongs are consumed inside `recv` and only show in `last_frame_at`: the
+                    // watchdog must see the latest one before it judges.
+                    let mut core = self.core.lock();
+                    core.handle_realtime_traffic(self.realtime_rx.last_frame_at());
+                    core.handle_task_timeout(Instant::now());
                 }
 
                 event = self.dialog.next_event() => {
