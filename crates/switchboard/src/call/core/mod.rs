@@ -398,7 +398,8 @@ impl CallCore {
                     previous = %Redacted(&previous),
                     by = ?learned.by,
                     signalled = learned.source == leg.signalled,
-                    "RTP source learned"
+                    // The message operators (and the e2e tests) look for; legs are numbered.
+                    "caller's RTP source learned"
                 );
                 debug!(source = %learned.source, previous, "RTP source (unredacted)");
             }

@@ -613,3 +613,52 @@ fn taps_carry_both_directions_as_24_khz_pcm_on_the_call_clock() {
     assert!(to.windows(2).all(|w| w[1].at - w[0].at == PTIME));
     assert_eq!(h.core.stats().taps_dropped, 0);
 }
+
+#[test]
+fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
+    let start = Instant::now();
+    let leg = LegConfig {
+        codec: Codec::Opus,
+        payload_type: 111,
+        model_input: ModelAudio::Pcm24k,
+        model_output: ModelAudio::Pcm24k,
+        ..leg_config()
+    };
+    let config = CoreConfig { model_output: AudioFormat::PCM24K, greeting: None, ..core_config() };
+    let mut h = Harness { core: CallCore::new(start, config, leg), ..Harness::new(core_config()) };
+    h.start = start;
+    h.now = start;
+    h.sent.clear();
+    h.realtime.clear();
+    h.core.handle_dialog(start, DialogInput::Confirmed);
+    let silence_len = Codec::Opus.silence_frame(20).len();
+
+    // 3 s of a loud 440 Hz tone as 24 kHz PCM16, in deltas of 4,801 bytes (an odd size: a
+    // sample split across deltas), all at once.
+    let tone: Vec<u8> = (0..72_000)
+        .flat_map(|n: i32| {
+            (((f64::from(n) * 440.0 * std::f64::consts::TAU / 24_000.0).sin() * 12_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    h.advance_to(h.at(0.1));
+    h.realtime_event(response_created("r"));
+    for chunk in tone.chunks(4801) {
+        h.realtime_event(delta("r", "item_opus", chunk));
+    }
+    let barge_in = h.at(1.234);
+    h.advance_to(barge_in);
+    h.realtime_event(speech_started());
+    h.advance_to(h.at(2.0));
+
+    let is_speech = |s: &Sent| s.payload.len() > silence_len;
+    let sent_speech = h.sent.iter().filter(|s| s.at <= barge_in && is_speech(s)).count();
+    let truncates = h.truncates();
+    assert_eq!(truncates.len(), 1);
+    assert_eq!(truncates[0].2 as usize, sent_speech * 20, "audio_end_ms = the Opus frames sent");
+    assert!(sent_speech > 50, "{sent_speech} frames of the tone went out");
+    assert!(h.sent.iter().filter(|s| s.at > barge_in).all(|s| !is_speech(s)), "only silence after speech_started");
+    for pair in h.sent.windows(2) {
+        assert_eq!(pair[1].header.timestamp, pair[0].header.timestamp.wrapping_add(960), "48 kHz clock");
+        assert_eq!(pair[1].header.sequence, pair[0].header.sequence.wrapping_add(1));
+    }
+}
