@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod end;
+pub mod outbound;
 pub mod session;
 pub mod shell;
 
@@ -9,7 +10,7 @@ pub use shell::converse;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_media::codec::Codec;
 use switchboard_media::framing::{ModelAudio, model_audio_for};
@@ -21,6 +22,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::app::GatewayState;
+use crate::calls::{CallGuard, CallState, Direction, NewCall};
 use crate::config::{AgentConfig, AudioFormatChoice};
 use crate::routing;
 use crate::rtp_ports::PortLease;
@@ -62,7 +64,27 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
     let span = info_span!("call", call_id = %Escaped(&call.info.call_id), dialled = %Redacted(&call.info.dialled));
     async move {
         info!(from = %Redacted(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
-        let end = run(&state, call).await;
+        // In the registry (the admin API's list, DELETE) until the call's task ends. The registry
+        // has room for every call holding a slot; should it not, the call goes on unlisted.
+        let listed = state.calls.register(
+            NewCall {
+                direction: Direction::Inbound,
+                agent: String::new(),
+                to: call.info.dialled.clone(),
+                from: call.info.from_uri.clone(),
+                trunk: None,
+            },
+            SystemTime::now(),
+        );
+        let (entry, hangup) = match listed {
+            Ok((entry, hangup)) => (Some(entry), hangup),
+            Err(e) => {
+                warn!(error = %e, "call not listed in the registry");
+                (None, watch::channel(false).1)
+            }
+        };
+        let end = run(&state, call, entry.as_ref(), hangup).await;
+        drop(entry);
         match end.fault() {
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),
             _ => info!(reason = ?end, fault = %end.fault(), "call ended"),
@@ -90,7 +112,12 @@ fn refuse(state: &GatewayState, invite: ServerInvite, refusal: Refusal) -> CallE
 }
 
 /// The inbound setup: route, negotiate, open the session, answer; then [`converse`].
-async fn run(state: &Arc<GatewayState>, call: IncomingCall) -> CallEnd {
+async fn run(
+    state: &Arc<GatewayState>,
+    call: IncomingCall,
+    entry: Option<&CallGuard>,
+    hangup: watch::Receiver<bool>,
+) -> CallEnd {
     let received = Instant::now();
     let IncomingCall { info, offer, mut invite } = call;
     let cfg = &state.config;
@@ -123,6 +150,9 @@ async fn run(state: &Arc<GatewayState>, call: IncomingCall) -> CallEnd {
     let media = answer.media;
     let codec = media.codec;
     info!(agent = agent_name, codec = ?media.codec, "routed");
+    if let Some(entry) = entry {
+        entry.set_routed(agent_name, media.codec.encoding_name());
+    }
     invite.ringing();
 
     // The call is answered only once the session is confirmed (connect, session.created,
@@ -157,19 +187,17 @@ async fn run(state: &Arc<GatewayState>, call: IncomingCall) -> CallEnd {
         close_in_background(session.sender);
         return refuse(state, invite, Refusal::ShuttingDown);
     }
-    let dialog = invite.accept(&answer.sdp);
-    if dialog.call_id().is_empty() {
+    let Some(dialog) = invite.accept(&answer.sdp) else {
         // The INVITE stopped being pending between the check above and the accept (the SIP core
-        // refuses the 200 and hands back an ended dialog with no Call-ID): the CANCEL won.
+        // refuses the 200): the CANCEL won.
         close_in_background(session.sender);
         return CallEnd::CallerCancelled;
-    }
+    };
     metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
     info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
-
-    // Inbound calls have no operator hang-up yet (the out part's registry may add one): the
-    // sender lives in the call's task so the receiver never reports a closed channel.
-    let (_hangup_tx, hangup) = watch::channel(false);
+    if let Some(entry) = entry {
+        entry.set_state(CallState::Answered);
+    }
     let call = Established {
         direction: CallDirection::Inbound,
         agent_name: agent_name.to_string(),
