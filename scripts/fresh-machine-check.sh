@@ -167,8 +167,12 @@ in_root() {
 # scripts/run.sh: installs the build packages, builds, starts. Bounded: 45 min to get ready.
 echo "=== scripts/run.sh"
 t0=$(date +%s)
-in_root 'cd /root/switchboard && exec scripts/run.sh' &
-gateway_pid=$! # run.sh ends in exec, so this PID becomes the gateway (inside chroot's env wrapper)
+# The subshell execs chroot, which execs env, bash, run.sh and finally the gateway: one PID all the
+# way down, so the kill below stops the gateway itself and not only a wrapper around it.
+(exec chroot "$root" /usr/bin/env -i HOME=/root USER=root LANG=C.UTF-8 TERM=dumb \
+    PATH=/root/.cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+    /bin/bash -c 'cd /root/switchboard && exec scripts/run.sh') &
+gateway_pid=$!
 ready=0
 for _ in $(seq 2700); do
     if ! kill -0 "$gateway_pid" 2>/dev/null; then echo "run.sh exited before the gateway was ready" >&2; break; fi

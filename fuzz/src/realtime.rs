@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use switchboard_realtime::{ClientEvent, Conversation, ServerEvent};
 
 /// PCM 24 kHz is 48 bytes per ms; base64 carries 3 bytes in 4 characters.
-fn delta_ms(delta_base64: &str) -> f64 {
-    (delta_base64.len() / 4 * 3) as f64 / 48.0
+fn delta_ms(delta: &[u8]) -> f64 {
+    switchboard_realtime::events::AudioFormat::PCM24K.bytes_to_ms(delta.len())
 }
 
 /// Encodes, decodes and encodes again: the re-encoding must decode, and from then on encoding

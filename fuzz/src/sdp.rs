@@ -2,7 +2,10 @@
 
 use std::net::{IpAddr, Ipv4Addr};
 
-use switchboard_sdp::{AnswerPolicy, Codec, LocalMedia, MediaDescription, SessionDescription, answer_offer};
+use switchboard_sdp::{
+    AnswerPolicy, Codec, LocalMedia, MediaDescription, OfferPolicy, SessionDescription, answer_offer, create_offer,
+    receive_answer,
+};
 
 /// The codec an offered payload type stands for, as the offerer meant it: its rtpmap, else
 /// the RFC 3551 §6 static assignment (written again here from the RFC, not taken from the
@@ -103,6 +106,41 @@ pub fn answer(data: &[u8]) {
         if let Some(events_pt) = negotiated.telephone_event {
             assert!(policy.telephone_event, "telephone-event answered although the policy refuses it");
             assert!(offered.payload_types().any(|pt| pt == events_pt), "telephone-event payload type not offered");
+        }
+    }
+}
+
+/// `sdp_answer_receive` (run by the `sdp_answer` target on the same input): the input read as
+/// the answer to offers of ours. Never panics; an accepted answer names a codec we offered
+/// under a payload type its `m=` line lists, a non-zero port, and telephone-event only when we
+/// offered it and under a listed payload type.
+pub fn answer_receive(data: &[u8]) {
+    let text = String::from_utf8_lossy(data);
+    let offers = [
+        OfferPolicy::default(),
+        OfferPolicy { codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu], ptime_ms: 20, telephone_event: true },
+        OfferPolicy { codecs: vec![Codec::Opus], ptime_ms: 40, telephone_event: false },
+    ];
+    for policy in offers {
+        let Ok(offer) = create_offer(&policy, &local_media()) else {
+            panic!("a non-empty policy must make an offer");
+        };
+        let Ok(media) = receive_answer(&offer, &text) else {
+            continue;
+        };
+        let answer = match SessionDescription::parse(&text) {
+            Ok(answer) => answer,
+            Err(error) => panic!("an unparseable answer was accepted ({error})"),
+        };
+        let [m] = answer.media.as_slice() else {
+            panic!("an answer with {} m= lines was accepted", answer.media.len());
+        };
+        assert!(offer.codecs.iter().any(|c| c.codec == media.codec), "{:?} was not offered", media.codec);
+        assert!(m.payload_types().any(|pt| pt == media.payload_type), "payload type not in the answer");
+        assert_ne!(media.remote_rtp.port(), 0, "a rejected stream was accepted");
+        if let Some(events) = media.telephone_event {
+            assert!(offer.telephone_event, "telephone-event accepted although not offered");
+            assert!(m.payload_types().any(|pt| pt == events), "telephone-event payload type not in the answer");
         }
     }
 }

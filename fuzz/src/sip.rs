@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use switchboard_sip::Transport;
-use switchboard_sip::core::{Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, Origin};
+use switchboard_sip::core::{Core, CoreConfig, CoreEvent, DialogId, InviteId, Origin};
 use switchboard_sip::message::{Message, StreamFrame, frame_stream, parse_message};
 
 use crate::split_records;
@@ -221,7 +221,11 @@ impl CoreHarness {
                 },
                 CoreEvent::InviteCancelled { invite } => self.app.pending_invites.retain(|i| *i != invite),
                 CoreEvent::ByeNeedsResolution { dialog, .. } => self.core.bye_unresolvable(dialog),
-                CoreEvent::Dialog { .. } | CoreEvent::ByeFinished { .. } => {}
+                // This harness drives the server side only: no request or call of ours to end.
+                CoreEvent::Dialog { .. }
+                | CoreEvent::ByeFinished { .. }
+                | CoreEvent::RequestFinished { .. }
+                | CoreEvent::Outgoing { .. } => {}
             }
         }
     }
@@ -235,9 +239,8 @@ impl CoreHarness {
     }
 
     fn hangup(&mut self, dialog: DialogId) {
-        if let HangupStart::NeedsResolution(_) = self.core.hangup(self.now, dialog) {
-            self.core.bye_unresolvable(dialog);
-        }
+        // A host-name next hop comes back as `ByeNeedsResolution`, answered in `drain`.
+        self.core.hangup(self.now, dialog);
     }
 
     /// Runs every timer due up to `until`, in order, as the shell's timer loop does.

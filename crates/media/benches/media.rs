@@ -9,7 +9,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
 use switchboard_media::opus_codec::{OpusDecoder, OpusEncoder, OpusEncoderSettings};
 use switchboard_media::signal::sine;
-use switchboard_media::{Codec, Pacer, PacerConfig, Resampler, g711};
+use switchboard_media::{Codec, CodecCoding, Pacer, PacerConfig, Resampler, g711};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;

@@ -24,7 +24,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
 use switchboard_media::signal::sine;
-use switchboard_media::{Codec, Pacer, PacerConfig, ReorderBuffer, RtpHeader, parse_rtp, write_rtp};
+use switchboard_media::{Codec, CodecCoding, Pacer, PacerConfig, ReorderBuffer, RtpHeader, parse_rtp, write_rtp};
 
 const PTIME: Duration = Duration::from_millis(20);
 const FRAMES_PER_SECOND: u32 = 50;

@@ -6,85 +6,27 @@
 //! at 24 kHz.
 
 use crate::g711;
-use crate::g722::{G722_SAMPLE_RATE, G722Decoder, G722Encoder};
-use crate::opus_codec::{OPUS_RTP_CLOCK_RATE, OPUS_SAMPLE_RATE, OpusDecoder, OpusEncoder, OpusEncoderSettings};
+use crate::g722::{G722Decoder, G722Encoder};
+use crate::opus_codec::{OpusDecoder, OpusEncoder, OpusEncoderSettings};
 
-/// An RTP audio codec; per-codec facts live in methods.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
-pub enum Codec {
-    /// G.711 mu-law, 8 kHz, one byte per sample.
-    Pcmu,
-    /// G.711 A-law, 8 kHz, one byte per sample.
-    Pcma,
-    /// G.722 at 64 kbit/s: 16 kHz audio, one byte per two samples, 8 kHz RTP clock.
-    G722,
-    /// Opus, mono, run at 24 kHz, 48 kHz RTP clock, variable packet size.
-    Opus,
+pub use switchboard_sdp::Codec;
+
+/// Encoding and decoding for the one [`Codec`] vocabulary (which lives in `switchboard_sdp`, the
+/// negotiation name space, so that crate stays free of libopus).
+pub trait CodecCoding {
+    /// One encoded frame of silence of `ptime_ms`.
+    fn silence_frame(self, ptime_ms: u32) -> Vec<u8>;
+    /// Appends the stateless one-shot encoding of linear samples.
+    fn encode(self, samples: &[i16], out: &mut Vec<u8>);
+    /// Appends the stateless one-shot linear decoding of a payload.
+    fn decode(self, payload: &[u8], out: &mut Vec<i16>);
 }
 
-impl Codec {
-    /// RTP clock rate in Hz: what RTP timestamps count (kept for existing callers; same as
-    /// [`rtp_clock_rate`](Self::rtp_clock_rate)).
-    pub fn clock_rate(self) -> u32 {
-        self.rtp_clock_rate()
-    }
-
-    /// RTP clock rate in Hz (RFC 3551 §4.5.2 for G.722's 8000, RFC 7587 §4.1 for Opus' 48000).
-    pub fn rtp_clock_rate(self) -> u32 {
-        match self {
-            Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
-            Codec::Opus => OPUS_RTP_CLOCK_RATE,
-        }
-    }
-
-    /// The rate of the audio samples the codec encodes and decodes, in Hz.
-    pub fn sample_rate(self) -> u32 {
-        match self {
-            Codec::Pcmu | Codec::Pcma => 8000,
-            Codec::G722 => G722_SAMPLE_RATE,
-            Codec::Opus => OPUS_SAMPLE_RATE,
-        }
-    }
-
-    /// True for the G.711 variants, the only codecs the model can speak directly.
-    pub fn is_g711(self) -> bool {
-        matches!(self, Codec::Pcmu | Codec::Pcma)
-    }
-
-    /// Audio samples (at [`sample_rate`](Self::sample_rate)) in one frame of `ptime_ms`.
-    pub fn samples_per_frame(self, ptime_ms: u32) -> usize {
-        (u64::from(self.sample_rate()) * u64::from(ptime_ms) / 1000) as usize
-    }
-
-    /// RTP timestamp units in one frame of `ptime_ms`.
-    pub fn timestamp_units_per_frame(self, ptime_ms: u32) -> u32 {
-        (u64::from(self.rtp_clock_rate()) * u64::from(ptime_ms) / 1000) as u32
-    }
-
-    /// Encoded bytes in one frame of `ptime_ms`; 0 for Opus, whose packets vary in size.
-    pub fn bytes_per_frame(self, ptime_ms: u32) -> usize {
-        match self {
-            Codec::Pcmu | Codec::Pcma => self.samples_per_frame(ptime_ms),
-            Codec::G722 => self.samples_per_frame(ptime_ms) / 2,
-            Codec::Opus => 0,
-        }
-    }
-
-    /// The G.711 encoding of one linear zero sample. G.722 and Opus have no such byte (their
-    /// silence depends on codec state); they get 0, use [`silence_frame`](Self::silence_frame).
-    pub fn silence_byte(self) -> u8 {
-        match self {
-            Codec::Pcmu => g711::ULAW_SILENCE,
-            Codec::Pcma => g711::ALAW_SILENCE,
-            Codec::G722 | Codec::Opus => 0,
-        }
-    }
-
+impl CodecCoding for Codec {
     /// One encoded frame of silence of `ptime_ms`: constant bytes for G.711, zeros encoded by
     /// a fresh encoder for G.722 and Opus (for Opus, 20 ms unless `ptime_ms` is an Opus frame
     /// duration).
-    pub fn silence_frame(self, ptime_ms: u32) -> Vec<u8> {
+    fn silence_frame(self, ptime_ms: u32) -> Vec<u8> {
         match self {
             Codec::Pcmu | Codec::Pcma => vec![self.silence_byte(); self.bytes_per_frame(ptime_ms)],
             Codec::G722 => {
@@ -101,7 +43,7 @@ impl Codec {
     /// Stateless one-shot: exact for G.711; G.722 starts a fresh encoder per call (fine for a
     /// whole signal at once); Opus appends one packet if `samples` is exactly one Opus frame at
     /// 24 kHz and nothing otherwise. Calls use the stateful [`crate::framing`] types instead.
-    pub fn encode(self, samples: &[i16], out: &mut Vec<u8>) {
+    fn encode(self, samples: &[i16], out: &mut Vec<u8>) {
         match self {
             Codec::Pcmu => g711::ulaw_encode_slice(samples, out),
             Codec::Pcma => g711::alaw_encode_slice(samples, out),
@@ -118,7 +60,7 @@ impl Codec {
     ///
     /// Stateless one-shot like [`encode`](Self::encode): G.722 and Opus use a fresh decoder;
     /// an undecodable Opus packet appends nothing.
-    pub fn decode(self, payload: &[u8], out: &mut Vec<i16>) {
+    fn decode(self, payload: &[u8], out: &mut Vec<i16>) {
         match self {
             Codec::Pcmu => g711::ulaw_decode_slice(payload, out),
             Codec::Pcma => g711::alaw_decode_slice(payload, out),
@@ -171,6 +113,12 @@ mod tests {
         Codec::Opus.decode(&opus, &mut pcm);
         assert_eq!(pcm.len(), 480);
         assert!(pcm.iter().all(|&s| s.abs() <= 2));
+    }
+
+    #[test]
+    fn the_negotiation_vocabulary_agrees_with_the_codecs() {
+        assert_eq!(Codec::Pcmu.silence_byte(), g711::ULAW_SILENCE);
+        assert_eq!(Codec::Pcma.silence_byte(), g711::ALAW_SILENCE);
     }
 
     #[test]

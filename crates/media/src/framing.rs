@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use crate::codec::Codec;
+use crate::codec::{Codec, CodecCoding};
 use crate::g722::{G722Decoder, G722Encoder};
 use crate::opus_codec::{OpusDecoder, OpusEncoder, OpusEncoderSettings, is_opus_frame_size};
 use crate::resample::Resampler;
@@ -474,16 +474,6 @@ impl OutboundAudio {
     }
 }
 
-/// Playout time of `bytes` of model audio, in milliseconds: G.711 is one byte per sample at
-/// the codec's clock rate (bytes / 8 at 8 kHz); PCM 24 kHz is 48 bytes per millisecond.
-/// Passthrough on a non-G.711 codec counts as PCM 24 kHz, as [`model_audio_for`] decides.
-pub fn model_audio_ms(model: ModelAudio, codec: Codec, bytes: usize) -> f64 {
-    match model_audio_for(codec, model) {
-        ModelAudio::G711Passthrough => bytes as f64 * 1000.0 / f64::from(codec.sample_rate()),
-        ModelAudio::Pcm24k => bytes as f64 / (f64::from(MODEL_PCM_RATE) * 2.0 / 1000.0),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -646,7 +636,6 @@ mod tests {
             assert_eq!(InboundAudio::new(codec, ModelAudio::G711Passthrough).model_audio(), ModelAudio::Pcm24k);
             let outbound = OutboundAudio::new(codec, ModelAudio::G711Passthrough, PTIME);
             assert_eq!(outbound.model_audio(), ModelAudio::Pcm24k);
-            assert_eq!(model_audio_ms(ModelAudio::G711Passthrough, codec, 960), 20.0);
         }
     }
 
@@ -819,12 +808,5 @@ mod tests {
         assert_eq!(frames.len(), 1, "40 ms packets kept");
         let inbound = InboundAudio::new(Codec::G722, ModelAudio::Pcm24k);
         assert_eq!(inbound.clone().model_audio(), ModelAudio::Pcm24k);
-    }
-
-    #[test]
-    fn audio_durations() {
-        assert_eq!(model_audio_ms(ModelAudio::G711Passthrough, Codec::Pcmu, 160), 20.0);
-        assert_eq!(model_audio_ms(ModelAudio::Pcm24k, Codec::Pcmu, 960), 20.0);
-        assert_eq!(model_audio_ms(ModelAudio::Pcm24k, Codec::Pcma, 48), 1.0);
     }
 }

@@ -10,7 +10,7 @@ use ezk_g722::libg722::decoder::Decoder;
 use ezk_g722::libg722::encoder::Encoder;
 
 /// G.722's audio sample rate.
-pub const G722_SAMPLE_RATE: u32 = 16_000;
+pub const G722_SAMPLE_RATE: u32 = crate::Codec::G722.sample_rate();
 
 /// A stateful G.722 encoder (the ADPCM predictors and QMF history carry across frames).
 pub struct G722Encoder {

@@ -23,8 +23,8 @@ pub mod resample;
 pub mod rtp;
 pub mod signal;
 
-pub use codec::Codec;
-pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for, model_audio_ms};
+pub use codec::{Codec, CodecCoding};
+pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for};
 pub use latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
 pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};

@@ -7,9 +7,9 @@
 use thiserror::Error;
 
 /// The rate we run the Opus encoder and decoder at (the model's PCM rate).
-pub const OPUS_SAMPLE_RATE: u32 = 24_000;
+pub const OPUS_SAMPLE_RATE: u32 = crate::Codec::Opus.sample_rate();
 /// The RTP clock rate of Opus (RFC 7587 §4.1).
-pub const OPUS_RTP_CLOCK_RATE: u32 = 48_000;
+pub const OPUS_RTP_CLOCK_RATE: u32 = crate::Codec::Opus.rtp_clock_rate();
 /// Samples in the longest Opus packet (120 ms, RFC 6716 §3.2.5) at [`OPUS_SAMPLE_RATE`].
 pub const MAX_PACKET_SAMPLES: usize = 2880;
 /// Output buffer for one encoded packet: RFC 6716 §3.4 caps a frame at 1275 bytes.

@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn timestamps_advance_by_the_rtp_clock_not_the_sample_rate() {
-        use crate::codec::Codec;
+        use crate::codec::{Codec, CodecCoding};
         // RFC 3551 §4.5.2: G.722 at 16 kHz counts 8 kHz; RFC 7587 §4.1: Opus counts 48 kHz.
         for (codec, step) in [(Codec::G722, 160u32), (Codec::Opus, 960), (Codec::Pcmu, 160)] {
             let start = Instant::now();

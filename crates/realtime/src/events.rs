@@ -42,12 +42,14 @@ pub enum ClientEvent {
         /// Boxed: the session is large and this event is rare next to `append`.
         session: Box<SessionConfig>,
     },
-    /// Base64 audio in the session's input format; the server never acknowledges it.
+    /// Audio in the session's input format (base64 on the wire, encoded when serialized); the
+    /// server never acknowledges it.
     #[serde(rename = "input_audio_buffer.append")]
     InputAudioBufferAppend {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         event_id: Option<String>,
-        audio: String,
+        #[serde(with = "base64_audio")]
+        audio: Vec<u8>,
     },
     #[serde(rename = "input_audio_buffer.commit")]
     InputAudioBufferCommit {
@@ -172,8 +174,8 @@ impl ClientEvent {
     }
 
     /// `input_audio_buffer.append` without an event id (the hot path: one per 20–40 ms).
-    pub fn append(audio_base64: String) -> Self {
-        ClientEvent::InputAudioBufferAppend { event_id: None, audio: audio_base64 }
+    pub fn append(audio: Vec<u8>) -> Self {
+        ClientEvent::InputAudioBufferAppend { event_id: None, audio }
     }
 }
 
@@ -337,8 +339,47 @@ pub struct ContentPartEvent {
     pub part: ContentPart,
 }
 
-/// `response.output_audio.delta` (base64 audio), `response.output_audio_transcript.delta` and
-/// `response.output_text.delta` (text).
+/// `response.output_audio.delta`: the audio arrives decoded (base64 is the wire's business; an
+/// invalid one makes the whole event malformed, [`EventError::Malformed`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AudioDeltaEvent {
+    #[serde(default)]
+    pub event_id: String,
+    pub response_id: String,
+    pub item_id: String,
+    pub output_index: u32,
+    pub content_index: u32,
+    /// The audio bytes, in the session's output format.
+    #[serde(with = "base64_audio")]
+    pub delta: Vec<u8>,
+}
+
+/// Audio as base64 text on the wire (standard alphabet, padded), bytes everywhere else.
+mod base64_audio {
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
+    use serde::{Deserializer, Serializer, de};
+
+    pub fn serialize<S: Serializer>(audio: &[u8], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&BASE64.encode(audio))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+        struct Base64Visitor;
+        impl de::Visitor<'_> for Base64Visitor {
+            type Value = Vec<u8>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("base64 audio")
+            }
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<Vec<u8>, E> {
+                BASE64.decode(text).map_err(|e| E::custom(format!("audio is not base64: {e}")))
+            }
+        }
+        deserializer.deserialize_str(Base64Visitor)
+    }
+}
+
+/// `response.output_audio_transcript.delta` and `response.output_text.delta` (text).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeltaEvent {
     #[serde(default)]
@@ -531,7 +572,7 @@ pub enum ServerEvent {
     #[serde(rename = "response.content_part.done")]
     ContentPartDone(ContentPartEvent),
     #[serde(rename = "response.output_audio.delta", alias = "response.audio.delta")]
-    OutputAudioDelta(DeltaEvent),
+    OutputAudioDelta(AudioDeltaEvent),
     #[serde(rename = "response.output_audio.done", alias = "response.audio.done")]
     OutputAudioDone(AudioDoneEvent),
     #[serde(rename = "response.output_audio_transcript.delta", alias = "response.audio_transcript.delta")]
@@ -848,10 +889,30 @@ mod tests {
     }
 
     #[test]
+    fn audio_is_bytes_and_base64_only_on_the_wire() {
+        let append = ClientEvent::append(vec![0xFF, 0x00, 0x7F]);
+        let text = append.to_json().unwrap();
+        assert_eq!(text, r#"{"type":"input_audio_buffer.append","audio":"/wB/"}"#);
+        assert_eq!(ClientEvent::from_json(&text).unwrap(), append);
+
+        // JSON may escape the slash; the audio still decodes.
+        let text = r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","output_index":0,"content_index":0,"delta":"\/wB/"}"#;
+        let ServerEvent::OutputAudioDelta(delta) = ServerEvent::from_json(text).unwrap() else { panic!() };
+        assert_eq!(delta.delta, [0xFF, 0x00, 0x7F]);
+        assert!(ServerEvent::OutputAudioDelta(delta).to_json().unwrap().contains(r#""delta":"/wB/""#));
+    }
+
+    #[test]
+    fn an_audio_delta_with_bad_base64_is_malformed() {
+        let text = r#"{"type":"response.output_audio.delta","response_id":"r","item_id":"i","output_index":0,"content_index":0,"delta":"not base64!"}"#;
+        assert!(matches!(ServerEvent::from_json(text), Err(EventError::Malformed { .. })));
+    }
+
+    #[test]
     fn beta_names_are_aliases() {
         let text = r#"{"type":"response.audio.delta","event_id":"e","response_id":"r","item_id":"i","output_index":0,"content_index":0,"delta":"AAA="}"#;
         let event = ServerEvent::from_json(text).unwrap();
-        assert!(matches!(event, ServerEvent::OutputAudioDelta(ref d) if d.delta == "AAA="));
+        assert!(matches!(event, ServerEvent::OutputAudioDelta(ref d) if d.delta == [0, 0]));
         assert!(event.to_json().unwrap().contains("response.output_audio.delta"));
         let text = r#"{"type":"response.audio_transcript.done","response_id":"r","item_id":"i","output_index":0,"content_index":0,"transcript":"hi"}"#;
         assert!(matches!(ServerEvent::from_json(text).unwrap(), ServerEvent::OutputAudioTranscriptDone(_)));

@@ -1,18 +1,29 @@
 use std::fmt;
 
-/// An audio codec we can negotiate. Per-codec facts live in methods.
+/// The one codec vocabulary of the gateway: what SDP negotiates, what the media pipeline runs and
+/// what the configuration names. It lives here, in the pure SDP crate, because negotiation is
+/// where a codec gets its name; `switchboard_media` re-exports it and adds encoding on top, so
+/// nothing that only negotiates pays for libopus. Per-codec facts live in methods.
+// Not `non_exhaustive`: a new codec must be handled wherever codecs are matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-#[non_exhaustive]
 pub enum Codec {
-    /// G.711 mu-law (RFC 3551 §4.5.14).
+    /// G.711 mu-law (RFC 3551 §4.5.14): 8 kHz, one byte per sample.
     Pcmu,
-    /// G.711 A-law (RFC 3551 §4.5.14).
+    /// G.711 A-law (RFC 3551 §4.5.14): 8 kHz, one byte per sample.
     Pcma,
-    /// G.722 (RFC 3551 §4.5.2): 16 kHz audio on an 8000 Hz RTP clock.
+    /// G.722 at 64 kbit/s (RFC 3551 §4.5.2): 16 kHz audio, one byte per two samples, on an
+    /// 8000 Hz RTP clock.
     G722,
-    /// Opus (RFC 7587): always `opus/48000/2` in SDP, whatever is actually sent.
+    /// Opus (RFC 7587): always `opus/48000/2` in SDP; mono, run at 24 kHz, variable packet size.
     Opus,
 }
+
+/// The rate the gateway runs Opus at: the model's 24 kHz, so no resampling on that path.
+const OPUS_SAMPLE_RATE: u32 = 24_000;
+/// The RTP clock of Opus, whatever the audio rate (RFC 7587 §4.1).
+const OPUS_RTP_CLOCK_RATE: u32 = 48_000;
+/// G.722 samples at 16 kHz (RFC 3551 §4.5.2).
+const G722_SAMPLE_RATE: u32 = 16_000;
 
 /// Every codec, for lookups.
 const ALL: [Codec; 4] = [Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus];
@@ -28,13 +39,68 @@ impl Codec {
         }
     }
 
-    /// The RTP clock rate in Hz. G.722 keeps 8000 although it samples at 16 kHz (RFC 3551
-    /// §4.5.2); Opus always uses 48000 (RFC 7587 §4.1).
-    pub fn clock_rate(self) -> u32 {
+    /// The RTP clock rate in Hz: what RTP timestamps count. G.722 keeps 8000 although it
+    /// samples at 16 kHz (RFC 3551 §4.5.2); Opus always uses 48000 (RFC 7587 §4.1).
+    pub const fn clock_rate(self) -> u32 {
         match self {
             Codec::Pcmu | Codec::Pcma | Codec::G722 => 8000,
-            Codec::Opus => 48000,
+            Codec::Opus => OPUS_RTP_CLOCK_RATE,
         }
+    }
+
+    /// Same as [`clock_rate`](Self::clock_rate), for call sites that contrast it with
+    /// [`sample_rate`](Self::sample_rate).
+    pub const fn rtp_clock_rate(self) -> u32 {
+        self.clock_rate()
+    }
+
+    /// The rate of the audio samples the codec encodes and decodes, in Hz. It matches the RTP
+    /// clock for G.711 only.
+    pub const fn sample_rate(self) -> u32 {
+        match self {
+            Codec::Pcmu | Codec::Pcma => 8000,
+            Codec::G722 => G722_SAMPLE_RATE,
+            Codec::Opus => OPUS_SAMPLE_RATE,
+        }
+    }
+
+    /// True for the G.711 variants, the only codecs the model can speak directly.
+    pub const fn is_g711(self) -> bool {
+        matches!(self, Codec::Pcmu | Codec::Pcma)
+    }
+
+    /// Audio samples (at [`sample_rate`](Self::sample_rate)) in one frame of `ptime_ms`.
+    pub fn samples_per_frame(self, ptime_ms: u32) -> usize {
+        (u64::from(self.sample_rate()) * u64::from(ptime_ms) / 1000) as usize
+    }
+
+    /// RTP timestamp units in one frame of `ptime_ms`.
+    pub fn timestamp_units_per_frame(self, ptime_ms: u32) -> u32 {
+        (u64::from(self.rtp_clock_rate()) * u64::from(ptime_ms) / 1000) as u32
+    }
+
+    /// Encoded bytes in one frame of `ptime_ms`; 0 for Opus, whose packets vary in size.
+    pub fn bytes_per_frame(self, ptime_ms: u32) -> usize {
+        match self {
+            Codec::Pcmu | Codec::Pcma => self.samples_per_frame(ptime_ms),
+            Codec::G722 => self.samples_per_frame(ptime_ms) / 2,
+            Codec::Opus => 0,
+        }
+    }
+
+    /// The G.711 encoding of one linear zero sample (ITU-T G.711: 0xFF mu-law, 0xD5 A-law).
+    /// G.722 and Opus have no such byte (their silence depends on codec state): 0.
+    pub const fn silence_byte(self) -> u8 {
+        match self {
+            Codec::Pcmu => 0xFF,
+            Codec::Pcma => 0xD5,
+            Codec::G722 | Codec::Opus => 0,
+        }
+    }
+
+    /// Every codec the gateway supports.
+    pub fn all() -> [Codec; 4] {
+        ALL
     }
 
     /// The `<encoding parameters>` (channel count) written after the clock rate in `a=rtpmap`:

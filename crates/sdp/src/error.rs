@@ -33,11 +33,25 @@ pub enum SdpError {
         /// 0-based index of the m= section.
         media_index: usize,
     },
+    /// Our offer policy lists no codec: nothing to offer (our configuration's fault).
+    #[error("no codec to offer")]
+    NothingToOffer,
+    /// The answer rejected our audio stream (port 0, RFC 3264 §6).
+    #[error("the answer rejected our audio stream")]
+    StreamRejected,
+    /// The answer does not fit our offer (RFC 3264 §6: same m= lines, same media types).
+    #[error("the answer does not match our offer: {reason}")]
+    AnswerMismatch {
+        /// What did not match.
+        reason: String,
+    },
 }
 
 impl SdpError {
     /// True when the remote offer is to blame (drives the SIP response and the hang-up reason
-    /// label). Every error is the offerer's today; a future gateway-side failure would not be.
+    /// label). From [`crate::answer_offer`] every error is the offerer's; from
+    /// [`crate::receive_answer`] the remote party is the answerer, and the answer-only
+    /// variants (and [`SdpError::NothingToOffer`], ours) say false.
     pub fn is_offerers_fault(&self) -> bool {
         match self {
             SdpError::Malformed { .. }
@@ -45,6 +59,7 @@ impl SdpError {
             | SdpError::UnsupportedTransport { .. }
             | SdpError::NoCommonCodec
             | SdpError::MissingConnection { .. } => true,
+            SdpError::NothingToOffer | SdpError::StreamRejected | SdpError::AnswerMismatch { .. } => false,
         }
     }
 }

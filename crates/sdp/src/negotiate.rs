@@ -77,7 +77,8 @@ pub struct OpusParams {
 /// The receive side of our Opus stream, announced in the answer's fmtp (RFC 7587 §6.1): mono,
 /// audio at most 24 kHz (the model's rate, so no wider band is worth the bits), and we decode
 /// in-band FEC.
-const OUR_OPUS_FMTP: &str = "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;sprop-stereo=0;useinbandfec=1";
+pub(crate) const OUR_OPUS_FMTP: &str =
+    "maxplaybackrate=24000;sprop-maxcapturerate=24000;stereo=0;sprop-stereo=0;useinbandfec=1";
 
 /// Our answer SDP (CRLF line endings) and the negotiated media parameters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -89,7 +90,7 @@ pub struct SdpAnswer {
 }
 
 /// The encoding name of RFC 4733 DTMF events.
-const TELEPHONE_EVENT: &str = "telephone-event";
+pub(crate) const TELEPHONE_EVENT: &str = "telephone-event";
 /// The DTMF events we handle: 0-9, *, #, A-D (0-15) and flash (16), RFC 4733 §3.2.
 const MAX_TELEPHONE_EVENT: u8 = 16;
 
@@ -161,7 +162,7 @@ pub fn answer_offer(offer: &str, policy: &AnswerPolicy, local: &LocalMedia) -> R
 
 /// RTP/AVP, and RTP/AVPF which is backwards compatible with it (RFC 4585 §3.1): we simply send
 /// no feedback. Secure profiles need keys we do not have.
-fn is_plain_rtp(proto: &str) -> bool {
+pub(crate) fn is_plain_rtp(proto: &str) -> bool {
     proto.eq_ignore_ascii_case("RTP/AVP") || proto.eq_ignore_ascii_case("RTP/AVPF")
 }
 
@@ -184,7 +185,7 @@ fn offered_codec(media: &MediaDescription, payload_type: u8) -> Option<Codec> {
 
 /// Reads the offerer's Opus fmtp (RFC 7587 §6.1: `;`-separated `name=value`, names
 /// case-insensitive). Out-of-range or unparseable values are ignored, as if absent.
-fn opus_params(media: &MediaDescription, payload_type: u8, policy_ptime_ms: u32) -> OpusParams {
+pub(crate) fn opus_params(media: &MediaDescription, payload_type: u8, policy_ptime_ms: u32) -> OpusParams {
     let mut params =
         OpusParams { max_average_bitrate: None, max_playback_rate: None, use_inband_fec: false, ptime_ms: 20 };
     for (name, value) in media.fmtp(payload_type).unwrap_or("").split(';').filter_map(|p| p.split_once('=')) {

@@ -7,8 +7,6 @@
 
 use std::time::{Duration, Instant};
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use rand::distr::Alphanumeric;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -277,7 +275,7 @@ impl SimSession {
         };
         let mut out = match event {
             ClientEvent::SessionUpdate { session, .. } => self.session_update(*session, client_event_id),
-            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio, client_event_id),
+            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio),
             ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(client_event_id),
             ClientEvent::InputAudioBufferClear { .. } => self.clear_buffer(),
             ClientEvent::ConversationItemCreate { previous_item_id, item, .. } => {
@@ -547,21 +545,10 @@ impl SimSession {
 
     // ---- input audio buffer (§3, §4.2) ----
 
-    fn append(&mut self, now: Instant, audio_b64: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
-        let bytes = match BASE64.decode(audio_b64) {
-            Ok(bytes) => bytes,
-            Err(e) => {
-                let id = self.event_id();
-                return vec![Outgoing::Event(error_event(
-                    id,
-                    "invalid_value",
-                    &format!("Invalid 'audio': not base64 ({e})."),
-                    Some("audio"),
-                    client_event_id,
-                ))];
-            }
-        };
-        let samples = audio::decode(self.input_format, &bytes);
+    /// `bytes` were base64 on the wire; an append whose audio is not base64 never gets here
+    /// (it is a malformed event: `invalid_value`).
+    fn append(&mut self, now: Instant, bytes: &[u8]) -> Vec<Outgoing> {
+        let samples = audio::decode(self.input_format, bytes);
         let rate = self.input_format.sample_rate();
         self.buffer.extend_from_slice(&samples);
         self.appended_ms += samples.len() as f64 * 1000.0 / f64::from(rate);
@@ -1142,7 +1129,7 @@ impl SimSession {
         let wanted = (response.format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
         let wanted = (wanted / sample_bytes).max(1) * sample_bytes;
         let end = (response.sent_bytes + wanted).min(response.audio.len());
-        let delta = BASE64.encode(&response.audio[response.sent_bytes..end]);
+        let delta = response.audio[response.sent_bytes..end].to_vec();
         response.sent_bytes = end;
         let sent_ms = response.sent_ms();
         let total = response.audio.len().max(1);
@@ -1153,7 +1140,7 @@ impl SimSession {
         if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
             stored.audio_ms = Some(sent_ms);
         }
-        out.push(Outgoing::Event(ServerEvent::OutputAudioDelta(DeltaEvent {
+        out.push(Outgoing::Event(ServerEvent::OutputAudioDelta(AudioDeltaEvent {
             event_id: self.event_id(),
             response_id: response_id.clone(),
             item_id: item_id.clone(),
@@ -1494,6 +1481,8 @@ fn fill_turn_detection_defaults(td: TurnDetection) -> TurnDetection {
 mod tests {
     use super::*;
     use crate::config::BurstPattern;
+    use base64::Engine;
+    use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::json;
 
     fn cfg(speed: f64) -> SimConfig {
@@ -1704,7 +1693,7 @@ mod tests {
         let echoed: Vec<u8> = all
             .iter()
             .filter_map(|e| match e {
-                ServerEvent::OutputAudioDelta(d) => Some(BASE64.decode(&d.delta).unwrap()),
+                ServerEvent::OutputAudioDelta(d) => Some(d.delta.clone()),
                 _ => None,
             })
             .flatten()
@@ -1733,7 +1722,7 @@ mod tests {
         let bytes: usize = events(&out)
             .iter()
             .filter_map(|e| match e {
-                ServerEvent::OutputAudioDelta(d) => Some(BASE64.decode(&d.delta).unwrap().len()),
+                ServerEvent::OutputAudioDelta(d) => Some(d.delta.len()),
                 _ => None,
             })
             .sum();
@@ -1749,9 +1738,7 @@ mod tests {
             events(out)
                 .iter()
                 .filter_map(|e| match e {
-                    ServerEvent::OutputAudioDelta(d) => {
-                        Some(AudioFormat::PCM24K.bytes_to_ms(BASE64.decode(&d.delta).unwrap().len()))
-                    }
+                    ServerEvent::OutputAudioDelta(d) => Some(AudioFormat::PCM24K.bytes_to_ms(d.delta.len())),
                     _ => None,
                 })
                 .collect()

@@ -279,7 +279,7 @@ where
                         "type": "response.output_audio.delta", "event_id": d.event_id,
                         "response_id": d.response_id, "item_id": d.item_id,
                         "output_index": d.output_index, "content_index": d.content_index,
-                        "audio_bytes": BASE64.decode(d.delta.as_bytes()).map(|b| b.len()).unwrap_or(0),
+                        "audio_bytes": d.delta.len(),
                     }),
                     other => serde_json::to_value(other).unwrap_or(Value::Null),
                 };

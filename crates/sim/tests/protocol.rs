@@ -3,8 +3,6 @@
 
 use std::time::Duration;
 
-use base64::Engine;
-use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use switchboard_media::g711;
@@ -93,7 +91,7 @@ async fn echo_turn_over_pcmu() {
     samples.extend(vec![0i16; 8000]);
     let sent: Vec<u8> = samples.iter().map(|&s| g711::ulaw_encode(s)).collect();
     for frame in sent.chunks(160) {
-        tx.send(&ClientEvent::append(BASE64.encode(frame))).await.unwrap();
+        tx.send(&ClientEvent::append(frame.to_vec())).await.unwrap();
     }
 
     let events = until(&mut rx, |e| matches!(e, ServerEvent::ResponseDone(_))).await;
@@ -119,7 +117,7 @@ async fn echo_turn_over_pcmu() {
     let echoed: Vec<u8> = events
         .iter()
         .filter_map(|e| match e {
-            ServerEvent::OutputAudioDelta(d) => Some(BASE64.decode(&d.delta).unwrap()),
+            ServerEvent::OutputAudioDelta(d) => Some(d.delta.clone()),
             _ => None,
         })
         .flatten()
@@ -211,12 +209,12 @@ async fn barge_in_cancels_a_monologue() {
     turn.extend(vec![0i16; 4000]);
     for frame in turn.chunks(160) {
         let bytes: Vec<u8> = frame.iter().map(|&s| g711::ulaw_encode(s)).collect();
-        tx.send(&ClientEvent::append(BASE64.encode(bytes))).await.unwrap();
+        tx.send(&ClientEvent::append(bytes.to_vec())).await.unwrap();
     }
     until(&mut rx, |e| matches!(e, ServerEvent::OutputAudioDelta(_))).await;
     for frame in tone_samples(200).chunks(160) {
         let bytes: Vec<u8> = frame.iter().map(|&s| g711::ulaw_encode(s)).collect();
-        tx.send(&ClientEvent::append(BASE64.encode(bytes))).await.unwrap();
+        tx.send(&ClientEvent::append(bytes.to_vec())).await.unwrap();
     }
     let events = until(&mut rx, |e| matches!(e, ServerEvent::ResponseDone(_))).await;
     assert!(events.iter().any(|e| matches!(e, ServerEvent::SpeechStarted(_))));
@@ -348,7 +346,7 @@ async fn conversation_truncate_after_barge_in_is_accepted() {
     let send_audio = |samples: Vec<i16>| {
         samples
             .chunks(160)
-            .map(|f| ClientEvent::append(BASE64.encode(f.iter().map(|&s| g711::ulaw_encode(s)).collect::<Vec<u8>>())))
+            .map(|f| ClientEvent::append(f.iter().map(|&s| g711::ulaw_encode(s)).collect::<Vec<u8>>()))
             .collect::<Vec<_>>()
     };
     let mut turn = vec![0i16; 4000];
@@ -366,7 +364,7 @@ async fn conversation_truncate_after_barge_in_is_accepted() {
         match next(&mut rx).await {
             ServerEvent::ResponseCreated(r) => conv.on_response_created(&r.response.id),
             ServerEvent::OutputAudioDelta(d) => {
-                let ms = AudioFormat::Pcmu.bytes_to_ms(BASE64.decode(&d.delta).unwrap().len());
+                let ms = AudioFormat::Pcmu.bytes_to_ms(d.delta.len());
                 tag = conv.on_audio_delta(&d.response_id, &d.item_id, ms);
                 received_ms += ms;
             }
@@ -387,7 +385,7 @@ async fn conversation_truncate_after_barge_in_is_accepted() {
         match next(&mut rx).await {
             ServerEvent::SpeechStarted(_) => truncate = conv.on_speech_started(),
             ServerEvent::OutputAudioDelta(d) => {
-                let ms = AudioFormat::Pcmu.bytes_to_ms(BASE64.decode(&d.delta).unwrap().len());
+                let ms = AudioFormat::Pcmu.bytes_to_ms(d.delta.len());
                 assert!(truncate.is_none() || conv.on_audio_delta(&d.response_id, &d.item_id, ms).is_none());
             }
             ServerEvent::ResponseDone(done) => {

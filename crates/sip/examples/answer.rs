@@ -21,7 +21,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             call.info.call_id, call.info.dialled, call.info.source, call.info.transport
         );
         call.invite.ringing();
-        let mut dialog = call.invite.accept(ANSWER);
+        let Some(mut dialog) = call.invite.accept(ANSWER) else {
+            continue; // cancelled before we answered
+        };
         tokio::spawn(async move {
             while let Some(event) = dialog.next_event().await {
                 println!("{}: {event:?}", dialog.call_id());

@@ -1,18 +1,34 @@
-//! Sans-IO SIP endpoint core: server transactions (RFC 3261 §17.2), UAS dialogs (§12.1.1),
-//! CANCEL (§9.2), 2xx retransmission (§13.3.1.4) and our BYE client transaction (§17.1.2).
+//! Sans-IO SIP endpoint core, server and client (RFC 3261), in layers:
+//!
+//! ```text
+//!   Core (this file): parse, route each message to its layer, build responses (§8.2.6),
+//!   |                 UAS request checks (§8.2), CANCEL of a received INVITE (§9.2)
+//!   +-- outgoing.rs   calls we place: the TU above our INVITEs (§13.2), CANCEL (§9.1),
+//!   |                 digest retry (§22.2)
+//!   +-- dialog.rs     dialogs with a role, UAC or UAS (§12): requests in a dialog, BYE (§15),
+//!   |                 2xx retransmission (§13.3.1.4), ACK for a 2xx we received (§13.2.2.4)
+//!   +-- transaction/  one state machine per kind (§17), responses routed back to their owner
+//!         server_invite.rs  server_non_invite.rs  client_invite.rs  client_non_invite.rs
+//! ```
 //!
 //! Feed it with [`Core::handle_message`] and [`Core::handle_timeout`] (time is a parameter),
-//! drive application decisions with [`Core::ringing`], [`Core::reject`], [`Core::accept`] and
-//! [`Core::hangup`], and drain [`Core::poll_transmit`], [`Core::poll_event`] and
-//! [`Core::poll_timeout`].
+//! drive application decisions with [`Core::ringing`], [`Core::reject`], [`Core::accept`],
+//! [`Core::hangup`], [`Core::send_request`], [`Core::place_call`] and [`Core::cancel_call`],
+//! and drain [`Core::poll_transmit`], [`Core::poll_event`] and [`Core::poll_timeout`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
+use self::transaction::Retransmit;
+use self::transaction::client_invite::{ClientInvite, InviteResponse, InviteTimeout};
+use self::transaction::client_non_invite::{ClientNonInvite, NonInviteResponse, NonInviteTimeout};
+use self::transaction::server_invite::{ServerInvite, ServerInviteState, ServerTimeout};
+use self::transaction::server_non_invite::ServerNonInvite;
+use crate::client::{CallFailure, OutgoingCall};
 use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
 use crate::{Timers, Transport};
 
@@ -25,6 +41,37 @@ pub type ConnectionId = u64;
 /// Identifies a pending incoming INVITE (server transaction awaiting the application).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct InviteId(pub u64);
+
+/// Identifies a call we placed (a client INVITE and what follows it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct OutgoingId(pub u64);
+
+/// Who cancels a call we placed: decides the outcome reported for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CancelReason {
+    /// The ring timeout expired: [`CallFailure::NoAnswer`].
+    RingTimeout,
+    /// The application cancelled: [`CallFailure::Cancelled`].
+    Caller,
+}
+
+/// A call just placed by [`Core::place_call`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacedCall {
+    pub id: OutgoingId,
+    pub call_id: String,
+}
+
+/// One step of a call we placed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OutgoingProgress {
+    /// A 1xx other than 100.
+    Provisional { status: u16, reason: String },
+    /// A 2xx: the dialog exists, the ACK is sent.
+    Answered { dialog: DialogId, sdp_answer: String },
+    /// Final failure.
+    Failed(CallFailure),
+}
 
 /// Identifies a dialog.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -73,27 +120,33 @@ pub struct NextHop {
     pub port: u16,
 }
 
-/// Outcome of our BYE.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ByeOutcome {
-    /// 2xx, or 481 (the peer had already forgotten the dialog).
-    Answered(u16),
-    /// Another final response; the dialog is over anyway.
+/// How our BYE ended: `Ok` for a 2xx, or a 481 (the peer had already forgotten the dialog).
+pub type ByeOutcome = Result<(), HangupError>;
+
+/// Why our BYE did not complete cleanly. The dialog is over in every case.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HangupError {
+    #[error("no final response to BYE before Timer F")]
+    Timeout,
+    #[error("BYE answered with {0}")]
     Rejected(u16),
-    /// Timer F fired.
-    TimedOut,
-    /// The next hop's host name did not resolve.
+    #[error("the dialog has no usable remote target; ended without BYE")]
+    NoRemoteTarget,
+    #[error("next hop host name did not resolve")]
     Unresolvable,
+    #[error("endpoint shut down")]
+    Shutdown,
 }
 
-/// Dialog-level notifications for the application.
+/// Dialog events for the application.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogNotice {
-    /// The ACK for our 2xx arrived.
+pub enum DialogEvent {
+    /// The dialog is confirmed: UAS, the ACK for our 2xx arrived; UAC, we received the 2xx and
+    /// sent our ACK (reported right after the call's `Answered`).
     Confirmed,
-    /// The peer sent BYE (already answered 200).
+    /// The peer hung up (its BYE already answered 200).
     RemoteBye,
-    /// No ACK within 64*T1; the core is sending BYE itself (§13.3.1.4).
+    /// UAS: no ACK within 64*T1; the endpoint has sent BYE itself (§13.3.1.4).
     AckTimeout,
 }
 
@@ -105,11 +158,16 @@ pub enum CoreEvent {
     /// The caller cancelled (already answered 200 to CANCEL and 487 to the INVITE).
     InviteCancelled { invite: InviteId },
     /// Something happened in a dialog.
-    Dialog { dialog: DialogId, notice: DialogNotice },
-    /// Our BYE must go to a host name: resolve it and call [`Core::send_bye`].
+    Dialog { dialog: DialogId, notice: DialogEvent },
+    /// Our BYE must go to a host name: resolve it and call [`Core::send_bye`] (or
+    /// [`Core::bye_unresolvable`]).
     ByeNeedsResolution { dialog: DialogId, next_hop: NextHop },
     /// Our BYE finished (or there was nothing left to hang up).
     ByeFinished { dialog: DialogId, outcome: ByeOutcome },
+    /// A request sent with [`Core::send_request`] ended.
+    RequestFinished { dialog: DialogId, request: RequestId, outcome: RequestOutcome },
+    /// A call we placed progressed.
+    Outgoing { call: OutgoingId, progress: OutgoingProgress },
 }
 
 /// What [`Core::hangup`] did.
@@ -117,10 +175,22 @@ pub enum CoreEvent {
 pub enum HangupStart {
     /// Nothing to do: the dialog already ended.
     AlreadyEnded,
-    /// BYE sent (or already in flight); wait for [`CoreEvent::ByeFinished`].
+    /// BYE sent, in flight, or waiting for the next hop's resolution
+    /// ([`CoreEvent::ByeNeedsResolution`]); wait for [`CoreEvent::ByeFinished`].
     InProgress,
-    /// The next hop is a host name: resolve it and call [`Core::send_bye`].
-    NeedsResolution(NextHop),
+}
+
+/// Identifies a request sent with [`Core::send_request`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RequestId(pub u64);
+
+/// How an in-dialog request of ours ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RequestOutcome {
+    /// Its final response.
+    Answered { status: u16, reason: String },
+    /// Timer F: no final response.
+    TimedOut,
 }
 
 /// Static configuration of the core.
@@ -176,81 +246,69 @@ impl TxKey {
     }
 }
 
+/// A server transaction of either kind (§17.2).
+#[derive(Debug)]
+enum ServerTransaction {
+    /// Boxed: it keeps the request and is twice the size of a non-INVITE one.
+    Invite(Box<ServerInvite>),
+    NonInvite(ServerNonInvite),
+}
+
+impl ServerTransaction {
+    fn origin(&self) -> &Origin {
+        match self {
+            ServerTransaction::Invite(tx) => tx.origin(),
+            ServerTransaction::NonInvite(tx) => tx.origin(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        match self {
+            ServerTransaction::Invite(tx) => tx.deadline(),
+            ServerTransaction::NonInvite(tx) => tx.deadline(),
+        }
+    }
+
+    /// The INVITE transaction, if this is one.
+    fn as_invite(&self) -> Option<&ServerInvite> {
+        match self {
+            ServerTransaction::Invite(tx) => Some(tx),
+            ServerTransaction::NonInvite(_) => None,
+        }
+    }
+
+    fn as_invite_mut(&mut self) -> Option<&mut ServerInvite> {
+        match self {
+            ServerTransaction::Invite(tx) => Some(tx),
+            ServerTransaction::NonInvite(_) => None,
+        }
+    }
+}
+
+/// Who a non-INVITE client transaction reports to (responses go back to whoever sent the
+/// request).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum TxState {
-    /// INVITE: provisional sent; non-INVITE: not used (we answer at once).
-    Proceeding,
-    /// Final response sent (non-2xx for INVITE).
-    Completed,
-    /// INVITE: ACK received for a non-2xx (Timer I running).
-    Confirmed,
-    /// INVITE: 2xx sent; absorb retransmitted INVITEs (RFC 6026 §7.1).
-    Accepted,
+enum RequestOwner {
+    /// Our BYE ending this dialog.
+    Bye(DialogId),
+    /// Our CANCEL of this outgoing call.
+    Cancel(OutgoingId),
+    /// Another in-dialog request sent with [`Core::send_request`].
+    InDialog { dialog: DialogId, request: RequestId },
 }
 
 #[derive(Debug)]
-struct ServerTransaction {
-    is_invite: bool,
-    state: TxState,
-    reply: Transmit,
-    request: Message,
-    origin: Origin,
-    to_tag: String,
-    invite: Option<InviteId>,
-    /// Timer G (INVITE non-2xx over UDP).
-    retransmit_at: Option<Instant>,
-    retransmit_interval: Duration,
-    /// Timers H, I, J, L.
-    expires_at: Option<Instant>,
+struct OwnedNonInvite {
+    owner: RequestOwner,
+    transaction: ClientNonInvite,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum DialogPhase {
-    /// 2xx sent, waiting for ACK.
-    WaitingAck,
-    Confirmed,
-    /// Our BYE is in flight.
-    Terminating,
-}
-
-/// 2xx retransmission state (§13.3.1.4).
-#[derive(Debug)]
-struct Pending2xx {
-    cseq: u32,
-    transmit: Transmit,
-    next_at: Option<Instant>,
-    interval: Duration,
-    give_up_at: Instant,
-    initial: bool,
-}
-
-#[derive(Debug)]
-struct DialogState {
-    call_id: String,
-    local_tag: String,
-    remote_tag: String,
-    /// Our party (the INVITE's To with our tag) for From of our requests.
-    local_party: String,
-    /// Their party (the INVITE's From) for To of our requests.
-    remote_party: String,
-    remote_target: String,
-    route_set: Vec<String>,
-    local_cseq: u32,
-    remote_cseq: u32,
-    origin: Origin,
-    phase: DialogPhase,
-    pending_2xx: Option<Pending2xx>,
-    last_answer: String,
-    bye_branch: Option<String>,
-}
-
-#[derive(Debug)]
-struct ClientTransaction {
-    dialog: DialogId,
-    transmit: Transmit,
-    retransmit_at: Option<Instant>,
-    interval: Duration,
-    timeout_at: Instant,
+/// Client transaction key (RFC 3261 §17.1.3): the branch of our top Via and the CSeq method
+/// (a CANCEL shares its INVITE's branch).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct ClientKey {
+    branch: String,
+    method: Method,
 }
 
 /// The sans-IO endpoint.
@@ -266,7 +324,12 @@ pub struct Core {
     merge_index: HashMap<(String, String, u32), TxKey>,
     dialogs: HashMap<DialogId, DialogState>,
     dialog_index: HashMap<(String, String, String), DialogId>,
-    client_transactions: HashMap<String, ClientTransaction>,
+    /// Our non-INVITE requests (BYE, CANCEL, in-dialog requests).
+    client_transactions: HashMap<ClientKey, OwnedNonInvite>,
+    /// Our INVITEs, by branch, with the call they belong to.
+    client_invites: HashMap<String, (OutgoingId, ClientInvite)>,
+    /// Calls we placed.
+    outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
 }
@@ -482,6 +545,8 @@ impl Core {
             dialogs: HashMap::new(),
             dialog_index: HashMap::new(),
             client_transactions: HashMap::new(),
+            client_invites: HashMap::new(),
+            outgoing: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -504,7 +569,7 @@ impl Core {
 
     /// Number of live server transactions, dialogs and client transactions (for tests/metrics).
     pub fn live_state(&self) -> (usize, usize, usize) {
-        (self.transactions.len(), self.dialogs.len(), self.client_transactions.len())
+        (self.transactions.len(), self.dialogs.len(), self.client_transactions.len() + self.client_invites.len())
     }
 
     /// Whether a dialog or a pending transaction was set up over this TCP connection: its peer
@@ -512,18 +577,20 @@ impl Core {
     /// for idling during a long, quiet call.
     pub fn connection_in_use(&self, connection: ConnectionId) -> bool {
         let uses = |origin: &Origin| origin.connection == Some(connection);
-        self.dialogs.values().any(|d| uses(&d.origin)) || self.transactions.values().any(|t| uses(&t.origin))
+        self.dialogs.values().any(|d| uses(&d.origin)) || self.transactions.values().any(|t| uses(t.origin()))
     }
 
     /// Earliest deadline at which [`Core::handle_timeout`] must be called.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        let tx = self.transactions.values().flat_map(|t| [t.retransmit_at, t.expires_at]);
+        let tx = self.transactions.values().map(ServerTransaction::deadline);
         let dialogs = self.dialogs.values().flat_map(|d| match &d.pending_2xx {
-            Some(p) => [p.next_at, Some(p.give_up_at)],
+            Some(p) => [p.retransmit.deadline(), Some(p.give_up_at)],
             None => [None, None],
         });
-        let clients = self.client_transactions.values().flat_map(|c| [c.retransmit_at, Some(c.timeout_at)]);
-        tx.chain(dialogs).chain(clients).flatten().min()
+        let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
+        let invites = self.client_invites.values().map(|(_, c)| c.deadline());
+        let outgoing = self.outgoing.values().map(|o| o.deadline());
+        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).flatten().min()
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -575,7 +642,7 @@ impl Core {
                 }
                 StartLine::Response { code, .. } => {
                     let code = *code;
-                    self.handle_response(now, message, code);
+                    self.handle_response(now, origin, message, code);
                 }
             },
             Err(error) => self.handle_malformed(origin, error),
@@ -624,29 +691,24 @@ impl Core {
 
         // §17.2.3 matching: ACK to a non-2xx final and retransmissions.
         if method == Method::Ack {
-            if let Some(tx) = self.transactions.get_mut(&key)
-                && tx.is_invite
-                && matches!(tx.state, TxState::Completed | TxState::Confirmed)
-            {
-                if tx.state == TxState::Completed {
-                    // §17.2.1: Completed -> Confirmed; Timer I = T4 (UDP) or 0 (TCP).
-                    tx.state = TxState::Confirmed;
-                    tx.retransmit_at = None;
-                    tx.expires_at =
-                        Some(if origin.transport.is_reliable() { now } else { now + self.config.timers.t4 });
-                }
-                return;
+            let taken = self
+                .transactions
+                .get_mut(&key)
+                .and_then(ServerTransaction::as_invite_mut)
+                .is_some_and(|tx| tx.on_ack(now, origin.transport.is_reliable()));
+            if !taken {
+                self.handle_ack_for_2xx(now, &request);
             }
-            self.handle_ack_for_2xx(now, &request);
             return;
         }
         if let Some(tx) = self.transactions.get(&key) {
             // Retransmission: resend the last response (§17.2.1, §17.2.2).
-            if tx.state != TxState::Proceeding || tx.is_invite {
-                let reply = tx.reply.clone();
-                if !reply.payload.is_empty() {
-                    self.transmits.push_back(reply);
-                }
+            let reply = match tx {
+                ServerTransaction::Invite(tx) => tx.on_retransmission(),
+                ServerTransaction::NonInvite(tx) => tx.on_retransmission(),
+            };
+            if let Some(reply) = reply {
+                self.transmits.push_back(reply);
             }
             return;
         }
@@ -786,21 +848,8 @@ impl Core {
         };
         self.transmits.push_back(reply.clone());
         let invite = InviteId(self.fresh_id());
-        self.transactions.insert(
-            key.clone(),
-            ServerTransaction {
-                is_invite: true,
-                state: TxState::Proceeding,
-                reply,
-                request,
-                origin,
-                to_tag,
-                invite: Some(invite),
-                retransmit_at: None,
-                retransmit_interval: self.config.timers.t1,
-                expires_at: None,
-            },
-        );
+        let transaction = ServerInvite::proceeding(request, origin, to_tag, Some(invite), reply, self.config.timers);
+        self.transactions.insert(key.clone(), ServerTransaction::Invite(Box::new(transaction)));
         self.merge_index.insert(merge, key.clone());
         self.invites.insert(invite, key);
         self.events.push_back(CoreEvent::IncomingCall { invite, info, offer });
@@ -809,13 +858,13 @@ impl Core {
     /// §9.2: CANCEL matches the INVITE transaction with the same branch and sent-by.
     fn handle_cancel(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey) {
         let invite_key = TxKey { method: "INVITE".to_string(), ..key.clone() };
-        let Some(tx) = self.transactions.get(&invite_key) else {
+        let Some(tx) = self.transactions.get(&invite_key).and_then(ServerTransaction::as_invite) else {
             self.respond(now, key, &origin, &request, 481, None, &[]);
             return;
         };
-        let to_tag = tx.to_tag.clone();
-        let pending = tx.state == TxState::Proceeding;
-        let invite = tx.invite;
+        let to_tag = tx.to_tag().to_string();
+        let pending = tx.state() == ServerInviteState::Proceeding;
+        let invite = tx.invite();
         // §9.2: the CANCEL's 200 SHOULD carry the same To-tag as the INVITE's responses.
         self.respond_tagged(now, key, &origin, &request, 200, None, &[], Some(to_tag));
         if pending && let Some(invite) = invite {
@@ -824,189 +873,72 @@ impl Core {
         }
     }
 
-    fn handle_in_dialog(
-        &mut self,
-        now: Instant,
-        origin: Origin,
-        request: Message,
-        method: Method,
-        key: TxKey,
-        to_tag: String,
-    ) {
-        let index = (request.call_id().unwrap_or_default().to_string(), to_tag, request.from_tag().unwrap_or_default());
-        let Some(&dialog_id) = self.dialog_index.get(&index) else {
-            // §12.2.2: no matching dialog.
-            self.respond(now, key, &origin, &request, 481, None, &[]);
-            return;
-        };
-        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
-        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
-            self.respond(now, key, &origin, &request, 481, None, &[]);
-            return;
-        };
-        // §12.2.2: CSeq must increase within the dialog.
-        if cseq <= dialog.remote_cseq {
-            self.respond(now, key, &origin, &request, 500, Some("Server Internal Error (CSeq out of order)"), &[]);
-            return;
-        }
-        dialog.remote_cseq = cseq;
-        match method {
-            // §15.1.2: answer 200 and end the dialog.
-            Method::Bye => {
-                self.respond(now, key, &origin, &request, 200, None, &[]);
-                self.end_dialog(dialog_id);
-                self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::RemoteBye });
-            }
-            Method::Options => {
-                let status = self.options_status;
-                self.respond(
-                    now,
-                    key,
-                    &origin,
-                    &request,
-                    status,
-                    None,
-                    &[("Allow", ALLOW), ("Accept", "application/sdp")],
-                );
-            }
-            Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
-            _ => self.respond(now, key, &origin, &request, 501, None, &[]),
-        }
-    }
-
-    /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer
-    /// unchanged (same o= version: "no change", RFC 3264 §8).
-    fn handle_reinvite(&mut self, now: Instant, origin: Origin, request: Message, key: TxKey, dialog_id: DialogId) {
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
-            return;
-        };
-        if dialog.pending_2xx.is_some() || dialog.phase == DialogPhase::Terminating {
-            // §14.2: an INVITE is already in progress.
-            self.respond(now, key, &origin, &request, 491, None, &[]);
-            return;
-        }
-        let answer = dialog.last_answer.clone();
-        let local_tag = dialog.local_tag.clone();
-        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
-        // A new remote target may come with the re-INVITE (§12.2.2).
-        let new_target = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri);
-        let contact = self.contact_header(origin.transport);
-        let mut response = self.build_response(
-            &request,
-            &origin,
-            200,
-            "OK",
-            Some(&local_tag),
-            &[("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-        );
-        response.body = answer.into_bytes();
-        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 200) else {
-            return;
-        };
-        self.transmits.push_back(reply.clone());
-        let timers = self.config.timers;
-        if let Some(dialog) = self.dialogs.get_mut(&dialog_id) {
-            if let Some(target) = new_target {
-                dialog.remote_target = target;
-            }
-            dialog.pending_2xx = Some(Pending2xx {
-                cseq,
-                transmit: reply.clone(),
-                next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
-                interval: timers.t1,
-                give_up_at: now + timers.t1_x64(),
-                initial: false,
-            });
-        }
-        self.transactions.insert(
-            key,
-            ServerTransaction {
-                is_invite: true,
-                state: TxState::Accepted,
-                reply,
-                request,
-                origin,
-                to_tag: local_tag,
-                invite: None,
-                retransmit_at: None,
-                retransmit_interval: timers.t1,
-                expires_at: Some(now + timers.t1_x64()),
-            },
-        );
-    }
-
-    /// §13.3.1.4: the ACK for a 2xx is matched by dialog and CSeq, not by transaction.
-    fn handle_ack_for_2xx(&mut self, _now: Instant, request: &Message) {
-        let (Some(to_tag), Some(call_id)) = (request.to_tag(), request.call_id()) else {
-            return;
-        };
-        let index = (call_id.to_string(), to_tag, request.from_tag().unwrap_or_default());
-        let Some(&dialog_id) = self.dialog_index.get(&index) else {
-            return; // stray ACK: never answered
-        };
-        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
-            return;
-        };
-        let cseq = request.cseq().map(|(n, _)| n);
-        let Some(pending) = &dialog.pending_2xx else {
-            return; // retransmitted ACK
-        };
-        if Some(pending.cseq) != cseq {
-            return;
-        }
-        let initial = pending.initial;
-        dialog.pending_2xx = None;
-        if dialog.phase == DialogPhase::WaitingAck {
-            dialog.phase = DialogPhase::Confirmed;
-        }
-        if initial {
-            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogNotice::Confirmed });
-        }
-    }
-
-    fn handle_response(&mut self, _now: Instant, response: Message, code: u16) {
-        // §17.1.3: match by top Via branch (and CSeq method).
+    /// §17.1.3: a response goes to the client transaction whose branch and CSeq method it
+    /// carries, and from there to whoever sent the request. Anything else is dropped
+    /// (§18.1.2: a stray response is discarded).
+    fn handle_response(&mut self, now: Instant, origin: Origin, response: Message, code: u16) {
         let Some(branch) = response.top_via().and_then(|v| v.branch().map(str::to_string)) else {
             return;
         };
-        if response.cseq().map(|(_, m)| m) != Some(Method::Bye) {
-            return;
-        }
-        let Some(client) = self.client_transactions.get_mut(&branch) else {
+        let Some((_, method)) = response.cseq() else {
             return;
         };
-        if code < 200 {
-            // §17.1.2.2: Proceeding; over UDP keep retransmitting at T2.
-            if client.retransmit_at.is_some() {
-                client.interval = self.config.timers.t2;
+        if method == Method::Invite {
+            let Some((call, transaction)) = self.client_invites.get_mut(&branch) else {
+                return;
+            };
+            let call = *call;
+            match transaction.on_response(now, &response, code) {
+                InviteResponse::Provisional => self.outgoing_provisional(now, call, &branch, &response, code),
+                InviteResponse::Success => self.outgoing_success(now, origin, call, &response),
+                InviteResponse::Failure { ack } => {
+                    self.transmits.push_back(ack);
+                    self.outgoing_failure(now, call, &branch, &response, code);
+                }
+                InviteResponse::RetransmittedFailure { ack } => self.transmits.push_back(ack),
+                InviteResponse::Absorbed => {}
             }
             return;
         }
-        let dialog = client.dialog;
-        self.client_transactions.remove(&branch);
-        let outcome = if (200..300).contains(&code) || code == 481 {
-            ByeOutcome::Answered(code)
-        } else {
-            ByeOutcome::Rejected(code)
+        let key = ClientKey { branch, method };
+        let Some(entry) = self.client_transactions.get_mut(&key) else {
+            return;
         };
-        self.end_dialog(dialog);
-        self.events.push_back(CoreEvent::ByeFinished { dialog, outcome });
+        if entry.transaction.on_response(now, code) != NonInviteResponse::Final {
+            return;
+        }
+        match entry.owner {
+            RequestOwner::Bye(dialog) => {
+                let outcome =
+                    if (200..300).contains(&code) || code == 481 { Ok(()) } else { Err(HangupError::Rejected(code)) };
+                if let Some(state) = self.dialogs.get_mut(&dialog) {
+                    state.bye_branch = None;
+                }
+                self.end_dialog(dialog);
+                self.events.push_back(CoreEvent::ByeFinished { dialog, outcome });
+            }
+            // A 200 to our CANCEL: the 487 to the INVITE follows (§9.1); anything else (481:
+            // the INVITE already ended) leaves the INVITE's own final response to decide.
+            RequestOwner::Cancel(_) => {}
+            RequestOwner::InDialog { dialog, request } => {
+                let reason = match &response.start {
+                    StartLine::Response { reason, .. } => reason.clone(),
+                    StartLine::Request { .. } => String::new(),
+                };
+                let outcome = RequestOutcome::Answered { status: code, reason };
+                self.events.push_back(CoreEvent::RequestFinished { dialog, request, outcome });
+            }
+        }
     }
 
     /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
     pub fn ringing(&mut self, invite: InviteId) {
-        let Some(key) = self.invites.get(&invite) else {
+        let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
-        let Some(tx) = self.transactions.get(key) else {
+        let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
-        if tx.state != TxState::Proceeding {
-            return;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
         let contact = self.contact_header(origin.transport);
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
@@ -1016,8 +948,8 @@ impl Core {
             return;
         };
         self.transmits.push_back(reply.clone());
-        if let Some(tx) = self.invites.get(&invite).and_then(|k| self.transactions.get_mut(k)) {
-            tx.reply = reply;
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.provisional(reply);
         }
     }
 
@@ -1048,42 +980,33 @@ impl Core {
         let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
-        let Some(tx) = self.transactions.get(&key) else {
+        let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
-        if tx.state != TxState::Proceeding {
-            return;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
         let reason = if reason.is_empty() { reason_phrase(status) } else { reason };
         let response = self.build_response(&request, &origin, status, reason, Some(&to_tag), extra_headers);
         let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, status) else {
             return;
         };
         self.transmits.push_back(reply.clone());
-        let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key) {
-            tx.state = TxState::Completed;
-            tx.reply = reply;
-            tx.retransmit_interval = timers.t1;
-            tx.retransmit_at = (!origin.transport.is_reliable()).then(|| now + timers.t1);
-            tx.expires_at = Some(now + timers.t1_x64());
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.complete(now, reply);
         }
+    }
+
+    /// The request, origin and To tag of an INVITE transaction still waiting for the
+    /// application (Proceeding).
+    fn proceeding_invite(&self, key: &TxKey) -> Option<(Message, Origin, String)> {
+        let tx = self.transactions.get(key)?.as_invite()?;
+        (tx.state() == ServerInviteState::Proceeding)
+            .then(|| (tx.request().clone(), *tx.origin(), tx.to_tag().to_string()))
     }
 
     /// Answers a pending INVITE with 200 OK and our SDP; creates the dialog (§12.1.1) and
     /// retransmits the 2xx until ACK (§13.3.1.4). `None` if the INVITE is no longer pending.
     pub fn accept(&mut self, now: Instant, invite: InviteId, sdp_answer: &str) -> Option<DialogId> {
         let key = self.invites.remove(&invite)?;
-        let tx = self.transactions.get(&key)?;
-        if tx.state != TxState::Proceeding {
-            return None;
-        }
-        let request = tx.request.clone();
-        let origin = tx.origin;
-        let to_tag = tx.to_tag.clone();
+        let (request, origin, to_tag) = self.proceeding_invite(&key)?;
         let contact = self.contact_header(origin.transport);
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
@@ -1095,10 +1018,8 @@ impl Core {
         let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
         self.transmits.push_back(reply.clone());
         let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key) {
-            tx.state = TxState::Accepted;
-            tx.reply = reply.clone();
-            tx.expires_at = Some(now + timers.t1_x64());
+        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+            tx.accept(now, reply.clone());
         }
 
         let call_id = request.call_id().unwrap_or_default().to_string();
@@ -1121,195 +1042,49 @@ impl Core {
                 remote_target,
                 route_set: request.header_values("Record-Route").map(str::to_string).collect(),
                 local_cseq,
-                remote_cseq: cseq,
+                remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
-                pending_2xx: Some(Pending2xx {
-                    cseq,
-                    transmit: reply,
-                    next_at: (!origin.transport.is_reliable()).then(|| now + timers.t1),
-                    interval: timers.t1,
-                    give_up_at: now + timers.t1_x64(),
-                    initial: true,
-                }),
+                pending_2xx: Some(Pending2xx::start(now, cseq, reply, timers, true)),
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
+                role: Role::Uas,
+                ack_for_2xx: None,
             },
         );
         self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
         Some(dialog_id)
     }
 
-    /// The dialog's Call-ID.
-    pub fn dialog_call_id(&self, dialog: DialogId) -> Option<&str> {
-        self.dialogs.get(&dialog).map(|d| d.call_id.as_str())
-    }
-
-    /// §12.2.1.1 / §8.1.2: the next hop of an in-dialog request is the first route (loose or
-    /// strict) or, without a route set, the remote target.
-    fn next_hop(&self, dialog: &DialogState) -> Option<NextHop> {
-        let target = match dialog.route_set.first() {
-            Some(route) => NameAddr::parse(route)?.uri,
-            None => dialog.remote_target.clone(),
-        };
-        let uri = SipUri::parse(&target)?;
-        let transport = match uri.param("transport") {
-            Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
-            Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
-            _ => dialog.origin.transport,
-        };
-        Some(NextHop { transport, host: uri.host_unbracketed().to_string(), port: uri.port.unwrap_or(5060) })
-    }
-
-    /// Starts our BYE (idempotent). IP-literal next hops are sent at once.
-    pub fn hangup(&mut self, now: Instant, dialog_id: DialogId) -> HangupStart {
-        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
-            return HangupStart::AlreadyEnded;
-        };
-        if dialog.phase == DialogPhase::Terminating {
-            return HangupStart::InProgress;
-        }
-        dialog.phase = DialogPhase::Terminating;
-        // Stop retransmitting a 2xx we no longer stand behind.
-        dialog.pending_2xx = None;
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
-            return HangupStart::AlreadyEnded;
-        };
-        let Some(hop) = self.next_hop(dialog) else {
-            tracing::warn!("dialog has no usable remote target; ending without BYE");
-            self.end_dialog(dialog_id);
-            self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Rejected(0) });
-            return HangupStart::InProgress;
-        };
-        match hop.host.parse::<IpAddr>() {
-            Ok(ip) => {
-                self.send_bye(now, dialog_id, SocketAddr::new(ip, hop.port));
-                HangupStart::InProgress
-            }
-            Err(_) => HangupStart::NeedsResolution(hop),
-        }
-    }
-
-    /// Sends our BYE to a resolved next hop (§15.1.1): Request-URI = remote target (or the
-    /// first route when it is a strict router), Route = route set, CSeq = ours + 1.
-    pub fn send_bye(&mut self, now: Instant, dialog_id: DialogId, destination: SocketAddr) {
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
-            return;
-        };
-        if dialog.bye_branch.is_some() {
-            return;
-        }
-        let Some(hop) = self.next_hop(dialog) else {
-            return;
-        };
-        let transport = hop.transport;
-        let strict = dialog
-            .route_set
-            .first()
-            .and_then(|r| NameAddr::parse(r))
-            .and_then(|r| SipUri::parse(&r.uri))
-            .is_some_and(|u| u.param("lr").is_none());
-        let (request_uri, routes): (String, Vec<String>) = if strict {
-            // §12.2.1.1 strict routing: first route becomes the Request-URI.
-            let first = dialog.route_set.first().and_then(|r| NameAddr::parse(r)).map(|r| r.uri).unwrap_or_default();
-            let mut rest: Vec<String> = dialog.route_set.iter().skip(1).cloned().collect();
-            rest.push(format!("<{}>", dialog.remote_target));
-            (first, rest)
-        } else {
-            (dialog.remote_target.clone(), dialog.route_set.clone())
-        };
-        let branch = format!("z9hG4bK{}", self.random_token());
-        let via_addr = self.contact_for(transport);
-        let contact = self.contact_header(transport);
-        let Some(dialog) = self.dialogs.get_mut(&dialog_id) else {
-            return;
-        };
-        dialog.local_cseq = dialog.local_cseq.wrapping_add(1);
-        dialog.phase = DialogPhase::Terminating;
-        dialog.pending_2xx = None;
-        dialog.bye_branch = Some(branch.clone());
-        let mut bye = Message::request(Method::Bye, request_uri);
-        let via_host =
-            via_addr.map_or_else(|| "invalid".to_string(), |a| format!("{}:{}", host_for_uri(a.ip()), a.port()));
-        bye.push_header("Via", format!("SIP/2.0/{} {via_host};branch={branch};rport", transport.as_upper()));
-        bye.push_header("Max-Forwards", "70");
-        for route in routes {
-            bye.push_header("Route", route);
-        }
-        bye.push_header("From", dialog.local_party.clone());
-        bye.push_header("To", dialog.remote_party.clone());
-        bye.push_header("Call-ID", dialog.call_id.clone());
-        bye.push_header("CSeq", format!("{} BYE", dialog.local_cseq));
-        bye.push_header("Contact", contact);
-        bye.push_header("User-Agent", self.config.user_agent.clone());
-        let connection = if transport == Transport::Tcp
-            && dialog.origin.transport == Transport::Tcp
-            && dialog.origin.source == destination
-        {
-            dialog.origin.connection
-        } else {
-            None
-        };
-        let transmit = Transmit { transport, destination, connection, payload: bye.to_bytes() };
-        self.transmits.push_back(transmit.clone());
-        let timers = self.config.timers;
-        // §17.1.2.2: Timer E (UDP only) and Timer F.
-        self.client_transactions.insert(
-            branch,
-            ClientTransaction {
-                dialog: dialog_id,
-                transmit,
-                retransmit_at: (!transport.is_reliable()).then(|| now + timers.t1),
-                interval: timers.t1,
-                timeout_at: now + timers.t1_x64(),
-            },
-        );
-    }
-
-    /// Resolution of the next hop failed: give up on the BYE.
-    pub fn bye_unresolvable(&mut self, dialog: DialogId) {
-        if self.dialogs.contains_key(&dialog) {
-            self.end_dialog(dialog);
-            self.events.push_back(CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Unresolvable });
-        }
-    }
-
-    fn end_dialog(&mut self, dialog_id: DialogId) {
-        if let Some(dialog) = self.dialogs.remove(&dialog_id) {
-            self.dialog_index.remove(&(dialog.call_id, dialog.local_tag, dialog.remote_tag));
-            // BYE glare: the peer's BYE ended the dialog first.
-            if let Some(branch) = dialog.bye_branch
-                && self.client_transactions.remove(&branch).is_some()
-            {
-                self.events.push_back(CoreEvent::ByeFinished { dialog: dialog_id, outcome: ByeOutcome::Answered(200) });
-            }
-        }
+    /// Our Via for a request (§8.1.1.7, RFC 3581 `rport`).
+    fn via_value(&self, transport: Transport, branch: &str) -> String {
+        let via_host = self
+            .contact_for(transport)
+            .map_or_else(|| "invalid".to_string(), |a| format!("{}:{}", host_for_uri(a.ip()), a.port()));
+        format!("SIP/2.0/{} {via_host};branch={branch};rport", transport.as_upper())
     }
 
     /// Runs every timer due at `now`.
     pub fn handle_timeout(&mut self, now: Instant) {
-        let timers = self.config.timers;
         // Server transactions: Timer G retransmits, H/I/J/L expiry.
         let mut expired = Vec::new();
         for (key, tx) in &mut self.transactions {
-            if tx.expires_at.is_some_and(|t| t <= now) {
-                expired.push(key.clone());
-                continue;
-            }
-            if let Some(at) = tx.retransmit_at
-                && at <= now
-            {
-                self.transmits.push_back(tx.reply.clone());
-                tx.retransmit_interval = (tx.retransmit_interval * 2).min(timers.t2);
-                tx.retransmit_at = Some(now + tx.retransmit_interval);
+            match tx {
+                ServerTransaction::Invite(tx) => match tx.on_timeout(now) {
+                    ServerTimeout::Idle => {}
+                    ServerTimeout::Retransmit(reply) => self.transmits.push_back(reply),
+                    ServerTimeout::Terminated => expired.push(key.clone()),
+                },
+                ServerTransaction::NonInvite(tx) if tx.expired(now) => expired.push(key.clone()),
+                ServerTransaction::NonInvite(_) => {}
             }
         }
         for key in expired {
-            if let Some(tx) = self.transactions.remove(&key)
-                && let Some(invite) = tx.invite
+            if let Some(ServerTransaction::Invite(tx)) = self.transactions.remove(&key)
+                && let Some(invite) = tx.invite()
             {
                 self.invites.remove(&invite);
-                self.merge_index.remove(&merge_key(&tx.request));
+                self.merge_index.remove(&merge_key(tx.request()));
             }
         }
 
@@ -1323,48 +1098,54 @@ impl Core {
                 ack_timeouts.push(*id);
                 continue;
             }
-            if let Some(at) = pending.next_at
-                && at <= now
-            {
+            if pending.retransmit.fire(now) {
                 self.transmits.push_back(pending.transmit.clone());
-                pending.interval = (pending.interval * 2).min(timers.t2);
-                pending.next_at = Some(now + pending.interval);
             }
         }
         for id in ack_timeouts {
             if let Some(dialog) = self.dialogs.get_mut(&id) {
                 dialog.pending_2xx = None;
             }
-            self.events.push_back(CoreEvent::Dialog { dialog: id, notice: DialogNotice::AckTimeout });
-            if let HangupStart::NeedsResolution(next_hop) = self.hangup(now, id) {
-                self.events.push_back(CoreEvent::ByeNeedsResolution { dialog: id, next_hop });
+            self.events.push_back(CoreEvent::Dialog { dialog: id, notice: DialogEvent::AckTimeout });
+            self.hangup(now, id);
+        }
+
+        // Our non-INVITE requests: Timer E retransmits, Timer F gives up, Timer K ends.
+        let mut ended = Vec::new();
+        for (key, entry) in &mut self.client_transactions {
+            match entry.transaction.on_timeout(now) {
+                NonInviteTimeout::Idle => {}
+                NonInviteTimeout::Retransmit(transmit) => self.transmits.push_back(transmit),
+                NonInviteTimeout::TimedOut => ended.push((key.clone(), Some(entry.owner))),
+                NonInviteTimeout::Terminated => ended.push((key.clone(), None)),
+            }
+        }
+        for (key, timed_out) in ended {
+            self.client_transactions.remove(&key);
+            if let Some(owner) = timed_out {
+                self.request_timed_out(owner);
             }
         }
 
-        // Our BYE: Timer E retransmits, Timer F gives up.
-        let mut timed_out = Vec::new();
-        for (branch, client) in &mut self.client_transactions {
-            if client.timeout_at <= now {
-                timed_out.push(branch.clone());
-                continue;
-            }
-            if let Some(at) = client.retransmit_at
-                && at <= now
-            {
-                self.transmits.push_back(client.transmit.clone());
-                client.interval = (client.interval * 2).min(timers.t2);
-                client.retransmit_at = Some(now + client.interval);
+        // Our INVITEs: Timer A retransmits, Timer B gives up, Timers D and M end them.
+        let mut ended = Vec::new();
+        for (branch, (call, transaction)) in &mut self.client_invites {
+            match transaction.on_timeout(now) {
+                InviteTimeout::Idle => {}
+                InviteTimeout::Retransmit(transmit) => self.transmits.push_back(transmit),
+                InviteTimeout::TimedOut => ended.push((branch.clone(), *call, true)),
+                InviteTimeout::Terminated => ended.push((branch.clone(), *call, false)),
             }
         }
-        for branch in timed_out {
-            if let Some(client) = self.client_transactions.remove(&branch) {
-                if let Some(dialog) = self.dialogs.get_mut(&client.dialog) {
-                    dialog.bye_branch = None;
-                }
-                self.end_dialog(client.dialog);
-                self.events.push_back(CoreEvent::ByeFinished { dialog: client.dialog, outcome: ByeOutcome::TimedOut });
+        for (branch, call, timed_out) in ended {
+            self.client_invites.remove(&branch);
+            if timed_out {
+                self.invite_timed_out(now, call, &branch);
             }
+            self.forget_outgoing_if_done(call);
         }
+        // Ring timeouts and CANCELs left unanswered.
+        self.outgoing_timeouts(now);
     }
 
     /// Answers a request with a final response through a non-INVITE server transaction
@@ -1407,27 +1188,17 @@ impl Core {
         };
         self.transmits.push_back(reply.clone());
         let timers = self.config.timers;
-        let reliable = origin.transport.is_reliable();
-        let is_invite = method == Method::Invite;
-        // §17.2.2 Timer J (64*T1 on UDP, 0 on TCP); §17.2.1 Timers G/H for INVITE.
-        if reliable && !is_invite {
-            return;
-        }
-        self.transactions.insert(
-            key,
-            ServerTransaction {
-                is_invite,
-                state: TxState::Completed,
-                reply,
-                request: request.clone(),
-                origin: *origin,
-                to_tag: tag,
-                invite: None,
-                retransmit_at: (is_invite && !reliable).then(|| now + timers.t1),
-                retransmit_interval: timers.t1,
-                expires_at: Some(now + timers.t1_x64()),
-            },
-        );
+        // §17.2.1 Timers G/H for INVITE; §17.2.2 Timer J (64*T1 on UDP, none on TCP).
+        let transaction = if method == Method::Invite {
+            let tx = ServerInvite::answered(now, request.clone(), *origin, tag, reply, status, timers);
+            ServerTransaction::Invite(Box::new(tx))
+        } else {
+            match ServerNonInvite::completed(now, *origin, reply, timers) {
+                Some(tx) => ServerTransaction::NonInvite(tx),
+                None => return,
+            }
+        };
+        self.transactions.insert(key, transaction);
     }
 
     /// §8.2.6.2: copy Via, From, To (adding our tag), Call-ID and CSeq; RFC 3581 / §18.2.1:
@@ -1523,5 +1294,14 @@ impl Core {
     }
 }
 
+mod dialog;
+mod outgoing;
+pub mod transaction;
+
+pub use self::dialog::Role;
+use self::dialog::{DialogPhase, DialogState, Pending2xx};
+
+#[cfg(test)]
+mod client_tests;
 #[cfg(test)]
 mod tests;

@@ -12,10 +12,12 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
 
+use crate::client::{CallFailure, OutgoingCall};
+use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, RequestOutcome, Role};
 use crate::core::{
-    ByeOutcome, ConnectionId, Core, CoreConfig, CoreEvent, DialogId, DialogNotice, HangupStart, InviteId, NextHop,
-    Origin, Transmit,
+    ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
 };
+use crate::message::Method;
 use crate::message::{StreamFrame, frame_stream};
 use crate::{CallInfo, Timers, Transport};
 
@@ -185,31 +187,19 @@ pub enum EndpointError {
     NoListener,
     #[error("cannot bind {transport:?} {addr}: {source}")]
     Bind { transport: Transport, addr: SocketAddr, source: std::io::Error },
-}
-
-/// Why our BYE did not complete cleanly. The dialog is over in every case.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum HangupError {
-    #[error("no final response to BYE before Timer F")]
-    Timeout,
-    #[error("BYE answered with {0}")]
-    Rejected(u16),
-    #[error("next hop host name did not resolve")]
-    Unresolvable,
+    /// [`SipEndpoint::place_call`] on a transport we do not listen on (responses would have
+    /// nowhere to come back to).
+    #[error("no {0:?} listener to place a call from")]
+    NoTransport(Transport),
+    /// [`SipEndpoint::place_call`] with a Request-URI, To or From that is not a SIP URI.
+    #[error("invalid outgoing call: {0}")]
+    InvalidCall(String),
+    /// The endpoint has stopped.
     #[error("endpoint shut down")]
     Shutdown,
 }
 
-/// Dialog events for the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DialogEvent {
-    /// ACK received.
-    Confirmed,
-    /// The caller hung up (already answered 200).
-    RemoteBye,
-    /// No ACK within 64*T1: the endpoint has sent BYE itself (RFC 3261 §13.3.1.4).
-    AckTimeout,
-}
+pub use crate::core::{DialogEvent, HangupError};
 
 /// A new call.
 #[derive(Debug)]
@@ -272,6 +262,10 @@ struct ShellState {
     invites: HashMap<InviteId, oneshot::Sender<()>>,
     dialogs: HashMap<DialogId, mpsc::UnboundedSender<DialogEvent>>,
     hangups: HashMap<DialogId, Vec<oneshot::Sender<Result<(), HangupError>>>>,
+    /// In-dialog requests waiting for their final response.
+    requests: HashMap<RequestId, oneshot::Sender<RequestOutcome>>,
+    /// Calls we placed, until their final outcome.
+    outgoing: HashMap<OutgoingId, mpsc::UnboundedSender<CallProgress>>,
     connections: HashMap<ConnectionId, Connection>,
     /// Open connections per peer IP; entries are removed at zero, so the map is bounded by
     /// the connection cap.
@@ -482,6 +476,32 @@ impl SipEndpoint {
         self.shared.wake.notify_one();
     }
 
+    /// Places a call (RFC 3261 §13.2.1): sends our INVITE with the SDP offer to
+    /// `call.destination` and returns the handle that reports its progress.
+    pub fn place_call(&self, call: OutgoingCall) -> Result<ClientInvite, EndpointError> {
+        let has_listener = match call.transport {
+            Transport::Udp => self.shared.udp.is_some(),
+            Transport::Tcp => self.shared.local_tcp.is_some(),
+        };
+        if !has_listener {
+            return Err(EndpointError::NoTransport(call.transport));
+        }
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        let (id, call_id) = {
+            let mut core = self.shared.core();
+            let mut state = self.shared.state();
+            if self.shared.is_down() {
+                return Err(EndpointError::Shutdown);
+            }
+            let placed = core.place_call(Instant::now(), call).map_err(EndpointError::InvalidCall)?;
+            // Registered under the core lock so that no event for this call can be missed.
+            state.outgoing.insert(placed.id, progress_tx);
+            (placed.id, placed.call_id)
+        };
+        self.shared.wake.notify_one();
+        Ok(ClientInvite { shared: self.shared.clone(), id, call_id, progress: progress_rx, finished: None })
+    }
+
     /// TCP connections open now.
     pub fn tcp_connections(&self) -> usize {
         self.shared.state().connections.len()
@@ -503,6 +523,8 @@ fn release_waiters(shared: &Shared) {
     state.invites.clear();
     state.dialogs.clear();
     state.hangups.clear();
+    state.outgoing.clear();
+    state.requests.clear();
     for connection in state.connections.values() {
         connection.writer.close.send_replace(true);
     }
@@ -544,6 +566,84 @@ fn describe_join_error(error: JoinError) -> String {
         .unwrap_or_else(|| "non-string panic payload".to_string())
 }
 
+/// One step of a call we placed.
+#[derive(Debug)]
+pub enum CallProgress {
+    /// 1xx (other than 100 Trying, which only stops retransmissions).
+    Provisional { status: u16, reason: String },
+    /// 2xx: the dialog is confirmed and the ACK already sent.
+    Answered { dialog: Dialog, sdp_answer: String },
+    /// The call did not connect.
+    Failed(CallFailure),
+}
+
+/// A call we placed ([`SipEndpoint::place_call`]). Dropping it before a final response
+/// cancels the call (CANCEL after a 1xx; a 2xx that arrives anyway is ACKed and BYEd).
+pub struct ClientInvite {
+    shared: Arc<Shared>,
+    id: OutgoingId,
+    call_id: String,
+    progress: mpsc::UnboundedReceiver<CallProgress>,
+    /// The final outcome once seen: returned again by later [`ClientInvite::progress`] calls.
+    finished: Option<Finished>,
+}
+
+#[derive(Debug, Clone)]
+enum Finished {
+    Answered,
+    Failed(CallFailure),
+}
+
+impl std::fmt::Debug for ClientInvite {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientInvite").field("id", &self.id).field("call_id", &self.call_id).finish()
+    }
+}
+
+impl ClientInvite {
+    /// The next step of the call. After a final one: a failure is returned again; after
+    /// `Answered` (the dialog has been handed out) this pends forever. Cancel-safe.
+    pub async fn progress(&mut self) -> CallProgress {
+        match &self.finished {
+            Some(Finished::Failed(failure)) => return CallProgress::Failed(failure.clone()),
+            Some(Finished::Answered) => return std::future::pending().await,
+            None => {}
+        }
+        let step = self.progress.recv().await.unwrap_or_else(|| {
+            CallProgress::Failed(CallFailure::Unreachable { reason: "endpoint shut down".to_string() })
+        });
+        match &step {
+            CallProgress::Provisional { .. } => {}
+            CallProgress::Answered { .. } => self.finished = Some(Finished::Answered),
+            CallProgress::Failed(failure) => self.finished = Some(Finished::Failed(failure.clone())),
+        }
+        step
+    }
+
+    /// Cancels the call: CANCEL once a 1xx has arrived (RFC 3261 §9.1; before that the CANCEL
+    /// is held back). The outcome becomes [`CallFailure::Cancelled`] unless the call already
+    /// ended. Idempotent.
+    pub fn cancel(&self) {
+        self.shared.core().cancel_call(Instant::now(), self.id, CancelReason::Caller);
+        self.shared.wake.notify_one();
+    }
+
+    /// The call's Call-ID.
+    pub fn call_id(&self) -> &str {
+        &self.call_id
+    }
+}
+
+impl Drop for ClientInvite {
+    fn drop(&mut self) {
+        if self.finished.is_none() {
+            self.shared.core().cancel_call(Instant::now(), self.id, CancelReason::Caller);
+            self.shared.wake.notify_one();
+        }
+        self.shared.state().outgoing.remove(&self.id);
+    }
+}
+
 /// A pending incoming INVITE. Dropping it unanswered rejects the call with 500.
 pub struct ServerInvite {
     shared: Arc<Shared>,
@@ -576,8 +676,9 @@ impl ServerInvite {
     }
 
     /// Answers 200 OK with our SDP (Contact, Record-Route mirrored), retransmitted until ACK.
-    /// After a CANCEL the returned dialog is already ended.
-    pub fn accept(mut self, sdp_answer: &str) -> Dialog {
+    /// `None` when the INVITE is no longer pending: the caller cancelled it first (the CANCEL
+    /// race; 487 already sent).
+    pub fn accept(mut self, sdp_answer: &str) -> Option<Dialog> {
         self.answered = true;
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (dialog, call_id) = {
@@ -593,13 +694,8 @@ impl ServerInvite {
             (dialog, call_id)
         };
         self.shared.wake.notify_one();
-        Dialog {
-            shared: self.shared.clone(),
-            id: dialog.unwrap_or(DialogId(0)),
-            call_id,
-            events: events_rx,
-            ended: dialog.is_none().then_some(Ok(())),
-        }
+        let id = dialog?;
+        Some(Dialog { shared: self.shared.clone(), id, call_id, events: events_rx, ended: None, role: Role::Uas })
     }
 
     /// Completes when the caller cancelled (200 to CANCEL and 487 already sent).
@@ -633,14 +729,15 @@ impl Drop for ServerInvite {
     }
 }
 
-/// An established (or establishing) dialog on the UAS side. Dropping it without a hangup
-/// sends BYE in the background.
+/// A dialog (RFC 3261 §12), of a call we answered (UAS) or placed (UAC). Dropping it without
+/// a hangup sends BYE in the background.
 pub struct Dialog {
     shared: Arc<Shared>,
     id: DialogId,
     call_id: String,
     events: mpsc::UnboundedReceiver<DialogEvent>,
     ended: Option<Result<(), HangupError>>,
+    role: Role,
 }
 
 impl std::fmt::Debug for Dialog {
@@ -685,7 +782,6 @@ impl Dialog {
                 return Ok(());
             }
             HangupStart::InProgress => {}
-            HangupStart::NeedsResolution(hop) => spawn_resolve(self.shared.clone(), self.id, hop),
         }
         self.shared.wake.notify_one();
         let result = rx.await.unwrap_or(Err(HangupError::Shutdown));
@@ -697,6 +793,71 @@ impl Dialog {
     pub fn call_id(&self) -> &str {
         &self.call_id
     }
+
+    /// Whether we placed the call (UAC) or answered it (UAS).
+    pub fn role(&self) -> Role {
+        self.role
+    }
+
+    /// Sends a request inside the dialog (REFER, INFO, NOTIFY, OPTIONS, UPDATE, re-INVITE...)
+    /// with extra headers (`Content-Type` among them when `body` is not empty) and waits for
+    /// its final response (status and reason) or Timer F. BYE is [`Dialog::hangup`].
+    pub async fn send_request(
+        &self,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String), RequestError> {
+        if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
+            return Err(RequestError::NotAllowed(method));
+        }
+        if self.ended.is_some() {
+            return Err(RequestError::Ended);
+        }
+        let hop = self.shared.core().dialog_next_hop(self.id).ok_or(RequestError::Ended)?;
+        let destination = match hop.host.parse::<IpAddr>() {
+            Ok(ip) => SocketAddr::new(ip, hop.port),
+            Err(_) => tokio::net::lookup_host((hop.host.as_str(), hop.port))
+                .await
+                .ok()
+                .and_then(|mut addrs| addrs.next())
+                .ok_or(RequestError::Unresolvable)?,
+        };
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.shared.core();
+            let mut state = self.shared.state();
+            if self.shared.is_down() {
+                return Err(RequestError::Shutdown);
+            }
+            let request = core
+                .send_request(Instant::now(), self.id, destination, method, headers, body)
+                .ok_or(RequestError::Ended)?;
+            // Registered under the core lock: its outcome cannot be missed.
+            state.requests.insert(request, tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.await {
+            Ok(RequestOutcome::Answered { status, reason }) => Ok((status, reason)),
+            Ok(RequestOutcome::TimedOut) => Err(RequestError::Timeout),
+            Err(_) => Err(RequestError::Shutdown),
+        }
+    }
+}
+
+/// Why an in-dialog request got no final response.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("{0} is not sent with send_request")]
+    NotAllowed(Method),
+    #[error("the dialog is over or ending")]
+    Ended,
+    #[error("next hop host name did not resolve")]
+    Unresolvable,
+    #[error("no final response before Timer F")]
+    Timeout,
+    #[error("endpoint shut down")]
+    Shutdown,
 }
 
 impl Drop for Dialog {
@@ -704,10 +865,8 @@ impl Drop for Dialog {
         if self.ended.is_some() {
             return;
         }
-        let start = self.shared.core().hangup(Instant::now(), self.id);
-        if let HangupStart::NeedsResolution(hop) = start {
-            spawn_resolve(self.shared.clone(), self.id, hop);
-        }
+        // A host-name next hop comes back as an event the driver resolves.
+        self.shared.core().hangup(Instant::now(), self.id);
         self.shared.state().dialogs.remove(&self.id);
         self.shared.wake.notify_one();
     }
@@ -823,33 +982,57 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                     let _ = sender.send(());
                 }
             }
-            CoreEvent::Dialog { dialog, notice } => {
-                let event = match notice {
-                    DialogNotice::Confirmed => DialogEvent::Confirmed,
-                    DialogNotice::RemoteBye => DialogEvent::RemoteBye,
-                    DialogNotice::AckTimeout => DialogEvent::AckTimeout,
-                };
+            CoreEvent::Dialog { dialog, notice: event } => {
                 let mut state = shared.state();
                 if let Some(sender) = state.dialogs.get(&dialog) {
                     let _ = sender.send(event);
                 }
-                if notice == DialogNotice::RemoteBye {
+                if event == DialogEvent::RemoteBye {
                     state.dialogs.remove(&dialog);
                     for waiter in state.hangups.remove(&dialog).unwrap_or_default() {
                         let _ = waiter.send(Ok(()));
                     }
                 }
             }
+            CoreEvent::Outgoing { call, progress } => {
+                let step = match progress {
+                    OutgoingProgress::Provisional { status, reason } => CallProgress::Provisional { status, reason },
+                    OutgoingProgress::Failed(failure) => CallProgress::Failed(failure),
+                    OutgoingProgress::Answered { dialog, sdp_answer } => {
+                        let (events_tx, events_rx) = mpsc::unbounded_channel();
+                        let call_id = shared.core().dialog_call_id(dialog).unwrap_or_default().to_string();
+                        shared.state().dialogs.insert(dialog, events_tx);
+                        let dialog = Dialog {
+                            shared: shared.clone(),
+                            id: dialog,
+                            call_id,
+                            events: events_rx,
+                            ended: None,
+                            role: Role::Uac,
+                        };
+                        CallProgress::Answered { dialog, sdp_answer }
+                    }
+                };
+                let last = !matches!(step, CallProgress::Provisional { .. });
+                let sender = {
+                    let mut state = shared.state();
+                    if last { state.outgoing.remove(&call) } else { state.outgoing.get(&call).cloned() }
+                };
+                // Sent with no lock held: when the ClientInvite is gone the step is dropped
+                // here, and a dropped Dialog hangs up (which takes the locks).
+                if let Some(sender) = sender {
+                    let _ = sender.send(step);
+                }
+            }
+            CoreEvent::RequestFinished { request, outcome, .. } => {
+                if let Some(waiter) = shared.state().requests.remove(&request) {
+                    let _ = waiter.send(outcome);
+                }
+            }
             CoreEvent::ByeNeedsResolution { dialog, next_hop } => {
                 spawn_resolve(shared.clone(), dialog, next_hop);
             }
-            CoreEvent::ByeFinished { dialog, outcome } => {
-                let result = match outcome {
-                    ByeOutcome::Answered(_) => Ok(()),
-                    ByeOutcome::Rejected(code) => Err(HangupError::Rejected(code)),
-                    ByeOutcome::TimedOut => Err(HangupError::Timeout),
-                    ByeOutcome::Unresolvable => Err(HangupError::Unresolvable),
-                };
+            CoreEvent::ByeFinished { dialog, outcome: result } => {
                 let mut state = shared.state();
                 state.dialogs.remove(&dialog);
                 for waiter in state.hangups.remove(&dialog).unwrap_or_default() {
@@ -907,11 +1090,13 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
                                 let writer = register_connection(&shared, stream, transmit.destination);
                                 let _ = writer.send(transmit.payload);
                             }
-                            Err(error) => tracing::debug!(
-                                %error,
-                                destination = %transmit.destination,
-                                "TCP connect failed"
-                            ),
+                            Err(error) => {
+                                tracing::debug!(%error, destination = %transmit.destination, "TCP connect failed");
+                                // §17.1.1.2 / §17.1.2.2: a transport error ends our requests to
+                                // that peer now instead of at Timer B or F.
+                                shared.core().transport_failed(transmit.destination);
+                                shared.wake.notify_one();
+                            }
                         }
                     });
                 }

@@ -1,13 +1,16 @@
-//! Switchboard's SIP user-agent-server endpoint (RFC 3261).
+//! Switchboard's SIP user agent (RFC 3261): a server for calls it receives and a client for
+//! calls it places.
 //!
 //! Layers, in the quinn-proto/quinn style:
 //! - [`message`]: parser and serializer (typed errors with salvage, so that a malformed
 //!   request still gets its 400 or 505);
-//! - [`core`]: a sans-IO endpoint (transactions §17.2, dialogs §12, CANCEL §9, our BYE §15)
-//!   driven by `handle_message`/`handle_timeout` with time passed in, drained with
-//!   `poll_transmit`/`poll_event`/`poll_timeout`;
+//! - [`core`]: a sans-IO endpoint (server and client transactions §17, dialogs with a role
+//!   §12, CANCEL §9, BYE §15, calls we place §13.2) driven by `handle_message`/`handle_timeout`
+//!   with time passed in, drained with `poll_transmit`/`poll_event`/`poll_timeout`;
+//! - [`digest`]: digest authentication as a client (RFC 7616, RFC 2617);
 //! - [`endpoint`]: the tokio shell (UDP socket, TCP listener with Content-Length framing) and
-//!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`Dialog`]).
+//!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`ClientInvite`], [`Dialog`]);
+//! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]).
 //!
 //! No panic on any input from the network, and how that is kept true rather than claimed:
 //! - lints on this crate's non-test code: `clippy::indexing_slicing` and
@@ -23,15 +26,19 @@
 
 #![warn(clippy::string_slice, clippy::indexing_slicing)]
 
+pub mod client;
 pub mod core;
+pub mod digest;
 pub mod endpoint;
 pub mod message;
 
 use std::time::Duration;
 
+pub use crate::client::{CallFailure, Credentials, OutgoingCall};
 pub use crate::core::CallInfo;
 pub use crate::endpoint::{
-    Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall, ServerInvite, SipEndpoint,
+    CallProgress, ClientInvite, Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall,
+    RequestError, ServerInvite, SipEndpoint,
 };
 
 /// Transport a message arrived on (and the one its responses go back on).

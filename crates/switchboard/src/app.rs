@@ -18,6 +18,7 @@ use crate::admin;
 use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::end::Refusal;
 use crate::call::{self, CallSlot};
+use crate::calls::CallRegistry;
 use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
 use crate::media_clock::{LATENESS_WINDOW, MediaClock};
@@ -31,6 +32,10 @@ pub struct GatewayState {
     pub realtime: ConnectConfig,
     pub rtp_ports: Arc<RtpPorts>,
     pub active_calls: AtomicUsize,
+    /// Every call up (inbound and outbound) for the admin API, and recent outbound outcomes.
+    pub calls: Arc<CallRegistry>,
+    /// The SIP endpoint, set once it is bound: outbound calls are placed through it.
+    pub sip: OnceLock<SipEndpoint>,
     /// Flips to true once at shutdown; every call task watches it.
     pub shutdown: watch::Sender<bool>,
     pub ready: AtomicBool,
@@ -70,6 +75,13 @@ impl GatewayState {
 /// (entries with calls up are never evicted), and at least 4096.
 fn admission_table_size(max_concurrent: usize) -> usize {
     max_concurrent.saturating_mul(2).max(4096)
+}
+
+/// The call registry holds every call that has a slot (`calls.max_concurrent`) and, on top,
+/// what the trunks may carry, so registering a call that holds a slot never fails.
+fn registry_capacity(config: &Config) -> usize {
+    let outbound: usize = config.trunks.values().map(|t| t.max_concurrent).sum();
+    config.calls.max_concurrent.saturating_add(outbound)
 }
 
 /// A call admitted against its source's limits; dropping it (the call ended) gives the slot back.
@@ -150,6 +162,8 @@ pub async fn start(
         rtp_ports: RtpPorts::new(resolved.media_bind, resolved.rtp_ports.clone()),
         realtime,
         active_calls: AtomicUsize::new(0),
+        calls: CallRegistry::new(registry_capacity(&config)),
+        sip: OnceLock::new(),
         shutdown,
         ready: AtomicBool::new(false),
         admission: Mutex::new(admission),
@@ -193,6 +207,7 @@ pub async fn start(
         },
     })
     .await?;
+    let _ = state.sip.set(sip.clone());
     info!(
         udp = ?sip.local_udp_addr(),
         tcp = ?sip.local_tcp_addr(),

@@ -26,6 +26,8 @@ pub struct Config {
     pub log: LogConfig,
     /// Agents keyed by name. `default` answers every number no other agent claims.
     pub agents: BTreeMap<String, AgentConfig>,
+    /// SIP trunks outbound calls go through, keyed by name (`POST /v1/calls` names one).
+    pub trunks: BTreeMap<String, TrunkConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -136,8 +138,70 @@ pub struct CallsConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
 pub struct AdminConfig {
-    /// HTTP listener for /healthz, /readyz and /metrics; empty disables it.
+    /// HTTP listener for /healthz, /readyz, /metrics and the calls API; empty disables it.
     pub listen: String,
+    /// Bearer token the `/v1` API requires; mandatory when `listen` is not a loopback address.
+    pub token: Secret,
+    /// The name of an environment variable holding the token (instead of `token`).
+    pub token_env: String,
+}
+
+/// One SIP trunk: where outbound INVITEs go and who they say they are from.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(default)]
+pub struct TrunkConfig {
+    /// `host:port` of the trunk's SIP server (resolved at start-up).
+    pub address: String,
+    pub transport: TrunkTransport,
+    /// User part of our From URI (`from_user@from_domain`); a request's `from` replaces it.
+    pub from_user: String,
+    /// Host part of our From URI; empty: the trunk's host.
+    pub from_domain: String,
+    /// Digest username (RFC 3261 §22) answered to a 401/407; empty: no credentials.
+    pub username: String,
+    /// Digest password. Never logged (Debug shows it redacted).
+    pub password: Secret,
+    /// The name of an environment variable holding the password (instead of `password`).
+    pub password_env: String,
+    /// Codecs offered, in order; empty: `media.codecs`.
+    pub codecs: StringList,
+    /// Outbound calls up at once through this trunk; more are refused with 503.
+    pub max_concurrent: usize,
+    /// A call not answered within this time is CANCELled (outcome `no_answer`).
+    pub ring_timeout_secs: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum TrunkTransport {
+    Udp,
+    Tcp,
+}
+
+/// A password or token: shown as `[redacted]` by Debug so it never reaches a log.
+#[derive(Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Secret {
+        Secret(value.into())
+    }
+
+    /// The value itself, for the one place that needs it (digest, bearer comparison).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -213,6 +277,7 @@ impl Default for Config {
             admin: AdminConfig::default(),
             log: LogConfig::default(),
             agents: BTreeMap::from([("default".to_string(), AgentConfig::default())]),
+            trunks: BTreeMap::new(),
         }
     }
 }
@@ -295,7 +360,24 @@ impl Default for CallsConfig {
 
 impl Default for AdminConfig {
     fn default() -> Self {
-        AdminConfig { listen: "127.0.0.1:9090".into() }
+        AdminConfig { listen: "127.0.0.1:9090".into(), token: Secret::default(), token_env: String::new() }
+    }
+}
+
+impl Default for TrunkConfig {
+    fn default() -> Self {
+        TrunkConfig {
+            address: String::new(),
+            transport: TrunkTransport::Udp,
+            from_user: "switchboard".into(),
+            from_domain: String::new(),
+            username: String::new(),
+            password: Secret::default(),
+            password_env: String::new(),
+            codecs: StringList::default(),
+            max_concurrent: 10,
+            ring_timeout_secs: 30,
+        }
     }
 }
 
@@ -353,10 +435,11 @@ pub struct Resolved {
     pub admin_listen: Option<SocketAddr>,
     /// `sip.trusted_proxies`, parsed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Each trunk's `address`, resolved (the first address it resolves to).
+    pub trunk_addresses: BTreeMap<String, SocketAddr>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
-pub const KNOWN_CODECS: &[&str] = &["PCMU", "PCMA", "G722", "opus"];
 
 /// Loads `path` (TOML) with `SWITCHBOARD__…` environment overrides and validates it.
 pub fn load(path: &Path) -> Result<(Config, Resolved), ConfigErrors> {
@@ -397,6 +480,7 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, R
     {
         cfg.realtime.api_key = key.clone();
     }
+    resolve_secrets(&mut cfg, env, &mut problems);
     match validate(&cfg, &mut problems) {
         Some(resolved) if problems.is_empty() => Ok((cfg, resolved)),
         _ => Err(ConfigErrors(problems)),
@@ -535,6 +619,12 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         bad("calls.saturation_hold_secs", "must be at most 3600".into());
     }
     let admin_listen = optional_addr("admin.listen", &cfg.admin.listen, &mut bad);
+    if admin_listen.is_some_and(|addr| !addr.ip().is_loopback()) && cfg.admin.token.is_empty() {
+        bad(
+            "admin.token",
+            "admin.listen is not a loopback address: the calls API needs admin.token (or admin.token_env)".into(),
+        );
+    }
     if !matches!(cfg.log.format.as_str(), "text" | "json") {
         bad("log.format", format!("`{}` must be `text` or `json`", cfg.log.format));
     }
@@ -568,6 +658,44 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         }
     }
 
+    let mut trunk_addresses = BTreeMap::new();
+    for (name, trunk) in &cfg.trunks {
+        let key = |field: &str| format!("trunks.{name}.{field}");
+        match resolve_trunk_address(&trunk.address) {
+            Ok(addr) => {
+                trunk_addresses.insert(name.clone(), addr);
+            }
+            Err(message) => bad(&key("address"), message),
+        }
+        if !is_sip_user(&trunk.from_user) {
+            bad(&key("from_user"), format!("`{}` is not a SIP user part", trunk.from_user));
+        }
+        if !trunk.from_domain.is_empty() && !is_sip_host(&trunk.from_domain) {
+            bad(&key("from_domain"), format!("`{}` is not a host name or address", trunk.from_domain));
+        }
+        check_codecs(&key("codecs"), &trunk.codecs, &mut bad);
+        if trunk.max_concurrent == 0 {
+            bad(&key("max_concurrent"), "must be at least 1".into());
+        }
+        if !(1..=600).contains(&trunk.ring_timeout_secs) {
+            bad(&key("ring_timeout_secs"), "must be between 1 and 600".into());
+        }
+        let listener = match trunk.transport {
+            TrunkTransport::Udp => &cfg.sip.udp,
+            TrunkTransport::Tcp => &cfg.sip.tcp,
+        };
+        if listener.is_empty() {
+            // Responses come back to where we listen (RFC 3261 §18.1.1): no listener, no calls.
+            bad(
+                &key("transport"),
+                format!("{:?} needs sip.{:?} to be set", trunk.transport, trunk.transport).to_lowercase(),
+            );
+        }
+        if trunk.username.is_empty() && !trunk.password.is_empty() {
+            bad(&key("username"), "a password is set but no username".into());
+        }
+    }
+
     Some(Resolved {
         sip_udp,
         sip_tcp,
@@ -577,13 +705,90 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         rtp_ports: rtp_ports?,
         admin_listen,
         trusted_proxies,
+        trunk_addresses,
     })
+}
+
+/// Fills `admin.token` and every trunk's `password` from the environment variables named by
+/// `token_env` / `password_env`. Naming a variable that is not set is a problem (the operator
+/// meant a secret to be there); so is giving both the value and the variable.
+fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Vec<ConfigProblem>) {
+    let lookup = |name: &str| env.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone());
+    let mut resolve = |secret: &mut Secret, var: &str, key: &str, var_key: &str| {
+        if var.is_empty() {
+            return;
+        }
+        if !secret.is_empty() {
+            problems.push(ConfigProblem { key: key.into(), message: format!("set both {key} and {var_key}") });
+            return;
+        }
+        match lookup(var) {
+            Some(value) if !value.is_empty() => *secret = Secret::new(value),
+            _ => problems.push(ConfigProblem {
+                key: var_key.into(),
+                message: format!("environment variable `{var}` is not set"),
+            }),
+        }
+    };
+    let admin = &mut cfg.admin;
+    resolve(&mut admin.token, &admin.token_env, "admin.token", "admin.token_env");
+    for (name, trunk) in &mut cfg.trunks {
+        resolve(
+            &mut trunk.password,
+            &trunk.password_env,
+            &format!("trunks.{name}.password"),
+            &format!("trunks.{name}.password_env"),
+        );
+    }
+}
+
+/// `host:port` (a name or an IP; IPv6 in brackets) to the first address it resolves to.
+fn resolve_trunk_address(address: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if address.is_empty() {
+        return Err("must be set (host:port)".into());
+    }
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr);
+    }
+    let (host, port) = address.rsplit_once(':').ok_or_else(|| format!("`{address}` must be host:port"))?;
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("`{address}` must be host:port"));
+    }
+    match address.to_socket_addrs() {
+        Ok(mut addrs) => addrs.next().ok_or_else(|| format!("`{host}` resolves to no address")),
+        Err(e) => Err(format!("`{host}` does not resolve: {e}")),
+    }
+}
+
+/// The host part of a trunk's `address` (for `sip:NUMBER@host` and the default From domain).
+pub fn trunk_host(address: &str) -> &str {
+    match address.rsplit_once(':') {
+        Some((host, port)) if port.parse::<u16>().is_ok() => host,
+        _ => address,
+    }
+}
+
+/// RFC 3261 §25.1 `user`: unreserved, escaped and user-unreserved characters; we accept the
+/// printable subset that needs no escaping.
+pub fn is_sip_user(text: &str) -> bool {
+    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || "-_.!~*'()&=+$,;?/".contains(c))
+}
+
+/// A host name, IPv4 address or bracketed IPv6 address (RFC 3261 §25.1 `host`).
+fn is_sip_host(text: &str) -> bool {
+    if let Some(inner) = text.strip_prefix('[').and_then(|t| t.strip_suffix(']')) {
+        return inner.parse::<std::net::Ipv6Addr>().is_ok();
+    }
+    !text.is_empty() && text.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 fn check_codecs(key: &str, codecs: &StringList, bad: &mut impl FnMut(&str, String)) {
     for codec in &codecs.0 {
-        if !KNOWN_CODECS.iter().any(|k| k.eq_ignore_ascii_case(codec)) {
-            bad(key, format!("`{codec}` is not a supported codec ({})", KNOWN_CODECS.join(", ")));
+        // One vocabulary: the names SDP negotiates are the names the configuration accepts.
+        if switchboard_sdp::Codec::from_name(codec).is_none() {
+            let known: Vec<&str> = switchboard_sdp::Codec::all().iter().map(|c| c.encoding_name()).collect();
+            bad(key, format!("`{codec}` is not a supported codec ({})", known.join(", ")));
         }
     }
 }
@@ -758,5 +963,98 @@ mod tests {
         let f = write("[media]\ncodecs = \"PCMA, PCMU\"\n");
         let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
         assert_eq!(cfg.media.codecs.0, vec!["PCMA", "PCMU"]);
+    }
+
+    #[test]
+    fn trunks_have_defaults_and_take_the_password_from_the_environment() {
+        let f =
+            write("[trunks.carrier]\naddress = \"127.0.0.1:5070\"\nusername = \"gw\"\npassword_env = \"TRUNK_PW\"\n");
+        let env = [("TRUNK_PW".to_string(), "s3cret-pw".to_string())];
+        let (cfg, resolved) = load_with_env(f.path(), &env).unwrap();
+        let trunk = &cfg.trunks["carrier"];
+        assert_eq!(trunk.password.expose(), "s3cret-pw");
+        assert_eq!(trunk.transport, TrunkTransport::Udp);
+        assert_eq!(trunk.max_concurrent, 10);
+        assert_eq!(trunk.ring_timeout_secs, 30);
+        assert_eq!(trunk.from_user, "switchboard");
+        assert_eq!(resolved.trunk_addresses["carrier"], "127.0.0.1:5070".parse().unwrap());
+        let shown = format!("{cfg:?}");
+        assert!(!shown.contains("s3cret-pw"), "the password leaked into Debug: {shown}");
+        assert!(shown.contains("[redacted]"));
+    }
+
+    #[test]
+    fn trunk_problems_are_reported_with_their_keys() {
+        let f = write(
+            "[trunks.a]\naddress = \"no-port\"\ncodecs = [\"G729\"]\nmax_concurrent = 0\nring_timeout_secs = 0\n\
+             password_env = \"UNSET_VARIABLE_FOR_TEST\"\nfrom_user = \"a b\"\n\
+             [trunks.b]\naddress = \"name.invalid:5060\"\npassword = \"x\"\ntransport = \"tcp\"\n[sip]\ntcp = \"\"\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "trunks.a.address",
+            "trunks.a.codecs",
+            "trunks.a.max_concurrent",
+            "trunks.a.ring_timeout_secs",
+            "trunks.a.password_env",
+            "trunks.a.from_user",
+            "trunks.b.address",
+            "trunks.b.username",
+            "trunks.b.transport",
+        ] {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        assert!(!err.to_string().contains("\"x\""));
+    }
+
+    #[test]
+    fn a_non_loopback_admin_listener_needs_a_token() {
+        let f = write("[admin]\nlisten = \"0.0.0.0:9090\"\n");
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        assert_eq!(err.0[0].key, "admin.token");
+
+        let f = write("[admin]\nlisten = \"0.0.0.0:9090\"\ntoken_env = \"ADMIN_TOKEN\"\n");
+        let env = [("ADMIN_TOKEN".to_string(), "t0ken".to_string())];
+        let (cfg, _) = load_with_env(f.path(), &env).unwrap();
+        assert_eq!(cfg.admin.token.expose(), "t0ken");
+
+        let f = write("[admin]\nlisten = \"[::1]:9090\"\n");
+        assert!(load_with_env(f.path(), &[]).is_ok(), "loopback needs no token");
+    }
+
+    #[test]
+    fn trunk_host_strips_the_port() {
+        assert_eq!(trunk_host("203.0.113.5:5060"), "203.0.113.5");
+        assert_eq!(trunk_host("sip.example.com:5080"), "sip.example.com");
+        assert_eq!(trunk_host("[::1]:5060"), "[::1]");
+    }
+
+    #[test]
+    fn the_shipped_trunk_example_shows_the_defaults() {
+        let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/switchboard.toml");
+        let shipped = std::fs::read_to_string(path).unwrap();
+        let example: String = shipped
+            .split_once("# [trunks.carrier]")
+            .unwrap()
+            .1
+            .lines()
+            .filter_map(|line| line.strip_prefix("# "))
+            .filter(|line| !line.starts_with('#'))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let example = example.replace("sip.carrier.example:5060", "127.0.0.1:5060");
+        let f = write(&format!("[trunks.carrier]\n{example}"));
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        let (shown, defaults) = (&cfg.trunks["carrier"], TrunkConfig::default());
+        assert_eq!(shown.transport, defaults.transport);
+        assert_eq!(shown.from_user, defaults.from_user);
+        assert_eq!(shown.from_domain, defaults.from_domain);
+        assert_eq!(shown.username, defaults.username);
+        assert_eq!(shown.password, defaults.password);
+        assert_eq!(shown.codecs, defaults.codecs);
+        assert_eq!(shown.max_concurrent, defaults.max_concurrent);
+        assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
+        assert_eq!(cfg.admin.token, Secret::default());
     }
 }

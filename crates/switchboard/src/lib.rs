@@ -7,6 +7,7 @@ pub mod admin;
 pub mod admission;
 pub mod app;
 pub mod call;
+pub mod calls;
 pub mod capacity;
 pub mod config;
 pub mod media_clock;

@@ -34,7 +34,12 @@ fn main() -> ExitCode {
         Command::Check { config } => match config::load(&config) {
             Ok((cfg, _)) => {
                 let offline = if cfg.realtime.api_key.is_empty() { " (no API key: offline agent)" } else { "" };
-                println!("{}: OK, {} agent(s){offline}", config.display(), cfg.agents.len());
+                println!(
+                    "{}: OK, {} agent(s), {} trunk(s){offline}",
+                    config.display(),
+                    cfg.agents.len(),
+                    cfg.trunks.len()
+                );
                 ExitCode::SUCCESS
             }
             Err(errors) => {

@@ -8,6 +8,8 @@ use crate::config::LogConfig;
 
 pub const CALLS_ACTIVE: &str = "switchboard_calls_active";
 pub const CALLS_TOTAL: &str = "switchboard_calls_total";
+/// Outbound calls (`POST /v1/calls`) by outcome (answered, busy, no_answer, ...).
+pub const OUTBOUND_CALLS_TOTAL: &str = "switchboard_outbound_calls_total";
 pub const CALL_SETUP_SECONDS: &str = "switchboard_call_setup_seconds";
 pub const BARGE_INS_TOTAL: &str = "switchboard_barge_ins_total";
 pub const RTP_PACKETS_TOTAL: &str = "switchboard_rtp_packets_total";
@@ -17,6 +19,8 @@ pub const REALTIME_EVENTS_UNKNOWN_TOTAL: &str = "switchboard_realtime_unknown_ev
 pub const REALTIME_ERRORS_TOTAL: &str = "switchboard_realtime_errors_total";
 pub const REALTIME_FAILED_RESPONSES_TOTAL: &str = "switchboard_realtime_failed_responses_total";
 pub const AGENT_AUDIO_DROPPED_FRAMES_TOTAL: &str = "switchboard_agent_audio_dropped_frames_total";
+/// Caller audio appends dropped because the call's Realtime writer queue was full.
+pub const REALTIME_APPENDS_DROPPED_TOTAL: &str = "switchboard_realtime_appends_dropped_total";
 pub const RTP_SEND_LATENESS_SECONDS: &str = "switchboard_rtp_send_lateness_seconds";
 pub const INBOUND_PROCESSING_SECONDS: &str = "switchboard_inbound_processing_seconds";
 pub const OUTBOUND_PROCESSING_SECONDS: &str = "switchboard_outbound_processing_seconds";
@@ -66,6 +70,11 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .install_recorder()?;
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
+    metrics::describe_counter!(
+        OUTBOUND_CALLS_TOTAL,
+        "Outbound calls by outcome: answered, busy, no_answer, rejected, auth_failed, unreachable, \
+         agent_unavailable, cancelled, failed."
+    );
     metrics::describe_histogram!(CALL_SETUP_SECONDS, "INVITE received to 200 OK sent, seconds.");
     metrics::describe_counter!(BARGE_INS_TOTAL, "Caller interruptions that flushed agent audio.");
     metrics::describe_counter!(RTP_PACKETS_TOTAL, "RTP packets by direction (in, out).");

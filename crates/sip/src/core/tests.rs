@@ -1,6 +1,8 @@
 //! State-machine tests on a virtual clock: a base `Instant` plus offsets.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice)]
 
+use std::time::Duration;
+
 use super::*;
 use crate::message::parse_message;
 
@@ -248,7 +250,7 @@ fn ok_is_retransmitted_with_t1_doubling_until_ack() {
     assert_eq!(h.statuses(), vec![200]);
 
     h.recv(15_010, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
-    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogNotice::Confirmed }]);
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::Confirmed }]);
     assert!(h.run_until(15_020, 40_000).is_empty(), "no retransmission after ACK");
     // Retransmitted ACK: nothing.
     h.recv(40_010, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
@@ -270,7 +272,7 @@ fn ack_timeout_sends_bye_after_64_t1() {
     assert_eq!(bye.request_uri(), Some("sip:alice@127.0.0.1:5061"));
     assert_eq!(bye.from_tag().as_deref(), Some(tag.as_str()));
     assert_eq!(bye.to_tag().as_deref(), Some("caller"));
-    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogNotice::AckTimeout }]);
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::AckTimeout }]);
 }
 
 #[test]
@@ -335,7 +337,7 @@ fn bye_gets_200_and_retransmission_gets_cached_200() {
     let first = h.sent();
     assert_eq!(first.len(), 1);
     assert_eq!(first[0].1.status(), Some(200));
-    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogNotice::RemoteBye }]);
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye }]);
     h.recv(1500, &in_dialog("BYE", "z9hG4bKbye", &tag, 2));
     let again = h.sent();
     assert_eq!(again.len(), 1);
@@ -378,7 +380,7 @@ fn our_bye_retransmits_over_udp_and_stops_on_200() {
         bye.header("To").unwrap()
     );
     h.recv(3_800, &response);
-    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::Answered(200) }]);
+    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: Ok(()) }]);
     assert!(h.run_until(3_810, 60_000).is_empty());
     assert_eq!(h.core.live_state().1, 0);
     assert_eq!(h.core.live_state().2, 0);
@@ -421,7 +423,7 @@ fn our_bye_over_tcp_is_not_retransmitted_and_times_out() {
     assert!(sent[0].1.top_via().unwrap().transport == "TCP");
     assert!(h.run_until(6_010, 37_990).is_empty());
     h.tick(38_000);
-    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: ByeOutcome::TimedOut }]);
+    assert_eq!(h.events(), vec![CoreEvent::ByeFinished { dialog, outcome: Err(HangupError::Timeout) }]);
 }
 
 #[test]
@@ -429,10 +431,14 @@ fn hostname_next_hop_asks_for_resolution() {
     let mut h = Harness::new();
     let (dialog, tag, _) = establish(&mut h, "Record-Route: <sip:proxy.example:5070;lr>\r\n");
     h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
-    let start = h.core.hangup(h.at(100), dialog);
+    h.events();
+    assert_eq!(h.core.hangup(h.at(100), dialog), HangupStart::InProgress);
     assert_eq!(
-        start,
-        HangupStart::NeedsResolution(NextHop { transport: Transport::Udp, host: "proxy.example".into(), port: 5070 })
+        h.events(),
+        vec![CoreEvent::ByeNeedsResolution {
+            dialog,
+            next_hop: NextHop { transport: Transport::Udp, host: "proxy.example".into(), port: 5070 }
+        }]
     );
     h.core.send_bye(h.at(110), dialog, "127.0.0.1:5070".parse().unwrap());
     let sent = h.sent();
@@ -652,7 +658,7 @@ fn remote_bye_before_ack_stops_2xx_retransmission() {
     let (dialog, tag, _) = establish(&mut h, "");
     h.recv(100, &in_dialog("BYE", "z9hG4bKbye", &tag, 2));
     assert_eq!(h.statuses(), vec![200]);
-    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogNotice::RemoteBye }]);
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye }]);
     let later: Vec<_> = h.run_until(110, 40_000).into_iter().filter(|(_, m)| m.method().is_some()).collect();
     assert!(later.is_empty(), "no BYE of ours after the peer's BYE");
     assert!(h.events().is_empty(), "no AckTimeout for an ended dialog");

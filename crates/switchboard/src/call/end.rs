@@ -130,6 +130,10 @@ pub enum CallEnd {
     AgentMessageTooLarge(String),
     /// The gateway is shutting down; we sent BYE.
     GatewayShutdown,
+    /// The answered call's media could not be set up (RTP socket); we sent BYE.
+    MediaSetupFailed(String),
+    /// The operator hung up through the admin API (`DELETE /v1/calls/{id}`); we sent BYE.
+    Operator,
 }
 
 impl CallEnd {
@@ -143,6 +147,8 @@ impl CallEnd {
             | CallEnd::AgentWatchdog(_)
             | CallEnd::AgentMessageTooLarge(_) => Fault::Upstream,
             CallEnd::GatewayShutdown => Fault::Gateway,
+            CallEnd::Operator => Fault::None,
+            CallEnd::MediaSetupFailed(_) => Fault::Gateway,
         }
     }
 
@@ -151,13 +157,14 @@ impl CallEnd {
         match self {
             CallEnd::Refused(_) => "refused",
             CallEnd::CallerCancelled => "cancelled",
-            CallEnd::CallerHangup | CallEnd::GatewayShutdown => "completed",
+            CallEnd::CallerHangup | CallEnd::GatewayShutdown | CallEnd::Operator => "completed",
             CallEnd::AckTimeout
             | CallEnd::RtpTimeout
             | CallEnd::AgentDisconnected(_)
             | CallEnd::AgentFatalError(_)
             | CallEnd::AgentWatchdog(_)
-            | CallEnd::AgentMessageTooLarge(_) => "failed",
+            | CallEnd::AgentMessageTooLarge(_)
+            | CallEnd::MediaSetupFailed(_) => "failed",
         }
     }
 
@@ -174,6 +181,8 @@ impl CallEnd {
             CallEnd::AgentWatchdog(_) => "agent_watchdog",
             CallEnd::AgentMessageTooLarge(_) => "agent_message_too_large",
             CallEnd::GatewayShutdown => "shutdown",
+            CallEnd::Operator => "operator_hangup",
+            CallEnd::MediaSetupFailed(_) => "media_setup_failed",
         }
     }
 
@@ -187,6 +196,8 @@ impl CallEnd {
                 | CallEnd::AgentWatchdog(_)
                 | CallEnd::AgentMessageTooLarge(_)
                 | CallEnd::GatewayShutdown
+                | CallEnd::Operator
+                | CallEnd::MediaSetupFailed(_)
         )
     }
 }
@@ -259,6 +270,8 @@ mod tests {
     #[test]
     fn only_gateway_initiated_ends_send_bye() {
         assert!(CallEnd::RtpTimeout.needs_bye());
+        assert!(CallEnd::Operator.needs_bye(), "the operator's hang-up is ours to signal");
+        assert_eq!(CallEnd::Operator.fault(), Fault::None);
         assert!(!CallEnd::CallerHangup.needs_bye());
         assert!(!CallEnd::AckTimeout.needs_bye(), "the SIP layer already sent BYE");
     }

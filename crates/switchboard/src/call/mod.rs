@@ -1,27 +1,31 @@
 //! One call from INVITE to its end: route, negotiate, open the Realtime session, answer, bridge.
 
-pub mod bridge;
+pub mod core;
 pub mod end;
+pub mod outbound;
 pub mod session;
+pub mod shell;
+
+pub use shell::converse;
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
-use switchboard_media::codec::Codec as MediaCodec;
-use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for};
-use switchboard_media::opus_codec::OpusEncoderSettings;
-use switchboard_media::pacer::{Pacer, PacerConfig};
-use switchboard_media::reorder::ReorderBuffer;
+use switchboard_media::codec::Codec;
+use switchboard_media::framing::{ModelAudio, model_audio_for};
 use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::events::ClientEvent;
-use switchboard_sdp::{AnswerPolicy, Codec as SdpCodec, Direction, LocalMedia, SdpError};
-use switchboard_sip::{IncomingCall, ServerInvite};
+use switchboard_sdp::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpError};
+use switchboard_sip::{Dialog, IncomingCall, ServerInvite};
+use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::app::GatewayState;
+use crate::calls::{CallGuard, CallState, Direction, NewCall};
 use crate::config::{AgentConfig, AudioFormatChoice};
 use crate::routing;
+use crate::rtp_ports::PortLease;
 use crate::telemetry::{self, Escaped, Redacted};
 use end::{CallEnd, Refusal};
 use session::{ConfirmedAudio, SessionSetup, SetupStep};
@@ -60,7 +64,27 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
     let span = info_span!("call", call_id = %Escaped(&call.info.call_id), dialled = %Redacted(&call.info.dialled));
     async move {
         info!(from = %Redacted(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
-        let end = run(&state, call).await;
+        // In the registry (the admin API's list, DELETE) until the call's task ends. The registry
+        // has room for every call holding a slot; should it not, the call goes on unlisted.
+        let listed = state.calls.register(
+            NewCall {
+                direction: Direction::Inbound,
+                agent: String::new(),
+                to: call.info.dialled.clone(),
+                from: call.info.from_uri.clone(),
+                trunk: None,
+            },
+            SystemTime::now(),
+        );
+        let (entry, hangup) = match listed {
+            Ok((entry, hangup)) => (Some(entry), hangup),
+            Err(e) => {
+                warn!(error = %e, "call not listed in the registry");
+                (None, watch::channel(false).1)
+            }
+        };
+        let end = run(&state, call, entry.as_ref(), hangup).await;
+        drop(entry);
         match end.fault() {
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),
             _ => info!(reason = ?end, fault = %end.fault(), "call ended"),
@@ -87,7 +111,13 @@ fn refuse(state: &GatewayState, invite: ServerInvite, refusal: Refusal) -> CallE
     CallEnd::Refused(refusal)
 }
 
-async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
+/// The inbound setup: route, negotiate, open the session, answer; then [`converse`].
+async fn run(
+    state: &Arc<GatewayState>,
+    call: IncomingCall,
+    entry: Option<&CallGuard>,
+    hangup: watch::Receiver<bool>,
+) -> CallEnd {
     let received = Instant::now();
     let IncomingCall { info, offer, mut invite } = call;
     let cfg = &state.config;
@@ -118,33 +148,142 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
             Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
         };
     let media = answer.media;
-    let Some(codec) = media_codec(media.codec) else {
-        return refuse(state, invite, Refusal::NotAcceptable(format!("{:?} has no media pipeline", media.codec)));
+    let codec = media.codec;
+    info!(agent = agent_name, codec = ?media.codec, "routed");
+    if let Some(entry) = entry {
+        entry.set_routed(agent_name, media.codec.encoding_name());
+    }
+    invite.ringing();
+
+    // The call is answered only once the session is confirmed (connect, session.created,
+    // session.updated in formats we can use) within one deadline; a CANCEL meanwhile wins.
+    let opened = tokio::select! {
+        biased;
+        _ = invite.cancelled() => return CallEnd::CallerCancelled,
+        opened = open_session(state, agent, codec) => opened,
     };
+    let session = match opened {
+        Ok(session) => session,
+        Err(refusal) => {
+            if is_cancelled(&mut invite) {
+                // The CANCEL came in while the refusal was being decided: 487 has been sent.
+                return CallEnd::CallerCancelled;
+            }
+            warn!(reason = ?refusal, "Realtime session not confirmed; refusing the call");
+            return refuse(state, invite, refusal);
+        }
+    };
+    debug!(setup_ms = received.elapsed().as_millis() as u64, "Realtime session confirmed");
+
+    // A CANCEL that arrived while the session was being confirmed has been answered 487 by
+    // the SIP layer: answering now would create a dialog that never existed.
+    if is_cancelled(&mut invite) {
+        close_in_background(session.sender);
+        return CallEnd::CallerCancelled;
+    }
+    // Shutdown began during setup: a 503 lets a proxy send the call elsewhere, rather than
+    // answering it only to hang up at once.
+    if *state.shutdown.borrow() {
+        close_in_background(session.sender);
+        return refuse(state, invite, Refusal::ShuttingDown);
+    }
+    let Some(dialog) = invite.accept(&answer.sdp) else {
+        // The INVITE stopped being pending between the check above and the accept (the SIP core
+        // refuses the 200): the CANCEL won.
+        close_in_background(session.sender);
+        return CallEnd::CallerCancelled;
+    };
+    metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
+    info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
+    if let Some(entry) = entry {
+        entry.set_state(CallState::Answered);
+    }
+    let call = Established {
+        direction: CallDirection::Inbound,
+        agent_name: agent_name.to_string(),
+        agent: agent.clone(),
+        dialog,
+        media,
+        socket: std_socket,
+        port_lease,
+        session,
+        hangup,
+    };
+    converse(state, call).await
+}
+
+/// Whether a call was placed by the caller (INVITE received) or by us (`POST /v1/calls`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CallDirection {
+    Inbound,
+    Outbound,
+}
+
+impl CallDirection {
+    /// Metric and API label.
+    pub fn label(self) -> &'static str {
+        match self {
+            CallDirection::Inbound => "inbound",
+            CallDirection::Outbound => "outbound",
+        }
+    }
+}
+
+/// A confirmed Realtime session: its two halves and the audio formats `session.updated`
+/// confirmed for the codec it was opened for.
+pub struct OpenSession {
+    pub sender: RealtimeSender,
+    pub receiver: RealtimeReceiver,
+    pub confirmed: ConfirmedAudio,
+    /// The codec the formats were checked against. A G.711 passthrough session only suits a
+    /// call on that same law: see [`OpenSession::suits`].
+    pub codec: Codec,
+}
+
+impl OpenSession {
+    /// Whether this session's confirmed formats can serve a call negotiated on `codec` (an
+    /// outbound call opens its session before the answer picks the codec).
+    pub fn suits(&self, codec: Codec) -> bool {
+        let usable = |model: ModelAudio| model == ModelAudio::Pcm24k || self.codec == codec;
+        usable(self.confirmed.input) && usable(self.confirmed.output)
+    }
+
+    /// Closes the WebSocket in the background (a call that will not happen after all).
+    pub fn close_in_background(self) {
+        close_in_background(self.sender);
+    }
+}
+
+/// What every answered call, inbound or outbound, hands to the conversation ([`converse`]).
+pub struct Established {
+    pub direction: CallDirection,
+    pub agent_name: String,
+    pub agent: AgentConfig,
+    pub dialog: Dialog,
+    /// The negotiated stream (`answer_offer` for inbound, `receive_answer` for outbound).
+    pub media: NegotiatedMedia,
+    /// The leased RTP socket (blocking mode is fine: converse makes it non-blocking).
+    pub socket: std::net::UdpSocket,
+    pub port_lease: PortLease,
+    pub session: OpenSession,
+    /// Becomes true when the operator hangs the call up (admin API `DELETE /v1/calls/{id}`).
+    /// A dropped sender means "never".
+    pub hangup: watch::Receiver<bool>,
+}
+
+/// Opens and confirms the agent's Realtime session for a call on `codec` (connect,
+/// `session.update`, `session.created`, `session.updated` in formats the media code can use),
+/// all within `realtime.connect_timeout_ms`. Callable before an outbound INVITE is sent; cancel
+/// by dropping the future. On refusal after the upgrade the WebSocket is closed in the
+/// background.
+pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Codec) -> Result<OpenSession, Refusal> {
     let requested = match agent.audio_format {
         AudioFormatChoice::Auto => ModelAudio::G711Passthrough,
         AudioFormatChoice::Pcm => ModelAudio::Pcm24k,
     };
     // Only G.711 can go to the model untouched; Opus and G.722 calls speak 24 kHz PCM to it.
     let model_audio = model_audio_for(codec, requested);
-    let ptime = Duration::from_millis(u64::from(media.ptime_ms.max(10)));
-    let opus_settings = OpusEncoderSettings {
-        bitrate_bps: cfg.media.opus_bitrate_bps,
-        complexity: cfg.media.opus_complexity,
-        ..OpusEncoderSettings::default()
-    };
-    let opus_settings = match media.opus {
-        Some(peer) => {
-            opus_settings.with_peer_limits(peer.max_average_bitrate, peer.max_playback_rate, Some(peer.use_inband_fec))
-        }
-        None => opus_settings,
-    };
-    info!(agent = agent_name, codec = ?media.codec, model_audio = ?model_audio, "routed");
-    invite.ringing();
-
-    // The call is answered only once the session is confirmed (connect, session.created,
-    // session.updated in formats we can use) within one deadline; a CANCEL meanwhile wins.
-    let realtime_cfg = &cfg.realtime;
+    let realtime_cfg = &state.config.realtime;
     let mut setup = SessionSetup::new(
         codec,
         session::model_format(model_audio, codec),
@@ -157,127 +296,17 @@ async fn run(state: &GatewayState, call: IncomingCall) -> CallEnd {
         send_timeout: Some(Duration::from_secs(realtime_cfg.watchdog_secs)),
     };
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
-    let opened = tokio::select! {
-        biased;
-        _ = invite.cancelled() => return CallEnd::CallerCancelled,
-        opened = open_session(&state.realtime, limits, &update, &mut setup) => opened,
-    };
-    let (mut realtime_tx, mut realtime_rx, confirmed) = match opened {
-        Ok(session) => session,
-        Err(refusal) => {
-            if is_cancelled(&mut invite) {
-                // The CANCEL came in while the refusal was being decided: 487 has been sent.
-                return CallEnd::CallerCancelled;
-            }
-            warn!(reason = ?refusal, "Realtime session not confirmed; refusing the call");
-            return refuse(state, invite, refusal);
-        }
-    };
+    let (sender, receiver, confirmed) = confirm_session(&state.realtime, limits, &update, &mut setup).await?;
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
             "the Realtime API confirmed other audio formats; converting to them");
     }
-    debug!(setup_ms = received.elapsed().as_millis() as u64, "Realtime session confirmed");
-
-    // Two handles on one socket: the call's task receives, the media clock sends (non-blocking).
-    let sockets = std_socket.set_nonblocking(true).and_then(|()| {
-        let clock_socket = Arc::new(std_socket.try_clone()?);
-        Ok((tokio::net::UdpSocket::from_std(std_socket)?, clock_socket))
-    });
-    let (socket, clock_socket) = match sockets {
-        Ok(sockets) => sockets,
-        Err(e) => {
-            warn!(error = %e, "RTP socket setup failed");
-            return refuse(state, invite, Refusal::NoMediaPort);
-        }
-    };
-    // A CANCEL that arrived while the session was being confirmed has been answered 487 by
-    // the SIP layer: answering now would create a dialog that never existed.
-    if is_cancelled(&mut invite) {
-        close_in_background(realtime_tx);
-        return CallEnd::CallerCancelled;
-    }
-    // Shutdown began during setup: a 503 lets a proxy send the call elsewhere, rather than
-    // answering it only to hang up at once.
-    if *state.shutdown.borrow() {
-        close_in_background(realtime_tx);
-        return refuse(state, invite, Refusal::ShuttingDown);
-    }
-    let mut dialog = invite.accept(&answer.sdp);
-    if dialog.call_id().is_empty() {
-        // The INVITE stopped being pending between the check above and the accept (the SIP core
-        // refuses the 200 and hands back an ended dialog with no Call-ID): the CANCEL won.
-        close_in_background(realtime_tx);
-        return CallEnd::CallerCancelled;
-    }
-    metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
-    info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
-
-    if !agent.greeting.is_empty()
-        && let Err(e) = realtime_tx.send(&session::greeting(&agent.greeting)).await
-    {
-        warn!(error = %e, "greeting request failed");
-    }
-
-    let encode_ahead = !matches!(codec, MediaCodec::Pcmu | MediaCodec::Pcma);
-    let bridge = bridge::Bridge {
-        strict_rtp: cfg.media.latch_config(),
-        socket,
-        clock_socket,
-        clock: Arc::clone(&state.media_clock),
-        remote: media.remote_rtp,
-        payload_type: media.payload_type,
-        telephone_event: media.telephone_event,
-        may_send: matches!(media.direction, Direction::SendRecv | Direction::SendOnly),
-        reorder: ReorderBuffer::new(Duration::from_millis(cfg.media.reorder_wait_ms)),
-        pacer: Pacer::new(
-            PacerConfig {
-                payload_type: media.payload_type,
-                ssrc: rand::random(),
-                clock_rate: codec.clock_rate(),
-                ptime,
-                silence: codec.silence_frame(media.ptime_ms),
-            },
-            Instant::now(),
-            rand::random(),
-            rand::random(),
-        ),
-        inbound: InboundAudio::new(codec, confirmed.input),
-        // Opus and G.722 are encoded by the call's task just ahead of their slot (`encode_ahead`),
-        // so the media clock's path is only an RTP header and a send, and audio a barge-in
-        // discards is never encoded (docs/decisions/0003-media-clock.md).
-        outbound: {
-            let mut outbound = OutboundAudio::with_opus_settings(codec, confirmed.output, ptime, opus_settings);
-            outbound.defer_encoding(encode_ahead);
-            outbound
-        },
-        encode_ahead,
-        model_ms_per_byte: switchboard_media::framing::model_audio_ms(confirmed.output, codec, 1),
-        ptime,
-        rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
-        keepalive: client::Keepalive::new(
-            Instant::now(),
-            Duration::from_secs(realtime_cfg.ping_interval_secs),
-            Duration::from_secs(realtime_cfg.watchdog_secs),
-        ),
-        max_queued_audio: Duration::from_secs(realtime_cfg.max_queued_audio_secs),
-        apology: (!agent.apology.is_empty()).then(|| agent.apology.clone()),
-        apology_limiter: session::ApologyLimiter::new(Duration::from_secs(agent.apology_min_interval_secs)),
-    };
-    let end = bridge::run(bridge, &mut dialog, &mut realtime_tx, &mut realtime_rx, state.shutdown.subscribe()).await;
-    if end.needs_bye()
-        && let Err(e) = dialog.hangup().await
-    {
-        warn!(error = %e, "BYE failed");
-    }
-    realtime_tx.close().await;
-    drop(port_lease);
-    end
+    Ok(OpenSession { sender, receiver, confirmed, codec })
 }
 
 /// Connects and confirms the session (see [`SessionSetup`]); every wait ends at the setup's
 /// deadline. On refusal after the upgrade the WebSocket is closed in the background.
-async fn open_session(
+async fn confirm_session(
     connect: &ConnectConfig,
     limits: ConnectLimits,
     update: &ClientEvent,
@@ -345,19 +374,8 @@ fn is_cancelled(invite: &mut ServerInvite) -> bool {
 fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy {
     let names = if agent.codecs.0.is_empty() { global_codecs } else { agent.codecs.0.as_slice() };
     AnswerPolicy {
-        codecs: names.iter().filter_map(|name| SdpCodec::from_name(name)).collect(),
+        codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
-    }
-}
-
-/// The media pipeline for a negotiated codec; `None` for a codec SDP knows but media does not.
-fn media_codec(codec: SdpCodec) -> Option<MediaCodec> {
-    match codec {
-        SdpCodec::Pcmu => Some(MediaCodec::Pcmu),
-        SdpCodec::Pcma => Some(MediaCodec::Pcma),
-        SdpCodec::G722 => Some(MediaCodec::G722),
-        SdpCodec::Opus => Some(MediaCodec::Opus),
-        _ => None,
     }
 }

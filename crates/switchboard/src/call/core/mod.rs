@@ -1,0 +1,702 @@
+//! The sans-IO call core: every decision of an answered call, with no socket, no task and no
+//! clock of its own (the str0m / quinn-proto style). The shell ([`super::shell`]) feeds it what
+//! arrived and the time, and carries out what it asks for.
+//!
+//! ```text
+//! inputs                                   outputs
+//! handle_rtp(now, leg, source, bytes)      poll_transmit() -> Transmit (RTP on a leg; the media clock drains it)
+//! handle_realtime(now, ServerEvent)        poll_output()   -> Output (Realtime events, ping, hang up,
+//! handle_realtime_traffic(at)                                         DTMF, recorder taps, the end)
+//! handle_realtime_closed(now, CallEnd)     poll_timeout()  -> when to call handle_timeout
+//! handle_dialog(now, DialogInput)
+//! handle_timeout(now)
+//! ```
+//!
+//! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
+//! transfer would be a second one):
+//!
+//! ```text
+//! leg RTP -> strict latch -> ReorderBuffer -> InboundAudio -> input_audio_buffer.append -> model
+//!         -> telephone-event (RFC 4733) -> Output::Dtmf, once per event
+//! model response.output_audio.delta -> AgentPlayout (item tag, bounded queue) -> OutboundAudio
+//!         -> Pacer -> Transmit on the caller's leg
+//! input_audio_buffer.speech_started -> AgentPlayout::barge_in: Pacer flushed at once, then
+//!         conversation.item.truncate with the milliseconds really sent
+//! ```
+//!
+//! Barge-in bookkeeping lives in one place, [`AgentPlayout`]: which item is being framed, what
+//! each item received and played (the [`Conversation`]) and the pacer queue it all goes through.
+//!
+//! Outbound timing rules (what a receiver sees): sequence numbers are continuous for the whole
+//! call; timestamps advance by one ptime per packet, silence included, so they are continuous
+//! too; the marker bit is set on the first audio packet after silence or after a flush
+//! (RFC 3551 §4.1). The only timestamp jump is after a stall of more than
+//! [`switchboard_media::pacer::MAX_CATCH_UP_FRAMES`] slots (the process was not scheduled):
+//! the missed slots are skipped (timestamp jumps, sequence does not, marker set).
+
+mod dtmf;
+#[cfg(test)]
+mod tests;
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
+use switchboard_media::latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
+use switchboard_media::opus_codec::OpusEncoderSettings;
+use switchboard_media::pacer::{Pacer, PacerConfig};
+use switchboard_media::reorder::{PushOutcome, ReorderBuffer};
+use switchboard_media::rtp::{self, StreamStart};
+use switchboard_media::{Codec, CodecCoding};
+use switchboard_realtime::client::{Keepalive, KeepaliveAction};
+use switchboard_realtime::conversation::{Conversation, ItemTag};
+use switchboard_realtime::error_code::ErrorCode;
+use switchboard_realtime::events::{AudioFormat, ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
+use tracing::{debug, info, warn};
+
+pub use dtmf::DtmfDigit;
+use dtmf::DtmfReceiver;
+
+use super::end::CallEnd;
+use super::session::{self, ApologyLimiter};
+use crate::telemetry::{self, Redacted};
+
+/// One media leg of a call: an RTP stream with its own codec, latch, reorder buffer and pacer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct LegId(pub u8);
+
+/// The caller's leg (inbound) or the callee's (outbound): the one the agent talks with.
+pub const CALLER: LegId = LegId(0);
+
+/// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
+/// recorder that cannot keep up must not grow the call's memory).
+pub const MAX_PENDING_TAPS: usize = 250;
+
+/// The sample rate of tap PCM: the model's, so both directions of every codec line up.
+pub const TAP_SAMPLE_RATE: u32 = 24_000;
+
+/// Per-call settings (from `realtime.*`, `media.*` and the agent).
+#[derive(Debug, Clone)]
+pub struct CoreConfig {
+    /// No RTP from a leg's source for this long ends the call (`media.rtp_timeout_secs`).
+    pub rtp_timeout: Duration,
+    /// WebSocket pings (`realtime.ping_interval_secs`).
+    pub ping_interval: Duration,
+    /// No frame at all from the Realtime server for this long ends the call (`realtime.watchdog_secs`).
+    pub watchdog: Duration,
+    /// Agent audio queued in the pacer, at most (`realtime.max_queued_audio_secs`); beyond it the
+    /// model's audio is dropped, never played.
+    pub max_queued_audio: Duration,
+    /// The agent's greeting (`None`: the caller speaks first).
+    pub greeting: Option<String>,
+    /// Said after a failed response (`None`: no apology configured).
+    pub apology: Option<String>,
+    pub apology_min_interval: Duration,
+    /// The audio format the model speaks (what one byte of a delta lasts).
+    pub model_output: AudioFormat,
+    /// Recorder taps: decoded PCM per direction (off unless a recorder asks for it).
+    pub taps: bool,
+}
+
+/// One leg's negotiated stream.
+#[derive(Debug, Clone)]
+pub struct LegConfig {
+    pub codec: Codec,
+    /// The negotiated payload type: we send it and expect it.
+    pub payload_type: u8,
+    /// RFC 4733 telephone-event payload type, if negotiated.
+    pub telephone_event: Option<u8>,
+    /// The RTP address from the peer's SDP; where we really send is the latch's decision.
+    pub remote: SocketAddr,
+    /// Whether our negotiated direction lets us send (sendrecv / sendonly).
+    pub may_send: bool,
+    pub ptime: Duration,
+    pub strict_rtp: LatchConfig,
+    pub reorder_wait: Duration,
+    pub opus: OpusEncoderSettings,
+    /// The model audio formats confirmed by `session.updated`.
+    pub model_input: ModelAudio,
+    pub model_output: ModelAudio,
+    /// Our SSRC, first sequence number and timestamp (random, RFC 3550 §5.1).
+    pub stream: StreamStart,
+}
+
+/// What happens on the dialog side, or to the call as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DialogInput {
+    /// The ACK arrived: the SDP's address may now be sent to (RFC 3261 §13.3.1.4).
+    Confirmed,
+    /// BYE from the other side (or the dialog is gone).
+    RemoteBye,
+    /// No ACK for our 200 OK (the SIP layer already sent BYE).
+    AckTimeout,
+    /// The operator hung up (admin API).
+    OperatorHangup,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// One RTP packet to send now on a leg.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Transmit {
+    pub leg: LegId,
+    pub destination: SocketAddr,
+    pub packet: Vec<u8>,
+}
+
+/// Which way a tap's audio went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TapDirection {
+    /// Received from the leg (the caller's voice).
+    FromLeg,
+    /// Sent to the leg (the agent's voice, silence included).
+    ToLeg,
+}
+
+/// Decoded audio for a recorder: 16-bit PCM at [`TAP_SAMPLE_RATE`], stamped with the call clock.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tap {
+    pub leg: LegId,
+    pub direction: TapDirection,
+    /// Since the call core started.
+    pub at: Duration,
+    pub pcm: Vec<i16>,
+}
+
+/// What the shell must do, in order.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// Send to the Realtime API (through the writer queue).
+    Realtime(Box<ClientEvent>),
+    /// Send a WebSocket Ping.
+    Ping,
+    /// End the dialog with BYE (the end is ours).
+    Hangup,
+    /// A DTMF digit from a leg (RFC 4733), reported once per event.
+    Dtmf { leg: LegId, digit: DtmfDigit, duration: Duration },
+    /// Recorder audio (only with [`CoreConfig::taps`]).
+    Tap(Tap),
+    /// The call is over; nothing follows.
+    Ended(CallEnd),
+}
+
+/// Counters the shell logs at the end of the call.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CoreStats {
+    pub latch: LatchStats,
+    /// Agent frames dropped because the playout queue was full.
+    pub agent_frames_dropped: u64,
+    pub barge_ins: u64,
+    pub taps_dropped: u64,
+    pub dtmf_events: u64,
+}
+
+struct Leg {
+    id: LegId,
+    payload_type: u8,
+    telephone_event: Option<u8>,
+    may_send: bool,
+    ptime: Duration,
+    latch: RtpSourceLatch,
+    reorder: ReorderBuffer,
+    inbound: InboundAudio,
+    pacer: Pacer<ItemTag>,
+    outbound: OutboundAudio,
+    last_rtp_in: Instant,
+    dtmf: DtmfReceiver,
+    /// Decoders for the recorder, one per direction (only with taps).
+    tap_decoders: Option<(InboundAudio, InboundAudio)>,
+    signalled: SocketAddr,
+}
+
+impl Leg {
+    fn new(id: LegId, now: Instant, config: LegConfig, taps: bool) -> Leg {
+        let ptime_ms = u32::try_from(config.ptime.as_millis()).unwrap_or(20).max(1);
+        let pacer = Pacer::new(
+            PacerConfig {
+                payload_type: config.payload_type,
+                ssrc: config.stream.ssrc,
+                clock_rate: config.codec.clock_rate(),
+                ptime: config.ptime,
+                silence: config.codec.silence_frame(ptime_ms),
+            },
+            now,
+            config.stream.sequence,
+            config.stream.timestamp,
+        );
+        // Encoded when the model's audio arrives (in the call's task), so the media clock's
+        // path is only an RTP header and a send (docs/decisions/0003-media-clock.md).
+        let outbound = OutboundAudio::with_opus_settings(config.codec, config.model_output, config.ptime, config.opus);
+        let tap_decoders = taps.then(|| {
+            (InboundAudio::new(config.codec, ModelAudio::Pcm24k), InboundAudio::new(config.codec, ModelAudio::Pcm24k))
+        });
+        Leg {
+            id,
+            payload_type: config.payload_type,
+            telephone_event: config.telephone_event,
+            may_send: config.may_send,
+            ptime: config.ptime,
+            latch: RtpSourceLatch::new(config.strict_rtp, config.remote, now),
+            reorder: ReorderBuffer::new(config.reorder_wait),
+            inbound: InboundAudio::new(config.codec, config.model_input),
+            pacer,
+            outbound,
+            last_rtp_in: now,
+            dtmf: DtmfReceiver::new(config.codec.clock_rate()),
+            tap_decoders,
+            signalled: config.remote,
+        }
+    }
+
+    fn ptime_ms(&self) -> f64 {
+        self.ptime.as_secs_f64() * 1000.0
+    }
+}
+
+/// The agent's side of the playout: every piece of barge-in bookkeeping in one place.
+#[derive(Default)]
+struct AgentPlayout {
+    conversation: Conversation,
+    /// The item whose audio is being framed, so its last partial frame can be padded and queued
+    /// when the next item starts (or its audio is done).
+    framing: Option<ItemTag>,
+    /// The item whose audio is being dropped because the queue is full (logged once).
+    overflowing: Option<ItemTag>,
+    frames: Vec<Vec<u8>>,
+}
+
+impl AgentPlayout {
+    /// Pads and queues the last partial frame of the item being framed.
+    fn finish_item(&mut self, leg: &mut Leg) {
+        if let Some(tag) = self.framing.take()
+            && let Some(frame) = leg.outbound.flush_partial()
+        {
+            leg.pacer.enqueue(tag, frame);
+        }
+    }
+
+    /// Queues a delta's audio on `leg`; returns the frames dropped because the queue was full.
+    fn queue_audio(&mut self, leg: &mut Leg, tag: ItemTag, audio: &[u8], max_queued: Duration) -> u64 {
+        if self.framing.is_some_and(|t| t != tag) {
+            self.finish_item(leg);
+        }
+        self.framing = Some(tag);
+        self.frames.clear();
+        leg.outbound.push(audio, &mut self.frames);
+        // Bounded playout queue: the model streams faster than real time, but never minutes
+        // ahead unless it misbehaves. Policy when full: drop the new audio (what is queued plays
+        // on; a barge-in truncates the item to what was really played).
+        let mut dropped = 0u64;
+        for frame in self.frames.drain(..) {
+            if leg.pacer.queued_duration() >= max_queued {
+                dropped += 1;
+            } else {
+                leg.pacer.enqueue(tag, frame);
+            }
+        }
+        if dropped > 0 && self.overflowing != Some(tag) {
+            self.overflowing = Some(tag);
+            warn!(
+                queued_ms = leg.pacer.queued_duration().as_millis() as u64,
+                "agent audio queue full; dropping the rest of this item's audio"
+            );
+        }
+        dropped
+    }
+
+    /// The caller started speaking: stop the agent at once (the queue is flushed, nothing of it
+    /// is sent after this) and say how much of the item being played was really heard.
+    fn barge_in(&mut self, leg: &mut Leg) -> (usize, Option<ClientEvent>) {
+        let dropped = leg.pacer.flush();
+        leg.outbound.reset();
+        self.framing = None;
+        let truncate = self.conversation.on_speech_started();
+        (dropped, truncate.map(|t| t.to_event()))
+    }
+}
+
+/// The state machine of one answered call.
+pub struct CallCore {
+    config: CoreConfig,
+    started: Instant,
+    legs: Vec<Leg>,
+    agent: AgentPlayout,
+    keepalive: Keepalive,
+    apology_limiter: ApologyLimiter,
+    outputs: VecDeque<Output>,
+    pending_taps: usize,
+    transmits: VecDeque<Transmit>,
+    ended: Option<CallEnd>,
+    stats: CoreStats,
+    /// Scratch buffer for model audio converted from RTP.
+    model_bytes: Vec<u8>,
+}
+
+impl CallCore {
+    /// A call whose Realtime session is confirmed and whose caller leg is negotiated; the
+    /// greeting (if any) is the first output: the agent speaks first.
+    pub fn new(now: Instant, config: CoreConfig, caller: LegConfig) -> CallCore {
+        let legs = vec![Leg::new(CALLER, now, caller, config.taps)];
+        let mut core = CallCore {
+            keepalive: Keepalive::new(now, config.ping_interval, config.watchdog),
+            apology_limiter: ApologyLimiter::new(config.apology_min_interval),
+            started: now,
+            legs,
+            agent: AgentPlayout::default(),
+            outputs: VecDeque::new(),
+            pending_taps: 0,
+            transmits: VecDeque::new(),
+            ended: None,
+            stats: CoreStats::default(),
+            model_bytes: Vec::with_capacity(2048),
+            config,
+        };
+        if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
+            let event = session::greeting(greeting);
+            core.outputs.push_back(Output::Realtime(Box::new(event)));
+        }
+        core
+    }
+
+    /// How the call ended, once it has.
+    pub fn ended(&self) -> Option<&CallEnd> {
+        self.ended.as_ref()
+    }
+
+    pub fn stats(&self) -> CoreStats {
+        let mut stats = self.stats;
+        if let Some(leg) = self.legs.first() {
+            stats.latch = leg.latch.stats();
+        }
+        stats
+    }
+
+    // ---- inputs ----
+
+    /// One datagram received on a leg's socket.
+    pub fn handle_rtp(&mut self, now: Instant, leg: LegId, source: SocketAddr, datagram: &[u8]) {
+        if self.ended.is_some() || rtp::is_rtcp(datagram) {
+            return;
+        }
+        let Ok((header, payload)) = rtp::parse_rtp(datagram) else {
+            debug!(len = datagram.len(), "not an RTP packet; ignored");
+            return;
+        };
+        let Some(index) = self.leg_index(leg) else { return };
+        let Some(leg) = self.legs.get_mut(index) else { return };
+        // Symmetric RTP (RFC 4961) made strict: we answer where the peer's media really comes
+        // from (behind a NAT, not what its SDP said), but only a learned source counts; anything
+        // else is dropped before it reaches the agent or the timeout.
+        match leg.latch.on_packet(now, source, header.ssrc, header.sequence) {
+            SourceVerdict::Accept => {}
+            SourceVerdict::Learned(learned) => {
+                let previous = learned.previous.map(|p| p.to_string()).unwrap_or_default();
+                info!(
+                    leg = leg.id.0,
+                    source = %Redacted(&learned.source.to_string()),
+                    previous = %Redacted(&previous),
+                    by = ?learned.by,
+                    signalled = learned.source == leg.signalled,
+                    // The message operators (and the e2e tests) look for; legs are numbered.
+                    "caller's RTP source learned"
+                );
+                debug!(source = %learned.source, previous, "RTP source (unredacted)");
+            }
+            SourceVerdict::Ignore(reason) => {
+                metrics::counter!(telemetry::RTP_IGNORED_PACKETS_TOTAL, "reason" => reason.label()).increment(1);
+                return;
+            }
+        }
+        metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(1);
+        leg.last_rtp_in = now;
+        if header.payload_type == leg.payload_type {
+            if leg.reorder.push(now, header, payload) == PushOutcome::Accepted {
+                self.drain_inbound(now, index);
+            }
+        } else if Some(header.payload_type) == leg.telephone_event
+            && let Some((digit, duration)) = leg.dtmf.on_packet(header.timestamp, payload)
+        {
+            self.stats.dtmf_events += 1;
+            let id = leg.id;
+            self.outputs.push_back(Output::Dtmf { leg: id, digit, duration });
+        }
+    }
+
+    /// One event from the Realtime API.
+    pub fn handle_realtime(&mut self, now: Instant, event: ServerEvent) {
+        if self.ended.is_some() {
+            return;
+        }
+        self.keepalive.on_traffic(now);
+        match event {
+            ServerEvent::OutputAudioDelta(delta) => {
+                let ms = self.config.model_output.bytes_to_ms(delta.delta.len());
+                let Some(tag) = self.agent.conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
+                    return; // late audio of an interrupted response
+                };
+                let max_queued = self.config.max_queued_audio;
+                let Some(leg) = self.legs.first_mut() else { return };
+                let dropped = self.agent.queue_audio(leg, tag, &delta.delta, max_queued);
+                if dropped > 0 {
+                    self.stats.agent_frames_dropped += dropped;
+                    metrics::counter!(telemetry::AGENT_AUDIO_DROPPED_FRAMES_TOTAL).increment(dropped);
+                }
+            }
+            ServerEvent::OutputAudioDone(_) => {
+                if let Some(leg) = self.legs.first_mut() {
+                    self.agent.finish_item(leg);
+                }
+            }
+            ServerEvent::SpeechStarted(_) => {
+                let Some(leg) = self.legs.first_mut() else { return };
+                let (dropped, truncate) = self.agent.barge_in(leg);
+                if dropped > 0 || truncate.is_some() {
+                    self.stats.barge_ins += 1;
+                    metrics::counter!(telemetry::BARGE_INS_TOTAL).increment(1);
+                    info!(dropped_frames = dropped, "barge-in: agent audio flushed");
+                }
+                if let Some(truncate) = truncate {
+                    self.outputs.push_back(Output::Realtime(Box::new(truncate)));
+                }
+            }
+            ServerEvent::ResponseCreated(created) => self.agent.conversation.on_response_created(&created.response.id),
+            ServerEvent::ResponseDone(done) => {
+                self.agent.conversation.on_response_done(&done.response.id);
+                if done.response.status == ResponseStatus::Failed {
+                    let reason = session::failed_response_reason(done.response.status_details.as_ref());
+                    metrics::counter!(telemetry::REALTIME_FAILED_RESPONSES_TOTAL, "reason" => reason).increment(1);
+                    let apologise = self.config.apology.is_some() && self.apology_limiter.try_take(now);
+                    warn!(reason, response_id = %done.response.id, apologise, "Realtime response failed");
+                    // No response is active after response.done: the apology may start now.
+                    if apologise && let Some(text) = &self.config.apology {
+                        self.outputs.push_back(Output::Realtime(Box::new(session::apology(text))));
+                    }
+                }
+            }
+            ServerEvent::Error(ErrorEvent { error, .. }) => {
+                let code = ErrorCode::parse(error.code.as_deref());
+                metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
+                if code.is_fatal() {
+                    self.end(CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)));
+                    return;
+                }
+                warn!(code = code.as_str(), message = %error.message, "Realtime error (call continues)");
+            }
+            ServerEvent::Unknown { event_type } => {
+                metrics::counter!(telemetry::REALTIME_EVENTS_UNKNOWN_TOTAL).increment(1);
+                debug!(%event_type, "unknown Realtime event ignored");
+            }
+            _ => {}
+        }
+    }
+
+    /// A frame of any kind (a pong included) arrived from the Realtime server at `at`.
+    pub fn handle_realtime_traffic(&mut self, at: Instant) {
+        self.keepalive.on_traffic(at);
+    }
+
+    /// The Realtime connection is gone (closed, failed, a message too large, the writer wedged).
+    pub fn handle_realtime_closed(&mut self, _now: Instant, end: CallEnd) {
+        self.end(end);
+    }
+
+    /// Something happened to the dialog or the call as a whole.
+    pub fn handle_dialog(&mut self, _now: Instant, input: DialogInput) {
+        match input {
+            DialogInput::Confirmed => {
+                for leg in &mut self.legs {
+                    leg.latch.on_dialog_confirmed();
+                }
+                debug!("ACK received");
+            }
+            DialogInput::RemoteBye => self.end(CallEnd::CallerHangup),
+            DialogInput::AckTimeout => self.end(CallEnd::AckTimeout),
+            DialogInput::OperatorHangup => self.end(CallEnd::Operator),
+            DialogInput::Shutdown => self.end(CallEnd::GatewayShutdown),
+        }
+    }
+
+    /// Runs everything due at `now`: the media ([`handle_media_timeout`](Self::handle_media_timeout))
+    /// and the call's other timers.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.handle_media_timeout(now);
+        self.handle_task_timeout(now);
+    }
+
+    /// The pacers only: what the media clock runs on time for every call.
+    pub fn handle_media_timeout(&mut self, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        for index in 0..self.legs.len() {
+            self.pace(now, index);
+        }
+    }
+
+    /// Everything but the pacers: reorder deadlines, RTP timeout, keepalive and watchdog.
+    pub fn handle_task_timeout(&mut self, now: Instant) {
+        if self.ended.is_some() {
+            return;
+        }
+        for index in 0..self.legs.len() {
+            if self.legs.get(index).and_then(|leg| leg.reorder.next_deadline()).is_some_and(|due| due <= now) {
+                self.drain_inbound(now, index);
+            }
+        }
+        if self.legs.iter().any(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
+            self.end(CallEnd::RtpTimeout);
+            return;
+        }
+        // Pings, and the watchdog: no frame at all from the Realtime server (not even a pong)
+        // for the watchdog period means it is gone or wedged.
+        match self.keepalive.poll(now) {
+            KeepaliveAction::Wait => {}
+            KeepaliveAction::SendPing => self.outputs.push_back(Output::Ping),
+            KeepaliveAction::Dead { silent_for } => {
+                warn!(silent_ms = silent_for.as_millis() as u64, "no traffic from the Realtime server; hanging up");
+                self.end(CallEnd::AgentWatchdog(silent_for));
+            }
+        }
+    }
+
+    // ---- outputs ----
+
+    /// The next RTP packet to send.
+    pub fn poll_transmit(&mut self) -> Option<Transmit> {
+        self.transmits.pop_front()
+    }
+
+    /// The next thing the shell must do.
+    pub fn poll_output(&mut self) -> Option<Output> {
+        let output = self.outputs.pop_front()?;
+        if matches!(output, Output::Tap(_)) {
+            self.pending_taps = self.pending_taps.saturating_sub(1);
+        }
+        Some(output)
+    }
+
+    /// Whether outputs are waiting (the media clock wakes the call's task for them).
+    pub fn has_output(&self) -> bool {
+        !self.outputs.is_empty()
+    }
+
+    /// When [`handle_timeout`](Self::handle_timeout) is next due; `None` once the call ended.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        match (self.poll_media_timeout(), self.poll_task_timeout()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// The next pacer slot of any leg.
+    pub fn poll_media_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        self.legs.iter().map(|leg| leg.pacer.next_deadline()).min()
+    }
+
+    /// The next deadline of the call's other timers.
+    pub fn poll_task_timeout(&self) -> Option<Instant> {
+        if self.ended.is_some() {
+            return None;
+        }
+        let legs = self.legs.iter().flat_map(|leg| {
+            let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
+            [Some(rtp_timeout), leg.reorder.next_deadline()].into_iter().flatten()
+        });
+        legs.chain(std::iter::once(self.keepalive.next_deadline())).min()
+    }
+
+    // ---- internals ----
+
+    fn leg_index(&self, leg: LegId) -> Option<usize> {
+        self.legs.iter().position(|l| l.id == leg)
+    }
+
+    fn end(&mut self, end: CallEnd) {
+        if self.ended.is_some() {
+            return;
+        }
+        if end.needs_bye() {
+            self.outputs.push_back(Output::Hangup);
+        }
+        self.outputs.push_back(Output::Ended(end.clone()));
+        self.ended = Some(end);
+        self.transmits.clear();
+    }
+
+    /// Moves every packet the leg's reorder buffer releases on: the caller's to the model, one
+    /// append per packet.
+    fn drain_inbound(&mut self, now: Instant, index: usize) {
+        let at = now.saturating_duration_since(self.started);
+        let Some(leg) = self.legs.get_mut(index) else { return };
+        while let Some(frame) = leg.reorder.pop(now) {
+            if frame.lost_before > 0 {
+                metrics::counter!(telemetry::RTP_LOST_TOTAL).increment(u64::from(frame.lost_before));
+            }
+            if let Some((decoder, _)) = &mut leg.tap_decoders {
+                let mut pcm = Vec::new();
+                decoder.convert_with_loss(frame.lost_before, &frame.payload, &mut pcm);
+                push_tap(
+                    &mut self.outputs,
+                    &mut self.pending_taps,
+                    &mut self.stats,
+                    tap(leg.id, TapDirection::FromLeg, at, &pcm),
+                );
+            }
+            if leg.id == CALLER {
+                self.model_bytes.clear();
+                leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
+                self.outputs.push_back(Output::Realtime(Box::new(ClientEvent::append(self.model_bytes.clone()))));
+            }
+        }
+    }
+
+    /// Emits every frame due on a leg; nothing goes out before the dialog is confirmed or the
+    /// peer's first packet (the latch says where, if anywhere): the pacer keeps its clock and
+    /// the frame is dropped.
+    fn pace(&mut self, now: Instant, index: usize) {
+        let at = now.saturating_duration_since(self.started);
+        let Some(leg) = self.legs.get_mut(index) else { return };
+        let ptime_ms = leg.ptime_ms();
+        while let Some(frame) = leg.pacer.poll(now) {
+            if let Some(tag) = frame.tag {
+                self.agent.conversation.on_audio_played(tag, ptime_ms);
+            }
+            if let Some((_, decoder)) = &mut leg.tap_decoders {
+                let mut pcm = Vec::new();
+                decoder.convert(&frame.payload, &mut pcm);
+                push_tap(
+                    &mut self.outputs,
+                    &mut self.pending_taps,
+                    &mut self.stats,
+                    tap(leg.id, TapDirection::ToLeg, at, &pcm),
+                );
+            }
+            if leg.may_send
+                && let Some(destination) = leg.latch.send_target()
+            {
+                let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
+                rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
+                self.transmits.push_back(Transmit { leg: leg.id, destination, packet });
+            }
+        }
+    }
+}
+
+/// A tap of 16-bit little-endian PCM bytes at 24 kHz.
+fn tap(leg: LegId, direction: TapDirection, at: Duration, pcm_bytes: &[u8]) -> Tap {
+    let pcm = pcm_bytes.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair)).collect();
+    Tap { leg, direction, at, pcm }
+}
+
+fn push_tap(outputs: &mut VecDeque<Output>, pending: &mut usize, stats: &mut CoreStats, tap: Tap) {
+    if *pending >= MAX_PENDING_TAPS {
+        stats.taps_dropped += 1;
+        return;
+    }
+    *pending += 1;
+    outputs.push_back(Output::Tap(tap));
+}

@@ -1,0 +1,449 @@
+//! The conversation of one answered call, inbound or outbound: the thin async shell around the
+//! sans-IO [`CallCore`]. It only moves bytes and time:
+//!
+//! - RTP received on the leg's socket, Realtime events, dialog events, operator hang-up and
+//!   shutdown go into the core with `Instant::now()`;
+//! - the core's outbound RTP is paced and sent by the gateway's one [`MediaClock`] (the core sits
+//!   behind an `Arc<Mutex<..>>` that implements [`Paced`]; nobody holds the lock across an await);
+//! - the core's Realtime events go through a bounded queue to a writer task, so the pacer never
+//!   waits on the network ([`RealtimeWriter`]);
+//! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use switchboard_media::rtp::StreamStart;
+use switchboard_realtime::client::{ClientError, RealtimeReceiver, RealtimeSender};
+use switchboard_realtime::events::{ClientEvent, ServerEvent};
+use switchboard_sdp::Direction;
+use switchboard_sip::{Dialog, DialogEvent};
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::sleep_until;
+use tracing::{debug, info, warn};
+
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output};
+use super::end::CallEnd;
+use super::{Established, OpenSession, session};
+use crate::app::GatewayState;
+use crate::media_clock::{MediaClock, Paced, RtpTransmit};
+use crate::telemetry;
+use switchboard_media::opus_codec::OpusEncoderSettings;
+
+/// `input_audio_buffer.append` events waiting for the writer at most: one second of 20 ms
+/// packets. Policy when full: the new append is dropped and counted
+/// (`switchboard_realtime_appends_dropped_total`); the model hears a gap, the pacer never waits.
+pub const AUDIO_QUEUE: usize = 50;
+
+/// Control events (truncate, response.create, ping) waiting for the writer at most. They are
+/// never dropped: a full control queue means the writer has been stuck for a long time, and
+/// ends the call as an upstream fault.
+pub const CONTROL_QUEUE: usize = 32;
+
+/// Runs an answered call to its end and says why: the agent greets first, then the caller and
+/// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
+/// end is ours, closes the WebSocket and frees the RTP port.
+pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
+    let Established { direction, agent_name: _, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
+    let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _ } = session;
+    let cfg = &state.config;
+    let realtime_cfg = &cfg.realtime;
+    let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
+    let mut writer = RealtimeWriter::spawn(sender, watchdog);
+
+    // Two handles on one socket: the call's task receives, the media clock sends (non-blocking).
+    let sockets = socket.set_nonblocking(true).and_then(|()| {
+        let clock_socket = Arc::new(socket.try_clone()?);
+        Ok((tokio::net::UdpSocket::from_std(socket)?, clock_socket))
+    });
+    let end = match sockets {
+        Err(e) => CallEnd::MediaSetupFailed(format!("RTP socket: {e}")),
+        Ok((socket, clock_socket)) => {
+            let ptime = Duration::from_millis(u64::from(media.ptime_ms.max(10)));
+            let opus = OpusEncoderSettings {
+                bitrate_bps: cfg.media.opus_bitrate_bps,
+                complexity: cfg.media.opus_complexity,
+                ..OpusEncoderSettings::default()
+            };
+            let opus = match media.opus {
+                Some(peer) => {
+                    opus.with_peer_limits(peer.max_average_bitrate, peer.max_playback_rate, Some(peer.use_inband_fec))
+                }
+                None => opus,
+            };
+            let core_config = CoreConfig {
+                rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
+                ping_interval: Duration::from_secs(realtime_cfg.ping_interval_secs),
+                watchdog,
+                max_queued_audio: Duration::from_secs(realtime_cfg.max_queued_audio_secs),
+                greeting: Some(agent.greeting.clone()).filter(|g| !g.is_empty()),
+                apology: Some(agent.apology.clone()).filter(|a| !a.is_empty()),
+                apology_min_interval: Duration::from_secs(agent.apology_min_interval_secs),
+                model_output: session::model_format(confirmed.output, media.codec),
+                taps: false,
+            };
+            let caller = LegConfig {
+                codec: media.codec,
+                payload_type: media.payload_type,
+                telephone_event: media.telephone_event,
+                remote: media.remote_rtp,
+                may_send: matches!(media.direction, Direction::SendRecv | Direction::SendOnly),
+                ptime,
+                strict_rtp: cfg.media.latch_config(),
+                reorder_wait: Duration::from_millis(cfg.media.reorder_wait_ms),
+                opus,
+                model_input: confirmed.input,
+                model_output: confirmed.output,
+                stream: StreamStart::random(),
+            };
+            let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
+            let media_loop = MediaLoop {
+                core,
+                clock: &state.media_clock,
+                clock_socket,
+                socket,
+                writer: &mut writer,
+                realtime_rx: &mut realtime_rx,
+                dialog: &mut dialog,
+                shutdown: state.shutdown.subscribe(),
+                hangup,
+            };
+            media_loop.run().await
+        }
+    };
+    if end.needs_bye()
+        && let Err(e) = dialog.hangup().await
+    {
+        warn!(error = %e, "BYE failed");
+    }
+    writer.close().await;
+    drop(port_lease);
+    debug!(direction = direction.label(), "conversation over");
+    end
+}
+
+/// The call core shared with the media clock. Never locked across an await.
+#[derive(Clone)]
+struct SharedCore(Arc<Mutex<CallCore>>);
+
+impl SharedCore {
+    fn lock(&self) -> MutexGuard<'_, CallCore> {
+        // A panic while the lock was held leaves a core we still want to end the call with.
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+/// Contract M: the media clock runs the core's pacers on time and sends what they produce.
+impl Paced for CallCore {
+    fn handle_timeout(&mut self, now: Instant) {
+        self.handle_media_timeout(now);
+    }
+
+    fn poll_timeout(&self) -> Option<Instant> {
+        self.poll_media_timeout()
+    }
+
+    fn poll_transmit(&mut self) -> Option<RtpTransmit> {
+        // One leg today, one socket per registration: a second leg (a bridged human) registers
+        // its own socket, or `RtpTransmit` learns which socket to use.
+        CallCore::poll_transmit(self).map(|t| RtpTransmit { destination: t.destination, packet: t.packet })
+    }
+
+    fn wants_task(&self) -> bool {
+        self.has_output()
+    }
+}
+
+struct MediaLoop<'a> {
+    core: SharedCore,
+    clock: &'a Arc<MediaClock>,
+    clock_socket: Arc<std::net::UdpSocket>,
+    socket: tokio::net::UdpSocket,
+    writer: &'a mut RealtimeWriter,
+    realtime_rx: &'a mut RealtimeReceiver,
+    dialog: &'a mut Dialog,
+    shutdown: watch::Receiver<bool>,
+    hangup: watch::Receiver<bool>,
+}
+
+impl MediaLoop<'_> {
+    async fn run(mut self) -> CallEnd {
+        let task_wake = Arc::new(Notify::new());
+        // Dropped when this function returns: the clock stops serving the call.
+        let _registration =
+            self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake));
+        let mut recv_buf = vec![0u8; 2048];
+        loop {
+            // Carry out what the core asked for; the lock is released before any await.
+            let outputs: Vec<Output> = {
+                let mut core = self.core.lock();
+                core.handle_realtime_traffic(self.realtime_rx.last_frame_at());
+                std::iter::from_fn(|| core.poll_output()).collect()
+            };
+            for output in outputs {
+                match output {
+                    Output::Realtime(event) => {
+                        if let Err(end) = self.writer.send(Instant::now(), event) {
+                            self.core.lock().handle_realtime_closed(Instant::now(), end);
+                        }
+                    }
+                    Output::Ping => {
+                        if let Err(end) = self.writer.ping() {
+                            self.core.lock().handle_realtime_closed(Instant::now(), end);
+                        }
+                    }
+                    // BYE is sent by `converse` once the end is known (`CallEnd::needs_bye`).
+                    Output::Hangup => {}
+                    // Not logged: digits can be a PIN. The agent does not get them yet.
+                    Output::Dtmf { leg, duration, .. } => {
+                        debug!(leg = leg.0, duration_ms = duration.as_millis() as u64, "DTMF event received")
+                    }
+                    // No recorder yet (taps are off).
+                    Output::Tap(_) => {}
+                    Output::Ended(end) => {
+                        self.log_stats();
+                        return end;
+                    }
+                }
+            }
+            let task_due = self.core.lock().poll_task_timeout();
+            let task_due = task_due.map(tokio::time::Instant::from_std);
+
+            tokio::select! {
+                biased;
+
+                // The media clock left outputs (taps, an end) for this task.
+                () = task_wake.notified() => {}
+
+                received = self.socket.recv_from(&mut recv_buf) => {
+                    let Ok((len, source)) = received else { continue };
+                    let now = Instant::now();
+                    if let Some(datagram) = recv_buf.get(..len) {
+                        self.core.lock().handle_rtp(now, CALLER, source, datagram);
+                    }
+                    metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
+                }
+
+                event = self.realtime_rx.recv() => {
+                    let now = Instant::now();
+                    match realtime_input(event) {
+                        RealtimeInput::Event(event) => {
+                            let is_audio = matches!(*event, ServerEvent::OutputAudioDelta(_));
+                            self.core.lock().handle_realtime(now, *event);
+                            if is_audio {
+                                metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS)
+                                    .record(now.elapsed().as_secs_f64());
+                            }
+                        }
+                        RealtimeInput::Ignore => {}
+                        RealtimeInput::Closed(end) => self.core.lock().handle_realtime_closed(now, end),
+                    }
+                }
+
+                failed = self.writer.failed() => self.core.lock().handle_realtime_closed(Instant::now(), failed),
+
+                _ = async { if let Some(due) = task_due { sleep_until(due).await } }, if task_due.is_some() => {
+                    // Pongs are consumed inside `recv` and only show in `last_frame_at`: the
+                    // watchdog must see the latest one before it judges.
+                    let mut core = self.core.lock();
+                    core.handle_realtime_traffic(self.realtime_rx.last_frame_at());
+                    core.handle_task_timeout(Instant::now());
+                }
+
+                event = self.dialog.next_event() => {
+                    let input = match event {
+                        Some(DialogEvent::Confirmed) => DialogInput::Confirmed,
+                        Some(DialogEvent::RemoteBye) | None => DialogInput::RemoteBye,
+                        Some(DialogEvent::AckTimeout) => DialogInput::AckTimeout,
+                    };
+                    self.core.lock().handle_dialog(Instant::now(), input);
+                }
+
+                // `wait_for` also sees a shutdown that began before this loop subscribed.
+                // (The guard it returns is dropped inside: it must not live across the loop's awaits.)
+                _ = async { drop(self.shutdown.wait_for(|stop| *stop).await) } => {
+                    self.core.lock().handle_dialog(Instant::now(), DialogInput::Shutdown);
+                }
+
+                // A dropped sender means no operator can hang up: wait forever.
+                _ = async {
+                    if self.hangup.wait_for(|h| *h).await.is_err() {
+                        std::future::pending::<()>().await;
+                    }
+                } => self.core.lock().handle_dialog(Instant::now(), DialogInput::OperatorHangup),
+            }
+        }
+    }
+
+    fn log_stats(&self) {
+        let stats = self.core.lock().stats();
+        if stats.latch.ignored > 0 {
+            // Once per call, not per packet: an attacked call must not flood the log.
+            info!(
+                ignored = stats.latch.ignored,
+                accepted = stats.latch.accepted,
+                learned = stats.latch.learned,
+                "RTP from other sources ignored"
+            );
+        }
+        if self.writer.dropped_appends > 0 {
+            warn!(dropped = self.writer.dropped_appends, "audio appends dropped: the Realtime writer fell behind");
+        }
+    }
+}
+
+enum RealtimeInput {
+    Event(Box<ServerEvent>),
+    Ignore,
+    Closed(CallEnd),
+}
+
+/// What a receive from the Realtime connection means for the call.
+fn realtime_input(received: Option<Result<ServerEvent, ClientError>>) -> RealtimeInput {
+    match received {
+        Some(Ok(event)) => RealtimeInput::Event(Box::new(event)),
+        Some(Err(ClientError::Closed { code, reason })) => {
+            RealtimeInput::Closed(CallEnd::AgentDisconnected(format!("closed with {code}: {reason}")))
+        }
+        Some(Err(ClientError::Event(e))) => {
+            warn!(error = %e, "undecodable Realtime event ignored");
+            RealtimeInput::Ignore
+        }
+        Some(Err(e @ ClientError::MessageTooLarge { .. })) => {
+            RealtimeInput::Closed(CallEnd::AgentMessageTooLarge(e.to_string()))
+        }
+        Some(Err(e)) => RealtimeInput::Closed(CallEnd::AgentDisconnected(e.to_string())),
+        None => RealtimeInput::Closed(CallEnd::AgentDisconnected("connection closed".into())),
+    }
+}
+
+enum Command {
+    Event(Box<ClientEvent>),
+    Ping,
+}
+
+/// The Realtime WebSocket's sending half, in its own task behind two bounded queues (see
+/// [`AUDIO_QUEUE`] and [`CONTROL_QUEUE`]): the call's task never awaits the network. Control
+/// events go first. A send that blocks for the watchdog period fails (the connection's
+/// `send_timeout`), which ends the writer and the call as an upstream fault.
+struct RealtimeWriter {
+    audio: Option<mpsc::Sender<Box<ClientEvent>>>,
+    control: Option<mpsc::Sender<Command>>,
+    task: Option<JoinHandle<(RealtimeSender, Result<(), String>)>>,
+    watchdog: Duration,
+    /// Since when appends have been dropped without a successful one.
+    audio_full_since: Option<Instant>,
+    dropped_appends: u64,
+}
+
+impl RealtimeWriter {
+    fn spawn(mut sender: RealtimeSender, watchdog: Duration) -> RealtimeWriter {
+        let (audio_tx, mut audio_rx) = mpsc::channel::<Box<ClientEvent>>(AUDIO_QUEUE);
+        let (control_tx, mut control_rx) = mpsc::channel::<Command>(CONTROL_QUEUE);
+        let task = tokio::spawn(async move {
+            let result = loop {
+                let sent = tokio::select! {
+                    biased;
+                    command = control_rx.recv() => match command {
+                        Some(Command::Event(event)) => sender.send(&event).await,
+                        Some(Command::Ping) => sender.ping().await,
+                        None => break Ok(()),
+                    },
+                    event = audio_rx.recv() => match event {
+                        Some(event) => sender.send(&event).await,
+                        None => break Ok(()),
+                    },
+                };
+                if let Err(e) = sent {
+                    break Err(format!("send failed: {e}"));
+                }
+            };
+            (sender, result)
+        });
+        RealtimeWriter {
+            audio: Some(audio_tx),
+            control: Some(control_tx),
+            task: Some(task),
+            watchdog,
+            audio_full_since: None,
+            dropped_appends: 0,
+        }
+    }
+
+    /// Queues an event; appends are dropped when their queue is full, control events never.
+    fn send(&mut self, now: Instant, event: Box<ClientEvent>) -> Result<(), CallEnd> {
+        if matches!(*event, ClientEvent::InputAudioBufferAppend { .. }) {
+            let Some(audio) = &self.audio else { return Ok(()) };
+            return match audio.try_send(event) {
+                Ok(()) => {
+                    self.audio_full_since = None;
+                    Ok(())
+                }
+                Err(mpsc::error::TrySendError::Full(_)) => {
+                    self.dropped_appends += 1;
+                    metrics::counter!(telemetry::REALTIME_APPENDS_DROPPED_TOTAL).increment(1);
+                    let since = *self.audio_full_since.get_or_insert(now);
+                    if now.saturating_duration_since(since) >= self.watchdog {
+                        return Err(CallEnd::AgentWatchdog(now.saturating_duration_since(since)));
+                    }
+                    Ok(())
+                }
+                // The writer ended: `failed` reports why.
+                Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            };
+        }
+        self.control_command(Command::Event(event))
+    }
+
+    fn ping(&mut self) -> Result<(), CallEnd> {
+        self.control_command(Command::Ping)
+    }
+
+    fn control_command(&mut self, command: Command) -> Result<(), CallEnd> {
+        let Some(control) = &self.control else { return Ok(()) };
+        match control.try_send(command) {
+            Ok(()) | Err(mpsc::error::TrySendError::Closed(_)) => Ok(()),
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                Err(CallEnd::AgentDisconnected("Realtime writer stalled: control queue full".into()))
+            }
+        }
+    }
+
+    /// Resolves when the writer task has ended with a send error (never otherwise).
+    async fn failed(&mut self) -> CallEnd {
+        let Some(task) = &mut self.task else { return std::future::pending().await };
+        let joined = task.await;
+        self.task = None;
+        match joined {
+            Ok((sender, Err(why))) => {
+                close_in_background(sender);
+                CallEnd::AgentDisconnected(why)
+            }
+            Ok((sender, Ok(()))) => {
+                close_in_background(sender);
+                std::future::pending().await
+            }
+            Err(e) => CallEnd::AgentDisconnected(format!("Realtime writer task failed: {e}")),
+        }
+    }
+
+    /// Lets the writer send what is queued, then closes the WebSocket (bounded: the server may
+    /// not be reading).
+    async fn close(&mut self) {
+        self.audio = None;
+        self.control = None;
+        if let Some(task) = self.task.take() {
+            match tokio::time::timeout(Duration::from_secs(2), task).await {
+                Ok(Ok((mut sender, _))) => {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), sender.close()).await;
+                }
+                Ok(Err(_)) => {}
+                Err(_) => debug!("Realtime writer still busy at the end of the call; abandoned"),
+            }
+        }
+    }
+}
+
+fn close_in_background(sender: RealtimeSender) {
+    super::close_in_background(sender);
+}
