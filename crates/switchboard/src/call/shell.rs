@@ -150,7 +150,7 @@ impl Paced for CallCore {
     }
 
     fn wants_task(&self) -> bool {
-        self.has_output()
+        self.has_output() || self.needs_encoding()
     }
 }
 
@@ -177,6 +177,7 @@ impl MediaLoop<'_> {
             // Carry out what the core asked for; the lock is released before any await.
             let outputs: Vec<Output> = {
                 let mut core = self.core.lock();
+                core.encode_ahead();
                 core.handle_realtime_traffic(self.realtime_rx.last_frame_at());
                 std::iter::from_fn(|| core.poll_output()).collect()
             };

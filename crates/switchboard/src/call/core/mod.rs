@@ -73,6 +73,14 @@ pub const CALLER: LegId = LegId(0);
 /// recorder that cannot keep up must not grow the call's memory).
 pub const MAX_PENDING_TAPS: usize = 250;
 
+/// Opus and G.722 are encoded just ahead of their slot, not when the model's audio arrives: a
+/// delta of a second or more would otherwise hold the core's lock (and so the media clock) for
+/// milliseconds, and a barge-in would discard audio already paid for. The media clock wakes the
+/// call's task when fewer encoded frames than this wait (60 ms at 20 ms ptime)...
+const ENCODE_AHEAD_LOW: usize = 3;
+/// ...and the task encodes up to this many, so one wake-up covers at least 40 ms.
+const ENCODE_AHEAD_HIGH: usize = ENCODE_AHEAD_LOW + 2;
+
 /// The sample rate of tap PCM: the model's, so both directions of every codec line up.
 pub const TAP_SAMPLE_RATE: u32 = 24_000;
 
@@ -194,6 +202,7 @@ pub struct CoreStats {
 
 struct Leg {
     id: LegId,
+    codec: Codec,
     payload_type: u8,
     telephone_event: Option<u8>,
     may_send: bool,
@@ -203,6 +212,9 @@ struct Leg {
     inbound: InboundAudio,
     pacer: Pacer<ItemTag>,
     outbound: OutboundAudio,
+    /// Opus and G.722 only: framed PCM waiting to be encoded, in order (see [`ENCODE_AHEAD_LOW`]).
+    /// G.711 costs nothing to encode and goes straight to the pacer.
+    unencoded: VecDeque<(ItemTag, Vec<u8>)>,
     last_rtp_in: Instant,
     dtmf: DtmfReceiver,
     /// Decoders for the recorder, one per direction (only with taps).
@@ -225,14 +237,18 @@ impl Leg {
             config.stream.sequence,
             config.stream.timestamp,
         );
-        // Encoded when the model's audio arrives (in the call's task), so the media clock's
-        // path is only an RTP header and a send (docs/decisions/0003-media-clock.md).
-        let outbound = OutboundAudio::with_opus_settings(config.codec, config.model_output, config.ptime, config.opus);
+        // Encoded in the call's task, never on the media clock's path, which is only an RTP
+        // header and a send (docs/decisions/0003-media-clock.md): G.711 when the model's audio
+        // arrives, Opus and G.722 just ahead of their slot (`Leg::top_up`).
+        let mut outbound =
+            OutboundAudio::with_opus_settings(config.codec, config.model_output, config.ptime, config.opus);
+        outbound.defer_encoding(true);
         let tap_decoders = taps.then(|| {
             (InboundAudio::new(config.codec, ModelAudio::Pcm24k), InboundAudio::new(config.codec, ModelAudio::Pcm24k))
         });
         Leg {
             id,
+            codec: config.codec,
             payload_type: config.payload_type,
             telephone_event: config.telephone_event,
             may_send: config.may_send,
@@ -242,6 +258,7 @@ impl Leg {
             inbound: InboundAudio::new(config.codec, config.model_input),
             pacer,
             outbound,
+            unencoded: VecDeque::new(),
             last_rtp_in: now,
             dtmf: DtmfReceiver::new(config.codec.clock_rate()),
             tap_decoders,
@@ -251,6 +268,44 @@ impl Leg {
 
     fn ptime_ms(&self) -> f64 {
         self.ptime.as_secs_f64() * 1000.0
+    }
+
+    /// Whether frames wait for [`top_up`](Self::top_up) (Opus, G.722) rather than going to the
+    /// pacer encoded.
+    fn encodes_ahead(&self) -> bool {
+        matches!(self.codec, Codec::Opus | Codec::G722)
+    }
+
+    /// Agent audio held for this leg, encoded or not.
+    fn held_audio(&self) -> Duration {
+        let waiting = u32::try_from(self.unencoded.len()).unwrap_or(u32::MAX);
+        self.pacer.queued_duration() + self.ptime.saturating_mul(waiting)
+    }
+
+    fn queue_frame(&mut self, tag: ItemTag, frame: Vec<u8>) {
+        if self.encodes_ahead() {
+            self.unencoded.push_back((tag, frame));
+        } else {
+            self.pacer.enqueue(tag, frame);
+        }
+    }
+
+    /// Encodes waiting frames until [`ENCODE_AHEAD_HIGH`] encoded frames are queued.
+    fn top_up(&mut self) {
+        while self.pacer.queued_frames() < ENCODE_AHEAD_HIGH {
+            let Some((tag, raw)) = self.unencoded.pop_front() else { break };
+            let frame = self.outbound.encode_deferred(raw);
+            self.pacer.enqueue(tag, frame);
+        }
+    }
+
+    fn needs_encoding(&self) -> bool {
+        !self.unencoded.is_empty() && self.pacer.queued_frames() < ENCODE_AHEAD_LOW
+    }
+
+    /// Drops every queued frame, encoded or not; returns how many.
+    fn flush(&mut self) -> usize {
+        self.pacer.flush() + std::mem::take(&mut self.unencoded).len()
     }
 }
 
@@ -272,7 +327,8 @@ impl AgentPlayout {
         if let Some(tag) = self.framing.take()
             && let Some(frame) = leg.outbound.flush_partial()
         {
-            leg.pacer.enqueue(tag, frame);
+            leg.queue_frame(tag, frame);
+            leg.top_up();
         }
     }
 
@@ -289,16 +345,17 @@ impl AgentPlayout {
         // on; a barge-in truncates the item to what was really played).
         let mut dropped = 0u64;
         for frame in self.frames.drain(..) {
-            if leg.pacer.queued_duration() >= max_queued {
+            if leg.held_audio() >= max_queued {
                 dropped += 1;
             } else {
-                leg.pacer.enqueue(tag, frame);
+                leg.queue_frame(tag, frame);
             }
         }
+        leg.top_up();
         if dropped > 0 && self.overflowing != Some(tag) {
             self.overflowing = Some(tag);
             warn!(
-                queued_ms = leg.pacer.queued_duration().as_millis() as u64,
+                queued_ms = leg.held_audio().as_millis() as u64,
                 "agent audio queue full; dropping the rest of this item's audio"
             );
         }
@@ -308,7 +365,7 @@ impl AgentPlayout {
     /// The caller started speaking: stop the agent at once (the queue is flushed, nothing of it
     /// is sent after this) and say how much of the item being played was really heard.
     fn barge_in(&mut self, leg: &mut Leg) -> (usize, Option<ClientEvent>) {
-        let dropped = leg.pacer.flush();
+        let dropped = leg.flush();
         leg.outbound.reset();
         self.framing = None;
         let truncate = self.conversation.on_speech_started();
@@ -520,8 +577,22 @@ impl CallCore {
     /// Runs everything due at `now`: the media ([`handle_media_timeout`](Self::handle_media_timeout))
     /// and the call's other timers.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.encode_ahead();
         self.handle_media_timeout(now);
         self.handle_task_timeout(now);
+    }
+
+    /// Opus and G.722: encodes the frames due soon (the call's task does this when
+    /// [`needs_encoding`](Self::needs_encoding) says so; never the media clock).
+    pub fn encode_ahead(&mut self) {
+        for leg in &mut self.legs {
+            leg.top_up();
+        }
+    }
+
+    /// Whether a leg is running short of encoded frames while unencoded ones wait.
+    pub fn needs_encoding(&self) -> bool {
+        self.ended.is_none() && self.legs.iter().any(Leg::needs_encoding)
     }
 
     /// The pacers only: what the media clock runs on time for every call.

@@ -673,3 +673,68 @@ fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
         assert_eq!(pair[1].header.sequence, pair[0].header.sequence.wrapping_add(1));
     }
 }
+
+/// Opus is encoded by the call's task just ahead of its slot, never on the media clock's path:
+/// a 3 s delta leaves at most `ENCODE_AHEAD_HIGH` frames encoded, the clock's path only sends
+/// (and asks for the task below `ENCODE_AHEAD_LOW`), and a barge-in drops encoded and unencoded
+/// frames alike, truncating to exactly what was sent.
+#[test]
+fn opus_is_encoded_just_ahead_of_its_slot_by_the_task_not_the_clock() {
+    let start = Instant::now();
+    let leg = LegConfig {
+        codec: Codec::Opus,
+        payload_type: 111,
+        model_input: ModelAudio::Pcm24k,
+        model_output: ModelAudio::Pcm24k,
+        ..leg_config()
+    };
+    let config = CoreConfig { model_output: AudioFormat::PCM24K, greeting: None, ..core_config() };
+    let mut core = CallCore::new(start, config, leg);
+    core.handle_dialog(start, DialogInput::Confirmed);
+    let silence_len = Codec::Opus.silence_frame(20).len();
+    let tone: Vec<u8> = (0..72_000)
+        .flat_map(|n: i32| {
+            (((f64::from(n) * 440.0 * std::f64::consts::TAU / 24_000.0).sin() * 12_000.0) as i16).to_le_bytes()
+        })
+        .collect();
+    core.handle_realtime(start, response_created("r"));
+    core.handle_realtime(start, delta("r", "item_opus", &tone));
+    assert!(!core.needs_encoding(), "the arrival encodes the first frames itself");
+
+    // The media clock's path alone: it never encodes, and asks for the task when short.
+    let mut speech_sent = 0usize;
+    let mut asked = 0usize;
+    let mut now = start;
+    for _ in 0..40 {
+        now = core.poll_media_timeout().unwrap();
+        core.handle_media_timeout(now);
+        while let Some(t) = core.poll_transmit() {
+            let (_, payload) = rtp::parse_rtp(&t.packet).unwrap();
+            speech_sent += usize::from(payload.len() > silence_len);
+        }
+        if core.needs_encoding() {
+            asked += 1;
+            core.encode_ahead(); // what the woken task does
+        }
+    }
+    assert!(asked >= 10, "the task was asked to top up every few slots ({asked} times)");
+    assert_eq!(speech_sent, 40, "no slot went out as silence while audio waited");
+
+    core.handle_realtime(now, speech_started());
+    assert!(!core.needs_encoding(), "nothing waits after a barge-in");
+    let truncate = std::iter::from_fn(|| core.poll_output())
+        .find_map(|o| match o {
+            Output::Realtime(event) => match *event {
+                ClientEvent::ConversationItemTruncate { audio_end_ms, .. } => Some(audio_end_ms),
+                _ => None,
+            },
+            _ => None,
+        })
+        .expect("a truncate");
+    assert_eq!(truncate as usize, speech_sent * 20, "audio_end_ms = the frames sent");
+    now = core.poll_media_timeout().unwrap();
+    core.handle_media_timeout(now);
+    let packet = core.poll_transmit().unwrap().packet;
+    let (_, payload) = rtp::parse_rtp(&packet).unwrap();
+    assert_eq!(payload.len(), silence_len, "silence right after the barge-in");
+}
