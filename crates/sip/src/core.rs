@@ -921,10 +921,7 @@ impl Core {
             // the INVITE already ended) leaves the INVITE's own final response to decide.
             RequestOwner::Cancel(_) => {}
             RequestOwner::InDialog { dialog, request } => {
-                let reason = match &response.start {
-                    StartLine::Response { reason, .. } => reason.clone(),
-                    StartLine::Request { .. } => String::new(),
-                };
+                let reason = response.reason_phrase().to_owned();
                 let outcome = RequestOutcome::Answered { status: code, reason };
                 self.events.push_back(CoreEvent::RequestFinished { dialog, request, outcome });
             }

@@ -645,6 +645,14 @@ fn salvage_request_line(line: &str) -> Option<StartLine> {
 }
 
 impl Message {
+    /// A response's reason phrase; empty for a request.
+    pub fn reason_phrase(&self) -> &str {
+        match &self.start {
+            StartLine::Response { reason, .. } => reason,
+            StartLine::Request { .. } => "",
+        }
+    }
+
     /// Builds a request with no headers yet.
     pub fn request(method: Method, uri: impl Into<String>) -> Message {
         Message { start: StartLine::Request { method, uri: uri.into() }, headers: Vec::new(), body: Vec::new() }

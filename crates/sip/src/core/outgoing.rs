@@ -265,10 +265,7 @@ impl Core {
         }
         let cancel_held = matches!(state.phase, CallPhase::Cancelling { deadline: None, .. });
         if code > 100 {
-            let reason = match &response.start {
-                StartLine::Response { reason, .. } => reason.clone(),
-                StartLine::Request { .. } => String::new(),
-            };
+            let reason = response.reason_phrase().to_owned();
             self.events.push_back(CoreEvent::Outgoing {
                 call: id,
                 progress: OutgoingProgress::Provisional { status: code, reason },
@@ -293,10 +290,7 @@ impl Core {
         if state.branch != branch || state.is_finished() {
             return;
         }
-        let reason = match &response.start {
-            StartLine::Response { reason, .. } => reason.clone(),
-            StartLine::Request { .. } => String::new(),
-        };
+        let reason = response.reason_phrase().to_owned();
         if matches!(code, 401 | 407) && matches!(state.phase, CallPhase::Inviting { .. }) {
             let (challenge_header, answer_header) = if code == 401 {
                 ("WWW-Authenticate", "Authorization")

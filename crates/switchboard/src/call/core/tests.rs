@@ -625,9 +625,8 @@ fn taps_carry_both_directions_as_24_khz_pcm_on_the_call_clock() {
     assert_eq!(h.core.stats().taps_dropped, 0);
 }
 
-#[test]
-fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
-    let start = Instant::now();
+/// An Opus caller whose model speaks 24 kHz PCM16, no greeting.
+fn opus_core(start: Instant) -> CallCore {
     let leg = LegConfig {
         codec: Codec::Opus,
         payload_type: 111,
@@ -636,7 +635,22 @@ fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
         ..leg_config()
     };
     let config = CoreConfig { model_output: AudioFormat::PCM24K, greeting: None, ..core_config() };
-    let mut h = Harness { core: CallCore::new(start, config, leg), ..Harness::new(core_config()) };
+    CallCore::new(start, config, leg)
+}
+
+/// A loud 440 Hz tone as 24 kHz PCM16 bytes.
+fn tone_24k(samples: i32) -> Vec<u8> {
+    (0..samples)
+        .flat_map(|n: i32| {
+            (((f64::from(n) * 440.0 * std::f64::consts::TAU / 24_000.0).sin() * 12_000.0) as i16).to_le_bytes()
+        })
+        .collect()
+}
+
+#[test]
+fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
+    let start = Instant::now();
+    let mut h = Harness { core: opus_core(start), ..Harness::new(core_config()) };
     h.start = start;
     h.now = start;
     h.sent.clear();
@@ -646,11 +660,7 @@ fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
 
     // 3 s of a loud 440 Hz tone as 24 kHz PCM16, in deltas of 4,801 bytes (an odd size: a
     // sample split across deltas), all at once.
-    let tone: Vec<u8> = (0..72_000)
-        .flat_map(|n: i32| {
-            (((f64::from(n) * 440.0 * std::f64::consts::TAU / 24_000.0).sin() * 12_000.0) as i16).to_le_bytes()
-        })
-        .collect();
+    let tone = tone_24k(72_000);
     h.advance_to(h.at(0.1));
     h.realtime_event(response_created("r"));
     for chunk in tone.chunks(4801) {
@@ -681,22 +691,10 @@ fn an_opus_call_with_24_khz_model_audio_truncates_to_the_frames_really_sent() {
 #[test]
 fn opus_is_encoded_just_ahead_of_its_slot_by_the_task_not_the_clock() {
     let start = Instant::now();
-    let leg = LegConfig {
-        codec: Codec::Opus,
-        payload_type: 111,
-        model_input: ModelAudio::Pcm24k,
-        model_output: ModelAudio::Pcm24k,
-        ..leg_config()
-    };
-    let config = CoreConfig { model_output: AudioFormat::PCM24K, greeting: None, ..core_config() };
-    let mut core = CallCore::new(start, config, leg);
+    let mut core = opus_core(start);
     core.handle_dialog(start, DialogInput::Confirmed);
     let silence_len = Codec::Opus.silence_frame(20).len();
-    let tone: Vec<u8> = (0..72_000)
-        .flat_map(|n: i32| {
-            (((f64::from(n) * 440.0 * std::f64::consts::TAU / 24_000.0).sin() * 12_000.0) as i16).to_le_bytes()
-        })
-        .collect();
+    let tone = tone_24k(72_000);
     core.handle_realtime(start, response_created("r"));
     core.handle_realtime(start, delta("r", "item_opus", &tone));
     assert!(!core.needs_encoding(), "the arrival encodes the first frames itself");
