@@ -60,7 +60,7 @@ use dtmf::DtmfReceiver;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
-use crate::telemetry::{self, Redacted};
+use crate::telemetry::{self, Escaped, Redacted};
 
 /// One media leg of a call: an RTP stream with its own codec, latch, reorder buffer and pacer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -538,7 +538,7 @@ impl CallCore {
                     self.end(CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)));
                     return;
                 }
-                warn!(code = code.as_str(), message = %error.message, "Realtime error (call continues)");
+                warn!(code = code.as_str(), message = %Escaped(&error.message), "Realtime error (call continues)");
             }
             ServerEvent::Unknown { event_type } => {
                 metrics::counter!(telemetry::REALTIME_EVENTS_UNKNOWN_TOTAL).increment(1);
