@@ -29,7 +29,9 @@ use self::transaction::client_non_invite::{ClientNonInvite, NonInviteResponse, N
 use self::transaction::server_invite::{ServerInvite, ServerInviteState, ServerTimeout};
 use self::transaction::server_non_invite::ServerNonInvite;
 use crate::client::{CallFailure, OutgoingCall};
-use crate::message::{Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message};
+use crate::message::{
+    Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message, without_uri_headers,
+};
 use crate::{Timers, Transport};
 
 /// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
@@ -401,7 +403,7 @@ fn is_served_scheme(uri: &str) -> bool {
 /// `z9hG4bK` branch: Contact was optional then) the From URI (RFC 4475 §3.4.1 inv2543).
 fn remote_target(request: &Message) -> Option<String> {
     if let Some(contact) = request.header("Contact") {
-        return NameAddr::parse(contact).map(|c| c.uri);
+        return NameAddr::parse(contact).map(|c| without_uri_headers(&c.uri).to_owned());
     }
     let rfc2543 = request.top_via().is_some_and(|v| !v.branch().is_some_and(|b| b.starts_with("z9hG4bK")));
     if rfc2543 { request.from().map(|f| f.uri) } else { None }

@@ -1115,6 +1115,20 @@ fn sip_host_part(after_scheme: &str) -> &str {
     after_scheme.rsplit_once('@').map_or(after_scheme, |(_, host)| host)
 }
 
+/// A remote target (a Contact URI) as a Request-URI: without its `?headers` component, which
+/// §19.1.1 (Table 1) forbids in a Request-URI. A `?` in the user part stays.
+pub fn without_uri_headers(uri: &str) -> &str {
+    let Some((scheme, rest)) = uri.split_once(':') else { return uri };
+    if !(scheme.eq_ignore_ascii_case("sip") || scheme.eq_ignore_ascii_case("sips")) {
+        return uri;
+    }
+    let host_start = uri.len() - sip_host_part(rest).len();
+    match uri.get(host_start..).and_then(|host| host.find('?')) {
+        Some(at) => uri.get(..host_start + at).unwrap_or(uri),
+        None => uri,
+    }
+}
+
 /// A SIP, SIPS or tel URI, reduced to what routing needs (RFC 3261 §19.1, RFC 3966).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SipUri {
@@ -1245,6 +1259,15 @@ pub fn frame_stream(buf: &[u8], max_message_bytes: usize) -> StreamFrame {
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::string_slice)]
 mod tests {
+
+    #[test]
+    fn a_remote_target_loses_its_headers_but_not_a_question_mark_in_the_user() {
+        assert_eq!(without_uri_headers("sip:alice@127.0.0.1:5061?"), "sip:alice@127.0.0.1:5061");
+        assert_eq!(without_uri_headers("sip:a@h;transport=tcp?Subject=x&b=c"), "sip:a@h;transport=tcp");
+        assert_eq!(without_uri_headers("sip:we?ird@host"), "sip:we?ird@host");
+        assert_eq!(without_uri_headers("sips:host:5061"), "sips:host:5061");
+        assert_eq!(without_uri_headers("tel:+1555?x"), "tel:+1555?x");
+    }
     use super::*;
 
     fn parse_udp(text: &str) -> Result<Message, ParseError> {

@@ -152,7 +152,8 @@ impl Core {
         let local_tag = dialog.local_tag.clone();
         let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
         // A new remote target may come with the re-INVITE (§12.2.2).
-        let new_target = request.header("Contact").and_then(NameAddr::parse).map(|c| c.uri);
+        let new_target =
+            request.header("Contact").and_then(NameAddr::parse).map(|c| without_uri_headers(&c.uri).to_owned());
         let contact = self.contact_header(origin.transport);
         let mut response = self.build_response(
             &request,

@@ -458,7 +458,7 @@ impl Core {
         let remote_target = response
             .header("Contact")
             .and_then(NameAddr::parse)
-            .map(|c| c.uri)
+            .map(|c| without_uri_headers(&c.uri).to_owned())
             .filter(|uri| SipUri::parse(uri).is_some())
             .unwrap_or_else(|| state.call.request_uri.clone());
         // §12.1.2: the route set is the Record-Route list in reverse order (entries that are not
