@@ -28,15 +28,17 @@ pub struct Ports {
 }
 
 impl Ports {
-    /// Slots 0..25 have 100 RTP ports each (30000-32499); slots 25..65 have 50 each (20000-21999).
-    /// Both stay below Linux's ephemeral range (32768+), so a kernel-chosen port never collides.
+    /// Slots 0..25 have 100 RTP ports each (30000-32499); slots 25..65 have 50 each (20000-21999);
+    /// slots 65..90 have 50 each (12000-13249), their peers' media 100 each (9000-11499).
+    /// All stay below Linux's ephemeral range (32768+), so a kernel-chosen port never collides.
     pub fn for_slot(slot: u16) -> Ports {
-        assert!(slot < 65, "slots 0..65 keep every range apart and below the ephemeral range");
-        let (rtp_first, rtp_last) = if slot < 25 {
-            (30000 + slot * 100, 30000 + slot * 100 + 99)
-        } else {
-            (20000 + (slot - 25) * 50, 20000 + (slot - 25) * 50 + 49)
+        assert!(slot < 90, "slots 0..90 keep every range apart and below the ephemeral range");
+        let (rtp_first, rtp_last) = match slot {
+            0..25 => (30000 + slot * 100, 30000 + slot * 100 + 99),
+            25..65 => (20000 + (slot - 25) * 50, 20000 + (slot - 25) * 50 + 49),
+            _ => (12000 + (slot - 65) * 50, 12000 + (slot - 65) * 50 + 49),
         };
+        let peer_media = if slot < 65 { 22000 + slot * 100 } else { 9000 + (slot - 65) * 100 };
         Ports {
             sip: 15060 + slot * 10,
             admin: 16000 + slot,
@@ -44,7 +46,7 @@ impl Ports {
             rtp_first,
             rtp_last,
             peer_sip: 18060 + slot * 10,
-            peer_media: 22000 + slot * 100,
+            peer_media,
             peer_control: 16500 + slot,
         }
     }

@@ -109,6 +109,23 @@ pub fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
     (status, body)
 }
 
+/// Minimal HTTP/1.0 POST of a JSON body; returns (status, body).
+pub fn http_post(addr: SocketAddr, path: &str, json: &str) -> (u16, String) {
+    let mut stream = TcpStream::connect_timeout(&addr, Duration::from_secs(2)).expect("connect for HTTP POST");
+    stream.set_read_timeout(Some(Duration::from_secs(5))).expect("read timeout");
+    write!(
+        stream,
+        "POST {path} HTTP/1.0\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{json}",
+        json.len()
+    )
+    .expect("send POST");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read HTTP response");
+    let status = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (status, body)
+}
+
 /// The Realtime simulator, as a separate process.
 pub struct Sim {
     pub guard: ChildGuard,
@@ -143,6 +160,14 @@ impl Sim {
         let (status, body) = http_get(self.addr, "/_sim/sessions");
         assert_eq!(status, 200, "GET /_sim/sessions: {body}");
         serde_json::from_str(&body).expect("sessions JSON")
+    }
+
+    /// A runtime fault control: `POST /_sim/control/{what}` with a JSON body (docs/simulator.md),
+    /// e.g. `sim.control("drop", r#"{"mode":"reset"}"#)`. Panics unless the simulator says 200.
+    pub fn control(&self, what: &str, json: &str) -> serde_json::Value {
+        let (status, body) = http_post(self.addr, &format!("/_sim/control/{what}"), json);
+        assert_eq!(status, 200, "POST /_sim/control/{what}: {body}");
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
     }
 }
 
