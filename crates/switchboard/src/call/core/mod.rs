@@ -385,6 +385,9 @@ pub struct CallCore {
     pending_taps: usize,
     transmits: VecDeque<Transmit>,
     ended: Option<CallEnd>,
+    /// The call ends this way once the agent's queued audio has been sent in full
+    /// ([`end_after_playout`](CallCore::end_after_playout)).
+    ending_after_playout: Option<CallEnd>,
     stats: CoreStats,
     /// Scratch buffer for model audio converted from RTP.
     model_bytes: Vec<u8>,
@@ -405,13 +408,14 @@ impl CallCore {
             pending_taps: 0,
             transmits: VecDeque::new(),
             ended: None,
+            ending_after_playout: None,
             stats: CoreStats::default(),
             model_bytes: Vec::with_capacity(2048),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
             let event = session::greeting(greeting);
-            core.outputs.push_back(Output::Realtime(Box::new(event)));
+            core.send_realtime(event);
         }
         core
     }
@@ -427,6 +431,20 @@ impl CallCore {
             stats.latch = leg.latch.stats();
         }
         stats
+    }
+
+    /// Ends the call once everything the agent has queued for the caller has been sent (a
+    /// goodbye is heard in full, then BYE). Audio that arrives before the queue runs dry is
+    /// played too.
+    pub fn end_after_playout(&mut self, end: CallEnd) {
+        if self.ended.is_some() || self.ending_after_playout.is_some() {
+            return;
+        }
+        if let Some(leg) = self.legs.first_mut() {
+            self.agent.finish_item(leg);
+        }
+        self.ending_after_playout = Some(end);
+        self.end_if_played_out();
     }
 
     // ---- inputs ----
@@ -514,7 +532,7 @@ impl CallCore {
                     info!(dropped_frames = dropped, "barge-in: agent audio flushed");
                 }
                 if let Some(truncate) = truncate {
-                    self.outputs.push_back(Output::Realtime(Box::new(truncate)));
+                    self.send_realtime(truncate);
                 }
             }
             ServerEvent::ResponseCreated(created) => self.agent.conversation.on_response_created(&created.response.id),
@@ -527,7 +545,8 @@ impl CallCore {
                     warn!(reason, response_id = %done.response.id, apologise, "Realtime response failed");
                     // No response is active after response.done: the apology may start now.
                     if apologise && let Some(text) = &self.config.apology {
-                        self.outputs.push_back(Output::Realtime(Box::new(session::apology(text))));
+                        let apology = session::apology(text);
+                        self.send_realtime(apology);
                     }
                 }
             }
@@ -603,6 +622,7 @@ impl CallCore {
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }
+        self.end_if_played_out();
     }
 
     /// Everything but the pacers: reorder deadlines, RTP timeout, keepalive and watchdog.
@@ -682,6 +702,19 @@ impl CallCore {
 
     // ---- internals ----
 
+    /// Every event for the Realtime API but the caller's audio appends leaves through here: one
+    /// place that sees what the model was told.
+    fn send_realtime(&mut self, event: ClientEvent) {
+        self.outputs.push_back(Output::Realtime(Box::new(event)));
+    }
+
+    fn end_if_played_out(&mut self) {
+        let played_out = self.legs.first().is_none_or(|leg| leg.held_audio().is_zero());
+        if played_out && let Some(end) = self.ending_after_playout.take() {
+            self.end(end);
+        }
+    }
+
     fn leg_index(&self, leg: LegId) -> Option<usize> {
         self.legs.iter().position(|l| l.id == leg)
     }
@@ -720,6 +753,7 @@ impl CallCore {
             if leg.id == CALLER {
                 self.model_bytes.clear();
                 leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
+                // Audio, not conversation: the one event that bypasses `send_realtime`.
                 self.outputs.push_back(Output::Realtime(Box::new(ClientEvent::append(self.model_bytes.clone()))));
             }
         }
