@@ -46,38 +46,116 @@ struct StoredItem {
     item: Item,
     /// Audio length of an assistant audio item, in ms.
     audio_ms: Option<f64>,
+    /// `phase` of an assistant message of a `--phases` response.
+    phase: Option<&'static str>,
 }
 
 /// Where the audio of a response comes from.
 enum ReplySource {
-    Echo { samples: Vec<i16>, rate: u32 },
+    Echo {
+        samples: Vec<i16>,
+        rate: u32,
+    },
     Tone(Tone),
-    Monologue { ms: u32 },
+    /// A tone standing for the given words (scripted answers, goodbyes, commentary).
+    Said {
+        tone: Tone,
+        transcript: String,
+    },
+    Monologue {
+        ms: u32,
+    },
 }
+
+/// The goodbye tone of a `call_tool` response.
+const GOODBYE_HZ: f64 = 880.0;
+
+/// The `commentary` item of a `--phases` response: a short tone before the answer.
+const COMMENTARY_TONE: Tone = Tone { hz: 660.0, ms: 400 };
 
 #[derive(Debug)]
 struct ActiveResponse {
     id: String,
-    item_id: String,
     conversation_id: Option<String>,
     format: AudioFormat,
     voice: Option<Voice>,
     text_only: bool,
-    audio: Vec<u8>,
-    sent_bytes: usize,
+    /// The items this response produces, in order (§3.2: "at least one item", e.g. speech
+    /// then a `function_call`; gpt-realtime-2 also speaks a `commentary` item first).
+    outputs: Vec<Output>,
+    /// Index of the output being produced; the ones before it are done.
+    current: usize,
+    /// Whether `outputs[current]` has been announced (`response.output_item.added`, ...).
+    opened: bool,
+    /// Audio bytes sent over all items, for pacing.
+    sent_bytes_total: usize,
     started: Instant,
-    words: Vec<String>,
-    words_sent: usize,
+    /// The finished items, for `response.done`'s `output`.
+    done_items: Vec<Item>,
 }
 
 impl ActiveResponse {
     fn sent_ms(&self) -> f64 {
-        self.format.bytes_to_ms(self.sent_bytes)
+        self.format.bytes_to_ms(self.sent_bytes_total)
     }
 
-    fn transcript_so_far(&self) -> String {
-        self.words[..self.words_sent].concat()
+    fn speech_mut(&mut self) -> Option<&mut Speech> {
+        match self.outputs.get_mut(self.current) {
+            Some(Output::Speech(speech)) if self.opened => Some(speech),
+            _ => None,
+        }
     }
+
+    fn item_ids(&self) -> impl Iterator<Item = &str> {
+        self.outputs.iter().map(|o| match o {
+            Output::Speech(s) => s.item_id.as_str(),
+            Output::FunctionCall(f) => f.item_id.as_str(),
+        })
+    }
+}
+
+/// One output item of a response.
+#[derive(Debug)]
+enum Output {
+    Speech(Speech),
+    FunctionCall(PlannedCall),
+}
+
+/// An assistant message: audio with its transcript, or text in a text-only response.
+#[derive(Debug)]
+struct Speech {
+    item_id: String,
+    /// `commentary` / `final_answer` with `--phases`; None otherwise (older models send none).
+    phase: Option<&'static str>,
+    audio: Vec<u8>,
+    sent_bytes: usize,
+    words: Vec<String>,
+    words_sent: usize,
+}
+
+impl Speech {
+    fn transcript_so_far(&self) -> String {
+        self.words[..self.words_sent.min(self.words.len())].concat()
+    }
+}
+
+/// A function call the model makes (§5.2).
+#[derive(Debug)]
+struct PlannedCall {
+    item_id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+}
+
+/// `POST /_sim/control/call_tool`: the next response says goodbye (a tone of `say_ms`) and
+/// then calls `name` with `arguments`, in the same response, as the model does (§5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallScript {
+    pub name: String,
+    /// A JSON text, as `function_call.arguments` carries it.
+    pub arguments: String,
+    pub say_ms: u32,
 }
 
 /// One simulated session.
@@ -103,6 +181,10 @@ pub struct SimSession {
     active: Option<ActiveResponse>,
     /// When `idle_timeout_ms` fires: armed when a response's audio would have finished playing.
     idle_deadline: Option<Instant>,
+    /// A `call_tool` control waiting for the next response.
+    pending_tool: Option<ToolCallScript>,
+    /// An `expire` control with `mid_response`: expire once a response streams audio.
+    expire_on_audio: bool,
 }
 
 impl SimSession {
@@ -165,6 +247,8 @@ impl SimSession {
             speech: None,
             active: None,
             idle_deadline: None,
+            pending_tool: None,
+            expire_on_audio: false,
         };
         sim.rebuild_vad();
         let created =
@@ -219,11 +303,7 @@ impl SimSession {
             return out;
         }
         if now >= self.expires {
-            self.closed = true;
-            let id = self.event_id();
-            out.push(Outgoing::Event(error_event(id, "session_expired", SESSION_EXPIRED_MESSAGE, None, None)));
-            out.push(Outgoing::Close { code: 1001, reason: SESSION_EXPIRED_MESSAGE.to_owned() });
-            return out;
+            return self.expire_now();
         }
         if let Some(idle) = self.idle_deadline
             && now >= idle
@@ -233,17 +313,47 @@ impl SimSession {
                 out.extend(self.idle_timeout(now));
             }
         }
-        while let Some(response) = &self.active {
-            if response.sent_bytes >= response.audio.len() {
-                out.extend(self.finish_active(ResponseStatus::Completed, None));
-                break;
-            }
-            if self.chunk_due(response) > now {
-                break;
-            }
-            out.extend(self.send_chunk());
-        }
+        out.extend(self.advance(now));
         out
+    }
+
+    /// §7: `error` `session_expired`, then close 1001 with the same text.
+    fn expire_now(&mut self) -> Vec<Outgoing> {
+        self.closed = true;
+        let id = self.event_id();
+        vec![
+            Outgoing::Event(error_event(id, "session_expired", SESSION_EXPIRED_MESSAGE, None, None)),
+            Outgoing::Close { code: 1001, reason: SESSION_EXPIRED_MESSAGE.to_owned() },
+        ]
+    }
+
+    /// The `expire` control: the session expires now, or (`mid_response`) as soon as a
+    /// response streams audio (at once if one is streaming already).
+    pub fn expire(&mut self, now: Instant, mid_response: bool) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        let streaming = self.active.as_ref().is_some_and(|r| r.sent_bytes_total > 0);
+        if !mid_response || streaming {
+            return self.expire_now();
+        }
+        self.expire_on_audio = true;
+        self.poll(now)
+    }
+
+    /// The `call_tool` control: the next response says goodbye and calls the tool; with
+    /// `start_now` and no response active, that response starts at once.
+    pub fn call_tool(&mut self, now: Instant, script: ToolCallScript, start_now: bool) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        self.pending_tool = Some(script);
+        if start_now && self.active.is_none() {
+            let mut out = self.start_response(now, Vec::new(), None);
+            out.extend(self.poll(now));
+            return out;
+        }
+        Vec::new()
     }
 
     /// Handles one client text frame.
@@ -582,6 +692,16 @@ impl SimSession {
         }))];
         let interrupt = self.turn_detection().is_some_and(|td| td.interrupt_response());
         if interrupt && self.active.is_some() {
+            // `--late-deltas`: the server had more of the reply in flight than the cancel
+            // could stop; the client must discard it (§6 step 1).
+            for _ in 0..self.cfg.late_deltas {
+                let remaining =
+                    self.active.as_mut().and_then(|r| r.speech_mut()).is_some_and(|s| s.sent_bytes < s.audio.len());
+                if !remaining {
+                    break;
+                }
+                out.extend(self.send_chunk());
+            }
             out.extend(self.finish_active(ResponseStatus::Cancelled, Some("turn_detected")));
         }
         self.idle_deadline = None;
@@ -612,7 +732,7 @@ impl SimSession {
         self.buffer_start_ms = self.appended_ms;
         out.extend(self.commit_user_item(item_id, (audio_end_ms - audio_start_ms) as f64));
         let greeting = self.cfg.greeting;
-        out.extend(self.start_response(now, ReplySource::Tone(greeting), None));
+        out.extend(self.start_response(now, vec![(ReplySource::Tone(greeting), None)], None));
         out
     }
 
@@ -634,10 +754,20 @@ impl SimSession {
                 Behaviour::Tone { hz, ms } => ReplySource::Tone(Tone { hz, ms }),
                 Behaviour::Monologue { ms } => ReplySource::Monologue { ms },
             };
-            out.extend(self.start_response(now, source, None));
             if self.cfg.faults.fail_vad_responses {
                 // Fault mode: the caller-triggered response fails before any audio.
-                out.extend(self.finish_active(ResponseStatus::Failed, None));
+                out.extend(self.start_failed_response(now));
+            } else if self.cfg.phases {
+                // gpt-realtime-2: a spoken preamble, then the answer, each its own item.
+                let commentary =
+                    ReplySource::Said { tone: COMMENTARY_TONE, transcript: "Let me think about that.".to_owned() };
+                out.extend(self.start_response(
+                    now,
+                    vec![(commentary, Some("commentary")), (source, Some("final_answer"))],
+                    None,
+                ));
+            } else {
+                out.extend(self.start_response(now, vec![(source, None)], None));
             }
         }
         out
@@ -686,7 +816,7 @@ impl SimSession {
             role: Role::User,
             content: vec![ContentPart::InputAudio { audio: None, transcript: None }],
         });
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: None });
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: None, phase: None });
         let transcribe = self
             .session
             .audio
@@ -831,7 +961,7 @@ impl SimSession {
             Item::Other(_) => {}
         }
         let previous = insert_at.checked_sub(1).and_then(|i| self.items.get(i)).map(|i| i.id.clone());
-        self.items.insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None });
+        self.items.insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None, phase: None });
         vec![
             Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
                 event_id: self.event_id(),
@@ -849,7 +979,7 @@ impl SimSession {
     fn item_retrieve(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
         match self.items.iter().find(|i| i.id == item_id) {
             Some(stored) => {
-                let item = stored.item.clone();
+                let item = wire_item(&stored.item, stored.phase);
                 vec![Outgoing::Event(ServerEvent::ConversationItemRetrieved(ConversationItemEvent {
                     event_id: self.event_id(),
                     previous_item_id: None,
@@ -861,9 +991,9 @@ impl SimSession {
     }
 
     fn item_delete(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
-        let active_item = self.active.as_ref().map(|r| r.item_id.as_str());
+        let in_active = self.active.as_ref().is_some_and(|r| r.item_ids().any(|id| id == item_id));
         match self.items.iter().position(|i| i.id == item_id) {
-            Some(_) if active_item == Some(item_id) => self.item_error(
+            Some(_) if in_active => self.item_error(
                 format!("Item '{item_id}' belongs to the response in progress."),
                 "item_id",
                 client_event_id,
@@ -926,12 +1056,16 @@ impl SimSession {
                 }
             }
         }
-        if let Some(active) = &mut self.active
-            && active.item_id == item_id
-        {
-            // Stop generating past the cut.
+        if let Some(active) = &mut self.active {
             let keep = (active.format.bytes_per_ms() * f64::from(audio_end_ms)) as usize;
-            active.audio.truncate(keep.max(active.sent_bytes));
+            for output in &mut active.outputs {
+                if let Output::Speech(speech) = output
+                    && speech.item_id == item_id
+                {
+                    // Stop generating past the cut.
+                    speech.audio.truncate(keep.max(speech.sent_bytes));
+                }
+            }
         }
         vec![Outgoing::Event(ServerEvent::ConversationItemTruncated(ItemTruncatedEvent {
             event_id: self.event_id(),
@@ -965,7 +1099,7 @@ impl SimSession {
             ))];
         }
         let greeting = self.cfg.greeting;
-        self.start_response(now, ReplySource::Tone(greeting), config)
+        self.start_response(now, vec![(ReplySource::Tone(greeting), None)], config)
     }
 
     fn response_cancel(&mut self, response_id: Option<String>, client_event_id: Option<String>) -> Vec<Outgoing> {
@@ -987,20 +1121,26 @@ impl SimSession {
         self.finish_active(ResponseStatus::Cancelled, Some("client_cancelled"))
     }
 
-    fn start_response(&mut self, now: Instant, source: ReplySource, config: Option<ResponseConfig>) -> Vec<Outgoing> {
-        let config = config.unwrap_or_default();
-        let mut format = self.output_format();
-        let mut voice = self.session.audio.as_ref().and_then(|a| a.output.as_ref()).and_then(|o| o.voice.clone());
-        if let Some(out) = config.audio.as_ref().and_then(|a| a.output.as_ref()) {
-            format = out.format.unwrap_or(format);
-            voice = out.voice.clone().or(voice);
-        }
-        let modalities = config
-            .output_modalities
-            .clone()
-            .or_else(|| self.session.output_modalities.clone())
-            .unwrap_or_else(|| vec!["audio".to_owned()]);
-        let text_only = modalities.iter().all(|m| m == "text");
+    /// The function tools the next response may call: `response.tools` if given, else the
+    /// session's (§2.4, §3.2).
+    fn declares_function(&self, config: Option<&ResponseConfig>, name: &str) -> bool {
+        let tools = config.and_then(|c| c.tools.as_ref()).or(self.session.tools.as_ref());
+        tools.is_some_and(|tools| tools.iter().any(|t| matches!(t, Tool::Function { name: n, .. } if n == name)))
+    }
+
+    /// Whether the session declares a function tool called `name`.
+    pub fn declares_tool(&self, name: &str) -> bool {
+        self.declares_function(None, name)
+    }
+
+    /// Builds a spoken (or written) output item from a reply source.
+    fn speech(
+        &mut self,
+        source: ReplySource,
+        format: AudioFormat,
+        text_only: bool,
+        phase: Option<&'static str>,
+    ) -> Speech {
         let rate = format.sample_rate();
         let (samples, transcript) = match source {
             ReplySource::Echo { samples, rate: from } => {
@@ -1011,6 +1151,7 @@ impl SimSession {
                 audio::sine(tone.hz, rate, tone.ms, 0.5),
                 "Hello! Thanks for calling. How can I help you today?".to_owned(),
             ),
+            ReplySource::Said { tone, transcript } => (audio::sine(tone.hz, rate, tone.ms, 0.5), transcript),
             ReplySource::Monologue { ms } => {
                 // About 2.5 words per second, like unhurried speech.
                 let word_count = (ms as usize / 400).max(1);
@@ -1019,88 +1160,392 @@ impl SimSession {
             }
         };
         let audio = if text_only { Vec::new() } else { audio::encode(format, &samples) };
-        let words = split_words(&transcript);
-        let conversation_id = match config.conversation.as_deref() {
+        Speech {
+            item_id: random_id(&mut self.rng, "item"),
+            phase,
+            audio,
+            sent_bytes: 0,
+            words: split_words(&transcript),
+            words_sent: 0,
+        }
+    }
+
+    /// Starts a response that speaks `sources` in order (one item each, with its phase),
+    /// or, when a `call_tool` control is pending, says goodbye and calls the tool instead.
+    fn start_response(
+        &mut self,
+        now: Instant,
+        sources: Vec<(ReplySource, Option<&'static str>)>,
+        config: Option<ResponseConfig>,
+    ) -> Vec<Outgoing> {
+        self.begin_response(now, sources, config, false)
+    }
+
+    fn begin_response(
+        &mut self,
+        now: Instant,
+        sources: Vec<(ReplySource, Option<&'static str>)>,
+        config: Option<ResponseConfig>,
+        fail: bool,
+    ) -> Vec<Outgoing> {
+        let mut format = self.output_format();
+        let mut voice = self.session.audio.as_ref().and_then(|a| a.output.as_ref()).and_then(|o| o.voice.clone());
+        if let Some(out) = config.as_ref().and_then(|c| c.audio.as_ref()).and_then(|a| a.output.as_ref()) {
+            format = out.format.unwrap_or(format);
+            voice = out.voice.clone().or(voice);
+        }
+        let modalities = config
+            .as_ref()
+            .and_then(|c| c.output_modalities.clone())
+            .or_else(|| self.session.output_modalities.clone())
+            .unwrap_or_else(|| vec!["audio".to_owned()]);
+        let text_only = modalities.iter().all(|m| m == "text");
+        let mut outputs = Vec::new();
+        if fail {
+            // A failed response produces nothing; a pending tool call waits for the next one.
+        } else if let Some(script) = self.pending_tool.take() {
+            let goodbye = ReplySource::Said {
+                tone: Tone { hz: GOODBYE_HZ, ms: script.say_ms },
+                transcript: "Thank you for calling. Goodbye!".to_owned(),
+            };
+            outputs.push(Output::Speech(self.speech(goodbye, format, text_only, None)));
+            if self.declares_function(config.as_ref(), &script.name) {
+                outputs.push(Output::FunctionCall(PlannedCall {
+                    item_id: random_id(&mut self.rng, "item"),
+                    call_id: random_id(&mut self.rng, "call"),
+                    name: script.name,
+                    arguments: script.arguments,
+                }));
+            } else {
+                // The model never calls a tool it was not given (§2.4).
+                tracing::warn!(tool = %script.name, "call_tool: the session does not declare this function; goodbye only");
+            }
+        } else {
+            for (source, phase) in sources {
+                outputs.push(Output::Speech(self.speech(source, format, text_only, phase)));
+            }
+        }
+        let conversation_id = match config.as_ref().and_then(|c| c.conversation.as_deref()) {
             Some("none") => None,
             _ => Some(self.conversation_id.clone()),
         };
-        let response_id = random_id(&mut self.rng, "resp");
-        let item_id = random_id(&mut self.rng, "item");
         self.active = Some(ActiveResponse {
-            id: response_id.clone(),
-            item_id: item_id.clone(),
+            id: random_id(&mut self.rng, "resp"),
             conversation_id,
             format,
             voice,
             text_only,
-            audio,
-            sent_bytes: 0,
+            outputs,
+            current: 0,
+            opened: false,
+            sent_bytes_total: 0,
             started: now,
-            words,
-            words_sent: 0,
+            done_items: Vec::new(),
         });
-        let previous_item_id = self.items.last().map(|i| i.id.clone());
-        let item = Item::Message(MessageItem {
-            id: Some(item_id.clone()),
-            object: Some("realtime.item".to_owned()),
-            status: Some(ItemStatus::InProgress),
-            role: Role::Assistant,
-            content: Vec::new(),
-        });
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: (!text_only).then_some(0.0) });
         let response = self.response_object(ResponseStatus::InProgress, None, Vec::new(), None);
-        let part = if text_only {
-            ContentPart::Text { text: Some(String::new()) }
-        } else {
-            ContentPart::Audio { audio: None, transcript: Some(String::new()) }
-        };
         let mut out = vec![
             Outgoing::Event(ServerEvent::ResponseCreated(ResponseEvent { event_id: self.event_id(), response })),
-            Outgoing::Event(ServerEvent::RateLimitsUpdated(RateLimitsEvent {
-                event_id: self.event_id(),
-                rate_limits: vec![
-                    RateLimit { name: "requests".to_owned(), limit: 5_000, remaining: 4_999, reset_seconds: 0.012 },
-                    RateLimit { name: "tokens".to_owned(), limit: 400_000, remaining: 395_904, reset_seconds: 0.614 },
-                ],
-            })),
+            Outgoing::Event(self.rate_limits_event()),
+        ];
+        if fail {
+            out.extend(self.finish_active(ResponseStatus::Failed, None));
+        } else {
+            out.extend(self.advance(now));
+        }
+        out
+    }
+
+    /// A response that fails at once, without output items (`--fail-responses`, §4.3).
+    fn start_failed_response(&mut self, now: Instant) -> Vec<Outgoing> {
+        self.begin_response(now, Vec::new(), None, true)
+    }
+
+    fn rate_limits_event(&mut self) -> ServerEvent {
+        ServerEvent::RateLimitsUpdated(RateLimitsEvent {
+            event_id: self.event_id(),
+            rate_limits: vec![
+                RateLimit { name: "requests".to_owned(), limit: 5_000, remaining: 4_999, reset_seconds: 0.012 },
+                RateLimit { name: "tokens".to_owned(), limit: 400_000, remaining: 395_904, reset_seconds: 0.614 },
+            ],
+        })
+    }
+
+    /// Produces what the active response has due at `now`: opens and closes its items, streams
+    /// the audio chunks due, and ends it with `response.done` after the last item.
+    fn advance(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        while let Some(response) = &self.active {
+            let Some(output) = response.outputs.get(response.current) else {
+                out.extend(self.finish_active(ResponseStatus::Completed, None));
+                break;
+            };
+            if !response.opened {
+                out.extend(self.open_output());
+                continue;
+            }
+            let Output::Speech(speech) = output else {
+                // Function calls are opened and closed in one go.
+                break;
+            };
+            if speech.sent_bytes >= speech.audio.len() {
+                out.extend(self.close_speech(true));
+                continue;
+            }
+            if self.chunk_due(response) > now {
+                break;
+            }
+            out.extend(self.send_chunk());
+            if self.expire_on_audio {
+                out.extend(self.expire_now());
+                break;
+            }
+        }
+        out
+    }
+
+    /// Announces the current output item (§4.9); a function call streams and ends at once (§5.2),
+    /// a text-only message too.
+    fn open_output(&mut self) -> Vec<Outgoing> {
+        let previous_item_id = self.items.last().map(|i| i.id.clone());
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        response.opened = true;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let text_only = response.text_only;
+        let (item, phase, part) = match response.outputs.get(response.current) {
+            Some(Output::Speech(speech)) => {
+                let item = Item::Message(MessageItem {
+                    id: Some(speech.item_id.clone()),
+                    object: Some("realtime.item".to_owned()),
+                    status: Some(ItemStatus::InProgress),
+                    role: Role::Assistant,
+                    content: Vec::new(),
+                });
+                let part = if text_only {
+                    ContentPart::Text { text: Some(String::new()) }
+                } else {
+                    ContentPart::Audio { audio: None, transcript: Some(String::new()) }
+                };
+                (item, speech.phase, Some(part))
+            }
+            Some(Output::FunctionCall(call)) => {
+                let item = Item::FunctionCall(FunctionCallItem {
+                    id: Some(call.item_id.clone()),
+                    object: Some("realtime.item".to_owned()),
+                    status: Some(ItemStatus::InProgress),
+                    name: call.name.clone(),
+                    arguments: String::new(),
+                    call_id: Some(call.call_id.clone()),
+                });
+                (item, None, None)
+            }
+            None => return Vec::new(),
+        };
+        let item_id = item.id().unwrap_or_default().to_owned();
+        let audio_ms = (part.is_some() && !text_only).then_some(0.0);
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms, phase });
+        let wire = wire_item(&item, phase);
+        let mut out = vec![
             Outgoing::Event(ServerEvent::OutputItemAdded(OutputItemEvent {
                 event_id: self.event_id(),
                 response_id: response_id.clone(),
-                output_index: 0,
-                item: item.clone(),
+                output_index,
+                item: wire.clone(),
             })),
             Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
                 event_id: self.event_id(),
                 previous_item_id,
-                item,
-            })),
-            Outgoing::Event(ServerEvent::ContentPartAdded(ContentPartEvent {
-                event_id: self.event_id(),
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                part,
+                item: wire,
             })),
         ];
-        if text_only {
-            // Text is cheap: stream it at once, then finish.
-            let words = self.active.as_ref().map(|r| r.words.clone()).unwrap_or_default();
-            for word in words {
-                out.push(Outgoing::Event(ServerEvent::OutputTextDelta(DeltaEvent {
+        match part {
+            Some(part) => {
+                out.push(Outgoing::Event(ServerEvent::ContentPartAdded(ContentPartEvent {
                     event_id: self.event_id(),
                     response_id: response_id.clone(),
                     item_id: item_id.clone(),
-                    output_index: 0,
+                    output_index,
                     content_index: 0,
-                    delta: word,
+                    part,
                 })));
+                if text_only {
+                    // Text is cheap: stream it at once, then end the item.
+                    let words = match self.active.as_mut().and_then(|r| r.speech_mut()) {
+                        Some(speech) => {
+                            speech.words_sent = speech.words.len();
+                            speech.words.clone()
+                        }
+                        None => Vec::new(),
+                    };
+                    for word in words {
+                        out.push(Outgoing::Event(ServerEvent::OutputTextDelta(DeltaEvent {
+                            event_id: self.event_id(),
+                            response_id: response_id.clone(),
+                            item_id: item_id.clone(),
+                            output_index,
+                            content_index: 0,
+                            delta: word,
+                        })));
+                    }
+                    out.extend(self.close_speech(true));
+                }
             }
-            if let Some(active) = &mut self.active {
-                active.words_sent = active.words.len();
-            }
-            out.extend(self.finish_active(ResponseStatus::Completed, None));
+            None => out.extend(self.close_function_call()),
         }
+        out
+    }
+
+    /// Streams the whole arguments of the current function call and ends its item (§5.2).
+    fn close_function_call(&mut self) -> Vec<Outgoing> {
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        let Some(Output::FunctionCall(call)) = response.outputs.get(response.current) else { return Vec::new() };
+        let (item_id, call_id, name, arguments) =
+            (call.item_id.clone(), call.call_id.clone(), call.name.clone(), call.arguments.clone());
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        response.current += 1;
+        response.opened = false;
+        let item = Item::FunctionCall(FunctionCallItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(ItemStatus::Completed),
+            name: name.clone(),
+            arguments: arguments.clone(),
+            call_id: Some(call_id.clone()),
+        });
+        response.done_items.push(item.clone());
+        let previous_item_id = self.previous_item_id(&item_id);
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
+            stored.item = item.clone();
+        }
+        vec![
+            Outgoing::Event(ServerEvent::FunctionCallArgumentsDelta(FunctionCallArgumentsDeltaEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                call_id: call_id.clone(),
+                delta: arguments.clone(),
+            })),
+            Outgoing::Event(ServerEvent::FunctionCallArgumentsDone(FunctionCallArgumentsDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id,
+                output_index,
+                call_id,
+                name: Some(name),
+                arguments,
+            })),
+            Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
+                event_id: self.event_id(),
+                response_id,
+                output_index,
+                item: item.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id,
+                item,
+            })),
+        ]
+    }
+
+    fn previous_item_id(&self, item_id: &str) -> Option<String> {
+        self.items
+            .iter()
+            .position(|i| i.id == item_id)
+            .and_then(|pos| pos.checked_sub(1))
+            .and_then(|pos| self.items.get(pos))
+            .map(|i| i.id.clone())
+    }
+
+    /// Ends the current speech item: the `.done` events in §4.9 order. `completed` false when
+    /// the response was interrupted, cancelled or failed (the item is then `incomplete`).
+    fn close_speech(&mut self, completed: bool) -> Vec<Outgoing> {
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        let text_only = response.text_only;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let format = response.format;
+        let Some(speech) = response.speech_mut() else { return Vec::new() };
+        let transcript = if completed { speech.words.concat() } else { speech.transcript_so_far() };
+        let sent_ms = format.bytes_to_ms(speech.sent_bytes);
+        let (item_id, phase) = (speech.item_id.clone(), speech.phase);
+        response.current += 1;
+        response.opened = false;
+        let item_status = if completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
+        let content = if text_only {
+            ContentPart::OutputText { text: transcript.clone() }
+        } else {
+            ContentPart::OutputAudio { audio: None, transcript: Some(transcript.clone()) }
+        };
+        let item = Item::Message(MessageItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(item_status),
+            role: Role::Assistant,
+            content: vec![content],
+        });
+        let wire = wire_item(&item, phase);
+        response.done_items.push(wire.clone());
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
+            stored.item = item;
+            if !text_only {
+                stored.audio_ms = Some(sent_ms);
+            }
+        }
+        let previous_item_id = self.previous_item_id(&item_id);
+        let mut out = Vec::new();
+        if text_only {
+            out.push(Outgoing::Event(ServerEvent::OutputTextDone(TextDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+                text: transcript.clone(),
+            })));
+        } else {
+            out.push(Outgoing::Event(ServerEvent::OutputAudioDone(AudioDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+            })));
+            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDone(TranscriptDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+                transcript: transcript.clone(),
+            })));
+        }
+        let part = if text_only {
+            ContentPart::Text { text: Some(transcript) }
+        } else {
+            ContentPart::Audio { audio: None, transcript: Some(transcript) }
+        };
+        out.push(Outgoing::Event(ServerEvent::ContentPartDone(ContentPartEvent {
+            event_id: self.event_id(),
+            response_id: response_id.clone(),
+            item_id,
+            output_index,
+            content_index: 0,
+            part,
+        })));
+        out.push(Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
+            event_id: self.event_id(),
+            response_id,
+            output_index,
+            item: wire.clone(),
+        })));
+        out.push(Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+            event_id: self.event_id(),
+            previous_item_id,
+            item: wire,
+        })));
         out
     }
 
@@ -1113,7 +1558,7 @@ impl SimSession {
         response.started + Duration::from_secs_f64(seconds.max(0.0))
     }
 
-    /// Sends the next audio chunk and the transcript words that go with it.
+    /// Sends the next audio chunk of the current item and the transcript words that go with it.
     fn send_chunk(&mut self) -> Vec<Outgoing> {
         let burst = self.cfg.burst;
         let (lo, hi) = (burst.min_chunk_ms.max(1), burst.max_chunk_ms.max(burst.min_chunk_ms).max(1));
@@ -1122,21 +1567,29 @@ impl SimSession {
         let Some(response) = self.active.as_mut() else {
             return out;
         };
-        let sample_bytes = match response.format {
+        let format = response.format;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let Some(speech) = response.speech_mut() else {
+            return out;
+        };
+        let sample_bytes = match format {
             AudioFormat::Pcm { .. } => 2,
             AudioFormat::Pcmu | AudioFormat::Pcma => 1,
         };
-        let wanted = (response.format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
+        let wanted = (format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
         let wanted = (wanted / sample_bytes).max(1) * sample_bytes;
-        let end = (response.sent_bytes + wanted).min(response.audio.len());
-        let delta = response.audio[response.sent_bytes..end].to_vec();
-        response.sent_bytes = end;
-        let sent_ms = response.sent_ms();
-        let total = response.audio.len().max(1);
-        let words_due = (response.words.len() * end).div_ceil(total);
-        let new_words: Vec<String> = response.words[response.words_sent..words_due].to_vec();
-        response.words_sent = words_due;
-        let (response_id, item_id) = (response.id.clone(), response.item_id.clone());
+        let start = speech.sent_bytes;
+        let end = (start + wanted).min(speech.audio.len());
+        let delta = speech.audio.get(start..end).map(<[u8]>::to_vec).unwrap_or_default();
+        speech.sent_bytes = end;
+        let sent_ms = format.bytes_to_ms(end);
+        let total = speech.audio.len().max(1);
+        let words_due = (speech.words.len() * end).div_ceil(total).min(speech.words.len());
+        let new_words: Vec<String> = speech.words.get(speech.words_sent..words_due).unwrap_or_default().to_vec();
+        speech.words_sent = speech.words_sent.max(words_due);
+        let item_id = speech.item_id.clone();
+        response.sent_bytes_total += delta.len();
         if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
             stored.audio_ms = Some(sent_ms);
         }
@@ -1144,7 +1597,7 @@ impl SimSession {
             event_id: self.event_id(),
             response_id: response_id.clone(),
             item_id: item_id.clone(),
-            output_index: 0,
+            output_index,
             content_index: 0,
             delta,
         })));
@@ -1153,7 +1606,7 @@ impl SimSession {
                 event_id: self.event_id(),
                 response_id,
                 item_id,
-                output_index: 0,
+                output_index,
                 content_index: 0,
                 delta: new_words.concat(),
             })));
@@ -1161,102 +1614,40 @@ impl SimSession {
         out
     }
 
-    /// Ends the active response: the `.done` events in §4.9 order, then `response.done`.
-    /// Used for completion, barge-in (`turn_detected`) and `response.cancel`.
+    /// Ends the active response: the open item's `.done` events, then `response.done`.
+    /// Used for completion, barge-in (`turn_detected`), `response.cancel` and failures.
     fn finish_active(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if let Some(response) = &self.active
+            && response.opened
+        {
+            match response.outputs.get(response.current) {
+                Some(Output::Speech(_)) => out.extend(self.close_speech(status == ResponseStatus::Completed)),
+                // §5.3: `arguments.done` is also sent for interrupted calls.
+                Some(Output::FunctionCall(_)) => out.extend(self.close_function_call()),
+                None => {}
+            }
+        }
         let Some(response) = self.active.take() else {
-            return Vec::new();
+            return out;
         };
-        let transcript =
-            if status == ResponseStatus::Completed { response.words.concat() } else { response.transcript_so_far() };
-        let item_status =
-            if status == ResponseStatus::Completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
-        let content = if response.text_only {
-            ContentPart::OutputText { text: transcript.clone() }
-        } else {
-            ContentPart::OutputAudio { audio: None, transcript: Some(transcript.clone()) }
-        };
-        let item = Item::Message(MessageItem {
-            id: Some(response.item_id.clone()),
-            object: Some("realtime.item".to_owned()),
-            status: Some(item_status),
-            role: Role::Assistant,
-            content: vec![content],
-        });
         let sent_ms = response.sent_ms();
         if let Some(idle_ms) = self.idle_timeout_ms() {
             // The caller hears the audio in real time from the first chunk on.
             let playback_end = response.started + Duration::from_secs_f64(sent_ms / 1000.0);
             self.idle_deadline = Some(playback_end + Duration::from_millis(u64::from(idle_ms)));
         }
-        if let Some(stored) = self.items.iter_mut().find(|i| i.id == response.item_id) {
-            stored.item = item.clone();
-            if !response.text_only {
-                stored.audio_ms = Some(sent_ms);
-            }
-        }
-        let previous_item_id = self
-            .items
+        let output_words: u64 = response
+            .outputs
             .iter()
-            .position(|i| i.id == response.item_id)
-            .and_then(|pos| pos.checked_sub(1))
-            .and_then(|pos| self.items.get(pos))
-            .map(|i| i.id.clone());
-        let (rid, iid) = (response.id.clone(), response.item_id.clone());
-        let mut out = Vec::new();
-        if response.text_only {
-            out.push(Outgoing::Event(ServerEvent::OutputTextDone(TextDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-                text: transcript.clone(),
-            })));
-        } else {
-            out.push(Outgoing::Event(ServerEvent::OutputAudioDone(AudioDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-            })));
-            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDone(TranscriptDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-                transcript: transcript.clone(),
-            })));
-        }
-        let part = if response.text_only {
-            ContentPart::Text { text: Some(transcript) }
-        } else {
-            ContentPart::Audio { audio: None, transcript: Some(transcript) }
-        };
-        out.push(Outgoing::Event(ServerEvent::ContentPartDone(ContentPartEvent {
-            event_id: self.event_id(),
-            response_id: rid.clone(),
-            item_id: iid.clone(),
-            output_index: 0,
-            content_index: 0,
-            part,
-        })));
-        out.push(Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
-            event_id: self.event_id(),
-            response_id: rid.clone(),
-            output_index: 0,
-            item: item.clone(),
-        })));
-        out.push(Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
-            event_id: self.event_id(),
-            previous_item_id,
-            item: item.clone(),
-        })));
+            .map(|o| match o {
+                Output::Speech(s) => s.words_sent as u64,
+                Output::FunctionCall(_) => 0,
+            })
+            .sum();
         // Rough token accounting: ~20 audio tokens per second, one text token per word.
         let audio_tokens = (sent_ms / 50.0).round() as u64;
-        let text_tokens = response.words_sent as u64;
+        let text_tokens = output_words;
         let input_tokens = 100 + 20 * self.items.len() as u64;
         let usage = Usage {
             total_tokens: input_tokens + audio_tokens + text_tokens,
@@ -1273,23 +1664,22 @@ impl SimSession {
         };
         let details = match status {
             // §4.3: `failed` carries `error{type,code,message}`.
-            ResponseStatus::Failed => Some(StatusDetails {
-                kind: Some("failed".to_owned()),
-                reason: None,
-                error: Some(serde_json::json!({
-                    "type": "server_error",
-                    "code": "server_error",
-                    "message": "The server had an error while processing your request (simulated fault).",
-                })),
-            }),
+            ResponseStatus::Failed => {
+                let (kind, code, message) = self.cfg.faults.fail_reason.error_fields();
+                Some(StatusDetails {
+                    kind: Some("failed".to_owned()),
+                    reason: None,
+                    error: Some(serde_json::json!({"type": kind, "code": code, "message": message})),
+                })
+            }
             _ => reason.map(|reason| StatusDetails {
                 kind: Some("cancelled".to_owned()),
                 reason: Some(reason.to_owned()),
                 error: None,
             }),
         };
-        let mut response_obj = self.response_object(status, details, vec![item], Some(usage));
-        response_obj.id = rid;
+        let mut response_obj = self.response_object(status, details, response.done_items.clone(), Some(usage));
+        response_obj.id = response.id.clone();
         response_obj.conversation_id = response.conversation_id.clone();
         response_obj.output_modalities = Some(vec![if response.text_only { "text" } else { "audio" }.to_owned()]);
         response_obj.audio = Some(ResponseAudio {
@@ -1360,6 +1750,19 @@ const MONOLOGUE_WORDS: [&str; 24] = [
     "about",
     "really",
 ];
+
+/// An item as sent: with `--phases` an assistant message carries its `phase`, which the
+/// typed [`MessageItem`] has no field for, so it goes out as the untyped item map.
+fn wire_item(item: &Item, phase: Option<&'static str>) -> Item {
+    let Some(phase) = phase else { return item.clone() };
+    match serde_json::to_value(item) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("phase".to_owned(), Value::String(phase.to_owned()));
+            Item::Other(map)
+        }
+        _ => item.clone(),
+    }
+}
 
 /// Splits text into words that keep their trailing space, so deltas concatenate back.
 fn split_words(text: &str) -> Vec<String> {
@@ -1480,7 +1883,7 @@ fn fill_turn_detection_defaults(td: TurnDetection) -> TurnDetection {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::BurstPattern;
+    use crate::config::{BurstPattern, FailReason};
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::json;
@@ -2106,5 +2509,255 @@ mod tests {
             types(&send(&mut sim, now, json!({"type":"response.create"})))
         };
         assert_eq!(run(), run());
+    }
+
+    fn done_of(out: &[Outgoing]) -> Response {
+        events(out)
+            .into_iter()
+            .rev()
+            .find_map(|e| match e {
+                ServerEvent::ResponseDone(d) => Some(d.response.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no response.done in {:?}", types(out)))
+    }
+
+    /// Polls the virtual clock forward until nothing is due for `limit`.
+    fn run_until_quiet(sim: &mut SimSession, from: Instant, limit: Duration) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut now = from;
+        while sim.next_deadline() <= from + limit && !sim.is_closed() {
+            now = now.max(sim.next_deadline());
+            let batch = sim.poll(now);
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+        out
+    }
+
+    fn wire(event: &ServerEvent) -> Value {
+        serde_json::from_str(&event.to_json().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn expire_control_ends_the_session_now() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = sim.expire(now, false);
+        assert_eq!(types(&out), ["error", "close 1001"]);
+        assert_eq!(error_of(&out[..1]).code.as_deref(), Some("session_expired"));
+        assert!(sim.is_closed());
+    }
+
+    #[test]
+    fn expire_mid_response_waits_for_streaming_audio() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(1.0), t0);
+        assert!(sim.expire(t0, true).is_empty(), "idle: waits");
+        assert!(!sim.is_closed());
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        let delta = t.iter().position(|t| t == "response.output_audio.delta").expect("a delta");
+        assert_eq!(&t[delta + 1..], ["error", "close 1001"], "expires right after the first audio: {t:?}");
+        assert!(sim.is_closed());
+
+        // A response already streaming expires at once.
+        let mut sim = open(cfg(1.0), t0);
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        assert_eq!(types(&sim.expire(t0, true)), ["error", "close 1001"]);
+    }
+
+    fn declare_end_call(sim: &mut SimSession, now: Instant) {
+        let out = send(
+            sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","tools":[
+                {"type":"function","name":"end_call","description":"Hang up.","parameters":{"type":"object","properties":{}}}]}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+    }
+
+    #[test]
+    fn call_tool_says_goodbye_then_calls_the_function_in_the_same_response() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        declare_end_call(&mut sim, t0);
+        let script =
+            ToolCallScript { name: "end_call".into(), arguments: "{\"reason\":\"done\"}".into(), say_ms: 1500 };
+        assert!(sim.call_tool(t0, script.clone(), false).is_empty(), "waits for the next response");
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        let audio_done = t.iter().position(|t| t == "response.output_audio.done").unwrap();
+        assert_eq!(
+            &t[audio_done..],
+            [
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+        );
+        let audio_ms: f64 = events(&out)
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(AudioFormat::PCM24K.bytes_to_ms(d.delta.len())),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(audio_ms, 1500.0);
+        let args_done = events(&out)
+            .into_iter()
+            .find_map(|e| match e {
+                ServerEvent::FunctionCallArgumentsDone(d) => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(args_done.name.as_deref(), Some("end_call"));
+        assert_eq!(args_done.arguments, "{\"reason\":\"done\"}");
+        assert_eq!(args_done.output_index, 1);
+        let done = done_of(&out);
+        assert_eq!(done.status, ResponseStatus::Completed);
+        assert_eq!(done.output.len(), 2);
+        let Item::FunctionCall(call) = &done.output[1] else { panic!("{:?}", done.output) };
+        assert_eq!(call.status, Some(ItemStatus::Completed));
+        assert_eq!(call.call_id.as_deref(), Some(args_done.call_id.as_str()));
+        // The output for that call is accepted; the script is used up.
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"function_call_output",
+                "call_id":args_done.call_id,"output":"{}"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        assert!(!types(&out).contains(&"response.function_call_arguments.done".to_owned()));
+    }
+
+    #[test]
+    fn call_tool_now_starts_a_response_and_undeclared_tools_are_never_called() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        let script = ToolCallScript { name: "end_call".into(), arguments: "{}".into(), say_ms: 300 };
+        let out = sim.call_tool(t0, script, true);
+        let t = types(&out);
+        assert_eq!(t[0], "response.created");
+        assert!(t.contains(&"response.output_audio.delta".to_owned()));
+        assert!(!t.contains(&"response.function_call_arguments.done".to_owned()), "end_call not declared: {t:?}");
+        assert_eq!(done_of(&out).output.len(), 1);
+    }
+
+    #[test]
+    fn phases_give_two_audio_items_each_with_its_id_phase_and_truncation() {
+        let now = Instant::now();
+        let mut sim = open(SimConfig { phases: true, ..cfg(0.0) }, now);
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let added: Vec<Value> =
+            events(&out).into_iter().filter(|e| matches!(e, ServerEvent::OutputItemAdded(_))).map(wire).collect();
+        assert_eq!(added.len(), 2);
+        assert_eq!(added[0]["item"]["phase"], "commentary");
+        assert_eq!(added[1]["item"]["phase"], "final_answer");
+        assert_eq!(added[0]["output_index"], 0);
+        assert_eq!(added[1]["output_index"], 1);
+        let ids: Vec<String> = added.iter().map(|a| a["item"]["id"].as_str().unwrap().to_owned()).collect();
+        assert_ne!(ids[0], ids[1]);
+        // Each item's audio: 400 ms of commentary, then the 1300 ms echo.
+        let ms_of = |id: &str| -> f64 {
+            events(&out)
+                .iter()
+                .filter_map(|e| match e {
+                    ServerEvent::OutputAudioDelta(d) if d.item_id == id => Some(d.delta.len() as f64 / 8.0),
+                    _ => None,
+                })
+                .sum()
+        };
+        assert_eq!(ms_of(&ids[0]), 400.0);
+        assert_eq!(ms_of(&ids[1]), 1300.0);
+        let done = done_of(&out);
+        let phases: Vec<Value> =
+            done.output.iter().map(|i| serde_json::to_value(i).unwrap()["phase"].clone()).collect();
+        assert_eq!(phases, [json!("commentary"), json!("final_answer")]);
+        // Each item truncates at its own length.
+        for (id, len) in [(&ids[0], 400), (&ids[1], 1300)] {
+            let error = error_of(&send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.truncate","item_id":id,"content_index":0,"audio_end_ms":len + 1}),
+            ));
+            assert_eq!(error.param.as_deref(), Some("audio_end_ms"));
+            let out = send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.truncate","item_id":id,"content_index":0,"audio_end_ms":len - 100}),
+            );
+            assert_eq!(types(&out), ["conversation.item.truncated"]);
+        }
+    }
+
+    #[test]
+    fn late_deltas_follow_speech_started_before_response_done() {
+        let now = Instant::now();
+        let cfg = SimConfig { behaviour: Behaviour::Monologue { ms: 20_000 }, late_deltas: 3, ..cfg(1.0) };
+        let mut sim = open(cfg, now);
+        configure_pcmu(&mut sim, now);
+        append_pcmu(&mut sim, now, &turn());
+        let out = append_pcmu(&mut sim, now, &audio::sine(300.0, 8000, 100, 0.5));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        assert_eq!(
+            &t[..5],
+            [
+                "input_audio_buffer.speech_started",
+                "response.output_audio.delta",
+                "response.output_audio.delta",
+                "response.output_audio.delta",
+                "response.output_audio.done",
+            ]
+        );
+        assert_eq!(done_of(&out).status, ResponseStatus::Cancelled);
+    }
+
+    #[test]
+    fn fail_reason_names_the_error_of_failed_responses() {
+        for (reason, kind, code) in [
+            (FailReason::ServerError, "server_error", "server_error"),
+            (FailReason::RateLimitExceeded, "requests", "rate_limit_exceeded"),
+            (FailReason::InsufficientQuota, "insufficient_quota", "insufficient_quota"),
+        ] {
+            let now = Instant::now();
+            let mut cfg = cfg(0.0);
+            cfg.faults.fail_vad_responses = true;
+            cfg.faults.fail_reason = reason;
+            let mut sim = open(cfg, now);
+            configure_pcmu(&mut sim, now);
+            let out = append_pcmu(&mut sim, now, &turn());
+            let done = done_of(&out);
+            assert_eq!(done.status, ResponseStatus::Failed);
+            assert!(done.output.is_empty());
+            let error = done.status_details.unwrap().error.unwrap();
+            assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some(kind), Some(code)));
+        }
+    }
+
+    #[test]
+    fn max_session_in_milliseconds_sets_expires_at_and_the_expiry() {
+        let t0 = Instant::now();
+        let cfg = SimConfig { max_session: Duration::from_millis(2500), ..cfg(0.0) };
+        let (mut sim, opening) = SimSession::new(cfg, "m", t0, 1_000, 1);
+        let Outgoing::Event(ServerEvent::SessionCreated(created)) = &opening[0] else { panic!() };
+        // Rounded down: a client planning a rollover from it is never late.
+        assert_eq!(created.session.expires_at, Some(1_002));
+        assert!(sim.poll(t0 + Duration::from_millis(2499)).is_empty());
+        let out = run_until_quiet(&mut sim, t0, Duration::from_secs(3));
+        assert_eq!(types(&out), ["error", "close 1001"]);
     }
 }
