@@ -15,6 +15,7 @@ use switchboard_realtime::events::*;
 
 use crate::audio;
 use crate::config::{Behaviour, SimConfig, Tone};
+use crate::schema;
 use crate::vad::{Vad, VadEvent, VadParams};
 
 /// What the shell must do next.
@@ -185,6 +186,8 @@ pub struct SimSession {
     pending_tool: Option<ToolCallScript>,
     /// An `expire` control with `mid_response`: expire once a response streams audio.
     expire_on_audio: bool,
+    /// Whether the model has produced audio (the voice is fixed from then on, §2).
+    produced_audio: bool,
 }
 
 impl SimSession {
@@ -249,6 +252,7 @@ impl SimSession {
             idle_deadline: None,
             pending_tool: None,
             expire_on_audio: false,
+            produced_audio: false,
         };
         sim.rebuild_vad();
         let created =
@@ -385,7 +389,7 @@ impl SimSession {
         };
         let mut out = match event {
             ClientEvent::SessionUpdate { session, .. } => self.session_update(*session, client_event_id),
-            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio),
+            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio, client_event_id),
             ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(client_event_id),
             ClientEvent::InputAudioBufferClear { .. } => self.clear_buffer(),
             ClientEvent::ConversationItemCreate { previous_item_id, item, .. } => {
@@ -436,6 +440,15 @@ impl SimSession {
                 CLIENT_EVENT_TYPES.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
             );
             return Err(Box::new(error_event(event_id, "invalid_event", &message, Some("type"), client_event_id)));
+        }
+        if let Err(invalid) = schema::client_event(&value) {
+            return Err(Box::new(error_event(
+                event_id,
+                invalid.code,
+                &invalid.message,
+                Some(&invalid.param),
+                client_event_id,
+            )));
         }
         serde_json::from_value::<ClientEvent>(value).map_err(|e| {
             let text = e.to_string();
@@ -534,6 +547,33 @@ impl SimSession {
             && model != current
         {
             return invalid("session.model", "The model of a session cannot be changed.".to_owned());
+        }
+        // §2 "Limits on changes": voice until the model has produced audio once, speed only
+        // between turns, tracing frozen once enabled.
+        let current_output = self.session.audio.as_ref().and_then(|a| a.output.as_ref());
+        let new_output = s.audio.as_ref().and_then(|a| a.output.as_ref());
+        if let Some(voice) = new_output.and_then(|o| o.voice.as_ref())
+            && self.produced_audio
+            && current_output.and_then(|o| o.voice.as_ref()) != Some(voice)
+        {
+            return invalid(
+                "session.audio.output.voice",
+                "Cannot update a conversation's voice if assistant audio is present.".to_owned(),
+            );
+        }
+        if let Some(speed) = new_output.and_then(|o| o.speed)
+            && self.active.is_some()
+            && current_output.and_then(|o| o.speed) != Some(speed)
+        {
+            return invalid(
+                "session.audio.output.speed",
+                "The output speed can only be changed between turns, not while a response is in progress.".to_owned(),
+            );
+        }
+        if let (Some(new), Some(Some(current))) = (&s.tracing, &self.session.tracing)
+            && new.as_ref() != Some(current)
+        {
+            return invalid("session.tracing", "Tracing cannot be modified once it has been enabled.".to_owned());
         }
         if let Some(modalities) = &s.output_modalities
             && !(modalities.len() == 1 && (modalities[0] == "audio" || modalities[0] == "text"))
@@ -657,7 +697,15 @@ impl SimSession {
 
     /// `bytes` were base64 on the wire; an append whose audio is not base64 never gets here
     /// (it is a malformed event: `invalid_value`).
-    fn append(&mut self, now: Instant, bytes: &[u8]) -> Vec<Outgoing> {
+    fn append(&mut self, now: Instant, bytes: &[u8], client_event_id: Option<String>) -> Vec<Outgoing> {
+        if matches!(self.input_format, AudioFormat::Pcm { .. }) && !bytes.len().is_multiple_of(2) {
+            // 16-bit samples: half a sample is not audio in the session's format.
+            return self.item_error(
+                format!("Invalid 'audio': {} bytes is not a whole number of 16-bit PCM samples.", bytes.len()),
+                "audio",
+                client_event_id,
+            );
+        }
         let samples = audio::decode(self.input_format, bytes);
         let rate = self.input_format.sample_rate();
         self.buffer.extend_from_slice(&samples);
@@ -925,6 +973,18 @@ impl SimSession {
             return self.item_error(
                 "Assistant audio items cannot be created by the client.".to_owned(),
                 "item.content",
+                client_event_id,
+            );
+        }
+        // §5.4: "The server checks that a function_call with that call_id exists."
+        if let Item::FunctionCallOutput(output) = &item
+            && !self.items.iter().any(
+                |i| matches!(&i.item, Item::FunctionCall(call) if call.call_id.as_deref() == Some(output.call_id.as_str())),
+            )
+        {
+            return self.item_error(
+                format!("Tool call ID '{}' not found in conversation.", output.call_id),
+                "item.call_id",
                 client_event_id,
             );
         }
@@ -1590,6 +1650,7 @@ impl SimSession {
         speech.words_sent = speech.words_sent.max(words_due);
         let item_id = speech.item_id.clone();
         response.sent_bytes_total += delta.len();
+        self.produced_audio = true;
         if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
             stored.audio_ms = Some(sent_ms);
         }
@@ -1995,7 +2056,10 @@ mod tests {
         let now = Instant::now();
         let mut sim = open(cfg(0.0), now);
         let cases = [
-            (json!({"type":"session.update","event_id":"a","session":{"instructions":"x"}}), "invalid_value"),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"instructions":"x"}}),
+                "missing_required_parameter",
+            ),
             (
                 json!({"type":"session.update","event_id":"a","session":{"type":"realtime","temperature":0.8}}),
                 "unknown_parameter",
@@ -2286,6 +2350,21 @@ mod tests {
     fn item_create_retrieve_delete() {
         let now = Instant::now();
         let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","event_id":"o1","item":{"type":"function_call_output",
+                "call_id":"call_1","output":"{}"}}),
+        ));
+        assert_eq!((error.param.as_deref(), error.event_id.as_deref()), (Some("item.call_id"), Some("o1")));
+        assert!(error.message.contains("call_1"), "{}", error.message);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","item":{"type":"function_call","name":"lookup",
+                "arguments":"{}","call_id":"call_1"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
         let out = send(
             &mut sim,
             now,
@@ -2759,5 +2838,75 @@ mod tests {
         assert!(sim.poll(t0 + Duration::from_millis(2499)).is_empty());
         let out = run_until_quiet(&mut sim, t0, Duration::from_secs(3));
         assert_eq!(types(&out), ["error", "close 1001"]);
+    }
+
+    #[test]
+    fn session_limits_on_changes_are_enforced() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(1.0), t0);
+        let voice = |v: &str| json!({"type":"session.update","event_id":"v","session":{"type":"realtime","audio":{"output":{"voice":v}}}});
+        // Before any audio the voice may change.
+        assert_eq!(types(&send(&mut sim, t0, voice("cedar"))), ["session.updated"]);
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        // While the response streams: no voice change (audio exists), no speed change.
+        let error = error_of(&send(&mut sim, t0, voice("marin")));
+        assert_eq!(
+            (error.param.as_deref(), error.event_id.as_deref()),
+            (Some("session.audio.output.voice"), Some("v"))
+        );
+        assert_eq!(types(&send(&mut sim, t0, voice("cedar"))), ["session.updated"], "the same voice is no change");
+        let error = error_of(&send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"output":{"speed":1.2}}}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("session.audio.output.speed"));
+        run_until_quiet(&mut sim, t0, Duration::from_secs(5));
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"output":{"speed":1.2}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"], "between turns the speed may change");
+        // Tracing, once on, is frozen.
+        send(&mut sim, t0, json!({"type":"session.update","session":{"type":"realtime","tracing":"auto"}}));
+        let error = error_of(&send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","tracing":{"workflow_name":"x"}}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("session.tracing"));
+    }
+
+    #[test]
+    fn nested_errors_name_their_path_and_echo_the_event_id() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","event_id":"n1","session":{"type":"realtime",
+                "audio":{"input":{"turn_detection":{"type":"server_vad","idle_timeout_ms":2000}}}}}),
+        ));
+        assert_eq!(error.kind, "invalid_request_error");
+        assert_eq!(error.code.as_deref(), Some("integer_below_min_value"));
+        assert_eq!(error.param.as_deref(), Some("session.audio.input.turn_detection.idle_timeout_ms"));
+        assert_eq!(error.event_id.as_deref(), Some("n1"));
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","event_id":"n2","item":{"type":"message","role":"assistant",
+                "content":[{"type":"input_text","text":"I said hello."}]}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("item.content[0].type"));
+        assert_eq!(error.event_id.as_deref(), Some("n2"));
+        // Odd PCM16 bytes are not audio.
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"input_audio_buffer.append","event_id":"n3","audio":BASE64.encode([0u8; 3])}),
+        ));
+        assert_eq!((error.param.as_deref(), error.event_id.as_deref()), (Some("audio"), Some("n3")));
+        assert!(!sim.is_closed());
     }
 }

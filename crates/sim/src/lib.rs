@@ -9,6 +9,7 @@ mod audio;
 mod config;
 mod control;
 mod core;
+mod schema;
 mod server;
 mod vad;
 
