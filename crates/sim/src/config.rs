@@ -31,6 +31,11 @@ pub struct SimConfig {
     /// `--late-deltas N`: when `speech_started` interrupts a response, up to N more audio
     /// deltas of it are sent before its `response.done` (exercises the client's discard path).
     pub late_deltas: u32,
+    /// `--transcription-delay-ms`: input transcriptions arrive this long after their user item
+    /// was committed (zero: right after it), possibly after that turn's `response.done`.
+    pub transcription_delay: Duration,
+    /// `--transcription-fails`: every input transcription ends `…transcription.failed`.
+    pub transcription_fails: bool,
 }
 
 /// Ways the simulator can misbehave (reference §1.3 and §7 describe how the real API fails).
@@ -135,6 +140,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             phases: false,
             late_deltas: 0,
+            transcription_delay: Duration::ZERO,
+            transcription_fails: false,
         }
     }
 }

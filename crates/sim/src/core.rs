@@ -5,6 +5,7 @@
 //! Behaviour follows `shared/docs/realtime-protocol.md`: §2 session config, §3 client events,
 //! §4.9 the event order of a turn, §6 barge-in and truncation, §7 errors and expiry.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rand::distr::Alphanumeric;
@@ -16,6 +17,7 @@ use switchboard_realtime::events::*;
 use crate::audio;
 use crate::config::{Behaviour, SimConfig, Tone};
 use crate::schema;
+use crate::script::{self, InputTokens};
 use crate::vad::{Vad, VadEvent, VadParams};
 
 /// What the shell must do next.
@@ -49,7 +51,21 @@ struct StoredItem {
     audio_ms: Option<f64>,
     /// `phase` of an assistant message of a `--phases` response.
     phase: Option<&'static str>,
+    /// Audio length of a committed user audio item, in ms (for usage).
+    input_ms: Option<f64>,
 }
+
+/// A transcription not delivered yet (`--transcription-delay-ms`).
+#[derive(Debug)]
+struct PendingTranscript {
+    due: Instant,
+    item_id: String,
+    transcript: String,
+    duration_ms: f64,
+}
+
+/// Transcriptions waiting for their delay; beyond this the oldest is delivered early.
+const MAX_PENDING_TRANSCRIPTS: usize = 256;
 
 /// Where the audio of a response comes from.
 enum ReplySource {
@@ -93,6 +109,8 @@ struct ActiveResponse {
     started: Instant,
     /// The finished items, for `response.done`'s `output`.
     done_items: Vec<Item>,
+    /// The context this response reads (usage).
+    input: InputTokens,
 }
 
 impl ActiveResponse {
@@ -188,6 +206,12 @@ pub struct SimSession {
     expire_on_audio: bool,
     /// Whether the model has produced audio (the voice is fixed from then on, §2).
     produced_audio: bool,
+    /// Caller utterances committed so far (numbers their transcripts).
+    user_utterances: u32,
+    /// Input transcriptions waiting for `--transcription-delay-ms`, oldest first.
+    pending_transcripts: VecDeque<PendingTranscript>,
+    /// The previous response's input tokens: what the prompt cache holds (usage).
+    previous_input_tokens: u64,
 }
 
 impl SimSession {
@@ -253,6 +277,9 @@ impl SimSession {
             pending_tool: None,
             expire_on_audio: false,
             produced_audio: false,
+            user_utterances: 0,
+            pending_transcripts: VecDeque::new(),
+            previous_input_tokens: 0,
         };
         sim.rebuild_vad();
         let created =
@@ -297,6 +324,9 @@ impl SimSession {
         if let Some(idle) = self.idle_deadline {
             deadline = deadline.min(idle);
         }
+        if let Some(pending) = self.pending_transcripts.front() {
+            deadline = deadline.min(pending.due);
+        }
         deadline
     }
 
@@ -315,6 +345,11 @@ impl SimSession {
             self.idle_deadline = None;
             if self.active.is_none() && self.speech.is_none() && self.idle_timeout_ms().is_some() {
                 out.extend(self.idle_timeout(now));
+            }
+        }
+        while self.pending_transcripts.front().is_some_and(|p| p.due <= now) {
+            if let Some(pending) = self.pending_transcripts.pop_front() {
+                out.extend(self.transcription_events(pending));
             }
         }
         out.extend(self.advance(now));
@@ -390,7 +425,7 @@ impl SimSession {
         let mut out = match event {
             ClientEvent::SessionUpdate { session, .. } => self.session_update(*session, client_event_id),
             ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio, client_event_id),
-            ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(client_event_id),
+            ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(now, client_event_id),
             ClientEvent::InputAudioBufferClear { .. } => self.clear_buffer(),
             ClientEvent::ConversationItemCreate { previous_item_id, item, .. } => {
                 self.item_create(previous_item_id, item, client_event_id)
@@ -778,9 +813,9 @@ impl SimSession {
         }))];
         self.buffer.clear();
         self.buffer_start_ms = self.appended_ms;
-        out.extend(self.commit_user_item(item_id, (audio_end_ms - audio_start_ms) as f64));
-        let greeting = self.cfg.greeting;
-        out.extend(self.start_response(now, vec![(ReplySource::Tone(greeting), None)], None));
+        out.extend(self.commit_user_item(now, item_id, audio_end_ms.saturating_sub(audio_start_ms) as f64, false));
+        let prompt = ReplySource::Said { tone: self.cfg.greeting, transcript: "Are you still there?".to_owned() };
+        out.extend(self.start_response(now, vec![(prompt, None)], None));
         out
     }
 
@@ -794,7 +829,7 @@ impl SimSession {
             item_id: item_id.clone(),
         }))];
         let utterance = self.take_span(start_ms as f64, audio_end_ms as f64);
-        out.extend(self.commit_user_item(item_id, audio_end_ms.saturating_sub(start_ms) as f64));
+        out.extend(self.commit_user_item(now, item_id, audio_end_ms.saturating_sub(start_ms) as f64, true));
         let create = self.turn_detection().is_some_and(|td| td.create_response());
         if create && self.active.is_none() {
             let source = match self.cfg.behaviour {
@@ -853,9 +888,10 @@ impl SimSession {
         }
     }
 
-    /// Commits a user audio item: `committed`, `item.added`, `item.done`, and, when
-    /// transcription is on, a placeholder `input_audio_transcription.completed` (§4.4).
-    fn commit_user_item(&mut self, item_id: String, duration_ms: f64) -> Vec<Outgoing> {
+    /// Commits a user audio item: `committed`, `item.added`, `item.done`; when transcription
+    /// is on, its transcription follows asynchronously (§4.4). `spoken` is false for the silent
+    /// span an idle timeout commits (transcribed as "").
+    fn commit_user_item(&mut self, now: Instant, item_id: String, duration_ms: f64, spoken: bool) -> Vec<Outgoing> {
         let previous_item_id = self.items.last().map(|i| i.id.clone());
         let item = Item::Message(MessageItem {
             id: Some(item_id.clone()),
@@ -864,13 +900,13 @@ impl SimSession {
             role: Role::User,
             content: vec![ContentPart::InputAudio { audio: None, transcript: None }],
         });
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: None, phase: None });
-        let transcribe = self
-            .session
-            .audio
-            .as_ref()
-            .and_then(|a| a.input.as_ref())
-            .is_some_and(|i| matches!(i.transcription, Some(Some(_))));
+        self.items.push(StoredItem {
+            id: item_id.clone(),
+            item: item.clone(),
+            audio_ms: None,
+            phase: None,
+            input_ms: Some(duration_ms),
+        });
         let mut out = vec![
             Outgoing::Event(ServerEvent::InputAudioBufferCommitted(BufferCommittedEvent {
                 event_id: self.event_id(),
@@ -888,20 +924,83 @@ impl SimSession {
                 item,
             })),
         ];
+        let transcribe = self
+            .session
+            .audio
+            .as_ref()
+            .and_then(|a| a.input.as_ref())
+            .is_some_and(|i| matches!(i.transcription, Some(Some(_))));
         if transcribe {
-            out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionCompleted(TranscriptionCompletedEvent {
-                event_id: self.event_id(),
-                item_id,
-                content_index: 0,
-                transcript: format!("(the caller spoke for {} ms)", duration_ms.round()),
-                usage: Some(serde_json::json!({"type": "duration", "seconds": (duration_ms / 1000.0).ceil()})),
-                logprobs: None,
-            })));
+            let transcript = if spoken {
+                self.user_utterances += 1;
+                script::utterance_transcript(self.user_utterances, duration_ms)
+            } else {
+                String::new()
+            };
+            if self.pending_transcripts.len() >= MAX_PENDING_TRANSCRIPTS {
+                // Bounded: the oldest is delivered early rather than lost.
+                if let Some(oldest) = self.pending_transcripts.pop_front() {
+                    out.extend(self.transcription_events(oldest));
+                }
+            }
+            let pending =
+                PendingTranscript { due: now + self.cfg.transcription_delay, item_id, transcript, duration_ms };
+            if self.cfg.transcription_delay.is_zero() {
+                out.extend(self.transcription_events(pending));
+            } else {
+                self.pending_transcripts.push_back(pending);
+            }
         }
         out
     }
 
-    fn manual_commit(&mut self, client_event_id: Option<String>) -> Vec<Outgoing> {
+    /// `…input_audio_transcription.delta` per word then `.completed`, or `.failed` with
+    /// `--transcription-fails` (§4.4: failures are not `error` events).
+    fn transcription_events(&mut self, pending: PendingTranscript) -> Vec<Outgoing> {
+        let PendingTranscript { item_id, transcript, duration_ms, .. } = pending;
+        if self.cfg.transcription_fails {
+            return vec![Outgoing::Event(ServerEvent::InputAudioTranscriptionFailed(TranscriptionFailedEvent {
+                event_id: self.event_id(),
+                item_id,
+                content_index: 0,
+                error: ErrorDetail {
+                    kind: "transcription_error".to_owned(),
+                    code: Some("audio_unintelligible".to_owned()),
+                    message: "The audio could not be transcribed (simulated fault).".to_owned(),
+                    param: None,
+                    event_id: None,
+                },
+            }))];
+        }
+        let mut out = Vec::new();
+        for word in split_words(&transcript).into_iter().filter(|w| !w.is_empty()) {
+            out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionDelta(TranscriptionDeltaEvent {
+                event_id: self.event_id(),
+                item_id: item_id.clone(),
+                content_index: Some(0),
+                delta: Some(word),
+            })));
+        }
+        // The transcript becomes part of the stored item (`conversation.item.retrieved`).
+        if let Some(Item::Message(m)) = self.items.iter_mut().find(|i| i.id == item_id).map(|i| &mut i.item) {
+            for part in &mut m.content {
+                if let ContentPart::InputAudio { transcript: t, .. } = part {
+                    *t = Some(transcript.clone());
+                }
+            }
+        }
+        out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionCompleted(TranscriptionCompletedEvent {
+            event_id: self.event_id(),
+            item_id,
+            content_index: 0,
+            transcript,
+            usage: Some(serde_json::json!({"type": "duration", "seconds": (duration_ms / 1000.0).ceil()})),
+            logprobs: None,
+        })));
+        out
+    }
+
+    fn manual_commit(&mut self, now: Instant, client_event_id: Option<String>) -> Vec<Outgoing> {
         let rate = f64::from(self.input_format.sample_rate());
         let buffered_ms = self.buffer.len() as f64 * 1000.0 / rate;
         if buffered_ms < MIN_COMMIT_MS {
@@ -926,7 +1025,7 @@ impl SimSession {
         }
         self.buffer.clear();
         self.buffer_start_ms = self.appended_ms;
-        self.commit_user_item(item_id, buffered_ms)
+        self.commit_user_item(now, item_id, buffered_ms, true)
     }
 
     fn clear_buffer(&mut self) -> Vec<Outgoing> {
@@ -1021,7 +1120,8 @@ impl SimSession {
             Item::Other(_) => {}
         }
         let previous = insert_at.checked_sub(1).and_then(|i| self.items.get(i)).map(|i| i.id.clone());
-        self.items.insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None, phase: None });
+        self.items
+            .insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None, phase: None, input_ms: None });
         vec![
             Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
                 event_id: self.event_id(),
@@ -1158,8 +1258,14 @@ impl SimSession {
                 client_event_id,
             ))];
         }
-        let greeting = self.cfg.greeting;
-        self.start_response(now, vec![(ReplySource::Tone(greeting), None)], config)
+        let source = match self.last_text_item() {
+            Some(text) => {
+                let (tone, transcript) = script::text_answer(&text);
+                ReplySource::Said { tone, transcript }
+            }
+            None => ReplySource::Tone(self.cfg.greeting),
+        };
+        self.start_response(now, vec![(source, None)], config)
     }
 
     fn response_cancel(&mut self, response_id: Option<String>, client_event_id: Option<String>) -> Vec<Outgoing> {
@@ -1285,6 +1391,7 @@ impl SimSession {
                 outputs.push(Output::Speech(self.speech(source, format, text_only, phase)));
             }
         }
+        let input = self.context_tokens(config.as_ref());
         let conversation_id = match config.as_ref().and_then(|c| c.conversation.as_deref()) {
             Some("none") => None,
             _ => Some(self.conversation_id.clone()),
@@ -1301,6 +1408,7 @@ impl SimSession {
             sent_bytes_total: 0,
             started: now,
             done_items: Vec::new(),
+            input,
         });
         let response = self.response_object(ResponseStatus::InProgress, None, Vec::new(), None);
         let mut out = vec![
@@ -1318,6 +1426,44 @@ impl SimSession {
     /// A response that fails at once, without output items (`--fail-responses`, §4.3).
     fn start_failed_response(&mut self, now: Instant) -> Vec<Outgoing> {
         self.begin_response(now, Vec::new(), None, true)
+    }
+
+    /// What a response reads, in tokens (docs/simulator.md "Usage"): the preamble, the
+    /// instructions, the tools and every conversation item so far.
+    fn context_tokens(&self, config: Option<&ResponseConfig>) -> InputTokens {
+        let instructions =
+            config.and_then(|c| c.instructions.as_deref()).or(self.session.instructions.as_deref()).unwrap_or("");
+        let tools = config.and_then(|c| c.tools.as_ref()).or(self.session.tools.as_ref());
+        let tools_tokens = match tools {
+            Some(tools) if !tools.is_empty() => script::text_tokens(&serde_json::to_string(tools).unwrap_or_default()),
+            _ => 0,
+        };
+        let mut tokens =
+            InputTokens { text: script::PREAMBLE_TOKENS + script::text_tokens(instructions) + tools_tokens, audio: 0 };
+        for stored in &self.items {
+            let item = script::item_tokens(&stored.item, stored.audio_ms.or(stored.input_ms));
+            tokens.text += item.text;
+            tokens.audio += item.audio;
+        }
+        tokens
+    }
+
+    /// The text of the newest item when it is a user or system text message: a
+    /// `response.create` right after it gets the scripted answer to it.
+    fn last_text_item(&self) -> Option<String> {
+        let Item::Message(m) = &self.items.last()?.item else { return None };
+        if m.role == Role::Assistant {
+            return None;
+        }
+        let text: Vec<&str> = m
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::InputText { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        (!text.is_empty()).then(|| text.join(" "))
     }
 
     fn rate_limits_event(&mut self) -> ServerEvent {
@@ -1403,7 +1549,7 @@ impl SimSession {
         };
         let item_id = item.id().unwrap_or_default().to_owned();
         let audio_ms = (part.is_some() && !text_only).then_some(0.0);
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms, phase });
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms, phase, input_ms: None });
         let wire = wire_item(&item, phase);
         let mut out = vec![
             Outgoing::Event(ServerEvent::OutputItemAdded(OutputItemEvent {
@@ -1698,30 +1844,30 @@ impl SimSession {
             let playback_end = response.started + Duration::from_secs_f64(sent_ms / 1000.0);
             self.idle_deadline = Some(playback_end + Duration::from_millis(u64::from(idle_ms)));
         }
-        let output_words: u64 = response
-            .outputs
-            .iter()
-            .map(|o| match o {
-                Output::Speech(s) => s.words_sent as u64,
-                Output::FunctionCall(_) => 0,
-            })
-            .sum();
-        // Rough token accounting: ~20 audio tokens per second, one text token per word.
-        let audio_tokens = (sent_ms / 50.0).round() as u64;
-        let text_tokens = output_words;
-        let input_tokens = 100 + 20 * self.items.len() as u64;
-        let usage = Usage {
-            total_tokens: input_tokens + audio_tokens + text_tokens,
-            input_tokens,
-            output_tokens: audio_tokens + text_tokens,
-            input_token_details: Some(serde_json::json!({
-                "text_tokens": 100, "audio_tokens": input_tokens - 100, "image_tokens": 0,
-                "cached_tokens": 0,
-                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}
-            })),
-            output_token_details: Some(serde_json::json!({
-                "text_tokens": text_tokens, "audio_tokens": audio_tokens
-            })),
+        let usage = if status == ResponseStatus::Failed {
+            // Nothing was generated or billed.
+            script::usage(InputTokens::default(), 0, 0, 0)
+        } else {
+            let output_text: u64 = response
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| match o {
+                    Output::Speech(s) => script::text_tokens(&s.transcript_so_far()),
+                    Output::FunctionCall(f) if i < response.current => {
+                        script::text_tokens(&f.name) + script::text_tokens(&f.arguments)
+                    }
+                    Output::FunctionCall(_) => 0,
+                })
+                .sum();
+            let usage = script::usage(
+                response.input,
+                self.previous_input_tokens,
+                output_text,
+                script::output_audio_tokens(sent_ms),
+            );
+            self.previous_input_tokens = response.input.total();
+            usage
         };
         let details = match status {
             // §4.3: `failed` carries `error{type,code,message}`.
@@ -2908,5 +3054,172 @@ mod tests {
         ));
         assert_eq!((error.param.as_deref(), error.event_id.as_deref()), (Some("audio"), Some("n3")));
         assert!(!sim.is_closed());
+    }
+
+    fn enable_transcription(sim: &mut SimSession, now: Instant) {
+        let out = send(
+            sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{
+                "input":{"format":{"type":"audio/pcmu"},"transcription":{"model":"gpt-4o-mini-transcribe"}},
+                "output":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+    }
+
+    fn transcripts(out: &[Outgoing]) -> Vec<(String, String)> {
+        events(out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionCompleted(c) => Some((c.item_id.clone(), c.transcript.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn input_transcription_streams_deltas_then_completed_per_utterance() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        // Off by default: no transcription events.
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(transcripts(&out).is_empty());
+        enable_transcription(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let t = types(&out);
+        let done = t.iter().position(|t| t == "conversation.item.done").unwrap();
+        assert_eq!(t[done + 1], "conversation.item.input_audio_transcription.delta");
+        let completed = transcripts(&out);
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].1, "caller utterance 1 (1300 ms)");
+        let deltas: String = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionDelta(d) => d.delta.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, completed[0].1, "the deltas add up to the transcript");
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert_eq!(transcripts(&out)[0].1, "caller utterance 2 (1300 ms)");
+        // The stored user item carries its transcript.
+        let out = send(&mut sim, now, json!({"type":"conversation.item.retrieve","item_id":completed[0].0}));
+        let [ServerEvent::ConversationItemRetrieved(r)] = events(&out).as_slice() else { panic!("{out:?}") };
+        let Item::Message(m) = &r.item else { panic!() };
+        assert_eq!(
+            m.content,
+            [ContentPart::InputAudio { audio: None, transcript: Some("caller utterance 1 (1300 ms)".into()) }]
+        );
+    }
+
+    #[test]
+    fn delayed_transcription_arrives_after_response_done() {
+        let t0 = Instant::now();
+        let cfg = SimConfig { transcription_delay: Duration::from_millis(800), ..cfg(0.0) };
+        let mut sim = open(cfg, t0);
+        enable_transcription(&mut sim, t0);
+        let out = append_pcmu(&mut sim, t0, &turn());
+        assert!(types(&out).contains(&"response.done".to_owned()));
+        assert!(transcripts(&out).is_empty());
+        assert_eq!(sim.next_deadline(), t0 + Duration::from_millis(800));
+        assert!(sim.poll(t0 + Duration::from_millis(799)).is_empty());
+        let out = sim.poll(t0 + Duration::from_millis(800));
+        assert_eq!(transcripts(&out)[0].1, "caller utterance 1 (1300 ms)");
+    }
+
+    #[test]
+    fn transcription_fails_with_the_failed_event_not_an_error() {
+        let now = Instant::now();
+        let mut sim = open(SimConfig { transcription_fails: true, ..cfg(0.0) }, now);
+        enable_transcription(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let failed: Vec<&TranscriptionFailedEvent> = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionFailed(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.kind, "transcription_error");
+        assert!(!types(&out).contains(&"error".to_owned()));
+        assert!(transcripts(&out).is_empty());
+    }
+
+    #[test]
+    fn a_text_item_then_response_create_gets_the_key_tone() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        configure_pcmu(&mut sim, now);
+        for (text, hz, said) in [
+            ("The caller pressed 5.", 1000.0, "You pressed 5."),
+            ("The caller pressed #.", 1600.0, "You pressed #."),
+            ("Hello there.", 440.0, "I got your message."),
+        ] {
+            send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.create","item":{"type":"message","role":"user",
+                    "content":[{"type":"input_text","text":text}]}}),
+            );
+            let out = send(&mut sim, now, json!({"type":"response.create"}));
+            let audio: Vec<u8> = events(&out)
+                .iter()
+                .filter_map(|e| match e {
+                    ServerEvent::OutputAudioDelta(d) => Some(d.delta.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(audio, audio::encode(AudioFormat::Pcmu, &audio::sine(hz, 8000, 600, 0.5)), "{text}");
+            let transcript = events(&out)
+                .into_iter()
+                .find_map(|e| match e {
+                    ServerEvent::OutputAudioTranscriptDone(d) => Some(d.transcript.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(transcript, said);
+        }
+        // Without a text item last, response.create is the greeting again.
+        let out = send(&mut sim, now, json!({"type":"response.create"}));
+        let bytes: usize = events(&out)
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(d.delta.len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(bytes, 8000, "the 1000 ms greeting");
+    }
+
+    #[test]
+    fn usage_follows_the_documented_formula_and_caches_later_turns() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let instructions = "Be brief.";
+        send(&mut sim, now, json!({"type":"session.update","session":{"type":"realtime","instructions":instructions}}));
+        let first = done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage.unwrap();
+        let greeting_text = script::text_tokens("Hello! Thanks for calling. How can I help you today?");
+        let input_text = script::PREAMBLE_TOKENS + script::text_tokens(instructions);
+        assert_eq!(first.input_tokens, input_text);
+        assert_eq!(first.output_tokens, greeting_text + 20, "1000 ms of audio is 20 tokens");
+        assert_eq!(first.total_tokens, first.input_tokens + first.output_tokens);
+        assert_eq!(first.input_token_details.as_ref().unwrap()["cached_tokens"], 0);
+        let second = done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage.unwrap();
+        // The greeting item is now context: 20 audio tokens.
+        assert_eq!(second.input_tokens, input_text + 20);
+        let details = second.input_token_details.unwrap();
+        assert_eq!(details["audio_tokens"], 20);
+        assert_eq!(details["cached_tokens"], first.input_tokens / 64 * 64);
+        assert!(details["cached_tokens"].as_u64().unwrap() > 0);
+        // Same inputs, same numbers.
+        let again = || {
+            let mut sim = open(cfg(0.0), now);
+            send(&mut sim, now, json!({"type":"response.create"}));
+            done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage
+        };
+        assert_eq!(again(), again());
     }
 }

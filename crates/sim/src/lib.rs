@@ -10,6 +10,7 @@ mod config;
 mod control;
 mod core;
 mod schema;
+mod script;
 mod server;
 mod vad;
 

@@ -80,6 +80,13 @@ struct Args {
     /// before its response.done.
     #[arg(long, value_name = "N", default_value_t = 0)]
     late_deltas: u32,
+    /// Input transcriptions (when the session enables audio.input.transcription) arrive this
+    /// long after their user item is committed; 0 = right after it.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    transcription_delay_ms: u64,
+    /// Input transcriptions end conversation.item.input_audio_transcription.failed.
+    #[arg(long)]
+    transcription_fails: bool,
 }
 
 fn parse_format(text: &str) -> Result<AudioFormat, String> {
@@ -119,6 +126,8 @@ async fn main() -> std::io::Result<()> {
         },
         phases: args.phases,
         late_deltas: args.late_deltas,
+        transcription_delay: Duration::from_millis(args.transcription_delay_ms),
+        transcription_fails: args.transcription_fails,
     };
     let sim = Simulator::start(cfg, args.listen).await?;
     println!("{}", sim.url());
