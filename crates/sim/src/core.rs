@@ -1258,6 +1258,30 @@ impl SimSession {
                 client_event_id,
             ))];
         }
+        // §3.2 `input` replaces the context: a function_call_output in it needs its
+        // function_call in it too (community report, reference §5.5).
+        if let Some(input) = config.as_ref().and_then(|c| c.input.as_ref()) {
+            let mut calls: Vec<&str> = Vec::new();
+            for (i, entry) in input.iter().enumerate() {
+                match entry.get("type").and_then(Value::as_str) {
+                    Some("function_call") => calls.extend(entry.get("call_id").and_then(Value::as_str)),
+                    Some("function_call_output") => {
+                        let call_id = entry.get("call_id").and_then(Value::as_str).unwrap_or_default();
+                        if !calls.contains(&call_id) {
+                            let id = self.event_id();
+                            return vec![Outgoing::Event(error_event(
+                                id,
+                                "invalid_value",
+                                &format!("Tool call ID '{call_id}' not found in conversation."),
+                                Some(&format!("response.input[{i}].call_id")),
+                                client_event_id,
+                            ))];
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
         let source = match self.last_text_item() {
             Some(text) => {
                 let (tone, transcript) = script::text_answer(&text);
@@ -3221,5 +3245,59 @@ mod tests {
             done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage
         };
         assert_eq!(again(), again());
+    }
+
+    #[test]
+    fn a_function_call_output_in_response_input_needs_its_call_there() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"response.create","event_id":"r1","response":{"input":[
+                {"type":"function_call_output","call_id":"call_9","output":"{}"}]}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("response.input[0].call_id"));
+        assert_eq!(error.event_id.as_deref(), Some("r1"));
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"response.create","response":{"input":[
+                {"type":"function_call","name":"f","arguments":"{}","call_id":"call_9"},
+                {"type":"function_call_output","call_id":"call_9","output":"{}"}]}}),
+        );
+        assert_eq!(types(&out)[0], "response.created");
+    }
+
+    #[test]
+    fn the_idle_prompt_repeats_while_the_caller_stays_silent() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"input":{
+                "format":{"type":"audio/pcmu"},"turn_detection":{"type":"server_vad","idle_timeout_ms":5000}}}}}),
+        );
+        // No response yet: no idle clock.
+        assert!(run_until_quiet(&mut sim, t0, Duration::from_secs(20)).is_empty());
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        let mut prompts = Vec::new();
+        for _ in 0..3 {
+            let now = sim.next_deadline();
+            let out = sim.poll(now);
+            assert!(types(&out).contains(&"input_audio_buffer.timeout_triggered".to_owned()), "{:?}", types(&out));
+            let transcript = events(&out)
+                .into_iter()
+                .find_map(|e| match e {
+                    ServerEvent::OutputAudioTranscriptDone(d) => Some(d.transcript.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(transcript, "Are you still there?");
+            prompts.push(now.duration_since(t0));
+        }
+        // Greeting 1 s + 5 s; then each 1 s prompt + 5 s.
+        assert_eq!(prompts, [Duration::from_secs(6), Duration::from_secs(12), Duration::from_secs(18)]);
     }
 }
