@@ -22,6 +22,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
+use super::core::meter::Prices;
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output};
 use super::end::CallEnd;
 use super::{Established, OpenSession, session};
@@ -95,6 +96,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 model_input: confirmed.input,
                 model_output: confirmed.output,
                 stream: StreamStart::random(),
+                jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
             };
             let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
             let media_loop = MediaLoop {
@@ -107,6 +109,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 dialog: &mut dialog,
                 shutdown: state.shutdown.subscribe(),
                 hangup,
+                prices: realtime_cfg.prices(),
             };
             media_loop.run().await
         }
@@ -164,6 +167,8 @@ struct MediaLoop<'a> {
     dialog: &'a mut Dialog,
     shutdown: watch::Receiver<bool>,
     hangup: watch::Receiver<bool>,
+    /// For the estimated cost in the end-of-call line.
+    prices: Prices,
 }
 
 impl MediaLoop<'_> {
@@ -276,8 +281,44 @@ impl MediaLoop<'_> {
         }
     }
 
+    /// The end-of-call line: one `info!` with every figure of the call (docs/media.md).
     fn log_stats(&self) {
         let stats = self.core.lock().stats();
+        let rtp = stats.rtp;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let turn_ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+        let tokens = stats.tokens;
+        info!(
+            rtp_packets = rtp.packets,
+            rtp_lost = rtp.lost,
+            rtp_late = rtp.late,
+            rtp_duplicates = rtp.duplicates,
+            rtp_reordered = rtp.reordered,
+            rtp_stream_changes = rtp.stream_changes,
+            rtp_concealed = rtp.concealed,
+            jitter_ms = format_args!("{:.1}", ms(rtp.jitter)),
+            jitter_max_ms = format_args!("{:.1}", ms(rtp.jitter_max)),
+            buffer_delay_p50_ms = rtp.buffer_delay_p50.as_millis() as u64,
+            buffer_delay_p95_ms = rtp.buffer_delay_p95.as_millis() as u64,
+            rtp_ignored = stats.latch.ignored,
+            rtp_sources_learned = stats.latch.learned,
+            barge_ins = stats.barge_ins,
+            agent_frames_dropped = stats.agent_frames_dropped,
+            appends_dropped = self.writer.dropped_appends,
+            dtmf_events = stats.dtmf_events,
+            taps_dropped = stats.taps_dropped,
+            turns = stats.turns,
+            turn_latency_p50_ms = turn_ms(stats.turn_latency_p50),
+            turn_latency_p95_ms = turn_ms(stats.turn_latency_p95),
+            responses = tokens.responses,
+            tokens_input_text = tokens.input_text,
+            tokens_input_audio = tokens.input_audio,
+            tokens_input_cached = tokens.input_cached,
+            tokens_output_text = tokens.output_text,
+            tokens_output_audio = tokens.output_audio,
+            cost_usd = format_args!("{:.6}", tokens.cost(&self.prices)),
+            "call stats"
+        );
         if stats.latch.ignored > 0 {
             // Once per call, not per packet: an attacked call must not flood the log.
             info!(
