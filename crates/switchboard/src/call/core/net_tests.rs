@@ -1,0 +1,350 @@
+//! The call core's inbound path on a bad network ([`super::netem`]), on a virtual clock: what
+//! the model is given (one append per released packet, concealment included), the per-call RTP
+//! stats, SSRC changes, and the meter's turn latency and token sums.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use switchboard_media::Codec;
+use switchboard_media::framing::ModelAudio;
+use switchboard_media::latch::LatchConfig;
+use switchboard_media::opus_codec::OpusEncoderSettings;
+use switchboard_media::rtp::{self, RtpHeader, StreamStart};
+use switchboard_realtime::events::{AudioFormat, ClientEvent, ServerEvent};
+
+use super::netem::{Netem, NetemConfig};
+use super::*;
+
+const PTIME: Duration = Duration::from_millis(20);
+const CALLER_SSRC: u32 = 0xCA11_E400;
+
+fn caller_addr() -> SocketAddr {
+    "192.0.2.10:40000".parse().unwrap()
+}
+
+fn core_config() -> CoreConfig {
+    CoreConfig {
+        rtp_timeout: Duration::from_secs(10),
+        ping_interval: Duration::from_secs(3600),
+        watchdog: Duration::from_secs(7200),
+        max_queued_audio: Duration::from_secs(60),
+        greeting: None,
+        apology: None,
+        apology_min_interval: Duration::from_secs(30),
+        model_output: AudioFormat::Pcmu,
+        taps: false,
+    }
+}
+
+fn leg_config() -> LegConfig {
+    LegConfig {
+        codec: Codec::Pcmu,
+        payload_type: 0,
+        telephone_event: None,
+        remote: caller_addr(),
+        may_send: true,
+        ptime: PTIME,
+        strict_rtp: LatchConfig::default(),
+        reorder_wait: Duration::from_millis(20),
+        opus: OpusEncoderSettings::default(),
+        model_input: ModelAudio::G711Passthrough,
+        model_output: ModelAudio::G711Passthrough,
+        stream: StreamStart { ssrc: 0x1234_5678, sequence: 100, timestamp: 1000 },
+        jitter_max: Duration::from_millis(120),
+    }
+}
+
+/// A caller packet whose 160 payload bytes all carry `index % 250 + 1` (never 0xFF, PCMU
+/// silence), so every append names the packet it came from.
+fn caller_packet(ssrc: u32, sequence: u16, timestamp: u32, index: u64) -> Vec<u8> {
+    let header = RtpHeader { payload_type: 0, marker: false, sequence, timestamp, ssrc };
+    let mut packet = Vec::new();
+    rtp::write_rtp(&mut packet, &header, &[(index % 250 + 1) as u8; 160]);
+    packet
+}
+
+fn index_byte(index: u64) -> u8 {
+    (index % 250 + 1) as u8
+}
+
+/// The core fed by a list of arrivals, timers run in between as the shell would.
+struct Bench {
+    core: CallCore,
+    start: Instant,
+    /// (when, audio) of every `input_audio_buffer.append`.
+    appends: Vec<(Instant, Vec<u8>)>,
+    sent_agent_packets: Vec<Instant>,
+}
+
+impl Bench {
+    fn new(start: Instant) -> Bench {
+        let mut core = CallCore::new(start, core_config(), leg_config());
+        core.handle_dialog(start, DialogInput::Confirmed);
+        Bench { core, start, appends: Vec::new(), sent_agent_packets: Vec::new() }
+    }
+
+    fn drain(&mut self, now: Instant) {
+        while let Some(t) = self.core.poll_transmit() {
+            let (_, payload) = rtp::parse_rtp(&t.packet).unwrap();
+            if payload.iter().any(|&b| b != 0xFF) {
+                self.sent_agent_packets.push(now);
+            }
+        }
+        while let Some(output) = self.core.poll_output() {
+            if let Output::Realtime(event) = output
+                && let ClientEvent::InputAudioBufferAppend { audio, .. } = *event
+            {
+                self.appends.push((now, audio));
+            }
+        }
+    }
+
+    fn advance_to(&mut self, until: Instant) {
+        while let Some(due) = self.core.poll_timeout() {
+            if due > until {
+                break;
+            }
+            self.core.handle_timeout(due);
+            self.drain(due);
+        }
+    }
+
+    fn deliver(&mut self, arrivals: Vec<(Instant, Vec<u8>)>) {
+        for (at, packet) in arrivals {
+            self.advance_to(at);
+            self.core.handle_rtp(at, CALLER, caller_addr(), &packet);
+            self.drain(at);
+        }
+    }
+
+    /// Runs the timers long after the last packet: whatever waits is released.
+    fn settle(&mut self) {
+        let end = self.appends.last().map_or(self.start, |(at, _)| *at) + Duration::from_secs(1);
+        self.advance_to(end);
+    }
+
+    fn realtime(&mut self, now: Instant, event: serde_json::Value) {
+        self.advance_to(now);
+        self.core.handle_realtime(now, ServerEvent::from_json(&event.to_string()).unwrap());
+        self.drain(now);
+    }
+}
+
+/// `count` packets of one stream sent every 20 ms from `first_sequence`.
+fn stream(start: Instant, ssrc: u32, first_sequence: u16, first_index: u64, count: u64) -> Vec<(Instant, Vec<u8>)> {
+    (0..count)
+        .map(|i| {
+            let index = first_index + i;
+            let sequence = first_sequence.wrapping_add(i as u16);
+            let timestamp = 7_000u32.wrapping_add((i as u32) * 160);
+            (start + PTIME * index as u32, caller_packet(ssrc, sequence, timestamp, index))
+        })
+        .collect()
+}
+
+/// The invariants of the inbound path whatever the network did, checked on the appends:
+/// every append ends with the packet it was made for, after one 160-byte stand-in per packet
+/// lost just before it; packets come in sending order, none twice; nothing is unaccounted for.
+fn check_appends(bench: &Bench, sent: u64) -> (u64, u64) {
+    let mut next_index: Option<u64> = None;
+    let mut delivered = 0u64;
+    let mut concealed = 0u64;
+    for (_, audio) in &bench.appends {
+        assert_eq!(audio.len() % 160, 0);
+        let packets = audio.len() as u64 / 160;
+        let own = &audio[audio.len() - 160..];
+        let marker = own[0];
+        assert!(own.iter().all(|&b| b == marker), "one packet's own audio last");
+        let index = match next_index {
+            // The packet after `packets - 1` lost ones: in order, none twice, the gap is the loss.
+            Some(next) => {
+                assert_eq!(marker, index_byte(next + packets - 1));
+                next + packets - 1
+            }
+            // The stream starts with the first packet to arrive.
+            None => {
+                assert_eq!(packets, 1);
+                (0..sent).find(|&i| index_byte(i) == marker).unwrap()
+            }
+        };
+        next_index = Some(index + 1);
+        delivered += 1;
+        concealed += packets - 1;
+    }
+    (delivered, concealed)
+}
+
+fn run_network(config: NetemConfig, seed: u64, count: u64) -> (Bench, Netem) {
+    let start = Instant::now();
+    let mut bench = Bench::new(start);
+    let mut netem = Netem::new(config, seed);
+    let arrivals = netem.run(stream(start, CALLER_SSRC, 65_000, 0, count));
+    bench.deliver(arrivals);
+    bench.settle();
+    (bench, netem)
+}
+
+#[test]
+fn loss_jitter_reordering_and_duplicates_keep_the_models_timeline_whole() {
+    let config = NetemConfig {
+        loss: 0.05,
+        jitter: Duration::from_millis(60),
+        reorder: 0.02,
+        reorder_gap: Duration::from_millis(50),
+        duplicate: 0.02,
+        ..NetemConfig::default()
+    };
+    for seed in [1, 2, 3] {
+        let count = 3000; // one minute, across the sequence wrap (65 000 + 3 000)
+        let (bench, netem) = run_network(config, seed, count);
+        let (delivered, concealed) = check_appends(&bench, count);
+        let stats = bench.core.stats().rtp;
+        eprintln!("seed {seed}: {stats:?}, network dropped {} duplicated {}", netem.dropped, netem.duplicated);
+        assert_eq!(stats.packets, delivered, "{stats:?}");
+        assert_eq!(stats.concealed, concealed, "every lost packet is concealed once");
+        assert_eq!(stats.lost, concealed, "no gap beyond the concealment cap here");
+        assert_eq!(stats.stream_changes, 0, "the wrap is not a new stream");
+        // Nothing unaccounted for: each packet sent is delivered or lost (a first packet or
+        // two may be overtaken before the stream starts: those are late, never delivered).
+        assert!(delivered + stats.lost <= count && delivered + stats.lost + 6 >= count, "{stats:?}");
+        assert!(stats.lost >= netem.dropped, "what the network dropped is lost: {stats:?}");
+        assert!(stats.duplicates > 0 && stats.late > 0 && stats.reordered > 0, "{stats:?}");
+        assert_eq!(stats.duplicates + stats.late + delivered, netem.duplicated + count - netem.dropped);
+        // The bound: 60 ms of jitter adds less than 80 ms at p95.
+        assert!(stats.buffer_delay_p95 < Duration::from_millis(80), "{stats:?}");
+        assert!(stats.jitter > Duration::from_millis(5) && stats.jitter_max >= stats.jitter, "{stats:?}");
+        // The timeline the model gets is as long as the stream (to the last packet received).
+        let appended: usize = bench.appends.iter().map(|(_, a)| a.len()).sum();
+        assert_eq!(appended as u64, (delivered + concealed) * 160);
+    }
+}
+
+#[test]
+fn gilbert_elliott_burst_loss_is_concealed_packet_for_packet() {
+    let config =
+        NetemConfig { burst_enter: 0.02, burst_exit: 0.3, jitter: Duration::from_millis(20), ..NetemConfig::default() };
+    let (bench, netem) = run_network(config, 42, 3000);
+    let (_, concealed) = check_appends(&bench, 3000);
+    let stats = bench.core.stats().rtp;
+    assert!(netem.dropped > 50, "{}", netem.dropped);
+    assert_eq!(stats.lost, netem.dropped);
+    assert_eq!(stats.concealed, concealed);
+    assert_eq!(stats.concealed, stats.lost);
+}
+
+#[test]
+fn a_clean_network_adds_no_delay_and_counts_nothing() {
+    let (bench, _) = run_network(NetemConfig { delay: Duration::from_millis(30), ..NetemConfig::default() }, 1, 500);
+    let stats = bench.core.stats().rtp;
+    assert_eq!((stats.packets, stats.lost, stats.late, stats.duplicates, stats.concealed), (500, 0, 0, 0, 0));
+    assert_eq!(stats.buffer_delay_p95, Duration::ZERO);
+    assert_eq!(stats.jitter, Duration::ZERO);
+    // Each packet is appended the instant it arrives.
+    assert_eq!(bench.appends.len(), 500);
+    for (i, (at, _)) in bench.appends.iter().enumerate() {
+        assert_eq!(*at, bench.start + PTIME * i as u32 + Duration::from_millis(30));
+    }
+}
+
+#[test]
+fn a_new_ssrc_mid_call_re_syncs_at_once_without_loss_or_glitch() {
+    let start = Instant::now();
+    let mut bench = Bench::new(start);
+    let mut arrivals = stream(start, CALLER_SSRC, 30_000, 0, 100);
+    // The SBC fails over: the same address, a new SSRC, an unrelated sequence and timestamp.
+    let failover: Vec<_> = stream(start, 0x5BC0_0002, 5, 100, 100)
+        .into_iter()
+        .map(|(at, mut packet)| {
+            let timestamp = 0x8000_0000u32 + u32::from_be_bytes(packet[4..8].try_into().unwrap());
+            packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
+            (at, packet)
+        })
+        .collect();
+    arrivals.extend(failover);
+    bench.deliver(arrivals);
+    bench.settle();
+    let (delivered, concealed) = check_appends(&bench, 200);
+    assert_eq!((delivered, concealed), (200, 0));
+    let stats = bench.core.stats().rtp;
+    assert_eq!((stats.lost, stats.stream_changes, stats.late), (0, 1, 0));
+    // The first packet of the new stream is appended the instant it arrives.
+    assert_eq!(bench.appends[100].0, start + PTIME * 100);
+}
+
+#[test]
+fn a_timestamp_jump_is_not_loss() {
+    let start = Instant::now();
+    let mut bench = Bench::new(start);
+    let arrivals: Vec<_> = stream(start, CALLER_SSRC, 65_500, 0, 100)
+        .into_iter()
+        .enumerate()
+        .map(|(i, (at, mut packet))| {
+            if i >= 50 {
+                // Silence suppression ended: the timestamp moved on by a minute, the sequence did not.
+                let timestamp = u32::from_be_bytes(packet[4..8].try_into().unwrap()).wrapping_add(480_000);
+                packet[4..8].copy_from_slice(&timestamp.to_be_bytes());
+            }
+            (at, packet)
+        })
+        .collect();
+    bench.deliver(arrivals);
+    bench.settle();
+    let stats = bench.core.stats().rtp;
+    assert_eq!((stats.packets, stats.lost, stats.concealed, stats.stream_changes), (100, 0, 0, 0));
+    assert_eq!(stats.jitter, Duration::ZERO);
+}
+
+#[test]
+fn the_meter_measures_a_turn_on_the_rtp_clock_and_sums_usage() {
+    let start = Instant::now();
+    let mut bench = Bench::new(start);
+    // One second of caller speech: 50 packets, each appended the instant it arrives.
+    bench.deliver(stream(start, CALLER_SSRC, 1, 0, 50));
+    let at = |ms: u64| start + Duration::from_millis(ms);
+    // The model's VAD: speech ended 700 ms into the input; it says so at 1.3 s.
+    bench.realtime(
+        at(1300),
+        json!({"type":"input_audio_buffer.speech_stopped","event_id":"e","audio_end_ms":700,"item_id":"u1"}),
+    );
+    bench.realtime(
+        at(1400),
+        json!({"type":"response.created","event_id":"e","response":{"id":"r1","status":"in_progress","output":[]}}),
+    );
+    let audio = base64_of(&[0x11; 1600]);
+    bench.realtime(
+        at(1500),
+        json!({"type":"response.output_audio.delta","event_id":"e","response_id":"r1","item_id":"a1",
+            "output_index":0,"content_index":0,"delta":audio}),
+    );
+    bench.advance_to(at(2000));
+    let usage = json!({"total_tokens":253,"input_tokens":132,"output_tokens":121,
+        "input_token_details":{"text_tokens":119,"audio_tokens":13,"cached_tokens":64},
+        "output_token_details":{"text_tokens":30,"audio_tokens":91}});
+    for id in ["r1", "r2"] {
+        bench.realtime(
+            at(2000),
+            json!({"type":"response.done","event_id":"e","response":{"id":id,"status":"completed","output":[],"usage":usage}}),
+        );
+    }
+    let stats = bench.core.stats();
+    assert_eq!(stats.turns, 1);
+    // Speech end: the packet holding input 680..700 ms arrived at 680 ms (it was appended at
+    // once); the first agent packet left at the first pacer slot at or after the delta.
+    let first_agent_packet = bench.sent_agent_packets[0];
+    assert!(first_agent_packet >= at(1500) && first_agent_packet <= at(1520));
+    assert_eq!(stats.turn_latency_p50, Some(first_agent_packet - at(680)));
+    assert_eq!(stats.tokens.input_text, 238);
+    assert_eq!(stats.tokens.output_audio, 182);
+    assert_eq!(stats.tokens.input_cached, 128);
+    assert_eq!(stats.tokens.responses, 2);
+}
+
+/// Base64 as the wire has it (an append's encoding).
+fn base64_of(bytes: &[u8]) -> String {
+    let json: serde_json::Value =
+        serde_json::from_str(&ClientEvent::append(bytes.to_vec()).to_json().unwrap()).unwrap();
+    json["audio"].as_str().unwrap().to_owned()
+}
