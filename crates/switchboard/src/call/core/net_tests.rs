@@ -27,7 +27,7 @@ fn caller_addr() -> SocketAddr {
 
 fn core_config() -> CoreConfig {
     CoreConfig {
-        rtp_timeout: Duration::from_secs(10),
+        rtp_timeout: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(3600),
         watchdog: Duration::from_secs(7200),
         max_queued_audio: Duration::from_secs(60),
@@ -347,4 +347,160 @@ fn base64_of(bytes: &[u8]) -> String {
     let json: serde_json::Value =
         serde_json::from_str(&ClientEvent::append(bytes.to_vec()).to_json().unwrap()).unwrap();
     json["audio"].as_str().unwrap().to_owned()
+}
+
+// ---- outbound pacing invariants ----
+
+/// One packet the core sent, with the virtual time it left.
+struct SentPacket {
+    at: Instant,
+    header: RtpHeader,
+    payload: Vec<u8>,
+}
+
+/// The model's burst patterns, each a list of (seconds after the response starts, delta bytes).
+fn burst_pattern(kind: u64, rng: &mut super::netem::Rng, audio_bytes: usize) -> Vec<(f64, usize)> {
+    let mut deltas = Vec::new();
+    let mut left = audio_bytes;
+    let mut at = 0.0;
+    while left > 0 {
+        let size = match kind {
+            // 10x real time in deltas of 100..300 ms.
+            0 => 800 + (rng.next_u64() % 1600) as usize,
+            // One huge delta.
+            1 => left,
+            // Many tiny ones (1..8 bytes), slower than real time in places.
+            2 => 1 + (rng.next_u64() % 8) as usize,
+            // Medium deltas with long gaps (up to 2 s) between them.
+            _ => 100 + (rng.next_u64() % 3000) as usize,
+        }
+        .min(left);
+        deltas.push((at, size));
+        left -= size;
+        at += match kind {
+            0 => size as f64 / 8000.0 / 10.0,
+            1 => 0.0,
+            2 => (rng.next_u64() % 3) as f64 / 1000.0,
+            _ => (rng.next_u64() % 2000) as f64 / 1000.0,
+        };
+    }
+    deltas
+}
+
+/// Property: whatever the model's burst pattern and however late (within the catch-up bound)
+/// the media clock runs, the caller gets one packet per ptime slot with continuous sequence
+/// numbers and timestamps, the marker bit exactly on the first audio packet after silence,
+/// silence (not a clock shift) on underrun, and every byte of the model's audio in order.
+#[test]
+fn property_any_burst_pattern_is_paced_one_packet_per_ptime_with_continuous_numbering() {
+    for seed in 1..=12u64 {
+        let mut rng = super::netem::Rng::new(seed);
+        let start = Instant::now();
+        let mut core = CallCore::new(start, core_config(), leg_config());
+        core.handle_dialog(start, DialogInput::Confirmed);
+        // One caller packet so the latch knows where to send.
+        core.handle_rtp(start, CALLER, caller_addr(), &caller_packet(CALLER_SSRC, 1, 0, 0));
+        while core.poll_output().is_some() {}
+        // Four responses, each with a random pattern, a marker byte and 0.5..4 s of audio.
+        let mut events: Vec<(f64, ServerEvent)> = Vec::new();
+        let mut expected_audio = Vec::new();
+        let mut response_start = 0.5;
+        for response in 0..4u8 {
+            let kind = rng.next_u64() % 4;
+            let audio_bytes = 4000 + (rng.next_u64() % 28_000) as usize;
+            let byte = 0x20 + response;
+            let id = format!("r{response}");
+            let item = format!("i{response}");
+            events.push((
+                response_start,
+                server(json!({"type":"response.created","event_id":"e",
+                "response":{"id":id,"status":"in_progress","output":[]}})),
+            ));
+            let mut last = response_start;
+            for (offset, size) in burst_pattern(kind, &mut rng, audio_bytes) {
+                last = response_start + offset;
+                events.push((
+                    last,
+                    server(json!({"type":"response.output_audio.delta","event_id":"e",
+                    "response_id":id,"item_id":item,"output_index":0,"content_index":0,
+                    "delta":base64_of(&vec![byte; size])})),
+                ));
+            }
+            events.push((
+                last,
+                server(json!({"type":"response.output_audio.done","event_id":"e",
+                "response_id":id,"item_id":item,"output_index":0,"content_index":0})),
+            ));
+            events.push((
+                last,
+                server(json!({"type":"response.done","event_id":"e",
+                "response":{"id":id,"status":"completed","output":[]}})),
+            ));
+            expected_audio.extend(std::iter::repeat_n(byte, audio_bytes));
+            // The next response starts after this one has played, plus a random pause.
+            response_start +=
+                (audio_bytes as f64 / 8000.0).max(last - response_start) + (rng.next_u64() % 1500) as f64 / 1000.0;
+        }
+        let end = start + Duration::from_secs_f64(response_start + 1.0);
+        let mut sent: Vec<SentPacket> = Vec::new();
+        let run_until =
+            |core: &mut CallCore, until: Instant, rng: &mut super::netem::Rng, sent: &mut Vec<SentPacket>| {
+                while let Some(due) = core.poll_media_timeout() {
+                    if due > until {
+                        break;
+                    }
+                    // The media clock wakes up to 30 ms late (within the catch-up bound).
+                    let late = Duration::from_micros(rng.next_u64() % 30_000);
+                    let now = due + late;
+                    core.handle_timeout(now);
+                    while let Some(t) = core.poll_transmit() {
+                        let (header, payload) = rtp::parse_rtp(&t.packet).unwrap();
+                        sent.push(SentPacket { at: now, header, payload: payload.to_vec() });
+                    }
+                    while core.poll_output().is_some() {}
+                }
+            };
+        for (at, event) in events {
+            let now = start + Duration::from_secs_f64(at);
+            run_until(&mut core, now, &mut rng, &mut sent);
+            core.handle_realtime(now, event);
+            while core.poll_output().is_some() {}
+        }
+        run_until(&mut core, end, &mut rng, &mut sent);
+
+        // One packet per slot: packet n belongs to slot n, never sent before it nor after the
+        // wake-up that was due at it.
+        let last_wake = sent.last().unwrap().at;
+        let slots_due = ((last_wake - start).as_micros() / 20_000) as usize + 1;
+        assert_eq!(sent.len(), slots_due, "seed {seed}: every slot due by the last wake-up, once");
+        assert!(last_wake + Duration::from_millis(20) >= end, "seed {seed}: the call ran to the end");
+        for (n, packet) in sent.iter().enumerate() {
+            let slot = start + PTIME * n as u32;
+            assert!(packet.at >= slot && packet.at < slot + Duration::from_millis(31), "seed {seed}: packet {n}");
+        }
+        let mut previous_was_audio = false;
+        let mut audio: Vec<u8> = Vec::new();
+        for pair in sent.windows(2) {
+            assert_eq!(pair[1].header.sequence, pair[0].header.sequence.wrapping_add(1), "seed {seed}");
+            assert_eq!(pair[1].header.timestamp, pair[0].header.timestamp.wrapping_add(160), "seed {seed}");
+            assert_eq!(pair[1].header.ssrc, pair[0].header.ssrc);
+        }
+        for packet in &sent {
+            assert_eq!(packet.payload.len(), 160);
+            let is_audio = packet.payload.iter().any(|&b| b != 0xFF);
+            assert_eq!(
+                packet.header.marker,
+                is_audio && !previous_was_audio,
+                "seed {seed}: marker at talkspurt starts only"
+            );
+            previous_was_audio = is_audio;
+            audio.extend(packet.payload.iter().copied().filter(|&b| b != 0xFF));
+        }
+        assert_eq!(audio.len(), expected_audio.len(), "seed {seed}: every byte of the model's audio is played");
+        assert!(audio == expected_audio, "seed {seed}: in order");
+    }
+}
+
+fn server(value: serde_json::Value) -> ServerEvent {
+    ServerEvent::from_json(&value.to_string()).unwrap()
 }
