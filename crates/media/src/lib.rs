@@ -1,4 +1,4 @@
-//! Media plane building blocks for the gateway: RTP packets, G.711, G.722, Opus, an inbound adaptive jitter buffer,
+//! Media plane building blocks for the gateway: RTP and RTCP packets, G.711, G.722, Opus, an inbound adaptive jitter buffer,
 //! an outbound pacer, a polyphase resampler, the adaptation between RTP frames and the model's
 //! audio format, and signal helpers for tests and the simulator.
 //!
@@ -20,6 +20,7 @@ pub mod latch;
 pub mod opus_codec;
 pub mod pacer;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod signal;
 
