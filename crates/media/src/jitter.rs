@@ -306,8 +306,7 @@ impl JitterBuffer {
         source.expected_prior = expected;
         source.received_prior = source.received;
         let lost_interval = expected_interval.saturating_sub(received_interval);
-        let fraction_lost =
-            if expected_interval == 0 { 0 } else { ((lost_interval << 8) / expected_interval).min(255) };
+        let fraction_lost = (lost_interval << 8).checked_div(expected_interval).unwrap_or(0).min(255);
         let cumulative = i64::try_from(expected).unwrap_or(i64::MAX) - i64::try_from(source.received).unwrap_or(0);
         // 24-bit signed field (RFC 3550 §6.4.1): clamp rather than wrap.
         let cumulative_lost = cumulative.clamp(-0x80_0000, 0x7F_FFFF) as i32;

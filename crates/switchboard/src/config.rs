@@ -87,6 +87,8 @@ pub struct MediaConfig {
     /// The jitter buffer's longest wait for a missing packet, whatever the measured jitter
     /// (`reorder_wait_ms` is the shortest).
     pub jitter_max_ms: u64,
+    /// Mean interval of our RTCP reports (RFC 3550 §6.2), sent from the RTP port + 1; 0: none.
+    pub rtcp_interval_secs: u64,
 }
 
 impl RealtimeConfig {
@@ -339,6 +341,7 @@ impl Default for MediaConfig {
             rtp_signalled_priority_ms: 500,
             rtp_relearn_silence_ms: 2000,
             jitter_max_ms: 120,
+            rtcp_interval_secs: 5,
         }
     }
 }
@@ -594,6 +597,9 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if !(cfg.media.reorder_wait_ms..=1000).contains(&cfg.media.jitter_max_ms) {
         bad("media.jitter_max_ms", "must be between media.reorder_wait_ms and 1000".into());
+    }
+    if cfg.media.rtcp_interval_secs > 60 {
+        bad("media.rtcp_interval_secs", "must be at most 60 (0 turns RTCP reports off)".into());
     }
     for (key, price) in [
         ("realtime.price_per_million_input_text", cfg.realtime.price_per_million_input_text),

@@ -53,6 +53,10 @@ pub const TURN_LATENCY_SECONDS: &str = "switchboard_turn_latency_seconds";
 /// Realtime tokens from `response.done` usage, by `direction` (input, output) and `kind` (text,
 /// audio, cached; cached input is a subset of text + audio).
 pub const REALTIME_TOKENS_TOTAL: &str = "switchboard_realtime_tokens_total";
+/// RTCP compound packets by `direction` (in, out) and `result` (ok, malformed, ignored).
+pub const RTCP_PACKETS_TOTAL: &str = "switchboard_rtcp_packets_total";
+/// Round-trip time to the caller from its RTCP reports (RFC 3550 §6.4.1), seconds.
+pub const RTCP_ROUND_TRIP_SECONDS: &str = "switchboard_rtcp_round_trip_seconds";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -90,6 +94,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .set_buckets_for_metric(Matcher::Full(JITTER_BUFFER_DELAY_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RTP_JITTER_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(TURN_LATENCY_SECONDS.into()), TURN_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RTCP_ROUND_TRIP_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .install_recorder()?;
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
@@ -156,6 +161,41 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
     describe_net_metrics();
     Ok(handle)
+}
+
+/// The inbound network, turn latency and token metrics (docs/metrics.md, "Network, turns, tokens").
+fn describe_net_metrics() {
+    metrics::describe_counter!(RTP_DUPLICATE_PACKETS_TOTAL, "Inbound RTP packets dropped as duplicates.");
+    metrics::describe_counter!(
+        RTP_LATE_PACKETS_TOTAL,
+        "Inbound RTP packets dropped because they arrived after their slot was concealed."
+    );
+    metrics::describe_counter!(
+        RTP_CONCEALED_FRAMES_TOTAL,
+        "Inbound packets of audio concealed for lost ones (Opus PLC/FEC, G.711/G.722 fade-and-repeat)."
+    );
+    metrics::describe_histogram!(
+        JITTER_BUFFER_DELAY_SECONDS,
+        "Delay the jitter buffer added to each inbound RTP packet."
+    );
+    metrics::describe_histogram!(
+        RTP_JITTER_SECONDS,
+        "Each call's RFC 3550 interarrival jitter at the end of the call."
+    );
+    metrics::describe_histogram!(
+        TURN_LATENCY_SECONDS,
+        "Caller turn latency: end of the caller's speech on the RTP clock to the answer's first RTP \
+         packet (part=total), split into part=gateway and part=model (docs/media.md)."
+    );
+    metrics::describe_counter!(
+        REALTIME_TOKENS_TOTAL,
+        "Realtime tokens from response.done usage by direction and kind (cached: subset of input)."
+    );
+    metrics::describe_counter!(
+        RTCP_PACKETS_TOTAL,
+        "RTCP compound packets by direction (in, out) and result (ok, malformed, ignored: not from the caller)."
+    );
+    metrics::describe_histogram!(RTCP_ROUND_TRIP_SECONDS, "Round-trip time to the caller from its RTCP reports.");
 }
 
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.
@@ -226,34 +266,4 @@ mod tests {
         let escaped = Escaped("\u{1b}\r\n\u{7}").to_string();
         assert!(!escaped.chars().any(char::is_control), "{escaped:?}");
     }
-}
-
-/// The inbound network, turn latency and token metrics (docs/metrics.md, "Network, turns, tokens").
-fn describe_net_metrics() {
-    metrics::describe_counter!(RTP_DUPLICATE_PACKETS_TOTAL, "Inbound RTP packets dropped as duplicates.");
-    metrics::describe_counter!(
-        RTP_LATE_PACKETS_TOTAL,
-        "Inbound RTP packets dropped because they arrived after their slot was concealed."
-    );
-    metrics::describe_counter!(
-        RTP_CONCEALED_FRAMES_TOTAL,
-        "Inbound packets of audio concealed for lost ones (Opus PLC/FEC, G.711/G.722 fade-and-repeat)."
-    );
-    metrics::describe_histogram!(
-        JITTER_BUFFER_DELAY_SECONDS,
-        "Delay the jitter buffer added to each inbound RTP packet."
-    );
-    metrics::describe_histogram!(
-        RTP_JITTER_SECONDS,
-        "Each call's RFC 3550 interarrival jitter at the end of the call."
-    );
-    metrics::describe_histogram!(
-        TURN_LATENCY_SECONDS,
-        "Caller turn latency: end of the caller's speech on the RTP clock to the answer's first RTP \
-         packet (part=total), split into part=gateway and part=model (docs/media.md)."
-    );
-    metrics::describe_counter!(
-        REALTIME_TOKENS_TOTAL,
-        "Realtime tokens from response.done usage by direction and kind (cached: subset of input)."
-    );
 }

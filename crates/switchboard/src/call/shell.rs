@@ -9,6 +9,7 @@
 //!   waits on the network ([`RealtimeWriter`]);
 //! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -57,6 +58,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
         let clock_socket = Arc::new(socket.try_clone()?);
         Ok((tokio::net::UdpSocket::from_std(socket)?, clock_socket))
     });
+    let rtcp_socket = sockets.as_ref().ok().and_then(|(_, clock_socket)| bind_rtcp(clock_socket));
     let end = match sockets {
         Err(e) => CallEnd::MediaSetupFailed(format!("RTP socket: {e}")),
         Ok((socket, clock_socket)) => {
@@ -97,6 +99,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 model_output: confirmed.output,
                 stream: StreamStart::random(),
                 jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
+                rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
             };
             let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
             let media_loop = MediaLoop {
@@ -110,6 +113,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 shutdown: state.shutdown.subscribe(),
                 hangup,
                 prices: realtime_cfg.prices(),
+                rtcp_socket,
             };
             media_loop.run().await
         }
@@ -169,6 +173,8 @@ struct MediaLoop<'a> {
     hangup: watch::Receiver<bool>,
     /// For the estimated cost in the end-of-call line.
     prices: Prices,
+    /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
+    rtcp_socket: Option<tokio::net::UdpSocket>,
 }
 
 impl MediaLoop<'_> {
@@ -178,6 +184,7 @@ impl MediaLoop<'_> {
         let _registration =
             self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake));
         let mut recv_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 1500];
         loop {
             // Carry out what the core asked for; the lock is released before any await.
             let outputs: Vec<Output> = {
@@ -212,6 +219,7 @@ impl MediaLoop<'_> {
                     }
                 }
             }
+            self.send_rtcp();
             let task_due = self.core.lock().poll_task_timeout();
             let task_due = task_due.map(tokio::time::Instant::from_std);
 
@@ -228,6 +236,14 @@ impl MediaLoop<'_> {
                         self.core.lock().handle_rtp(now, CALLER, source, datagram);
                     }
                     metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
+                }
+
+                received = recv_rtcp(self.rtcp_socket.as_ref(), &mut rtcp_buf) => {
+                    if let Ok((len, source)) = received
+                        && let Some(datagram) = rtcp_buf.get(..len)
+                    {
+                        self.core.lock().handle_rtcp(Instant::now(), CALLER, source, datagram);
+                    }
                 }
 
                 event = self.realtime_rx.recv() => {
@@ -281,6 +297,21 @@ impl MediaLoop<'_> {
         }
     }
 
+    /// Sends the RTCP reports the core has ready; a full socket buffer drops one (the next
+    /// report supersedes it).
+    fn send_rtcp(&mut self) {
+        let packets: Vec<_> = {
+            let mut core = self.core.lock();
+            std::iter::from_fn(|| core.poll_rtcp_transmit()).collect()
+        };
+        let Some(socket) = &self.rtcp_socket else { return };
+        for transmit in packets {
+            if let Err(e) = socket.try_send_to(&transmit.packet, transmit.destination) {
+                debug!(error = %e, "RTCP report not sent");
+            }
+        }
+    }
+
     /// The end-of-call line: one `info!` with every figure of the call (docs/media.md).
     fn log_stats(&self) {
         let stats = self.core.lock().stats();
@@ -300,6 +331,12 @@ impl MediaLoop<'_> {
             jitter_max_ms = format_args!("{:.1}", ms(rtp.jitter_max)),
             buffer_delay_p50_ms = rtp.buffer_delay_p50.as_millis() as u64,
             buffer_delay_p95_ms = rtp.buffer_delay_p95.as_millis() as u64,
+            rtcp_sent = rtp.rtcp.sent,
+            rtcp_received = rtp.rtcp.received,
+            rtt_ms = rtp.rtcp.rtt.map_or(0, |d| d.as_millis() as u64),
+            rtt_max_ms = rtp.rtcp.rtt_max.map_or(0, |d| d.as_millis() as u64),
+            remote_lost = rtp.rtcp.remote_cumulative_lost,
+            remote_fraction_lost = rtp.rtcp.remote_fraction_lost,
             rtp_ignored = stats.latch.ignored,
             rtp_sources_learned = stats.latch.learned,
             barge_ins = stats.barge_ins,
@@ -331,6 +368,32 @@ impl MediaLoop<'_> {
         if self.writer.dropped_appends > 0 {
             warn!(dropped = self.writer.dropped_appends, "audio appends dropped: the Realtime writer fell behind");
         }
+    }
+}
+
+/// Binds the RTCP socket next to the call's RTP socket (RTP port + 1, RFC 3550 §11: the port
+/// allocator leases even ports only, so the odd one is ours unless another program holds it; then
+/// the call runs without RTCP).
+fn bind_rtcp(rtp_socket: &std::net::UdpSocket) -> Option<tokio::net::UdpSocket> {
+    let local = rtp_socket.local_addr().ok()?;
+    let rtcp = SocketAddr::new(local.ip(), local.port().checked_add(1)?);
+    let bound = std::net::UdpSocket::bind(rtcp).and_then(|socket| {
+        socket.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(socket)
+    });
+    match bound {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            debug!(error = %e, port = rtcp.port(), "RTCP port not available; the call runs without RTCP");
+            None
+        }
+    }
+}
+
+async fn recv_rtcp(socket: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

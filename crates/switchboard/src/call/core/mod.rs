@@ -40,6 +40,7 @@ pub mod meter;
 mod net_tests;
 #[cfg(test)]
 mod netem;
+pub mod reports;
 #[cfg(test)]
 mod tests;
 
@@ -64,6 +65,7 @@ use tracing::{debug, info, warn};
 pub use dtmf::DtmfDigit;
 use dtmf::DtmfReceiver;
 use meter::{Meter, TokenTotals};
+use reports::{Reports, RtcpStats};
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -79,6 +81,9 @@ pub const CALLER: LegId = LegId(0);
 /// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
 /// recorder that cannot keep up must not grow the call's memory).
 pub const MAX_PENDING_TAPS: usize = 250;
+
+/// RTCP packets waiting for the shell at most (see `CallCore::poll_rtcp_transmit`).
+pub const MAX_PENDING_RTCP: usize = 4;
 
 /// Opus and G.722 are encoded just ahead of their slot, not when the model's audio arrives: a
 /// delta of a second or more would otherwise hold the core's lock (and so the media clock) for
@@ -138,6 +143,8 @@ pub struct LegConfig {
     pub stream: StreamStart,
     /// The jitter buffer's longest wait (`media.jitter_max_ms`).
     pub jitter_max: Duration,
+    /// Our RTCP reports' mean interval (`media.rtcp_interval_secs`); zero: none sent.
+    pub rtcp_interval: Duration,
 }
 
 /// What happens on the dialog side, or to the call as a whole.
@@ -240,6 +247,8 @@ pub struct RtpStats {
     /// Delay the jitter buffer added to released packets, p50 and p95.
     pub buffer_delay_p50: Duration,
     pub buffer_delay_p95: Duration,
+    /// RTCP both ways: round-trip time, the peer's view of our stream.
+    pub rtcp: RtcpStats,
 }
 
 struct Leg {
@@ -253,6 +262,7 @@ struct Leg {
     jitter: JitterBuffer,
     /// Packets of audio concealed (see [`RtpStats::concealed`]).
     concealed: u64,
+    reports: Reports,
     inbound: InboundAudio,
     pacer: Pacer<ItemTag>,
     outbound: OutboundAudio,
@@ -304,6 +314,7 @@ impl Leg {
                 max_wait: config.jitter_max,
             }),
             concealed: 0,
+            reports: Reports::new(now, config.rtcp_interval, config.stream.ssrc),
             inbound: InboundAudio::new(config.codec, config.model_input),
             pacer,
             outbound,
@@ -438,6 +449,9 @@ pub struct CallCore {
     /// ([`end_after_playout`](CallCore::end_after_playout)).
     ending_after_playout: Option<CallEnd>,
     stats: CoreStats,
+    /// RTCP compound packets for the shell to send on the leg's RTCP socket, at most
+    /// [`MAX_PENDING_RTCP`] (policy when full: the oldest is dropped; a newer report supersedes it).
+    rtcp_transmits: VecDeque<Transmit>,
     /// Turn latency and token usage.
     meter: Meter,
     /// Scratch buffer for model audio converted from RTP.
@@ -462,6 +476,7 @@ impl CallCore {
             ending_after_playout: None,
             stats: CoreStats::default(),
             meter: Meter::default(),
+            rtcp_transmits: VecDeque::new(),
             model_bytes: Vec::with_capacity(2048),
             config,
         };
@@ -508,7 +523,11 @@ impl CallCore {
 
     /// One datagram received on a leg's socket.
     pub fn handle_rtp(&mut self, now: Instant, leg: LegId, source: SocketAddr, datagram: &[u8]) {
-        if self.ended.is_some() || rtp::is_rtcp(datagram) {
+        if self.ended.is_some() {
+            return;
+        }
+        if rtp::is_rtcp(datagram) {
+            self.handle_rtcp(now, leg, source, datagram);
             return;
         }
         let Ok((header, payload)) = rtp::parse_rtp(datagram) else {
@@ -555,6 +574,33 @@ impl CallCore {
             let id = leg.id;
             self.outputs.push_back(Output::Dtmf { leg: id, digit, duration });
         }
+    }
+
+    /// One RTCP compound packet on a leg (its RTCP socket, or the RTP one multiplexed, RFC 5761).
+    /// Only the peer's address may report: RTCP from anywhere else is dropped unread.
+    pub fn handle_rtcp(&mut self, now: Instant, leg: LegId, source: SocketAddr, datagram: &[u8]) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(leg) = self.leg_index(leg).and_then(|index| self.legs.get_mut(index)) else { return };
+        let peer_ip = leg.latch.send_target().map_or(leg.signalled.ip(), |target| target.ip());
+        if source.ip() != peer_ip {
+            metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "in", "result" => "ignored").increment(1);
+            return;
+        }
+        let before = leg.reports.stats().malformed;
+        let rtt = leg.reports.on_packet(now, source, datagram);
+        let result = if leg.reports.stats().malformed > before { "malformed" } else { "ok" };
+        metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "in", "result" => result).increment(1);
+        if let Some(rtt) = rtt {
+            metrics::histogram!(telemetry::RTCP_ROUND_TRIP_SECONDS).record(rtt.as_secs_f64());
+        }
+    }
+
+    /// The next RTCP packet to send on a leg's RTCP socket (not on the media clock: reports are
+    /// not time-critical to the millisecond).
+    pub fn poll_rtcp_transmit(&mut self) -> Option<Transmit> {
+        self.rtcp_transmits.pop_front()
     }
 
     /// One event from the Realtime API.
@@ -700,6 +746,7 @@ impl CallCore {
                 self.drain_inbound(now, index);
             }
         }
+        self.send_reports(now);
         if self.legs.iter().any(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
             self.end(CallEnd::RtpTimeout);
             return;
@@ -760,7 +807,7 @@ impl CallCore {
         }
         let legs = self.legs.iter().flat_map(|leg| {
             let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
-            [Some(rtp_timeout), leg.jitter.next_deadline()].into_iter().flatten()
+            [Some(rtp_timeout), leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         legs.chain(std::iter::once(self.keepalive.next_deadline())).min()
     }
@@ -797,6 +844,27 @@ impl CallCore {
         if let Some(leg) = self.legs.first() {
             // Per call, not per packet: the call's jitter as the network left it.
             metrics::histogram!(telemetry::RTP_JITTER_SECONDS).record(leg.jitter.jitter().as_secs_f64());
+        }
+    }
+
+    /// Our RTCP report of every leg that is due one (reports.rs).
+    fn send_reports(&mut self, now: Instant) {
+        for leg in &mut self.legs {
+            if leg.reports.next_due().is_none_or(|due| due > now) {
+                continue;
+            }
+            let reception = leg.jitter.reception_report();
+            let rtp_timestamp = leg.pacer.timestamp_at(now);
+            let mut packet = Vec::new();
+            let target = if leg.may_send { leg.latch.send_target() } else { None };
+            let Some(destination) = leg.reports.poll(now, target, reception, rtp_timestamp, &mut packet) else {
+                continue;
+            };
+            if self.rtcp_transmits.len() >= MAX_PENDING_RTCP {
+                self.rtcp_transmits.pop_front();
+            }
+            metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "out", "result" => "ok").increment(1);
+            self.rtcp_transmits.push_back(Transmit { leg: leg.id, destination, packet });
         }
     }
 
@@ -870,6 +938,7 @@ impl CallCore {
             {
                 let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
+                leg.reports.on_rtp_sent(frame.payload.len());
                 self.transmits.push_back(Transmit { leg: leg.id, destination, packet });
             }
         }
@@ -891,6 +960,7 @@ fn rtp_stats(leg: &Leg) -> RtpStats {
         jitter_max: leg.jitter.max_jitter(),
         buffer_delay_p50: leg.jitter.delay_quantile(0.5),
         buffer_delay_p95: leg.jitter.delay_quantile(0.95),
+        rtcp: leg.reports.stats(),
     }
 }
 

@@ -54,6 +54,7 @@ fn leg_config() -> LegConfig {
         model_output: ModelAudio::G711Passthrough,
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 100, timestamp: 1000 },
         jitter_max: Duration::from_millis(120),
+        rtcp_interval: Duration::from_secs(5),
     }
 }
 
@@ -77,16 +78,21 @@ struct Bench {
     /// (when, audio) of every `input_audio_buffer.append`.
     appends: Vec<(Instant, Vec<u8>)>,
     sent_agent_packets: Vec<Instant>,
+    /// RTCP packets the core gave the shell, with when.
+    rtcp: Vec<(Instant, Transmit)>,
 }
 
 impl Bench {
     fn new(start: Instant) -> Bench {
         let mut core = CallCore::new(start, core_config(), leg_config());
         core.handle_dialog(start, DialogInput::Confirmed);
-        Bench { core, start, appends: Vec::new(), sent_agent_packets: Vec::new() }
+        Bench { core, start, appends: Vec::new(), sent_agent_packets: Vec::new(), rtcp: Vec::new() }
     }
 
     fn drain(&mut self, now: Instant) {
+        while let Some(t) = self.core.poll_rtcp_transmit() {
+            self.rtcp.push((now, t));
+        }
         while let Some(t) = self.core.poll_transmit() {
             let (_, payload) = rtp::parse_rtp(&t.packet).unwrap();
             if payload.iter().any(|&b| b != 0xFF) {
@@ -503,4 +509,44 @@ fn property_any_burst_pattern_is_paced_one_packet_per_ptime_with_continuous_numb
 
 fn server(value: serde_json::Value) -> ServerEvent {
     ServerEvent::from_json(&value.to_string()).unwrap()
+}
+
+/// RTCP through the core: our SR (with the caller's reception block) goes to the caller's RTP
+/// port + 1, the caller's RR about our stream gives the round trip, and RTCP from another
+/// address is not read.
+#[test]
+fn rtcp_round_trip_through_the_core() {
+    use switchboard_media::rtcp::{self, ReportBlock, RtcpPacket};
+    let start = Instant::now();
+    let mut bench = Bench::new(start);
+    bench.deliver(stream(start, CALLER_SSRC, 100, 0, 400)); // 8 s of caller audio
+    let (sr_sent_at, report) = bench.rtcp.last().cloned().expect("a report within 8 s at a 5 s interval");
+    assert_eq!(report.destination, "192.0.2.10:40001".parse().unwrap());
+    let packets = rtcp::parse_compound(&report.packet).unwrap();
+    let RtcpPacket::SenderReport { ssrc, sender, reports } = &packets[0] else { panic!("{packets:?}") };
+    assert_eq!(*ssrc, leg_config().stream.ssrc);
+    assert!(sender.packets > 100, "{sender:?}");
+    assert_eq!(reports[0].ssrc, CALLER_SSRC);
+    assert_eq!(reports[0].cumulative_lost, 0);
+    assert_eq!(packets[1], RtcpPacket::Other { packet_type: rtcp::PT_SDES });
+    // The caller held our SR 40 ms; its RR reaches us 100 ms after our SR left: RTT 60 ms.
+    let block = ReportBlock {
+        ssrc: *ssrc,
+        fraction_lost: 5,
+        cumulative_lost: 2,
+        last_sr: rtcp::ntp_middle(sender.ntp),
+        delay_since_last_sr: 65_536 * 40 / 1000,
+        ..ReportBlock::default()
+    };
+    let mut rr = Vec::new();
+    rtcp::write_report(&mut rr, CALLER_SSRC, None, &[block], "caller");
+    let arrives = sr_sent_at + Duration::from_millis(100);
+    let elsewhere: SocketAddr = "203.0.113.9:40001".parse().unwrap();
+    bench.core.handle_rtp(arrives, CALLER, elsewhere, &rr);
+    assert_eq!(bench.core.stats().rtp.rtcp.received, 0, "not the caller's address: not read");
+    bench.core.handle_rtp(arrives, CALLER, "192.0.2.10:40001".parse().unwrap(), &rr);
+    let stats = bench.core.stats().rtp.rtcp;
+    assert_eq!((stats.received, stats.remote_fraction_lost, stats.remote_cumulative_lost), (1, 5, 2));
+    let rtt = stats.rtt.unwrap();
+    assert!(rtt.abs_diff(Duration::from_millis(60)) < Duration::from_millis(1), "{rtt:?}");
 }
