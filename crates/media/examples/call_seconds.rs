@@ -76,8 +76,8 @@ fn main() {
     };
 
     let start = Instant::now();
-    let mut reorder = JitterBuffer::new(JitterConfig {
-        clock_rate: 8000,
+    let mut jitter = JitterBuffer::new(JitterConfig {
+        clock_rate: codec.clock_rate(),
         min_wait: Duration::from_millis(40),
         max_wait: Duration::from_millis(120),
     });
@@ -104,8 +104,8 @@ fn main() {
         // Continuous numbering across the looped second, as a real stream has.
         header.sequence = n as u16;
         header.timestamp = n.wrapping_mul(codec.clock_rate() / FRAMES_PER_SECOND);
-        reorder.push(now, header, payload);
-        while let Some(frame) = reorder.pop(now) {
+        jitter.push(now, header, payload);
+        while let Some(frame) = jitter.pop(now) {
             model_bytes.clear();
             inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut model_bytes);
             let append = serde_json::json!({"type": "input_audio_buffer.append", "audio": BASE64.encode(&model_bytes)});

@@ -90,6 +90,8 @@ pub struct InboundAudio {
     /// G.711 and G.722: the last received packet, decoded at the codec's rate, the source of
     /// fade-and-repeat concealment.
     last_frame: Vec<i16>,
+    /// G.711 passthrough: the last received payload (decoded into `last_frame` only on loss).
+    last_payload: Vec<u8>,
     /// Scratch for concealment in G.711 passthrough.
     concealed: Vec<i16>,
 }
@@ -133,6 +135,7 @@ impl InboundAudio {
             decoded: Vec::new(),
             resampled: Vec::new(),
             last_frame: Vec::new(),
+            last_payload: Vec::new(),
             concealed: Vec::new(),
         }
     }
@@ -170,15 +173,18 @@ impl InboundAudio {
         if self.model == ModelAudio::G711Passthrough {
             // The model hears the concealment too (its input clock must not shrink), so the
             // faded repeat is encoded back to the call's G.711 variant.
+            // Only the bytes are kept per packet (a copy); they are decoded when a loss needs them.
             if lost > 0 {
+                self.last_frame.clear();
+                self.codec.decode(&self.last_payload, &mut self.last_frame);
                 self.concealed.clear();
                 fade_and_repeat(&self.last_frame, lost, rtp_payload.len(), &mut self.concealed);
                 self.codec.encode(&self.concealed, out);
             }
             out.extend_from_slice(rtp_payload);
             if !rtp_payload.is_empty() {
-                self.last_frame.clear();
-                self.codec.decode(rtp_payload, &mut self.last_frame);
+                self.last_payload.clear();
+                self.last_payload.extend_from_slice(rtp_payload);
             }
             return;
         }
@@ -211,6 +217,7 @@ impl InboundAudio {
     pub fn reset(&mut self) {
         self.resampler.reset();
         self.last_frame.clear();
+        self.last_payload.clear();
         match &mut self.decoding {
             Decoding::G711 | Decoding::Opus(None) => {}
             Decoding::G722(decoder) => decoder.reset(),
