@@ -171,6 +171,14 @@ impl Meter {
         self.timeline.push_back(Append { end_us: self.input_end_us, duration_us, arrived, appended: now });
     }
 
+    /// A new Realtime session (a reconnect or a rollover): its input timeline starts at zero
+    /// again (protocol reference §8), and a turn open on the old one cannot be answered.
+    pub fn on_new_session(&mut self) {
+        self.input_end_us = 0;
+        self.timeline.clear();
+        self.open = None;
+    }
+
     /// `input_audio_buffer.speech_stopped` at `audio_end_ms`: a turn opens.
     pub fn on_speech_stopped(&mut self, audio_end_ms: u64) {
         let end_us = audio_end_ms.saturating_mul(1000);
@@ -287,6 +295,24 @@ mod tests {
         assert_eq!(meter.on_agent_packet(t0 + ms(70)), None);
         assert_eq!(meter.turns(), 0);
         assert_eq!(meter.total_latency_quantile(0.95), None);
+    }
+
+    #[test]
+    fn a_new_session_restarts_the_input_timeline() {
+        let t0 = Instant::now();
+        let mut meter = Meter::default();
+        for i in 0..50 {
+            meter.on_append(t0 + ms(20 * i), t0 + ms(20 * i), ms(20));
+        }
+        meter.on_new_session();
+        for i in 0..10 {
+            meter.on_append(t0 + ms(5000 + 20 * i), t0 + ms(5000 + 20 * i), ms(20));
+        }
+        // 100 ms into the new session's input: the packet that arrived at 5.08 s (ending at 100 ms).
+        meter.on_speech_stopped(100);
+        meter.on_audio_delta(t0 + ms(6000));
+        let turn = meter.on_agent_packet(t0 + ms(6000)).unwrap();
+        assert_eq!(turn.total, ms(6000 - 5080));
     }
 
     #[test]

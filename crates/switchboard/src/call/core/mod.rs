@@ -10,6 +10,7 @@
 //! handle_realtime_closed(now, CallEnd)     poll_timeout()  -> when to call handle_timeout
 //! handle_dialog(now, DialogInput)
 //! handle_timeout(now)
+//! handle_rtcp(now, leg, source, bytes)     poll_rtcp_transmit() -> Transmit (RTCP for the leg's RTCP socket)
 //! ```
 //!
 //! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
@@ -18,6 +19,8 @@
 //! ```text
 //! leg RTP -> strict latch -> JitterBuffer -> InboundAudio -> input_audio_buffer.append -> model
 //!         -> telephone-event (RFC 4733) -> Output::Dtmf, once per event
+//! leg RTCP -> reports (RTT, the peer's view of us); our SR + SDES every ~5 s -> poll_rtcp_transmit
+//!         (docs/media.md; the meter times turns and sums tokens, `meter.rs`)
 //! model response.output_audio.delta -> AgentPlayout (item tag, bounded queue) -> OutboundAudio
 //!         -> Pacer -> Transmit on the caller's leg
 //! input_audio_buffer.speech_started -> AgentPlayout::barge_in: Pacer flushed at once, then
