@@ -333,8 +333,9 @@ impl MediaLoop<'_> {
             buffer_delay_p95_ms = rtp.buffer_delay_p95.as_millis() as u64,
             rtcp_sent = rtp.rtcp.sent,
             rtcp_received = rtp.rtcp.received,
-            rtt_ms = rtp.rtcp.rtt.map_or(0, |d| d.as_millis() as u64),
-            rtt_max_ms = rtp.rtcp.rtt_max.map_or(0, |d| d.as_millis() as u64),
+            // "none" until a report of the caller's carried the round trip of one of our SRs.
+            rtt_ms = %optional_ms(rtp.rtcp.rtt),
+            rtt_max_ms = %optional_ms(rtp.rtcp.rtt_max),
             remote_lost = rtp.rtcp.remote_cumulative_lost,
             remote_fraction_lost = rtp.rtcp.remote_fraction_lost,
             rtp_ignored = stats.latch.ignored,
@@ -369,6 +370,11 @@ impl MediaLoop<'_> {
             warn!(dropped = self.writer.dropped_appends, "audio appends dropped: the Realtime writer fell behind");
         }
     }
+}
+
+/// Milliseconds to 0.01 ms (a loopback round trip is well under one), or `none`.
+fn optional_ms(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "none".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0))
 }
 
 /// Binds the RTCP socket next to the call's RTP socket (RTP port + 1, RFC 3550 §11: the port
