@@ -17,7 +17,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-ALL_TARGETS="sip_message sip_stream sip_core sdp_answer rtp realtime_event media_framing"
+ALL_TARGETS="sip_message sip_stream sip_core sdp_answer rtp rtcp realtime_event media_framing"
 TARGETS="${FUZZ_TARGETS:-$ALL_TARGETS}"
 # Own target dir by default so fuzz builds (instrumented, nightly) never invalidate the
 # workspace's; honour CARGO_TARGET_DIR when the caller set one.

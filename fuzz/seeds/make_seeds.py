@@ -207,6 +207,20 @@ put("rtp", rtp(9, 3, 160, 4, b""))
 put("rtp", bytes([0x81, 200]) + struct.pack(">HI", 6, 0x1234) + b"\0" * 20)  # RTCP SR
 put("rtp", bytes([0x81, 201, 0, 1]) + struct.pack(">I", 0x1234))  # RTCP RR
 
+def report_block(ssrc, fraction, lost, highest, jitter, lsr, dlsr):
+    return struct.pack(">IIIIII", ssrc, (fraction << 24) | (lost & 0xFFFFFF), highest, jitter, lsr, dlsr)
+
+def sdes(ssrc, cname):
+    chunk = struct.pack(">I", ssrc) + bytes([1, len(cname)]) + cname + b"\0"
+    chunk += b"\0" * (-len(chunk) % 4)
+    return bytes([0x81, 202]) + struct.pack(">H", len(chunk) // 4) + chunk
+
+block = report_block(0xBEEF, 10, -2, 0x10009, 40, 0x12345678, 0x8000)
+put("rtcp", bytes([0x81, 200]) + struct.pack(">HI", 12, 0x1234) + struct.pack(">QIII", 0xE800000040000000, 160, 5, 800) + block + sdes(0x1234, b"peer@host"))
+put("rtcp", bytes([0x81, 201]) + struct.pack(">HI", 7, 0x1234) + block + sdes(0x1234, b"x") + bytes([0x81, 203, 0, 1]) + struct.pack(">I", 0x1234))
+put("rtcp", bytes([0x80, 201]) + struct.pack(">HI", 1, 0x1234))
+put("rtcp", bytes([0x9F, 201]) + struct.pack(">HI", 1, 0x1234))  # 31 blocks claimed, none there
+
 # --- Realtime events: the realtime crate's tests and the protocol reference --------------
 events = set()
 sources = [os.path.join(ROOT, "crates", "realtime", "src", "events.rs"), os.path.join(ROOT, "crates", "sim", "src", "core.rs")]

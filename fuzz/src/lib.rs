@@ -6,6 +6,7 @@
 
 pub mod media;
 pub mod realtime;
+pub mod rtcp;
 pub mod rtp;
 pub mod sdp;
 pub mod sip;

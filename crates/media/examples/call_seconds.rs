@@ -7,7 +7,7 @@
 //! ```
 //!
 //! Per 20 ms, both directions, as the gateway does them:
-//! - inbound: parse the caller's RTP packet, reorder buffer push + pop, convert to the model's
+//! - inbound: parse the caller's RTP packet, jitter buffer push + pop, convert to the model's
 //!   format, base64 and the `input_audio_buffer.append` JSON;
 //! - outbound: base64-decode the model's delta, frame (and encode) it, pacer enqueue + poll,
 //!   write the RTP packet.
@@ -24,7 +24,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
 use switchboard_media::signal::sine;
-use switchboard_media::{Codec, CodecCoding, Pacer, PacerConfig, ReorderBuffer, RtpHeader, parse_rtp, write_rtp};
+use switchboard_media::{
+    Codec, CodecCoding, JitterBuffer, JitterConfig, Pacer, PacerConfig, RtpHeader, parse_rtp, write_rtp,
+};
 
 const PTIME: Duration = Duration::from_millis(20);
 const FRAMES_PER_SECOND: u32 = 50;
@@ -74,7 +76,11 @@ fn main() {
     };
 
     let start = Instant::now();
-    let mut reorder = ReorderBuffer::new(Duration::from_millis(40));
+    let mut jitter = JitterBuffer::new(JitterConfig {
+        clock_rate: codec.clock_rate(),
+        min_wait: Duration::from_millis(40),
+        max_wait: Duration::from_millis(120),
+    });
     let mut inbound = InboundAudio::new(codec, model);
     let mut outbound = OutboundAudio::new(codec, model, PTIME);
     let pacer_config = PacerConfig {
@@ -98,8 +104,8 @@ fn main() {
         // Continuous numbering across the looped second, as a real stream has.
         header.sequence = n as u16;
         header.timestamp = n.wrapping_mul(codec.clock_rate() / FRAMES_PER_SECOND);
-        reorder.push(now, header, payload);
-        while let Some(frame) = reorder.pop(now) {
+        jitter.push(now, header, payload);
+        while let Some(frame) = jitter.pop(now) {
             model_bytes.clear();
             inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut model_bytes);
             let append = serde_json::json!({"type": "input_audio_buffer.append", "audio": BASE64.encode(&model_bytes)});

@@ -87,6 +87,33 @@ pub struct InboundAudio {
     resampler: Resampler,
     decoded: Vec<i16>,
     resampled: Vec<i16>,
+    /// G.711 and G.722: the last received packet, decoded at the codec's rate, the source of
+    /// fade-and-repeat concealment.
+    last_frame: Vec<i16>,
+    /// G.711 passthrough: the last received payload (decoded into `last_frame` only on loss).
+    last_payload: Vec<u8>,
+    /// Scratch for concealment in G.711 passthrough.
+    concealed: Vec<i16>,
+}
+
+/// Fade-and-repeat concealment reaches silence after this many lost packets (60 ms at 20 ms):
+/// repeating a voiced frame longer than that sounds like a buzz, not like speech.
+pub const FADE_PACKETS: usize = 3;
+
+/// Appends `lost` packets of `samples_per_packet` each standing in for lost audio: `last`
+/// repeated (cycled if its length differs) with a gain falling linearly from 1 to 0 over
+/// [`FADE_PACKETS`] packets, then silence. No `last` (loss before any packet): silence.
+pub fn fade_and_repeat(last: &[i16], lost: usize, samples_per_packet: usize, out: &mut Vec<i16>) {
+    let total = lost * samples_per_packet;
+    let fade_len = FADE_PACKETS * samples_per_packet;
+    let start = out.len();
+    if !last.is_empty() {
+        out.extend(last.iter().cycle().take(fade_len.min(total)).enumerate().map(|(index, &sample)| {
+            let gain = (fade_len - index) as f32 / fade_len as f32;
+            (f32::from(sample) * gain) as i16
+        }));
+    }
+    out.resize(start + total, 0);
 }
 
 impl Clone for InboundAudio {
@@ -107,12 +134,24 @@ impl InboundAudio {
             resampler: model_resampler(codec.sample_rate(), MODEL_PCM_RATE),
             decoded: Vec::new(),
             resampled: Vec::new(),
+            last_frame: Vec::new(),
+            last_payload: Vec::new(),
+            concealed: Vec::new(),
         }
     }
 
     /// The model audio format this converter produces.
     pub fn model_audio(&self) -> ModelAudio {
         self.model
+    }
+
+    /// How long `bytes` of this converter's output last (8 kHz G.711 bytes, or 24 kHz 16-bit PCM).
+    pub fn model_audio_duration(&self, bytes: usize) -> Duration {
+        let bytes_per_second: u64 = match self.model {
+            ModelAudio::G711Passthrough => 8000,
+            ModelAudio::Pcm24k => u64::from(MODEL_PCM_RATE) * 2,
+        };
+        Duration::from_micros(bytes as u64 * 1_000_000 / bytes_per_second)
     }
 
     /// Appends the model-format bytes for one RTP payload to `out`.
@@ -125,25 +164,43 @@ impl InboundAudio {
     /// input timeline stays continuous (its timeline is time).
     ///
     /// Opus recovers the packet just before this one from this packet's in-band FEC (RFC 7587
-    /// §3.2) and conceals earlier ones with libopus PLC; G.711 and G.722 insert silence of this
-    /// payload's duration per lost packet. At most [`MAX_CONCEALED_PACKETS`] are filled in. An
+    /// §3.2) and conceals earlier ones with libopus PLC; G.711 and G.722 repeat the last packet
+    /// received, fading to silence over [`FADE_PACKETS`] packets ([`fade_and_repeat`]), one
+    /// packet of this payload's duration per lost packet. At most [`MAX_CONCEALED_PACKETS`] are filled in. An
     /// Opus packet that does not decode is concealed as if lost.
     pub fn convert_with_loss(&mut self, lost_before: u16, rtp_payload: &[u8], out: &mut Vec<u8>) {
         let lost = usize::from(lost_before.min(MAX_CONCEALED_PACKETS));
         if self.model == ModelAudio::G711Passthrough {
-            out.resize(out.len() + lost * rtp_payload.len(), self.codec.silence_byte());
+            // The model hears the concealment too (its input clock must not shrink), so the
+            // faded repeat is encoded back to the call's G.711 variant.
+            // Only the bytes are kept per packet (a copy); they are decoded when a loss needs them.
+            if lost > 0 {
+                self.last_frame.clear();
+                self.codec.decode(&self.last_payload, &mut self.last_frame);
+                self.concealed.clear();
+                fade_and_repeat(&self.last_frame, lost, rtp_payload.len(), &mut self.concealed);
+                self.codec.encode(&self.concealed, out);
+            }
             out.extend_from_slice(rtp_payload);
+            if !rtp_payload.is_empty() {
+                self.last_payload.clear();
+                self.last_payload.extend_from_slice(rtp_payload);
+            }
             return;
         }
         self.decoded.clear();
         match &mut self.decoding {
             Decoding::G711 => {
-                self.decoded.resize(lost * rtp_payload.len(), 0);
+                fade_and_repeat(&self.last_frame, lost, rtp_payload.len(), &mut self.decoded);
+                let start = self.decoded.len();
                 self.codec.decode(rtp_payload, &mut self.decoded);
+                remember_last_frame(&mut self.last_frame, self.decoded.get(start..));
             }
             Decoding::G722(decoder) => {
-                self.decoded.resize(lost * rtp_payload.len() * 2, 0);
+                fade_and_repeat(&self.last_frame, lost, rtp_payload.len() * 2, &mut self.decoded);
+                let start = self.decoded.len();
                 decoder.decode(rtp_payload, &mut self.decoded);
+                remember_last_frame(&mut self.last_frame, self.decoded.get(start..));
             }
             Decoding::Opus(Some(decoder)) => decode_opus_with_loss(decoder, lost, rtp_payload, &mut self.decoded),
             Decoding::Opus(None) => {
@@ -159,11 +216,21 @@ impl InboundAudio {
     /// Forgets codec and resampler history (e.g. after the stream restarted).
     pub fn reset(&mut self) {
         self.resampler.reset();
+        self.last_frame.clear();
+        self.last_payload.clear();
         match &mut self.decoding {
             Decoding::G711 | Decoding::Opus(None) => {}
             Decoding::G722(decoder) => decoder.reset(),
             Decoding::Opus(Some(decoder)) => decoder.reset(),
         }
+    }
+}
+
+/// Keeps a received packet's samples for concealment; an empty packet keeps the previous one.
+fn remember_last_frame(last_frame: &mut Vec<i16>, samples: Option<&[i16]>) {
+    if let Some(samples) = samples.filter(|s| !s.is_empty()) {
+        last_frame.clear();
+        last_frame.extend_from_slice(samples);
     }
 }
 
@@ -769,28 +836,60 @@ mod tests {
     }
 
     #[test]
-    fn g711_and_g722_loss_inserts_silence_of_the_packet_duration() {
+    fn g711_and_g722_loss_is_concealed_by_a_faded_repeat_of_the_packet_duration() {
+        // Passthrough: loss before any packet is silence; after one, a faded repeat of it.
         let mut passthrough = InboundAudio::new(Codec::Pcmu, ModelAudio::G711Passthrough);
         let mut out = Vec::new();
         passthrough.convert_with_loss(2, &[1; 160], &mut out);
         assert_eq!(out.len(), 480);
         assert!(out[..320].iter().all(|&b| b == 0xFF));
         assert!(out[320..].iter().all(|&b| b == 1));
+        let tone = sine(1000.0, 8000, 20, 8000);
+        let mut ulaw = Vec::new();
+        Codec::Pcmu.encode(&tone, &mut ulaw);
+        let mut out = Vec::new();
+        passthrough.convert(&ulaw, &mut out);
+        passthrough.convert_with_loss(4, &ulaw, &mut out);
+        assert_eq!(out.len(), 6 * 160);
+        let mut pcm = Vec::new();
+        Codec::Pcmu.decode(&out, &mut pcm);
+        let level = |packet: usize| rms_dbfs(&pcm[packet * 160..(packet + 1) * 160]);
+        assert!(level(1) > level(0) - 3.0, "the first repeat is near full level");
+        assert!(level(2) < level(1) && level(3) < level(2), "then fades");
+        assert!(level(4) < -60.0, "silence after {FADE_PACKETS} packets");
+        assert!((level(5) - level(0)).abs() < 1.0, "the packet itself follows");
 
         for codec in [Codec::Pcma, Codec::G722] {
-            let tone = sine(1000.0, codec.sample_rate(), 100, 8000);
+            let tone = sine(1000.0, codec.sample_rate(), 200, 8000);
             let mut payload = Vec::new();
             codec.encode(&tone, &mut payload);
             let frame = &payload[..codec.bytes_per_frame(20)];
             let mut inbound = InboundAudio::new(codec, ModelAudio::Pcm24k);
             let mut out = Vec::new();
             inbound.convert(frame, &mut out);
-            inbound.convert_with_loss(2, frame, &mut out);
+            inbound.convert_with_loss(5, frame, &mut out);
             let pcm = pcm_samples(&out);
-            assert_eq!(pcm.len(), 4 * 480, "{codec:?}");
-            // The middle of the gap is silent (the filter rings a few ms into it).
-            assert!(rms_dbfs(&pcm[600..1300]) < -60.0, "{codec:?}");
-            assert!(rms_dbfs(&pcm[1500..]) > -20.0, "{codec:?}");
+            assert_eq!(pcm.len(), 7 * 480, "{codec:?}");
+            // The first concealed packet carries the tone; after the fade the gap is silent.
+            let found = dominant_frequency(&pcm[480..960], MODEL_PCM_RATE, 200.0, 2000.0, 10.0);
+            assert!((found - 1000.0).abs() <= 50.0, "{codec:?}: {found}");
+            assert!(rms_dbfs(&pcm[480..960]) > -20.0, "{codec:?}");
+            assert!(rms_dbfs(&pcm[4 * 480 + 100..6 * 480 - 100]) < -60.0, "{codec:?}");
+            assert!(rms_dbfs(&pcm[6 * 480 + 100..]) > -20.0, "{codec:?}");
+        }
+    }
+
+    #[test]
+    fn fade_and_repeat_has_the_requested_length_and_never_exceeds_the_source() {
+        let last: Vec<i16> = (0..160).map(|i| if i % 2 == 0 { 20_000 } else { -20_000 }).collect();
+        for lost in 0..8 {
+            let mut out = vec![7];
+            fade_and_repeat(&last, lost, 160, &mut out);
+            assert_eq!(out.len(), 1 + lost * 160);
+            assert!(out[1..].iter().all(|s| s.abs() <= 20_000));
+            let mut silent = Vec::new();
+            fade_and_repeat(&[], lost, 160, &mut silent);
+            assert!(silent.iter().all(|&s| s == 0) && silent.len() == lost * 160);
         }
     }
 

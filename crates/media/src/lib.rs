@@ -1,4 +1,4 @@
-//! Media plane building blocks for the gateway: RTP packets, G.711, G.722, Opus, an inbound reorder buffer,
+//! Media plane building blocks for the gateway: RTP and RTCP packets, G.711, G.722, Opus, an inbound adaptive jitter buffer,
 //! an outbound pacer, a polyphase resampler, the adaptation between RTP frames and the model's
 //! audio format, and signal helpers for tests and the simulator.
 //!
@@ -15,19 +15,20 @@ pub mod codec;
 pub mod framing;
 pub mod g711;
 pub mod g722;
+pub mod jitter;
 pub mod latch;
 pub mod opus_codec;
 pub mod pacer;
-pub mod reorder;
 pub mod resample;
+pub mod rtcp;
 pub mod rtp;
 pub mod signal;
 
 pub use codec::{Codec, CodecCoding};
 pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for};
+pub use jitter::{JitterBuffer, JitterConfig, JitterStats, PushOutcome, ReceivedFrame, ReceptionReport};
 pub use latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
 pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};
-pub use reorder::{PushOutcome, ReceivedFrame, ReorderBuffer, ReorderStats};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{RtpError, RtpHeader, StreamStart, is_rtcp, parse_rtp, write_rtp};

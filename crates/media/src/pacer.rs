@@ -142,6 +142,14 @@ impl<T> Pacer<T> {
         Some(PacedFrame { header, payload, tag })
     }
 
+    /// The RTP timestamp of the stream at `now` (for an RTCP SR, RFC 3550 §6.4.1): the next
+    /// slot's timestamp, less the time still to go until that slot.
+    pub fn timestamp_at(&self, now: Instant) -> u32 {
+        let ahead = self.next_deadline().saturating_duration_since(now);
+        let ahead_units = (ahead.as_micros() * u128::from(self.config.clock_rate) / 1_000_000) as u32;
+        self.timestamp.wrapping_sub(ahead_units)
+    }
+
     /// When the next frame is due.
     pub fn next_deadline(&self) -> Instant {
         self.slot_deadline(self.slot)

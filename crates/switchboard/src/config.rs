@@ -84,6 +84,24 @@ pub struct MediaConfig {
     pub rtp_signalled_priority_ms: u64,
     /// Strict RTP: how long the caller's source must be silent before another stream may replace it.
     pub rtp_relearn_silence_ms: u64,
+    /// The jitter buffer's longest wait for a missing packet, whatever the measured jitter
+    /// (`reorder_wait_ms` is the shortest).
+    pub jitter_max_ms: u64,
+    /// Mean interval of our RTCP reports (RFC 3550 §6.2), sent from the RTP port + 1; 0: none.
+    pub rtcp_interval_secs: u64,
+}
+
+impl RealtimeConfig {
+    /// The token prices for the call meter.
+    pub fn prices(&self) -> crate::call::core::meter::Prices {
+        crate::call::core::meter::Prices {
+            input_text: self.price_per_million_input_text,
+            input_audio: self.price_per_million_input_audio,
+            input_cached: self.price_per_million_input_cached,
+            output_text: self.price_per_million_output_text,
+            output_audio: self.price_per_million_output_audio,
+        }
+    }
 }
 
 impl MediaConfig {
@@ -117,6 +135,13 @@ pub struct RealtimeConfig {
     pub max_message_bytes: usize,
     /// Agent audio queued for playout per call, at most; model audio beyond it is dropped.
     pub max_queued_audio_secs: u64,
+    /// Token prices in US dollars per million tokens, for the estimated cost of each call.
+    pub price_per_million_input_text: f64,
+    pub price_per_million_input_audio: f64,
+    /// Cached input tokens (text or audio) are charged this instead.
+    pub price_per_million_input_cached: f64,
+    pub price_per_million_output_text: f64,
+    pub price_per_million_output_audio: f64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +340,8 @@ impl Default for MediaConfig {
             rtp_probation_packets: 4,
             rtp_signalled_priority_ms: 500,
             rtp_relearn_silence_ms: 2000,
+            jitter_max_ms: 120,
+            rtcp_interval_secs: 5,
         }
     }
 }
@@ -330,6 +357,12 @@ impl Default for RealtimeConfig {
             watchdog_secs: 15,
             max_message_bytes: 4 * 1024 * 1024,
             max_queued_audio_secs: 120,
+            // gpt-realtime-2 / 2.1 list prices (docs: protocol reference §9).
+            price_per_million_input_text: 4.0,
+            price_per_million_input_audio: 32.0,
+            price_per_million_input_cached: 0.40,
+            price_per_million_output_text: 24.0,
+            price_per_million_output_audio: 64.0,
         }
     }
 }
@@ -561,6 +594,23 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if cfg.media.reorder_wait_ms > 500 {
         bad("media.reorder_wait_ms", "must be at most 500".into());
+    }
+    if !(cfg.media.reorder_wait_ms..=1000).contains(&cfg.media.jitter_max_ms) {
+        bad("media.jitter_max_ms", "must be between media.reorder_wait_ms and 1000".into());
+    }
+    if cfg.media.rtcp_interval_secs > 60 {
+        bad("media.rtcp_interval_secs", "must be at most 60 (0 turns RTCP reports off)".into());
+    }
+    for (key, price) in [
+        ("realtime.price_per_million_input_text", cfg.realtime.price_per_million_input_text),
+        ("realtime.price_per_million_input_audio", cfg.realtime.price_per_million_input_audio),
+        ("realtime.price_per_million_input_cached", cfg.realtime.price_per_million_input_cached),
+        ("realtime.price_per_million_output_text", cfg.realtime.price_per_million_output_text),
+        ("realtime.price_per_million_output_audio", cfg.realtime.price_per_million_output_audio),
+    ] {
+        if !(price.is_finite() && price >= 0.0) {
+            bad(key, "must be a price of zero or more".into());
+        }
     }
     if !(6_000..=510_000).contains(&cfg.media.opus_bitrate_bps) {
         bad("media.opus_bitrate_bps", "must be between 6000 and 510000 (RFC 7587 §6.1)".into());

@@ -38,6 +38,25 @@ pub const MEDIA_CLOCK_LATENESS_MAX_SECONDS: &str = "switchboard_media_clock_late
 pub const UP: &str = "switchboard_up";
 /// Sources tracked by per-source admission.
 pub const ADMISSION_SOURCES: &str = "switchboard_admission_sources";
+/// Inbound RTP: copies of packets already held or delivered (dropped).
+pub const RTP_DUPLICATE_PACKETS_TOTAL: &str = "switchboard_rtp_duplicate_packets_total";
+/// Inbound RTP: packets that arrived after their slot was concealed (dropped).
+pub const RTP_LATE_PACKETS_TOTAL: &str = "switchboard_rtp_late_packets_total";
+/// Inbound RTP: packets of audio concealed for lost ones (PLC, FEC, fade-and-repeat).
+pub const RTP_CONCEALED_FRAMES_TOTAL: &str = "switchboard_rtp_concealed_frames_total";
+/// Delay the jitter buffer added to each inbound packet, seconds.
+pub const JITTER_BUFFER_DELAY_SECONDS: &str = "switchboard_jitter_buffer_delay_seconds";
+/// Each call's RFC 3550 interarrival jitter at its end, seconds.
+pub const RTP_JITTER_SECONDS: &str = "switchboard_rtp_jitter_seconds";
+/// Caller turn latency by `part` (total, model, gateway), seconds.
+pub const TURN_LATENCY_SECONDS: &str = "switchboard_turn_latency_seconds";
+/// Realtime tokens from `response.done` usage, by `direction` (input, output) and `kind` (text,
+/// audio, cached; cached input is a subset of text + audio).
+pub const REALTIME_TOKENS_TOTAL: &str = "switchboard_realtime_tokens_total";
+/// RTCP compound packets by `direction` (in, out) and `result` (ok, malformed, ignored).
+pub const RTCP_PACKETS_TOTAL: &str = "switchboard_rtcp_packets_total";
+/// Round-trip time to the caller from its RTCP reports (RFC 3550 §6.4.1), seconds.
+pub const RTCP_ROUND_TRIP_SECONDS: &str = "switchboard_rtcp_round_trip_seconds";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -46,6 +65,11 @@ pub use switchboard_sip::endpoint::{WarningAction, WarningLimiter};
 
 /// Per-packet timings are sub-millisecond when things are well: fine buckets.
 const PACKET_TIMING_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
+
+/// Jitter and jitter-buffer delay: 0 (in-order packets) to the longest wait.
+const NETWORK_DELAY_BUCKETS: &[f64] = &[0.0005, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.12, 0.2, 0.5];
+/// Turn latency: a good voice agent answers in well under a second.
+const TURN_LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0];
 
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
 pub fn init_logging(cfg: &LogConfig) {
@@ -67,6 +91,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .set_buckets_for_metric(Matcher::Full(RTP_SEND_LATENESS_SECONDS.into()), PACKET_TIMING_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(OUTBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(JITTER_BUFFER_DELAY_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RTP_JITTER_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TURN_LATENCY_SECONDS.into()), TURN_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(RTCP_ROUND_TRIP_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .install_recorder()?;
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
@@ -131,7 +159,43 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
     metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");
     metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
+    describe_net_metrics();
     Ok(handle)
+}
+
+/// The inbound network, turn latency and token metrics (docs/metrics.md, "Network, turns, tokens").
+fn describe_net_metrics() {
+    metrics::describe_counter!(RTP_DUPLICATE_PACKETS_TOTAL, "Inbound RTP packets dropped as duplicates.");
+    metrics::describe_counter!(
+        RTP_LATE_PACKETS_TOTAL,
+        "Inbound RTP packets dropped because they arrived after their slot was concealed."
+    );
+    metrics::describe_counter!(
+        RTP_CONCEALED_FRAMES_TOTAL,
+        "Inbound packets of audio concealed for lost ones (Opus PLC/FEC, G.711/G.722 fade-and-repeat)."
+    );
+    metrics::describe_histogram!(
+        JITTER_BUFFER_DELAY_SECONDS,
+        "Delay the jitter buffer added to each inbound RTP packet."
+    );
+    metrics::describe_histogram!(
+        RTP_JITTER_SECONDS,
+        "Each call's RFC 3550 interarrival jitter at the end of the call."
+    );
+    metrics::describe_histogram!(
+        TURN_LATENCY_SECONDS,
+        "Caller turn latency: end of the caller's speech on the RTP clock to the answer's first RTP \
+         packet (part=total), split into part=gateway and part=model (docs/media.md)."
+    );
+    metrics::describe_counter!(
+        REALTIME_TOKENS_TOTAL,
+        "Realtime tokens from response.done usage by direction and kind (cached: subset of input)."
+    );
+    metrics::describe_counter!(
+        RTCP_PACKETS_TOTAL,
+        "RTCP compound packets by direction (in, out) and result (ok, malformed, ignored: not from the caller)."
+    );
+    metrics::describe_histogram!(RTCP_ROUND_TRIP_SECONDS, "Round-trip time to the caller from its RTCP reports.");
 }
 
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.

@@ -9,6 +9,7 @@
 //!   waits on the network ([`RealtimeWriter`]);
 //! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here.
 
+use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -22,6 +23,7 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
+use super::core::meter::Prices;
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output};
 use super::end::CallEnd;
 use super::{Established, OpenSession, session};
@@ -56,6 +58,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
         let clock_socket = Arc::new(socket.try_clone()?);
         Ok((tokio::net::UdpSocket::from_std(socket)?, clock_socket))
     });
+    let rtcp_socket = sockets.as_ref().ok().and_then(|(_, clock_socket)| bind_rtcp(clock_socket));
     let end = match sockets {
         Err(e) => CallEnd::MediaSetupFailed(format!("RTP socket: {e}")),
         Ok((socket, clock_socket)) => {
@@ -95,6 +98,8 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 model_input: confirmed.input,
                 model_output: confirmed.output,
                 stream: StreamStart::random(),
+                jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
+                rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
             };
             let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
             let media_loop = MediaLoop {
@@ -107,6 +112,8 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 dialog: &mut dialog,
                 shutdown: state.shutdown.subscribe(),
                 hangup,
+                prices: realtime_cfg.prices(),
+                rtcp_socket,
             };
             media_loop.run().await
         }
@@ -164,6 +171,10 @@ struct MediaLoop<'a> {
     dialog: &'a mut Dialog,
     shutdown: watch::Receiver<bool>,
     hangup: watch::Receiver<bool>,
+    /// For the estimated cost in the end-of-call line.
+    prices: Prices,
+    /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
+    rtcp_socket: Option<tokio::net::UdpSocket>,
 }
 
 impl MediaLoop<'_> {
@@ -173,6 +184,7 @@ impl MediaLoop<'_> {
         let _registration =
             self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake));
         let mut recv_buf = vec![0u8; 2048];
+        let mut rtcp_buf = vec![0u8; 1500];
         loop {
             // Carry out what the core asked for; the lock is released before any await.
             let outputs: Vec<Output> = {
@@ -207,6 +219,7 @@ impl MediaLoop<'_> {
                     }
                 }
             }
+            self.send_rtcp();
             let task_due = self.core.lock().poll_task_timeout();
             let task_due = task_due.map(tokio::time::Instant::from_std);
 
@@ -223,6 +236,14 @@ impl MediaLoop<'_> {
                         self.core.lock().handle_rtp(now, CALLER, source, datagram);
                     }
                     metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
+                }
+
+                received = recv_rtcp(self.rtcp_socket.as_ref(), &mut rtcp_buf) => {
+                    if let Ok((len, source)) = received
+                        && let Some(datagram) = rtcp_buf.get(..len)
+                    {
+                        self.core.lock().handle_rtcp(Instant::now(), CALLER, source, datagram);
+                    }
                 }
 
                 event = self.realtime_rx.recv() => {
@@ -276,8 +297,66 @@ impl MediaLoop<'_> {
         }
     }
 
+    /// Sends the RTCP reports the core has ready; a full socket buffer drops one (the next
+    /// report supersedes it).
+    fn send_rtcp(&mut self) {
+        let packets: Vec<_> = {
+            let mut core = self.core.lock();
+            std::iter::from_fn(|| core.poll_rtcp_transmit()).collect()
+        };
+        let Some(socket) = &self.rtcp_socket else { return };
+        for transmit in packets {
+            if let Err(e) = socket.try_send_to(&transmit.packet, transmit.destination) {
+                debug!(error = %e, "RTCP report not sent");
+            }
+        }
+    }
+
+    /// The end-of-call line: one `info!` with every figure of the call (docs/media.md).
     fn log_stats(&self) {
         let stats = self.core.lock().stats();
+        let rtp = stats.rtp;
+        let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+        let turn_ms = |d: Option<Duration>| d.map_or(0, |d| d.as_millis() as u64);
+        let tokens = stats.tokens;
+        info!(
+            rtp_packets = rtp.packets,
+            rtp_lost = rtp.lost,
+            rtp_late = rtp.late,
+            rtp_duplicates = rtp.duplicates,
+            rtp_reordered = rtp.reordered,
+            rtp_stream_changes = rtp.stream_changes,
+            rtp_concealed = rtp.concealed,
+            jitter_ms = format_args!("{:.1}", ms(rtp.jitter)),
+            jitter_max_ms = format_args!("{:.1}", ms(rtp.jitter_max)),
+            buffer_delay_p50_ms = rtp.buffer_delay_p50.as_millis() as u64,
+            buffer_delay_p95_ms = rtp.buffer_delay_p95.as_millis() as u64,
+            rtcp_sent = rtp.rtcp.sent,
+            rtcp_received = rtp.rtcp.received,
+            // "none" until a report of the caller's carried the round trip of one of our SRs.
+            rtt_ms = %optional_ms(rtp.rtcp.rtt),
+            rtt_max_ms = %optional_ms(rtp.rtcp.rtt_max),
+            remote_lost = rtp.rtcp.remote_cumulative_lost,
+            remote_fraction_lost = rtp.rtcp.remote_fraction_lost,
+            rtp_ignored = stats.latch.ignored,
+            rtp_sources_learned = stats.latch.learned,
+            barge_ins = stats.barge_ins,
+            agent_frames_dropped = stats.agent_frames_dropped,
+            appends_dropped = self.writer.dropped_appends,
+            dtmf_events = stats.dtmf_events,
+            taps_dropped = stats.taps_dropped,
+            turns = stats.turns,
+            turn_latency_p50_ms = turn_ms(stats.turn_latency_p50),
+            turn_latency_p95_ms = turn_ms(stats.turn_latency_p95),
+            responses = tokens.responses,
+            tokens_input_text = tokens.input_text,
+            tokens_input_audio = tokens.input_audio,
+            tokens_input_cached = tokens.input_cached,
+            tokens_output_text = tokens.output_text,
+            tokens_output_audio = tokens.output_audio,
+            cost_usd = format_args!("{:.6}", tokens.cost(&self.prices)),
+            "call stats"
+        );
         if stats.latch.ignored > 0 {
             // Once per call, not per packet: an attacked call must not flood the log.
             info!(
@@ -290,6 +369,37 @@ impl MediaLoop<'_> {
         if self.writer.dropped_appends > 0 {
             warn!(dropped = self.writer.dropped_appends, "audio appends dropped: the Realtime writer fell behind");
         }
+    }
+}
+
+/// Milliseconds to 0.01 ms (a loopback round trip is well under one), or `none`.
+fn optional_ms(duration: Option<Duration>) -> String {
+    duration.map_or_else(|| "none".to_owned(), |d| format!("{:.2}", d.as_secs_f64() * 1000.0))
+}
+
+/// Binds the RTCP socket next to the call's RTP socket (RTP port + 1, RFC 3550 §11: the port
+/// allocator leases even ports only, so the odd one is ours unless another program holds it; then
+/// the call runs without RTCP).
+fn bind_rtcp(rtp_socket: &std::net::UdpSocket) -> Option<tokio::net::UdpSocket> {
+    let local = rtp_socket.local_addr().ok()?;
+    let rtcp = SocketAddr::new(local.ip(), local.port().checked_add(1)?);
+    let bound = std::net::UdpSocket::bind(rtcp).and_then(|socket| {
+        socket.set_nonblocking(true)?;
+        tokio::net::UdpSocket::from_std(socket)
+    });
+    match bound {
+        Ok(socket) => Some(socket),
+        Err(e) => {
+            debug!(error = %e, port = rtcp.port(), "RTCP port not available; the call runs without RTCP");
+            None
+        }
+    }
+}
+
+async fn recv_rtcp(socket: Option<&tokio::net::UdpSocket>, buf: &mut [u8]) -> std::io::Result<(usize, SocketAddr)> {
+    match socket {
+        Some(socket) => socket.recv_from(buf).await,
+        None => std::future::pending().await,
     }
 }
 

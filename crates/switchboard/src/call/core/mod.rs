@@ -10,14 +10,17 @@
 //! handle_realtime_closed(now, CallEnd)     poll_timeout()  -> when to call handle_timeout
 //! handle_dialog(now, DialogInput)
 //! handle_timeout(now)
+//! handle_rtcp(now, leg, source, bytes)     poll_rtcp_transmit() -> Transmit (RTCP for the leg's RTCP socket)
 //! ```
 //!
 //! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
 //! transfer would be a second one):
 //!
 //! ```text
-//! leg RTP -> strict latch -> ReorderBuffer -> InboundAudio -> input_audio_buffer.append -> model
+//! leg RTP -> strict latch -> JitterBuffer -> InboundAudio -> input_audio_buffer.append -> model
 //!         -> telephone-event (RFC 4733) -> Output::Dtmf, once per event
+//! leg RTCP -> reports (RTT, the peer's view of us); our SR + SDES every ~5 s -> poll_rtcp_transmit
+//!         (docs/media.md; the meter times turns and sums tokens, `meter.rs`)
 //! model response.output_audio.delta -> AgentPlayout (item tag, bounded queue) -> OutboundAudio
 //!         -> Pacer -> Transmit on the caller's leg
 //! input_audio_buffer.speech_started -> AgentPlayout::barge_in: Pacer flushed at once, then
@@ -35,6 +38,12 @@
 //! the missed slots are skipped (timestamp jumps, sequence does not, marker set).
 
 mod dtmf;
+pub mod meter;
+#[cfg(test)]
+mod net_tests;
+#[cfg(test)]
+mod netem;
+pub mod reports;
 #[cfg(test)]
 mod tests;
 
@@ -42,11 +51,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
+use switchboard_media::framing::MAX_CONCEALED_PACKETS;
 use switchboard_media::framing::{InboundAudio, ModelAudio, OutboundAudio};
+use switchboard_media::jitter::{JitterBuffer, JitterConfig, PushOutcome};
 use switchboard_media::latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
 use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::pacer::{Pacer, PacerConfig};
-use switchboard_media::reorder::{PushOutcome, ReorderBuffer};
 use switchboard_media::rtp::{self, StreamStart};
 use switchboard_media::{Codec, CodecCoding};
 use switchboard_realtime::client::{Keepalive, KeepaliveAction};
@@ -57,6 +67,8 @@ use tracing::{debug, info, warn};
 
 pub use dtmf::DtmfDigit;
 use dtmf::DtmfReceiver;
+use meter::{Meter, TokenTotals};
+use reports::{Reports, RtcpStats};
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -72,6 +84,9 @@ pub const CALLER: LegId = LegId(0);
 /// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
 /// recorder that cannot keep up must not grow the call's memory).
 pub const MAX_PENDING_TAPS: usize = 250;
+
+/// RTCP packets waiting for the shell at most (see `CallCore::poll_rtcp_transmit`).
+pub const MAX_PENDING_RTCP: usize = 4;
 
 /// Opus and G.722 are encoded just ahead of their slot, not when the model's audio arrives: a
 /// delta of a second or more would otherwise hold the core's lock (and so the media clock) for
@@ -121,6 +136,7 @@ pub struct LegConfig {
     pub may_send: bool,
     pub ptime: Duration,
     pub strict_rtp: LatchConfig,
+    /// The jitter buffer's shortest wait for a missing packet (`media.reorder_wait_ms`).
     pub reorder_wait: Duration,
     pub opus: OpusEncoderSettings,
     /// The model audio formats confirmed by `session.updated`.
@@ -128,6 +144,10 @@ pub struct LegConfig {
     pub model_output: ModelAudio,
     /// Our SSRC, first sequence number and timestamp (random, RFC 3550 §5.1).
     pub stream: StreamStart,
+    /// The jitter buffer's longest wait (`media.jitter_max_ms`).
+    pub jitter_max: Duration,
+    /// Our RTCP reports' mean interval (`media.rtcp_interval_secs`); zero: none sent.
+    pub rtcp_interval: Duration,
 }
 
 /// What happens on the dialog side, or to the call as a whole.
@@ -198,6 +218,40 @@ pub struct CoreStats {
     pub barge_ins: u64,
     pub taps_dropped: u64,
     pub dtmf_events: u64,
+    /// The caller's inbound RTP (see [`RtpStats`]).
+    pub rtp: RtpStats,
+    /// Caller turns measured and the p50/p95 of their total latency ([`meter`]).
+    pub turns: u64,
+    pub turn_latency_p50: Option<Duration>,
+    pub turn_latency_p95: Option<Duration>,
+    /// Tokens of every `response.done` `usage`.
+    pub tokens: TokenTotals,
+}
+
+/// Per-call inbound RTP figures of the caller's leg (docs/media.md).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RtpStats {
+    /// Packets of the call's audio payload type accepted (each sequence number once).
+    pub packets: u64,
+    /// Sequence numbers never received (RFC 3550 A.3, over every SSRC the call had).
+    pub lost: u64,
+    /// Packets that arrived after their slot was concealed (dropped).
+    pub late: u64,
+    /// Second copies (dropped).
+    pub duplicates: u64,
+    pub reordered: u64,
+    /// Re-syncs on a new SSRC or a restarted sequence.
+    pub stream_changes: u64,
+    /// Packets of audio made up for lost ones (PLC, FEC, fade-and-repeat).
+    pub concealed: u64,
+    /// RFC 3550 A.8 interarrival jitter at the end of the call, and the highest during it.
+    pub jitter: Duration,
+    pub jitter_max: Duration,
+    /// Delay the jitter buffer added to released packets, p50 and p95.
+    pub buffer_delay_p50: Duration,
+    pub buffer_delay_p95: Duration,
+    /// RTCP both ways: round-trip time, the peer's view of our stream.
+    pub rtcp: RtcpStats,
 }
 
 struct Leg {
@@ -208,7 +262,10 @@ struct Leg {
     may_send: bool,
     ptime: Duration,
     latch: RtpSourceLatch,
-    reorder: ReorderBuffer,
+    jitter: JitterBuffer,
+    /// Packets of audio concealed (see [`RtpStats::concealed`]).
+    concealed: u64,
+    reports: Reports,
     inbound: InboundAudio,
     pacer: Pacer<ItemTag>,
     outbound: OutboundAudio,
@@ -254,7 +311,13 @@ impl Leg {
             may_send: config.may_send,
             ptime: config.ptime,
             latch: RtpSourceLatch::new(config.strict_rtp, config.remote, now),
-            reorder: ReorderBuffer::new(config.reorder_wait),
+            jitter: JitterBuffer::new(JitterConfig {
+                clock_rate: config.codec.clock_rate(),
+                min_wait: config.reorder_wait,
+                max_wait: config.jitter_max,
+            }),
+            concealed: 0,
+            reports: Reports::new(now, config.rtcp_interval, config.stream.ssrc),
             inbound: InboundAudio::new(config.codec, config.model_input),
             pacer,
             outbound,
@@ -389,6 +452,11 @@ pub struct CallCore {
     /// ([`end_after_playout`](CallCore::end_after_playout)).
     ending_after_playout: Option<CallEnd>,
     stats: CoreStats,
+    /// RTCP compound packets for the shell to send on the leg's RTCP socket, at most
+    /// [`MAX_PENDING_RTCP`] (policy when full: the oldest is dropped; a newer report supersedes it).
+    rtcp_transmits: VecDeque<Transmit>,
+    /// Turn latency and token usage.
+    meter: Meter,
     /// Scratch buffer for model audio converted from RTP.
     model_bytes: Vec<u8>,
 }
@@ -410,6 +478,8 @@ impl CallCore {
             ended: None,
             ending_after_playout: None,
             stats: CoreStats::default(),
+            meter: Meter::default(),
+            rtcp_transmits: VecDeque::new(),
             model_bytes: Vec::with_capacity(2048),
             config,
         };
@@ -429,7 +499,12 @@ impl CallCore {
         let mut stats = self.stats;
         if let Some(leg) = self.legs.first() {
             stats.latch = leg.latch.stats();
+            stats.rtp = rtp_stats(leg);
         }
+        stats.turns = self.meter.turns();
+        stats.turn_latency_p50 = self.meter.total_latency_quantile(0.5);
+        stats.turn_latency_p95 = self.meter.total_latency_quantile(0.95);
+        stats.tokens = self.meter.tokens();
         stats
     }
 
@@ -451,7 +526,11 @@ impl CallCore {
 
     /// One datagram received on a leg's socket.
     pub fn handle_rtp(&mut self, now: Instant, leg: LegId, source: SocketAddr, datagram: &[u8]) {
-        if self.ended.is_some() || rtp::is_rtcp(datagram) {
+        if self.ended.is_some() {
+            return;
+        }
+        if rtp::is_rtcp(datagram) {
+            self.handle_rtcp(now, leg, source, datagram);
             return;
         }
         let Ok((header, payload)) = rtp::parse_rtp(datagram) else {
@@ -486,8 +565,10 @@ impl CallCore {
         metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(1);
         leg.last_rtp_in = now;
         if header.payload_type == leg.payload_type {
-            if leg.reorder.push(now, header, payload) == PushOutcome::Accepted {
-                self.drain_inbound(now, index);
+            match leg.jitter.push(now, header, payload) {
+                PushOutcome::Accepted => self.drain_inbound(now, index),
+                PushOutcome::Duplicate => metrics::counter!(telemetry::RTP_DUPLICATE_PACKETS_TOTAL).increment(1),
+                PushOutcome::Late => metrics::counter!(telemetry::RTP_LATE_PACKETS_TOTAL).increment(1),
             }
         } else if Some(header.payload_type) == leg.telephone_event
             && let Some((digit, duration)) = leg.dtmf.on_packet(header.timestamp, payload)
@@ -496,6 +577,33 @@ impl CallCore {
             let id = leg.id;
             self.outputs.push_back(Output::Dtmf { leg: id, digit, duration });
         }
+    }
+
+    /// One RTCP compound packet on a leg (its RTCP socket, or the RTP one multiplexed, RFC 5761).
+    /// Only the peer's address may report: RTCP from anywhere else is dropped unread.
+    pub fn handle_rtcp(&mut self, now: Instant, leg: LegId, source: SocketAddr, datagram: &[u8]) {
+        if self.ended.is_some() {
+            return;
+        }
+        let Some(leg) = self.leg_index(leg).and_then(|index| self.legs.get_mut(index)) else { return };
+        let peer_ip = leg.latch.send_target().map_or(leg.signalled.ip(), |target| target.ip());
+        if source.ip() != peer_ip {
+            metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "in", "result" => "ignored").increment(1);
+            return;
+        }
+        let before = leg.reports.stats().malformed;
+        let rtt = leg.reports.on_packet(now, source, datagram);
+        let result = if leg.reports.stats().malformed > before { "malformed" } else { "ok" };
+        metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "in", "result" => result).increment(1);
+        if let Some(rtt) = rtt {
+            metrics::histogram!(telemetry::RTCP_ROUND_TRIP_SECONDS).record(rtt.as_secs_f64());
+        }
+    }
+
+    /// The next RTCP packet to send on a leg's RTCP socket (not on the media clock: reports are
+    /// not time-critical to the millisecond).
+    pub fn poll_rtcp_transmit(&mut self) -> Option<Transmit> {
+        self.rtcp_transmits.pop_front()
     }
 
     /// One event from the Realtime API.
@@ -510,6 +618,7 @@ impl CallCore {
                 let Some(tag) = self.agent.conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                     return; // late audio of an interrupted response
                 };
+                self.meter.on_audio_delta(now);
                 let max_queued = self.config.max_queued_audio;
                 let Some(leg) = self.legs.first_mut() else { return };
                 let dropped = self.agent.queue_audio(leg, tag, &delta.delta, max_queued);
@@ -524,6 +633,7 @@ impl CallCore {
                 }
             }
             ServerEvent::SpeechStarted(_) => {
+                self.meter.on_speech_started();
                 let Some(leg) = self.legs.first_mut() else { return };
                 let (dropped, truncate) = self.agent.barge_in(leg);
                 if dropped > 0 || truncate.is_some() {
@@ -536,8 +646,12 @@ impl CallCore {
                 }
             }
             ServerEvent::ResponseCreated(created) => self.agent.conversation.on_response_created(&created.response.id),
+            ServerEvent::SpeechStopped(stopped) => self.meter.on_speech_stopped(stopped.audio_end_ms),
             ServerEvent::ResponseDone(done) => {
                 self.agent.conversation.on_response_done(&done.response.id);
+                if let Some(usage) = &done.response.usage {
+                    count_tokens(&self.meter.on_usage(usage));
+                }
                 if done.response.status == ResponseStatus::Failed {
                     let reason = session::failed_response_reason(done.response.status_details.as_ref());
                     metrics::counter!(telemetry::REALTIME_FAILED_RESPONSES_TOTAL, "reason" => reason).increment(1);
@@ -631,10 +745,11 @@ impl CallCore {
             return;
         }
         for index in 0..self.legs.len() {
-            if self.legs.get(index).and_then(|leg| leg.reorder.next_deadline()).is_some_and(|due| due <= now) {
+            if self.legs.get(index).and_then(|leg| leg.jitter.next_deadline()).is_some_and(|due| due <= now) {
                 self.drain_inbound(now, index);
             }
         }
+        self.send_reports(now);
         if self.legs.iter().any(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
             self.end(CallEnd::RtpTimeout);
             return;
@@ -695,7 +810,7 @@ impl CallCore {
         }
         let legs = self.legs.iter().flat_map(|leg| {
             let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
-            [Some(rtp_timeout), leg.reorder.next_deadline()].into_iter().flatten()
+            [Some(rtp_timeout), leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         legs.chain(std::iter::once(self.keepalive.next_deadline())).min()
     }
@@ -729,16 +844,52 @@ impl CallCore {
         self.outputs.push_back(Output::Ended(end.clone()));
         self.ended = Some(end);
         self.transmits.clear();
+        if let Some(leg) = self.legs.first() {
+            // Per call, not per packet: the call's jitter as the network left it.
+            metrics::histogram!(telemetry::RTP_JITTER_SECONDS).record(leg.jitter.jitter().as_secs_f64());
+        }
     }
 
-    /// Moves every packet the leg's reorder buffer releases on: the caller's to the model, one
-    /// append per packet.
+    /// Our RTCP report of every leg that is due one (reports.rs).
+    fn send_reports(&mut self, now: Instant) {
+        for leg in &mut self.legs {
+            if leg.reports.next_due().is_none_or(|due| due > now) {
+                continue;
+            }
+            let reception = leg.jitter.reception_report();
+            let rtp_timestamp = leg.pacer.timestamp_at(now);
+            let mut packet = Vec::new();
+            let target = if leg.may_send { leg.latch.send_target() } else { None };
+            let Some(destination) = leg.reports.poll(now, target, reception, rtp_timestamp, &mut packet) else {
+                continue;
+            };
+            if self.rtcp_transmits.len() >= MAX_PENDING_RTCP {
+                self.rtcp_transmits.pop_front();
+            }
+            metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "out", "result" => "ok").increment(1);
+            self.rtcp_transmits.push_back(Transmit { leg: leg.id, destination, packet });
+        }
+    }
+
+    /// Moves every packet the leg's jitter buffer releases on: the caller's to the model, one
+    /// append per packet, concealment for lost packets included (docs/media.md: the model's
+    /// input clock must not shrink).
     fn drain_inbound(&mut self, now: Instant, index: usize) {
         let at = now.saturating_duration_since(self.started);
         let Some(leg) = self.legs.get_mut(index) else { return };
-        while let Some(frame) = leg.reorder.pop(now) {
+        while let Some(frame) = leg.jitter.pop(now) {
+            metrics::histogram!(telemetry::JITTER_BUFFER_DELAY_SECONDS)
+                .record(now.saturating_duration_since(frame.arrived).as_secs_f64());
+            if frame.stream_start {
+                // A new SSRC or a restarted stream: the old stream's decoder state (Opus, G.722
+                // prediction) would smear into the new one's first packets.
+                leg.inbound.reset();
+            }
             if frame.lost_before > 0 {
+                let concealed = u64::from(frame.lost_before.min(MAX_CONCEALED_PACKETS));
+                leg.concealed += concealed;
                 metrics::counter!(telemetry::RTP_LOST_TOTAL).increment(u64::from(frame.lost_before));
+                metrics::counter!(telemetry::RTP_CONCEALED_FRAMES_TOTAL).increment(concealed);
             }
             if let Some((decoder, _)) = &mut leg.tap_decoders {
                 let mut pcm = Vec::new();
@@ -753,6 +904,8 @@ impl CallCore {
             if leg.id == CALLER {
                 self.model_bytes.clear();
                 leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
+                let appended = leg.inbound.model_audio_duration(self.model_bytes.len());
+                self.meter.on_append(frame.arrived, now, appended);
                 // Audio, not conversation: the one event that bypasses `send_realtime`.
                 self.outputs.push_back(Output::Realtime(Box::new(ClientEvent::append(self.model_bytes.clone()))));
             }
@@ -769,6 +922,9 @@ impl CallCore {
         while let Some(frame) = leg.pacer.poll(now) {
             if let Some(tag) = frame.tag {
                 self.agent.conversation.on_audio_played(tag, ptime_ms);
+                if let Some(turn) = self.meter.on_agent_packet(now) {
+                    record_turn_latency(&turn);
+                }
             }
             if let Some((_, decoder)) = &mut leg.tap_decoders {
                 let mut pcm = Vec::new();
@@ -785,8 +941,49 @@ impl CallCore {
             {
                 let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
+                leg.reports.on_rtp_sent(frame.payload.len());
                 self.transmits.push_back(Transmit { leg: leg.id, destination, packet });
             }
+        }
+    }
+}
+
+/// The leg's inbound figures for [`CoreStats::rtp`].
+fn rtp_stats(leg: &Leg) -> RtpStats {
+    let jitter = leg.jitter.stats();
+    RtpStats {
+        packets: jitter.received,
+        lost: jitter.lost,
+        late: jitter.late,
+        duplicates: jitter.duplicates,
+        reordered: jitter.reordered,
+        stream_changes: jitter.resets,
+        concealed: leg.concealed,
+        jitter: leg.jitter.jitter(),
+        jitter_max: leg.jitter.max_jitter(),
+        buffer_delay_p50: leg.jitter.delay_quantile(0.5),
+        buffer_delay_p95: leg.jitter.delay_quantile(0.95),
+        rtcp: leg.reports.stats(),
+    }
+}
+
+fn record_turn_latency(turn: &meter::TurnLatency) {
+    for (part, latency) in [("total", turn.total), ("model", turn.model), ("gateway", turn.gateway)] {
+        metrics::histogram!(telemetry::TURN_LATENCY_SECONDS, "part" => part).record(latency.as_secs_f64());
+    }
+}
+
+fn count_tokens(tokens: &TokenTotals) {
+    for (direction, kind, count) in [
+        ("input", "text", tokens.input_text),
+        ("input", "audio", tokens.input_audio),
+        ("input", "cached", tokens.input_cached),
+        ("output", "text", tokens.output_text),
+        ("output", "audio", tokens.output_audio),
+    ] {
+        if count > 0 {
+            metrics::counter!(telemetry::REALTIME_TOKENS_TOTAL, "direction" => direction, "kind" => kind)
+                .increment(count);
         }
     }
 }

@@ -54,6 +54,8 @@ fn leg_config() -> LegConfig {
         model_input: ModelAudio::G711Passthrough,
         model_output: ModelAudio::G711Passthrough,
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 65_500, timestamp: u32::MAX - 5_000 },
+        jitter_max: Duration::from_millis(60),
+        rtcp_interval: Duration::ZERO,
     }
 }
 
