@@ -38,6 +38,10 @@ pub const MEDIA_CLOCK_LATENESS_MAX_SECONDS: &str = "switchboard_media_clock_late
 pub const UP: &str = "switchboard_up";
 /// Sources tracked by per-source admission.
 pub const ADMISSION_SOURCES: &str = "switchboard_admission_sources";
+/// Confirm-mode barge-ins that turned out too short (a cough): the agent resumed.
+pub const BARGE_INS_RESUMED_TOTAL: &str = "switchboard_barge_ins_resumed_total";
+/// DTMF keys received from callers (RFC 4733 or SIP INFO), each once.
+pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -131,6 +135,11 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
     metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");
     metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
+    metrics::describe_counter!(
+        BARGE_INS_RESUMED_TOTAL,
+        "Confirm-mode barge-ins shorter than barge_in_confirm_ms: the agent resumed."
+    );
+    metrics::describe_counter!(DTMF_DIGITS_TOTAL, "DTMF keys received from callers (RFC 4733 or SIP INFO).");
     Ok(handle)
 }
 

@@ -13,8 +13,9 @@ use switchboard_realtime::events::{
     SessionConfig, SessionEvent, StatusDetails, TurnDetection, Voice,
 };
 
+use super::core::agent_control::end_call_tool;
 use super::end::Refusal;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, BargeInChoice};
 
 /// `event_id` of our `session.update`, echoed in `error.event_id` when the update is refused.
 pub const SESSION_UPDATE_EVENT_ID: &str = "evt_session_config";
@@ -35,8 +36,10 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
         prefix_padding_ms: Some(agent.vad_prefix_padding_ms),
         silence_duration_ms: Some(agent.vad_silence_duration_ms),
         idle_timeout_ms: None,
-        create_response: Some(true),
-        interrupt_response: Some(true),
+        // Confirm-mode barge-in decides itself whether the caller's speech interrupts, cancels
+        // and asks for the answer (call/core/barge_in.rs); immediate mode leaves that to the API.
+        create_response: Some(agent.barge_in == BargeInChoice::Immediate),
+        interrupt_response: Some(agent.barge_in == BargeInChoice::Immediate),
     };
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),
@@ -56,6 +59,8 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
                     ..Default::default()
                 }),
             }),
+            tools: agent.end_call.then(|| vec![end_call_tool()]),
+            tool_choice: agent.end_call.then(|| Value::String("auto".into())),
             ..SessionConfig::realtime()
         }),
     }
