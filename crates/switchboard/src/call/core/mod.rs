@@ -587,6 +587,8 @@ impl CallCore {
             }
             ServerEvent::ResponseDone(done) => {
                 self.agent.conversation.on_response_done(&done.response.id);
+                // The idle clock runs from the later of this and the agent's last packet played.
+                self.last_activity = now;
                 let active = self.agent.conversation.has_active_response();
                 let commands = self.control.on_response_done(&done.response.id, active);
                 self.run_control(commands);
@@ -771,7 +773,10 @@ impl CallCore {
     fn end_if_played_out(&mut self) {
         let played_out = self.legs.first().is_none_or(|leg| leg.held_audio().is_zero());
         if played_out && let Some(end) = self.ending_after_playout.take() {
+            // The last packets of the goodbye were just paced: they still go out.
+            let last_packets = std::mem::take(&mut self.transmits);
             self.end(end);
+            self.transmits = last_packets;
         }
     }
 
