@@ -59,7 +59,7 @@ pub enum Purpose {
 /// What the call core must do.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Command {
-    Send(ClientEvent),
+    Send(Box<ClientEvent>),
     /// Cancel the active response (the time limit).
     CancelActive,
     EndAfterPlayout(CallEnd),
@@ -206,11 +206,8 @@ impl AgentControl {
         self.queued = None;
         self.end_call_response = Some(response_id.to_owned());
         let output = Item::function_call_output(call_id, json!({"status": "hanging_up"}).to_string());
-        vec![Command::Send(ClientEvent::ConversationItemCreate {
-            event_id: None,
-            previous_item_id: None,
-            item: output,
-        })]
+        let event = ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item: output };
+        vec![Command::Send(Box::new(event))]
     }
 
     /// When [`on_timeout`](Self::on_timeout) is next due, given when the line went quiet
@@ -260,7 +257,7 @@ impl AgentControl {
         let Some(purpose) = self.queued.take() else { return Vec::new() };
         let event = self.response_create(&purpose);
         self.in_flight = Some(purpose);
-        vec![Command::Send(event)]
+        vec![Command::Send(Box::new(event))]
     }
 
     fn response_create(&self, purpose: &Purpose) -> ClientEvent {

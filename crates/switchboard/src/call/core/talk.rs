@@ -82,7 +82,7 @@ impl CallCore {
     pub(super) fn run_control(&mut self, commands: Vec<Command>) {
         for command in commands {
             match command {
-                Command::Send(event) => self.send_realtime(event),
+                Command::Send(event) => self.send_realtime(*event),
                 Command::CancelActive => {
                     self.send_realtime(ClientEvent::ResponseCancel { event_id: None, response_id: None })
                 }
