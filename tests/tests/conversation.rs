@@ -262,3 +262,84 @@ fn end_call_hangs_up_after_the_goodbye_was_heard_in_full() {
         "{metrics}"
     );
 }
+
+/// 16-bit mono 8 kHz WAV of silence (baresip's aufile source needs a file to play).
+fn silence_wav(path: &Path, secs: u32) {
+    let data_len = secs * 8000 * 2;
+    let mut wav = Vec::with_capacity(44 + data_len as usize);
+    wav.extend_from_slice(b"RIFF");
+    wav.extend_from_slice(&(36 + data_len).to_le_bytes());
+    wav.extend_from_slice(b"WAVEfmt ");
+    wav.extend_from_slice(&16u32.to_le_bytes());
+    wav.extend_from_slice(&1u16.to_le_bytes()); // PCM
+    wav.extend_from_slice(&1u16.to_le_bytes()); // mono
+    wav.extend_from_slice(&8000u32.to_le_bytes());
+    wav.extend_from_slice(&16_000u32.to_le_bytes());
+    wav.extend_from_slice(&2u16.to_le_bytes());
+    wav.extend_from_slice(&16u16.to_le_bytes());
+    wav.extend_from_slice(b"data");
+    wav.extend_from_slice(&data_len.to_le_bytes());
+    wav.resize(44 + data_len as usize, 0);
+    std::fs::write(path, wav).expect("write wav");
+}
+
+#[test]
+#[cfg_attr(not(has_baresip), ignore = "needs baresip (scripts/install-deps.sh)")]
+fn rfc_4733_keys_from_baresip_reach_the_model_as_a_text_item() {
+    use std::io::Write;
+    use std::process::Command;
+    use switchboard_e2e::procs::ChildGuard;
+
+    let ports = Ports::for_slot(74);
+    let dir = tools::scratch_dir("conversation_rfc4733_baresip");
+    let sim = Sim::start(ports, &[], &dir);
+    let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ndtmf_coalesce_ms = 1500\n", &dir);
+    let source = dir.join("silence.wav");
+    silence_wav(&source, 10);
+    let conf = dir.join("baresip");
+    std::fs::create_dir_all(&conf).expect("mkdir baresip");
+    // ctrl_tcp: baresip takes commands (sndcode: press keys) as netstrings on a TCP port.
+    let config = format!(
+        "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nnet_interface 127.0.0.1\n\
+         audio_source aufile,{source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
+         rtp_ports {m0}-{m1}\nmodule_path /usr/lib/baresip/modules\n\
+         module g711.so\nmodule aufile.so\nmodule aubridge.so\n\
+         module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\n\
+         ctrl_tcp_listen 127.0.0.1:{control}\n\
+         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
+        sip = ports.peer_sip,
+        source = source.display(),
+        m0 = ports.peer_media,
+        m1 = ports.peer_media + 99,
+        control = ports.peer_control,
+    );
+    std::fs::write(conf.join("config"), config).expect("write baresip config");
+    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip))
+        .expect("write baresip accounts");
+    let log = std::fs::File::create(dir.join("baresip.log")).expect("baresip log");
+    let mut baresip = ChildGuard::spawn(
+        "baresip",
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-u", "audio_codecs=PCMU", "-t", "7"])
+            .arg("-e")
+            .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip))
+            .stdout(log),
+    );
+    // Once the call is up, press 4 then 2.
+    std::thread::sleep(Duration::from_millis(2000));
+    let command = r#"{"command":"sndcode","params":"42","token":"keys"}"#;
+    let mut control = std::net::TcpStream::connect(("127.0.0.1", ports.peer_control)).expect("baresip ctrl_tcp");
+    control.write_all(format!("{}:{command},", command.len()).as_bytes()).expect("send sndcode");
+    baresip.wait_timeout(Duration::from_secs(15)).expect("baresip quits after -t");
+    let events = client_events(&sim);
+    assert_eq!(
+        user_texts(&events),
+        vec!["The caller pressed 4, 2.".to_string()],
+        "baresip said:\n{}\ngateway log:\n{}",
+        std::fs::read_to_string(dir.join("baresip.log")).unwrap_or_default(),
+        gateway.log()
+    );
+    assert!(response_follows(&events, "The caller pressed 4, 2."));
+}

@@ -476,4 +476,23 @@ mod tests {
         };
         assert!(config.instructions.unwrap().contains("\"Sorry, say again?\""));
     }
+
+    #[test]
+    fn the_session_declares_end_call_and_sets_vad_for_the_barge_in_mode() {
+        let value = |agent: &AgentConfig| {
+            serde_json::to_value(session_update(agent, "gpt-realtime", AudioFormat::Pcmu)).unwrap()["session"].clone()
+        };
+        let immediate = value(&AgentConfig::default());
+        assert_eq!(immediate["tools"][0]["name"], "end_call");
+        assert_eq!(immediate["tools"][0]["type"], "function");
+        assert_eq!(immediate["tool_choice"], "auto");
+        let vad = &immediate["audio"]["input"]["turn_detection"];
+        assert_eq!((vad["interrupt_response"].as_bool(), vad["create_response"].as_bool()), (Some(true), Some(true)));
+
+        let confirm =
+            value(&AgentConfig { barge_in: BargeInChoice::Confirm, end_call: false, ..AgentConfig::default() });
+        assert!(confirm.get("tools").is_none() && confirm.get("tool_choice").is_none(), "end_call = false");
+        let vad = &confirm["audio"]["input"]["turn_detection"];
+        assert_eq!((vad["interrupt_response"].as_bool(), vad["create_response"].as_bool()), (Some(false), Some(false)));
+    }
 }

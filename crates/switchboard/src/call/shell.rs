@@ -472,6 +472,7 @@ fn talk_config(agent: &AgentConfig) -> TalkConfig {
         dtmf_coalesce: ms(agent.dtmf_coalesce_ms),
         dtmf_response: agent.dtmf_response,
         control: ControlConfig {
+            end_call: agent.end_call,
             idle_timeout: Some(Duration::from_secs(agent.idle_timeout_secs)).filter(|t| !t.is_zero()),
             idle_prompt: agent.idle_prompt.clone(),
             idle_prompts: agent.idle_prompts,

@@ -80,6 +80,8 @@ pub struct TalkConfig {
 /// Settings from the agent (`agents.X.*`).
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ControlConfig {
+    /// The `end_call` tool is declared (`agents.X.end_call`); a call of it is executed only then.
+    pub end_call: bool,
     /// `None`: no idle handling.
     pub idle_timeout: Option<Duration>,
     pub idle_prompt: String,
@@ -198,7 +200,7 @@ impl AgentControl {
     /// `response.output_item.done`: a completed `end_call` function call is executed.
     pub fn on_output_item_done(&mut self, response_id: &str, item: &Item) -> Vec<Command> {
         let Item::FunctionCall(call) = item else { return Vec::new() };
-        if call.name != END_CALL_TOOL || call.status != Some(ItemStatus::Completed) {
+        if !self.config.end_call || call.name != END_CALL_TOOL || call.status != Some(ItemStatus::Completed) {
             return Vec::new();
         }
         let Some(call_id) = call.call_id.clone() else { return Vec::new() };

@@ -102,20 +102,38 @@ impl CallCore {
     }
 
     /// Since when nobody has been talking and nothing is coming: `None` while the caller
-    /// speaks, a response is active or asked for, or agent audio waits to be played.
+    /// speaks, a response is active, the call is ending, or agent audio waits to be played.
     fn quiet_since(&self) -> Option<Instant> {
         let playing = self.legs.first().is_some_and(|leg| !leg.held_audio().is_zero());
-        let busy = playing
-            || self.barge_in.caller_speaking()
+        (!playing && !self.talk_busy()).then_some(self.last_activity)
+    }
+
+    /// Whether anyone but the pacer keeps the line busy.
+    fn talk_busy(&self) -> bool {
+        self.barge_in.caller_speaking()
             || self.agent.conversation.has_active_response()
-            || self.ending_after_playout.is_some();
-        (!busy).then_some(self.last_activity)
+            || self.ending_after_playout.is_some()
+    }
+
+    /// [`quiet_since`](Self::quiet_since) for planning the task's next wake-up: while only the
+    /// agent's queued audio keeps the line busy, when that audio will have played. The media
+    /// clock plays it without waking the call's task, and without caller RTP (a silent or
+    /// muted phone) nothing else would wake it for the idle timer.
+    fn expected_quiet_since(&self) -> Option<Instant> {
+        if self.talk_busy() {
+            return None;
+        }
+        match self.legs.first() {
+            Some(leg) if !leg.held_audio().is_zero() => Some(leg.pacer.next_deadline() + leg.held_audio()),
+            _ => Some(self.last_activity),
+        }
     }
 
     /// The next deadline of the conversational timers.
     pub(super) fn poll_talk_timeout(&self) -> Option<Instant> {
         let legs = self.legs.iter().filter_map(|leg| leg.dtmf.poll_timeout());
-        [self.barge_in.poll_timeout(), self.dtmf_to_model.poll_timeout(), self.control.poll_timeout(self.quiet_since())]
+        let control = self.control.poll_timeout(self.expected_quiet_since());
+        [self.barge_in.poll_timeout(), self.dtmf_to_model.poll_timeout(), control]
             .into_iter()
             .flatten()
             .chain(legs)

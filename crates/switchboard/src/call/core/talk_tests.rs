@@ -42,6 +42,7 @@ fn talk() -> TalkConfig {
         dtmf_coalesce: ms(1500),
         dtmf_response: true,
         control: ControlConfig {
+            end_call: true,
             idle_timeout: None,
             idle_prompt: "Ask whether the caller is still there.".into(),
             idle_prompts: 2,
@@ -488,13 +489,22 @@ fn end_call_hangs_up_once_the_goodbye_has_played_in_full() {
 }
 
 #[test]
-fn an_end_call_of_a_cancelled_response_is_not_executed() {
+fn an_end_call_of_a_cancelled_response_or_an_undeclared_one_is_not_executed() {
     let mut h = Harness::new(talk());
     h.at(ms(0), created("resp_1"));
     h.at(ms(5), end_call_item_done("resp_1", "incomplete"));
     h.at(ms(10), done("resp_1"));
     h.run_to(ms(5000));
     assert!(h.ended().is_none());
+
+    let mut disabled = talk();
+    disabled.control.end_call = false;
+    let mut h = Harness::new(disabled);
+    h.at(ms(0), created("resp_1"));
+    h.at(ms(5), end_call_item_done("resp_1", "completed"));
+    h.at(ms(10), done("resp_1"));
+    h.run_to(ms(5000));
+    assert!(h.ended().is_none() && h.realtime.is_empty(), "agents.X.end_call = false");
 }
 
 #[test]
@@ -531,6 +541,10 @@ fn idle_caller_is_re_prompted_then_the_agent_says_goodbye_and_hangs_up() {
     h.at(ms(0), created("resp_1"));
     h.at(ms(0), delta("resp_1", "item_1", 0x11, 1000));
     h.at(ms(0), done("resp_1"));
+    // The media clock plays the audio without waking the call's task, and a silent phone may
+    // send no RTP: the task must already know when to wake for the idle timer.
+    let wake = h.core.poll_task_timeout().unwrap();
+    assert!(wake >= h.start + ms(5000) && wake <= h.start + ms(6020), "{:?}", wake - h.start);
     h.run_to(ms(5999));
     assert!(h.creates().is_empty());
     h.run_to(ms(6000));
