@@ -102,21 +102,40 @@ fn sip_info_keys_reach_the_model_as_text_items_and_other_bodies_get_415() {
     assert!(gateway.metrics().contains("switchboard_dtmf_digits_total 2"));
 }
 
+/// Packets dominated by a `hz` tone (the simulator's scripted answer names the key by its
+/// frequency: 500 + 100 * digit Hz).
+fn tone_packets(packets: &[RtpPacket], hz: f64) -> usize {
+    packets
+        .iter()
+        .filter(|p| {
+            let samples: Vec<i16> = p.payload.iter().map(|&b| audio::ulaw_to_linear(b)).collect();
+            let rms = (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt();
+            rms > 300.0 && audio::goertzel(&samples, 8000.0, hz) > audio::goertzel(&samples, 8000.0, 440.0) * 10.0
+        })
+        .count()
+}
+
 #[test]
-#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn rfc_4733_keys_from_sipp_reach_the_model_as_a_text_item() {
+#[cfg_attr(not(all(has_sipp, has_tshark)), ignore = "needs sipp and tshark (scripts/install-deps.sh)")]
+fn rfc_4733_keys_from_sipp_reach_the_model_and_its_answer_is_heard() {
     let ports = Ports::for_slot(70);
     let dir = tools::scratch_dir("conversation_rfc4733_sipp");
     // SIPp's own capture of key 1: payload type 101, marker on the first packet, three end packets.
-    let pcap = Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap");
-    assert!(pcap.exists(), "SIPp's DTMF captures are installed with it");
+    let pcap_file = Path::new("/usr/share/sip-tester/dtmf_2833_1.pcap");
+    assert!(pcap_file.exists(), "SIPp's DTMF captures are installed with it");
     let sim = Sim::start(ports, &[], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ndtmf_coalesce_ms = 300\n", &dir);
-    pcmu_call(ports, "uac_call.xml", &sipp::play_pcap(&pcap.display().to_string()), &[], &dir, 2500);
+    let filter = format!("udp and dst portrange {}-{}", ports.peer_media, ports.peer_media + 3);
+    let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 30);
+    pcmu_call(ports, "uac_call.xml", &sipp::play_pcap(&pcap_file.display().to_string()), &[], &dir, 2500);
+    let pcap_path = capture.finish();
     let events = client_events(&sim);
     assert_eq!(user_texts(&events), vec!["The caller pressed 1.".to_string()], "gateway log:\n{}", gateway.log());
     assert!(response_follows(&events, "The caller pressed 1."));
     assert!(gateway.metrics().contains("switchboard_dtmf_digits_total 1"), "one key, once");
+    // The model "heard" the key: its scripted 600 ms answer at 600 Hz reached the caller.
+    let answer_ms = tone_packets(&pcap::read_rtp(&pcap_path), 600.0) * 20;
+    assert!(answer_ms >= 500, "the answer to key 1 was heard ({answer_ms} ms of 600 Hz)");
 }
 
 #[test]
