@@ -67,7 +67,8 @@ fn response_follows(events: &[Value], text: &str) -> bool {
 fn pcmu_call(ports: Ports, scenario: &str, media: &str, extra: &[(&str, &str)], dir: &Path, pause_ms: u32) {
     let formats = "0 101";
     let rtpmaps = sipp::rtpmaps(formats);
-    let mut placeholders = vec![("FORMATS", formats), ("RTPMAPS", rtpmaps.as_str()), ("EXPECT_PT", "0"), ("MEDIA", media)];
+    let mut placeholders =
+        vec![("FORMATS", formats), ("RTPMAPS", rtpmaps.as_str()), ("EXPECT_PT", "0"), ("MEDIA", media)];
     placeholders.extend_from_slice(extra);
     let out = sipp::run(scenario, &placeholders, dir, ports, "15550001000", pause_ms);
     assert!(out.status.success(), "SIPp {scenario} failed (see above)");
@@ -102,15 +103,15 @@ fn sip_info_keys_reach_the_model_as_text_items_and_other_bodies_get_415() {
     assert!(gateway.metrics().contains("switchboard_dtmf_digits_total 2"));
 }
 
-/// Packets dominated by a `hz` tone (the simulator's scripted answer names the key by its
-/// frequency: 500 + 100 * digit Hz).
-fn tone_packets(packets: &[RtpPacket], hz: f64) -> usize {
+/// Packets dominated by a `hz` tone rather than `versus` (the simulator's scripted answer names
+/// a key by its frequency: 500 + 100 * digit Hz; its greeting is 440 Hz).
+fn tone_packets(packets: &[RtpPacket], hz: f64, versus: f64) -> usize {
     packets
         .iter()
         .filter(|p| {
             let samples: Vec<i16> = p.payload.iter().map(|&b| audio::ulaw_to_linear(b)).collect();
             let rms = (samples.iter().map(|&s| f64::from(s).powi(2)).sum::<f64>() / samples.len() as f64).sqrt();
-            rms > 300.0 && audio::goertzel(&samples, 8000.0, hz) > audio::goertzel(&samples, 8000.0, 440.0) * 10.0
+            rms > 300.0 && audio::goertzel(&samples, 8000.0, hz) > audio::goertzel(&samples, 8000.0, versus) * 10.0
         })
         .count()
 }
@@ -134,7 +135,7 @@ fn rfc_4733_keys_from_sipp_reach_the_model_and_its_answer_is_heard() {
     assert!(response_follows(&events, "The caller pressed 1."));
     assert!(gateway.metrics().contains("switchboard_dtmf_digits_total 1"), "one key, once");
     // The model "heard" the key: its scripted 600 ms answer at 600 Hz reached the caller.
-    let answer_ms = tone_packets(&pcap::read_rtp(&pcap_path), 600.0) * 20;
+    let answer_ms = tone_packets(&pcap::read_rtp(&pcap_path), 600.0, 440.0) * 20;
     assert!(answer_ms >= 500, "the answer to key 1 was heard ({answer_ms} ms of 600 Hz)");
 }
 
@@ -230,7 +231,8 @@ fn end_call_hangs_up_after_the_goodbye_was_heard_in_full() {
     let dir = tools::scratch_dir("conversation_end_call");
     let sim = Sim::start(ports, &[], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"\"\n", &dir);
-    let filter = format!("udp and (dst portrange {}-{} or port {})", ports.peer_media, ports.peer_media + 3, ports.peer_sip);
+    let filter =
+        format!("udp and (dst portrange {}-{} or port {})", ports.peer_media, ports.peer_media + 3, ports.peer_sip);
     let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 30);
     let formats = "0 101";
     let rtpmaps = sipp::rtpmaps(formats);
@@ -361,4 +363,70 @@ fn rfc_4733_keys_from_baresip_reach_the_model_as_a_text_item() {
         gateway.log()
     );
     assert!(response_follows(&events, "The caller pressed 4, 2."));
+}
+
+#[test]
+#[cfg_attr(not(all(has_sipp, has_tshark)), ignore = "needs sipp and tshark (scripts/install-deps.sh)")]
+fn phases_play_in_order_and_a_barge_in_truncates_each_item_at_its_own_ms() {
+    let ports = Ports::for_slot(75);
+    let dir = tools::scratch_dir("conversation_phases");
+    // Each answer: commentary (400 ms at 660 Hz), then final_answer (1.5 s at 440 Hz); three
+    // late deltas follow every interruption.
+    let sim = Sim::start(ports, &["--phases", "--late-deltas", "3", "--behaviour", "tone:440:1500"], &dir);
+    let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"\"\n", &dir);
+    // A question (0.3-0.9 s), then, as the answer plays, the caller talks again (from 1.9 s).
+    let mut stream = std::fs::read(silence_tone_silence(&dir, "a.ul", 300, 1000.0, 600, 1000)).expect("read");
+    stream.extend(std::fs::read(silence_tone_silence(&dir, "b.ul", 0, 1000.0, 600, 3000)).expect("read"));
+    let stream_path = dir.join("two_utterances.ul");
+    std::fs::write(&stream_path, stream).expect("write");
+    let filter = format!("udp and dst portrange {}-{}", ports.peer_media, ports.peer_media + 3);
+    let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 30);
+    pcmu_call(ports, "uac_call.xml", &sipp::rtp_stream(&stream_path.display().to_string(), "0"), &[], &dir, 6000);
+    let pcap_path = capture.finish();
+
+    let sessions = sim.sessions();
+    let all = sessions[0]["events"].as_array().expect("events").clone();
+    let server: Vec<&Value> = all.iter().filter(|e| e["direction"] == "server").collect();
+    assert!(!server.iter().any(|e| e["event"]["type"] == "error"), "the simulator refused something: {server:?}");
+    let item_of_phase = |phase: &str| -> String {
+        let added = server
+            .iter()
+            .find(|e| e["event"]["type"] == "response.output_item.added" && e["event"]["item"]["phase"] == phase);
+        added.and_then(|e| e["event"]["item"]["id"].as_str()).expect("a phase item").to_owned()
+    };
+    let (commentary, answer) = (item_of_phase("commentary"), item_of_phase("final_answer"));
+    // The first answer's audio is all sent before the second response starts.
+    let second_created_us = server
+        .iter()
+        .filter(|e| e["event"]["type"] == "response.created")
+        .nth(1)
+        .and_then(|e| e["at_unix_us"].as_i64())
+        .expect("the second utterance got its own response");
+    let first: Vec<RtpPacket> =
+        pcap::read_rtp(&pcap_path).into_iter().filter(|p| p.time_us < second_created_us).collect();
+    let heard_commentary = tone_packets(&first, 660.0, 440.0) as i64 * 20;
+    let heard_answer = tone_packets(&first, 440.0, 660.0) as i64 * 20;
+    let truncates: Vec<(String, i64)> = client_events(&sim)
+        .iter()
+        .filter(|e| e["type"] == "conversation.item.truncate")
+        .map(|e| (e["item_id"].as_str().unwrap_or_default().to_owned(), e["audio_end_ms"].as_i64().unwrap_or(-1)))
+        .collect();
+    eprintln!("phases: heard commentary {heard_commentary} ms, answer {heard_answer} ms; truncates {truncates:?}");
+    assert_eq!(truncates.len(), 1 + usize::from(heard_answer == 0), "{truncates:?}; log:\n{}", gateway.log());
+    if heard_answer == 0 {
+        // Interrupted during the commentary: cut there, the unheard answer at 0.
+        assert_eq!(truncates[0].0, commentary);
+        assert!((truncates[0].1 - heard_commentary).abs() <= 20, "{truncates:?}");
+        assert_eq!(truncates[1], (answer, 0));
+    } else {
+        // The commentary was heard in full, in order, then the answer was cut at its own ms
+        // (late deltas never played: they would be heard beyond the truncate).
+        assert!(heard_commentary >= 380, "the commentary in full ({heard_commentary} ms)");
+        let starts = |hz: f64, versus: f64| {
+            first.iter().find(|p| tone_packets(std::slice::from_ref(*p), hz, versus) == 1).map(|p| p.time_us)
+        };
+        assert!(starts(660.0, 440.0) < starts(440.0, 660.0), "the commentary plays first");
+        assert_eq!(truncates[0].0, answer);
+        assert!((truncates[0].1 - heard_answer).abs() <= 20, "{truncates:?} vs {heard_answer} ms heard");
+    }
 }
