@@ -251,6 +251,8 @@ fn end_call_hangs_up_after_the_goodbye_was_heard_in_full() {
     std::thread::sleep(Duration::from_millis(1500));
     sim.control("call_tool", r#"{"name":"end_call","arguments":"{}","say_ms":1500,"now":true}"#);
     let out = caller.join().expect("sipp thread");
+    // The BYE is the last packet: give tshark time to write it before it is stopped.
+    std::thread::sleep(Duration::from_millis(500));
     let pcap_path = capture.finish();
     assert!(out.status.success(), "no BYE from the gateway; log:\n{}", gateway.log());
 

@@ -677,10 +677,15 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        // Judged before this slot is paced: the last audio packet went out on an earlier tick
+        // of the media clock, so the BYE the call's task sends cannot overtake it.
+        self.end_if_played_out();
+        if self.ended.is_some() {
+            return;
+        }
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }
-        self.end_if_played_out();
     }
 
     /// Everything but the pacers: reorder deadlines, RTP timeout, keepalive and watchdog.
@@ -773,10 +778,7 @@ impl CallCore {
     fn end_if_played_out(&mut self) {
         let played_out = self.legs.first().is_none_or(|leg| leg.held_audio().is_zero());
         if played_out && let Some(end) = self.ending_after_playout.take() {
-            // The last packets of the goodbye were just paced: they still go out.
-            let last_packets = std::mem::take(&mut self.transmits);
             self.end(end);
-            self.transmits = last_packets;
         }
     }
 
