@@ -1110,4 +1110,32 @@ mod tests {
         assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
         assert_eq!(cfg.admin.token, Secret::default());
     }
+
+    #[test]
+    fn conversation_keys_parse_and_are_checked() {
+        let f = write(
+            "[agents.default]\nbarge_in = \"confirm\"\nbarge_in_confirm_ms = 300\nend_call = false\n\
+             idle_timeout_secs = 8\nidle_prompts = 3\nmax_call_secs = 600\ndtmf_response = false\n",
+        );
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        let agent = &cfg.agents["default"];
+        assert_eq!((agent.barge_in, agent.barge_in_confirm_ms), (BargeInChoice::Confirm, 300));
+        assert!(!agent.end_call && !agent.dtmf_response);
+        assert_eq!((agent.idle_timeout_secs, agent.idle_prompts, agent.max_call_secs), (8, 3, 600));
+        assert_eq!(agent.dtmf_coalesce_ms, 1500, "default");
+
+        let f = write(
+            "[agents.default]\nbarge_in_confirm_ms = 10\ndtmf_coalesce_ms = 0\nidle_timeout_secs = 5\n\
+             idle_prompt = \" \"\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in
+            ["agents.default.barge_in_confirm_ms", "agents.default.dtmf_coalesce_ms", "agents.default.idle_prompt"]
+        {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let f = write("[agents.default]\nbarge_in = \"sometimes\"\n");
+        assert!(load_with_env(f.path(), &[]).is_err(), "an unknown barge-in mode");
+    }
 }

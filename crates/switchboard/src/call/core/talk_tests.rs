@@ -150,9 +150,13 @@ struct Harness {
 
 impl Harness {
     fn new(talk: TalkConfig) -> Harness {
+        Self::with_leg(talk, leg())
+    }
+
+    fn with_leg(talk: TalkConfig, leg: LegConfig) -> Harness {
         let start = Instant::now();
         let mut h = Harness {
-            core: CallCore::new(start, config(talk), leg()),
+            core: CallCore::new(start, config(talk), leg),
             start,
             now: start,
             sent: Vec::new(),
@@ -206,8 +210,22 @@ impl Harness {
     }
 
     fn dtmf_packet(&mut self, at: Duration, timestamp: u32, event: u8, end: bool, duration: u16, marker: bool) {
+        self.dtmf_packet_as(PT_DTMF, at, timestamp, event, end, duration, marker);
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn dtmf_packet_as(
+        &mut self,
+        payload_type: u8,
+        at: Duration,
+        timestamp: u32,
+        event: u8,
+        end: bool,
+        duration: u16,
+        marker: bool,
+    ) {
         self.run_to(at);
-        let header = RtpHeader { payload_type: PT_DTMF, marker, sequence: self.dtmf_sequence, timestamp, ssrc: 0xCA11 };
+        let header = RtpHeader { payload_type, marker, sequence: self.dtmf_sequence, timestamp, ssrc: 0xCA11 };
         self.dtmf_sequence = self.dtmf_sequence.wrapping_add(1);
         let [hi, lo] = duration.to_be_bytes();
         let mut packet = Vec::new();
@@ -435,6 +453,37 @@ fn rfc_4733_keys_reach_the_model_as_one_text_item_then_a_response_and_never_as_a
         .collect();
     assert_eq!(digits, vec!['1', '2', '#'], "each key once, for the routing rules");
     assert_eq!(h.appends(), 0, "telephone-events are never audio to the model");
+}
+
+#[test]
+fn keys_on_an_opus_call_use_the_payload_type_the_offer_chose_and_the_48_khz_clock() {
+    let opus = LegConfig {
+        codec: Codec::Opus,
+        payload_type: 111,
+        telephone_event: Some(110),
+        model_input: ModelAudio::Pcm24k,
+        model_output: ModelAudio::Pcm24k,
+        ..leg()
+    };
+    let mut h = Harness::with_leg(talk(), opus);
+    // Key 3 held 100 ms: 4800 units of the 48 kHz clock; end packet sent three times.
+    h.dtmf_packet_as(110, ms(500), 96_000, 3, false, 960, true);
+    for n in 0..3 {
+        h.dtmf_packet_as(110, ms(600 + n), 96_000, 3, true, 4800, false);
+    }
+    // The same event under the 8 kHz table's payload type is not a key on this call.
+    h.dtmf_packet_as(PT_DTMF, ms(700), 200_000, 4, true, 800, false);
+    h.run_to(ms(3000));
+    let keys: Vec<(char, Duration)> = h
+        .outputs
+        .iter()
+        .filter_map(|(_, o)| match o {
+            Output::Dtmf { digit, duration, .. } => Some((digit.as_char(), *duration)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(keys, vec![('3', ms(100))]);
+    assert_eq!(h.user_texts(), vec!["The caller pressed 3.".to_string()]);
 }
 
 #[test]
