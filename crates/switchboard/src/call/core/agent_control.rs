@@ -32,6 +32,15 @@ pub const END_CALL_TOOL: &str = "end_call";
 /// How long after the time limit the call ends even if the goodbye never played.
 pub const GOODBYE_GRACE: Duration = Duration::from_secs(10);
 
+/// `event_id`s of the gateway's own `response.create`s: an `error` naming one means no response
+/// is coming for it.
+/// (`evt_greeting` is `session::greeting`'s.)
+const RESPONSE_CREATE_IDS: [&str; 4] = ["evt_greeting", "evt_turn", "evt_idle_prompt", "evt_goodbye"];
+
+pub fn is_our_response_create(event_id: &str) -> bool {
+    RESPONSE_CREATE_IDS.contains(&event_id)
+}
+
 /// The `end_call` function tool for `session.tools` (§2.4).
 pub fn end_call_tool() -> Tool {
     Tool::Function {

@@ -607,7 +607,8 @@ impl CallCore {
             ServerEvent::Error(ErrorEvent { error, .. }) => {
                 let code = ErrorCode::parse(error.code.as_deref());
                 metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
-                if code == ErrorCode::ConversationAlreadyHasActiveResponse {
+                let ours = error.event_id.as_deref().is_some_and(agent_control::is_our_response_create);
+                if code == ErrorCode::ConversationAlreadyHasActiveResponse || ours {
                     self.control.on_create_refused();
                 }
                 if code.is_fatal() {

@@ -506,6 +506,23 @@ fn sip_info_keys_wait_for_the_active_response_before_asking_for_another() {
     assert!(h.creates().is_empty(), "dtmf_response = false");
 }
 
+#[test]
+fn a_refused_response_create_does_not_block_the_next_one() {
+    let mut h = Harness::new(talk());
+    h.dialog(ms(0), DialogInput::Dtmf { digit: DtmfDigit::from_char('1').unwrap(), duration: ms(0) });
+    h.run_to(ms(1500));
+    assert_eq!(h.creates().len(), 1);
+    // The API refuses it (the create is named in the error): no response is coming.
+    h.at(
+        ms(1600),
+        event(json!({"type":"error","event_id":"e","error":{"type":"invalid_request_error","code":"invalid_value",
+            "message":"no","event_id":"evt_turn"}})),
+    );
+    h.dialog(ms(2000), DialogInput::Dtmf { digit: DtmfDigit::from_char('2').unwrap(), duration: ms(0) });
+    h.run_to(ms(3500));
+    assert_eq!(h.creates().len(), 2, "the second key is answered");
+}
+
 // ---- end_call and end_after_playout ----
 
 #[test]
