@@ -432,3 +432,52 @@ fn phases_play_in_order_and_a_barge_in_truncates_each_item_at_its_own_ms() {
         assert!((truncates[0].1 - heard_answer).abs() <= 20, "{truncates:?} vs {heard_answer} ms heard");
     }
 }
+
+#[test]
+#[cfg_attr(not(all(has_sipp, has_tshark)), ignore = "needs sipp and tshark (scripts/install-deps.sh)")]
+fn confirm_mode_real_speech_stops_the_agent_truncates_and_gets_an_answer() {
+    let ports = Ports::for_slot(76);
+    let dir = tools::scratch_dir("conversation_confirm_speech");
+    // 1 s into a 4 s greeting the caller talks for 1.2 s: longer than barge_in_confirm_ms.
+    let speech = silence_tone_silence(&dir, "speech.ul", 1000, 1000.0, 1200, 3000);
+    let sim = Sim::start(ports, &["--greeting-tone", "440:4000"], &dir);
+    let gateway = Gateway::start(
+        ports,
+        &sim.url(),
+        "[agents.default]\ngreeting = \"Hello.\"\nbarge_in = \"confirm\"\nbarge_in_confirm_ms = 400\n\
+         vad_silence_duration_ms = 300\n",
+        &dir,
+    );
+    let filter = format!("udp and dst portrange {}-{}", ports.peer_media, ports.peer_media + 3);
+    let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 30);
+    pcmu_call(ports, "uac_call.xml", &sipp::rtp_stream(&speech, "0"), &[], &dir, 5000);
+    let pcap_path = capture.finish();
+
+    let sessions = sim.sessions();
+    let all = sessions[0]["events"].as_array().expect("events").clone();
+    let server: Vec<&Value> = all.iter().filter(|e| e["direction"] == "server").collect();
+    assert!(!server.iter().any(|e| e["event"]["type"] == "error"), "the simulator refused something: {server:?}");
+    let at = |e: &Value| e["at_unix_us"].as_i64().unwrap_or_default();
+    let client: Vec<&Value> = all.iter().filter(|e| e["direction"] == "client").collect();
+    let truncate = client
+        .iter()
+        .find(|e| e["event"]["type"] == "conversation.item.truncate")
+        .unwrap_or_else(|| panic!("a real barge-in truncates; log:\n{}", gateway.log()));
+    let stopped =
+        server.iter().find(|e| e["event"]["type"] == "input_audio_buffer.speech_stopped").expect("the speech ended");
+    // The gateway, not the API, answers the turn (create_response is off in confirm mode).
+    let turn = client
+        .iter()
+        .find(|e| e["event"]["type"] == "response.create" && e["event"]["event_id"] == "evt_turn")
+        .expect("the gateway asks for the answer");
+    assert!(at(turn) >= at(stopped), "asked for once the caller's turn ended");
+    // What the caller heard of the greeting before the barge-in is what the item is cut to.
+    let heard_ms = pcap::read_rtp(&pcap_path).iter().filter(|p| p.time_us < at(truncate) && carries_greeting(p)).count()
+        as i64
+        * 20;
+    let audio_end_ms = truncate["event"]["audio_end_ms"].as_i64().expect("audio_end_ms");
+    eprintln!("confirm speech: truncate at {audio_end_ms} ms, the caller heard {heard_ms} ms");
+    assert!((audio_end_ms - heard_ms).abs() <= 20, "{audio_end_ms} vs {heard_ms} ms heard");
+    assert!(heard_ms < 3000, "the greeting was stopped ({heard_ms} ms heard)");
+    assert!(gateway.metrics().contains("switchboard_barge_ins_total 1"));
+}
