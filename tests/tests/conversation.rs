@@ -64,6 +64,15 @@ fn response_follows(events: &[Value], text: &str) -> bool {
     events[at..].iter().any(|e| e["type"] == "response.create")
 }
 
+/// Waits (bounded) until the gateway has the call's ACK: the call is up.
+fn wait_for_ack(gateway: &Gateway) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !gateway.log().contains("ACK received") {
+        assert!(std::time::Instant::now() < deadline, "the call did not come up; log:\n{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn pcmu_call(ports: Ports, scenario: &str, media: &str, extra: &[(&str, &str)], dir: &Path, pause_ms: u32) {
     let formats = "0 101";
     let rtpmaps = sipp::rtpmaps(formats);
@@ -247,8 +256,9 @@ fn end_call_hangs_up_after_the_goodbye_was_heard_in_full() {
             0,
         )
     });
-    // The call is up well within a second; then the model says goodbye and calls end_call.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once the call is up, the model says goodbye and calls end_call.
+    wait_for_ack(&gateway);
+    std::thread::sleep(Duration::from_millis(300));
     sim.control("call_tool", r#"{"name":"end_call","arguments":"{}","say_ms":1500,"now":true}"#);
     let out = caller.join().expect("sipp thread");
     // The BYE is the last packet: give tshark time to write it before it is stopped.
@@ -351,7 +361,8 @@ fn rfc_4733_keys_from_baresip_reach_the_model_as_a_text_item() {
             .stdout(log),
     );
     // Once the call is up, press 4 then 2.
-    std::thread::sleep(Duration::from_millis(2000));
+    wait_for_ack(&gateway);
+    std::thread::sleep(Duration::from_millis(500));
     let command = r#"{"command":"sndcode","params":"42","token":"keys"}"#;
     let mut control = std::net::TcpStream::connect(("127.0.0.1", ports.peer_control)).expect("baresip ctrl_tcp");
     control.write_all(format!("{}:{command},", command.len()).as_bytes()).expect("send sndcode");
