@@ -67,7 +67,7 @@ pub fn events(data: &[u8]) {
                 }
             }
             ServerEvent::SpeechStarted(_) => {
-                if let Some(truncate) = conversation.on_speech_started() {
+                for truncate in conversation.on_speech_started() {
                     let received = received_ms.get(&truncate.item_id).copied().unwrap_or(0.0);
                     assert!(
                         f64::from(truncate.audio_end_ms) <= received.floor(),

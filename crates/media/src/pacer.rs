@@ -71,6 +71,8 @@ pub struct Pacer<T> {
     /// True while the previous frame sent was audio (no marker on the next audio frame).
     in_talkspurt: bool,
     stats: PacerStats,
+    /// While set, every slot is silence and the queue is kept (confirm-mode barge-in).
+    paused: bool,
 }
 
 impl<T> Pacer<T> {
@@ -89,6 +91,7 @@ impl<T> Pacer<T> {
             queue: VecDeque::new(),
             in_talkspurt: false,
             stats: PacerStats::default(),
+            paused: false,
         }
     }
 
@@ -114,7 +117,8 @@ impl<T> Pacer<T> {
             self.stats.skipped_slots += slots_behind;
             resumed_after_stall = true;
         }
-        let (tag, payload, marker) = match self.queue.pop_front() {
+        let next = if self.paused { None } else { self.queue.pop_front() };
+        let (tag, payload, marker) = match next {
             Some((tag, frame)) => {
                 // RFC 3551 §4.1: the marker bit flags the first packet of a talkspurt, i.e. the
                 // first audio after silence (or after a stall, where the timestamp jumps).
@@ -163,6 +167,17 @@ impl<T> Pacer<T> {
         self.in_talkspurt = false;
         self.stats.flushed_frames += dropped as u64;
         dropped
+    }
+
+    /// Pauses (silence in every slot, the queue kept, the clock running) or resumes; the first
+    /// audio frame after a pause starts a new talkspurt (marker set).
+    pub fn set_paused(&mut self, paused: bool) {
+        self.paused = paused;
+    }
+
+    /// Whether the pacer is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused
     }
 
     /// Frames waiting to be sent.
@@ -386,5 +401,28 @@ mod tests {
         assert_eq!((next.header.sequence, next.header.timestamp), (102, 1000 + 52 * 160));
         assert!(!next.header.marker);
         assert_eq!(pacer.queued_frames(), 97);
+    }
+
+    #[test]
+    fn a_paused_pacer_sends_silence_keeps_its_queue_and_resumes_with_a_marker() {
+        let start = Instant::now();
+        let mut pacer: Pacer<u8> = Pacer::new(config(), start, 10, 1000);
+        for tag in 1..=3 {
+            pacer.enqueue(tag, audio());
+        }
+        let first = drain(&mut pacer, start);
+        assert_eq!(first[0].tag, Some(1));
+        pacer.set_paused(true);
+        let paused = drain(&mut pacer, start + PTIME * 2);
+        assert_eq!(paused.len(), 2);
+        assert!(paused.iter().all(|f| f.tag.is_none() && f.payload == vec![0xFF; 160]));
+        assert_eq!(pacer.queued_frames(), 2, "the queue is kept while paused");
+        pacer.set_paused(false);
+        let resumed = drain(&mut pacer, start + PTIME * 3);
+        assert_eq!(resumed[0].tag, Some(2));
+        assert!(resumed[0].header.marker, "a new talkspurt after the pause");
+        // Sequence and timestamp ran on through the pause.
+        assert_eq!(resumed[0].header.sequence, 13);
+        assert_eq!(resumed[0].header.timestamp, 1000 + 3 * 160);
     }
 }

@@ -109,13 +109,16 @@ impl Conversation {
     /// `input_audio_buffer.speech_started`: the caller barged in.
     ///
     /// Marks every response whose audio has not been fully played as interrupted (its later
-    /// deltas are discarded) and returns the truncate for the assistant item being played:
-    /// `audio_end_ms` is the whole ms actually played, clamped to the ms received for that item.
-    /// Returns None when nothing was left unplayed (playback had finished: skip the truncate,
-    /// §6 step 2). The caller flushes its pacer / outbound queue itself.
-    pub fn on_speech_started(&mut self) -> Option<Truncate> {
-        // The item being played is the oldest one with audio still owed to the caller: unplayed
-        // audio queued, or its response still streaming more.
+    /// deltas are discarded) and returns the truncates, oldest item first: the assistant item
+    /// being played at the whole ms actually played (clamped to the ms received for it), and
+    /// every later item of which nothing was played yet at 0 (a multi-item response, e.g.
+    /// `phase` commentary then final_answer: the unheard answer's transcript is deleted too,
+    /// reference §3 `conversation.item.truncate`, so the model does not believe it said it).
+    /// Empty when nothing was left unplayed (playback had finished: skip the truncate, §6
+    /// step 2). The caller flushes its pacer / outbound queue itself.
+    pub fn on_speech_started(&mut self) -> Vec<Truncate> {
+        // Items with audio still owed to the caller: unplayed audio queued, or their response
+        // still streaming more.
         let mut candidates: Vec<ItemTag> = self
             .items
             .iter()
@@ -125,11 +128,26 @@ impl Conversation {
             })
             .map(|(tag, _)| *tag)
             .collect();
-        candidates.sort_by_key(|tag| tag.wrapping_sub(self.oldest_tag()));
-        let truncate = candidates.first().and_then(|tag| self.items.get(tag)).map(|item| {
+        let oldest = self.oldest_tag();
+        candidates.sort_by_key(|tag| tag.wrapping_sub(oldest));
+        let mut truncates = Vec::new();
+        for (index, tag) in candidates.iter().enumerate() {
+            let Some(item) = self.items.get(tag) else { continue };
+            // A fully played item followed by a later one of its response was heard in full:
+            // its audio is done (the later item started framing), nothing to cut.
+            let followed = candidates
+                .get(index + 1..)
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|t| self.items.get(t))
+                .any(|later| later.response_id == item.response_id);
+            if followed && !item.unplayed() {
+                continue;
+            }
             let played = item.played_ms.min(item.received_ms).max(0.0).floor();
-            Truncate { item_id: item.item_id.clone(), audio_end_ms: played.min(f64::from(u32::MAX)) as u32 }
-        });
+            truncates
+                .push(Truncate { item_id: item.item_id.clone(), audio_end_ms: played.min(f64::from(u32::MAX)) as u32 });
+        }
 
         // Interrupt every response still streaming or with audio left in the queue.
         let mut interrupted: Vec<String> =
@@ -148,7 +166,7 @@ impl Conversation {
             }
             self.forget_finished(tag);
         }
-        truncate
+        truncates
     }
 
     /// `response.created`.
@@ -234,6 +252,10 @@ impl Conversation {
 mod tests {
     use super::*;
 
+    fn first_of(truncates: Vec<Truncate>) -> Truncate {
+        truncates.into_iter().next().expect("a truncate")
+    }
+
     /// Plays `ms` of a tag in 20 ms frames, as the pacer would.
     fn play(conv: &mut Conversation, tag: ItemTag, ms: u32) {
         for _ in 0..ms / 20 {
@@ -264,7 +286,7 @@ mod tests {
         conv.on_audio_played(tag, 7.6);
         assert_eq!(conv.played_ms("item_1"), Some(1247.6));
 
-        let truncate = conv.on_speech_started().unwrap();
+        let truncate = first_of(conv.on_speech_started());
         assert_eq!(truncate, Truncate { item_id: "item_1".into(), audio_end_ms: 1247 });
         assert_eq!(conv.on_audio_delta("resp_1", "item_1", 200.0), None);
         assert_eq!(conv.on_audio_delta("resp_1", "item_2", 200.0), None);
@@ -296,7 +318,7 @@ mod tests {
         play(&mut conv, tag, 100);
         assert_eq!(conv.played_ms("item_1"), Some(50.0));
         // Still streaming: the caller heard 50 ms and more audio is owed, so truncate at 50.
-        let truncate = conv.on_speech_started().unwrap();
+        let truncate = first_of(conv.on_speech_started());
         assert_eq!(truncate.audio_end_ms, 50);
     }
 
@@ -307,7 +329,7 @@ mod tests {
         let tag = conv.on_audio_delta("resp_1", "item_1", 400.0).unwrap();
         conv.on_response_done("resp_1");
         play(&mut conv, tag, 400);
-        assert_eq!(conv.on_speech_started(), None);
+        assert!(conv.on_speech_started().is_empty());
         // A fully played, done item is forgotten.
         assert_eq!(conv.tracked_items(), 0);
         assert_eq!(conv.played_ms("item_1"), None);
@@ -323,7 +345,7 @@ mod tests {
         conv.on_response_done("resp_1");
         assert!(!conv.has_active_response());
         play(&mut conv, tag, 800);
-        let truncate = conv.on_speech_started().unwrap();
+        let truncate = first_of(conv.on_speech_started());
         assert_eq!(truncate.item_id, "item_1");
         assert_eq!(truncate.audio_end_ms, 800);
         assert_eq!(conv.tracked_items(), 0);
@@ -336,7 +358,7 @@ mod tests {
         let first = conv.on_audio_delta("resp_1", "item_1", 300.0).unwrap();
         let _second = conv.on_audio_delta("resp_1", "item_2", 300.0).unwrap();
         play(&mut conv, first, 100);
-        assert_eq!(conv.on_speech_started().unwrap().item_id, "item_1");
+        assert_eq!(first_of(conv.on_speech_started()).item_id, "item_1");
     }
 
     #[test]
@@ -345,7 +367,7 @@ mod tests {
         conv.on_response_created("resp_1");
         let tag = conv.on_audio_delta("resp_1", "item_1", 1000.0).unwrap();
         play(&mut conv, tag, 200);
-        assert!(conv.on_speech_started().is_some());
+        assert!(!conv.on_speech_started().is_empty());
         conv.on_response_done("resp_1");
 
         conv.on_response_created("resp_2");
@@ -353,7 +375,7 @@ mod tests {
         assert_eq!(conv.item_id(tag2), Some("item_2"));
         play(&mut conv, tag2, 300);
         assert_eq!(conv.played_ms("item_2"), Some(300.0));
-        let truncate = conv.on_speech_started().unwrap();
+        let truncate = first_of(conv.on_speech_started());
         assert_eq!(truncate.item_id, "item_2");
         assert_eq!(truncate.audio_end_ms, 300);
     }
@@ -384,7 +406,7 @@ mod tests {
             play(&mut conv, tag, 5000);
             if turn % 7 == 0 {
                 // Occasional barge-in on an already finished answer.
-                assert_eq!(conv.on_speech_started(), None);
+                assert!(conv.on_speech_started().is_empty());
             }
         }
         assert_eq!(conv.tracked_items(), 0);
@@ -399,6 +421,37 @@ mod tests {
         conv.on_audio_played(42, 20.0);
         conv.on_response_done("resp_unknown");
         assert_eq!(conv.item_id(42), None);
-        assert_eq!(conv.on_speech_started(), None);
+        assert!(conv.on_speech_started().is_empty());
+    }
+
+    #[test]
+    fn a_multi_item_response_truncates_the_playing_item_and_unstarted_ones_at_zero() {
+        // gpt-realtime-2 `phase`: commentary then final_answer, in one response.
+        let mut conv = Conversation::new();
+        conv.on_response_created("resp_1");
+        let commentary = conv.on_audio_delta("resp_1", "item_commentary", 400.0).unwrap();
+        let answer = conv.on_audio_delta("resp_1", "item_answer", 2000.0).unwrap();
+        play(&mut conv, commentary, 200);
+        let truncates = conv.on_speech_started();
+        assert_eq!(
+            truncates,
+            vec![
+                Truncate { item_id: "item_commentary".into(), audio_end_ms: 200 },
+                Truncate { item_id: "item_answer".into(), audio_end_ms: 0 },
+            ]
+        );
+        assert_eq!(conv.on_audio_delta("resp_1", "item_answer", 100.0), None, "late audio is dropped");
+        let _ = answer;
+    }
+
+    #[test]
+    fn a_commentary_heard_in_full_is_not_cut_the_answer_being_played_is() {
+        let mut conv = Conversation::new();
+        conv.on_response_created("resp_1");
+        let commentary = conv.on_audio_delta("resp_1", "item_commentary", 400.0).unwrap();
+        let answer = conv.on_audio_delta("resp_1", "item_answer", 2000.0).unwrap();
+        play(&mut conv, commentary, 400);
+        play(&mut conv, answer, 660);
+        assert_eq!(conv.on_speech_started(), vec![Truncate { item_id: "item_answer".into(), audio_end_ms: 660 }]);
     }
 }

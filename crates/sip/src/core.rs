@@ -141,7 +141,7 @@ pub enum HangupError {
 }
 
 /// Dialog events for the application.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DialogEvent {
     /// The dialog is confirmed: UAS, the ACK for our 2xx arrived; UAC, we received the 2xx and
     /// sent our ACK (reported right after the call's `Answered`).
@@ -150,7 +150,14 @@ pub enum DialogEvent {
     RemoteBye,
     /// UAS: no ACK within 64*T1; the endpoint has sent BYE itself (§13.3.1.4).
     AckTimeout,
+    /// An INFO in the dialog (RFC 6086) with a body of one of [`INFO_CONTENT_TYPES`]
+    /// (DTMF), already answered 200. `content_type` is the header's value as sent.
+    Info { content_type: String, body: String },
 }
+
+/// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
+/// §4.2.2) with these in Accept.
+pub const INFO_CONTENT_TYPES: [&str; 2] = ["application/dtmf-relay", "application/dtmf"];
 
 /// Events for the shell.
 #[derive(Debug, Clone, PartialEq, Eq)]

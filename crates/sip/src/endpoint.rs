@@ -984,10 +984,11 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
             }
             CoreEvent::Dialog { dialog, notice: event } => {
                 let mut state = shared.state();
+                let remote_bye = event == DialogEvent::RemoteBye;
                 if let Some(sender) = state.dialogs.get(&dialog) {
                     let _ = sender.send(event);
                 }
-                if event == DialogEvent::RemoteBye {
+                if remote_bye {
                     state.dialogs.remove(&dialog);
                     for waiter in state.hangups.remove(&dialog).unwrap_or_default() {
                         let _ = waiter.send(Ok(()));

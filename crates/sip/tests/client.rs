@@ -291,7 +291,9 @@ async fn our_client_calls_our_server() {
         assert_eq!(timeout(WAIT, options).await.unwrap(), Ok((200, "OK".to_string())));
         let info =
             uas_dialog.send_request(Method::Info, &[("Content-Type", "application/dtmf-relay")], b"Signal=5\r\n");
-        assert_eq!(timeout(WAIT, info).await.unwrap(), Ok((501, "Not Implemented".to_string())));
+        assert_eq!(timeout(WAIT, info).await.unwrap(), Ok((200, "OK".to_string())));
+        let key = DialogEvent::Info { content_type: "application/dtmf-relay".into(), body: "Signal=5\r\n".into() };
+        assert_eq!(timeout(WAIT, uac_dialog.next_event()).await.unwrap(), Some(key), "RFC 6086 DTMF INFO");
         assert_eq!(
             uac_dialog.send_request(Method::Bye, &[], b"").await,
             Err(switchboard_sip::RequestError::NotAllowed(Method::Bye))

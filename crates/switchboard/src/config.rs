@@ -262,6 +262,35 @@ pub struct AgentConfig {
     /// The apology is said at most once per this many seconds (a failing model is not asked
     /// again and again).
     pub apology_min_interval_secs: u64,
+    /// `immediate`: the caller's speech stops the agent at once. `confirm`: the agent pauses,
+    /// and stops only once the speech has lasted `barge_in_confirm_ms` (docs/conversation.md).
+    pub barge_in: BargeInChoice,
+    pub barge_in_confirm_ms: u64,
+    /// Keys pressed within this many ms of each other reach the model as one text item.
+    pub dtmf_coalesce_ms: u64,
+    /// Ask the model to answer (`response.create`) after telling it the keys.
+    pub dtmf_response: bool,
+    /// Declare the built-in `end_call` tool: the agent may hang up after its goodbye.
+    pub end_call: bool,
+    /// The caller silent this long after the agent finished speaking: the agent re-prompts.
+    /// 0: no idle handling.
+    pub idle_timeout_secs: u64,
+    /// The instructions of a re-prompt.
+    pub idle_prompt: String,
+    /// Re-prompts without an answer before the agent says `goodbye` and the call ends.
+    pub idle_prompts: u32,
+    /// Said verbatim when the gateway ends the call itself (idle, `max_call_secs`).
+    pub goodbye: String,
+    /// The call ends (with `goodbye`) after this many seconds. 0: no limit.
+    pub max_call_secs: u64,
+}
+
+/// `agents.X.barge_in`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BargeInChoice {
+    Immediate,
+    Confirm,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -434,6 +463,16 @@ impl Default for AgentConfig {
             vad_silence_duration_ms: 500,
             apology: "Sorry, I had a problem. Could you say that again?".into(),
             apology_min_interval_secs: 10,
+            barge_in: BargeInChoice::Immediate,
+            barge_in_confirm_ms: 400,
+            dtmf_coalesce_ms: 1500,
+            dtmf_response: true,
+            end_call: true,
+            idle_timeout_secs: 0,
+            idle_prompt: "The caller has been silent for a while. Briefly ask whether they are still there.".into(),
+            idle_prompts: 2,
+            goodbye: "Thank you for calling. Goodbye.".into(),
+            max_call_secs: 0,
         }
     }
 }
@@ -705,6 +744,20 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         }
         if name != "default" && agent.numbers.0.is_empty() {
             bad(&key("numbers"), "an agent other than `default` needs numbers to answer".into());
+        }
+        if !(50..=5000).contains(&agent.barge_in_confirm_ms) {
+            bad(&key("barge_in_confirm_ms"), "must be between 50 and 5000".into());
+        }
+        if !(100..=10_000).contains(&agent.dtmf_coalesce_ms) {
+            bad(&key("dtmf_coalesce_ms"), "must be between 100 and 10000".into());
+        }
+        for (field, text) in [("idle_prompt", &agent.idle_prompt), ("goodbye", &agent.goodbye)] {
+            if text.len() > 1000 {
+                bad(&key(field), "must be at most 1000 bytes".into());
+            }
+        }
+        if agent.idle_timeout_secs > 0 && agent.idle_prompt.trim().is_empty() {
+            bad(&key("idle_prompt"), "must not be empty when idle_timeout_secs is set".into());
         }
     }
 
@@ -1106,5 +1159,33 @@ mod tests {
         assert_eq!(shown.max_concurrent, defaults.max_concurrent);
         assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
         assert_eq!(cfg.admin.token, Secret::default());
+    }
+
+    #[test]
+    fn conversation_keys_parse_and_are_checked() {
+        let f = write(
+            "[agents.default]\nbarge_in = \"confirm\"\nbarge_in_confirm_ms = 300\nend_call = false\n\
+             idle_timeout_secs = 8\nidle_prompts = 3\nmax_call_secs = 600\ndtmf_response = false\n",
+        );
+        let (cfg, _) = load_with_env(f.path(), &[]).unwrap();
+        let agent = &cfg.agents["default"];
+        assert_eq!((agent.barge_in, agent.barge_in_confirm_ms), (BargeInChoice::Confirm, 300));
+        assert!(!agent.end_call && !agent.dtmf_response);
+        assert_eq!((agent.idle_timeout_secs, agent.idle_prompts, agent.max_call_secs), (8, 3, 600));
+        assert_eq!(agent.dtmf_coalesce_ms, 1500, "default");
+
+        let f = write(
+            "[agents.default]\nbarge_in_confirm_ms = 10\ndtmf_coalesce_ms = 0\nidle_timeout_secs = 5\n\
+             idle_prompt = \" \"\n",
+        );
+        let err = load_with_env(f.path(), &[]).unwrap_err();
+        let keys: Vec<&str> = err.0.iter().map(|p| p.key.as_str()).collect();
+        for expected in
+            ["agents.default.barge_in_confirm_ms", "agents.default.dtmf_coalesce_ms", "agents.default.idle_prompt"]
+        {
+            assert!(keys.contains(&expected), "missing {expected} in {keys:?}");
+        }
+        let f = write("[agents.default]\nbarge_in = \"sometimes\"\n");
+        assert!(load_with_env(f.path(), &[]).is_err(), "an unknown barge-in mode");
     }
 }

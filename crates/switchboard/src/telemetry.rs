@@ -57,6 +57,10 @@ pub const REALTIME_TOKENS_TOTAL: &str = "switchboard_realtime_tokens_total";
 pub const RTCP_PACKETS_TOTAL: &str = "switchboard_rtcp_packets_total";
 /// Round-trip time to the caller from its RTCP reports (RFC 3550 §6.4.1), seconds.
 pub const RTCP_ROUND_TRIP_SECONDS: &str = "switchboard_rtcp_round_trip_seconds";
+/// Confirm-mode barge-ins that turned out too short (a cough): the agent resumed.
+pub const BARGE_INS_RESUMED_TOTAL: &str = "switchboard_barge_ins_resumed_total";
+/// DTMF keys received from callers (RFC 4733 or SIP INFO), each once.
+pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -160,6 +164,11 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");
     metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
     describe_net_metrics();
+    metrics::describe_counter!(
+        BARGE_INS_RESUMED_TOTAL,
+        "Confirm-mode barge-ins shorter than barge_in_confirm_ms: the agent resumed."
+    );
+    metrics::describe_counter!(DTMF_DIGITS_TOTAL, "DTMF keys received from callers (RFC 4733 or SIP INFO).");
     Ok(handle)
 }
 

@@ -126,8 +126,37 @@ impl Core {
                 );
             }
             Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
+            Method::Info => self.handle_info(now, origin, request, key, dialog_id),
             _ => self.respond(now, key, &origin, &request, 501, None, &[]),
         }
+    }
+
+    /// INFO (RFC 6086): a DTMF body ([`INFO_CONTENT_TYPES`]) is answered 200 and handed to the
+    /// application; an empty INFO is answered 200 (§4.2.1: no body is legal); any other body
+    /// 415 with the types we take in Accept (§4.2.2).
+    pub(super) fn handle_info(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        request: Message,
+        key: TxKey,
+        dialog_id: DialogId,
+    ) {
+        if request.body.is_empty() {
+            self.respond(now, key, &origin, &request, 200, None, &[]);
+            return;
+        }
+        let content_type = request.header("Content-Type").unwrap_or_default().to_owned();
+        let media = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+        if !INFO_CONTENT_TYPES.contains(&media.as_str()) {
+            let accept = INFO_CONTENT_TYPES.join(", ");
+            self.respond(now, key, &origin, &request, 415, None, &[("Accept", accept.as_str())]);
+            return;
+        }
+        let body = String::from_utf8_lossy(&request.body).into_owned();
+        self.respond(now, key, &origin, &request, 200, None, &[]);
+        self.events
+            .push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Info { content_type, body } });
     }
 
     /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer

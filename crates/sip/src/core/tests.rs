@@ -464,12 +464,47 @@ fn reinvite_is_answered_with_last_sdp() {
     assert!(h.run_until(60_020, 70_000).is_empty());
 }
 
+/// An INFO in the dialog with a body.
+fn in_dialog_info(branch: &str, to_tag: &str, cseq: u32, content_type: &str, body: &str) -> String {
+    let head = in_dialog("INFO", branch, to_tag, cseq);
+    let head = head.trim_end_matches("Content-Length: 0\r\n\r\n");
+    format!("{head}Content-Type: {content_type}\r\nContent-Length: {}\r\n\r\n{body}", body.len())
+}
+
+/// RFC 6086: DTMF INFO bodies reach the application after a 200; other bodies get 415 with
+/// the types taken; an empty INFO is a 200 and nothing else.
+#[test]
+fn in_dialog_info_dtmf_is_taken_and_other_bodies_refused() {
+    let mut h = Harness::new();
+    let (dialog, tag, _) = establish(&mut h, "");
+    h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
+    h.events();
+    h.recv(60, &in_dialog_info("z9hG4bKi1", &tag, 2, "application/dtmf-relay", "Signal=5\r\nDuration=160\r\n"));
+    assert_eq!(h.statuses(), vec![200]);
+    let info = DialogEvent::Info {
+        content_type: "application/dtmf-relay".into(),
+        body: "Signal=5\r\nDuration=160\r\n".into(),
+    };
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: info }]);
+    h.recv(70, &in_dialog_info("z9hG4bKi2", &tag, 3, "application/dtmf", "7"));
+    assert_eq!(h.statuses(), vec![200]);
+    assert_eq!(h.events().len(), 1);
+    h.recv(80, &in_dialog_info("z9hG4bKi3", &tag, 4, "application/x-foo", "x"));
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(415));
+    assert_eq!(sent[0].1.header("Accept"), Some("application/dtmf-relay, application/dtmf"));
+    assert!(h.events().is_empty());
+    h.recv(90, &in_dialog("INFO", "z9hG4bKi4", &tag, 5));
+    assert_eq!(h.statuses(), vec![200]);
+    assert!(h.events().is_empty());
+}
+
 #[test]
 fn in_dialog_unserved_and_options() {
     let mut h = Harness::new();
     let (_dialog, tag, _) = establish(&mut h, "");
     h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
-    h.recv(60, &in_dialog("INFO", "z9hG4bKi", &tag, 2));
+    h.recv(60, &in_dialog("MESSAGE", "z9hG4bKi", &tag, 2));
     assert_eq!(h.statuses(), vec![501]);
     h.recv(70, &in_dialog("OPTIONS", "z9hG4bKo", &tag, 3));
     let sent = h.sent();

@@ -134,6 +134,14 @@ pub enum CallEnd {
     MediaSetupFailed(String),
     /// The operator hung up through the admin API (`DELETE /v1/calls/{id}`); we sent BYE.
     Operator,
+    /// The agent called its `end_call` tool; we sent BYE once its goodbye had played.
+    AgentHangup,
+    /// The caller stayed silent through `agents.X.idle_prompts` re-prompts; the agent said
+    /// goodbye and we sent BYE.
+    CallerIdle,
+    /// The call reached `agents.X.max_call_secs`; the agent said goodbye (or the grace period
+    /// ran out) and we sent BYE.
+    MaxDuration,
 }
 
 impl CallEnd {
@@ -149,6 +157,7 @@ impl CallEnd {
             CallEnd::GatewayShutdown => Fault::Gateway,
             CallEnd::Operator => Fault::None,
             CallEnd::MediaSetupFailed(_) => Fault::Gateway,
+            CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => Fault::None,
         }
     }
 
@@ -158,6 +167,7 @@ impl CallEnd {
             CallEnd::Refused(_) => "refused",
             CallEnd::CallerCancelled => "cancelled",
             CallEnd::CallerHangup | CallEnd::GatewayShutdown | CallEnd::Operator => "completed",
+            CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => "completed",
             CallEnd::AckTimeout
             | CallEnd::RtpTimeout
             | CallEnd::AgentDisconnected(_)
@@ -183,6 +193,9 @@ impl CallEnd {
             CallEnd::GatewayShutdown => "shutdown",
             CallEnd::Operator => "operator_hangup",
             CallEnd::MediaSetupFailed(_) => "media_setup_failed",
+            CallEnd::AgentHangup => "agent_hangup",
+            CallEnd::CallerIdle => "caller_idle",
+            CallEnd::MaxDuration => "max_duration",
         }
     }
 
@@ -198,6 +211,9 @@ impl CallEnd {
                 | CallEnd::GatewayShutdown
                 | CallEnd::Operator
                 | CallEnd::MediaSetupFailed(_)
+                | CallEnd::AgentHangup
+                | CallEnd::CallerIdle
+                | CallEnd::MaxDuration
         )
     }
 }
@@ -274,5 +290,17 @@ mod tests {
         assert_eq!(CallEnd::Operator.fault(), Fault::None);
         assert!(!CallEnd::CallerHangup.needs_bye());
         assert!(!CallEnd::AckTimeout.needs_bye(), "the SIP layer already sent BYE");
+    }
+
+    #[test]
+    fn the_agents_own_ends_are_normal_completions_with_our_bye() {
+        for (end, label) in [
+            (CallEnd::AgentHangup, "agent_hangup"),
+            (CallEnd::CallerIdle, "caller_idle"),
+            (CallEnd::MaxDuration, "max_duration"),
+        ] {
+            assert!(end.needs_bye(), "{end:?}");
+            assert_eq!((end.fault(), end.outcome_label(), end.reason_label()), (Fault::None, "completed", label));
+        }
     }
 }

@@ -13,8 +13,9 @@ use switchboard_realtime::events::{
     SessionConfig, SessionEvent, StatusDetails, TurnDetection, Voice,
 };
 
+use super::core::agent_control::end_call_tool;
 use super::end::Refusal;
-use crate::config::AgentConfig;
+use crate::config::{AgentConfig, BargeInChoice};
 
 /// `event_id` of our `session.update`, echoed in `error.event_id` when the update is refused.
 pub const SESSION_UPDATE_EVENT_ID: &str = "evt_session_config";
@@ -35,8 +36,10 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
         prefix_padding_ms: Some(agent.vad_prefix_padding_ms),
         silence_duration_ms: Some(agent.vad_silence_duration_ms),
         idle_timeout_ms: None,
-        create_response: Some(true),
-        interrupt_response: Some(true),
+        // Confirm-mode barge-in decides itself whether the caller's speech interrupts, cancels
+        // and asks for the answer (call/core/barge_in.rs); immediate mode leaves that to the API.
+        create_response: Some(agent.barge_in == BargeInChoice::Immediate),
+        interrupt_response: Some(agent.barge_in == BargeInChoice::Immediate),
     };
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),
@@ -56,6 +59,8 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
                     ..Default::default()
                 }),
             }),
+            tools: agent.end_call.then(|| vec![end_call_tool()]),
+            tool_choice: agent.end_call.then(|| Value::String("auto".into())),
             ..SessionConfig::realtime()
         }),
     }
@@ -470,5 +475,24 @@ mod tests {
             panic!("a response.create")
         };
         assert!(config.instructions.unwrap().contains("\"Sorry, say again?\""));
+    }
+
+    #[test]
+    fn the_session_declares_end_call_and_sets_vad_for_the_barge_in_mode() {
+        let value = |agent: &AgentConfig| {
+            serde_json::to_value(session_update(agent, "gpt-realtime", AudioFormat::Pcmu)).unwrap()["session"].clone()
+        };
+        let immediate = value(&AgentConfig::default());
+        assert_eq!(immediate["tools"][0]["name"], "end_call");
+        assert_eq!(immediate["tools"][0]["type"], "function");
+        assert_eq!(immediate["tool_choice"], "auto");
+        let vad = &immediate["audio"]["input"]["turn_detection"];
+        assert_eq!((vad["interrupt_response"].as_bool(), vad["create_response"].as_bool()), (Some(true), Some(true)));
+
+        let confirm =
+            value(&AgentConfig { barge_in: BargeInChoice::Confirm, end_call: false, ..AgentConfig::default() });
+        assert!(confirm.get("tools").is_none() && confirm.get("tool_choice").is_none(), "end_call = false");
+        let vad = &confirm["audio"]["input"]["turn_detection"];
+        assert_eq!((vad["interrupt_response"].as_bool(), vad["create_response"].as_bool()), (Some(false), Some(false)));
     }
 }

@@ -23,11 +23,14 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
+use super::core::agent_control::{ControlConfig, TalkConfig};
+use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
-use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output};
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, parse_info_dtmf};
 use super::end::CallEnd;
 use super::{Established, OpenSession, session};
 use crate::app::GatewayState;
+use crate::config::{AgentConfig, BargeInChoice};
 use crate::media_clock::{MediaClock, Paced, RtpTransmit};
 use crate::telemetry;
 use switchboard_media::opus_codec::OpusEncoderSettings;
@@ -84,6 +87,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 apology_min_interval: Duration::from_secs(agent.apology_min_interval_secs),
                 model_output: session::model_format(confirmed.output, media.codec),
                 taps: false,
+                talk: talk_config(&agent),
             };
             let caller = LegConfig {
                 codec: media.codec,
@@ -207,7 +211,7 @@ impl MediaLoop<'_> {
                     }
                     // BYE is sent by `converse` once the end is known (`CallEnd::needs_bye`).
                     Output::Hangup => {}
-                    // Not logged: digits can be a PIN. The agent does not get them yet.
+                    // Not logged: digits can be a PIN. The core tells the model (dtmf_to_model.rs).
                     Output::Dtmf { leg, duration, .. } => {
                         debug!(leg = leg.0, duration_ms = duration.as_millis() as u64, "DTMF event received")
                     }
@@ -277,6 +281,13 @@ impl MediaLoop<'_> {
                         Some(DialogEvent::Confirmed) => DialogInput::Confirmed,
                         Some(DialogEvent::RemoteBye) | None => DialogInput::RemoteBye,
                         Some(DialogEvent::AckTimeout) => DialogInput::AckTimeout,
+                        Some(DialogEvent::Info { content_type, body }) => match parse_info_dtmf(&content_type, &body) {
+                            Ok((digit, duration)) => DialogInput::Dtmf { digit, duration },
+                            Err(why) => {
+                                debug!(?why, "SIP INFO without a key ignored");
+                                continue;
+                            }
+                        },
                     };
                     self.core.lock().handle_dialog(Instant::now(), input);
                 }
@@ -552,6 +563,32 @@ impl RealtimeWriter {
                 Err(_) => debug!("Realtime writer still busy at the end of the call; abandoned"),
             }
         }
+    }
+}
+
+/// The conversational settings of a call, from its agent.
+fn talk_config(agent: &AgentConfig) -> TalkConfig {
+    let ms = Duration::from_millis;
+    TalkConfig {
+        barge_in: BargeInConfig {
+            mode: match agent.barge_in {
+                BargeInChoice::Immediate => BargeInMode::Immediate,
+                BargeInChoice::Confirm => BargeInMode::Confirm,
+            },
+            confirm: ms(agent.barge_in_confirm_ms),
+            prefix_padding: ms(u64::from(agent.vad_prefix_padding_ms)),
+            silence_duration: ms(u64::from(agent.vad_silence_duration_ms)),
+        },
+        dtmf_coalesce: ms(agent.dtmf_coalesce_ms),
+        dtmf_response: agent.dtmf_response,
+        control: ControlConfig {
+            end_call: agent.end_call,
+            idle_timeout: Some(Duration::from_secs(agent.idle_timeout_secs)).filter(|t| !t.is_zero()),
+            idle_prompt: agent.idle_prompt.clone(),
+            idle_prompts: agent.idle_prompts,
+            goodbye: agent.goodbye.clone(),
+            max_call: Some(Duration::from_secs(agent.max_call_secs)).filter(|t| !t.is_zero()),
+        },
     }
 }
 

@@ -37,13 +37,19 @@
 //! [`switchboard_media::pacer::MAX_CATCH_UP_FRAMES`] slots (the process was not scheduled):
 //! the missed slots are skipped (timestamp jumps, sequence does not, marker set).
 
+pub mod agent_control;
+pub mod barge_in;
 mod dtmf;
+mod dtmf_to_model;
 pub mod meter;
 #[cfg(test)]
 mod net_tests;
 #[cfg(test)]
 mod netem;
 pub mod reports;
+mod talk;
+#[cfg(test)]
+mod talk_tests;
 #[cfg(test)]
 mod tests;
 
@@ -65,8 +71,11 @@ use switchboard_realtime::error_code::ErrorCode;
 use switchboard_realtime::events::{AudioFormat, ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
 use tracing::{debug, info, warn};
 
-pub use dtmf::DtmfDigit;
+use agent_control::{AgentControl, Purpose, TalkConfig};
+use barge_in::{BargeIn, BargeInAction, BargeInMode};
 use dtmf::DtmfReceiver;
+pub use dtmf::{DtmfDigit, InfoDtmfError, parse_info_dtmf};
+use dtmf_to_model::DtmfToModel;
 use meter::{Meter, TokenTotals};
 use reports::{Reports, RtcpStats};
 
@@ -120,6 +129,8 @@ pub struct CoreConfig {
     pub model_output: AudioFormat,
     /// Recorder taps: decoded PCM per direction (off unless a recorder asks for it).
     pub taps: bool,
+    /// Barge-in mode, DTMF to the model, end_call, idle and call length (`agents.X.*`).
+    pub talk: TalkConfig,
 }
 
 /// One leg's negotiated stream.
@@ -163,6 +174,8 @@ pub enum DialogInput {
     OperatorHangup,
     /// The gateway is shutting down.
     Shutdown,
+    /// A key from a SIP INFO in the dialog (already answered 200).
+    Dtmf { digit: DtmfDigit, duration: Duration },
 }
 
 /// One RTP packet to send now on a leg.
@@ -427,12 +440,13 @@ impl AgentPlayout {
 
     /// The caller started speaking: stop the agent at once (the queue is flushed, nothing of it
     /// is sent after this) and say how much of the item being played was really heard.
-    fn barge_in(&mut self, leg: &mut Leg) -> (usize, Option<ClientEvent>) {
+    fn barge_in(&mut self, leg: &mut Leg) -> (usize, Vec<ClientEvent>) {
+        leg.pacer.set_paused(false);
         let dropped = leg.flush();
         leg.outbound.reset();
         self.framing = None;
-        let truncate = self.conversation.on_speech_started();
-        (dropped, truncate.map(|t| t.to_event()))
+        let truncates = self.conversation.on_speech_started();
+        (dropped, truncates.iter().map(|t| t.to_event()).collect())
     }
 }
 
@@ -459,6 +473,12 @@ pub struct CallCore {
     meter: Meter,
     /// Scratch buffer for model audio converted from RTP.
     model_bytes: Vec<u8>,
+    barge_in: BargeIn,
+    dtmf_to_model: DtmfToModel,
+    control: AgentControl,
+    /// The last time anyone was heard: an agent packet played, the caller's speech or keys (the
+    /// idle timer runs from it).
+    last_activity: Instant,
 }
 
 impl CallCore {
@@ -481,11 +501,16 @@ impl CallCore {
             meter: Meter::default(),
             rtcp_transmits: VecDeque::new(),
             model_bytes: Vec::with_capacity(2048),
+            barge_in: BargeIn::new(config.talk.barge_in),
+            dtmf_to_model: DtmfToModel::new(config.talk.dtmf_coalesce),
+            control: AgentControl::new(now, config.talk.control.clone()),
+            last_activity: now,
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
             let event = session::greeting(greeting);
             core.send_realtime(event);
+            core.control.on_greeting_sent();
         }
         core
     }
@@ -571,11 +596,11 @@ impl CallCore {
                 PushOutcome::Late => metrics::counter!(telemetry::RTP_LATE_PACKETS_TOTAL).increment(1),
             }
         } else if Some(header.payload_type) == leg.telephone_event
-            && let Some((digit, duration)) = leg.dtmf.on_packet(header.timestamp, payload)
+            && let Some((digit, duration)) = leg.dtmf.on_packet(now, header.timestamp, payload)
         {
-            self.stats.dtmf_events += 1;
+            // Never audio: telephone-event payloads go to the DTMF receiver only.
             let id = leg.id;
-            self.outputs.push_back(Output::Dtmf { leg: id, digit, duration });
+            self.on_dtmf(now, id, digit, duration);
         }
     }
 
@@ -632,26 +657,55 @@ impl CallCore {
                     self.agent.finish_item(leg);
                 }
             }
-            ServerEvent::SpeechStarted(_) => {
+            ServerEvent::SpeechStarted(started) => {
                 self.meter.on_speech_started();
+                self.control.on_caller_activity();
+                self.last_activity = now;
                 let Some(leg) = self.legs.first_mut() else { return };
-                let (dropped, truncate) = self.agent.barge_in(leg);
-                if dropped > 0 || truncate.is_some() {
-                    self.stats.barge_ins += 1;
-                    metrics::counter!(telemetry::BARGE_INS_TOTAL).increment(1);
-                    info!(dropped_frames = dropped, "barge-in: agent audio flushed");
-                }
-                if let Some(truncate) = truncate {
-                    self.send_realtime(truncate);
+                let agent_talking = !leg.held_audio().is_zero() || self.agent.conversation.has_active_response();
+                match self.barge_in.on_speech_started(now, started.audio_start_ms, agent_talking) {
+                    // The API cancelled the response itself (interrupt_response, immediate mode).
+                    BargeInAction::Interrupt => self.interrupt_agent(false),
+                    BargeInAction::Pause => {
+                        leg.pacer.set_paused(true);
+                        debug!("caller speech: agent paused until it is confirmed as a barge-in");
+                    }
+                    BargeInAction::Resume | BargeInAction::None => {}
                 }
             }
-            ServerEvent::ResponseCreated(created) => self.agent.conversation.on_response_created(&created.response.id),
-            ServerEvent::SpeechStopped(stopped) => self.meter.on_speech_stopped(stopped.audio_end_ms),
+            ServerEvent::SpeechStopped(stopped) => {
+                self.meter.on_speech_stopped(stopped.audio_end_ms);
+                self.last_activity = now;
+                let (action, real_turn) = self.barge_in.on_speech_stopped(stopped.audio_end_ms);
+                self.apply_barge_in(action);
+                // Confirm mode runs VAD with create_response off: the gateway asks for the answer.
+                if real_turn && self.barge_in.mode() == BargeInMode::Confirm {
+                    let active = self.agent.conversation.has_active_response();
+                    let commands = self.control.request(Purpose::Turn, active);
+                    self.run_control(commands);
+                }
+            }
+            ServerEvent::OutputItemDone(item_done) => {
+                let commands = self.control.on_output_item_done(&item_done.response_id, &item_done.item);
+                if !commands.is_empty() {
+                    info!(response_id = %item_done.response_id, "the agent called end_call: hanging up after its goodbye");
+                }
+                self.run_control(commands);
+            }
+            ServerEvent::ResponseCreated(created) => {
+                self.control.on_response_created(&created.response.id);
+                self.agent.conversation.on_response_created(&created.response.id)
+            }
             ServerEvent::ResponseDone(done) => {
                 self.agent.conversation.on_response_done(&done.response.id);
                 if let Some(usage) = &done.response.usage {
                     count_tokens(&self.meter.on_usage(usage));
                 }
+                // The idle clock runs from the later of this and the agent's last packet played.
+                self.last_activity = now;
+                let active = self.agent.conversation.has_active_response();
+                let commands = self.control.on_response_done(&done.response.id, active);
+                self.run_control(commands);
                 if done.response.status == ResponseStatus::Failed {
                     let reason = session::failed_response_reason(done.response.status_details.as_ref());
                     metrics::counter!(telemetry::REALTIME_FAILED_RESPONSES_TOTAL, "reason" => reason).increment(1);
@@ -667,6 +721,10 @@ impl CallCore {
             ServerEvent::Error(ErrorEvent { error, .. }) => {
                 let code = ErrorCode::parse(error.code.as_deref());
                 metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
+                let ours = error.event_id.as_deref().is_some_and(agent_control::is_our_response_create);
+                if code == ErrorCode::ConversationAlreadyHasActiveResponse || ours {
+                    self.control.on_create_refused();
+                }
                 if code.is_fatal() {
                     self.end(CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)));
                     return;
@@ -692,7 +750,7 @@ impl CallCore {
     }
 
     /// Something happened to the dialog or the call as a whole.
-    pub fn handle_dialog(&mut self, _now: Instant, input: DialogInput) {
+    pub fn handle_dialog(&mut self, now: Instant, input: DialogInput) {
         match input {
             DialogInput::Confirmed => {
                 for leg in &mut self.legs {
@@ -704,6 +762,7 @@ impl CallCore {
             DialogInput::AckTimeout => self.end(CallEnd::AckTimeout),
             DialogInput::OperatorHangup => self.end(CallEnd::Operator),
             DialogInput::Shutdown => self.end(CallEnd::GatewayShutdown),
+            DialogInput::Dtmf { digit, duration } => self.on_dtmf(now, CALLER, digit, duration),
         }
     }
 
@@ -733,10 +792,15 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        // Judged before this slot is paced: the last audio packet went out on an earlier tick
+        // of the media clock, so the BYE the call's task sends cannot overtake it.
+        self.end_if_played_out();
+        if self.ended.is_some() {
+            return;
+        }
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }
-        self.end_if_played_out();
     }
 
     /// Everything but the pacers: reorder deadlines, RTP timeout, keepalive and watchdog.
@@ -752,6 +816,10 @@ impl CallCore {
         self.send_reports(now);
         if self.legs.iter().any(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
             self.end(CallEnd::RtpTimeout);
+            return;
+        }
+        self.handle_talk_timeout(now);
+        if self.ended.is_some() {
             return;
         }
         // Pings, and the watchdog: no frame at all from the Realtime server (not even a pong)
@@ -812,7 +880,7 @@ impl CallCore {
             let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
             [Some(rtp_timeout), leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
-        legs.chain(std::iter::once(self.keepalive.next_deadline())).min()
+        legs.chain(std::iter::once(self.keepalive.next_deadline())).chain(self.poll_talk_timeout()).min()
     }
 
     // ---- internals ----
@@ -925,6 +993,7 @@ impl CallCore {
                 if let Some(turn) = self.meter.on_agent_packet(now) {
                     record_turn_latency(&turn);
                 }
+                self.last_activity = now;
             }
             if let Some((_, decoder)) = &mut leg.tap_decoders {
                 let mut pcm = Vec::new();

@@ -36,6 +36,7 @@ fn core_config() -> CoreConfig {
         apology_min_interval: Duration::from_secs(30),
         model_output: AudioFormat::Pcmu,
         taps: false,
+        talk: super::agent_control::TalkConfig::default(),
     }
 }
 

@@ -37,6 +37,7 @@ fn core_config() -> CoreConfig {
         apology_min_interval: Duration::from_secs(30),
         model_output: AudioFormat::Pcmu,
         taps: false,
+        talk: super::agent_control::TalkConfig::default(),
     }
 }
 
