@@ -117,6 +117,24 @@ pub struct RealtimeConfig {
     pub max_message_bytes: usize,
     /// Agent audio queued for playout per call, at most; model audio beyond it is dropped.
     pub max_queued_audio_secs: u64,
+    /// Mid-call reconnect (docs/realtime-resilience.md): the first retry waits this long...
+    pub reconnect_initial_ms: u64,
+    /// ...each next one twice as long (with jitter), at most this long.
+    pub reconnect_max_ms: u64,
+    /// The AI not back within this time: the give-up announcement, then BYE. 0: no reconnect
+    /// (a dropped AI connection ends the call, as before issue 8).
+    pub reconnect_give_up_secs: u64,
+    /// What the caller hears while reconnecting: `tone` (a soft comfort tone) or `none`.
+    pub reconnect_prompt: String,
+    /// What the caller hears before the gateway hangs up after giving up: `tone` (a falling
+    /// three-tone pattern) or `none`.
+    pub give_up_prompt: String,
+    /// Characters of conversation text replayed to a new session at most.
+    pub replay_budget_chars: usize,
+    /// Turns replayed to a new session at most.
+    pub replay_budget_turns: usize,
+    /// `audio.input.transcription.model`: the caller's turns get text to replay. Empty: off.
+    pub transcription_model: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -330,6 +348,14 @@ impl Default for RealtimeConfig {
             watchdog_secs: 15,
             max_message_bytes: 4 * 1024 * 1024,
             max_queued_audio_secs: 120,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 2000,
+            reconnect_give_up_secs: 20,
+            reconnect_prompt: "tone".into(),
+            give_up_prompt: "tone".into(),
+            replay_budget_chars: 8000,
+            replay_budget_turns: 40,
+            transcription_model: "gpt-4o-mini-transcribe".into(),
         }
     }
 }
@@ -605,6 +631,29 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if !(1..=3600).contains(&cfg.realtime.max_queued_audio_secs) {
         bad("realtime.max_queued_audio_secs", "must be between 1 and 3600".into());
+    }
+    if !(10..=60_000).contains(&cfg.realtime.reconnect_initial_ms) {
+        bad("realtime.reconnect_initial_ms", "must be between 10 and 60000".into());
+    }
+    if cfg.realtime.reconnect_max_ms < cfg.realtime.reconnect_initial_ms || cfg.realtime.reconnect_max_ms > 60_000 {
+        bad("realtime.reconnect_max_ms", "must be between realtime.reconnect_initial_ms and 60000".into());
+    }
+    if cfg.realtime.reconnect_give_up_secs > 3600 {
+        bad("realtime.reconnect_give_up_secs", "must be at most 3600".into());
+    }
+    for (key, value) in [
+        ("realtime.reconnect_prompt", &cfg.realtime.reconnect_prompt),
+        ("realtime.give_up_prompt", &cfg.realtime.give_up_prompt),
+    ] {
+        if !matches!(value.as_str(), "tone" | "none") {
+            bad(key, format!("`{value}` must be \"tone\" or \"none\""));
+        }
+    }
+    if !(100..=200_000).contains(&cfg.realtime.replay_budget_chars) {
+        bad("realtime.replay_budget_chars", "must be between 100 and 200000".into());
+    }
+    if !(1..=500).contains(&cfg.realtime.replay_budget_turns) {
+        bad("realtime.replay_budget_turns", "must be between 1 and 500".into());
     }
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());

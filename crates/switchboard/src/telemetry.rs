@@ -38,6 +38,9 @@ pub const MEDIA_CLOCK_LATENESS_MAX_SECONDS: &str = "switchboard_media_clock_late
 pub const UP: &str = "switchboard_up";
 /// Sources tracked by per-source admission.
 pub const ADMISSION_SOURCES: &str = "switchboard_admission_sources";
+/// Mid-call AI connection replacements, by `reason` (dropped, closed, error, expired) and
+/// `outcome` (resumed, gave_up).
+pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -131,6 +134,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
     metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");
     metrics::describe_gauge!(TCP_CONNECTIONS, "SIP TCP connections open.");
+    metrics::describe_counter!(
+        REALTIME_RECONNECTS_TOTAL,
+        "Mid-call AI connection losses by reason and outcome (resumed, gave_up)."
+    );
     Ok(handle)
 }
 

@@ -3,6 +3,7 @@
 pub mod core;
 pub mod end;
 pub mod outbound;
+pub mod reconnect;
 pub mod session;
 pub mod shell;
 
@@ -296,6 +297,7 @@ pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Code
         send_timeout: Some(Duration::from_secs(realtime_cfg.watchdog_secs)),
     };
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
+    let update = session::with_input_transcription(update, &realtime_cfg.transcription_model);
     let (sender, receiver, confirmed) = confirm_session(&state.realtime, limits, &update, &mut setup).await?;
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,

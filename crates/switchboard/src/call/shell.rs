@@ -22,13 +22,18 @@ use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tracing::{debug, info, warn};
 
-use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output};
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience};
 use super::end::CallEnd;
-use super::{Established, OpenSession, session};
+use super::reconnect::ReconnectPolicy;
+use super::session::ConfirmedAudio;
+use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
+use crate::config::{AgentConfig, RealtimeConfig};
 use crate::media_clock::{MediaClock, Paced, RtpTransmit};
 use crate::telemetry;
+use switchboard_media::Codec;
 use switchboard_media::opus_codec::OpusEncoderSettings;
+use switchboard_realtime::history::HistoryLimits;
 
 /// `input_audio_buffer.append` events waiting for the writer at most: one second of 20 ms
 /// packets. Policy when full: the new append is dropped and counted
@@ -81,6 +86,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 apology_min_interval: Duration::from_secs(agent.apology_min_interval_secs),
                 model_output: session::model_format(confirmed.output, media.codec),
                 taps: false,
+                resilience: resilience(realtime_cfg),
             };
             let caller = LegConfig {
                 codec: media.codec,
@@ -107,6 +113,15 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 dialog: &mut dialog,
                 shutdown: state.shutdown.subscribe(),
                 hangup,
+                link: Link {
+                    state,
+                    agent: &agent,
+                    codec: media.codec,
+                    confirmed,
+                    policy: resilience(realtime_cfg).policy,
+                    up: true,
+                    reconnecting: None,
+                },
             };
             media_loop.run().await
         }
@@ -120,6 +135,73 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     drop(port_lease);
     debug!(direction = direction.label(), "conversation over");
     end
+}
+
+/// The call core's reconnect settings from `[realtime]`.
+fn resilience(cfg: &RealtimeConfig) -> Resilience {
+    let policy = (cfg.reconnect_give_up_secs > 0).then(|| ReconnectPolicy {
+        initial_delay: Duration::from_millis(cfg.reconnect_initial_ms),
+        max_delay: Duration::from_millis(cfg.reconnect_max_ms),
+        give_up_after: Duration::from_secs(cfg.reconnect_give_up_secs),
+    });
+    Resilience {
+        policy,
+        comfort_tone: cfg.reconnect_prompt == "tone",
+        give_up_tone: cfg.give_up_prompt == "tone",
+        history: HistoryLimits { max_chars: cfg.replay_budget_chars, max_turns: cfg.replay_budget_turns },
+    }
+}
+
+/// The AI connection of a call, replaceable mid-call: what a reconnect needs to open the same
+/// session again, and the reconnect in progress.
+struct Link<'a> {
+    state: &'a Arc<GatewayState>,
+    agent: &'a AgentConfig,
+    codec: Codec,
+    /// The formats the call's media pipeline was built for: a new session must confirm the same.
+    confirmed: ConfirmedAudio,
+    policy: Option<ReconnectPolicy>,
+    /// Whether the current connection is usable (its receiver and writer are read).
+    up: bool,
+    reconnecting: Option<AbortOnDrop<OpenSession>>,
+}
+
+/// A spawned task aborted when its handle is dropped (the call ended while reconnecting).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the call's session again until one is confirmed in the same audio formats, with the
+/// policy's backoff between attempts; runs until it succeeds or is aborted (the core decides
+/// when to give up). Every attempt is a full `open_session` (connect, the same
+/// `session.update`, `session.updated`) bounded by `realtime.connect_timeout_ms`.
+async fn reconnect_until_confirmed(
+    state: Arc<GatewayState>,
+    agent: AgentConfig,
+    codec: Codec,
+    confirmed: ConfirmedAudio,
+    policy: ReconnectPolicy,
+) -> OpenSession {
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::time::sleep(policy.delay_before(attempt, rand::random::<f64>())).await;
+        attempt = attempt.saturating_add(1);
+        match open_session(&state, &agent, codec).await {
+            Ok(session) if session.confirmed == confirmed => {
+                debug!(attempt, "Realtime session reopened");
+                return session;
+            }
+            Ok(session) => {
+                warn!(attempt, confirmed = ?session.confirmed, "reopened session confirmed other audio formats; retrying");
+                session.close_in_background();
+            }
+            Err(refusal) => info!(attempt, reason = ?refusal, "Realtime reconnect attempt failed"),
+        }
+    }
 }
 
 /// The call core shared with the media clock. Never locked across an await.
@@ -164,6 +246,7 @@ struct MediaLoop<'a> {
     dialog: &'a mut Dialog,
     shutdown: watch::Receiver<bool>,
     hangup: watch::Receiver<bool>,
+    link: Link<'a>,
 }
 
 impl MediaLoop<'_> {
@@ -205,6 +288,7 @@ impl MediaLoop<'_> {
                         self.log_stats();
                         return end;
                     }
+                    Output::Reconnect => self.start_reconnect(),
                 }
             }
             let task_due = self.core.lock().poll_task_timeout();
@@ -225,7 +309,23 @@ impl MediaLoop<'_> {
                     metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
                 }
 
-                event = self.realtime_rx.recv() => {
+                reopened = async {
+                    match self.link.reconnecting.as_mut() {
+                        Some(task) => (&mut task.0).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.link.reconnecting.is_some() => {
+                    self.link.reconnecting = None;
+                    match reopened {
+                        Ok(session) => self.resume(session).await,
+                        Err(e) => {
+                            warn!(error = %e, "Realtime reconnect task failed");
+                            self.core.lock().handle_realtime_closed(Instant::now(), CallEnd::AgentDisconnected(format!("reconnect task failed: {e}")));
+                        }
+                    }
+                }
+
+                event = self.realtime_rx.recv(), if self.link.up => {
                     let now = Instant::now();
                     match realtime_input(event) {
                         RealtimeInput::Event(event) => {
@@ -241,7 +341,7 @@ impl MediaLoop<'_> {
                     }
                 }
 
-                failed = self.writer.failed() => self.core.lock().handle_realtime_closed(Instant::now(), failed),
+                failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
                 _ = async { if let Some(due) = task_due { sleep_until(due).await } }, if task_due.is_some() => {
                     // Pongs are consumed inside `recv` and only show in `last_frame_at`: the
@@ -274,6 +374,61 @@ impl MediaLoop<'_> {
                 } => self.core.lock().handle_dialog(Instant::now(), DialogInput::OperatorHangup),
             }
         }
+    }
+
+    /// The core lost its AI connection and goes on: stop using the old one (closed in the
+    /// background) and reopen the session in a task, so RTP, the comfort tone and the dialog
+    /// carry on meanwhile.
+    fn start_reconnect(&mut self) {
+        self.link.up = false;
+        let mut old = std::mem::replace(self.writer, RealtimeWriter::detached(self.writer.watchdog));
+        tokio::spawn(async move { old.close().await });
+        let Some(policy) = self.link.policy else { return };
+        if self.link.reconnecting.is_none() {
+            let task = tokio::spawn(reconnect_until_confirmed(
+                Arc::clone(self.link.state),
+                self.link.agent.clone(),
+                self.link.codec,
+                self.link.confirmed,
+                policy,
+            ));
+            self.link.reconnecting = Some(AbortOnDrop(task));
+        }
+    }
+
+    /// A new session is confirmed: tell it the conversation so far (sent before anything else,
+    /// straight on its socket: the writer's control queue is not sized for a replay), then let
+    /// the core go on with it.
+    async fn resume(&mut self, session: OpenSession) {
+        let OpenSession { mut sender, receiver, .. } = session;
+        let replay = self.core.lock().replay_events();
+        let deadline = Duration::from_millis(self.link.state.config.realtime.connect_timeout_ms);
+        let replayed = tokio::time::timeout(deadline, async {
+            for event in &replay {
+                sender.send(event).await?;
+            }
+            Ok::<(), switchboard_realtime::ClientError>(())
+        })
+        .await;
+        let failure = match replayed {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("replay failed: {e}")),
+            Err(_) => Some("replay timed out".to_owned()),
+        };
+        if let Some(why) = failure {
+            // Try again: the core is still reconnecting.
+            warn!(why, "new Realtime session unusable; reconnecting again");
+            close_in_background(sender);
+            self.start_reconnect();
+            return;
+        }
+        if !self.core.lock().handle_realtime_resumed(Instant::now()) {
+            close_in_background(sender);
+            return;
+        }
+        *self.writer = RealtimeWriter::spawn(sender, self.writer.watchdog);
+        *self.realtime_rx = receiver;
+        self.link.up = true;
     }
 
     fn log_stats(&self) {
@@ -338,6 +493,12 @@ struct RealtimeWriter {
 }
 
 impl RealtimeWriter {
+    /// A writer with no connection behind it (while reconnecting): sends go nowhere, it never
+    /// fails.
+    fn detached(watchdog: Duration) -> RealtimeWriter {
+        RealtimeWriter { audio: None, control: None, task: None, watchdog, audio_full_since: None, dropped_appends: 0 }
+    }
+
     fn spawn(mut sender: RealtimeSender, watchdog: Duration) -> RealtimeWriter {
         let (audio_tx, mut audio_rx) = mpsc::channel::<Box<ClientEvent>>(AUDIO_QUEUE);
         let (control_tx, mut control_rx) = mpsc::channel::<Command>(CONTROL_QUEUE);

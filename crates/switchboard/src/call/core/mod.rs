@@ -35,6 +35,7 @@
 //! the missed slots are skipped (timestamp jumps, sequence does not, marker set).
 
 mod dtmf;
+mod reconnecting;
 #[cfg(test)]
 mod tests;
 
@@ -53,10 +54,12 @@ use switchboard_realtime::client::{Keepalive, KeepaliveAction};
 use switchboard_realtime::conversation::{Conversation, ItemTag};
 use switchboard_realtime::error_code::ErrorCode;
 use switchboard_realtime::events::{AudioFormat, ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
+use switchboard_realtime::history::History;
 use tracing::{debug, info, warn};
 
 pub use dtmf::DtmfDigit;
 use dtmf::DtmfReceiver;
+pub use reconnecting::Resilience;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -105,6 +108,8 @@ pub struct CoreConfig {
     pub model_output: AudioFormat,
     /// Recorder taps: decoded PCM per direction (off unless a recorder asks for it).
     pub taps: bool,
+    /// Mid-call reconnect, its prompts and the replay budget ([`reconnecting`]).
+    pub resilience: Resilience,
 }
 
 /// One leg's negotiated stream.
@@ -187,6 +192,10 @@ pub enum Output {
     Tap(Tap),
     /// The call is over; nothing follows.
     Ended(CallEnd),
+    /// The AI connection is lost and the call goes on: drop the old connection, open a new
+    /// session (backoff), send it [`CallCore::replay_events`], then
+    /// [`CallCore::handle_realtime_resumed`].
+    Reconnect,
 }
 
 /// Counters the shell logs at the end of the call.
@@ -391,6 +400,10 @@ pub struct CallCore {
     stats: CoreStats,
     /// Scratch buffer for model audio converted from RTP.
     model_bytes: Vec<u8>,
+    /// The conversation so far as text, replayed to a new session after a reconnect.
+    history: History,
+    /// Set while the AI connection is being replaced ([`reconnecting`]).
+    outage: Option<reconnecting::Outage>,
 }
 
 impl CallCore {
@@ -411,6 +424,8 @@ impl CallCore {
             ending_after_playout: None,
             stats: CoreStats::default(),
             model_bytes: Vec::with_capacity(2048),
+            history: History::new(config.resilience.history),
+            outage: None,
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -503,13 +518,18 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        if self.outage.is_some() {
+            return; // the old connection's last events: its session is gone
+        }
         self.keepalive.on_traffic(now);
+        self.history.on_server_event(&event);
         match event {
             ServerEvent::OutputAudioDelta(delta) => {
                 let ms = self.config.model_output.bytes_to_ms(delta.delta.len());
                 let Some(tag) = self.agent.conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                     return; // late audio of an interrupted response
                 };
+                self.history.on_agent_audio(&delta.item_id, ms);
                 let max_queued = self.config.max_queued_audio;
                 let Some(leg) = self.legs.first_mut() else { return };
                 let dropped = self.agent.queue_audio(leg, tag, &delta.delta, max_queued);
@@ -554,7 +574,10 @@ impl CallCore {
                 let code = ErrorCode::parse(error.code.as_deref());
                 metrics::counter!(telemetry::REALTIME_ERRORS_TOTAL, "code" => code.as_str()).increment(1);
                 if code.is_fatal() {
-                    self.end(CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)));
+                    self.handle_realtime_closed(
+                        now,
+                        CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)),
+                    );
                     return;
                 }
                 warn!(code = code.as_str(), message = %Escaped(&error.message), "Realtime error (call continues)");
@@ -573,7 +596,10 @@ impl CallCore {
     }
 
     /// The Realtime connection is gone (closed, failed, a message too large, the writer wedged).
-    pub fn handle_realtime_closed(&mut self, _now: Instant, end: CallEnd) {
+    pub fn handle_realtime_closed(&mut self, now: Instant, end: CallEnd) {
+        if self.ended.is_some() || self.start_outage(now, &end) {
+            return;
+        }
         self.end(end);
     }
 
@@ -639,6 +665,10 @@ impl CallCore {
             self.end(CallEnd::RtpTimeout);
             return;
         }
+        self.outage_timeout(now);
+        if self.outage.is_some() {
+            return; // no connection to ping or watch
+        }
         // Pings, and the watchdog: no frame at all from the Realtime server (not even a pong)
         // for the watchdog period means it is gone or wedged.
         match self.keepalive.poll(now) {
@@ -697,7 +727,8 @@ impl CallCore {
             let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
             [Some(rtp_timeout), leg.reorder.next_deadline()].into_iter().flatten()
         });
-        legs.chain(std::iter::once(self.keepalive.next_deadline())).min()
+        let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
+        legs.chain(link).min()
     }
 
     // ---- internals ----
@@ -705,6 +736,10 @@ impl CallCore {
     /// Every event for the Realtime API but the caller's audio appends leaves through here: one
     /// place that sees what the model was told.
     fn send_realtime(&mut self, event: ClientEvent) {
+        self.history.on_client_event(&event);
+        if self.outage.is_some() {
+            return; // no session to tell; text items are in the history and will be replayed
+        }
         self.outputs.push_back(Output::Realtime(Box::new(event)));
     }
 
@@ -735,6 +770,7 @@ impl CallCore {
     /// append per packet.
     fn drain_inbound(&mut self, now: Instant, index: usize) {
         let at = now.saturating_duration_since(self.started);
+        let reconnecting = self.outage.is_some();
         let Some(leg) = self.legs.get_mut(index) else { return };
         while let Some(frame) = leg.reorder.pop(now) {
             if frame.lost_before > 0 {
@@ -750,7 +786,8 @@ impl CallCore {
                     tap(leg.id, TapDirection::FromLeg, at, &pcm),
                 );
             }
-            if leg.id == CALLER {
+            // While reconnecting there is no session to hear the caller.
+            if leg.id == CALLER && !reconnecting {
                 self.model_bytes.clear();
                 leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
                 // Audio, not conversation: the one event that bypasses `send_realtime`.

@@ -37,6 +37,7 @@ fn core_config() -> CoreConfig {
         apology_min_interval: Duration::from_secs(30),
         model_output: AudioFormat::Pcmu,
         taps: false,
+        resilience: Default::default(),
     }
 }
 
@@ -736,3 +737,5 @@ fn opus_is_encoded_just_ahead_of_its_slot_by_the_task_not_the_clock() {
     let (_, payload) = rtp::parse_rtp(&packet).unwrap();
     assert_eq!(payload.len(), silence_len, "silence right after the barge-in");
 }
+
+mod reconnect;
