@@ -48,8 +48,10 @@ impl Default for HistoryLimits {
 pub enum Turn {
     /// The caller's speech; `text` is `None` until its transcription arrives.
     Caller { item_id: String, text: Option<String> },
-    /// The agent's speech or text. `heard_ms` / `total_ms`: the audio played and received.
-    Agent { item_id: String, text: Option<String>, total_ms: f64, heard_ms: Option<u32> },
+    /// The agent's speech or text: the transcript so far (`complete` once its `.done` came).
+    /// `heard_ms` / `total_ms`: the audio played when the caller barged in, and received. `cut`:
+    /// the connection was lost before the item was complete.
+    Agent { item_id: String, text: Option<String>, complete: bool, total_ms: f64, heard_ms: Option<u32>, cut: bool },
     /// A text item the gateway created (role user or system).
     Gateway { role: Role, text: String },
     /// A function call; replayed only once its output is known.
@@ -71,9 +73,13 @@ impl Turn {
 
     /// The agent's text as heard: cut in proportion to the audio played when barged in on.
     fn agent_text(&self) -> Option<String> {
-        let Turn::Agent { text: Some(text), total_ms, heard_ms, .. } = self else { return None };
-        let Some(heard) = heard_ms else { return Some(text.clone()) };
-        Some(cut_text(text, f64::from(*heard), *total_ms))
+        let Turn::Agent { text: Some(text), total_ms, heard_ms, cut, .. } = self else { return None };
+        match heard_ms {
+            Some(heard) => Some(cut_text(text, f64::from(*heard), *total_ms)),
+            // Lost mid-item: how much of the partial transcript was played is not known.
+            None if *cut => Some(cut_text(text, 0.0, 0.0)),
+            None => Some(text.clone()),
+        }
     }
 
     /// The items that replay this turn (none when it has no text or no output yet).
@@ -167,6 +173,9 @@ impl History {
                 }
                 self.trim();
             }
+            ServerEvent::OutputAudioTranscriptDelta(delta) | ServerEvent::OutputTextDelta(delta) => {
+                self.on_agent_delta(&delta.item_id, &delta.delta)
+            }
             ServerEvent::OutputAudioTranscriptDone(done) => self.on_agent_text(&done.item_id, &done.transcript),
             ServerEvent::OutputTextDone(done) => self.on_agent_text(&done.item_id, &done.text),
             ServerEvent::FunctionCallArgumentsDone(done) => {
@@ -195,8 +204,10 @@ impl History {
             _ => self.push(Turn::Agent {
                 item_id: item_id.to_owned(),
                 text: None,
+                complete: false,
                 total_ms: ms.max(0.0),
                 heard_ms: None,
+                cut: false,
             }),
         }
     }
@@ -269,15 +280,51 @@ impl History {
             .collect()
     }
 
+    /// The session is gone: what was still streaming stays as far as it got (marked as cut),
+    /// and caller turns still waiting for a transcript will never get one.
+    pub fn on_connection_lost(&mut self) {
+        self.turns.retain(|turn| !matches!(turn, Turn::Caller { text: None, .. }));
+        for turn in self.turns.iter_mut() {
+            if let Turn::Agent { complete, cut, .. } = turn
+                && !*complete
+            {
+                *complete = true;
+                *cut = true;
+            }
+        }
+        self.trim();
+    }
+
+    fn on_agent_delta(&mut self, item_id: &str, delta: &str) {
+        match self.agent_turn(item_id) {
+            Some(Turn::Agent { complete: true, .. }) => {}
+            Some(Turn::Agent { text, .. }) => text.get_or_insert_with(String::new).push_str(delta),
+            _ => self.push(Turn::Agent {
+                item_id: item_id.to_owned(),
+                text: Some(delta.to_owned()),
+                complete: false,
+                total_ms: 0.0,
+                heard_ms: None,
+                cut: false,
+            }),
+        }
+        self.trim();
+    }
+
     fn on_agent_text(&mut self, item_id: &str, transcript: &str) {
         let transcript = transcript.trim().to_owned();
         match self.agent_turn(item_id) {
-            Some(Turn::Agent { text, .. }) => *text = Some(transcript),
+            Some(Turn::Agent { text, complete, .. }) => {
+                *text = Some(transcript);
+                *complete = true;
+            }
             _ => self.push(Turn::Agent {
                 item_id: item_id.to_owned(),
                 text: Some(transcript),
+                complete: true,
                 total_ms: 0.0,
                 heard_ms: None,
+                cut: false,
             }),
         }
         self.trim();
@@ -389,6 +436,24 @@ mod tests {
         h.on_server_event(&said("a1", "one two three four five six seven eight"));
         let items = replayed_json(&h);
         assert_eq!(items[0]["item"]["content"][0]["text"], json!(format!("one two three four{CUT_MARK}")));
+    }
+
+    #[test]
+    fn a_turn_lost_with_the_connection_keeps_its_partial_transcript_marked() {
+        let mut h = History::new(HistoryLimits::default());
+        h.on_server_event(&committed("u0"));
+        let delta = |text: &str| {
+            server(json!({"type":"response.output_audio_transcript.delta","event_id":"e","response_id":"r",
+                "item_id":"a1","output_index":0,"content_index":0,"delta":text}))
+        };
+        h.on_server_event(&delta("Your order "));
+        h.on_server_event(&delta("ships on"));
+        h.on_connection_lost();
+        h.on_server_event(&delta(" Friday"));
+        let items = replayed_json(&h);
+        assert_eq!(items.len(), 1, "the caller turn with no transcript is gone");
+        assert_eq!(items[0]["item"]["content"][0]["text"], json!(format!("Your order ships on{CUT_MARK}")));
+        assert_eq!(h.turns().count(), 1);
     }
 
     #[test]

@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use switchboard_realtime::client::Keepalive;
-use switchboard_realtime::events::ClientEvent;
+use switchboard_realtime::events::{ClientEvent, Item};
 use switchboard_realtime::history::HistoryLimits;
 use tracing::{info, warn};
 
@@ -46,7 +46,15 @@ pub(super) struct Outage {
     give_up_at: Instant,
     next_comfort: Instant,
     gave_up: bool,
+    /// The agent was speaking (a response streaming, or its audio still queued) when the
+    /// connection went: the new session is asked to pick up where it was cut off.
+    agent_was_speaking: bool,
 }
+
+/// Told to the new session when the agent was cut off mid-answer by the lost connection.
+const RESUME_NOTE: &str = "The phone connection to you dropped for a moment while you were speaking; your last \
+     answer above was cut off where it ends with […]. The caller is still on the line. Briefly pick up where you \
+     were cut off.";
 
 impl CallCore {
     /// Whether the AI connection is being replaced (the shell reconnects; the caller's audio is
@@ -77,6 +85,14 @@ impl CallCore {
         }
         self.agent = AgentPlayout::default();
         self.keepalive = Keepalive::new(now, self.config.ping_interval, self.config.watchdog);
+        if outage.agent_was_speaking {
+            self.send_realtime(ClientEvent::ConversationItemCreate {
+                event_id: Some("evt_resume_note".into()),
+                previous_item_id: None,
+                item: Item::system_text(RESUME_NOTE),
+            });
+            self.send_realtime(ClientEvent::ResponseCreate { event_id: Some("evt_resume".into()), response: None });
+        }
         let pause = now.saturating_duration_since(outage.since);
         metrics::counter!(telemetry::REALTIME_RECONNECTS_TOTAL, "reason" => outage.reason.label(), "outcome" => "resumed")
             .increment(1);
@@ -99,6 +115,9 @@ impl CallCore {
         let Some(policy) = self.config.resilience.policy else { return false };
         let Some(reason) = ReconnectReason::of(end) else { return false };
         warn!(reason = reason.label(), cause = ?end, "Realtime connection lost mid-call; reconnecting");
+        let agent_was_speaking = self.agent.conversation.has_active_response()
+            || self.legs.first().is_some_and(|leg| !leg.held_audio().is_zero());
+        self.history.on_connection_lost();
         // A goodbye being played out (the call ends after it) plays on; anything else the old
         // session queued is dropped: its items do not exist in the next session.
         if self.ending_after_playout.is_none()
@@ -114,6 +133,7 @@ impl CallCore {
             give_up_at: policy.give_up_at(now),
             next_comfort: now + FIRST_COMFORT_AFTER,
             gave_up: false,
+            agent_was_speaking: agent_was_speaking && self.ending_after_playout.is_none(),
         });
         self.outputs.push_back(Output::Reconnect);
         true

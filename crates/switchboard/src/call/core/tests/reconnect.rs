@@ -79,6 +79,11 @@ fn a_dropped_connection_keeps_the_call_with_a_comfort_pulse_then_resumes() {
     h.advance_to(h.at(3.0));
     assert!(h.core.handle_realtime_resumed(h.now));
     assert!(!h.core.is_reconnecting());
+    h.drain();
+    // The agent was cut off mid-answer: the new session is told so and asked to go on.
+    let after: Vec<&ClientEvent> = h.realtime.iter().filter(|(at, _)| *at >= h.at(3.0)).map(|(_, e)| e).collect();
+    assert!(matches!(after[0], ClientEvent::ConversationItemCreate { .. }), "{after:?}");
+    assert!(matches!(after[1], ClientEvent::ResponseCreate { response: None, .. }), "{after:?}");
     caller_talks(&mut h, 3.0, 6.0);
     assert!(appends_between(&h, h.at(3.0), h.at(6.0)) > 100);
     assert_eq!(sounding_packets(&h, h.at(3.02), h.at(6.0)), 0, "no pulse once resumed");
@@ -101,6 +106,10 @@ fn session_expired_reconnects_and_the_following_close_changes_nothing() {
     h.drain();
     assert_eq!(h.outputs.iter().filter(|o| **o == Output::Reconnect).count(), 1);
     assert!(h.ended().is_none());
+    // The agent was silent: the new session just listens (no response asked for).
+    assert!(h.core.handle_realtime_resumed(h.now));
+    h.drain();
+    assert!(!h.realtime.iter().any(|(_, e)| matches!(e, ClientEvent::ResponseCreate { .. })));
 }
 
 #[test]
