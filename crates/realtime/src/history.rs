@@ -173,6 +173,10 @@ impl History {
                 }
                 self.trim();
             }
+            // No text will come: the turn cannot be replayed (and no longer holds a rollover).
+            ServerEvent::InputAudioTranscriptionFailed(failed) => {
+                self.turns.retain(|t| !matches!(t, Turn::Caller { item_id, text: None } if *item_id == failed.item_id));
+            }
             ServerEvent::OutputAudioTranscriptDelta(delta) | ServerEvent::OutputTextDelta(delta) => {
                 self.on_agent_delta(&delta.item_id, &delta.delta)
             }
@@ -278,6 +282,12 @@ impl History {
                 item,
             })
             .collect()
+    }
+
+    /// Whether a caller turn still waits for its transcription (a rollover waits for it: the
+    /// next session would not hear that turn otherwise).
+    pub fn has_pending_caller_turn(&self) -> bool {
+        self.turns.iter().any(|t| matches!(t, Turn::Caller { text: None, .. }))
     }
 
     /// The session is gone: what was still streaming stays as far as it got (marked as cut),
@@ -454,6 +464,17 @@ mod tests {
         assert_eq!(items.len(), 1, "the caller turn with no transcript is gone");
         assert_eq!(items[0]["item"]["content"][0]["text"], json!(format!("Your order ships on{CUT_MARK}")));
         assert_eq!(h.turns().count(), 1);
+    }
+
+    #[test]
+    fn a_failed_transcription_releases_the_pending_turn() {
+        let mut h = History::new(HistoryLimits::default());
+        h.on_server_event(&committed("u1"));
+        assert!(h.has_pending_caller_turn());
+        h.on_server_event(&server(json!({"type":"conversation.item.input_audio_transcription.failed",
+            "event_id":"e","item_id":"u1","content_index":0,"error":{"type":"transcription_error","message":"x"}})));
+        assert!(!h.has_pending_caller_turn());
+        assert_eq!(h.turns().count(), 0);
     }
 
     #[test]

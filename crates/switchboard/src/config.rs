@@ -135,6 +135,10 @@ pub struct RealtimeConfig {
     pub replay_budget_turns: usize,
     /// `audio.input.transcription.model`: the caller's turns get text to replay. Empty: off.
     pub transcription_model: String,
+    /// Roll the session over (a new one at a turn boundary, the conversation replayed) this long
+    /// after it opened, or before the server's `expires_at` if that comes first. 0: only by
+    /// `expires_at`.
+    pub session_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -356,6 +360,7 @@ impl Default for RealtimeConfig {
             replay_budget_chars: 8000,
             replay_budget_turns: 40,
             transcription_model: "gpt-4o-mini-transcribe".into(),
+            session_max_secs: 3300,
         }
     }
 }
@@ -654,6 +659,9 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if !(1..=500).contains(&cfg.realtime.replay_budget_turns) {
         bad("realtime.replay_budget_turns", "must be between 1 and 500".into());
+    }
+    if cfg.realtime.session_max_secs > 24 * 3600 {
+        bad("realtime.session_max_secs", "must be at most 86400".into());
     }
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());

@@ -16,7 +16,7 @@ use std::time::{Duration, Instant, SystemTime};
 use switchboard_media::codec::Codec;
 use switchboard_media::framing::{ModelAudio, model_audio_for};
 use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
-use switchboard_realtime::events::ClientEvent;
+use switchboard_realtime::events::{ClientEvent, ServerEvent};
 use switchboard_sdp::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpError};
 use switchboard_sip::{Dialog, IncomingCall, ServerInvite};
 use tokio::sync::watch;
@@ -239,6 +239,8 @@ pub struct OpenSession {
     /// The codec the formats were checked against. A G.711 passthrough session only suits a
     /// call on that same law: see [`OpenSession::suits`].
     pub codec: Codec,
+    /// `session.created`'s `expires_at` (unix seconds), when the server gave one.
+    pub expires_at: Option<i64>,
 }
 
 impl OpenSession {
@@ -298,12 +300,13 @@ pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Code
     };
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
     let update = session::with_input_transcription(update, &realtime_cfg.transcription_model);
-    let (sender, receiver, confirmed) = confirm_session(&state.realtime, limits, &update, &mut setup).await?;
+    let (sender, receiver, confirmed, expires_at) =
+        confirm_session(&state.realtime, limits, &update, &mut setup).await?;
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
             "the Realtime API confirmed other audio formats; converting to them");
     }
-    Ok(OpenSession { sender, receiver, confirmed, codec })
+    Ok(OpenSession { sender, receiver, confirmed, codec, expires_at })
 }
 
 /// Connects and confirms the session (see [`SessionSetup`]); every wait ends at the setup's
@@ -313,7 +316,7 @@ async fn confirm_session(
     limits: ConnectLimits,
     update: &ClientEvent,
     setup: &mut SessionSetup,
-) -> Result<(RealtimeSender, RealtimeReceiver, ConfirmedAudio), Refusal> {
+) -> Result<(RealtimeSender, RealtimeReceiver, ConfirmedAudio, Option<i64>), Refusal> {
     let deadline = tokio::time::Instant::from_std(setup.deadline());
     let timed_out = |setup: &mut SessionSetup| {
         // The timer fired at the deadline; never earlier than it for the sans-IO check.
@@ -335,6 +338,7 @@ async fn confirm_session(
         close_in_background(tx);
         return Err(refusal);
     }
+    let mut expires_at = None;
     loop {
         let step = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => SetupStep::Refuse(timed_out(setup)),
@@ -344,11 +348,16 @@ async fn confirm_session(
                 continue;
             }
             Ok(Some(Err(e))) => SetupStep::Refuse(setup.on_closed(&e.to_string())),
-            Ok(Some(Ok(event))) => setup.on_event(&event),
+            Ok(Some(Ok(event))) => {
+                if let ServerEvent::SessionCreated(created) = &event {
+                    expires_at = created.session.expires_at;
+                }
+                setup.on_event(&event)
+            }
         };
         match step {
             SetupStep::Wait => continue,
-            SetupStep::Ready(confirmed) => return Ok((tx, rx, confirmed)),
+            SetupStep::Ready(confirmed) => return Ok((tx, rx, confirmed, expires_at)),
             SetupStep::Refuse(refusal) => {
                 close_in_background(tx);
                 return Err(refusal);

@@ -24,6 +24,8 @@ pub enum ReconnectReason {
     FatalError,
     /// `session_expired`: the session hit its maximum duration (reference §7).
     Expired,
+    /// Not a loss: the session was replaced before its expiry, at a turn boundary.
+    Rollover,
 }
 
 impl ReconnectReason {
@@ -33,6 +35,7 @@ impl ReconnectReason {
             ReconnectReason::Closed => "closed",
             ReconnectReason::FatalError => "error",
             ReconnectReason::Expired => "expired",
+            ReconnectReason::Rollover => "rollover",
         }
     }
 
@@ -81,6 +84,24 @@ impl ReconnectPolicy {
     /// When an outage that began at `since` is given up.
     pub fn give_up_at(&self, since: Instant) -> Instant {
         since + self.give_up_after
+    }
+}
+
+/// The longest a rollover starts before the server's `expires_at`: time to open the new session
+/// and to wait for a turn boundary.
+const ROLLOVER_MARGIN: Duration = Duration::from_secs(120);
+
+/// When a session opened at `opened` is to be rolled over (a new session opened in the
+/// background and switched to at a turn boundary): `session_max` after it opened
+/// (`realtime.session_max_secs`; `None`: no own limit), or [`ROLLOVER_MARGIN`] before the
+/// server's `expires_at` (`expires_in`, from `session.created`; a quarter of the lifetime for a
+/// session shorter than four margins), whichever comes first. `None`: never.
+pub fn rollover_at(opened: Instant, session_max: Option<Duration>, expires_in: Option<Duration>) -> Option<Instant> {
+    let by_server = expires_in.map(|left| opened + left.saturating_sub(ROLLOVER_MARGIN.min(left / 4)));
+    let by_config = session_max.map(|max| opened + max);
+    match (by_server, by_config) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }
 
@@ -163,6 +184,20 @@ mod tests {
         assert_eq!(p.delay_before(u32::MAX, 1.0), Duration::from_millis(2000));
         assert_eq!(p.delay_before(3, f64::NAN), Duration::from_millis(400));
         assert_eq!(p.delay_before(3, 7.0), Duration::from_millis(800));
+    }
+
+    #[test]
+    fn rollover_comes_before_the_server_expiry_or_the_configured_maximum() {
+        let t0 = Instant::now();
+        let hour = Duration::from_secs(3600);
+        let max = Some(Duration::from_secs(55 * 60));
+        // The API's 60 minutes: the configured 55 come first.
+        assert_eq!(rollover_at(t0, max, Some(hour)), Some(t0 + Duration::from_secs(55 * 60)));
+        // A server expiring sooner wins, 2 minutes early.
+        assert_eq!(rollover_at(t0, max, Some(Duration::from_secs(1800))), Some(t0 + Duration::from_secs(1680)));
+        // A short session: a quarter of it as the margin, never "at once".
+        assert_eq!(rollover_at(t0, None, Some(Duration::from_secs(8))), Some(t0 + Duration::from_secs(6)));
+        assert_eq!(rollover_at(t0, None, None), None);
     }
 
     #[test]

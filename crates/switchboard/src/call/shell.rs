@@ -24,7 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience};
 use super::end::CallEnd;
-use super::reconnect::ReconnectPolicy;
+use super::reconnect::{self, ReconnectPolicy};
 use super::session::ConfirmedAudio;
 use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
@@ -50,7 +50,8 @@ pub const CONTROL_QUEUE: usize = 32;
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     let Established { direction, agent_name: _, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
-    let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _ } = session;
+    let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
+    let session_opened = Instant::now();
     let cfg = &state.config;
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
@@ -102,7 +103,9 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 model_output: confirmed.output,
                 stream: StreamStart::random(),
             };
-            let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
+            let mut core = CallCore::new(Instant::now(), core_config, caller);
+            core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
+            let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
                 core,
                 clock: &state.media_clock,
@@ -121,6 +124,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                     policy: resilience(realtime_cfg).policy,
                     up: true,
                     reconnecting: None,
+                    standby: None,
                 },
             };
             media_loop.run().await
@@ -152,6 +156,22 @@ fn resilience(cfg: &RealtimeConfig) -> Resilience {
     }
 }
 
+/// When a session opened at `opened` is rolled over ([`reconnect::rollover_at`]).
+fn rollover_deadline(cfg: &RealtimeConfig, opened: Instant, expires_at: Option<i64>) -> Option<Instant> {
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expires_in =
+        expires_at.and_then(|at| u64::try_from(at).ok()).map(|at| Duration::from_secs(at.saturating_sub(now_unix)));
+    let session_max = (cfg.session_max_secs > 0).then(|| Duration::from_secs(cfg.session_max_secs));
+    reconnect::rollover_at(opened, session_max, expires_in)
+}
+
+/// Retries for a rollover's new session when mid-call reconnecting is off.
+const ROLLOVER_RETRIES: ReconnectPolicy = ReconnectPolicy {
+    initial_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(5),
+    give_up_after: Duration::from_secs(60),
+};
+
 /// The AI connection of a call, replaceable mid-call: what a reconnect needs to open the same
 /// session again, and the reconnect in progress.
 struct Link<'a> {
@@ -164,6 +184,8 @@ struct Link<'a> {
     /// Whether the current connection is usable (its receiver and writer are read).
     up: bool,
     reconnecting: Option<AbortOnDrop<OpenSession>>,
+    /// A rollover's new session, confirmed and waiting for a turn boundary.
+    standby: Option<OpenSession>,
 }
 
 /// A spawned task aborted when its handle is dropped (the call ended while reconnecting).
@@ -288,8 +310,19 @@ impl MediaLoop<'_> {
                         self.log_stats();
                         return end;
                     }
-                    Output::Reconnect => self.start_reconnect(),
+                    Output::Reconnect => {
+                        self.drop_link();
+                        match self.link.standby.take() {
+                            // A rollover's session is ready: the loss costs no connect at all.
+                            Some(next) => self.resume(next).await,
+                            None => self.spawn_reopen(),
+                        }
+                    }
+                    Output::Rollover => self.spawn_reopen(),
                 }
+            }
+            if self.link.up && self.link.standby.is_some() && self.core.lock().at_turn_boundary() {
+                self.switch().await;
             }
             let task_due = self.core.lock().poll_task_timeout();
             let task_due = task_due.map(tokio::time::Instant::from_std);
@@ -317,6 +350,11 @@ impl MediaLoop<'_> {
                 }, if self.link.reconnecting.is_some() => {
                     self.link.reconnecting = None;
                     match reopened {
+                        // A rollover: switch at the next turn boundary.
+                        Ok(session) if self.link.up => {
+                            debug!("next Realtime session ready; switching at the next turn boundary");
+                            self.link.standby = Some(session);
+                        }
                         Ok(session) => self.resume(session).await,
                         Err(e) => {
                             warn!(error = %e, "Realtime reconnect task failed");
@@ -377,13 +415,21 @@ impl MediaLoop<'_> {
     }
 
     /// The core lost its AI connection and goes on: stop using the old one (closed in the
-    /// background) and reopen the session in a task, so RTP, the comfort tone and the dialog
-    /// carry on meanwhile.
-    fn start_reconnect(&mut self) {
+    /// background).
+    fn drop_link(&mut self) {
         self.link.up = false;
         let mut old = std::mem::replace(self.writer, RealtimeWriter::detached(self.writer.watchdog));
         tokio::spawn(async move { old.close().await });
-        let Some(policy) = self.link.policy else { return };
+    }
+
+    /// Reopens the session in a task, so RTP, the comfort tone and the dialog carry on
+    /// meanwhile (a reconnect), or the old session goes on meanwhile (a rollover).
+    fn spawn_reopen(&mut self) {
+        let policy = match (self.link.policy, self.link.up) {
+            (Some(policy), _) => policy,
+            (None, true) => ROLLOVER_RETRIES,
+            (None, false) => return,
+        };
         if self.link.reconnecting.is_none() {
             let task = tokio::spawn(reconnect_until_confirmed(
                 Arc::clone(self.link.state),
@@ -400,7 +446,43 @@ impl MediaLoop<'_> {
     /// straight on its socket: the writer's control queue is not sized for a replay), then let
     /// the core go on with it.
     async fn resume(&mut self, session: OpenSession) {
-        let OpenSession { mut sender, receiver, .. } = session;
+        let OpenSession { mut sender, receiver, expires_at, .. } = session;
+        if let Some(why) = self.replay(&mut sender).await {
+            // Try again: the core is still reconnecting.
+            warn!(why, "new Realtime session unusable; reconnecting again");
+            close_in_background(sender);
+            self.spawn_reopen();
+            return;
+        }
+        if !self.core.lock().handle_realtime_resumed(Instant::now()) {
+            close_in_background(sender);
+            return;
+        }
+        self.install(sender, receiver, expires_at);
+    }
+
+    /// Rollover at a turn boundary: the next session is told the conversation, then replaces
+    /// the current one, which is closed in the background. The caller's audio goes to the old
+    /// session until the switch and to the new one after it: nothing is lost, nothing heard.
+    async fn switch(&mut self) {
+        let Some(OpenSession { mut sender, receiver, expires_at, .. }) = self.link.standby.take() else { return };
+        if let Some(why) = self.replay(&mut sender).await {
+            // The current session goes on; its expiry will reconnect as after a loss.
+            warn!(why, "next Realtime session unusable; staying on the current one");
+            close_in_background(sender);
+            return;
+        }
+        if !self.core.lock().handle_realtime_switched(Instant::now()) {
+            close_in_background(sender);
+            return;
+        }
+        let mut old = std::mem::replace(self.writer, RealtimeWriter::detached(self.writer.watchdog));
+        tokio::spawn(async move { old.close().await });
+        self.install(sender, receiver, expires_at);
+    }
+
+    /// Sends the conversation so far to a new session; says why it failed, if it did.
+    async fn replay(&mut self, sender: &mut RealtimeSender) -> Option<String> {
         let replay = self.core.lock().replay_events();
         let deadline = Duration::from_millis(self.link.state.config.realtime.connect_timeout_ms);
         let replayed = tokio::time::timeout(deadline, async {
@@ -410,25 +492,20 @@ impl MediaLoop<'_> {
             Ok::<(), switchboard_realtime::ClientError>(())
         })
         .await;
-        let failure = match replayed {
+        match replayed {
             Ok(Ok(())) => None,
             Ok(Err(e)) => Some(format!("replay failed: {e}")),
             Err(_) => Some("replay timed out".to_owned()),
-        };
-        if let Some(why) = failure {
-            // Try again: the core is still reconnecting.
-            warn!(why, "new Realtime session unusable; reconnecting again");
-            close_in_background(sender);
-            self.start_reconnect();
-            return;
         }
-        if !self.core.lock().handle_realtime_resumed(Instant::now()) {
-            close_in_background(sender);
-            return;
-        }
+    }
+
+    /// Makes a confirmed, replayed session the call's connection.
+    fn install(&mut self, sender: RealtimeSender, receiver: RealtimeReceiver, expires_at: Option<i64>) {
         *self.writer = RealtimeWriter::spawn(sender, self.writer.watchdog);
         *self.realtime_rx = receiver;
         self.link.up = true;
+        let due = rollover_deadline(&self.link.state.config.realtime, Instant::now(), expires_at);
+        self.core.lock().set_rollover_at(due);
     }
 
     fn log_stats(&self) {

@@ -196,6 +196,10 @@ pub enum Output {
     /// session (backoff), send it [`CallCore::replay_events`], then
     /// [`CallCore::handle_realtime_resumed`].
     Reconnect,
+    /// The session nears its end: open a new one in the background, then switch to it when
+    /// [`CallCore::at_turn_boundary`] (send it [`CallCore::replay_events`], then
+    /// [`CallCore::handle_realtime_switched`]).
+    Rollover,
 }
 
 /// Counters the shell logs at the end of the call.
@@ -404,6 +408,8 @@ pub struct CallCore {
     history: History,
     /// Set while the AI connection is being replaced ([`reconnecting`]).
     outage: Option<reconnecting::Outage>,
+    /// When the session is to be rolled over, and whether the caller is speaking.
+    rollover: reconnecting::Rollover,
 }
 
 impl CallCore {
@@ -426,6 +432,7 @@ impl CallCore {
             model_bytes: Vec::with_capacity(2048),
             history: History::new(config.resilience.history),
             outage: None,
+            rollover: reconnecting::Rollover::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -523,6 +530,7 @@ impl CallCore {
         }
         self.keepalive.on_traffic(now);
         self.history.on_server_event(&event);
+        self.rollover.on_server_event(&event);
         match event {
             ServerEvent::OutputAudioDelta(delta) => {
                 let ms = self.config.model_output.bytes_to_ms(delta.delta.len());
@@ -666,6 +674,7 @@ impl CallCore {
             return;
         }
         self.outage_timeout(now);
+        self.rollover_timeout(now);
         if self.outage.is_some() {
             return; // no connection to ping or watch
         }
@@ -728,7 +737,7 @@ impl CallCore {
             [Some(rtp_timeout), leg.reorder.next_deadline()].into_iter().flatten()
         });
         let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
-        legs.chain(link).min()
+        legs.chain(link).chain(self.rollover_deadline()).min()
     }
 
     // ---- internals ----

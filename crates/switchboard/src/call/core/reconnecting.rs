@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use switchboard_realtime::client::Keepalive;
-use switchboard_realtime::events::{ClientEvent, Item};
+use switchboard_realtime::events::{ClientEvent, Item, ServerEvent};
 use switchboard_realtime::history::HistoryLimits;
 use tracing::{info, warn};
 
@@ -49,6 +49,25 @@ pub(super) struct Outage {
     /// The agent was speaking (a response streaming, or its audio still queued) when the
     /// connection went: the new session is asked to pick up where it was cut off.
     agent_was_speaking: bool,
+}
+
+/// The proactive rollover: when it is due, whether the shell was asked, and whether the caller
+/// is speaking (a switch waits for a turn boundary).
+#[derive(Debug, Clone, Default)]
+pub(super) struct Rollover {
+    due: Option<Instant>,
+    requested: bool,
+    caller_speaking: bool,
+}
+
+impl Rollover {
+    pub(super) fn on_server_event(&mut self, event: &ServerEvent) {
+        match event {
+            ServerEvent::SpeechStarted(_) => self.caller_speaking = true,
+            ServerEvent::SpeechStopped(_) | ServerEvent::InputAudioBufferCommitted(_) => self.caller_speaking = false,
+            _ => {}
+        }
+    }
 }
 
 /// Told to the new session when the agent was cut off mid-answer by the lost connection.
@@ -103,6 +122,61 @@ impl CallCore {
             "Realtime session replaced; conversation resumed"
         );
         true
+    }
+
+    /// When the current session is to be rolled over (`None`: never); the shell sets it for
+    /// every new session ([`reconnect::rollover_at`]).
+    pub fn set_rollover_at(&mut self, due: Option<Instant>) {
+        self.rollover = Rollover { due, requested: false, caller_speaking: false };
+    }
+
+    /// A switch to a new session would go unheard now: no response active, the agent's audio
+    /// played out, the caller not speaking, and no caller turn still waiting for its transcript.
+    pub fn at_turn_boundary(&self) -> bool {
+        self.ended.is_none()
+            && self.outage.is_none()
+            && self.ending_after_playout.is_none()
+            && !self.rollover.caller_speaking
+            && !self.agent.conversation.has_active_response()
+            && self.legs.first().is_none_or(|leg| leg.held_audio().is_zero())
+            && !self.history.has_pending_caller_turn()
+    }
+
+    /// The shell switched to the rolled-over session (already given
+    /// [`replay_events`](Self::replay_events)) at a turn boundary
+    /// ([`at_turn_boundary`](Self::at_turn_boundary), checked just before the replay was sent).
+    /// Returns false when the call is over (the shell closes the new session).
+    pub fn handle_realtime_switched(&mut self, now: Instant) -> bool {
+        if self.ended.is_some() || self.outage.is_some() {
+            return false;
+        }
+        self.agent = AgentPlayout::default();
+        self.keepalive = Keepalive::new(now, self.config.ping_interval, self.config.watchdog);
+        metrics::counter!(
+            telemetry::REALTIME_RECONNECTS_TOTAL,
+            "reason" => ReconnectReason::Rollover.label(),
+            "outcome" => "resumed"
+        )
+        .increment(1);
+        info!(replayed_items = self.history.replay().len(), "Realtime session rolled over at a turn boundary");
+        true
+    }
+
+    /// Asks the shell for a new session once the rollover is due.
+    pub(super) fn rollover_timeout(&mut self, now: Instant) {
+        if self.outage.is_some() || self.rollover.requested || self.rollover.due.is_none_or(|due| now < due) {
+            return;
+        }
+        self.rollover.requested = true;
+        info!("Realtime session nears its end; opening the next one");
+        self.outputs.push_back(Output::Rollover);
+    }
+
+    pub(super) fn rollover_deadline(&self) -> Option<Instant> {
+        if self.outage.is_some() || self.rollover.requested {
+            return None;
+        }
+        self.rollover.due
     }
 
     /// The AI connection is lost (`end` says how). Returns true when the call goes on in the

@@ -170,3 +170,38 @@ fn losses_a_new_session_would_not_cure_still_end_the_call() {
     assert!(matches!(h.ended(), Some(CallEnd::AgentMessageTooLarge(_))));
     assert!(!h.outputs.contains(&Output::Reconnect));
 }
+
+#[test]
+fn rollover_is_asked_for_once_when_due_and_switches_only_at_a_turn_boundary() {
+    let mut h = Harness::new(resilient_config());
+    h.core.set_rollover_at(Some(h.at(10.0)));
+    caller_talks(&mut h, 0.0, 9.9);
+    assert!(!h.outputs.contains(&Output::Rollover));
+    caller_talks(&mut h, 9.9, 10.5);
+    assert_eq!(h.outputs.iter().filter(|o| **o == Output::Rollover).count(), 1);
+    assert!(h.core.at_turn_boundary(), "nothing going on");
+
+    // The caller speaks: not a boundary until the turn is committed and transcribed.
+    h.realtime_event(speech_started());
+    assert!(!h.core.at_turn_boundary());
+    h.realtime_event(server_event(json!({"type":"input_audio_buffer.committed","event_id":"e","item_id":"u1"})));
+    assert!(!h.core.at_turn_boundary(), "its transcript is still to come");
+    // The agent answers: not a boundary while the response streams or its audio plays.
+    h.realtime_event(response_created("r1"));
+    h.realtime_event(delta("r1", "a1", &[0x33; 800]));
+    h.realtime_event(server_event(json!({"type":"conversation.item.input_audio_transcription.completed",
+        "event_id":"e","item_id":"u1","content_index":0,"transcript":"Hello?"})));
+    h.realtime_event(response_done("r1", "completed"));
+    assert!(!h.core.at_turn_boundary(), "100 ms of the answer still to play");
+    caller_talks(&mut h, 10.5, 11.0);
+    assert!(h.core.at_turn_boundary());
+    assert_eq!(h.sent_bytes_of(0x33, h.now), 800, "the answer played in full");
+
+    assert!(h.core.handle_realtime_switched(h.now));
+    h.core.set_rollover_at(Some(h.at(20.0)));
+    caller_talks(&mut h, 11.0, 12.0);
+    assert!(appends_between(&h, h.at(11.0), h.at(12.0)) > 40, "the caller's audio flows on");
+    assert_continuous_rtp(&h);
+    assert_eq!(h.outputs.iter().filter(|o| **o == Output::Rollover).count(), 1, "the next one is not due yet");
+    assert!(h.ended().is_none());
+}
