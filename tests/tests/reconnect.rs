@@ -18,13 +18,14 @@ const MAX_PAUSE_MS: f64 = 1500.0;
 /// µ-law silence.
 const ULAW_SILENCE: u8 = 0xFF;
 
-/// The gateway with quick reconnect retries and a short give-up (environment overrides: the
-/// harness's generated config already has its `[realtime]` table).
+/// The gateway with a greeting (the simulator answers it with its greeting tone), quick reconnect
+/// retries and a short give-up (environment overrides: the harness's generated config already
+/// has its `[realtime]` table).
 fn start_gateway(ports: Ports, sim: &Sim, dir: &Path, give_up_secs: &str) -> Gateway {
     Gateway::start_with_env(
         ports,
         &sim.url(),
-        "",
+        "[agents.default]\ngreeting = \"Welcome to the test line.\"\n",
         dir,
         &[
             ("SWITCHBOARD__REALTIME__RECONNECT_INITIAL_MS", "100"),
@@ -86,7 +87,7 @@ fn gaps_between_tone_runs(packets: &[RtpPacket], hz: f64) -> Vec<f64> {
         }
         if let Some(last) = last_tone {
             let gap_ms = f64::from(packet.timestamp.wrapping_sub(last).saturating_sub(160)) / 8.0;
-            if gap_ms >= 100.0 {
+            if gap_ms > 0.0 {
                 gaps.push(gap_ms);
             }
         }
@@ -197,14 +198,16 @@ fn a_session_expiry_mid_answer_costs_the_caller_a_short_pause() {
 /// How the AI connection is lost in [`conversation_goes_on_after`].
 #[derive(Debug, Clone, Copy)]
 enum Loss {
-    /// The simulator's `--max-session-secs`: `session_expired`, then close 1001.
-    Expiry,
+    /// Not a loss: the simulator's sessions last `--max-session-secs` (their `expires_at` says
+    /// so) and the gateway rolls over to a new one at a turn boundary before that.
+    Rollover,
     /// `drop {"mode":"reset"}` (contract SIM): the TCP connection closed without a close frame.
     Reset,
 }
 
-/// The caller speaks, the echo agent says it back; the connection is lost; the caller speaks
-/// again and is still echoed, by a second session that was told the first one's turns.
+/// The caller speaks, the echo agent says it back; the session is replaced (rolled over, or the
+/// connection is lost); the caller speaks again and is still echoed, by a second session that
+/// was told the first one's turns.
 fn conversation_goes_on_after(loss: Loss, slot: u16, test: &str) {
     let ports = Ports::for_slot(slot);
     let dir = tools::scratch_dir(test);
@@ -227,7 +230,7 @@ fn conversation_goes_on_after(loss: Loss, slot: u16, test: &str) {
     );
     let session_secs = (loss_at_ms / 1000 + 1).to_string();
     let mut sim_args = vec!["--behaviour", "echo", "--greeting-tone", "440:300"];
-    if matches!(loss, Loss::Expiry) {
+    if matches!(loss, Loss::Rollover) {
         sim_args.extend(["--max-session-secs", session_secs.as_str()]);
     }
     let sim = Sim::start(ports, &sim_args, &dir);
@@ -251,7 +254,7 @@ fn conversation_goes_on_after(loss: Loss, slot: u16, test: &str) {
     // The second session was told the first one's turns before anything else...
     let sessions = sim.sessions();
     let sessions = sessions.as_array().expect("sessions");
-    assert_eq!(sessions.len(), 2, "one reconnect; log:\n{}", gateway.log());
+    assert!(sessions.len() >= 2, "no second session; log:\n{}", gateway.log());
     let second = &sessions[1];
     let events = second["events"].as_array().expect("events");
     let first_append = events
@@ -286,11 +289,8 @@ fn conversation_goes_on_after(loss: Loss, slot: u16, test: &str) {
     let packets = to_caller(&pcap_path, ports);
     assert_continuous(&packets);
     let start_ts = packets[0].timestamp;
-    let after_loss: Vec<i16> = packets
-        .iter()
-        .filter(|p| p.timestamp.wrapping_sub(start_ts) / 8 > second_speech_ms)
-        .flat_map(linear)
-        .collect();
+    let after_loss: Vec<i16> =
+        packets.iter().filter(|p| p.timestamp.wrapping_sub(start_ts) / 8 > second_speech_ms).flat_map(linear).collect();
     let (_, reference) = audio::read_wav(&speech.wav_8k);
     let (_, r) =
         audio::best_lag_correlation(&audio::envelope(&reference, 160), &audio::envelope(&after_loss, 160), 400);
@@ -298,18 +298,22 @@ fn conversation_goes_on_after(loss: Loss, slot: u16, test: &str) {
     assert!(r >= 0.8, "the caller's later speech was not echoed back (r = {r:.3})");
 
     let reason = match loss {
-        Loss::Expiry => "expired",
+        Loss::Rollover => "rollover",
         Loss::Reset => "dropped",
     };
     let metrics = gateway.metrics();
     let line = format!(r#"switchboard_realtime_reconnects_total{{reason="{reason}",outcome="resumed"}}"#);
-    assert_eq!(metric_value(&metrics, &line), 1, "{metrics}");
+    assert!(metric_value(&metrics, &line) >= 1, "{metrics}");
+    if matches!(loss, Loss::Rollover) {
+        // Rolled over in time: no session reached its expiry, nothing was lost.
+        assert!(!gateway.log().contains("Realtime connection lost"), "{}", gateway.log());
+    }
 }
 
 #[test]
 #[cfg_attr(not(all(has_sipp, has_tshark, has_espeak_ng, has_sox)), ignore = "needs sipp, tshark, espeak-ng, sox")]
-fn the_conversation_goes_on_across_a_session_expiry() {
-    conversation_goes_on_after(Loss::Expiry, 78, "reconnect_expiry_conversation");
+fn the_conversation_goes_on_across_a_rollover_before_the_session_expires() {
+    conversation_goes_on_after(Loss::Rollover, 78, "reconnect_rollover_conversation");
 }
 
 #[test]
@@ -361,5 +365,8 @@ fn an_ai_that_does_not_come_back_gets_the_announcement_then_bye() {
         1,
         "{metrics}"
     );
-    assert!(metrics.contains(r#"switchboard_calls_total{outcome="failed",reason="agent_disconnected"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"switchboard_calls_total{outcome="failed",reason="agent_disconnected"} 1"#),
+        "{metrics}"
+    );
 }
