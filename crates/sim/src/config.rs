@@ -25,6 +25,17 @@ pub struct SimConfig {
     pub log_limit: usize,
     /// Misbehaviours for tests of the gateway's error handling; all off by default.
     pub faults: Faults,
+    /// `--phases`: every VAD-triggered response holds two audio items, `phase` `commentary`
+    /// (a short tone) then `final_answer` (the usual reply), as gpt-realtime-2 sends them.
+    pub phases: bool,
+    /// `--late-deltas N`: when `speech_started` interrupts a response, up to N more audio
+    /// deltas of it are sent before its `response.done` (exercises the client's discard path).
+    pub late_deltas: u32,
+    /// `--transcription-delay-ms`: input transcriptions arrive this long after their user item
+    /// was committed (zero: right after it), possibly after that turn's `response.done`.
+    pub transcription_delay: Duration,
+    /// `--transcription-fails`: every input transcription ends `…transcription.failed`.
+    pub transcription_fails: bool,
 }
 
 /// Ways the simulator can misbehave (reference §1.3 and §7 describe how the real API fails).
@@ -46,9 +57,64 @@ pub struct Faults {
     pub stall_after: Option<Duration>,
     /// One second after the first `session.updated`, send one text message of this many bytes.
     pub huge_message_bytes: Option<usize>,
-    /// Responses triggered by the caller's speech end `failed` (`server_error`) without audio;
-    /// client `response.create` (greeting, apology) still answers with the greeting tone.
+    /// Responses triggered by the caller's speech end `failed` without audio; client
+    /// `response.create` (greeting, apology) still answers with the greeting tone.
     pub fail_vad_responses: bool,
+    /// Why those responses fail (`--fail-reason`): the `error` of their `status_details`.
+    pub fail_reason: FailReason,
+}
+
+/// `--fail-reason`: the `status_details.error` of a scripted `failed` response (§4.3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FailReason {
+    /// `{"type":"server_error","code":"server_error"}`.
+    #[default]
+    ServerError,
+    /// `{"type":"requests","code":"rate_limit_exceeded"}`, as a 429 body says it.
+    RateLimitExceeded,
+    /// `{"type":"insufficient_quota","code":"insufficient_quota"}`.
+    InsufficientQuota,
+}
+
+impl FailReason {
+    /// `(error.type, error.code, error.message)` of the failed response.
+    pub fn error_fields(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            FailReason::ServerError => (
+                "server_error",
+                "server_error",
+                "The server had an error while processing your request (simulated fault).",
+            ),
+            FailReason::RateLimitExceeded => (
+                "requests",
+                "rate_limit_exceeded",
+                "Rate limit reached for requests (simulated fault). Please try again later.",
+            ),
+            FailReason::InsufficientQuota => (
+                "insufficient_quota",
+                "insufficient_quota",
+                "You exceeded your current quota, please check your plan and billing details (simulated fault).",
+            ),
+        }
+    }
+}
+
+impl FromStr for FailReason {
+    type Err = ParseError;
+
+    /// `server_error`, `rate_limit_exceeded` or `insufficient_quota`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        match text.trim() {
+            "server_error" => Ok(FailReason::ServerError),
+            "rate_limit_exceeded" => Ok(FailReason::RateLimitExceeded),
+            "insufficient_quota" => Ok(FailReason::InsufficientQuota),
+            other => Err(ParseError {
+                what: "fail reason",
+                value: other.to_owned(),
+                expected: "server_error, rate_limit_exceeded or insufficient_quota",
+            }),
+        }
+    }
 }
 
 /// `--updated-format`: `pcm` (24 kHz), `pcmu` or `pcma`.
@@ -72,6 +138,10 @@ impl Default for SimConfig {
             seed: 0,
             log_limit: 100_000,
             faults: Faults::default(),
+            phases: false,
+            late_deltas: 0,
+            transcription_delay: Duration::ZERO,
+            transcription_fails: false,
         }
     }
 }

@@ -5,6 +5,7 @@
 //! Behaviour follows `shared/docs/realtime-protocol.md`: §2 session config, §3 client events,
 //! §4.9 the event order of a turn, §6 barge-in and truncation, §7 errors and expiry.
 
+use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 use rand::distr::Alphanumeric;
@@ -15,6 +16,8 @@ use switchboard_realtime::events::*;
 
 use crate::audio;
 use crate::config::{Behaviour, SimConfig, Tone};
+use crate::schema;
+use crate::script::{self, InputTokens};
 use crate::vad::{Vad, VadEvent, VadParams};
 
 /// What the shell must do next.
@@ -46,38 +49,132 @@ struct StoredItem {
     item: Item,
     /// Audio length of an assistant audio item, in ms.
     audio_ms: Option<f64>,
+    /// `phase` of an assistant message of a `--phases` response.
+    phase: Option<&'static str>,
+    /// Audio length of a committed user audio item, in ms (for usage).
+    input_ms: Option<f64>,
 }
+
+/// A transcription not delivered yet (`--transcription-delay-ms`).
+#[derive(Debug)]
+struct PendingTranscript {
+    due: Instant,
+    item_id: String,
+    transcript: String,
+    duration_ms: f64,
+}
+
+/// Transcriptions waiting for their delay; beyond this the oldest is delivered early.
+const MAX_PENDING_TRANSCRIPTS: usize = 256;
 
 /// Where the audio of a response comes from.
 enum ReplySource {
-    Echo { samples: Vec<i16>, rate: u32 },
+    Echo {
+        samples: Vec<i16>,
+        rate: u32,
+    },
     Tone(Tone),
-    Monologue { ms: u32 },
+    /// A tone standing for the given words (scripted answers, goodbyes, commentary).
+    Said {
+        tone: Tone,
+        transcript: String,
+    },
+    Monologue {
+        ms: u32,
+    },
 }
+
+/// The goodbye tone of a `call_tool` response.
+const GOODBYE_HZ: f64 = 880.0;
+
+/// The `commentary` item of a `--phases` response: a short tone before the answer.
+const COMMENTARY_TONE: Tone = Tone { hz: 660.0, ms: 400 };
 
 #[derive(Debug)]
 struct ActiveResponse {
     id: String,
-    item_id: String,
     conversation_id: Option<String>,
     format: AudioFormat,
     voice: Option<Voice>,
     text_only: bool,
-    audio: Vec<u8>,
-    sent_bytes: usize,
+    /// The items this response produces, in order (§3.2: "at least one item", e.g. speech
+    /// then a `function_call`; gpt-realtime-2 also speaks a `commentary` item first).
+    outputs: Vec<Output>,
+    /// Index of the output being produced; the ones before it are done.
+    current: usize,
+    /// Whether `outputs[current]` has been announced (`response.output_item.added`, ...).
+    opened: bool,
+    /// Audio bytes sent over all items, for pacing.
+    sent_bytes_total: usize,
     started: Instant,
-    words: Vec<String>,
-    words_sent: usize,
+    /// The finished items, for `response.done`'s `output`.
+    done_items: Vec<Item>,
+    /// The context this response reads (usage).
+    input: InputTokens,
 }
 
 impl ActiveResponse {
     fn sent_ms(&self) -> f64 {
-        self.format.bytes_to_ms(self.sent_bytes)
+        self.format.bytes_to_ms(self.sent_bytes_total)
     }
 
-    fn transcript_so_far(&self) -> String {
-        self.words[..self.words_sent].concat()
+    fn speech_mut(&mut self) -> Option<&mut Speech> {
+        match self.outputs.get_mut(self.current) {
+            Some(Output::Speech(speech)) if self.opened => Some(speech),
+            _ => None,
+        }
     }
+
+    fn item_ids(&self) -> impl Iterator<Item = &str> {
+        self.outputs.iter().map(|o| match o {
+            Output::Speech(s) => s.item_id.as_str(),
+            Output::FunctionCall(f) => f.item_id.as_str(),
+        })
+    }
+}
+
+/// One output item of a response.
+#[derive(Debug)]
+enum Output {
+    Speech(Speech),
+    FunctionCall(PlannedCall),
+}
+
+/// An assistant message: audio with its transcript, or text in a text-only response.
+#[derive(Debug)]
+struct Speech {
+    item_id: String,
+    /// `commentary` / `final_answer` with `--phases`; None otherwise (older models send none).
+    phase: Option<&'static str>,
+    audio: Vec<u8>,
+    sent_bytes: usize,
+    words: Vec<String>,
+    words_sent: usize,
+}
+
+impl Speech {
+    fn transcript_so_far(&self) -> String {
+        self.words[..self.words_sent.min(self.words.len())].concat()
+    }
+}
+
+/// A function call the model makes (§5.2).
+#[derive(Debug)]
+struct PlannedCall {
+    item_id: String,
+    call_id: String,
+    name: String,
+    arguments: String,
+}
+
+/// `POST /_sim/control/call_tool`: the next response says goodbye (a tone of `say_ms`) and
+/// then calls `name` with `arguments`, in the same response, as the model does (§5).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCallScript {
+    pub name: String,
+    /// A JSON text, as `function_call.arguments` carries it.
+    pub arguments: String,
+    pub say_ms: u32,
 }
 
 /// One simulated session.
@@ -103,6 +200,18 @@ pub struct SimSession {
     active: Option<ActiveResponse>,
     /// When `idle_timeout_ms` fires: armed when a response's audio would have finished playing.
     idle_deadline: Option<Instant>,
+    /// A `call_tool` control waiting for the next response.
+    pending_tool: Option<ToolCallScript>,
+    /// An `expire` control with `mid_response`: expire once a response streams audio.
+    expire_on_audio: bool,
+    /// Whether the model has produced audio (the voice is fixed from then on, §2).
+    produced_audio: bool,
+    /// Caller utterances committed so far (numbers their transcripts).
+    user_utterances: u32,
+    /// Input transcriptions waiting for `--transcription-delay-ms`, oldest first.
+    pending_transcripts: VecDeque<PendingTranscript>,
+    /// The previous response's input tokens: what the prompt cache holds (usage).
+    previous_input_tokens: u64,
 }
 
 impl SimSession {
@@ -165,6 +274,12 @@ impl SimSession {
             speech: None,
             active: None,
             idle_deadline: None,
+            pending_tool: None,
+            expire_on_audio: false,
+            produced_audio: false,
+            user_utterances: 0,
+            pending_transcripts: VecDeque::new(),
+            previous_input_tokens: 0,
         };
         sim.rebuild_vad();
         let created =
@@ -209,6 +324,9 @@ impl SimSession {
         if let Some(idle) = self.idle_deadline {
             deadline = deadline.min(idle);
         }
+        if let Some(pending) = self.pending_transcripts.front() {
+            deadline = deadline.min(pending.due);
+        }
         deadline
     }
 
@@ -219,11 +337,7 @@ impl SimSession {
             return out;
         }
         if now >= self.expires {
-            self.closed = true;
-            let id = self.event_id();
-            out.push(Outgoing::Event(error_event(id, "session_expired", SESSION_EXPIRED_MESSAGE, None, None)));
-            out.push(Outgoing::Close { code: 1001, reason: SESSION_EXPIRED_MESSAGE.to_owned() });
-            return out;
+            return self.expire_now();
         }
         if let Some(idle) = self.idle_deadline
             && now >= idle
@@ -233,17 +347,52 @@ impl SimSession {
                 out.extend(self.idle_timeout(now));
             }
         }
-        while let Some(response) = &self.active {
-            if response.sent_bytes >= response.audio.len() {
-                out.extend(self.finish_active(ResponseStatus::Completed, None));
-                break;
+        while self.pending_transcripts.front().is_some_and(|p| p.due <= now) {
+            if let Some(pending) = self.pending_transcripts.pop_front() {
+                out.extend(self.transcription_events(pending));
             }
-            if self.chunk_due(response) > now {
-                break;
-            }
-            out.extend(self.send_chunk());
         }
+        out.extend(self.advance(now));
         out
+    }
+
+    /// §7: `error` `session_expired`, then close 1001 with the same text.
+    fn expire_now(&mut self) -> Vec<Outgoing> {
+        self.closed = true;
+        let id = self.event_id();
+        vec![
+            Outgoing::Event(error_event(id, "session_expired", SESSION_EXPIRED_MESSAGE, None, None)),
+            Outgoing::Close { code: 1001, reason: SESSION_EXPIRED_MESSAGE.to_owned() },
+        ]
+    }
+
+    /// The `expire` control: the session expires now, or (`mid_response`) as soon as a
+    /// response streams audio (at once if one is streaming already).
+    pub fn expire(&mut self, now: Instant, mid_response: bool) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        let streaming = self.active.as_ref().is_some_and(|r| r.sent_bytes_total > 0);
+        if !mid_response || streaming {
+            return self.expire_now();
+        }
+        self.expire_on_audio = true;
+        self.poll(now)
+    }
+
+    /// The `call_tool` control: the next response says goodbye and calls the tool; with
+    /// `start_now` and no response active, that response starts at once.
+    pub fn call_tool(&mut self, now: Instant, script: ToolCallScript, start_now: bool) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        self.pending_tool = Some(script);
+        if start_now && self.active.is_none() {
+            let mut out = self.start_response(now, Vec::new(), None);
+            out.extend(self.poll(now));
+            return out;
+        }
+        Vec::new()
     }
 
     /// Handles one client text frame.
@@ -275,8 +424,8 @@ impl SimSession {
         };
         let mut out = match event {
             ClientEvent::SessionUpdate { session, .. } => self.session_update(*session, client_event_id),
-            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio),
-            ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(client_event_id),
+            ClientEvent::InputAudioBufferAppend { audio, .. } => self.append(now, &audio, client_event_id),
+            ClientEvent::InputAudioBufferCommit { .. } => self.manual_commit(now, client_event_id),
             ClientEvent::InputAudioBufferClear { .. } => self.clear_buffer(),
             ClientEvent::ConversationItemCreate { previous_item_id, item, .. } => {
                 self.item_create(previous_item_id, item, client_event_id)
@@ -326,6 +475,15 @@ impl SimSession {
                 CLIENT_EVENT_TYPES.iter().map(|t| format!("'{t}'")).collect::<Vec<_>>().join(", ")
             );
             return Err(Box::new(error_event(event_id, "invalid_event", &message, Some("type"), client_event_id)));
+        }
+        if let Err(invalid) = schema::client_event(&value) {
+            return Err(Box::new(error_event(
+                event_id,
+                invalid.code,
+                &invalid.message,
+                Some(&invalid.param),
+                client_event_id,
+            )));
         }
         serde_json::from_value::<ClientEvent>(value).map_err(|e| {
             let text = e.to_string();
@@ -424,6 +582,33 @@ impl SimSession {
             && model != current
         {
             return invalid("session.model", "The model of a session cannot be changed.".to_owned());
+        }
+        // §2 "Limits on changes": voice until the model has produced audio once, speed only
+        // between turns, tracing frozen once enabled.
+        let current_output = self.session.audio.as_ref().and_then(|a| a.output.as_ref());
+        let new_output = s.audio.as_ref().and_then(|a| a.output.as_ref());
+        if let Some(voice) = new_output.and_then(|o| o.voice.as_ref())
+            && self.produced_audio
+            && current_output.and_then(|o| o.voice.as_ref()) != Some(voice)
+        {
+            return invalid(
+                "session.audio.output.voice",
+                "Cannot update a conversation's voice if assistant audio is present.".to_owned(),
+            );
+        }
+        if let Some(speed) = new_output.and_then(|o| o.speed)
+            && self.active.is_some()
+            && current_output.and_then(|o| o.speed) != Some(speed)
+        {
+            return invalid(
+                "session.audio.output.speed",
+                "The output speed can only be changed between turns, not while a response is in progress.".to_owned(),
+            );
+        }
+        if let (Some(new), Some(Some(current))) = (&s.tracing, &self.session.tracing)
+            && new.as_ref() != Some(current)
+        {
+            return invalid("session.tracing", "Tracing cannot be modified once it has been enabled.".to_owned());
         }
         if let Some(modalities) = &s.output_modalities
             && !(modalities.len() == 1 && (modalities[0] == "audio" || modalities[0] == "text"))
@@ -547,7 +732,15 @@ impl SimSession {
 
     /// `bytes` were base64 on the wire; an append whose audio is not base64 never gets here
     /// (it is a malformed event: `invalid_value`).
-    fn append(&mut self, now: Instant, bytes: &[u8]) -> Vec<Outgoing> {
+    fn append(&mut self, now: Instant, bytes: &[u8], client_event_id: Option<String>) -> Vec<Outgoing> {
+        if matches!(self.input_format, AudioFormat::Pcm { .. }) && !bytes.len().is_multiple_of(2) {
+            // 16-bit samples: half a sample is not audio in the session's format.
+            return self.item_error(
+                format!("Invalid 'audio': {} bytes is not a whole number of 16-bit PCM samples.", bytes.len()),
+                "audio",
+                client_event_id,
+            );
+        }
         let samples = audio::decode(self.input_format, bytes);
         let rate = self.input_format.sample_rate();
         self.buffer.extend_from_slice(&samples);
@@ -582,6 +775,16 @@ impl SimSession {
         }))];
         let interrupt = self.turn_detection().is_some_and(|td| td.interrupt_response());
         if interrupt && self.active.is_some() {
+            // `--late-deltas`: the server had more of the reply in flight than the cancel
+            // could stop; the client must discard it (§6 step 1).
+            for _ in 0..self.cfg.late_deltas {
+                let remaining =
+                    self.active.as_mut().and_then(|r| r.speech_mut()).is_some_and(|s| s.sent_bytes < s.audio.len());
+                if !remaining {
+                    break;
+                }
+                out.extend(self.send_chunk());
+            }
             out.extend(self.finish_active(ResponseStatus::Cancelled, Some("turn_detected")));
         }
         self.idle_deadline = None;
@@ -610,9 +813,9 @@ impl SimSession {
         }))];
         self.buffer.clear();
         self.buffer_start_ms = self.appended_ms;
-        out.extend(self.commit_user_item(item_id, (audio_end_ms - audio_start_ms) as f64));
-        let greeting = self.cfg.greeting;
-        out.extend(self.start_response(now, ReplySource::Tone(greeting), None));
+        out.extend(self.commit_user_item(now, item_id, audio_end_ms.saturating_sub(audio_start_ms) as f64, false));
+        let prompt = ReplySource::Said { tone: self.cfg.greeting, transcript: "Are you still there?".to_owned() };
+        out.extend(self.start_response(now, vec![(prompt, None)], None));
         out
     }
 
@@ -626,7 +829,7 @@ impl SimSession {
             item_id: item_id.clone(),
         }))];
         let utterance = self.take_span(start_ms as f64, audio_end_ms as f64);
-        out.extend(self.commit_user_item(item_id, audio_end_ms.saturating_sub(start_ms) as f64));
+        out.extend(self.commit_user_item(now, item_id, audio_end_ms.saturating_sub(start_ms) as f64, true));
         let create = self.turn_detection().is_some_and(|td| td.create_response());
         if create && self.active.is_none() {
             let source = match self.cfg.behaviour {
@@ -634,10 +837,20 @@ impl SimSession {
                 Behaviour::Tone { hz, ms } => ReplySource::Tone(Tone { hz, ms }),
                 Behaviour::Monologue { ms } => ReplySource::Monologue { ms },
             };
-            out.extend(self.start_response(now, source, None));
             if self.cfg.faults.fail_vad_responses {
                 // Fault mode: the caller-triggered response fails before any audio.
-                out.extend(self.finish_active(ResponseStatus::Failed, None));
+                out.extend(self.start_failed_response(now));
+            } else if self.cfg.phases {
+                // gpt-realtime-2: a spoken preamble, then the answer, each its own item.
+                let commentary =
+                    ReplySource::Said { tone: COMMENTARY_TONE, transcript: "Let me think about that.".to_owned() };
+                out.extend(self.start_response(
+                    now,
+                    vec![(commentary, Some("commentary")), (source, Some("final_answer"))],
+                    None,
+                ));
+            } else {
+                out.extend(self.start_response(now, vec![(source, None)], None));
             }
         }
         out
@@ -675,9 +888,10 @@ impl SimSession {
         }
     }
 
-    /// Commits a user audio item: `committed`, `item.added`, `item.done`, and, when
-    /// transcription is on, a placeholder `input_audio_transcription.completed` (§4.4).
-    fn commit_user_item(&mut self, item_id: String, duration_ms: f64) -> Vec<Outgoing> {
+    /// Commits a user audio item: `committed`, `item.added`, `item.done`; when transcription
+    /// is on, its transcription follows asynchronously (§4.4). `spoken` is false for the silent
+    /// span an idle timeout commits (transcribed as "").
+    fn commit_user_item(&mut self, now: Instant, item_id: String, duration_ms: f64, spoken: bool) -> Vec<Outgoing> {
         let previous_item_id = self.items.last().map(|i| i.id.clone());
         let item = Item::Message(MessageItem {
             id: Some(item_id.clone()),
@@ -686,13 +900,13 @@ impl SimSession {
             role: Role::User,
             content: vec![ContentPart::InputAudio { audio: None, transcript: None }],
         });
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: None });
-        let transcribe = self
-            .session
-            .audio
-            .as_ref()
-            .and_then(|a| a.input.as_ref())
-            .is_some_and(|i| matches!(i.transcription, Some(Some(_))));
+        self.items.push(StoredItem {
+            id: item_id.clone(),
+            item: item.clone(),
+            audio_ms: None,
+            phase: None,
+            input_ms: Some(duration_ms),
+        });
         let mut out = vec![
             Outgoing::Event(ServerEvent::InputAudioBufferCommitted(BufferCommittedEvent {
                 event_id: self.event_id(),
@@ -710,20 +924,83 @@ impl SimSession {
                 item,
             })),
         ];
+        let transcribe = self
+            .session
+            .audio
+            .as_ref()
+            .and_then(|a| a.input.as_ref())
+            .is_some_and(|i| matches!(i.transcription, Some(Some(_))));
         if transcribe {
-            out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionCompleted(TranscriptionCompletedEvent {
-                event_id: self.event_id(),
-                item_id,
-                content_index: 0,
-                transcript: format!("(the caller spoke for {} ms)", duration_ms.round()),
-                usage: Some(serde_json::json!({"type": "duration", "seconds": (duration_ms / 1000.0).ceil()})),
-                logprobs: None,
-            })));
+            let transcript = if spoken {
+                self.user_utterances += 1;
+                script::utterance_transcript(self.user_utterances, duration_ms)
+            } else {
+                String::new()
+            };
+            if self.pending_transcripts.len() >= MAX_PENDING_TRANSCRIPTS {
+                // Bounded: the oldest is delivered early rather than lost.
+                if let Some(oldest) = self.pending_transcripts.pop_front() {
+                    out.extend(self.transcription_events(oldest));
+                }
+            }
+            let pending =
+                PendingTranscript { due: now + self.cfg.transcription_delay, item_id, transcript, duration_ms };
+            if self.cfg.transcription_delay.is_zero() {
+                out.extend(self.transcription_events(pending));
+            } else {
+                self.pending_transcripts.push_back(pending);
+            }
         }
         out
     }
 
-    fn manual_commit(&mut self, client_event_id: Option<String>) -> Vec<Outgoing> {
+    /// `…input_audio_transcription.delta` per word then `.completed`, or `.failed` with
+    /// `--transcription-fails` (§4.4: failures are not `error` events).
+    fn transcription_events(&mut self, pending: PendingTranscript) -> Vec<Outgoing> {
+        let PendingTranscript { item_id, transcript, duration_ms, .. } = pending;
+        if self.cfg.transcription_fails {
+            return vec![Outgoing::Event(ServerEvent::InputAudioTranscriptionFailed(TranscriptionFailedEvent {
+                event_id: self.event_id(),
+                item_id,
+                content_index: 0,
+                error: ErrorDetail {
+                    kind: "transcription_error".to_owned(),
+                    code: Some("audio_unintelligible".to_owned()),
+                    message: "The audio could not be transcribed (simulated fault).".to_owned(),
+                    param: None,
+                    event_id: None,
+                },
+            }))];
+        }
+        let mut out = Vec::new();
+        for word in split_words(&transcript).into_iter().filter(|w| !w.is_empty()) {
+            out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionDelta(TranscriptionDeltaEvent {
+                event_id: self.event_id(),
+                item_id: item_id.clone(),
+                content_index: Some(0),
+                delta: Some(word),
+            })));
+        }
+        // The transcript becomes part of the stored item (`conversation.item.retrieved`).
+        if let Some(Item::Message(m)) = self.items.iter_mut().find(|i| i.id == item_id).map(|i| &mut i.item) {
+            for part in &mut m.content {
+                if let ContentPart::InputAudio { transcript: t, .. } = part {
+                    *t = Some(transcript.clone());
+                }
+            }
+        }
+        out.push(Outgoing::Event(ServerEvent::InputAudioTranscriptionCompleted(TranscriptionCompletedEvent {
+            event_id: self.event_id(),
+            item_id,
+            content_index: 0,
+            transcript,
+            usage: Some(serde_json::json!({"type": "duration", "seconds": (duration_ms / 1000.0).ceil()})),
+            logprobs: None,
+        })));
+        out
+    }
+
+    fn manual_commit(&mut self, now: Instant, client_event_id: Option<String>) -> Vec<Outgoing> {
         let rate = f64::from(self.input_format.sample_rate());
         let buffered_ms = self.buffer.len() as f64 * 1000.0 / rate;
         if buffered_ms < MIN_COMMIT_MS {
@@ -748,7 +1025,7 @@ impl SimSession {
         }
         self.buffer.clear();
         self.buffer_start_ms = self.appended_ms;
-        self.commit_user_item(item_id, buffered_ms)
+        self.commit_user_item(now, item_id, buffered_ms, true)
     }
 
     fn clear_buffer(&mut self) -> Vec<Outgoing> {
@@ -798,6 +1075,18 @@ impl SimSession {
                 client_event_id,
             );
         }
+        // §5.4: "The server checks that a function_call with that call_id exists."
+        if let Item::FunctionCallOutput(output) = &item
+            && !self.items.iter().any(
+                |i| matches!(&i.item, Item::FunctionCall(call) if call.call_id.as_deref() == Some(output.call_id.as_str())),
+            )
+        {
+            return self.item_error(
+                format!("Tool call ID '{}' not found in conversation.", output.call_id),
+                "item.call_id",
+                client_event_id,
+            );
+        }
         let id = match item.id() {
             Some(id) => id.to_owned(),
             None => {
@@ -831,7 +1120,8 @@ impl SimSession {
             Item::Other(_) => {}
         }
         let previous = insert_at.checked_sub(1).and_then(|i| self.items.get(i)).map(|i| i.id.clone());
-        self.items.insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None });
+        self.items
+            .insert(insert_at, StoredItem { id, item: item.clone(), audio_ms: None, phase: None, input_ms: None });
         vec![
             Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
                 event_id: self.event_id(),
@@ -849,7 +1139,7 @@ impl SimSession {
     fn item_retrieve(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
         match self.items.iter().find(|i| i.id == item_id) {
             Some(stored) => {
-                let item = stored.item.clone();
+                let item = wire_item(&stored.item, stored.phase);
                 vec![Outgoing::Event(ServerEvent::ConversationItemRetrieved(ConversationItemEvent {
                     event_id: self.event_id(),
                     previous_item_id: None,
@@ -861,9 +1151,9 @@ impl SimSession {
     }
 
     fn item_delete(&mut self, item_id: &str, client_event_id: Option<String>) -> Vec<Outgoing> {
-        let active_item = self.active.as_ref().map(|r| r.item_id.as_str());
+        let in_active = self.active.as_ref().is_some_and(|r| r.item_ids().any(|id| id == item_id));
         match self.items.iter().position(|i| i.id == item_id) {
-            Some(_) if active_item == Some(item_id) => self.item_error(
+            Some(_) if in_active => self.item_error(
                 format!("Item '{item_id}' belongs to the response in progress."),
                 "item_id",
                 client_event_id,
@@ -926,12 +1216,16 @@ impl SimSession {
                 }
             }
         }
-        if let Some(active) = &mut self.active
-            && active.item_id == item_id
-        {
-            // Stop generating past the cut.
+        if let Some(active) = &mut self.active {
             let keep = (active.format.bytes_per_ms() * f64::from(audio_end_ms)) as usize;
-            active.audio.truncate(keep.max(active.sent_bytes));
+            for output in &mut active.outputs {
+                if let Output::Speech(speech) = output
+                    && speech.item_id == item_id
+                {
+                    // Stop generating past the cut.
+                    speech.audio.truncate(keep.max(speech.sent_bytes));
+                }
+            }
         }
         vec![Outgoing::Event(ServerEvent::ConversationItemTruncated(ItemTruncatedEvent {
             event_id: self.event_id(),
@@ -964,8 +1258,38 @@ impl SimSession {
                 client_event_id,
             ))];
         }
-        let greeting = self.cfg.greeting;
-        self.start_response(now, ReplySource::Tone(greeting), config)
+        // §3.2 `input` replaces the context: a function_call_output in it needs its
+        // function_call in it too (community report, reference §5.5).
+        if let Some(input) = config.as_ref().and_then(|c| c.input.as_ref()) {
+            let mut calls: Vec<&str> = Vec::new();
+            for (i, entry) in input.iter().enumerate() {
+                match entry.get("type").and_then(Value::as_str) {
+                    Some("function_call") => calls.extend(entry.get("call_id").and_then(Value::as_str)),
+                    Some("function_call_output") => {
+                        let call_id = entry.get("call_id").and_then(Value::as_str).unwrap_or_default();
+                        if !calls.contains(&call_id) {
+                            let id = self.event_id();
+                            return vec![Outgoing::Event(error_event(
+                                id,
+                                "invalid_value",
+                                &format!("Tool call ID '{call_id}' not found in conversation."),
+                                Some(&format!("response.input[{i}].call_id")),
+                                client_event_id,
+                            ))];
+                        }
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let source = match self.last_text_item() {
+            Some(text) => {
+                let (tone, transcript) = script::text_answer(&text);
+                ReplySource::Said { tone, transcript }
+            }
+            None => ReplySource::Tone(self.cfg.greeting),
+        };
+        self.start_response(now, vec![(source, None)], config)
     }
 
     fn response_cancel(&mut self, response_id: Option<String>, client_event_id: Option<String>) -> Vec<Outgoing> {
@@ -987,20 +1311,26 @@ impl SimSession {
         self.finish_active(ResponseStatus::Cancelled, Some("client_cancelled"))
     }
 
-    fn start_response(&mut self, now: Instant, source: ReplySource, config: Option<ResponseConfig>) -> Vec<Outgoing> {
-        let config = config.unwrap_or_default();
-        let mut format = self.output_format();
-        let mut voice = self.session.audio.as_ref().and_then(|a| a.output.as_ref()).and_then(|o| o.voice.clone());
-        if let Some(out) = config.audio.as_ref().and_then(|a| a.output.as_ref()) {
-            format = out.format.unwrap_or(format);
-            voice = out.voice.clone().or(voice);
-        }
-        let modalities = config
-            .output_modalities
-            .clone()
-            .or_else(|| self.session.output_modalities.clone())
-            .unwrap_or_else(|| vec!["audio".to_owned()]);
-        let text_only = modalities.iter().all(|m| m == "text");
+    /// The function tools the next response may call: `response.tools` if given, else the
+    /// session's (§2.4, §3.2).
+    fn declares_function(&self, config: Option<&ResponseConfig>, name: &str) -> bool {
+        let tools = config.and_then(|c| c.tools.as_ref()).or(self.session.tools.as_ref());
+        tools.is_some_and(|tools| tools.iter().any(|t| matches!(t, Tool::Function { name: n, .. } if n == name)))
+    }
+
+    /// Whether the session declares a function tool called `name`.
+    pub fn declares_tool(&self, name: &str) -> bool {
+        self.declares_function(None, name)
+    }
+
+    /// Builds a spoken (or written) output item from a reply source.
+    fn speech(
+        &mut self,
+        source: ReplySource,
+        format: AudioFormat,
+        text_only: bool,
+        phase: Option<&'static str>,
+    ) -> Speech {
         let rate = format.sample_rate();
         let (samples, transcript) = match source {
             ReplySource::Echo { samples, rate: from } => {
@@ -1011,6 +1341,7 @@ impl SimSession {
                 audio::sine(tone.hz, rate, tone.ms, 0.5),
                 "Hello! Thanks for calling. How can I help you today?".to_owned(),
             ),
+            ReplySource::Said { tone, transcript } => (audio::sine(tone.hz, rate, tone.ms, 0.5), transcript),
             ReplySource::Monologue { ms } => {
                 // About 2.5 words per second, like unhurried speech.
                 let word_count = (ms as usize / 400).max(1);
@@ -1019,88 +1350,432 @@ impl SimSession {
             }
         };
         let audio = if text_only { Vec::new() } else { audio::encode(format, &samples) };
-        let words = split_words(&transcript);
-        let conversation_id = match config.conversation.as_deref() {
+        Speech {
+            item_id: random_id(&mut self.rng, "item"),
+            phase,
+            audio,
+            sent_bytes: 0,
+            words: split_words(&transcript),
+            words_sent: 0,
+        }
+    }
+
+    /// Starts a response that speaks `sources` in order (one item each, with its phase),
+    /// or, when a `call_tool` control is pending, says goodbye and calls the tool instead.
+    fn start_response(
+        &mut self,
+        now: Instant,
+        sources: Vec<(ReplySource, Option<&'static str>)>,
+        config: Option<ResponseConfig>,
+    ) -> Vec<Outgoing> {
+        self.begin_response(now, sources, config, false)
+    }
+
+    fn begin_response(
+        &mut self,
+        now: Instant,
+        sources: Vec<(ReplySource, Option<&'static str>)>,
+        config: Option<ResponseConfig>,
+        fail: bool,
+    ) -> Vec<Outgoing> {
+        let mut format = self.output_format();
+        let mut voice = self.session.audio.as_ref().and_then(|a| a.output.as_ref()).and_then(|o| o.voice.clone());
+        if let Some(out) = config.as_ref().and_then(|c| c.audio.as_ref()).and_then(|a| a.output.as_ref()) {
+            format = out.format.unwrap_or(format);
+            voice = out.voice.clone().or(voice);
+        }
+        let modalities = config
+            .as_ref()
+            .and_then(|c| c.output_modalities.clone())
+            .or_else(|| self.session.output_modalities.clone())
+            .unwrap_or_else(|| vec!["audio".to_owned()]);
+        let text_only = modalities.iter().all(|m| m == "text");
+        let mut outputs = Vec::new();
+        if fail {
+            // A failed response produces nothing; a pending tool call waits for the next one.
+        } else if let Some(script) = self.pending_tool.take() {
+            let goodbye = ReplySource::Said {
+                tone: Tone { hz: GOODBYE_HZ, ms: script.say_ms },
+                transcript: "Thank you for calling. Goodbye!".to_owned(),
+            };
+            outputs.push(Output::Speech(self.speech(goodbye, format, text_only, None)));
+            if self.declares_function(config.as_ref(), &script.name) {
+                outputs.push(Output::FunctionCall(PlannedCall {
+                    item_id: random_id(&mut self.rng, "item"),
+                    call_id: random_id(&mut self.rng, "call"),
+                    name: script.name,
+                    arguments: script.arguments,
+                }));
+            } else {
+                // The model never calls a tool it was not given (§2.4).
+                tracing::warn!(tool = %script.name, "call_tool: the session does not declare this function; goodbye only");
+            }
+        } else {
+            for (source, phase) in sources {
+                outputs.push(Output::Speech(self.speech(source, format, text_only, phase)));
+            }
+        }
+        let input = self.context_tokens(config.as_ref());
+        let conversation_id = match config.as_ref().and_then(|c| c.conversation.as_deref()) {
             Some("none") => None,
             _ => Some(self.conversation_id.clone()),
         };
-        let response_id = random_id(&mut self.rng, "resp");
-        let item_id = random_id(&mut self.rng, "item");
         self.active = Some(ActiveResponse {
-            id: response_id.clone(),
-            item_id: item_id.clone(),
+            id: random_id(&mut self.rng, "resp"),
             conversation_id,
             format,
             voice,
             text_only,
-            audio,
-            sent_bytes: 0,
+            outputs,
+            current: 0,
+            opened: false,
+            sent_bytes_total: 0,
             started: now,
-            words,
-            words_sent: 0,
+            done_items: Vec::new(),
+            input,
         });
-        let previous_item_id = self.items.last().map(|i| i.id.clone());
-        let item = Item::Message(MessageItem {
-            id: Some(item_id.clone()),
-            object: Some("realtime.item".to_owned()),
-            status: Some(ItemStatus::InProgress),
-            role: Role::Assistant,
-            content: Vec::new(),
-        });
-        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms: (!text_only).then_some(0.0) });
         let response = self.response_object(ResponseStatus::InProgress, None, Vec::new(), None);
-        let part = if text_only {
-            ContentPart::Text { text: Some(String::new()) }
-        } else {
-            ContentPart::Audio { audio: None, transcript: Some(String::new()) }
-        };
         let mut out = vec![
             Outgoing::Event(ServerEvent::ResponseCreated(ResponseEvent { event_id: self.event_id(), response })),
-            Outgoing::Event(ServerEvent::RateLimitsUpdated(RateLimitsEvent {
-                event_id: self.event_id(),
-                rate_limits: vec![
-                    RateLimit { name: "requests".to_owned(), limit: 5_000, remaining: 4_999, reset_seconds: 0.012 },
-                    RateLimit { name: "tokens".to_owned(), limit: 400_000, remaining: 395_904, reset_seconds: 0.614 },
-                ],
-            })),
+            Outgoing::Event(self.rate_limits_event()),
+        ];
+        if fail {
+            out.extend(self.finish_active(ResponseStatus::Failed, None));
+        } else {
+            out.extend(self.advance(now));
+        }
+        out
+    }
+
+    /// A response that fails at once, without output items (`--fail-responses`, §4.3).
+    fn start_failed_response(&mut self, now: Instant) -> Vec<Outgoing> {
+        self.begin_response(now, Vec::new(), None, true)
+    }
+
+    /// What a response reads, in tokens (docs/simulator.md "Usage"): the preamble, the
+    /// instructions, the tools and every conversation item so far.
+    fn context_tokens(&self, config: Option<&ResponseConfig>) -> InputTokens {
+        let instructions =
+            config.and_then(|c| c.instructions.as_deref()).or(self.session.instructions.as_deref()).unwrap_or("");
+        let tools = config.and_then(|c| c.tools.as_ref()).or(self.session.tools.as_ref());
+        let tools_tokens = match tools {
+            Some(tools) if !tools.is_empty() => script::text_tokens(&serde_json::to_string(tools).unwrap_or_default()),
+            _ => 0,
+        };
+        let mut tokens =
+            InputTokens { text: script::PREAMBLE_TOKENS + script::text_tokens(instructions) + tools_tokens, audio: 0 };
+        for stored in &self.items {
+            let item = script::item_tokens(&stored.item, stored.audio_ms.or(stored.input_ms));
+            tokens.text += item.text;
+            tokens.audio += item.audio;
+        }
+        tokens
+    }
+
+    /// The text of the newest item when it is a user or system text message: a
+    /// `response.create` right after it gets the scripted answer to it.
+    fn last_text_item(&self) -> Option<String> {
+        let Item::Message(m) = &self.items.last()?.item else { return None };
+        if m.role == Role::Assistant {
+            return None;
+        }
+        let text: Vec<&str> = m
+            .content
+            .iter()
+            .filter_map(|p| match p {
+                ContentPart::InputText { text } => Some(text.as_str()),
+                _ => None,
+            })
+            .collect();
+        (!text.is_empty()).then(|| text.join(" "))
+    }
+
+    fn rate_limits_event(&mut self) -> ServerEvent {
+        ServerEvent::RateLimitsUpdated(RateLimitsEvent {
+            event_id: self.event_id(),
+            rate_limits: vec![
+                RateLimit { name: "requests".to_owned(), limit: 5_000, remaining: 4_999, reset_seconds: 0.012 },
+                RateLimit { name: "tokens".to_owned(), limit: 400_000, remaining: 395_904, reset_seconds: 0.614 },
+            ],
+        })
+    }
+
+    /// Produces what the active response has due at `now`: opens and closes its items, streams
+    /// the audio chunks due, and ends it with `response.done` after the last item.
+    fn advance(&mut self, now: Instant) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        while let Some(response) = &self.active {
+            let Some(output) = response.outputs.get(response.current) else {
+                out.extend(self.finish_active(ResponseStatus::Completed, None));
+                break;
+            };
+            if !response.opened {
+                out.extend(self.open_output());
+                continue;
+            }
+            let Output::Speech(speech) = output else {
+                // Function calls are opened and closed in one go.
+                break;
+            };
+            if speech.sent_bytes >= speech.audio.len() {
+                out.extend(self.close_speech(true));
+                continue;
+            }
+            if self.chunk_due(response) > now {
+                break;
+            }
+            out.extend(self.send_chunk());
+            if self.expire_on_audio {
+                out.extend(self.expire_now());
+                break;
+            }
+        }
+        out
+    }
+
+    /// Announces the current output item (§4.9); a function call streams and ends at once (§5.2),
+    /// a text-only message too.
+    fn open_output(&mut self) -> Vec<Outgoing> {
+        let previous_item_id = self.items.last().map(|i| i.id.clone());
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        response.opened = true;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let text_only = response.text_only;
+        let (item, phase, part) = match response.outputs.get(response.current) {
+            Some(Output::Speech(speech)) => {
+                let item = Item::Message(MessageItem {
+                    id: Some(speech.item_id.clone()),
+                    object: Some("realtime.item".to_owned()),
+                    status: Some(ItemStatus::InProgress),
+                    role: Role::Assistant,
+                    content: Vec::new(),
+                });
+                let part = if text_only {
+                    ContentPart::Text { text: Some(String::new()) }
+                } else {
+                    ContentPart::Audio { audio: None, transcript: Some(String::new()) }
+                };
+                (item, speech.phase, Some(part))
+            }
+            Some(Output::FunctionCall(call)) => {
+                let item = Item::FunctionCall(FunctionCallItem {
+                    id: Some(call.item_id.clone()),
+                    object: Some("realtime.item".to_owned()),
+                    status: Some(ItemStatus::InProgress),
+                    name: call.name.clone(),
+                    arguments: String::new(),
+                    call_id: Some(call.call_id.clone()),
+                });
+                (item, None, None)
+            }
+            None => return Vec::new(),
+        };
+        let item_id = item.id().unwrap_or_default().to_owned();
+        let audio_ms = (part.is_some() && !text_only).then_some(0.0);
+        self.items.push(StoredItem { id: item_id.clone(), item: item.clone(), audio_ms, phase, input_ms: None });
+        let wire = wire_item(&item, phase);
+        let mut out = vec![
             Outgoing::Event(ServerEvent::OutputItemAdded(OutputItemEvent {
                 event_id: self.event_id(),
                 response_id: response_id.clone(),
-                output_index: 0,
-                item: item.clone(),
+                output_index,
+                item: wire.clone(),
             })),
             Outgoing::Event(ServerEvent::ConversationItemAdded(ConversationItemEvent {
                 event_id: self.event_id(),
                 previous_item_id,
-                item,
-            })),
-            Outgoing::Event(ServerEvent::ContentPartAdded(ContentPartEvent {
-                event_id: self.event_id(),
-                response_id: response_id.clone(),
-                item_id: item_id.clone(),
-                output_index: 0,
-                content_index: 0,
-                part,
+                item: wire,
             })),
         ];
-        if text_only {
-            // Text is cheap: stream it at once, then finish.
-            let words = self.active.as_ref().map(|r| r.words.clone()).unwrap_or_default();
-            for word in words {
-                out.push(Outgoing::Event(ServerEvent::OutputTextDelta(DeltaEvent {
+        match part {
+            Some(part) => {
+                out.push(Outgoing::Event(ServerEvent::ContentPartAdded(ContentPartEvent {
                     event_id: self.event_id(),
                     response_id: response_id.clone(),
                     item_id: item_id.clone(),
-                    output_index: 0,
+                    output_index,
                     content_index: 0,
-                    delta: word,
+                    part,
                 })));
+                if text_only {
+                    // Text is cheap: stream it at once, then end the item.
+                    let words = match self.active.as_mut().and_then(|r| r.speech_mut()) {
+                        Some(speech) => {
+                            speech.words_sent = speech.words.len();
+                            speech.words.clone()
+                        }
+                        None => Vec::new(),
+                    };
+                    for word in words {
+                        out.push(Outgoing::Event(ServerEvent::OutputTextDelta(DeltaEvent {
+                            event_id: self.event_id(),
+                            response_id: response_id.clone(),
+                            item_id: item_id.clone(),
+                            output_index,
+                            content_index: 0,
+                            delta: word,
+                        })));
+                    }
+                    out.extend(self.close_speech(true));
+                }
             }
-            if let Some(active) = &mut self.active {
-                active.words_sent = active.words.len();
-            }
-            out.extend(self.finish_active(ResponseStatus::Completed, None));
+            None => out.extend(self.close_function_call()),
         }
+        out
+    }
+
+    /// Streams the whole arguments of the current function call and ends its item (§5.2).
+    fn close_function_call(&mut self) -> Vec<Outgoing> {
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        let Some(Output::FunctionCall(call)) = response.outputs.get(response.current) else { return Vec::new() };
+        let (item_id, call_id, name, arguments) =
+            (call.item_id.clone(), call.call_id.clone(), call.name.clone(), call.arguments.clone());
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        response.current += 1;
+        response.opened = false;
+        let item = Item::FunctionCall(FunctionCallItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(ItemStatus::Completed),
+            name: name.clone(),
+            arguments: arguments.clone(),
+            call_id: Some(call_id.clone()),
+        });
+        response.done_items.push(item.clone());
+        let previous_item_id = self.previous_item_id(&item_id);
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
+            stored.item = item.clone();
+        }
+        vec![
+            Outgoing::Event(ServerEvent::FunctionCallArgumentsDelta(FunctionCallArgumentsDeltaEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                call_id: call_id.clone(),
+                delta: arguments.clone(),
+            })),
+            Outgoing::Event(ServerEvent::FunctionCallArgumentsDone(FunctionCallArgumentsDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id,
+                output_index,
+                call_id,
+                name: Some(name),
+                arguments,
+            })),
+            Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
+                event_id: self.event_id(),
+                response_id,
+                output_index,
+                item: item.clone(),
+            })),
+            Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+                event_id: self.event_id(),
+                previous_item_id,
+                item,
+            })),
+        ]
+    }
+
+    fn previous_item_id(&self, item_id: &str) -> Option<String> {
+        self.items
+            .iter()
+            .position(|i| i.id == item_id)
+            .and_then(|pos| pos.checked_sub(1))
+            .and_then(|pos| self.items.get(pos))
+            .map(|i| i.id.clone())
+    }
+
+    /// Ends the current speech item: the `.done` events in §4.9 order. `completed` false when
+    /// the response was interrupted, cancelled or failed (the item is then `incomplete`).
+    fn close_speech(&mut self, completed: bool) -> Vec<Outgoing> {
+        let Some(response) = self.active.as_mut() else { return Vec::new() };
+        let text_only = response.text_only;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let format = response.format;
+        let Some(speech) = response.speech_mut() else { return Vec::new() };
+        let transcript = if completed { speech.words.concat() } else { speech.transcript_so_far() };
+        let sent_ms = format.bytes_to_ms(speech.sent_bytes);
+        let (item_id, phase) = (speech.item_id.clone(), speech.phase);
+        response.current += 1;
+        response.opened = false;
+        let item_status = if completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
+        let content = if text_only {
+            ContentPart::OutputText { text: transcript.clone() }
+        } else {
+            ContentPart::OutputAudio { audio: None, transcript: Some(transcript.clone()) }
+        };
+        let item = Item::Message(MessageItem {
+            id: Some(item_id.clone()),
+            object: Some("realtime.item".to_owned()),
+            status: Some(item_status),
+            role: Role::Assistant,
+            content: vec![content],
+        });
+        let wire = wire_item(&item, phase);
+        response.done_items.push(wire.clone());
+        if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
+            stored.item = item;
+            if !text_only {
+                stored.audio_ms = Some(sent_ms);
+            }
+        }
+        let previous_item_id = self.previous_item_id(&item_id);
+        let mut out = Vec::new();
+        if text_only {
+            out.push(Outgoing::Event(ServerEvent::OutputTextDone(TextDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+                text: transcript.clone(),
+            })));
+        } else {
+            out.push(Outgoing::Event(ServerEvent::OutputAudioDone(AudioDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+            })));
+            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDone(TranscriptDoneEvent {
+                event_id: self.event_id(),
+                response_id: response_id.clone(),
+                item_id: item_id.clone(),
+                output_index,
+                content_index: 0,
+                transcript: transcript.clone(),
+            })));
+        }
+        let part = if text_only {
+            ContentPart::Text { text: Some(transcript) }
+        } else {
+            ContentPart::Audio { audio: None, transcript: Some(transcript) }
+        };
+        out.push(Outgoing::Event(ServerEvent::ContentPartDone(ContentPartEvent {
+            event_id: self.event_id(),
+            response_id: response_id.clone(),
+            item_id,
+            output_index,
+            content_index: 0,
+            part,
+        })));
+        out.push(Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
+            event_id: self.event_id(),
+            response_id,
+            output_index,
+            item: wire.clone(),
+        })));
+        out.push(Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
+            event_id: self.event_id(),
+            previous_item_id,
+            item: wire,
+        })));
         out
     }
 
@@ -1113,7 +1788,7 @@ impl SimSession {
         response.started + Duration::from_secs_f64(seconds.max(0.0))
     }
 
-    /// Sends the next audio chunk and the transcript words that go with it.
+    /// Sends the next audio chunk of the current item and the transcript words that go with it.
     fn send_chunk(&mut self) -> Vec<Outgoing> {
         let burst = self.cfg.burst;
         let (lo, hi) = (burst.min_chunk_ms.max(1), burst.max_chunk_ms.max(burst.min_chunk_ms).max(1));
@@ -1122,21 +1797,30 @@ impl SimSession {
         let Some(response) = self.active.as_mut() else {
             return out;
         };
-        let sample_bytes = match response.format {
+        let format = response.format;
+        let response_id = response.id.clone();
+        let output_index = u32::try_from(response.current).unwrap_or(u32::MAX);
+        let Some(speech) = response.speech_mut() else {
+            return out;
+        };
+        let sample_bytes = match format {
             AudioFormat::Pcm { .. } => 2,
             AudioFormat::Pcmu | AudioFormat::Pcma => 1,
         };
-        let wanted = (response.format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
+        let wanted = (format.bytes_per_ms() * f64::from(chunk_ms)) as usize;
         let wanted = (wanted / sample_bytes).max(1) * sample_bytes;
-        let end = (response.sent_bytes + wanted).min(response.audio.len());
-        let delta = response.audio[response.sent_bytes..end].to_vec();
-        response.sent_bytes = end;
-        let sent_ms = response.sent_ms();
-        let total = response.audio.len().max(1);
-        let words_due = (response.words.len() * end).div_ceil(total);
-        let new_words: Vec<String> = response.words[response.words_sent..words_due].to_vec();
-        response.words_sent = words_due;
-        let (response_id, item_id) = (response.id.clone(), response.item_id.clone());
+        let start = speech.sent_bytes;
+        let end = (start + wanted).min(speech.audio.len());
+        let delta = speech.audio.get(start..end).map(<[u8]>::to_vec).unwrap_or_default();
+        speech.sent_bytes = end;
+        let sent_ms = format.bytes_to_ms(end);
+        let total = speech.audio.len().max(1);
+        let words_due = (speech.words.len() * end).div_ceil(total).min(speech.words.len());
+        let new_words: Vec<String> = speech.words.get(speech.words_sent..words_due).unwrap_or_default().to_vec();
+        speech.words_sent = speech.words_sent.max(words_due);
+        let item_id = speech.item_id.clone();
+        response.sent_bytes_total += delta.len();
+        self.produced_audio = true;
         if let Some(stored) = self.items.iter_mut().find(|i| i.id == item_id) {
             stored.audio_ms = Some(sent_ms);
         }
@@ -1144,7 +1828,7 @@ impl SimSession {
             event_id: self.event_id(),
             response_id: response_id.clone(),
             item_id: item_id.clone(),
-            output_index: 0,
+            output_index,
             content_index: 0,
             delta,
         })));
@@ -1153,7 +1837,7 @@ impl SimSession {
                 event_id: self.event_id(),
                 response_id,
                 item_id,
-                output_index: 0,
+                output_index,
                 content_index: 0,
                 delta: new_words.concat(),
             })));
@@ -1161,135 +1845,72 @@ impl SimSession {
         out
     }
 
-    /// Ends the active response: the `.done` events in §4.9 order, then `response.done`.
-    /// Used for completion, barge-in (`turn_detected`) and `response.cancel`.
+    /// Ends the active response: the open item's `.done` events, then `response.done`.
+    /// Used for completion, barge-in (`turn_detected`), `response.cancel` and failures.
     fn finish_active(&mut self, status: ResponseStatus, reason: Option<&str>) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        if let Some(response) = &self.active
+            && response.opened
+        {
+            match response.outputs.get(response.current) {
+                Some(Output::Speech(_)) => out.extend(self.close_speech(status == ResponseStatus::Completed)),
+                // §5.3: `arguments.done` is also sent for interrupted calls.
+                Some(Output::FunctionCall(_)) => out.extend(self.close_function_call()),
+                None => {}
+            }
+        }
         let Some(response) = self.active.take() else {
-            return Vec::new();
+            return out;
         };
-        let transcript =
-            if status == ResponseStatus::Completed { response.words.concat() } else { response.transcript_so_far() };
-        let item_status =
-            if status == ResponseStatus::Completed { ItemStatus::Completed } else { ItemStatus::Incomplete };
-        let content = if response.text_only {
-            ContentPart::OutputText { text: transcript.clone() }
-        } else {
-            ContentPart::OutputAudio { audio: None, transcript: Some(transcript.clone()) }
-        };
-        let item = Item::Message(MessageItem {
-            id: Some(response.item_id.clone()),
-            object: Some("realtime.item".to_owned()),
-            status: Some(item_status),
-            role: Role::Assistant,
-            content: vec![content],
-        });
         let sent_ms = response.sent_ms();
         if let Some(idle_ms) = self.idle_timeout_ms() {
             // The caller hears the audio in real time from the first chunk on.
             let playback_end = response.started + Duration::from_secs_f64(sent_ms / 1000.0);
             self.idle_deadline = Some(playback_end + Duration::from_millis(u64::from(idle_ms)));
         }
-        if let Some(stored) = self.items.iter_mut().find(|i| i.id == response.item_id) {
-            stored.item = item.clone();
-            if !response.text_only {
-                stored.audio_ms = Some(sent_ms);
-            }
-        }
-        let previous_item_id = self
-            .items
-            .iter()
-            .position(|i| i.id == response.item_id)
-            .and_then(|pos| pos.checked_sub(1))
-            .and_then(|pos| self.items.get(pos))
-            .map(|i| i.id.clone());
-        let (rid, iid) = (response.id.clone(), response.item_id.clone());
-        let mut out = Vec::new();
-        if response.text_only {
-            out.push(Outgoing::Event(ServerEvent::OutputTextDone(TextDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-                text: transcript.clone(),
-            })));
+        let usage = if status == ResponseStatus::Failed {
+            // Nothing was generated or billed.
+            script::usage(InputTokens::default(), 0, 0, 0)
         } else {
-            out.push(Outgoing::Event(ServerEvent::OutputAudioDone(AudioDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-            })));
-            out.push(Outgoing::Event(ServerEvent::OutputAudioTranscriptDone(TranscriptDoneEvent {
-                event_id: self.event_id(),
-                response_id: rid.clone(),
-                item_id: iid.clone(),
-                output_index: 0,
-                content_index: 0,
-                transcript: transcript.clone(),
-            })));
-        }
-        let part = if response.text_only {
-            ContentPart::Text { text: Some(transcript) }
-        } else {
-            ContentPart::Audio { audio: None, transcript: Some(transcript) }
-        };
-        out.push(Outgoing::Event(ServerEvent::ContentPartDone(ContentPartEvent {
-            event_id: self.event_id(),
-            response_id: rid.clone(),
-            item_id: iid.clone(),
-            output_index: 0,
-            content_index: 0,
-            part,
-        })));
-        out.push(Outgoing::Event(ServerEvent::OutputItemDone(OutputItemEvent {
-            event_id: self.event_id(),
-            response_id: rid.clone(),
-            output_index: 0,
-            item: item.clone(),
-        })));
-        out.push(Outgoing::Event(ServerEvent::ConversationItemDone(ConversationItemEvent {
-            event_id: self.event_id(),
-            previous_item_id,
-            item: item.clone(),
-        })));
-        // Rough token accounting: ~20 audio tokens per second, one text token per word.
-        let audio_tokens = (sent_ms / 50.0).round() as u64;
-        let text_tokens = response.words_sent as u64;
-        let input_tokens = 100 + 20 * self.items.len() as u64;
-        let usage = Usage {
-            total_tokens: input_tokens + audio_tokens + text_tokens,
-            input_tokens,
-            output_tokens: audio_tokens + text_tokens,
-            input_token_details: Some(serde_json::json!({
-                "text_tokens": 100, "audio_tokens": input_tokens - 100, "image_tokens": 0,
-                "cached_tokens": 0,
-                "cached_tokens_details": {"text_tokens": 0, "audio_tokens": 0, "image_tokens": 0}
-            })),
-            output_token_details: Some(serde_json::json!({
-                "text_tokens": text_tokens, "audio_tokens": audio_tokens
-            })),
+            let output_text: u64 = response
+                .outputs
+                .iter()
+                .enumerate()
+                .map(|(i, o)| match o {
+                    Output::Speech(s) => script::text_tokens(&s.transcript_so_far()),
+                    Output::FunctionCall(f) if i < response.current => {
+                        script::text_tokens(&f.name) + script::text_tokens(&f.arguments)
+                    }
+                    Output::FunctionCall(_) => 0,
+                })
+                .sum();
+            let usage = script::usage(
+                response.input,
+                self.previous_input_tokens,
+                output_text,
+                script::output_audio_tokens(sent_ms),
+            );
+            self.previous_input_tokens = response.input.total();
+            usage
         };
         let details = match status {
             // §4.3: `failed` carries `error{type,code,message}`.
-            ResponseStatus::Failed => Some(StatusDetails {
-                kind: Some("failed".to_owned()),
-                reason: None,
-                error: Some(serde_json::json!({
-                    "type": "server_error",
-                    "code": "server_error",
-                    "message": "The server had an error while processing your request (simulated fault).",
-                })),
-            }),
+            ResponseStatus::Failed => {
+                let (kind, code, message) = self.cfg.faults.fail_reason.error_fields();
+                Some(StatusDetails {
+                    kind: Some("failed".to_owned()),
+                    reason: None,
+                    error: Some(serde_json::json!({"type": kind, "code": code, "message": message})),
+                })
+            }
             _ => reason.map(|reason| StatusDetails {
                 kind: Some("cancelled".to_owned()),
                 reason: Some(reason.to_owned()),
                 error: None,
             }),
         };
-        let mut response_obj = self.response_object(status, details, vec![item], Some(usage));
-        response_obj.id = rid;
+        let mut response_obj = self.response_object(status, details, response.done_items.clone(), Some(usage));
+        response_obj.id = response.id.clone();
         response_obj.conversation_id = response.conversation_id.clone();
         response_obj.output_modalities = Some(vec![if response.text_only { "text" } else { "audio" }.to_owned()]);
         response_obj.audio = Some(ResponseAudio {
@@ -1360,6 +1981,19 @@ const MONOLOGUE_WORDS: [&str; 24] = [
     "about",
     "really",
 ];
+
+/// An item as sent: with `--phases` an assistant message carries its `phase`, which the
+/// typed [`MessageItem`] has no field for, so it goes out as the untyped item map.
+fn wire_item(item: &Item, phase: Option<&'static str>) -> Item {
+    let Some(phase) = phase else { return item.clone() };
+    match serde_json::to_value(item) {
+        Ok(Value::Object(mut map)) => {
+            map.insert("phase".to_owned(), Value::String(phase.to_owned()));
+            Item::Other(map)
+        }
+        _ => item.clone(),
+    }
+}
 
 /// Splits text into words that keep their trailing space, so deltas concatenate back.
 fn split_words(text: &str) -> Vec<String> {
@@ -1480,7 +2114,7 @@ fn fill_turn_detection_defaults(td: TurnDetection) -> TurnDetection {
 #[allow(clippy::unwrap_used, clippy::expect_used)]
 mod tests {
     use super::*;
-    use crate::config::BurstPattern;
+    use crate::config::{BurstPattern, FailReason};
     use base64::Engine;
     use base64::engine::general_purpose::STANDARD as BASE64;
     use serde_json::json;
@@ -1592,7 +2226,10 @@ mod tests {
         let now = Instant::now();
         let mut sim = open(cfg(0.0), now);
         let cases = [
-            (json!({"type":"session.update","event_id":"a","session":{"instructions":"x"}}), "invalid_value"),
+            (
+                json!({"type":"session.update","event_id":"a","session":{"instructions":"x"}}),
+                "missing_required_parameter",
+            ),
             (
                 json!({"type":"session.update","event_id":"a","session":{"type":"realtime","temperature":0.8}}),
                 "unknown_parameter",
@@ -1883,6 +2520,21 @@ mod tests {
     fn item_create_retrieve_delete() {
         let now = Instant::now();
         let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","event_id":"o1","item":{"type":"function_call_output",
+                "call_id":"call_1","output":"{}"}}),
+        ));
+        assert_eq!((error.param.as_deref(), error.event_id.as_deref()), (Some("item.call_id"), Some("o1")));
+        assert!(error.message.contains("call_1"), "{}", error.message);
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","item":{"type":"function_call","name":"lookup",
+                "arguments":"{}","call_id":"call_1"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
         let out = send(
             &mut sim,
             now,
@@ -2106,5 +2758,546 @@ mod tests {
             types(&send(&mut sim, now, json!({"type":"response.create"})))
         };
         assert_eq!(run(), run());
+    }
+
+    fn done_of(out: &[Outgoing]) -> Response {
+        events(out)
+            .into_iter()
+            .rev()
+            .find_map(|e| match e {
+                ServerEvent::ResponseDone(d) => Some(d.response.clone()),
+                _ => None,
+            })
+            .unwrap_or_else(|| panic!("no response.done in {:?}", types(out)))
+    }
+
+    /// Polls the virtual clock forward until nothing is due for `limit`.
+    fn run_until_quiet(sim: &mut SimSession, from: Instant, limit: Duration) -> Vec<Outgoing> {
+        let mut out = Vec::new();
+        let mut now = from;
+        while sim.next_deadline() <= from + limit && !sim.is_closed() {
+            now = now.max(sim.next_deadline());
+            let batch = sim.poll(now);
+            if batch.is_empty() {
+                break;
+            }
+            out.extend(batch);
+        }
+        out
+    }
+
+    fn wire(event: &ServerEvent) -> Value {
+        serde_json::from_str(&event.to_json().unwrap()).unwrap()
+    }
+
+    #[test]
+    fn expire_control_ends_the_session_now() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let out = sim.expire(now, false);
+        assert_eq!(types(&out), ["error", "close 1001"]);
+        assert_eq!(error_of(&out[..1]).code.as_deref(), Some("session_expired"));
+        assert!(sim.is_closed());
+    }
+
+    #[test]
+    fn expire_mid_response_waits_for_streaming_audio() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(1.0), t0);
+        assert!(sim.expire(t0, true).is_empty(), "idle: waits");
+        assert!(!sim.is_closed());
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        let delta = t.iter().position(|t| t == "response.output_audio.delta").expect("a delta");
+        assert_eq!(&t[delta + 1..], ["error", "close 1001"], "expires right after the first audio: {t:?}");
+        assert!(sim.is_closed());
+
+        // A response already streaming expires at once.
+        let mut sim = open(cfg(1.0), t0);
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        assert_eq!(types(&sim.expire(t0, true)), ["error", "close 1001"]);
+    }
+
+    fn declare_end_call(sim: &mut SimSession, now: Instant) {
+        let out = send(
+            sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","tools":[
+                {"type":"function","name":"end_call","description":"Hang up.","parameters":{"type":"object","properties":{}}}]}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+    }
+
+    #[test]
+    fn call_tool_says_goodbye_then_calls_the_function_in_the_same_response() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        declare_end_call(&mut sim, t0);
+        let script =
+            ToolCallScript { name: "end_call".into(), arguments: "{\"reason\":\"done\"}".into(), say_ms: 1500 };
+        assert!(sim.call_tool(t0, script.clone(), false).is_empty(), "waits for the next response");
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        let audio_done = t.iter().position(|t| t == "response.output_audio.done").unwrap();
+        assert_eq!(
+            &t[audio_done..],
+            [
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.function_call_arguments.delta",
+                "response.function_call_arguments.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+        );
+        let audio_ms: f64 = events(&out)
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(AudioFormat::PCM24K.bytes_to_ms(d.delta.len())),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(audio_ms, 1500.0);
+        let args_done = events(&out)
+            .into_iter()
+            .find_map(|e| match e {
+                ServerEvent::FunctionCallArgumentsDone(d) => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(args_done.name.as_deref(), Some("end_call"));
+        assert_eq!(args_done.arguments, "{\"reason\":\"done\"}");
+        assert_eq!(args_done.output_index, 1);
+        let done = done_of(&out);
+        assert_eq!(done.status, ResponseStatus::Completed);
+        assert_eq!(done.output.len(), 2);
+        let Item::FunctionCall(call) = &done.output[1] else { panic!("{:?}", done.output) };
+        assert_eq!(call.status, Some(ItemStatus::Completed));
+        assert_eq!(call.call_id.as_deref(), Some(args_done.call_id.as_str()));
+        // The output for that call is accepted; the script is used up.
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"function_call_output",
+                "call_id":args_done.call_id,"output":"{}"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        assert!(!types(&out).contains(&"response.function_call_arguments.done".to_owned()));
+    }
+
+    #[test]
+    fn call_tool_now_starts_a_response_and_undeclared_tools_are_never_called() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        let script = ToolCallScript { name: "end_call".into(), arguments: "{}".into(), say_ms: 300 };
+        let out = sim.call_tool(t0, script, true);
+        let t = types(&out);
+        assert_eq!(t[0], "response.created");
+        assert!(t.contains(&"response.output_audio.delta".to_owned()));
+        assert!(!t.contains(&"response.function_call_arguments.done".to_owned()), "end_call not declared: {t:?}");
+        assert_eq!(done_of(&out).output.len(), 1);
+    }
+
+    #[test]
+    fn phases_give_two_audio_items_each_with_its_id_phase_and_truncation() {
+        let now = Instant::now();
+        let mut sim = open(SimConfig { phases: true, ..cfg(0.0) }, now);
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let added: Vec<Value> =
+            events(&out).into_iter().filter(|e| matches!(e, ServerEvent::OutputItemAdded(_))).map(wire).collect();
+        assert_eq!(added.len(), 2);
+        assert_eq!(added[0]["item"]["phase"], "commentary");
+        assert_eq!(added[1]["item"]["phase"], "final_answer");
+        assert_eq!(added[0]["output_index"], 0);
+        assert_eq!(added[1]["output_index"], 1);
+        let ids: Vec<String> = added.iter().map(|a| a["item"]["id"].as_str().unwrap().to_owned()).collect();
+        assert_ne!(ids[0], ids[1]);
+        // Each item's audio: 400 ms of commentary, then the 1300 ms echo.
+        let ms_of = |id: &str| -> f64 {
+            events(&out)
+                .iter()
+                .filter_map(|e| match e {
+                    ServerEvent::OutputAudioDelta(d) if d.item_id == id => Some(d.delta.len() as f64 / 8.0),
+                    _ => None,
+                })
+                .sum()
+        };
+        assert_eq!(ms_of(&ids[0]), 400.0);
+        assert_eq!(ms_of(&ids[1]), 1300.0);
+        let done = done_of(&out);
+        let phases: Vec<Value> =
+            done.output.iter().map(|i| serde_json::to_value(i).unwrap()["phase"].clone()).collect();
+        assert_eq!(phases, [json!("commentary"), json!("final_answer")]);
+        // Each item truncates at its own length.
+        for (id, len) in [(&ids[0], 400), (&ids[1], 1300)] {
+            let error = error_of(&send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.truncate","item_id":id,"content_index":0,"audio_end_ms":len + 1}),
+            ));
+            assert_eq!(error.param.as_deref(), Some("audio_end_ms"));
+            let out = send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.truncate","item_id":id,"content_index":0,"audio_end_ms":len - 100}),
+            );
+            assert_eq!(types(&out), ["conversation.item.truncated"]);
+        }
+    }
+
+    #[test]
+    fn late_deltas_follow_speech_started_before_response_done() {
+        let now = Instant::now();
+        let cfg = SimConfig { behaviour: Behaviour::Monologue { ms: 20_000 }, late_deltas: 3, ..cfg(1.0) };
+        let mut sim = open(cfg, now);
+        configure_pcmu(&mut sim, now);
+        append_pcmu(&mut sim, now, &turn());
+        let out = append_pcmu(&mut sim, now, &audio::sine(300.0, 8000, 100, 0.5));
+        let t: Vec<String> = types(&out).into_iter().filter(|t| !t.ends_with("transcript.delta")).collect();
+        assert_eq!(
+            &t[..5],
+            [
+                "input_audio_buffer.speech_started",
+                "response.output_audio.delta",
+                "response.output_audio.delta",
+                "response.output_audio.delta",
+                "response.output_audio.done",
+            ]
+        );
+        assert_eq!(done_of(&out).status, ResponseStatus::Cancelled);
+    }
+
+    #[test]
+    fn fail_reason_names_the_error_of_failed_responses() {
+        for (reason, kind, code) in [
+            (FailReason::ServerError, "server_error", "server_error"),
+            (FailReason::RateLimitExceeded, "requests", "rate_limit_exceeded"),
+            (FailReason::InsufficientQuota, "insufficient_quota", "insufficient_quota"),
+        ] {
+            let now = Instant::now();
+            let mut cfg = cfg(0.0);
+            cfg.faults.fail_vad_responses = true;
+            cfg.faults.fail_reason = reason;
+            let mut sim = open(cfg, now);
+            configure_pcmu(&mut sim, now);
+            let out = append_pcmu(&mut sim, now, &turn());
+            let done = done_of(&out);
+            assert_eq!(done.status, ResponseStatus::Failed);
+            assert!(done.output.is_empty());
+            let error = done.status_details.unwrap().error.unwrap();
+            assert_eq!((error["type"].as_str(), error["code"].as_str()), (Some(kind), Some(code)));
+        }
+    }
+
+    #[test]
+    fn max_session_in_milliseconds_sets_expires_at_and_the_expiry() {
+        let t0 = Instant::now();
+        let cfg = SimConfig { max_session: Duration::from_millis(2500), ..cfg(0.0) };
+        let (mut sim, opening) = SimSession::new(cfg, "m", t0, 1_000, 1);
+        let Outgoing::Event(ServerEvent::SessionCreated(created)) = &opening[0] else { panic!() };
+        // Rounded down: a client planning a rollover from it is never late.
+        assert_eq!(created.session.expires_at, Some(1_002));
+        assert!(sim.poll(t0 + Duration::from_millis(2499)).is_empty());
+        let out = run_until_quiet(&mut sim, t0, Duration::from_secs(3));
+        assert_eq!(types(&out), ["error", "close 1001"]);
+    }
+
+    #[test]
+    fn session_limits_on_changes_are_enforced() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(1.0), t0);
+        let voice = |v: &str| json!({"type":"session.update","event_id":"v","session":{"type":"realtime","audio":{"output":{"voice":v}}}});
+        // Before any audio the voice may change.
+        assert_eq!(types(&send(&mut sim, t0, voice("cedar"))), ["session.updated"]);
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        // While the response streams: no voice change (audio exists), no speed change.
+        let error = error_of(&send(&mut sim, t0, voice("marin")));
+        assert_eq!(
+            (error.param.as_deref(), error.event_id.as_deref()),
+            (Some("session.audio.output.voice"), Some("v"))
+        );
+        assert_eq!(types(&send(&mut sim, t0, voice("cedar"))), ["session.updated"], "the same voice is no change");
+        let error = error_of(&send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"output":{"speed":1.2}}}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("session.audio.output.speed"));
+        run_until_quiet(&mut sim, t0, Duration::from_secs(5));
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"output":{"speed":1.2}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"], "between turns the speed may change");
+        // Tracing, once on, is frozen.
+        send(&mut sim, t0, json!({"type":"session.update","session":{"type":"realtime","tracing":"auto"}}));
+        let error = error_of(&send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","tracing":{"workflow_name":"x"}}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("session.tracing"));
+    }
+
+    #[test]
+    fn nested_errors_name_their_path_and_echo_the_event_id() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","event_id":"n1","session":{"type":"realtime",
+                "audio":{"input":{"turn_detection":{"type":"server_vad","idle_timeout_ms":2000}}}}}),
+        ));
+        assert_eq!(error.kind, "invalid_request_error");
+        assert_eq!(error.code.as_deref(), Some("integer_below_min_value"));
+        assert_eq!(error.param.as_deref(), Some("session.audio.input.turn_detection.idle_timeout_ms"));
+        assert_eq!(error.event_id.as_deref(), Some("n1"));
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"conversation.item.create","event_id":"n2","item":{"type":"message","role":"assistant",
+                "content":[{"type":"input_text","text":"I said hello."}]}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("item.content[0].type"));
+        assert_eq!(error.event_id.as_deref(), Some("n2"));
+        // Odd PCM16 bytes are not audio.
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"input_audio_buffer.append","event_id":"n3","audio":BASE64.encode([0u8; 3])}),
+        ));
+        assert_eq!((error.param.as_deref(), error.event_id.as_deref()), (Some("audio"), Some("n3")));
+        assert!(!sim.is_closed());
+    }
+
+    fn enable_transcription(sim: &mut SimSession, now: Instant) {
+        let out = send(
+            sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{
+                "input":{"format":{"type":"audio/pcmu"},"transcription":{"model":"gpt-4o-mini-transcribe"}},
+                "output":{"format":{"type":"audio/pcmu"}}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+    }
+
+    fn transcripts(out: &[Outgoing]) -> Vec<(String, String)> {
+        events(out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionCompleted(c) => Some((c.item_id.clone(), c.transcript.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn input_transcription_streams_deltas_then_completed_per_utterance() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        // Off by default: no transcription events.
+        configure_pcmu(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(transcripts(&out).is_empty());
+        enable_transcription(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let t = types(&out);
+        let done = t.iter().position(|t| t == "conversation.item.done").unwrap();
+        assert_eq!(t[done + 1], "conversation.item.input_audio_transcription.delta");
+        let completed = transcripts(&out);
+        assert_eq!(completed.len(), 1);
+        assert_eq!(completed[0].1, "caller utterance 1 (1300 ms)");
+        let deltas: String = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionDelta(d) => d.delta.clone(),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(deltas, completed[0].1, "the deltas add up to the transcript");
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert_eq!(transcripts(&out)[0].1, "caller utterance 2 (1300 ms)");
+        // The stored user item carries its transcript.
+        let out = send(&mut sim, now, json!({"type":"conversation.item.retrieve","item_id":completed[0].0}));
+        let [ServerEvent::ConversationItemRetrieved(r)] = events(&out).as_slice() else { panic!("{out:?}") };
+        let Item::Message(m) = &r.item else { panic!() };
+        assert_eq!(
+            m.content,
+            [ContentPart::InputAudio { audio: None, transcript: Some("caller utterance 1 (1300 ms)".into()) }]
+        );
+    }
+
+    #[test]
+    fn delayed_transcription_arrives_after_response_done() {
+        let t0 = Instant::now();
+        let cfg = SimConfig { transcription_delay: Duration::from_millis(800), ..cfg(0.0) };
+        let mut sim = open(cfg, t0);
+        enable_transcription(&mut sim, t0);
+        let out = append_pcmu(&mut sim, t0, &turn());
+        assert!(types(&out).contains(&"response.done".to_owned()));
+        assert!(transcripts(&out).is_empty());
+        assert_eq!(sim.next_deadline(), t0 + Duration::from_millis(800));
+        assert!(sim.poll(t0 + Duration::from_millis(799)).is_empty());
+        let out = sim.poll(t0 + Duration::from_millis(800));
+        assert_eq!(transcripts(&out)[0].1, "caller utterance 1 (1300 ms)");
+    }
+
+    #[test]
+    fn transcription_fails_with_the_failed_event_not_an_error() {
+        let now = Instant::now();
+        let mut sim = open(SimConfig { transcription_fails: true, ..cfg(0.0) }, now);
+        enable_transcription(&mut sim, now);
+        let out = append_pcmu(&mut sim, now, &turn());
+        let failed: Vec<&TranscriptionFailedEvent> = events(&out)
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::InputAudioTranscriptionFailed(f) => Some(f),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(failed.len(), 1);
+        assert_eq!(failed[0].error.kind, "transcription_error");
+        assert!(!types(&out).contains(&"error".to_owned()));
+        assert!(transcripts(&out).is_empty());
+    }
+
+    #[test]
+    fn a_text_item_then_response_create_gets_the_key_tone() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        configure_pcmu(&mut sim, now);
+        for (text, hz, said) in [
+            ("The caller pressed 5.", 1000.0, "You pressed 5."),
+            ("The caller pressed #.", 1600.0, "You pressed #."),
+            ("Hello there.", 440.0, "I got your message."),
+        ] {
+            send(
+                &mut sim,
+                now,
+                json!({"type":"conversation.item.create","item":{"type":"message","role":"user",
+                    "content":[{"type":"input_text","text":text}]}}),
+            );
+            let out = send(&mut sim, now, json!({"type":"response.create"}));
+            let audio: Vec<u8> = events(&out)
+                .iter()
+                .filter_map(|e| match e {
+                    ServerEvent::OutputAudioDelta(d) => Some(d.delta.clone()),
+                    _ => None,
+                })
+                .flatten()
+                .collect();
+            assert_eq!(audio, audio::encode(AudioFormat::Pcmu, &audio::sine(hz, 8000, 600, 0.5)), "{text}");
+            let transcript = events(&out)
+                .into_iter()
+                .find_map(|e| match e {
+                    ServerEvent::OutputAudioTranscriptDone(d) => Some(d.transcript.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(transcript, said);
+        }
+        // Without a text item last, response.create is the greeting again.
+        let out = send(&mut sim, now, json!({"type":"response.create"}));
+        let bytes: usize = events(&out)
+            .iter()
+            .filter_map(|e| match e {
+                ServerEvent::OutputAudioDelta(d) => Some(d.delta.len()),
+                _ => None,
+            })
+            .sum();
+        assert_eq!(bytes, 8000, "the 1000 ms greeting");
+    }
+
+    #[test]
+    fn usage_follows_the_documented_formula_and_caches_later_turns() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let instructions = "Be brief.";
+        send(&mut sim, now, json!({"type":"session.update","session":{"type":"realtime","instructions":instructions}}));
+        let first = done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage.unwrap();
+        let greeting_text = script::text_tokens("Hello! Thanks for calling. How can I help you today?");
+        let input_text = script::PREAMBLE_TOKENS + script::text_tokens(instructions);
+        assert_eq!(first.input_tokens, input_text);
+        assert_eq!(first.output_tokens, greeting_text + 20, "1000 ms of audio is 20 tokens");
+        assert_eq!(first.total_tokens, first.input_tokens + first.output_tokens);
+        assert_eq!(first.input_token_details.as_ref().unwrap()["cached_tokens"], 0);
+        let second = done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage.unwrap();
+        // The greeting item is now context: 20 audio tokens.
+        assert_eq!(second.input_tokens, input_text + 20);
+        let details = second.input_token_details.unwrap();
+        assert_eq!(details["audio_tokens"], 20);
+        assert_eq!(details["cached_tokens"], first.input_tokens / 64 * 64);
+        assert!(details["cached_tokens"].as_u64().unwrap() > 0);
+        // Same inputs, same numbers.
+        let again = || {
+            let mut sim = open(cfg(0.0), now);
+            send(&mut sim, now, json!({"type":"response.create"}));
+            done_of(&send(&mut sim, now, json!({"type":"response.create"}))).usage
+        };
+        assert_eq!(again(), again());
+    }
+
+    #[test]
+    fn a_function_call_output_in_response_input_needs_its_call_there() {
+        let now = Instant::now();
+        let mut sim = open(cfg(0.0), now);
+        let error = error_of(&send(
+            &mut sim,
+            now,
+            json!({"type":"response.create","event_id":"r1","response":{"input":[
+                {"type":"function_call_output","call_id":"call_9","output":"{}"}]}}),
+        ));
+        assert_eq!(error.param.as_deref(), Some("response.input[0].call_id"));
+        assert_eq!(error.event_id.as_deref(), Some("r1"));
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"response.create","response":{"input":[
+                {"type":"function_call","name":"f","arguments":"{}","call_id":"call_9"},
+                {"type":"function_call_output","call_id":"call_9","output":"{}"}]}}),
+        );
+        assert_eq!(types(&out)[0], "response.created");
+    }
+
+    #[test]
+    fn the_idle_prompt_repeats_while_the_caller_stays_silent() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","audio":{"input":{
+                "format":{"type":"audio/pcmu"},"turn_detection":{"type":"server_vad","idle_timeout_ms":5000}}}}}),
+        );
+        // No response yet: no idle clock.
+        assert!(run_until_quiet(&mut sim, t0, Duration::from_secs(20)).is_empty());
+        send(&mut sim, t0, json!({"type":"response.create"}));
+        let mut prompts = Vec::new();
+        for _ in 0..3 {
+            let now = sim.next_deadline();
+            let out = sim.poll(now);
+            assert!(types(&out).contains(&"input_audio_buffer.timeout_triggered".to_owned()), "{:?}", types(&out));
+            let transcript = events(&out)
+                .into_iter()
+                .find_map(|e| match e {
+                    ServerEvent::OutputAudioTranscriptDone(d) => Some(d.transcript.clone()),
+                    _ => None,
+                })
+                .unwrap();
+            assert_eq!(transcript, "Are you still there?");
+            prompts.push(now.duration_since(t0));
+        }
+        // Greeting 1 s + 5 s; then each 1 s prompt + 5 s.
+        assert_eq!(prompts, [Duration::from_secs(6), Duration::from_secs(12), Duration::from_secs(18)]);
     }
 }

@@ -7,10 +7,14 @@
 
 mod audio;
 mod config;
+mod control;
 mod core;
+mod schema;
+mod script;
 mod server;
 mod vad;
 
-pub use crate::config::{Behaviour, BurstPattern, Faults, ParseError, SimConfig, Tone, parse_audio_format};
-pub use crate::core::{Outgoing, SESSION_EXPIRED_MESSAGE, SimSession};
+pub use crate::config::{Behaviour, BurstPattern, FailReason, Faults, ParseError, SimConfig, Tone, parse_audio_format};
+pub use crate::control::{ControlError, DropMode};
+pub use crate::core::{Outgoing, SESSION_EXPIRED_MESSAGE, SimSession, ToolCallScript};
 pub use crate::server::{Direction, LoggedEvent, RunningSimulator, SessionLog, Simulator};

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use switchboard_realtime::events::AudioFormat;
-use switchboard_sim::{Behaviour, BurstPattern, Faults, SimConfig, Simulator, Tone, parse_audio_format};
+use switchboard_sim::{Behaviour, BurstPattern, FailReason, Faults, SimConfig, Simulator, Tone, parse_audio_format};
 
 /// Serve a simulated OpenAI Realtime API (GA) on ws://LISTEN/v1/realtime.
 #[derive(Debug, Parser)]
@@ -35,6 +35,10 @@ struct Args {
     /// Session lifetime in seconds before session_expired.
     #[arg(long, default_value_t = 3600)]
     max_session_secs: u64,
+    /// Session lifetime in milliseconds (overrides --max-session-secs); `expires_at` in
+    /// session.created matches it (rounded down to the second).
+    #[arg(long, value_name = "MS")]
+    max_session_ms: Option<u64>,
     /// Seed for chunk sizes and ids.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -62,9 +66,27 @@ struct Args {
     /// Fault: one second after session.updated, send one text message of this many bytes.
     #[arg(long, value_name = "BYTES")]
     huge_message_bytes: Option<usize>,
-    /// Fault: responses to the caller's speech end `failed` (server_error), without audio.
+    /// Fault: responses to the caller's speech end `failed` (see --fail-reason), without audio.
     #[arg(long)]
     fail_responses: bool,
+    /// Why --fail-responses fail: server_error, rate_limit_exceeded or insufficient_quota.
+    #[arg(long, value_name = "REASON", default_value = "server_error")]
+    fail_reason: FailReason,
+    /// Every VAD-triggered response has two audio items: phase commentary (a short tone),
+    /// then final_answer (the usual reply).
+    #[arg(long)]
+    phases: bool,
+    /// After speech_started interrupts a response, up to N more audio deltas of it are sent
+    /// before its response.done.
+    #[arg(long, value_name = "N", default_value_t = 0)]
+    late_deltas: u32,
+    /// Input transcriptions (when the session enables audio.input.transcription) arrive this
+    /// long after their user item is committed; 0 = right after it.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    transcription_delay_ms: u64,
+    /// Input transcriptions end conversation.item.input_audio_transcription.failed.
+    #[arg(long)]
+    transcription_fails: bool,
 }
 
 fn parse_format(text: &str) -> Result<AudioFormat, String> {
@@ -85,7 +107,10 @@ async fn main() -> std::io::Result<()> {
         behaviour: args.behaviour,
         greeting: args.greeting_tone,
         burst: BurstPattern { min_chunk_ms: args.min_chunk_ms, max_chunk_ms: args.max_chunk_ms, speed: args.speed },
-        max_session: Duration::from_secs(args.max_session_secs),
+        max_session: match args.max_session_ms {
+            Some(ms) => Duration::from_millis(ms),
+            None => Duration::from_secs(args.max_session_secs),
+        },
         seed: args.seed,
         log_limit: args.log_limit,
         faults: Faults {
@@ -97,7 +122,12 @@ async fn main() -> std::io::Result<()> {
             stall_after: args.stall_after_secs.filter(|s| s.is_finite() && *s >= 0.0).map(Duration::from_secs_f64),
             huge_message_bytes: args.huge_message_bytes,
             fail_vad_responses: args.fail_responses,
+            fail_reason: args.fail_reason,
         },
+        phases: args.phases,
+        late_deltas: args.late_deltas,
+        transcription_delay: Duration::from_millis(args.transcription_delay_ms),
+        transcription_fails: args.transcription_fails,
     };
     let sim = Simulator::start(cfg, args.listen).await?;
     println!("{}", sim.url());

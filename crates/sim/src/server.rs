@@ -1,5 +1,6 @@
-//! The HTTP/WebSocket shell around [`SimSession`]: `GET /v1/realtime` (upgrade) and
-//! `GET /_sim/sessions` (the session logs as JSON, for tests in other processes).
+//! The HTTP/WebSocket shell around [`SimSession`]: `GET /v1/realtime` (upgrade),
+//! `GET /_sim/sessions` (the session logs as JSON, for tests in other processes) and
+//! `POST /_sim/control/{what}` (runtime fault controls, docs/simulator.md).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -10,20 +11,21 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use axum::Json;
 use axum::Router;
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use futures_util::{SinkExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchboard_realtime::ServerEvent;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::config::SimConfig;
+use crate::control::{Control, DropMode, SessionCommand, UpgradeRefusals};
 use crate::core::{DEFAULT_MODEL, Outgoing, SimSession};
 
 /// Which side sent a logged event.
@@ -55,6 +57,11 @@ pub struct SessionLog {
     pub dropped_events: u64,
     /// Whether the WebSocket has ended.
     pub closed: bool,
+    /// How the session ended when the simulator ended it: `session_expired`, `close 1011`,
+    /// `reset` (no close frame), `close 1001` (shutdown or drop); None while open or when
+    /// the client closed.
+    #[serde(default)]
+    pub ended_by: Option<String>,
 }
 
 impl SessionLog {
@@ -75,7 +82,15 @@ struct AppState {
     logs: Mutex<Vec<SharedLog>>,
     sessions_started: AtomicU64,
     shutdown: watch::Receiver<bool>,
+    /// Command channels of the open sessions, for the controls; bounded by the open sessions.
+    open_sessions: Mutex<HashMap<u64, mpsc::Sender<SessionCommand>>>,
+    /// `refuse_upgrades`: the next upgrades refused with a status.
+    refusals: Mutex<UpgradeRefusals>,
 }
+
+/// Commands a session's loop has not taken yet; a control finding the queue full skips that
+/// session (and does not count it in its answer).
+const SESSION_COMMAND_QUEUE: usize = 16;
 
 /// The simulator entry point.
 pub struct Simulator;
@@ -99,10 +114,13 @@ impl Simulator {
             logs: Mutex::new(Vec::new()),
             sessions_started: AtomicU64::new(0),
             shutdown: shutdown_rx.clone(),
+            open_sessions: Mutex::new(HashMap::new()),
+            refusals: Mutex::new(UpgradeRefusals::default()),
         });
         let app = Router::new()
             .route("/v1/realtime", get(realtime))
             .route("/_sim/sessions", get(list_sessions))
+            .route("/_sim/control/{what}", post(control))
             .with_state(state.clone());
         let mut stop = shutdown_rx;
         let server = tokio::spawn(async move {
@@ -133,6 +151,12 @@ impl RunningSimulator {
         snapshot(&self.state)
     }
 
+    /// Applies a runtime control, as `POST /_sim/control/{what}` does; returns the answer body.
+    pub fn control(&self, what: &str, body: &str) -> Result<Value, crate::control::ControlError> {
+        let control = Control::parse(what, body)?;
+        Ok(apply_control(&self.state, control))
+    }
+
     /// Closes open sessions (1001) and stops serving.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
@@ -151,6 +175,32 @@ fn snapshot(state: &AppState) -> Vec<SessionLog> {
 
 async fn list_sessions(State(state): State<Arc<AppState>>) -> Json<Vec<SessionLog>> {
     Json(snapshot(&state))
+}
+
+/// `POST /_sim/control/{what}`: 200 with a JSON answer, 400 / 404 with a JSON error.
+async fn control(State(state): State<Arc<AppState>>, Path(what): Path<String>, body: String) -> Response {
+    match Control::parse(&what, &body) {
+        Ok(control) => (StatusCode::OK, Json(apply_control(&state, control))).into_response(),
+        Err(e) => {
+            let status = if e.is_unknown_control() { StatusCode::NOT_FOUND } else { StatusCode::BAD_REQUEST };
+            (status, Json(json!({"error": {"message": e.to_string()}}))).into_response()
+        }
+    }
+}
+
+fn apply_control(state: &AppState, control: Control) -> Value {
+    tracing::info!(?control, "simulator control");
+    match control {
+        Control::RefuseUpgrades { status, count } => {
+            *lock(&state.refusals) = UpgradeRefusals { status, remaining: count };
+            json!({"status": status, "count": count})
+        }
+        Control::Session(command) => {
+            let senders: Vec<mpsc::Sender<SessionCommand>> = lock(&state.open_sessions).values().cloned().collect();
+            let sessions = senders.iter().filter(|tx| tx.try_send(command.clone()).is_ok()).count();
+            json!({"sessions": sessions})
+        }
+    }
 }
 
 fn unix_us() -> u64 {
@@ -206,6 +256,9 @@ async fn realtime(
         return unauthorized("Incorrect API key provided.");
     }
     if let Some(status) = state.cfg.faults.reject_upgrade {
+        return rejected_upgrade(status);
+    }
+    if let Some(status) = lock(&state.refusals).take_one() {
         return rejected_upgrade(status);
     }
     let upgrade = match upgrade {
@@ -345,7 +398,10 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
     lock(&log).session_id = session.session().id.clone().unwrap_or_default();
     tracing::info!(model, session_id = %lock(&log).session_id, "simulated session opened");
     let mut shutdown = state.shutdown.clone();
+    let (command_tx, mut commands) = mpsc::channel(SESSION_COMMAND_QUEUE);
+    lock(&state.open_sessions).insert(n, command_tx);
     let mut open = deliver(&mut sink, &log, limit, opening).await;
+    let mut reset = false;
 
     while open {
         let deadline = tokio::time::Instant::from_std(session.next_deadline());
@@ -387,10 +443,24 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
                 Some(Ok(_)) => continue,
             },
             _ = tokio::time::sleep_until(deadline) => session.poll(Instant::now()),
+            command = commands.recv() => match command {
+                Some(SessionCommand::Drop(DropMode::Reset)) | None => {
+                    reset = true;
+                    break;
+                }
+                Some(SessionCommand::Drop(DropMode::Close(code))) => {
+                    vec![Outgoing::Close { code, reason: format!("simulated close {code}") }]
+                }
+                Some(SessionCommand::Expire { mid_response }) => session.expire(Instant::now(), mid_response),
+                Some(SessionCommand::CallTool { script, now }) => session.call_tool(Instant::now(), script, now),
+            },
             _ = shutdown.wait_for(|stopped| *stopped) => {
                 vec![Outgoing::Close { code: 1001, reason: "simulator shutting down".to_owned() }]
             }
         };
+        if let Some(how) = ended_by(&outgoing) {
+            lock(&log).ended_by = Some(how);
+        }
         if !delay.is_zero() {
             // Fault mode: a slow session.update answer (nothing else is read meanwhile).
             tokio::time::sleep(std::mem::take(&mut delay)).await;
@@ -404,14 +474,35 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
         }
         open = deliver(&mut sink, &log, limit, outgoing).await;
     }
+    lock(&state.open_sessions).remove(&n);
     if stalled {
         // Fault mode: frozen. No reads (so no pongs either), no writes, until shutdown.
         tracing::info!(session_id = %lock(&log).session_id, "simulated session stalled");
         let _ = shutdown.wait_for(|stopped| *stopped).await;
     }
-    let _ = sink.close().await;
+    if reset {
+        // The `drop` control's `reset`: the TCP connection ends without a close frame, so the
+        // client sees 1006 (abnormal closure).
+        lock(&log).ended_by = Some("reset".to_owned());
+        drop(sink);
+        drop(stream);
+    } else {
+        let _ = sink.close().await;
+    }
     lock(&log).closed = true;
     tracing::info!(session_id = %lock(&log).session_id, "simulated session closed");
+}
+
+/// How a batch of outgoing events ends the session, if it does.
+fn ended_by(outgoing: &[Outgoing]) -> Option<String> {
+    let close = outgoing.iter().find_map(|o| match o {
+        Outgoing::Close { code, .. } => Some(*code),
+        Outgoing::Event(_) => None,
+    })?;
+    let expired = outgoing.iter().any(
+        |o| matches!(o, Outgoing::Event(ServerEvent::Error(e)) if e.error.code.as_deref() == Some("session_expired")),
+    );
+    Some(if expired { "session_expired".to_owned() } else { format!("close {close}") })
 }
 
 /// Sleeps until `at`, or forever when there is no such time.
