@@ -418,8 +418,7 @@ impl MediaLoop<'_> {
     /// background).
     fn drop_link(&mut self) {
         self.link.up = false;
-        let mut old = std::mem::replace(self.writer, RealtimeWriter::detached(self.writer.watchdog));
-        tokio::spawn(async move { old.close().await });
+        self.retire_writer();
     }
 
     /// Reopens the session in a task, so RTP, the comfort tone and the dialog carry on
@@ -476,9 +475,17 @@ impl MediaLoop<'_> {
             close_in_background(sender);
             return;
         }
-        let mut old = std::mem::replace(self.writer, RealtimeWriter::detached(self.writer.watchdog));
-        tokio::spawn(async move { old.close().await });
+        self.retire_writer();
         self.install(sender, receiver, expires_at);
+    }
+
+    /// Replaces the writer by a detached one and closes the old connection in the background;
+    /// the dropped-appends count carries over (it is logged once per call).
+    fn retire_writer(&mut self) {
+        let mut detached = RealtimeWriter::detached(self.writer.watchdog);
+        detached.dropped_appends = self.writer.dropped_appends;
+        let mut old = std::mem::replace(self.writer, detached);
+        tokio::spawn(async move { old.close().await });
     }
 
     /// Sends the conversation so far to a new session; says why it failed, if it did.
@@ -501,7 +508,9 @@ impl MediaLoop<'_> {
 
     /// Makes a confirmed, replayed session the call's connection.
     fn install(&mut self, sender: RealtimeSender, receiver: RealtimeReceiver, expires_at: Option<i64>) {
+        let dropped_appends = self.writer.dropped_appends;
         *self.writer = RealtimeWriter::spawn(sender, self.writer.watchdog);
+        self.writer.dropped_appends = dropped_appends;
         *self.realtime_rx = receiver;
         self.link.up = true;
         let due = rollover_deadline(&self.link.state.config.realtime, Instant::now(), expires_at);
