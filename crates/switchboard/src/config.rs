@@ -124,10 +124,11 @@ pub struct RealtimeConfig {
     /// The AI not back within this time: the give-up announcement, then BYE. 0: no reconnect
     /// (a dropped AI connection ends the call, as before issue 8).
     pub reconnect_give_up_secs: u64,
-    /// What the caller hears while reconnecting: `tone` (a soft comfort tone) or `none`.
+    /// What the caller hears while reconnecting: `tone` (a soft comfort tone), `none`, or the
+    /// path of a WAV file (16-bit PCM mono, at most 30 s).
     pub reconnect_prompt: String,
-    /// What the caller hears before the gateway hangs up after giving up: `tone` (a falling
-    /// three-tone pattern) or `none`.
+    /// What the caller hears before the gateway hangs up after giving up: `tone` (three rising
+    /// tones), `none`, or a WAV file path.
     pub give_up_prompt: String,
     /// Characters of conversation text replayed to a new session at most.
     pub replay_budget_chars: usize,
@@ -650,8 +651,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         ("realtime.reconnect_prompt", &cfg.realtime.reconnect_prompt),
         ("realtime.give_up_prompt", &cfg.realtime.give_up_prompt),
     ] {
-        if !matches!(value.as_str(), "tone" | "none") {
-            bad(key, format!("`{value}` must be \"tone\" or \"none\""));
+        if let Err(e) = crate::call::prompt::LocalPrompt::from_setting(value) {
+            bad(key, format!("must be \"tone\", \"none\" or a WAV file: {e}"));
         }
     }
     if !(100..=200_000).contains(&cfg.realtime.replay_budget_chars) {

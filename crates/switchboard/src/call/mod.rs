@@ -3,6 +3,7 @@
 pub mod core;
 pub mod end;
 pub mod outbound;
+pub mod prompt;
 pub mod reconnect;
 pub mod session;
 pub mod shell;

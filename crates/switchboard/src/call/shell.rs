@@ -24,6 +24,7 @@ use tracing::{debug, info, warn};
 
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience};
 use super::end::CallEnd;
+use super::prompt::LocalPrompt;
 use super::reconnect::{self, ReconnectPolicy};
 use super::session::ConfirmedAudio;
 use super::{Established, OpenSession, open_session, session};
@@ -150,8 +151,9 @@ fn resilience(cfg: &RealtimeConfig) -> Resilience {
     });
     Resilience {
         policy,
-        comfort_tone: cfg.reconnect_prompt == "tone",
-        give_up_tone: cfg.give_up_prompt == "tone",
+        // Checked with the configuration: a bad file never reaches a call (it would play nothing).
+        reconnect_prompt: LocalPrompt::from_setting(&cfg.reconnect_prompt).unwrap_or(LocalPrompt::Silence),
+        give_up_prompt: LocalPrompt::from_setting(&cfg.give_up_prompt).unwrap_or(LocalPrompt::Silence),
         history: HistoryLimits { max_chars: cfg.replay_budget_chars, max_turns: cfg.replay_budget_turns },
     }
 }

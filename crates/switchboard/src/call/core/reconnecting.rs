@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use super::{AgentPlayout, CallCore, Output};
 use crate::call::end::CallEnd;
+use crate::call::prompt::LocalPrompt;
 use crate::call::reconnect::{self, COMFORT_PERIOD, ReconnectPolicy, ReconnectReason};
 use crate::telemetry;
 
@@ -31,10 +32,10 @@ const LOCAL_PROMPT_TAG: u32 = u32::MAX;
 pub struct Resilience {
     /// `None`: reconnecting is off; a lost AI connection ends the call.
     pub policy: Option<ReconnectPolicy>,
-    /// Play the comfort pulse while reconnecting.
-    pub comfort_tone: bool,
-    /// Play the give-up tones before hanging up.
-    pub give_up_tone: bool,
+    /// Played while reconnecting (`Tone`: the comfort pulse), every [`COMFORT_PERIOD`].
+    pub reconnect_prompt: LocalPrompt,
+    /// Played before hanging up after giving up (`Tone`: the three rising tones).
+    pub give_up_prompt: LocalPrompt,
     pub history: HistoryLimits,
 }
 
@@ -231,9 +232,9 @@ impl CallCore {
                     leg.flush();
                     leg.outbound.reset();
                 }
-                if self.config.resilience.give_up_tone {
-                    let tones = reconnect::give_up_tones(self.config.model_output);
-                    self.play_local_prompt(&tones);
+                let format = self.config.model_output;
+                if let Some(audio) = self.config.resilience.give_up_prompt.audio(format, reconnect::give_up_tones) {
+                    self.play_local_prompt(&audio);
                 }
             }
             self.end_after_playout(CallEnd::AgentDisconnected(format!(
@@ -246,9 +247,12 @@ impl CallCore {
         if now >= outage.next_comfort {
             outage.next_comfort = now + COMFORT_PERIOD;
             let idle = self.legs.first().is_some_and(|leg| leg.held_audio().is_zero());
-            if self.config.resilience.comfort_tone && idle && self.ending_after_playout.is_none() {
-                let pulse = reconnect::comfort_pulse(self.config.model_output);
-                self.play_local_prompt(&pulse);
+            let format = self.config.model_output;
+            if idle
+                && self.ending_after_playout.is_none()
+                && let Some(audio) = self.config.resilience.reconnect_prompt.audio(format, reconnect::comfort_pulse)
+            {
+                self.play_local_prompt(&audio);
             }
         }
     }

@@ -3,6 +3,7 @@
 //! gives up with the announcement and BYE.
 
 use super::*;
+use crate::call::prompt::LocalPrompt;
 use crate::call::reconnect::ReconnectPolicy;
 use switchboard_realtime::history::HistoryLimits;
 
@@ -15,8 +16,8 @@ fn resilient_config() -> CoreConfig {
                 max_delay: Duration::from_millis(2000),
                 give_up_after: Duration::from_secs(5),
             }),
-            comfort_tone: true,
-            give_up_tone: true,
+            reconnect_prompt: LocalPrompt::Tone,
+            give_up_prompt: LocalPrompt::Tone,
             history: HistoryLimits::default(),
         },
         ..core_config()
@@ -204,4 +205,25 @@ fn rollover_is_asked_for_once_when_due_and_switches_only_at_a_turn_boundary() {
     assert_continuous_rtp(&h);
     assert_eq!(h.outputs.iter().filter(|o| **o == Output::Rollover).count(), 1, "the next one is not due yet");
     assert!(h.ended().is_none());
+}
+
+#[test]
+fn a_wav_prompt_replaces_the_pulse_and_none_gives_up_in_silence() {
+    let wav = crate::call::prompt::WavAudio { rate: 8000, samples: vec![8000; 400] };
+    let mut config = resilient_config();
+    config.resilience.reconnect_prompt = LocalPrompt::Wav(std::sync::Arc::new(wav));
+    config.resilience.give_up_prompt = LocalPrompt::Silence;
+    let mut h = Harness::new(config);
+    caller_talks(&mut h, 0.0, 0.5);
+    h.core.handle_realtime_closed(h.at(0.5), CallEnd::AgentDisconnected("connection closed".into()));
+    h.drain();
+    caller_talks(&mut h, 0.5, 2.0);
+    // 50 ms of prompt: three packets (the last one padded), at 1.1 s.
+    assert_eq!(sounding_packets(&h, h.at(1.1), h.at(1.2)), 3);
+    assert_eq!(sounding_packets(&h, h.at(0.5), h.at(2.0)), 3);
+    caller_talks(&mut h, 2.0, 5.4);
+    assert!(h.ended().is_none());
+    caller_talks(&mut h, 5.4, 6.0);
+    assert!(matches!(h.ended(), Some(CallEnd::AgentDisconnected(_))), "no announcement: BYE at the give-up time");
+    assert_eq!(sounding_packets(&h, h.at(5.4), h.at(6.0)), 0);
 }
