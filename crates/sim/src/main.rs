@@ -93,16 +93,9 @@ fn parse_format(text: &str) -> Result<AudioFormat, String> {
     parse_audio_format(text).map_err(|e| e.to_string())
 }
 
-#[tokio::main]
-async fn main() -> std::io::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
-    let args = Args::parse();
-    let cfg = SimConfig {
+/// The simulator configuration the flags describe.
+fn config(args: Args) -> SimConfig {
+    SimConfig {
         api_key: args.api_key,
         behaviour: args.behaviour,
         greeting: args.greeting_tone,
@@ -128,10 +121,66 @@ async fn main() -> std::io::Result<()> {
         late_deltas: args.late_deltas,
         transcription_delay: Duration::from_millis(args.transcription_delay_ms),
         transcription_fails: args.transcription_fails,
-    };
-    let sim = Simulator::start(cfg, args.listen).await?;
+    }
+}
+
+#[tokio::main]
+async fn main() -> std::io::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let args = Args::parse();
+    let listen = args.listen;
+    let cfg = config(args);
+    let sim = Simulator::start(cfg, listen).await?;
     println!("{}", sim.url());
     tokio::signal::ctrl_c().await?;
     sim.shutdown().await;
     Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used)]
+mod tests {
+    use super::*;
+
+    fn parse(flags: &[&str]) -> SimConfig {
+        config(Args::try_parse_from([&["switchboard-sim"], flags].concat()).unwrap())
+    }
+
+    #[test]
+    fn defaults_are_the_library_defaults() {
+        // SIM_API_KEY may be set in the environment; every other value is the flags' default.
+        let cfg = SimConfig { api_key: None, ..parse(&[]) };
+        assert_eq!(cfg, SimConfig::default());
+    }
+
+    #[test]
+    fn issue_8_flags_reach_the_config() {
+        let cfg = parse(&[
+            "--max-session-ms",
+            "1500",
+            "--phases",
+            "--late-deltas",
+            "3",
+            "--fail-responses",
+            "--fail-reason",
+            "rate_limit_exceeded",
+            "--transcription-delay-ms",
+            "250",
+            "--transcription-fails",
+        ]);
+        assert_eq!(cfg.max_session, Duration::from_millis(1500));
+        assert!(cfg.phases);
+        assert_eq!(cfg.late_deltas, 3);
+        assert!(cfg.faults.fail_vad_responses);
+        assert_eq!(cfg.faults.fail_reason, FailReason::RateLimitExceeded);
+        assert_eq!(cfg.transcription_delay, Duration::from_millis(250));
+        assert!(cfg.transcription_fails);
+        assert_eq!(parse(&["--max-session-secs", "60"]).max_session, Duration::from_secs(60));
+        assert!(Args::try_parse_from(["switchboard-sim", "--fail-reason", "tired"]).is_err());
+    }
 }

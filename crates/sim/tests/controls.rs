@@ -84,6 +84,8 @@ async fn drop_close_sends_the_close_code_to_every_session() {
         let Some(Ok(Message::Close(Some(frame)))) = next(ws).await else { panic!("expected a close frame") };
         assert_eq!(u16::from(frame.code), 1011);
     }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(sim.sessions().iter().all(|log| log.ended_by.as_deref() == Some("close 1011")));
     sim.shutdown().await;
 }
 
@@ -119,6 +121,10 @@ async fn refuse_upgrades_refuses_exactly_count_upgrades() {
         }
     }
     assert!(connect(&cfg).await.is_ok(), "the third upgrade is accepted");
+    // `count: 0` cancels a refusal still pending.
+    control(&sim, "refuse_upgrades", r#"{"status":401,"count":5}"#).await;
+    control(&sim, "refuse_upgrades", r#"{"status":401,"count":0}"#).await;
+    assert!(connect(&cfg).await.is_ok(), "cancelled");
     sim.shutdown().await;
 }
 
