@@ -455,4 +455,6 @@ fn an_ai_that_does_not_come_back_gets_the_announcement_then_bye() {
         metrics.contains(r#"switchboard_calls_total{outcome="failed",reason="agent_disconnected"} 1"#),
         "{metrics}"
     );
+    let refused = metric_value(&metrics, r#"switchboard_realtime_connect_failures_total{reason="http_5xx"}"#);
+    assert_eq!(refused as usize, attempts, "every failed attempt is counted: {metrics}");
 }

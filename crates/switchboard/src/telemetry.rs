@@ -41,6 +41,8 @@ pub const ADMISSION_SOURCES: &str = "switchboard_admission_sources";
 /// Mid-call AI connection replacements, by `reason` (dropped, closed, error, expired) and
 /// `outcome` (resumed, gave_up).
 pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
+/// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
+pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -137,6 +139,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     metrics::describe_counter!(
         REALTIME_RECONNECTS_TOTAL,
         "Mid-call AI connection losses by reason and outcome (resumed, gave_up)."
+    );
+    metrics::describe_counter!(
+        REALTIME_CONNECT_FAILURES_TOTAL,
+        "Realtime session openings that failed (call setup and reconnect attempts), by reason."
     );
     Ok(handle)
 }

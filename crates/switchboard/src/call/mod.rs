@@ -302,12 +302,32 @@ pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Code
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
     let update = session::with_input_transcription(update, &realtime_cfg.transcription_model);
     let (sender, receiver, confirmed, expires_at) =
-        confirm_session(&state.realtime, limits, &update, &mut setup).await?;
+        confirm_session(&state.realtime, limits, &update, &mut setup).await.inspect_err(|refusal| {
+            metrics::counter!(telemetry::REALTIME_CONNECT_FAILURES_TOTAL, "reason" => connect_failure_label(refusal))
+                .increment(1);
+        })?;
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
             "the Realtime API confirmed other audio formats; converting to them");
     }
     Ok(OpenSession { sender, receiver, confirmed, codec, expires_at })
+}
+
+/// The `reason` of `switchboard_realtime_connect_failures_total`: the upgrade's HTTP status class
+/// kept apart (401/403 are our key or account, 429 our rate limit, 5xx theirs).
+fn connect_failure_label(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::AgentRejectedUpgrade { status: 401, .. } => "http_401",
+        Refusal::AgentRejectedUpgrade { status: 403, .. } => "http_403",
+        Refusal::AgentRejectedUpgrade { status: 429, .. } => "http_429",
+        Refusal::AgentRejectedUpgrade { status: 500..=599, .. } => "http_5xx",
+        Refusal::AgentRejectedUpgrade { .. } => "http_other",
+        Refusal::AgentUnavailable(_) => "unreachable",
+        Refusal::AgentTimeout(_) => "timeout",
+        Refusal::AgentSessionRefused(_) => "session_refused",
+        Refusal::AgentFormatMismatch(_) => "format_mismatch",
+        _ => "other",
+    }
 }
 
 /// Connects and confirms the session (see [`SessionSetup`]); every wait ends at the setup's
@@ -389,5 +409,24 @@ fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy 
         codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_are_labelled_by_who_must_act() {
+        let upgrade = |status| Refusal::AgentRejectedUpgrade { status, body: String::new() };
+        assert_eq!(connect_failure_label(&upgrade(401)), "http_401");
+        assert_eq!(connect_failure_label(&upgrade(403)), "http_403");
+        assert_eq!(connect_failure_label(&upgrade(429)), "http_429");
+        assert_eq!(connect_failure_label(&upgrade(503)), "http_5xx");
+        assert_eq!(connect_failure_label(&upgrade(418)), "http_other");
+        assert_eq!(connect_failure_label(&Refusal::AgentTimeout("session.created")), "timeout");
+        assert_eq!(connect_failure_label(&Refusal::AgentUnavailable("refused".into())), "unreachable");
+        assert_eq!(connect_failure_label(&Refusal::AgentSessionRefused("x".into())), "session_refused");
+        assert_eq!(connect_failure_label(&Refusal::AgentFormatMismatch("x".into())), "format_mismatch");
     }
 }
