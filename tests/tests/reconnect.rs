@@ -266,7 +266,9 @@ fn pause_across(slot: u16, test: &str, control: &str, body: &str, reason: &str) 
 #[test]
 #[cfg_attr(not(all(has_sipp, has_tshark)), ignore = "needs sipp and tshark (scripts/install-deps.sh)")]
 fn a_dropped_connection_mid_answer_costs_the_caller_a_short_pause() {
+    // Without a close frame (the client sees 1006), then with the server's 1011.
     pause_across(81, "reconnect_drop_pause", "drop", r#"{"mode":"reset"}"#, "dropped");
+    pause_across(81, "reconnect_close_pause", "drop", r#"{"mode":"close_1011"}"#, "closed");
 }
 
 #[test]
