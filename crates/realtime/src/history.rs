@@ -146,11 +146,21 @@ fn cut_text(text: &str, heard_ms: f64, total_ms: f64) -> String {
 pub struct History {
     limits: HistoryLimits,
     turns: VecDeque<Turn>,
+    /// Whether the session transcribes the caller (`audio.input.transcription`): only then does
+    /// a committed caller turn wait for its text.
+    caller_transcripts: bool,
 }
 
 impl History {
     pub fn new(limits: HistoryLimits) -> Self {
-        Self { limits, turns: VecDeque::new() }
+        Self { limits, turns: VecDeque::new(), caller_transcripts: true }
+    }
+
+    /// The session does not transcribe the caller: caller turns are not recorded (they have no
+    /// text to replay, and nothing to wait for).
+    pub fn without_caller_transcripts(mut self) -> Self {
+        self.caller_transcripts = false;
+        self
     }
 
     /// The turns kept, oldest first.
@@ -161,7 +171,9 @@ impl History {
     /// A server event of the call's session.
     pub fn on_server_event(&mut self, event: &ServerEvent) {
         match event {
-            ServerEvent::InputAudioBufferCommitted(committed) if !self.has_caller_turn(&committed.item_id) => {
+            ServerEvent::InputAudioBufferCommitted(committed)
+                if self.caller_transcripts && !self.has_caller_turn(&committed.item_id) =>
+            {
                 self.push(Turn::Caller { item_id: committed.item_id.clone(), text: None });
             }
             ServerEvent::InputAudioTranscriptionCompleted(done) => {
@@ -464,6 +476,14 @@ mod tests {
         assert_eq!(items.len(), 1, "the caller turn with no transcript is gone");
         assert_eq!(items[0]["item"]["content"][0]["text"], json!(format!("Your order ships on{CUT_MARK}")));
         assert_eq!(h.turns().count(), 1);
+    }
+
+    #[test]
+    fn without_transcription_no_caller_turn_waits() {
+        let mut h = History::new(HistoryLimits::default()).without_caller_transcripts();
+        h.on_server_event(&committed("u1"));
+        assert!(!h.has_pending_caller_turn());
+        assert_eq!(h.turns().count(), 0);
     }
 
     #[test]

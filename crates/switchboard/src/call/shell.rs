@@ -155,6 +155,7 @@ fn resilience(cfg: &RealtimeConfig) -> Resilience {
         reconnect_prompt: LocalPrompt::from_setting(&cfg.reconnect_prompt).unwrap_or(LocalPrompt::Silence),
         give_up_prompt: LocalPrompt::from_setting(&cfg.give_up_prompt).unwrap_or(LocalPrompt::Silence),
         history: HistoryLimits { max_chars: cfg.replay_budget_chars, max_turns: cfg.replay_budget_turns },
+        caller_transcripts: !cfg.transcription_model.is_empty(),
     }
 }
 

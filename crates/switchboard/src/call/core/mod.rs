@@ -430,7 +430,11 @@ impl CallCore {
             ending_after_playout: None,
             stats: CoreStats::default(),
             model_bytes: Vec::with_capacity(2048),
-            history: History::new(config.resilience.history),
+            history: if config.resilience.caller_transcripts {
+                History::new(config.resilience.history)
+            } else {
+                History::new(config.resilience.history).without_caller_transcripts()
+            },
             outage: None,
             rollover: reconnecting::Rollover::default(),
             config,

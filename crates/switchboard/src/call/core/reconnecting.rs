@@ -37,6 +37,8 @@ pub struct Resilience {
     /// Played before hanging up after giving up (`Tone`: the three rising tones).
     pub give_up_prompt: LocalPrompt,
     pub history: HistoryLimits,
+    /// Whether the session transcribes the caller (`realtime.transcription_model` set).
+    pub caller_transcripts: bool,
 }
 
 /// An AI connection being replaced.

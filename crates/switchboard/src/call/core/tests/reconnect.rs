@@ -19,6 +19,7 @@ fn resilient_config() -> CoreConfig {
             reconnect_prompt: LocalPrompt::Tone,
             give_up_prompt: LocalPrompt::Tone,
             history: HistoryLimits::default(),
+            caller_transcripts: true,
         },
         ..core_config()
     }
