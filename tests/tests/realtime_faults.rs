@@ -121,6 +121,9 @@ fn refused_upgrades_get_503_with_retry_after() {
         assert!(elapsed < MARGIN, "{elapsed:?}");
         assert_recorded(&gateway, "refused", "agent_rejected_upgrade");
         assert!(gateway.log().contains(&format!("HTTP {status}")), "the log must carry the upstream status");
+        let class = if status == "503" { "5xx" } else { status };
+        let failures = format!(r#"switchboard_realtime_connect_failures_total{{reason="http_{class}"}} 1"#);
+        assert!(gateway.metrics().contains(&failures), "the metrics must carry the status class: {failures}");
         drop(gateway);
         drop(sim);
     }

@@ -13,6 +13,7 @@ pub mod client;
 pub mod conversation;
 pub mod error_code;
 pub mod events;
+pub mod history;
 mod items;
 mod session;
 

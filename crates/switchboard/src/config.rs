@@ -142,6 +142,29 @@ pub struct RealtimeConfig {
     pub price_per_million_input_cached: f64,
     pub price_per_million_output_text: f64,
     pub price_per_million_output_audio: f64,
+    /// Mid-call reconnect (docs/realtime-resilience.md): the first retry waits this long...
+    pub reconnect_initial_ms: u64,
+    /// ...each next one twice as long (with jitter), at most this long.
+    pub reconnect_max_ms: u64,
+    /// The AI not back within this time: the give-up announcement, then BYE. 0: no reconnect
+    /// (a dropped AI connection ends the call, as before issue 8).
+    pub reconnect_give_up_secs: u64,
+    /// What the caller hears while reconnecting: `tone` (a soft comfort tone), `none`, or the
+    /// path of a WAV file (16-bit PCM mono, at most 30 s).
+    pub reconnect_prompt: String,
+    /// What the caller hears before the gateway hangs up after giving up: `tone` (three rising
+    /// tones), `none`, or a WAV file path.
+    pub give_up_prompt: String,
+    /// Characters of conversation text replayed to a new session at most.
+    pub replay_budget_chars: usize,
+    /// Turns replayed to a new session at most.
+    pub replay_budget_turns: usize,
+    /// `audio.input.transcription.model`: the caller's turns get text to replay. Empty: off.
+    pub transcription_model: String,
+    /// Roll the session over (a new one at a turn boundary, the conversation replayed) this long
+    /// after it opened, or before the server's `expires_at` if that comes first. 0: only by
+    /// `expires_at`.
+    pub session_max_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -392,6 +415,15 @@ impl Default for RealtimeConfig {
             price_per_million_input_cached: 0.40,
             price_per_million_output_text: 24.0,
             price_per_million_output_audio: 64.0,
+            reconnect_initial_ms: 200,
+            reconnect_max_ms: 2000,
+            reconnect_give_up_secs: 20,
+            reconnect_prompt: "tone".into(),
+            give_up_prompt: "tone".into(),
+            replay_budget_chars: 8000,
+            replay_budget_turns: 40,
+            transcription_model: "gpt-4o-mini-transcribe".into(),
+            session_max_secs: 3300,
         }
     }
 }
@@ -694,6 +726,32 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
     if !(1..=3600).contains(&cfg.realtime.max_queued_audio_secs) {
         bad("realtime.max_queued_audio_secs", "must be between 1 and 3600".into());
+    }
+    if !(10..=60_000).contains(&cfg.realtime.reconnect_initial_ms) {
+        bad("realtime.reconnect_initial_ms", "must be between 10 and 60000".into());
+    }
+    if cfg.realtime.reconnect_max_ms < cfg.realtime.reconnect_initial_ms || cfg.realtime.reconnect_max_ms > 60_000 {
+        bad("realtime.reconnect_max_ms", "must be between realtime.reconnect_initial_ms and 60000".into());
+    }
+    if cfg.realtime.reconnect_give_up_secs > 3600 {
+        bad("realtime.reconnect_give_up_secs", "must be at most 3600".into());
+    }
+    for (key, value) in [
+        ("realtime.reconnect_prompt", &cfg.realtime.reconnect_prompt),
+        ("realtime.give_up_prompt", &cfg.realtime.give_up_prompt),
+    ] {
+        if let Err(e) = crate::call::prompt::LocalPrompt::from_setting(value) {
+            bad(key, format!("must be \"tone\", \"none\" or a WAV file: {e}"));
+        }
+    }
+    if !(100..=200_000).contains(&cfg.realtime.replay_budget_chars) {
+        bad("realtime.replay_budget_chars", "must be between 100 and 200000".into());
+    }
+    if !(1..=500).contains(&cfg.realtime.replay_budget_turns) {
+        bad("realtime.replay_budget_turns", "must be between 1 and 500".into());
+    }
+    if cfg.realtime.session_max_secs > 24 * 3600 {
+        bad("realtime.session_max_secs", "must be at most 86400".into());
     }
     if cfg.calls.max_concurrent == 0 {
         bad("calls.max_concurrent", "must be at least 1".into());

@@ -61,6 +61,11 @@ pub const RTCP_ROUND_TRIP_SECONDS: &str = "switchboard_rtcp_round_trip_seconds";
 pub const BARGE_INS_RESUMED_TOTAL: &str = "switchboard_barge_ins_resumed_total";
 /// DTMF keys received from callers (RFC 4733 or SIP INFO), each once.
 pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
+/// Mid-call AI connection replacements, by `reason` (dropped, closed, error, expired) and
+/// `outcome` (resumed, gave_up).
+pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
+/// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
+pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -169,6 +174,14 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Confirm-mode barge-ins shorter than barge_in_confirm_ms: the agent resumed."
     );
     metrics::describe_counter!(DTMF_DIGITS_TOTAL, "DTMF keys received from callers (RFC 4733 or SIP INFO).");
+    metrics::describe_counter!(
+        REALTIME_RECONNECTS_TOTAL,
+        "Mid-call AI connection losses by reason and outcome (resumed, gave_up)."
+    );
+    metrics::describe_counter!(
+        REALTIME_CONNECT_FAILURES_TOTAL,
+        "Realtime session openings that failed (call setup and reconnect attempts), by reason."
+    );
     Ok(handle)
 }
 

@@ -3,6 +3,8 @@
 pub mod core;
 pub mod end;
 pub mod outbound;
+pub mod prompt;
+pub mod reconnect;
 pub mod session;
 pub mod shell;
 
@@ -15,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime};
 use switchboard_media::codec::Codec;
 use switchboard_media::framing::{ModelAudio, model_audio_for};
 use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
-use switchboard_realtime::events::ClientEvent;
+use switchboard_realtime::events::{ClientEvent, ServerEvent};
 use switchboard_sdp::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpError};
 use switchboard_sip::{Dialog, IncomingCall, ServerInvite};
 use tokio::sync::watch;
@@ -238,6 +240,8 @@ pub struct OpenSession {
     /// The codec the formats were checked against. A G.711 passthrough session only suits a
     /// call on that same law: see [`OpenSession::suits`].
     pub codec: Codec,
+    /// `session.created`'s `expires_at` (unix seconds), when the server gave one.
+    pub expires_at: Option<i64>,
 }
 
 impl OpenSession {
@@ -296,12 +300,34 @@ pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Code
         send_timeout: Some(Duration::from_secs(realtime_cfg.watchdog_secs)),
     };
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
-    let (sender, receiver, confirmed) = confirm_session(&state.realtime, limits, &update, &mut setup).await?;
+    let update = session::with_input_transcription(update, &realtime_cfg.transcription_model);
+    let (sender, receiver, confirmed, expires_at) =
+        confirm_session(&state.realtime, limits, &update, &mut setup).await.inspect_err(|refusal| {
+            metrics::counter!(telemetry::REALTIME_CONNECT_FAILURES_TOTAL, "reason" => connect_failure_label(refusal))
+                .increment(1);
+        })?;
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
             "the Realtime API confirmed other audio formats; converting to them");
     }
-    Ok(OpenSession { sender, receiver, confirmed, codec })
+    Ok(OpenSession { sender, receiver, confirmed, codec, expires_at })
+}
+
+/// The `reason` of `switchboard_realtime_connect_failures_total`: the upgrade's HTTP status class
+/// kept apart (401/403 are our key or account, 429 our rate limit, 5xx theirs).
+fn connect_failure_label(refusal: &Refusal) -> &'static str {
+    match refusal {
+        Refusal::AgentRejectedUpgrade { status: 401, .. } => "http_401",
+        Refusal::AgentRejectedUpgrade { status: 403, .. } => "http_403",
+        Refusal::AgentRejectedUpgrade { status: 429, .. } => "http_429",
+        Refusal::AgentRejectedUpgrade { status: 500..=599, .. } => "http_5xx",
+        Refusal::AgentRejectedUpgrade { .. } => "http_other",
+        Refusal::AgentUnavailable(_) => "unreachable",
+        Refusal::AgentTimeout(_) => "timeout",
+        Refusal::AgentSessionRefused(_) => "session_refused",
+        Refusal::AgentFormatMismatch(_) => "format_mismatch",
+        _ => "other",
+    }
 }
 
 /// Connects and confirms the session (see [`SessionSetup`]); every wait ends at the setup's
@@ -311,7 +337,7 @@ async fn confirm_session(
     limits: ConnectLimits,
     update: &ClientEvent,
     setup: &mut SessionSetup,
-) -> Result<(RealtimeSender, RealtimeReceiver, ConfirmedAudio), Refusal> {
+) -> Result<(RealtimeSender, RealtimeReceiver, ConfirmedAudio, Option<i64>), Refusal> {
     let deadline = tokio::time::Instant::from_std(setup.deadline());
     let timed_out = |setup: &mut SessionSetup| {
         // The timer fired at the deadline; never earlier than it for the sans-IO check.
@@ -333,6 +359,7 @@ async fn confirm_session(
         close_in_background(tx);
         return Err(refusal);
     }
+    let mut expires_at = None;
     loop {
         let step = match tokio::time::timeout_at(deadline, rx.recv()).await {
             Err(_) => SetupStep::Refuse(timed_out(setup)),
@@ -342,11 +369,16 @@ async fn confirm_session(
                 continue;
             }
             Ok(Some(Err(e))) => SetupStep::Refuse(setup.on_closed(&e.to_string())),
-            Ok(Some(Ok(event))) => setup.on_event(&event),
+            Ok(Some(Ok(event))) => {
+                if let ServerEvent::SessionCreated(created) = &event {
+                    expires_at = created.session.expires_at;
+                }
+                setup.on_event(&event)
+            }
         };
         match step {
             SetupStep::Wait => continue,
-            SetupStep::Ready(confirmed) => return Ok((tx, rx, confirmed)),
+            SetupStep::Ready(confirmed) => return Ok((tx, rx, confirmed, expires_at)),
             SetupStep::Refuse(refusal) => {
                 close_in_background(tx);
                 return Err(refusal);
@@ -377,5 +409,24 @@ fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy 
         codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connect_failures_are_labelled_by_who_must_act() {
+        let upgrade = |status| Refusal::AgentRejectedUpgrade { status, body: String::new() };
+        assert_eq!(connect_failure_label(&upgrade(401)), "http_401");
+        assert_eq!(connect_failure_label(&upgrade(403)), "http_403");
+        assert_eq!(connect_failure_label(&upgrade(429)), "http_429");
+        assert_eq!(connect_failure_label(&upgrade(503)), "http_5xx");
+        assert_eq!(connect_failure_label(&upgrade(418)), "http_other");
+        assert_eq!(connect_failure_label(&Refusal::AgentTimeout("session.created")), "timeout");
+        assert_eq!(connect_failure_label(&Refusal::AgentUnavailable("refused".into())), "unreachable");
+        assert_eq!(connect_failure_label(&Refusal::AgentSessionRefused("x".into())), "session_refused");
+        assert_eq!(connect_failure_label(&Refusal::AgentFormatMismatch("x".into())), "format_mismatch");
     }
 }

@@ -10,7 +10,7 @@ use switchboard_media::framing::ModelAudio;
 use switchboard_realtime::client::ConnectError;
 use switchboard_realtime::events::{
     AudioConfig, AudioFormat, AudioInput, AudioOutput, ClientEvent, ErrorEvent, ResponseConfig, ServerEvent,
-    SessionConfig, SessionEvent, StatusDetails, TurnDetection, Voice,
+    SessionConfig, SessionEvent, StatusDetails, Transcription, TurnDetection, Voice,
 };
 
 use super::core::agent_control::end_call_tool;
@@ -64,6 +64,22 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
             ..SessionConfig::realtime()
         }),
     }
+}
+
+/// Turns on the caller's input transcription in a `session.update` (`audio.input.transcription`,
+/// reference §2.2), so the caller's turns have text to replay after a reconnect
+/// (`realtime::history`). An empty model leaves it off.
+pub fn with_input_transcription(mut update: ClientEvent, model: &str) -> ClientEvent {
+    if model.is_empty() {
+        return update;
+    }
+    if let ClientEvent::SessionUpdate { session, .. } = &mut update
+        && let Some(audio) = &mut session.audio
+    {
+        let input = audio.input.get_or_insert_with(AudioInput::default);
+        input.transcription = Some(Some(Transcription { model: Some(model.to_owned()), ..Default::default() }));
+    }
+    update
 }
 
 /// The agent speaks first: one `response.create` asking for the configured greeting verbatim.
@@ -467,6 +483,18 @@ mod tests {
         );
         assert_eq!(failed_response_reason(Some(&details(json!({"code":"made_up_\u{1b}[0m"})))), "other");
         assert_eq!(failed_response_reason(None), "unknown");
+    }
+
+    #[test]
+    fn input_transcription_is_enabled_with_the_configured_model() {
+        let agent = AgentConfig::default();
+        let update =
+            with_input_transcription(session_update(&agent, "gpt-realtime-2.1", AudioFormat::Pcmu), "whisper-1");
+        let wire = serde_json::to_value(&update).unwrap();
+        assert_eq!(wire["session"]["audio"]["input"]["transcription"], json!({"model":"whisper-1"}));
+        assert_eq!(wire["session"]["audio"]["input"]["format"], json!({"type":"audio/pcmu"}), "the rest is kept");
+        let off = with_input_transcription(session_update(&agent, "gpt-realtime-2.1", AudioFormat::Pcmu), "");
+        assert!(serde_json::to_value(&off).unwrap()["session"]["audio"]["input"].get("transcription").is_none());
     }
 
     #[test]

@@ -26,14 +26,19 @@ use tracing::{debug, info, warn};
 use super::core::agent_control::{ControlConfig, TalkConfig};
 use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
-use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, parse_info_dtmf};
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience, parse_info_dtmf};
 use super::end::CallEnd;
-use super::{Established, OpenSession, session};
+use super::prompt::LocalPrompt;
+use super::reconnect::{self, ReconnectPolicy};
+use super::session::ConfirmedAudio;
+use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
-use crate::config::{AgentConfig, BargeInChoice};
+use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
 use crate::media_clock::{MediaClock, Paced, RtpTransmit};
 use crate::telemetry;
+use switchboard_media::Codec;
 use switchboard_media::opus_codec::OpusEncoderSettings;
+use switchboard_realtime::history::HistoryLimits;
 
 /// `input_audio_buffer.append` events waiting for the writer at most: one second of 20 ms
 /// packets. Policy when full: the new append is dropped and counted
@@ -50,7 +55,8 @@ pub const CONTROL_QUEUE: usize = 32;
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     let Established { direction, agent_name: _, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
-    let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _ } = session;
+    let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
+    let session_opened = Instant::now();
     let cfg = &state.config;
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
@@ -88,6 +94,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 model_output: session::model_format(confirmed.output, media.codec),
                 taps: false,
                 talk: talk_config(&agent),
+                resilience: resilience(realtime_cfg),
             };
             let caller = LegConfig {
                 codec: media.codec,
@@ -105,7 +112,9 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
                 rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
             };
-            let core = SharedCore(Arc::new(Mutex::new(CallCore::new(Instant::now(), core_config, caller))));
+            let mut core = CallCore::new(Instant::now(), core_config, caller);
+            core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
+            let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
                 core,
                 clock: &state.media_clock,
@@ -118,6 +127,16 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 hangup,
                 prices: realtime_cfg.prices(),
                 rtcp_socket,
+                link: Link {
+                    state,
+                    agent: &agent,
+                    codec: media.codec,
+                    confirmed,
+                    policy: resilience(realtime_cfg).policy,
+                    up: true,
+                    reconnecting: None,
+                    standby: None,
+                },
             };
             media_loop.run().await
         }
@@ -131,6 +150,93 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     drop(port_lease);
     debug!(direction = direction.label(), "conversation over");
     end
+}
+
+/// The call core's reconnect settings from `[realtime]`.
+fn resilience(cfg: &RealtimeConfig) -> Resilience {
+    let policy = (cfg.reconnect_give_up_secs > 0).then(|| ReconnectPolicy {
+        initial_delay: Duration::from_millis(cfg.reconnect_initial_ms),
+        max_delay: Duration::from_millis(cfg.reconnect_max_ms),
+        give_up_after: Duration::from_secs(cfg.reconnect_give_up_secs),
+    });
+    Resilience {
+        policy,
+        // Checked with the configuration: a bad file never reaches a call (it would play nothing).
+        reconnect_prompt: LocalPrompt::from_setting(&cfg.reconnect_prompt).unwrap_or(LocalPrompt::Silence),
+        give_up_prompt: LocalPrompt::from_setting(&cfg.give_up_prompt).unwrap_or(LocalPrompt::Silence),
+        history: HistoryLimits { max_chars: cfg.replay_budget_chars, max_turns: cfg.replay_budget_turns },
+        caller_transcripts: !cfg.transcription_model.is_empty(),
+    }
+}
+
+/// When a session opened at `opened` is rolled over ([`reconnect::rollover_at`]).
+fn rollover_deadline(cfg: &RealtimeConfig, opened: Instant, expires_at: Option<i64>) -> Option<Instant> {
+    let now_unix = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let expires_in =
+        expires_at.and_then(|at| u64::try_from(at).ok()).map(|at| Duration::from_secs(at.saturating_sub(now_unix)));
+    let session_max = (cfg.session_max_secs > 0).then(|| Duration::from_secs(cfg.session_max_secs));
+    reconnect::rollover_at(opened, session_max, expires_in)
+}
+
+/// Retries for a rollover's new session when mid-call reconnecting is off.
+const ROLLOVER_RETRIES: ReconnectPolicy = ReconnectPolicy {
+    initial_delay: Duration::from_millis(500),
+    max_delay: Duration::from_secs(5),
+    give_up_after: Duration::from_secs(60),
+};
+
+/// The AI connection of a call, replaceable mid-call: what a reconnect needs to open the same
+/// session again, and the reconnect in progress.
+struct Link<'a> {
+    state: &'a Arc<GatewayState>,
+    agent: &'a AgentConfig,
+    codec: Codec,
+    /// The formats the call's media pipeline was built for: a new session must confirm the same.
+    confirmed: ConfirmedAudio,
+    policy: Option<ReconnectPolicy>,
+    /// Whether the current connection is usable (its receiver and writer are read).
+    up: bool,
+    reconnecting: Option<AbortOnDrop<OpenSession>>,
+    /// A rollover's new session, confirmed and waiting for a turn boundary.
+    standby: Option<OpenSession>,
+}
+
+/// A spawned task aborted when its handle is dropped (the call ended while reconnecting).
+struct AbortOnDrop<T>(JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Opens the call's session again until one is confirmed in the same audio formats, with the
+/// policy's backoff between attempts; runs until it succeeds or is aborted (the core decides
+/// when to give up). Every attempt is a full `open_session` (connect, the same
+/// `session.update`, `session.updated`) bounded by `realtime.connect_timeout_ms`.
+async fn reconnect_until_confirmed(
+    state: Arc<GatewayState>,
+    agent: AgentConfig,
+    codec: Codec,
+    confirmed: ConfirmedAudio,
+    policy: ReconnectPolicy,
+) -> OpenSession {
+    let mut attempt: u32 = 0;
+    loop {
+        tokio::time::sleep(policy.delay_before(attempt, rand::random::<f64>())).await;
+        attempt = attempt.saturating_add(1);
+        match open_session(&state, &agent, codec).await {
+            Ok(session) if session.confirmed == confirmed => {
+                debug!(attempt, "Realtime session reopened");
+                return session;
+            }
+            Ok(session) => {
+                warn!(attempt, confirmed = ?session.confirmed, "reopened session confirmed other audio formats; retrying");
+                session.close_in_background();
+            }
+            Err(refusal) => info!(attempt, reason = ?refusal, "Realtime reconnect attempt failed"),
+        }
+    }
 }
 
 /// The call core shared with the media clock. Never locked across an await.
@@ -179,6 +285,7 @@ struct MediaLoop<'a> {
     prices: Prices,
     /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
     rtcp_socket: Option<tokio::net::UdpSocket>,
+    link: Link<'a>,
 }
 
 impl MediaLoop<'_> {
@@ -221,9 +328,21 @@ impl MediaLoop<'_> {
                         self.log_stats();
                         return end;
                     }
+                    Output::Reconnect => {
+                        self.drop_link();
+                        match self.link.standby.take() {
+                            // A rollover's session is ready: the loss costs no connect at all.
+                            Some(next) => self.resume(next).await,
+                            None => self.spawn_reopen(),
+                        }
+                    }
+                    Output::Rollover => self.spawn_reopen(),
                 }
             }
             self.send_rtcp();
+            if self.link.up && self.link.standby.is_some() && self.core.lock().at_turn_boundary() {
+                self.switch().await;
+            }
             let task_due = self.core.lock().poll_task_timeout();
             let task_due = task_due.map(tokio::time::Instant::from_std);
 
@@ -250,7 +369,28 @@ impl MediaLoop<'_> {
                     }
                 }
 
-                event = self.realtime_rx.recv() => {
+                reopened = async {
+                    match self.link.reconnecting.as_mut() {
+                        Some(task) => (&mut task.0).await,
+                        None => std::future::pending().await,
+                    }
+                }, if self.link.reconnecting.is_some() => {
+                    self.link.reconnecting = None;
+                    match reopened {
+                        // A rollover: switch at the next turn boundary.
+                        Ok(session) if self.link.up => {
+                            debug!("next Realtime session ready; switching at the next turn boundary");
+                            self.link.standby = Some(session);
+                        }
+                        Ok(session) => self.resume(session).await,
+                        Err(e) => {
+                            warn!(error = %e, "Realtime reconnect task failed");
+                            self.core.lock().handle_realtime_closed(Instant::now(), CallEnd::AgentDisconnected(format!("reconnect task failed: {e}")));
+                        }
+                    }
+                }
+
+                event = self.realtime_rx.recv(), if self.link.up => {
                     let now = Instant::now();
                     match realtime_input(event) {
                         RealtimeInput::Event(event) => {
@@ -266,7 +406,7 @@ impl MediaLoop<'_> {
                     }
                 }
 
-                failed = self.writer.failed() => self.core.lock().handle_realtime_closed(Instant::now(), failed),
+                failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
                 _ = async { if let Some(due) = task_due { sleep_until(due).await } }, if task_due.is_some() => {
                     // Pongs are consumed inside `recv` and only show in `last_frame_at`: the
@@ -321,6 +461,109 @@ impl MediaLoop<'_> {
                 debug!(error = %e, "RTCP report not sent");
             }
         }
+    }
+
+    /// The core lost its AI connection and goes on: stop using the old one (closed in the
+    /// background).
+    fn drop_link(&mut self) {
+        self.link.up = false;
+        self.retire_writer();
+    }
+
+    /// Reopens the session in a task, so RTP, the comfort tone and the dialog carry on
+    /// meanwhile (a reconnect), or the old session goes on meanwhile (a rollover).
+    fn spawn_reopen(&mut self) {
+        let policy = match (self.link.policy, self.link.up) {
+            (Some(policy), _) => policy,
+            (None, true) => ROLLOVER_RETRIES,
+            (None, false) => return,
+        };
+        if self.link.reconnecting.is_none() {
+            let task = tokio::spawn(reconnect_until_confirmed(
+                Arc::clone(self.link.state),
+                self.link.agent.clone(),
+                self.link.codec,
+                self.link.confirmed,
+                policy,
+            ));
+            self.link.reconnecting = Some(AbortOnDrop(task));
+        }
+    }
+
+    /// A new session is confirmed: tell it the conversation so far (sent before anything else,
+    /// straight on its socket: the writer's control queue is not sized for a replay), then let
+    /// the core go on with it.
+    async fn resume(&mut self, session: OpenSession) {
+        let OpenSession { mut sender, receiver, expires_at, .. } = session;
+        if let Some(why) = self.replay(&mut sender).await {
+            // Try again: the core is still reconnecting.
+            warn!(why, "new Realtime session unusable; reconnecting again");
+            close_in_background(sender);
+            self.spawn_reopen();
+            return;
+        }
+        if !self.core.lock().handle_realtime_resumed(Instant::now()) {
+            close_in_background(sender);
+            return;
+        }
+        self.install(sender, receiver, expires_at);
+    }
+
+    /// Rollover at a turn boundary: the next session is told the conversation, then replaces
+    /// the current one, which is closed in the background. The caller's audio goes to the old
+    /// session until the switch and to the new one after it: nothing is lost, nothing heard.
+    async fn switch(&mut self) {
+        let Some(OpenSession { mut sender, receiver, expires_at, .. }) = self.link.standby.take() else { return };
+        if let Some(why) = self.replay(&mut sender).await {
+            // The current session goes on; its expiry will reconnect as after a loss.
+            warn!(why, "next Realtime session unusable; staying on the current one");
+            close_in_background(sender);
+            return;
+        }
+        if !self.core.lock().handle_realtime_switched(Instant::now()) {
+            close_in_background(sender);
+            return;
+        }
+        self.retire_writer();
+        self.install(sender, receiver, expires_at);
+    }
+
+    /// Replaces the writer by a detached one and closes the old connection in the background;
+    /// the dropped-appends count carries over (it is logged once per call).
+    fn retire_writer(&mut self) {
+        let mut detached = RealtimeWriter::detached(self.writer.watchdog);
+        detached.dropped_appends = self.writer.dropped_appends;
+        let mut old = std::mem::replace(self.writer, detached);
+        tokio::spawn(async move { old.close().await });
+    }
+
+    /// Sends the conversation so far to a new session; says why it failed, if it did.
+    async fn replay(&mut self, sender: &mut RealtimeSender) -> Option<String> {
+        let replay = self.core.lock().replay_events();
+        let deadline = Duration::from_millis(self.link.state.config.realtime.connect_timeout_ms);
+        let replayed = tokio::time::timeout(deadline, async {
+            for event in &replay {
+                sender.send(event).await?;
+            }
+            Ok::<(), switchboard_realtime::ClientError>(())
+        })
+        .await;
+        match replayed {
+            Ok(Ok(())) => None,
+            Ok(Err(e)) => Some(format!("replay failed: {e}")),
+            Err(_) => Some("replay timed out".to_owned()),
+        }
+    }
+
+    /// Makes a confirmed, replayed session the call's connection.
+    fn install(&mut self, sender: RealtimeSender, receiver: RealtimeReceiver, expires_at: Option<i64>) {
+        let dropped_appends = self.writer.dropped_appends;
+        *self.writer = RealtimeWriter::spawn(sender, self.writer.watchdog);
+        self.writer.dropped_appends = dropped_appends;
+        *self.realtime_rx = receiver;
+        self.link.up = true;
+        let due = rollover_deadline(&self.link.state.config.realtime, Instant::now(), expires_at);
+        self.core.lock().set_rollover_at(due);
     }
 
     /// The end-of-call line: one `info!` with every figure of the call (docs/media.md).
@@ -459,6 +702,12 @@ struct RealtimeWriter {
 }
 
 impl RealtimeWriter {
+    /// A writer with no connection behind it (while reconnecting): sends go nowhere, it never
+    /// fails.
+    fn detached(watchdog: Duration) -> RealtimeWriter {
+        RealtimeWriter { audio: None, control: None, task: None, watchdog, audio_full_since: None, dropped_appends: 0 }
+    }
+
     fn spawn(mut sender: RealtimeSender, watchdog: Duration) -> RealtimeWriter {
         let (audio_tx, mut audio_rx) = mpsc::channel::<Box<ClientEvent>>(AUDIO_QUEUE);
         let (control_tx, mut control_rx) = mpsc::channel::<Command>(CONTROL_QUEUE);

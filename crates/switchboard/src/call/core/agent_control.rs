@@ -206,6 +206,24 @@ impl AgentControl {
         commands
     }
 
+    /// The Realtime session was replaced (a reconnect or a rollover): what was asked of the old
+    /// one will never be answered there. A goodbye asked for or playing is asked for again; an
+    /// `end_call` whose response was cut off ends the call after what was heard; any other
+    /// request is dropped (the new session is told the conversation and picks up on its own).
+    pub fn on_session_replaced(&mut self) -> Vec<Command> {
+        if self.end_call_response.take().is_some() {
+            return vec![Command::EndAfterPlayout(CallEnd::AgentHangup)];
+        }
+        let goodbye = match self.in_flight.take() {
+            Some(Purpose::Goodbye(end)) => Some(end),
+            _ => self.goodbye.take().map(|(_, end)| end),
+        };
+        if let Some(end) = goodbye {
+            self.queued = Some(Purpose::Goodbye(end));
+        }
+        self.send_queued(false)
+    }
+
     /// `response.output_item.done`: a completed `end_call` function call is executed.
     pub fn on_output_item_done(&mut self, response_id: &str, item: &Item) -> Vec<Command> {
         let Item::FunctionCall(call) = item else { return Vec::new() };

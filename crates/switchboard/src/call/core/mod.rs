@@ -46,6 +46,7 @@ pub mod meter;
 mod net_tests;
 #[cfg(test)]
 mod netem;
+mod reconnecting;
 pub mod reports;
 mod talk;
 #[cfg(test)]
@@ -69,6 +70,7 @@ use switchboard_realtime::client::{Keepalive, KeepaliveAction};
 use switchboard_realtime::conversation::{Conversation, ItemTag};
 use switchboard_realtime::error_code::ErrorCode;
 use switchboard_realtime::events::{AudioFormat, ClientEvent, ErrorEvent, ResponseStatus, ServerEvent};
+use switchboard_realtime::history::History;
 use tracing::{debug, info, warn};
 
 use agent_control::{AgentControl, Purpose, TalkConfig};
@@ -77,6 +79,7 @@ use dtmf::DtmfReceiver;
 pub use dtmf::{DtmfDigit, InfoDtmfError, parse_info_dtmf};
 use dtmf_to_model::DtmfToModel;
 use meter::{Meter, TokenTotals};
+pub use reconnecting::Resilience;
 use reports::{Reports, RtcpStats};
 
 use super::end::CallEnd;
@@ -131,6 +134,8 @@ pub struct CoreConfig {
     pub taps: bool,
     /// Barge-in mode, DTMF to the model, end_call, idle and call length (`agents.X.*`).
     pub talk: TalkConfig,
+    /// Mid-call reconnect, its prompts and the replay budget ([`reconnecting`]).
+    pub resilience: Resilience,
 }
 
 /// One leg's negotiated stream.
@@ -220,6 +225,14 @@ pub enum Output {
     Tap(Tap),
     /// The call is over; nothing follows.
     Ended(CallEnd),
+    /// The AI connection is lost and the call goes on: drop the old connection, open a new
+    /// session (backoff), send it [`CallCore::replay_events`], then
+    /// [`CallCore::handle_realtime_resumed`].
+    Reconnect,
+    /// The session nears its end: open a new one in the background, then switch to it when
+    /// [`CallCore::at_turn_boundary`] (send it [`CallCore::replay_events`], then
+    /// [`CallCore::handle_realtime_switched`]).
+    Rollover,
 }
 
 /// Counters the shell logs at the end of the call.
@@ -479,6 +492,12 @@ pub struct CallCore {
     /// The last time anyone was heard: an agent packet played, the caller's speech or keys (the
     /// idle timer runs from it).
     last_activity: Instant,
+    /// The conversation so far as text, replayed to a new session after a reconnect.
+    history: History,
+    /// Set while the AI connection is being replaced ([`reconnecting`]).
+    outage: Option<reconnecting::Outage>,
+    /// When the session is to be rolled over, and whether the caller is speaking.
+    rollover: reconnecting::Rollover,
 }
 
 impl CallCore {
@@ -505,6 +524,13 @@ impl CallCore {
             dtmf_to_model: DtmfToModel::new(config.talk.dtmf_coalesce),
             control: AgentControl::new(now, config.talk.control.clone()),
             last_activity: now,
+            history: if config.resilience.caller_transcripts {
+                History::new(config.resilience.history)
+            } else {
+                History::new(config.resilience.history).without_caller_transcripts()
+            },
+            outage: None,
+            rollover: reconnecting::Rollover::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -636,7 +662,12 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        if self.outage.is_some() {
+            return; // the old connection's last events: its session is gone
+        }
         self.keepalive.on_traffic(now);
+        self.history.on_server_event(&event);
+        self.rollover.on_server_event(&event);
         match event {
             ServerEvent::OutputAudioDelta(delta) => {
                 let ms = self.config.model_output.bytes_to_ms(delta.delta.len());
@@ -644,6 +675,7 @@ impl CallCore {
                     return; // late audio of an interrupted response
                 };
                 self.meter.on_audio_delta(now);
+                self.history.on_agent_audio(&delta.item_id, ms);
                 let max_queued = self.config.max_queued_audio;
                 let Some(leg) = self.legs.first_mut() else { return };
                 let dropped = self.agent.queue_audio(leg, tag, &delta.delta, max_queued);
@@ -726,7 +758,10 @@ impl CallCore {
                     self.control.on_create_refused();
                 }
                 if code.is_fatal() {
-                    self.end(CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)));
+                    self.handle_realtime_closed(
+                        now,
+                        CallEnd::AgentFatalError(format!("{}: {}", code.as_str(), error.message)),
+                    );
                     return;
                 }
                 warn!(code = code.as_str(), message = %Escaped(&error.message), "Realtime error (call continues)");
@@ -745,7 +780,10 @@ impl CallCore {
     }
 
     /// The Realtime connection is gone (closed, failed, a message too large, the writer wedged).
-    pub fn handle_realtime_closed(&mut self, _now: Instant, end: CallEnd) {
+    pub fn handle_realtime_closed(&mut self, now: Instant, end: CallEnd) {
+        if self.ended.is_some() || self.start_outage(now, &end) {
+            return;
+        }
         self.end(end);
     }
 
@@ -818,9 +856,11 @@ impl CallCore {
             self.end(CallEnd::RtpTimeout);
             return;
         }
+        self.outage_timeout(now);
+        self.rollover_timeout(now);
         self.handle_talk_timeout(now);
-        if self.ended.is_some() {
-            return;
+        if self.ended.is_some() || self.outage.is_some() {
+            return; // over, or no connection to ping or watch
         }
         // Pings, and the watchdog: no frame at all from the Realtime server (not even a pong)
         // for the watchdog period means it is gone or wedged.
@@ -880,7 +920,8 @@ impl CallCore {
             let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
             [Some(rtp_timeout), leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
-        legs.chain(std::iter::once(self.keepalive.next_deadline())).chain(self.poll_talk_timeout()).min()
+        let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
+        legs.chain(link).chain(self.rollover_deadline()).chain(self.poll_talk_timeout()).min()
     }
 
     // ---- internals ----
@@ -888,6 +929,10 @@ impl CallCore {
     /// Every event for the Realtime API but the caller's audio appends leaves through here: one
     /// place that sees what the model was told.
     fn send_realtime(&mut self, event: ClientEvent) {
+        self.history.on_client_event(&event);
+        if self.outage.is_some() {
+            return; // no session to tell; text items are in the history and will be replayed
+        }
         self.outputs.push_back(Output::Realtime(Box::new(event)));
     }
 
@@ -944,6 +989,7 @@ impl CallCore {
     /// input clock must not shrink).
     fn drain_inbound(&mut self, now: Instant, index: usize) {
         let at = now.saturating_duration_since(self.started);
+        let reconnecting = self.outage.is_some();
         let Some(leg) = self.legs.get_mut(index) else { return };
         while let Some(frame) = leg.jitter.pop(now) {
             metrics::histogram!(telemetry::JITTER_BUFFER_DELAY_SECONDS)
@@ -969,7 +1015,8 @@ impl CallCore {
                     tap(leg.id, TapDirection::FromLeg, at, &pcm),
                 );
             }
-            if leg.id == CALLER {
+            // While reconnecting there is no session to hear the caller.
+            if leg.id == CALLER && !reconnecting {
                 self.model_bytes.clear();
                 leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
                 let appended = leg.inbound.model_audio_duration(self.model_bytes.len());

@@ -37,6 +37,7 @@ fn core_config() -> CoreConfig {
         model_output: AudioFormat::Pcmu,
         taps: false,
         talk: super::agent_control::TalkConfig::default(),
+        resilience: Default::default(),
     }
 }
 

@@ -101,6 +101,22 @@ impl CallCore {
         }
     }
 
+    /// A new Realtime session took over (reconnect or rollover): the talk state that belonged to
+    /// the old one goes, and the idle clock starts again. Returns whether the call's own control
+    /// asked the new session for a response (a goodbye cut off, asked for again).
+    pub(super) fn on_session_replaced(&mut self, now: Instant) -> bool {
+        self.last_activity = now;
+        self.barge_in.forget();
+        if let Some(leg) = self.legs.first_mut() {
+            leg.pacer.set_paused(false);
+        }
+        self.meter.on_new_session();
+        let commands = self.control.on_session_replaced();
+        let asked = commands.iter().any(|c| matches!(c, Command::Send(_)));
+        self.run_control(commands);
+        asked
+    }
+
     /// Since when nobody has been talking and nothing is coming: `None` while the caller
     /// speaks, a response is active, the call is ending, or agent audio waits to be played.
     fn quiet_since(&self) -> Option<Instant> {
@@ -111,6 +127,7 @@ impl CallCore {
     /// Whether anyone but the pacer keeps the line busy.
     fn talk_busy(&self) -> bool {
         self.barge_in.caller_speaking()
+            || self.outage.is_some()
             || self.agent.conversation.has_active_response()
             || self.ending_after_playout.is_some()
     }

@@ -71,6 +71,7 @@ fn config(talk: TalkConfig) -> CoreConfig {
         model_output: AudioFormat::Pcmu,
         taps: false,
         talk,
+        resilience: Default::default(),
     }
 }
 
@@ -156,9 +157,13 @@ impl Harness {
     }
 
     fn with_leg(talk: TalkConfig, leg: LegConfig) -> Harness {
+        Self::with_core(config(talk), leg)
+    }
+
+    fn with_core(config: CoreConfig, leg: LegConfig) -> Harness {
         let start = Instant::now();
         let mut h = Harness {
-            core: CallCore::new(start, config(talk), leg),
+            core: CallCore::new(start, config, leg),
             start,
             now: start,
             sent: Vec::new(),
@@ -678,4 +683,63 @@ fn max_call_length_cancels_says_goodbye_and_hard_stops_if_it_never_plays() {
     h.run_to(ms(60_000) + GOODBYE_GRACE);
     assert_eq!(h.ended().unwrap(), (h.start + ms(60_000) + GOODBYE_GRACE, CallEnd::MaxDuration));
     assert!(h.hung_up());
+}
+
+// ---- across a replaced AI connection ----
+
+/// Reconnecting on, with a give-up far beyond these tests.
+fn reconnecting(talk: TalkConfig) -> CoreConfig {
+    let mut config = config(talk);
+    config.resilience.policy = Some(crate::call::reconnect::ReconnectPolicy {
+        initial_delay: ms(200),
+        max_delay: ms(2000),
+        give_up_after: Duration::from_secs(600),
+    });
+    config
+}
+
+#[test]
+fn an_outage_is_not_idleness_and_the_idle_clock_restarts_with_the_new_session() {
+    let mut talk = talk();
+    talk.control.idle_timeout = Some(Duration::from_secs(5));
+    talk.control.idle_prompts = 0;
+    let mut h = Harness::with_core(reconnecting(talk), leg());
+    h.run_to(ms(1000));
+    h.core.handle_realtime_closed(h.now, CallEnd::AgentDisconnected("connection reset".into()));
+    h.drain();
+    h.run_to(ms(30_000));
+    assert!(h.creates().is_empty(), "no goodbye to a caller waiting through an outage");
+    assert!(h.ended().is_none());
+    assert!(h.core.handle_realtime_resumed(h.now));
+    h.drain();
+    h.run_to(ms(34_999));
+    assert!(h.creates().is_empty());
+    h.run_to(ms(35_000));
+    assert_eq!(h.creates()[0].1.as_deref(), Some("evt_goodbye"), "idle 5 s after the new session took over");
+}
+
+#[test]
+fn a_goodbye_lost_with_the_ai_connection_is_asked_for_again_on_the_new_session() {
+    let mut talk = talk();
+    talk.control.idle_timeout = Some(Duration::from_secs(5));
+    talk.control.idle_prompts = 0;
+    let mut h = Harness::with_core(reconnecting(talk), leg());
+    h.run_to(ms(5000));
+    assert_eq!(h.creates().len(), 1);
+    h.at(ms(5100), created("resp_bye"));
+    h.run_to(ms(5200));
+    h.core.handle_realtime_closed(h.now, CallEnd::AgentDisconnected("connection reset".into()));
+    h.drain();
+    h.run_to(ms(7000));
+    assert!(h.core.handle_realtime_resumed(h.now));
+    h.drain();
+    let creates = h.creates();
+    assert_eq!(creates.len(), 2, "{creates:?}");
+    assert_eq!(creates[1].1.as_deref(), Some("evt_goodbye"));
+    h.at(ms(7100), created("resp_bye_2"));
+    h.at(ms(7100), delta("resp_bye_2", "item_bye", 0x77, 500));
+    h.at(ms(7150), done("resp_bye_2"));
+    h.run_to(ms(9000));
+    assert_eq!(h.ended().unwrap().1, CallEnd::CallerIdle);
+    assert_eq!(h.audio_ms_before(0x77, ms(9000)), 500, "the new goodbye in full");
 }

@@ -38,6 +38,7 @@ fn core_config() -> CoreConfig {
         model_output: AudioFormat::Pcmu,
         taps: false,
         talk: super::agent_control::TalkConfig::default(),
+        resilience: Default::default(),
     }
 }
 
@@ -739,3 +740,5 @@ fn opus_is_encoded_just_ahead_of_its_slot_by_the_task_not_the_clock() {
     let (_, payload) = rtp::parse_rtp(&packet).unwrap();
     assert_eq!(payload.len(), silence_len, "silence right after the barge-in");
 }
+
+mod reconnect;
