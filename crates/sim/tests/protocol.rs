@@ -383,7 +383,7 @@ async fn conversation_truncate_after_barge_in_is_accepted() {
     let mut truncate = None;
     loop {
         match next(&mut rx).await {
-            ServerEvent::SpeechStarted(_) => truncate = conv.on_speech_started(),
+            ServerEvent::SpeechStarted(_) => truncate = conv.on_speech_started().into_iter().next(),
             ServerEvent::OutputAudioDelta(d) => {
                 let ms = AudioFormat::Pcmu.bytes_to_ms(d.delta.len());
                 assert!(truncate.is_none() || conv.on_audio_delta(&d.response_id, &d.item_id, ms).is_none());
