@@ -8,12 +8,8 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
-use switchboard_media::Codec;
-use switchboard_media::framing::ModelAudio;
-use switchboard_media::latch::LatchConfig;
-use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::rtp::{self, RtpHeader, StreamStart};
-use switchboard_realtime::events::{AudioFormat, ClientEvent, ServerEvent};
+use switchboard_realtime::events::{ClientEvent, ServerEvent};
 
 use super::netem::{Netem, NetemConfig};
 use super::*;
@@ -21,42 +17,28 @@ use super::*;
 const PTIME: Duration = Duration::from_millis(20);
 const CALLER_SSRC: u32 = 0xCA11_E400;
 
-fn caller_addr() -> SocketAddr {
-    "192.0.2.10:40000".parse().unwrap()
-}
+use super::tests::caller_addr;
 
+/// Long media, ping and watchdog timers and no greeting: these tests are about the network.
 fn core_config() -> CoreConfig {
     CoreConfig {
         rtp_timeout: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(3600),
         watchdog: Duration::from_secs(7200),
-        max_queued_audio: Duration::from_secs(60),
         greeting: None,
         apology: None,
-        apology_min_interval: Duration::from_secs(30),
-        model_output: AudioFormat::Pcmu,
-        taps: false,
-        talk: super::agent_control::TalkConfig::default(),
-        resilience: Default::default(),
+        ..super::tests::core_config()
     }
 }
 
 fn leg_config() -> LegConfig {
     LegConfig {
-        codec: Codec::Pcmu,
-        payload_type: 0,
         telephone_event: None,
-        remote: caller_addr(),
-        may_send: true,
-        ptime: PTIME,
-        strict_rtp: LatchConfig::default(),
         reorder_wait: Duration::from_millis(20),
-        opus: OpusEncoderSettings::default(),
-        model_input: ModelAudio::G711Passthrough,
-        model_output: ModelAudio::G711Passthrough,
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 100, timestamp: 1000 },
         jitter_max: Duration::from_millis(120),
         rtcp_interval: Duration::from_secs(5),
+        ..super::tests::leg_config()
     }
 }
 

@@ -5,31 +5,25 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 use switchboard_media::Codec;
 use switchboard_media::framing::ModelAudio;
-use switchboard_media::latch::LatchConfig;
-use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_media::rtp::{self, RtpHeader, StreamStart};
-use switchboard_realtime::events::{AudioDeltaEvent, AudioFormat, ClientEvent, ContentPart, Item, ServerEvent};
+use switchboard_realtime::events::{AudioDeltaEvent, ClientEvent, ContentPart, Item, ServerEvent};
 
 use super::agent_control::{ControlConfig, GOODBYE_GRACE, TalkConfig};
 use super::barge_in::{BargeInConfig, BargeInMode};
 use super::*;
 
-const PT_PCMU: u8 = 0;
 const PT_DTMF: u8 = 101;
 
 fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
-fn caller_addr() -> SocketAddr {
-    "192.0.2.10:40000".parse().unwrap()
-}
+use super::tests::caller_addr;
 
 fn talk() -> TalkConfig {
     TalkConfig {
@@ -59,38 +53,22 @@ fn confirm_mode() -> TalkConfig {
 }
 
 fn config(talk: TalkConfig) -> CoreConfig {
-    // Long media, ping and watchdog timers: these tests are about the conversation.
+    // Long media, ping and watchdog timers and no greeting: these tests are about the conversation.
     CoreConfig {
         rtp_timeout: Duration::from_secs(3600),
         ping_interval: Duration::from_secs(3600),
         watchdog: Duration::from_secs(7200),
-        max_queued_audio: Duration::from_secs(60),
         greeting: None,
         apology: None,
-        apology_min_interval: Duration::from_secs(30),
-        model_output: AudioFormat::Pcmu,
-        taps: false,
         talk,
-        resilience: Default::default(),
+        ..super::tests::core_config()
     }
 }
 
 fn leg() -> LegConfig {
     LegConfig {
-        codec: Codec::Pcmu,
-        payload_type: PT_PCMU,
-        telephone_event: Some(PT_DTMF),
-        remote: caller_addr(),
-        may_send: true,
-        ptime: ms(20),
-        strict_rtp: LatchConfig::default(),
-        reorder_wait: ms(60),
-        opus: OpusEncoderSettings::default(),
-        model_input: ModelAudio::G711Passthrough,
-        model_output: ModelAudio::G711Passthrough,
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 100, timestamp: 5000 },
-        jitter_max: ms(60),
-        rtcp_interval: Duration::ZERO,
+        ..super::tests::leg_config()
     }
 }
 

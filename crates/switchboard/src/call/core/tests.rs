@@ -22,11 +22,12 @@ const PCMU_SILENCE: u8 = 0xFF;
 const PT_PCMU: u8 = 0;
 const PT_DTMF: u8 = 101;
 
-fn caller_addr() -> SocketAddr {
+/// The fixtures every call-core test file starts from (the others override what they need).
+pub(super) fn caller_addr() -> SocketAddr {
     "192.0.2.10:40000".parse().unwrap()
 }
 
-fn core_config() -> CoreConfig {
+pub(super) fn core_config() -> CoreConfig {
     CoreConfig {
         rtp_timeout: Duration::from_secs(10),
         ping_interval: Duration::from_secs(10),
@@ -42,7 +43,7 @@ fn core_config() -> CoreConfig {
     }
 }
 
-fn leg_config() -> LegConfig {
+pub(super) fn leg_config() -> LegConfig {
     LegConfig {
         codec: Codec::Pcmu,
         payload_type: PT_PCMU,
