@@ -926,8 +926,8 @@ impl CallCore {
 
     // ---- internals ----
 
-    /// Every event for the Realtime API but the caller's audio appends leaves through here: one
-    /// place that sees what the model was told.
+    /// Every event for the Realtime API but the caller's audio appends (and the reconnect's
+    /// resume note) leaves through here: one place that sees what the model was told.
     fn send_realtime(&mut self, event: ClientEvent) {
         self.history.on_client_event(&event);
         if self.outage.is_some() {

@@ -110,11 +110,13 @@ impl CallCore {
         // A goodbye cut off is asked for again; any other answer cut off is picked up.
         let asked = self.on_session_replaced(now);
         if outage.agent_was_speaking && !asked {
-            self.send_realtime(ClientEvent::ConversationItemCreate {
+            // About the connection, not the conversation: past the history, so that a later
+            // reconnect does not replay it.
+            self.outputs.push_back(Output::Realtime(Box::new(ClientEvent::ConversationItemCreate {
                 event_id: Some("evt_resume_note".into()),
                 previous_item_id: None,
                 item: Item::system_text(RESUME_NOTE),
-            });
+            })));
             self.send_realtime(ClientEvent::ResponseCreate { event_id: Some("evt_resume".into()), response: None });
         }
         let pause = now.saturating_duration_since(outage.since);

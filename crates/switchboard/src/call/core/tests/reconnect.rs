@@ -86,6 +86,9 @@ fn a_dropped_connection_keeps_the_call_with_a_comfort_pulse_then_resumes() {
     let after: Vec<&ClientEvent> = h.realtime.iter().filter(|(at, _)| *at >= h.at(3.0)).map(|(_, e)| e).collect();
     assert!(matches!(after[0], ClientEvent::ConversationItemCreate { .. }), "{after:?}");
     assert!(matches!(after[1], ClientEvent::ResponseCreate { response: None, .. }), "{after:?}");
+    // The note is about the connection, not the conversation: a later reconnect does not replay it.
+    let replay = serde_json::to_string(&h.core.replay_events()).unwrap();
+    assert!(!replay.contains("connection to you dropped"), "{replay}");
     caller_talks(&mut h, 3.0, 6.0);
     assert!(appends_between(&h, h.at(3.0), h.at(6.0)) > 100);
     assert_eq!(sounding_packets(&h, h.at(3.02), h.at(6.0)), 0, "no pulse once resumed");
