@@ -90,6 +90,24 @@ pub fn init_logging(cfg: &LogConfig) {
     let _ = if cfg.format == "json" { builder.json().with_current_span(true).try_init() } else { builder.try_init() };
 }
 
+/// How often histogram samples are folded into their buckets.
+const UPKEEP_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The exporter keeps every histogram sample until upkeep folds it into the buckets, and an
+/// installed recorder runs no upkeep of its own: a gateway nobody scrapes would otherwise keep
+/// every per-packet sample (tens of thousands a second under load) for ever.
+fn spawn_upkeep(handle: PrometheusHandle) {
+    let spawned = std::thread::Builder::new().name("metrics-upkeep".into()).spawn(move || {
+        loop {
+            std::thread::sleep(UPKEEP_INTERVAL);
+            handle.run_upkeep();
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "metrics upkeep thread not started; histograms grow until scraped");
+    }
+}
+
 /// Installs the Prometheus recorder and describes every gateway metric.
 pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
@@ -105,6 +123,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .set_buckets_for_metric(Matcher::Full(TURN_LATENCY_SECONDS.into()), TURN_LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RTCP_ROUND_TRIP_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .install_recorder()?;
+    spawn_upkeep(handle.clone());
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
     metrics::describe_counter!(

@@ -296,6 +296,9 @@ impl MediaLoop<'_> {
             self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake));
         let mut recv_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 1500];
+        // Recorded per packet: looked up once.
+        let inbound_processing = metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS);
+        let outbound_processing = metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS);
         loop {
             // Carry out what the core asked for; the lock is released before any await.
             let outputs: Vec<Output> = {
@@ -358,7 +361,7 @@ impl MediaLoop<'_> {
                     if let Some(datagram) = recv_buf.get(..len) {
                         self.core.lock().handle_rtp(now, CALLER, source, datagram);
                     }
-                    metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS).record(now.elapsed().as_secs_f64());
+                    inbound_processing.record(now.elapsed().as_secs_f64());
                 }
 
                 received = recv_rtcp(self.rtcp_socket.as_ref(), &mut rtcp_buf) => {
@@ -397,8 +400,7 @@ impl MediaLoop<'_> {
                             let is_audio = matches!(*event, ServerEvent::OutputAudioDelta(_));
                             self.core.lock().handle_realtime(now, *event);
                             if is_audio {
-                                metrics::histogram!(telemetry::OUTBOUND_PROCESSING_SECONDS)
-                                    .record(now.elapsed().as_secs_f64());
+                                outbound_processing.record(now.elapsed().as_secs_f64());
                             }
                         }
                         RealtimeInput::Ignore => {}

@@ -289,6 +289,8 @@ struct Leg {
     ptime: Duration,
     latch: RtpSourceLatch,
     jitter: JitterBuffer,
+    /// `switchboard_jitter_buffer_delay_seconds`, looked up once: it is recorded per packet.
+    delay_metric: metrics::Histogram,
     /// Packets of audio concealed (see [`RtpStats::concealed`]).
     concealed: u64,
     reports: Reports,
@@ -337,6 +339,7 @@ impl Leg {
             may_send: config.may_send,
             ptime: config.ptime,
             latch: RtpSourceLatch::new(config.strict_rtp, config.remote, now),
+            delay_metric: metrics::histogram!(telemetry::JITTER_BUFFER_DELAY_SECONDS),
             jitter: JitterBuffer::new(JitterConfig {
                 clock_rate: config.codec.clock_rate(),
                 min_wait: config.reorder_wait,
@@ -992,8 +995,7 @@ impl CallCore {
         let reconnecting = self.outage.is_some();
         let Some(leg) = self.legs.get_mut(index) else { return };
         while let Some(frame) = leg.jitter.pop(now) {
-            metrics::histogram!(telemetry::JITTER_BUFFER_DELAY_SECONDS)
-                .record(now.saturating_duration_since(frame.arrived).as_secs_f64());
+            leg.delay_metric.record(now.saturating_duration_since(frame.arrived).as_secs_f64());
             if frame.stream_start {
                 // A new SSRC or a restarted stream: the old stream's decoder state (Opus, G.722
                 // prediction) would smear into the new one's first packets.
