@@ -395,8 +395,12 @@ impl Leg {
         !self.unencoded.is_empty() && self.pacer.queued_frames() < ENCODE_AHEAD_LOW
     }
 
-    /// Drops every queued frame, encoded or not; returns how many.
+    /// The agent's audio is gone: drops every queued frame, encoded or not, and the framer's
+    /// partial frame, and lifts a confirm-mode pause (nothing is left to resume). Returns how
+    /// many frames were dropped.
     fn flush(&mut self) -> usize {
+        self.outbound.reset();
+        self.pacer.set_paused(false);
         self.pacer.flush() + std::mem::take(&mut self.unencoded).len()
     }
 }
@@ -457,9 +461,7 @@ impl AgentPlayout {
     /// The caller started speaking: stop the agent at once (the queue is flushed, nothing of it
     /// is sent after this) and say how much of the item being played was really heard.
     fn barge_in(&mut self, leg: &mut Leg) -> (usize, Vec<ClientEvent>) {
-        leg.pacer.set_paused(false);
         let dropped = leg.flush();
-        leg.outbound.reset();
         self.framing = None;
         let truncates = self.conversation.on_speech_started();
         (dropped, truncates.iter().map(|t| t.to_event()).collect())

@@ -103,7 +103,6 @@ impl CallCore {
             && let Some(leg) = self.legs.first_mut()
         {
             leg.flush();
-            leg.outbound.reset();
         }
         self.agent = AgentPlayout::default();
         self.keepalive = Keepalive::new(now, self.config.ping_interval, self.config.watchdog);
@@ -207,7 +206,6 @@ impl CallCore {
             && let Some(leg) = self.legs.first_mut()
         {
             leg.flush();
-            leg.outbound.reset();
         }
         // A confirm-mode pause would keep the comfort prompt silent.
         self.barge_in.forget();
@@ -243,7 +241,6 @@ impl CallCore {
             if self.ending_after_playout.is_none() {
                 if let Some(leg) = self.legs.first_mut() {
                     leg.flush();
-                    leg.outbound.reset();
                 }
                 let format = self.config.model_output;
                 if let Some(audio) = self.config.resilience.give_up_prompt.audio(format, reconnect::give_up_tones) {
