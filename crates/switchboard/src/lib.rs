@@ -13,4 +13,5 @@ pub mod config;
 pub mod media_clock;
 pub mod routing;
 pub mod rtp_ports;
+pub mod signing;
 pub mod telemetry;

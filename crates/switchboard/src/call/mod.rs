@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod end;
+pub mod journal;
 pub mod outbound;
 pub mod prompt;
 pub mod reconnect;

@@ -28,6 +28,7 @@ use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience, parse_info_dtmf};
 use super::end::CallEnd;
+use super::journal::{CallJournal, ToolRecord, ToolStatus};
 use super::prompt::LocalPrompt;
 use super::reconnect::{self, ReconnectPolicy};
 use super::session::ConfirmedAudio;
@@ -127,6 +128,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 hangup,
                 prices: realtime_cfg.prices(),
                 rtcp_socket,
+                journal: CallJournal::new(session_opened),
                 link: Link {
                     state,
                     agent: &agent,
@@ -285,6 +287,8 @@ struct MediaLoop<'a> {
     prices: Prices,
     /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
     rtcp_socket: Option<tokio::net::UdpSocket>,
+    /// Tool calls and transfers, for the sidecar and the CDR.
+    journal: CallJournal,
     link: Link<'a>,
 }
 
@@ -340,6 +344,20 @@ impl MediaLoop<'_> {
                         }
                     }
                     Output::Rollover => self.spawn_reopen(),
+                    // No tools are configured yet: every call gets an error output.
+                    Output::Tool(call) => {
+                        warn!(tool = %call.name, "the model called a tool that is not configured");
+                        let output = serde_json::json!({"error": format!("no tool named {}", call.name)}).to_string();
+                        let now = Instant::now();
+                        self.journal.tool(ToolRecord {
+                            started: self.journal.offset(now),
+                            duration: Duration::ZERO,
+                            status: ToolStatus::Failed("not configured".into()),
+                            call_id: call.call_id.clone(),
+                            name: call.name,
+                        });
+                        self.core.lock().complete_tool(now, &call.call_id, output);
+                    }
                 }
             }
             self.send_rtcp();

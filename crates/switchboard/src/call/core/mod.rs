@@ -210,6 +210,17 @@ pub struct Tap {
     pub pcm: Vec<i16>,
 }
 
+/// A completed function call the gateway must run (every tool but the built-in `end_call`):
+/// the shell runs it off the call's task and answers with [`CallCore::complete_tool`], exactly
+/// once per `call_id`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub call_id: String,
+    pub name: String,
+    /// JSON text, as the model wrote it.
+    pub arguments: String,
+}
+
 /// What the shell must do, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Output {
@@ -233,6 +244,8 @@ pub enum Output {
     /// [`CallCore::at_turn_boundary`] (send it [`CallCore::replay_events`], then
     /// [`CallCore::handle_realtime_switched`]).
     Rollover,
+    /// Run a tool; its result comes back through [`CallCore::complete_tool`].
+    Tool(ToolCall),
 }
 
 /// Counters the shell logs at the end of the call.
@@ -726,8 +739,10 @@ impl CallCore {
                 let commands = self.control.on_output_item_done(&item_done.response_id, &item_done.item);
                 if !commands.is_empty() {
                     info!(response_id = %item_done.response_id, "the agent called end_call: hanging up after its goodbye");
+                    self.run_control(commands);
+                } else if let Some(call) = tool_to_run(&item_done.item) {
+                    self.outputs.push_back(Output::Tool(call));
                 }
-                self.run_control(commands);
             }
             ServerEvent::ResponseCreated(created) => {
                 self.control.on_response_created(&created.response.id);
@@ -777,6 +792,20 @@ impl CallCore {
             }
             _ => {}
         }
+    }
+
+    /// A tool's result (or an error text: every `call_id` gets exactly one output): the model is
+    /// given it as a `function_call_output` and asked to answer (reference §5 steps 4-5), now
+    /// if no response is active, else once the active one is done.
+    pub fn complete_tool(&mut self, _now: Instant, call_id: &str, output: String) {
+        if self.ended.is_some() {
+            return;
+        }
+        let item = switchboard_realtime::events::Item::function_call_output(call_id.to_owned(), output);
+        self.send_realtime(ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item });
+        let active = self.agent.conversation.has_active_response();
+        let commands = self.control.request(Purpose::Turn, active);
+        self.run_control(commands);
     }
 
     /// A frame of any kind (a pong included) arrived from the Realtime server at `at`.
@@ -1069,6 +1098,19 @@ impl CallCore {
 }
 
 /// The leg's inbound figures for [`CoreStats::rtp`].
+/// A completed function call other than `end_call` (which [`AgentControl`] runs): executed only
+/// when `response.output_item.done` shows it completed (reference §5 step 3; the arguments also
+/// arrive for cancelled responses).
+fn tool_to_run(item: &switchboard_realtime::events::Item) -> Option<ToolCall> {
+    let switchboard_realtime::events::Item::FunctionCall(call) = item else { return None };
+    if call.name == agent_control::END_CALL_TOOL
+        || call.status != Some(switchboard_realtime::events::ItemStatus::Completed)
+    {
+        return None;
+    }
+    Some(ToolCall { call_id: call.call_id.clone()?, name: call.name.clone(), arguments: call.arguments.clone() })
+}
+
 fn rtp_stats(leg: &Leg) -> RtpStats {
     let jitter = leg.jitter.stats();
     RtpStats {
