@@ -306,6 +306,8 @@ pub struct AgentConfig {
     pub goodbye: String,
     /// The call ends (with `goodbye`) after this many seconds. 0: no limit.
     pub max_call_secs: u64,
+    /// Record the call (stereo WAV and JSON sidecar under `recording.dir`); a route may override it.
+    pub record: bool,
 }
 
 /// `agents.X.barge_in`.
@@ -505,6 +507,7 @@ impl Default for AgentConfig {
             idle_prompts: 2,
             goodbye: "Thank you for calling. Goodbye.".into(),
             max_call_secs: 0,
+            record: false,
         }
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod core;
 pub mod end;
+pub mod facts;
 pub mod journal;
 pub mod outbound;
 pub mod prompt;
@@ -201,9 +202,22 @@ async fn run(
     if let Some(entry) = entry {
         entry.set_state(CallState::Answered);
     }
+    let facts = facts::CallFacts {
+        id: entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string()),
+        sip_call_id: info.call_id.clone(),
+        direction: CallDirection::Inbound,
+        from: info.from_uri.clone(),
+        to: info.dialled.clone(),
+        agent: agent_name.to_string(),
+        route: agent_name.to_string(),
+        peer: Some(info.source),
+        codec: codec.encoding_name().to_string(),
+        started: SystemTime::now() - received.elapsed(),
+        answered: SystemTime::now(),
+    };
     let call = Established {
         direction: CallDirection::Inbound,
-        agent_name: agent_name.to_string(),
+        facts,
         agent: agent.clone(),
         dialog,
         media,
@@ -262,7 +276,8 @@ impl OpenSession {
 /// What every answered call, inbound or outbound, hands to the conversation ([`converse`]).
 pub struct Established {
     pub direction: CallDirection,
-    pub agent_name: String,
+    /// Who, whom, which agent and route (for tools, transfers, recordings and CDRs).
+    pub facts: facts::CallFacts,
     pub agent: AgentConfig,
     pub dialog: Dialog,
     /// The negotiated stream (`answer_offer` for inbound, `receive_answer` for outbound).

@@ -28,6 +28,7 @@ use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
 use super::end::CallEnd;
+use super::facts::CallFacts;
 use super::{CallDirection, CallSlot, Established, PTIME, converse, open_session, record_end};
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError, redact_party};
@@ -292,6 +293,7 @@ async fn run(
     entry: &CallGuard,
     mut hangup: watch::Receiver<bool>,
 ) -> OutboundOutcome {
+    let started = SystemTime::now();
     let codecs = offered_codecs(state, &plan.trunk);
     let Some(&first_codec) = codecs.first() else {
         return OutboundOutcome::Failed { reason: "no codec to offer".into() };
@@ -432,9 +434,22 @@ async fn run(
         };
     }
     entry.set_state(CallState::Answered);
+    let facts = CallFacts {
+        id: entry.id().to_string(),
+        sip_call_id: dialog.call_id().to_string(),
+        direction: CallDirection::Outbound,
+        from: plan.from_uri.clone(),
+        to: plan.to.clone(),
+        agent: plan.agent_name.clone(),
+        route: String::new(),
+        peer: Some(plan.destination),
+        codec: codec.encoding_name().to_string(),
+        started,
+        answered: SystemTime::now(),
+    };
     let call = Established {
         direction: CallDirection::Outbound,
-        agent_name: plan.agent_name.clone(),
+        facts,
         agent: plan.agent.clone(),
         dialog,
         media,
