@@ -9,6 +9,7 @@ pub mod prompt;
 pub mod reconnect;
 pub mod session;
 pub mod shell;
+pub mod tools;
 
 pub use shell::converse;
 

@@ -41,6 +41,12 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
         create_response: Some(agent.barge_in == BargeInChoice::Immediate),
         interrupt_response: Some(agent.barge_in == BargeInChoice::Immediate),
     };
+    let mut tools = Vec::new();
+    if agent.end_call {
+        tools.push(end_call_tool());
+    }
+    tools.extend(super::tools::declared_tools(agent));
+    let has_tools = !tools.is_empty();
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),
         session: Box::new(SessionConfig {
@@ -59,8 +65,8 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
                     ..Default::default()
                 }),
             }),
-            tools: agent.end_call.then(|| vec![end_call_tool()]),
-            tool_choice: agent.end_call.then(|| Value::String("auto".into())),
+            tool_choice: has_tools.then(|| Value::String("auto".into())),
+            tools: has_tools.then_some(tools),
             ..SessionConfig::realtime()
         }),
     }

@@ -28,10 +28,11 @@ use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience, parse_info_dtmf};
 use super::end::CallEnd;
-use super::journal::{CallJournal, ToolRecord, ToolStatus};
+use super::journal::CallJournal;
 use super::prompt::LocalPrompt;
 use super::reconnect::{self, ReconnectPolicy};
 use super::session::ConfirmedAudio;
+use super::tools::ToolRunner;
 use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
@@ -55,7 +56,7 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts: _, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
     let cfg = &state.config;
@@ -114,6 +115,12 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
             };
             let mut core = CallCore::new(Instant::now(), core_config, caller);
+            let tools = ToolRunner::new(&agent, &facts);
+            core.set_tool_names(tools.names());
+            core.set_mcp_approvals(agent.mcp.iter().map(|(label, s)| (label.clone(), s.allowed_tools.0.clone())).collect());
+            if let Some(audio) = super::tools::filler_audio(&agent, session::model_format(confirmed.output, media.codec)) {
+                core.set_filler(Duration::from_millis(agent.filler_after_ms), audio);
+            }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
             let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
@@ -129,6 +136,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 prices: realtime_cfg.prices(),
                 rtcp_socket,
                 journal: CallJournal::new(session_opened),
+                tools,
                 link: Link {
                     state,
                     agent: &agent,
@@ -243,10 +251,10 @@ async fn reconnect_until_confirmed(
 
 /// The call core shared with the media clock. Never locked across an await.
 #[derive(Clone)]
-struct SharedCore(Arc<Mutex<CallCore>>);
+pub(super) struct SharedCore(Arc<Mutex<CallCore>>);
 
 impl SharedCore {
-    fn lock(&self) -> MutexGuard<'_, CallCore> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, CallCore> {
         // A panic while the lock was held leaves a core we still want to end the call with.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -273,8 +281,8 @@ impl Paced for CallCore {
     }
 }
 
-struct MediaLoop<'a> {
-    core: SharedCore,
+pub(super) struct MediaLoop<'a> {
+    pub(super) core: SharedCore,
     clock: &'a Arc<MediaClock>,
     clock_socket: Arc<std::net::UdpSocket>,
     socket: tokio::net::UdpSocket,
@@ -288,8 +296,10 @@ struct MediaLoop<'a> {
     /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
     rtcp_socket: Option<tokio::net::UdpSocket>,
     /// Tool calls and transfers, for the sidecar and the CDR.
-    journal: CallJournal,
+    pub(super) journal: CallJournal,
     link: Link<'a>,
+    /// The call's webhook tools running in the background (call/tools).
+    pub(super) tools: ToolRunner,
 }
 
 impl MediaLoop<'_> {
@@ -344,20 +354,7 @@ impl MediaLoop<'_> {
                         }
                     }
                     Output::Rollover => self.spawn_reopen(),
-                    // No tools are configured yet: every call gets an error output.
-                    Output::Tool(call) => {
-                        warn!(tool = %call.name, "the model called a tool that is not configured");
-                        let output = serde_json::json!({"error": format!("no tool named {}", call.name)}).to_string();
-                        let now = Instant::now();
-                        self.journal.tool(ToolRecord {
-                            started: self.journal.offset(now),
-                            duration: Duration::ZERO,
-                            status: ToolStatus::Failed("not configured".into()),
-                            call_id: call.call_id.clone(),
-                            name: call.name,
-                        });
-                        self.core.lock().complete_tool(now, &call.call_id, output);
-                    }
+                    Output::Tool(call) => self.run_tool(call),
                 }
             }
             self.send_rtcp();
@@ -425,6 +422,8 @@ impl MediaLoop<'_> {
                         RealtimeInput::Closed(end) => self.core.lock().handle_realtime_closed(now, end),
                     }
                 }
+
+                result = self.tools.next_result(), if self.tools.is_running() => self.finish_tool(result),
 
                 failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
