@@ -117,8 +117,12 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             let mut core = CallCore::new(Instant::now(), core_config, caller);
             let tools = ToolRunner::new(&agent, &facts);
             core.set_tool_names(tools.names());
-            core.set_mcp_approvals(agent.mcp.iter().map(|(label, s)| (label.clone(), s.allowed_tools.0.clone())).collect());
-            if let Some(audio) = super::tools::filler_audio(&agent, session::model_format(confirmed.output, media.codec)) {
+            core.set_mcp_approvals(
+                agent.mcp.iter().map(|(label, s)| (label.clone(), s.allowed_tools.0.clone())).collect(),
+            );
+            if let Some(audio) =
+                super::tools::filler_audio(&agent, session::model_format(confirmed.output, media.codec))
+            {
                 core.set_filler(Duration::from_millis(agent.filler_after_ms), audio);
             }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));

@@ -224,13 +224,16 @@ mod tests {
     #[test]
     fn bad_tools_and_servers_are_named() {
         let mut agent = AgentConfig::default();
-        agent.tools.insert(
-            "end_call".into(),
-            ToolConfig { url: "ftp://x".into(), timeout_ms: 0, ..ToolConfig::default() },
-        );
+        agent
+            .tools
+            .insert("end_call".into(), ToolConfig { url: "ftp://x".into(), timeout_ms: 0, ..ToolConfig::default() });
         agent.mcp.insert(
             "shop".into(),
-            McpServerConfig { url: "https://mcp.example".into(), require_approval: json!("sometimes"), ..Default::default() },
+            McpServerConfig {
+                url: "https://mcp.example".into(),
+                require_approval: json!("sometimes"),
+                ..Default::default()
+            },
         );
         agent.filler = "/nonexistent/filler.wav".into();
         let mut problems = Vec::new();

@@ -49,11 +49,11 @@ mod netem;
 mod reconnecting;
 pub mod reports;
 mod talk;
-pub mod tools;
 #[cfg(test)]
 mod talk_tests;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;

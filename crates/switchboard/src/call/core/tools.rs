@@ -238,7 +238,7 @@ impl CallCore {
         if self.tools.pending.iter().any(|p| p.response_id == done.response_id) {
             return; // the last of this response's calls asks for the answer
         }
-        if self.tools.open_responses.iter().any(|r| *r == done.response_id) {
+        if self.tools.open_responses.contains(&done.response_id) {
             if self.tools.owed_create.len() >= MAX_OPEN_RESPONSES {
                 self.tools.owed_create.remove(0);
             }
@@ -543,8 +543,11 @@ mod tests {
     fn a_call_pending_across_a_new_session_is_introduced_there_first() {
         let mut b = Bench::new();
         b.feed(0, created("r1"));
-        b.feed(9, event(json!({"type":"response.function_call_arguments.done","event_id":"e","response_id":"r1",
-            "item_id":"item_c1","output_index":0,"call_id":"c1","name":"lookup","arguments":"{\"order\":7}"})));
+        b.feed(
+            9,
+            event(json!({"type":"response.function_call_arguments.done","event_id":"e","response_id":"r1",
+            "item_id":"item_c1","output_index":0,"call_id":"c1","name":"lookup","arguments":"{\"order\":7}"})),
+        );
         b.feed(10, call_done("r1", "c1", "lookup", "completed"));
         b.feed(20, done("r1", "completed"));
         b.drain();
@@ -565,8 +568,11 @@ mod tests {
         b.core.set_mcp_approvals(vec![("shop".into(), vec!["search".into()])]);
         for (id, name) in [("apr_1", "search"), ("apr_2", "delete_all")] {
             b.feed(0, created("r1"));
-            b.feed(10, event(json!({"type":"response.output_item.done","event_id":"e","response_id":"r1","output_index":0,
-                "item":{"type":"mcp_approval_request","id":id,"server_label":"shop","name":name,"arguments":"{}"}})));
+            b.feed(
+                10,
+                event(json!({"type":"response.output_item.done","event_id":"e","response_id":"r1","output_index":0,
+                "item":{"type":"mcp_approval_request","id":id,"server_label":"shop","name":name,"arguments":"{}"}})),
+            );
             b.feed(20, done("r1", "completed"));
         }
         let (_, events) = b.drain();

@@ -41,9 +41,7 @@ pub fn declared_tools(agent: &AgentConfig) -> Vec<Tool> {
         // Checked when the configuration was loaded.
         parameters: tool.parameters_schema().unwrap_or_else(|_| json!({"type": "object", "properties": {}})),
     });
-    let servers = agent.mcp.iter().map(|(label, server)| {
-        Tool::Mcp(server.tool_fields(label))
-    });
+    let servers = agent.mcp.iter().map(|(label, server)| Tool::Mcp(server.tool_fields(label)));
     functions.chain(servers).collect()
 }
 
@@ -130,8 +128,9 @@ impl ToolRunner {
         !self.running.is_empty()
     }
 
-    /// Starts `call`'s webhook; `Err`: an immediate result (unknown tool, too many running).
-    pub fn start(&mut self, now: Instant, call: ToolCall) -> Result<(), ToolResult> {
+    /// Starts `call`'s webhook; `Some`: an immediate result instead (unknown tool, too many
+    /// running).
+    pub fn start(&mut self, now: Instant, call: ToolCall) -> Option<ToolResult> {
         let refuse = |call: ToolCall, why: &str, message: &str| ToolResult {
             call_id: call.call_id,
             name: call.name,
@@ -143,12 +142,12 @@ impl ToolRunner {
         let Some(tool) = self.tools.get(&call.name) else {
             warn!(tool = %call.name, "the model called a tool that is not configured");
             let message = format!("There is no tool named {}. Do not call it again.", call.name);
-            return Err(refuse(call, "not configured", &message));
+            return Some(refuse(call, "not configured", &message));
         };
         if self.running.len() >= MAX_RUNNING_TOOLS {
             warn!(tool = %call.name, running = self.running.len(), "too many tools running on this call; refused");
             let message = "Too many requests are running. Tell the caller to wait a moment and try again.";
-            return Err(refuse(call, "too many running", message));
+            return Some(refuse(call, "too many running", message));
         }
         let body = request_body(&call, &self.call);
         let tool = tool.clone();
@@ -159,7 +158,7 @@ impl ToolRunner {
             ToolResult { call_id: call.call_id, name: call.name, started: now, duration: now.elapsed(), status, output }
         });
         self.tasks.insert(handle.id(), (call_id, name, now));
-        Ok(())
+        None
     }
 
     /// The next finished call (pending forever while none runs: guard the `select!` arm with
@@ -192,7 +191,8 @@ impl ToolRunner {
 /// `{"call_id", "tool", "arguments", "call"}`: the arguments as the JSON they should be, or the
 /// model's text when it is not JSON.
 fn request_body(call: &ToolCall, call_object: &Value) -> Vec<u8> {
-    let arguments = serde_json::from_str::<Value>(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone()));
+    let arguments =
+        serde_json::from_str::<Value>(&call.arguments).unwrap_or_else(|_| Value::String(call.arguments.clone()));
     let body = json!({"call_id": call.call_id, "tool": call.name, "arguments": arguments, "call": call_object});
     body.to_string().into_bytes()
 }
@@ -250,7 +250,7 @@ impl MediaLoop<'_> {
     /// answered at once with an error output.
     pub(super) fn run_tool(&mut self, call: ToolCall) {
         let now = Instant::now();
-        if let Err(result) = self.tools.start(now, call) {
+        if let Some(result) = self.tools.start(now, call) {
             self.finish_tool(result);
         }
     }
@@ -266,7 +266,8 @@ impl MediaLoop<'_> {
         };
         metrics::counter!(telemetry::TOOL_CALLS_TOTAL, "tool" => label.clone(), "status" => status).increment(1);
         if status != "rejected" {
-            metrics::histogram!(telemetry::TOOL_DURATION_SECONDS, "tool" => label).record(result.duration.as_secs_f64());
+            metrics::histogram!(telemetry::TOOL_DURATION_SECONDS, "tool" => label)
+                .record(result.duration.as_secs_f64());
         }
         info!(tool = %result.name, status, duration_ms = result.duration.as_millis() as u64, "tool call done");
         self.journal.tool(ToolRecord {

@@ -45,7 +45,8 @@ pub async fn post_json(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> 
     let path = uri.path_and_query().map_or("/", |p| p.as_str()).to_owned();
     // Brackets off an IPv6 literal for the socket address.
     let connect_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
-    let tcp = TcpStream::connect((connect_host.as_str(), port)).await.map_err(|e| WebhookError::Connect(e.to_string()))?;
+    let tcp =
+        TcpStream::connect((connect_host.as_str(), port)).await.map_err(|e| WebhookError::Connect(e.to_string()))?;
     let _ = tcp.set_nodelay(true);
 
     let mut request = Request::post(path)
