@@ -267,6 +267,31 @@ mod tests {
     }
 
     #[test]
+    fn tools_and_servers_load_from_toml_and_the_environment() {
+        use std::io::Write;
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(
+            b"[agents.default.tools.lookupOrder]\nurl = \"http://127.0.0.1:9/hook\"\n\
+              [agents.default.tools.lookupOrder.parameters]\ntype = \"object\"\n\
+              properties = { order = { type = \"string\", maxLength = 12 } }\n\
+              [agents.default.mcp.crm]\nurl = \"https://crm.example/mcp\"\n\
+              headers = { Authorization = \"Bearer t\" }\n\
+              require_approval = { always = { tool_names = [\"delete\"] } }\n",
+        )
+        .unwrap();
+        let env = [("SWITCHBOARD__AGENTS__DEFAULT__TOOLS__SLOW__URL".to_string(), "http://127.0.0.1:9/s".to_string())];
+        let (cfg, _) = super::super::load_with_env(file.path(), &env).unwrap();
+        let agent = &cfg.agents["default"];
+        let tool = &agent.tools["lookupOrder"];
+        assert_eq!(tool.parameters_schema().unwrap()["properties"]["order"]["maxLength"], 12);
+        assert_eq!(tool.timeout_ms, 5000);
+        assert_eq!(agent.tools["slow"].url, "http://127.0.0.1:9/s");
+        let crm = &agent.mcp["crm"];
+        assert_eq!(crm.headers["Authorization"], "Bearer t");
+        assert_eq!(crm.require_approval, json!({"always": {"tool_names": ["delete"]}}));
+    }
+
+    #[test]
     fn secret_from_the_environment() {
         let mut agents = BTreeMap::from([("a".to_string(), AgentConfig::default())]);
         if let Some(agent) = agents.get_mut("a") {

@@ -169,6 +169,7 @@ impl CallCore {
         }
         if let Item::FunctionCall(call) = item
             && call.status != Some(ItemStatus::Completed)
+            && call.name != super::agent_control::END_CALL_TOOL
         {
             let tool = self.tool_label(&call.name);
             metrics::counter!(telemetry::TOOL_CALLS_TOTAL, "tool" => tool, "status" => "cancelled").increment(1);
