@@ -132,10 +132,7 @@ fn start_call(ports: Ports, dir: &Path, call_ms: u32) -> std::thread::JoinHandle
 fn session_events(sim: &Sim) -> Vec<(String, Value)> {
     let sessions = sim.sessions();
     let events = sessions[0]["events"].as_array().expect("events").clone();
-    events
-        .into_iter()
-        .map(|e| (e["direction"].as_str().unwrap_or_default().to_owned(), e["event"].clone()))
-        .collect()
+    events.into_iter().map(|e| (e["direction"].as_str().unwrap_or_default().to_owned(), e["event"].clone())).collect()
 }
 
 /// The `call_id` of the function call the simulator made.
@@ -164,7 +161,9 @@ fn output_for(events: &[(String, Value)], call_id: &str) -> (String, bool) {
     let create_follows = events[at..].iter().any(|(d, e)| d == "client" && e["type"] == "response.create");
     let outputs = events
         .iter()
-        .filter(|(d, e)| d == "client" && e["item"]["type"] == "function_call_output" && e["item"]["call_id"] == call_id)
+        .filter(|(d, e)| {
+            d == "client" && e["item"]["type"] == "function_call_output" && e["item"]["call_id"] == call_id
+        })
         .count();
     assert_eq!(outputs, 1, "exactly one output per call_id");
     (output, create_follows)
@@ -267,13 +266,9 @@ fn a_webhook_slower_than_its_timeout_gives_an_error_output_and_the_call_goes_on(
     assert!(output["error"].as_str().is_some_and(|e| e.contains("600 ms")), "{output}");
     assert!(create_follows, "the model is asked to say so");
     // The answer came within the timeout, not when the webhook finally answered.
-    let output_at = events
-        .iter()
-        .position(|(d, e)| d == "client" && e["item"]["type"] == "function_call_output")
-        .expect("output");
-    let answered = events[output_at..]
-        .iter()
-        .any(|(d, e)| d == "server" && e["type"] == "response.created");
+    let output_at =
+        events.iter().position(|(d, e)| d == "client" && e["item"]["type"] == "function_call_output").expect("output");
+    let answered = events[output_at..].iter().any(|(d, e)| d == "server" && e["type"] == "response.created");
     assert!(answered, "the model answered after the error output");
     let waited = request.at.elapsed();
     assert!(waited < Duration::from_secs(10), "bounded test ({waited:?})");

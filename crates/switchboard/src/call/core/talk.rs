@@ -111,10 +111,10 @@ impl CallCore {
             leg.pacer.set_paused(false);
         }
         self.meter.on_new_session();
-        self.tools_on_session_replaced();
         let commands = self.control.on_session_replaced();
         let asked = commands.iter().any(|c| matches!(c, Command::Send(_)));
         self.run_control(commands);
+        self.tools_on_session_replaced();
         asked
     }
 

@@ -88,6 +88,9 @@ pub(super) struct Tools {
     mcp_approvals: Vec<(String, Vec<String>)>,
     /// Approval responses sent (their item ids).
     approvals_sent: u64,
+    /// An output was given while the AI connection was being replaced: the new session has it
+    /// (the history replays it with its call) and is asked to answer once it takes over.
+    answer_on_resume: bool,
     /// Configured tool names (metric labels).
     names: Vec<String>,
     /// Completions ignored (a duplicate or an unknown `call_id`).
@@ -232,6 +235,10 @@ impl CallCore {
         };
         let done = self.tools.pending.remove(index);
         self.stop_filler();
+        if self.outage.is_some() {
+            // No session to ask now (what is sent goes to the history only).
+            self.tools.answer_on_resume = true;
+        }
         if self.tools.pending.is_empty() {
             self.tools.next_filler = None;
         }
@@ -267,14 +274,18 @@ impl CallCore {
         self.send_realtime(ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item });
     }
 
-    /// A new session took over: pending calls are unknown to it, and the old one's responses
-    /// will never be done.
+    /// A new session took over: pending calls are unknown to it, the old one's responses will
+    /// never be done, and an output given during the outage is answered now.
     pub(super) fn tools_on_session_replaced(&mut self) {
         for pending in &mut self.tools.pending {
             pending.session_knows = false;
         }
         self.tools.open_responses.clear();
         self.tools.owed_create.clear();
+        if std::mem::take(&mut self.tools.answer_on_resume) && !self.control.response_pending() {
+            let commands = self.control.request(Purpose::Turn, false);
+            self.run_control(commands);
+        }
         if !self.tools.pending.is_empty() {
             info!(pending = self.tools.pending.len(), "tool calls pending across a new session: answered there");
         }
@@ -591,6 +602,40 @@ mod tests {
         assert_eq!(answers, [("apr_1".into(), true, false), ("apr_2".into(), false, true)]);
         let creates = events.iter().filter(|e| matches!(e, ClientEvent::ResponseCreate { .. })).count();
         assert_eq!(creates, 2, "one response.create after each, once r1 is done");
+    }
+
+    #[test]
+    fn an_output_given_while_reconnecting_is_replayed_and_answered_in_the_new_session() {
+        use crate::call::end::CallEnd;
+        use crate::call::reconnect::ReconnectPolicy;
+        let start = Instant::now();
+        let policy = ReconnectPolicy {
+            initial_delay: Duration::from_millis(200),
+            max_delay: Duration::from_millis(2000),
+            give_up_after: Duration::from_secs(20),
+        };
+        let config = CoreConfig {
+            greeting: None,
+            resilience: super::super::Resilience { policy: Some(policy), ..Default::default() },
+            ..core_config()
+        };
+        let mut b = Bench { core: CallCore::new(start, config, leg_config()), start };
+        b.feed(0, created("r1"));
+        b.feed(
+            9,
+            event(json!({"type":"response.function_call_arguments.done","event_id":"e","response_id":"r1",
+            "item_id":"item_c1","output_index":0,"call_id":"c1","name":"lookup","arguments":"{}"})),
+        );
+        b.feed(10, call_done("r1", "c1", "lookup", "completed"));
+        b.feed(20, done("r1", "completed"));
+        b.drain();
+        b.core.handle_realtime_closed(b.at(100), CallEnd::AgentDisconnected("connection reset".into()));
+        assert!(b.core.is_reconnecting());
+        b.core.complete_tool(b.at(200), "c1", "{}".into());
+        assert!(outputs_of(&b.drain().1).is_empty(), "no session to send to");
+        assert_eq!(outputs_of(&b.core.replay_events()), ["call c1", "output c1"], "the history has the pair");
+        assert!(b.core.handle_realtime_resumed(b.at(900)));
+        assert_eq!(outputs_of(&b.drain().1), ["create"], "the new session is asked to answer");
     }
 
     fn filler_bench() -> Bench {
