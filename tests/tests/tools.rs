@@ -6,8 +6,8 @@
 //!   `response.create`.
 //! - 67: a webhook slower than `timeout_ms` gives an error output and the call goes on.
 //! - 68: while a slow webhook runs the caller hears the filler (660 Hz in the RTP it received);
-//!   an MCP server in the agent's config reaches the session as an `mcp` tool and its events are
-//!   counted in /metrics.
+//!   MCP servers in the agent's config reach the session as `mcp` tools, their events are
+//!   counted in /metrics, and an approval the server asks for is granted by `allowed_tools`.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -288,17 +288,22 @@ fn the_filler_is_heard_while_a_slow_webhook_runs_and_mcp_servers_reach_the_sessi
     let sim = Sim::start(ports, &[], &dir);
     let mcp = "filler_after_ms = 500\nfiller = \"tone\"\n\
                [agents.default.mcp.shop]\nurl = \"https://mcp.example/sse\"\nallowed_tools = [\"search\"]\n\
-               require_approval = \"never\"\n";
+               require_approval = \"never\"\n\
+               [agents.default.mcp.crm]\nurl = \"https://crm.example/mcp\"\nallowed_tools = [\"find_customer\"]\n\
+               require_approval = \"always\"\n";
     let gateway =
         Gateway::start_with_env(ports, &sim.url(), &tool_toml(&url, 5000, mcp), &dir, &[("TOOL_SECRET", "s3cret")]);
     let filter =
         format!("udp and (dst portrange {}-{} or port {})", ports.peer_media, ports.peer_media + 3, ports.peer_sip);
     let capture = Capture::start(&filter, &dir.join("to_caller.pcap"), 30);
-    let caller = start_call(ports, &dir, 4500);
+    let caller = start_call(ports, &dir, 6500);
     wait_for_ack(&gateway);
     std::thread::sleep(Duration::from_millis(300));
     sim.control("call_tool", r#"{"name":"lookup_order","arguments":"{\"order\":\"C-3\"}","say_ms":0,"now":true}"#);
     requests.recv_timeout(Duration::from_secs(5)).expect("the webhook was called");
+    // Once the tool's answer has been said: the model uses the CRM, which asks for an approval.
+    std::thread::sleep(Duration::from_millis(3500));
+    sim.control("mcp_call", r#"{"server":"crm","name":"find_customer","arguments":"{\"phone\":\"1555\"}","now":true}"#);
     let out = caller.join().expect("sipp thread");
     std::thread::sleep(Duration::from_millis(300));
     let pcap_path = capture.finish();
@@ -325,18 +330,35 @@ fn the_filler_is_heard_while_a_slow_webhook_runs_and_mcp_servers_reach_the_sessi
     let update = events.iter().find(|(d, e)| d == "client" && e["type"] == "session.update").expect("update");
     let mcp_tool = update.1["session"]["tools"]
         .as_array()
-        .and_then(|tools| tools.iter().find(|t| t["type"] == "mcp").cloned())
+        .and_then(|tools| tools.iter().find(|t| t["type"] == "mcp" && t["server_label"] == "shop").cloned())
         .expect("an mcp tool");
     assert_eq!(
         mcp_tool,
         json!({"type": "mcp", "server_label": "shop", "server_url": "https://mcp.example/sse",
                "allowed_tools": ["search"], "require_approval": "never"})
     );
+    // The approval the server asked for: granted (the tool is in allowed_tools), then the call ran.
+    let request_id = events
+        .iter()
+        .find(|(d, e)| d == "server" && e["item"]["type"] == "mcp_approval_request")
+        .and_then(|(_, e)| e["item"]["id"].as_str())
+        .unwrap_or_else(|| panic!("an approval request; log:\n{}", gateway.log()))
+        .to_owned();
+    let approval = events
+        .iter()
+        .position(|(d, e)| d == "client" && e["item"]["type"] == "mcp_approval_response")
+        .expect("an approval response");
+    assert_eq!(events[approval].1["item"]["approval_request_id"], request_id.as_str());
+    assert_eq!(events[approval].1["item"]["approve"], true);
+    assert!(events[approval..].iter().any(|(d, e)| d == "client" && e["type"] == "response.create"));
+    assert!(events[approval..].iter().any(|(d, e)| d == "server" && e["type"] == "response.mcp_call.completed"));
     let metrics = gateway.metrics();
-    assert!(
-        metrics.lines().any(|l| l.starts_with("switchboard_mcp_events_total")
-            && l.contains("type=\"mcp_list_tools.completed\"")
-            && l.ends_with(" 1")),
-        "{metrics}"
-    );
+    for (kind, count) in [("mcp_list_tools.completed", 2), ("response.mcp_call.completed", 1)] {
+        assert!(
+            metrics.lines().any(|l| l.starts_with("switchboard_mcp_events_total")
+                && l.contains(&format!("type=\"{kind}\""))
+                && l.ends_with(&format!(" {count}"))),
+            "{kind}: {metrics}"
+        );
+    }
 }

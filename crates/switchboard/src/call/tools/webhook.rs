@@ -121,3 +121,86 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, WebhookError> {
         .clone()
         .map_err(WebhookError::Tls)
 }
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+
+    use super::*;
+
+    /// A one-shot HTTP server answering `response` to the first request; returns its URL and the
+    /// request it received.
+    fn serve_once(response: Vec<u8>) -> (String, std::thread::JoinHandle<String>) {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/hook?x=1", listener.local_addr().unwrap());
+        let handle = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            stream.set_read_timeout(Some(std::time::Duration::from_secs(5))).unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 4096];
+            // Headers, then the Content-Length body.
+            loop {
+                let n = stream.read(&mut buf).unwrap();
+                request.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&request).into_owned();
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length: usize = text
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_owned())
+                        })
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(0);
+                    if request.len() >= end + 4 + length {
+                        break;
+                    }
+                }
+                if n == 0 {
+                    break;
+                }
+            }
+            // The client may stop reading a body it finds too long.
+            let _ = stream.write_all(&response);
+            String::from_utf8_lossy(&request).into_owned()
+        });
+        (url, handle)
+    }
+
+    fn http(status: &str, body: &str) -> Vec<u8> {
+        format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).into_bytes()
+    }
+
+    #[tokio::test]
+    async fn a_2xx_body_is_the_answer_and_the_request_carries_json_and_headers() {
+        let (url, server) = serve_once(http("200 OK", r#"{"ok":true}"#));
+        let answer = post_json(&url, br#"{"a":1}"#.to_vec(), &[("X-Test", "yes".into())]).await;
+        assert_eq!(answer, Ok(br#"{"ok":true}"#.to_vec()));
+        let request = server.join().unwrap();
+        assert!(request.starts_with("POST /hook?x=1 HTTP/1.1\r\n"), "{request}");
+        let lower = request.to_ascii_lowercase();
+        assert!(lower.contains("content-type: application/json"));
+        assert!(lower.contains("x-test: yes"));
+        assert!(request.ends_with(r#"{"a":1}"#));
+    }
+
+    #[tokio::test]
+    async fn a_non_2xx_status_or_a_long_body_is_an_error() {
+        let (url, server) = serve_once(http("503 Service Unavailable", "busy"));
+        assert_eq!(post_json(&url, b"{}".to_vec(), &[]).await, Err(WebhookError::Status(503)));
+        server.join().unwrap();
+        let (url, server) = serve_once(http("200 OK", &"x".repeat(MAX_RESPONSE_BYTES + 1)));
+        assert_eq!(post_json(&url, b"{}".to_vec(), &[]).await, Err(WebhookError::TooLarge));
+        server.join().unwrap();
+    }
+
+    #[tokio::test]
+    async fn nobody_listening_or_a_bad_url_is_an_error() {
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = post_json(&format!("http://127.0.0.1:{port}/"), b"{}".to_vec(), &[]).await;
+        assert!(matches!(refused, Err(WebhookError::Connect(_))), "{refused:?}");
+        let bad = post_json("ftp://example.com/", b"{}".to_vec(), &[]).await;
+        assert!(matches!(bad, Err(WebhookError::BadUrl(_))), "{bad:?}");
+    }
+}
