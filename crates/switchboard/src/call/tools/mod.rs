@@ -322,6 +322,57 @@ mod tests {
         assert_eq!(body["arguments"], "not json");
     }
 
+    fn facts() -> CallFacts {
+        CallFacts {
+            id: "gw-1".into(),
+            sip_call_id: "abc@host".into(),
+            direction: crate::call::CallDirection::Inbound,
+            from: "sip:alice@example.com".into(),
+            to: "15550001000".into(),
+            agent: "default".into(),
+            route: "main".into(),
+            peer: None,
+            codec: "PCMU".into(),
+            started: SystemTime::now(),
+            answered: SystemTime::now(),
+        }
+    }
+
+    fn call(id: &str, name: &str) -> ToolCall {
+        ToolCall { call_id: id.into(), name: name.into(), arguments: "{}".into() }
+    }
+
+    #[tokio::test]
+    async fn unknown_tools_and_one_too_many_are_answered_at_once_and_failures_come_back() {
+        // A server that accepts and never answers: every call stays running.
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let mut agent = AgentConfig::default();
+        let url = format!("http://{}/", silent.local_addr().unwrap());
+        agent.tools.insert("slow".into(), ToolConfig { url, timeout_ms: 60_000, ..ToolConfig::default() });
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let refused = format!("http://127.0.0.1:{port}/");
+        agent.tools.insert("down".into(), ToolConfig { url: refused, ..ToolConfig::default() });
+        let mut runner = ToolRunner::new(&agent, &facts());
+        let now = Instant::now();
+
+        let unknown = runner.start(now, call("c0", "made_up")).expect("answered at once");
+        assert_eq!(unknown.status, ToolStatus::Failed("not configured".into()));
+        assert!(unknown.output.contains("There is no tool named made_up"));
+
+        assert!(runner.start(now, call("c1", "down")).is_none());
+        let failed = runner.next_result().await;
+        assert_eq!(failed.call_id, "c1");
+        assert!(matches!(failed.status, ToolStatus::Failed(_)), "{:?}", failed.status);
+        assert!(serde_json::from_str::<Value>(&failed.output).unwrap()["error"].is_string());
+
+        for n in 0..MAX_RUNNING_TOOLS {
+            assert!(runner.start(now, call(&format!("s{n}"), "slow")).is_none());
+        }
+        let refused = runner.start(now, call("one_more", "slow")).expect("over the limit");
+        assert_eq!(refused.status, ToolStatus::Failed("too many running".into()));
+        assert!(runner.is_running());
+    }
+
     #[test]
     fn the_filler_beeps_are_soft_and_short() {
         let audio = filler_beeps(AudioFormat::Pcm { rate: 24_000 });
