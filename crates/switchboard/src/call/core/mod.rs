@@ -14,15 +14,18 @@
 //! ```
 //!
 //! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
-//! transfer would be a second one):
+//! transfer is [`HUMAN`]: [`add_leg`](CallCore::add_leg), [`bridge`](CallCore::bridge), the
+//! [`bridge`] module):
 //!
 //! ```text
 //! leg RTP -> strict latch -> JitterBuffer -> InboundAudio -> input_audio_buffer.append -> model
+//!                                         (bridged: -> relay to the other leg's codec -> its Pacer)
 //!         -> telephone-event (RFC 4733) -> Output::Dtmf, once per event
 //! leg RTCP -> reports (RTT, the peer's view of us); our SR + SDES every ~5 s -> poll_rtcp_transmit
 //!         (docs/media.md; the meter times turns and sums tokens, `meter.rs`)
 //! model response.output_audio.delta -> AgentPlayout (item tag, bounded queue) -> OutboundAudio
-//!         -> Pacer -> Transmit on the caller's leg
+//!         -> Pacer -> Transmit on the caller's leg (dropped while bridged)
+//! a leg other than the caller's silent for rtp_timeout -> Output::LegLost (the call goes on)
 //! input_audio_buffer.speech_started -> AgentPlayout::barge_in: Pacer flushed at once, then
 //!         conversation.item.truncate with the milliseconds really sent
 //! ```
