@@ -8,7 +8,7 @@
 //! - the core's Realtime events go through a bounded queue to a writer task, so the pacer never
 //!   waits on the network ([`RealtimeWriter`]);
 //! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here;
-//! - a second media leg (a bridged transfer's human) is attached and detached here ([`legs`]).
+//! - a second media leg (a bridged transfer's human) is attached and detached here (`shell/legs.rs`).
 
 mod legs;
 

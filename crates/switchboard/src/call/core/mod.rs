@@ -14,8 +14,8 @@
 //! ```
 //!
 //! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
-//! transfer is [`HUMAN`]: [`add_leg`](CallCore::add_leg), [`bridge`](CallCore::bridge), the
-//! [`bridge`] module):
+//! transfer is [`HUMAN`]: [`add_leg`](CallCore::add_leg), [`bridge`](CallCore::bridge), in
+//! `bridge.rs`):
 //!
 //! ```text
 //! leg RTP -> strict latch -> JitterBuffer -> InboundAudio -> input_audio_buffer.append -> model
@@ -282,7 +282,7 @@ pub struct CoreStats {
     /// The human's inbound RTP after a bridged transfer (the last human leg's, kept when it is
     /// removed); `None`: the call never had one.
     pub human_rtp: Option<RtpStats>,
-    /// Bridged audio dropped by the relay queue's policy ([`bridge`]: full queue or trimmed delay).
+    /// Bridged audio dropped by the relay queue's policy (`bridge.rs`: full queue or trimmed delay).
     pub relay_frames_dropped: u64,
 }
 
