@@ -66,6 +66,9 @@ pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
 /// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
 pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
+/// Inbound calls by the route that decided (`route`: its name, `none` for no match) and
+/// `outcome` (agent, reject, no_match).
+pub const ROUTE_DECISIONS_TOTAL: &str = "switchboard_route_decisions_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -237,6 +240,10 @@ fn describe_net_metrics() {
         "RTCP compound packets by direction (in, out) and result (ok, malformed, ignored: not from the caller)."
     );
     metrics::describe_histogram!(RTCP_ROUND_TRIP_SECONDS, "Round-trip time to the caller from its RTCP reports.");
+    metrics::describe_counter!(
+        ROUTE_DECISIONS_TOTAL,
+        "Inbound calls by the route that decided (none: no match) and outcome (agent, reject, no_match)."
+    );
 }
 
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.

@@ -126,9 +126,15 @@ async fn run(
     let IncomingCall { info, offer, mut invite } = call;
     let cfg = &state.config;
 
-    let Some((agent_name, agent)) = routing::route(&cfg.agents, &info.dialled) else {
+    let id = entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
+    let Some(routed) = route(state, &info, &id) else {
         return refuse(state, invite, Refusal::NoRoute);
     };
+    let (route_name, agent_name, agent) = match routed {
+        Ok(routed) => routed,
+        Err(code) => return refuse(state, invite, Refusal::Rejected(code)),
+    };
+    let agent = &agent;
     let Some(offer) = offer else {
         return refuse(state, invite, Refusal::NoSdpOffer);
     };
@@ -153,7 +159,7 @@ async fn run(
         };
     let media = answer.media;
     let codec = media.codec;
-    info!(agent = agent_name, codec = ?media.codec, "routed");
+    info!(route = route_name, agent = agent_name, codec = ?media.codec, "routed");
     if let Some(entry) = entry {
         entry.set_routed(agent_name, media.codec.encoding_name());
     }
@@ -203,13 +209,13 @@ async fn run(
         entry.set_state(CallState::Answered);
     }
     let facts = facts::CallFacts {
-        id: entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string()),
+        id,
         sip_call_id: info.call_id.clone(),
         direction: CallDirection::Inbound,
         from: info.from_uri.clone(),
         to: info.dialled.clone(),
         agent: agent_name.to_string(),
-        route: agent_name.to_string(),
+        route: route_name.to_string(),
         peer: Some(info.source),
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
@@ -227,6 +233,51 @@ async fn run(
         hangup,
     };
     converse(state, call).await
+}
+
+/// Asks the route table who answers the call: `None` for no match (404), `Err` for a reject
+/// route's code, else the route's name, the agent's name and its config with the placeholders
+/// filled and the route's `record` override applied.
+fn route<'a>(
+    state: &'a GatewayState,
+    info: &switchboard_sip::CallInfo,
+    call_id: &str,
+) -> Option<Result<(&'a str, &'a str, AgentConfig), switchboard_router::RejectCode>> {
+    use switchboard_router::Decision;
+    let caller = routing::caller_id(info);
+    let facts = switchboard_router::Facts { dialled: &info.dialled, caller: &caller, source: info.source.ip() };
+    let decision = state.resolved.routes.decide(&facts, switchboard_router::Timestamp::now());
+    let route_label = if decision.route().is_empty() { "none" } else { decision.route() };
+    metrics::counter!(telemetry::ROUTE_DECISIONS_TOTAL, "route" => route_label.to_string(), "outcome" => decision.outcome_label())
+        .increment(1);
+    match decision {
+        Decision::NoMatch => {
+            info!(caller = %Redacted(&caller), "no route matches the call");
+            None
+        }
+        Decision::Reject { route, code } => {
+            info!(route, code = code.code(), caller = %Redacted(&caller), "refused by route");
+            Some(Err(code))
+        }
+        Decision::Agent { route, agent: agent_name, record } => {
+            // Every route's agent exists: the configuration check made sure.
+            let config = state.config.agents.get(agent_name)?;
+            let headers = routing::captured_headers(info, &state.config.routing.headers.0);
+            let values = switchboard_router::Values {
+                caller: &caller,
+                dialled: &info.dialled,
+                agent: agent_name,
+                call_id,
+                headers: &headers,
+                variables: routing::no_variables(),
+            };
+            let mut agent = routing::render_agent(config, &values);
+            if let Some(record) = record {
+                agent.record = record;
+            }
+            Some(Ok((route, agent_name, agent)))
+        }
+    }
 }
 
 /// Whether a call was placed by the caller (INVITE received) or by us (`POST /v1/calls`).
