@@ -178,7 +178,7 @@ pub const INFO_CONTENT_TYPES: [&str; 2] = ["application/dtmf-relay", "applicatio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
     /// A new out-of-dialog INVITE (already answered 100 Trying).
-    IncomingCall { invite: InviteId, info: CallInfo, offer: Option<String> },
+    IncomingCall { invite: InviteId, info: Box<CallInfo>, offer: Option<String> },
     /// The caller cancelled (already answered 200 to CANCEL and 487 to the INVITE).
     InviteCancelled { invite: InviteId },
     /// Something happened in a dialog.
@@ -885,7 +885,7 @@ impl Core {
         self.transactions.insert(key.clone(), ServerTransaction::Invite(Box::new(transaction)));
         self.merge_index.insert(merge, key.clone());
         self.invites.insert(invite, key);
-        self.events.push_back(CoreEvent::IncomingCall { invite, info, offer });
+        self.events.push_back(CoreEvent::IncomingCall { invite, info: Box::new(info), offer });
     }
 
     /// §9.2: CANCEL matches the INVITE transaction with the same branch and sent-by.
