@@ -52,12 +52,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
-            Ok((cfg, _)) => {
+            Ok((cfg, resolved)) => {
                 let offline = if cfg.realtime.api_key.is_empty() { " (no API key: offline agent)" } else { "" };
                 println!(
-                    "{}: OK, {} agent(s), {} trunk(s){offline}",
+                    "{}: OK, {} agent(s), {} route(s), {} trunk(s){offline}",
                     config.display(),
                     cfg.agents.len(),
+                    resolved.routes.routes().len(),
                     cfg.trunks.len()
                 );
                 ExitCode::SUCCESS
