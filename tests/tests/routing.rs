@@ -63,11 +63,14 @@ fn session_instructions(sim: &Sim) -> Vec<String> {
 fn route_command(config: &Path, to: &str, from: &str) -> String {
     let out = run_bounded(
         "switchboard route",
-        Command::new(tools::gateway_binary())
-            .arg("route")
-            .arg("--config")
-            .arg(config)
-            .args(["--to", to, "--from", from, "--source", "127.0.0.1"]),
+        Command::new(tools::gateway_binary()).arg("route").arg("--config").arg(config).args([
+            "--to",
+            to,
+            "--from",
+            from,
+            "--source",
+            "127.0.0.1",
+        ]),
         Duration::from_secs(20),
     );
     assert!(out.status.success(), "switchboard route failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -89,14 +92,8 @@ fn dialled_numbers_reach_their_agents_and_reject_routes_answer_their_codes() {
     for (dialled, caller, customer) in [("15550001000", "+15551110001", "C-42"), ("15550002003", "+15551110002", "C-7")]
     {
         let before = session_instructions(&sim).len();
-        let out = sipp::run(
-            "uac_routed.xml",
-            &[("CALLER", caller), ("CUSTOMER", customer)],
-            &dir,
-            ports,
-            dialled,
-            1000,
-        );
+        let out =
+            sipp::run("uac_routed.xml", &[("CALLER", caller), ("CUSTOMER", customer)], &dir, ports, dialled, 1000);
         assert!(out.status.success(), "call to {dialled} failed; gateway log:\n{}", gateway.log());
         let instructions = session_instructions(&sim);
         assert_eq!(instructions.len(), before + 1, "one session per answered call: {instructions:?}");
@@ -175,11 +172,12 @@ fn the_route_command_reads_hours_and_lists_config_problems() {
     let at = |time: &str| {
         let out = run_bounded(
             "switchboard route",
-            Command::new(tools::gateway_binary())
-                .arg("route")
-                .arg("--config")
-                .arg(&config)
-                .args(["--to", "15550001000", "--at", time]),
+            Command::new(tools::gateway_binary()).arg("route").arg("--config").arg(&config).args([
+                "--to",
+                "15550001000",
+                "--at",
+                time,
+            ]),
             Duration::from_secs(20),
         );
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
