@@ -985,6 +985,38 @@ mod tests {
         schedule.set_socket(1, 3, None);
     }
 
+    /// Not a test: the serve loop's cost for callgrind (docs/benchmarks.md, "Media clock serve
+    /// loop"). `SERVE_SECONDS` of virtual time for 200 calls with spread phases.
+    #[test]
+    #[ignore = "benchmark, run under callgrind"]
+    fn serve_cost() {
+        let seconds: u64 = std::env::var("SERVE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
+        let legs: Vec<_> = (0..200u32)
+            .map(|n| {
+                let phase = Duration::from_micros(u64::from(n) * 100);
+                Arc::new(Mutex::new(PacedLeg::new(start + phase, destination(), n)))
+            })
+            .collect();
+        for (id, leg) in legs.iter().enumerate() {
+            add(&mut schedule, id as Id, leg);
+        }
+        let mut out = Vec::new();
+        let end = start + Duration::from_secs(seconds);
+        let mut packets = 0usize;
+        while let Some(at) = schedule.next_wake() {
+            if at > end {
+                break;
+            }
+            schedule.serve(at, &mut out);
+            packets += out.len();
+            out.clear();
+        }
+        eprintln!("{packets} packets");
+        assert!(packets >= 200 * 50 * seconds as usize);
+    }
+
     #[test]
     fn histogram_percentiles_are_bucket_upper_bounds() {
         let mut histogram = LatenessHistogram::default();
