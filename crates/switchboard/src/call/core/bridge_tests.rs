@@ -485,3 +485,13 @@ fn the_callers_taps_hold_what_the_caller_said_and_heard_from_the_human() {
     assert!((said - CALLER_TONE).abs() <= 20.0, "left channel: {said} Hz");
     assert!((heard - HUMAN_TONE).abs() <= 20.0, "right channel: the human, {heard} Hz");
 }
+
+#[test]
+fn an_end_after_playout_while_bridged_does_not_wait_for_the_live_relay() {
+    let (mut h, _, _) = bridged_call(Codec::Pcmu, Codec::Pcmu);
+    // The human's last packet waits in the caller's pacer for its slot.
+    assert_eq!(h.core.legs.iter().find(|leg| leg.id == CALLER).unwrap().pacer.queued_frames(), 1);
+    h.core.end_after_playout(CallEnd::AgentHangup);
+    h.drain();
+    assert_eq!(h.ended().map(|(at, end)| (at, end)), Some((h.now, CallEnd::AgentHangup)));
+}

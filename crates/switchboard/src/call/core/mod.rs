@@ -1016,7 +1016,9 @@ impl CallCore {
     }
 
     fn end_if_played_out(&mut self) {
-        let played_out = self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero());
+        // Bridged audio is live, not a goodbye to hear out: with a human talking the queue
+        // would never run dry.
+        let played_out = self.bridge.is_some() || self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero());
         if played_out && let Some(end) = self.ending_after_playout.take() {
             self.end(end);
         }
