@@ -181,6 +181,11 @@ fn tone_of(pcm: &[i16], rate: u32) -> f64 {
 }
 
 fn bridged_call(caller_codec: Codec, human_codec: Codec) -> (Harness, Phone, Phone) {
+    bridged_call_with(caller_codec, human_leg(human_codec))
+}
+
+fn bridged_call_with(caller_codec: Codec, human_config: LegConfig) -> (Harness, Phone, Phone) {
+    let human_codec = human_config.codec;
     let mut h = Harness::with_core(config(talk()), caller_leg(caller_codec));
     let mut caller = Phone::new(caller_codec, 0xCA11);
     let mut human = Phone::new(human_codec, 0x4855);
@@ -194,7 +199,7 @@ fn bridged_call(caller_codec: Codec, human_codec: Codec) -> (Harness, Phone, Pho
         at += PTIME;
     }
     h.run_to(ms(1000));
-    h.core.add_leg(h.now, HUMAN, human_leg(human_codec));
+    h.core.add_leg(h.now, HUMAN, human_config);
     h.core.bridge(h.now, CALLER, HUMAN);
     h.drain();
     talk_both(&mut h, &mut caller, &mut human, ms(1000), ms(3000));
@@ -494,4 +499,20 @@ fn an_end_after_playout_while_bridged_does_not_wait_for_the_live_relay() {
     h.core.end_after_playout(CallEnd::AgentHangup);
     h.drain();
     assert_eq!(h.ended(), Some((h.now, CallEnd::AgentHangup)));
+}
+
+#[test]
+fn legs_with_different_ptimes_get_whole_frames_of_their_own() {
+    // The human's answer asked for 30 ms PCMA packets; the caller sends 20 ms PCMU.
+    let (h, _, _) = bridged_call_with(Codec::Pcmu, LegConfig { ptime: ms(30), ..human_leg(Codec::Pcma) });
+    let (from, to) = (h.start + ms(1000), h.start + ms(3000));
+    let heard = payloads_between(&h.human, from, to);
+    assert!((66..=67).contains(&heard.len()), "one packet per 30 ms: {}", heard.len());
+    assert!(heard.iter().all(|p| p.len() == 240), "30 ms of PCMA each");
+    let stamps: Vec<u32> = h.human.iter().map(|(_, header, _)| header.timestamp).collect();
+    assert!(stamps.windows(2).all(|pair| pair[1].wrapping_sub(pair[0]) == 240), "continuous timestamps");
+    let tone = tone_of(&decode(Codec::Pcma, &heard), 8000);
+    assert!((tone - CALLER_TONE).abs() <= 20.0, "human heard {tone} Hz");
+    let tone = tone_of(&decode(Codec::Pcmu, &payloads_between(&h.sent, from, to)), 8000);
+    assert!((tone - HUMAN_TONE).abs() <= 20.0, "caller heard {tone} Hz");
 }
