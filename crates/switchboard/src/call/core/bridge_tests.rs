@@ -318,20 +318,37 @@ fn the_humans_rtp_timeout_reports_the_leg_lost_once_and_the_call_goes_on() {
         lost[0].0 - h.start
     );
     assert!(h.ended().is_none(), "the human's silence does not end the call");
-    // The transfer logic removes the leg: unbridged, the caller is back with the model.
-    h.core.remove_leg(h.now, HUMAN);
-    assert!(!h.core.is_bridged());
+    // The human's phone comes back for a moment (RTP resumes), then goes quiet again: reported
+    // again, once.
+    h.run_to(ms(6000));
+    let packet = human.tone_packet(HUMAN_TONE);
+    h.core.handle_rtp(h.now, HUMAN, human_addr(), &packet);
+    h.drain();
     let mut at = ms(6000);
-    while at < ms(7000) {
+    while at < ms(9000) {
         h.run_to(at);
         let packet = caller.tone_packet(CALLER_TONE);
         h.core.handle_rtp(h.now, CALLER, caller_addr(), &packet);
         h.drain();
         at += PTIME;
     }
-    assert!(appends_between(&h, ms(6000), ms(7000)) >= 49);
+    let lost: Vec<_> = h.outputs.iter().filter(|(_, o)| matches!(o, Output::LegLost(_))).map(|(at, _)| *at).collect();
+    assert_eq!(lost.len(), 2);
+    assert!(lost[1] >= h.start + ms(7980) && lost[1] <= h.start + ms(8020), "{:?}", lost[1] - h.start);
+    // The transfer logic removes the leg: unbridged, the caller is back with the model.
+    h.core.remove_leg(h.now, HUMAN);
+    assert!(!h.core.is_bridged());
+    let mut at = ms(9000);
+    while at < ms(10_000) {
+        h.run_to(at);
+        let packet = caller.tone_packet(CALLER_TONE);
+        h.core.handle_rtp(h.now, CALLER, caller_addr(), &packet);
+        h.drain();
+        at += PTIME;
+    }
+    assert!(appends_between(&h, ms(9000), ms(10_000)) >= 49);
     // The caller's own timeout still ends the call.
-    h.run_to(ms(9500));
+    h.run_to(ms(12_500));
     assert_eq!(h.ended().map(|(_, end)| end), Some(CallEnd::RtpTimeout));
 }
 
