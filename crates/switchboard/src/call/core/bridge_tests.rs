@@ -533,3 +533,45 @@ fn legs_with_different_ptimes_get_whole_frames_of_their_own() {
     let tone = tone_of(&decode(Codec::Pcmu, &payloads_between(&h.sent, from, to)), 8000);
     assert!((tone - HUMAN_TONE).abs() <= 20.0, "caller heard {tone} Hz");
 }
+
+#[test]
+fn an_ai_outage_while_bridged_plays_no_comfort_over_the_human_and_gives_up_only_after_the_unbridge() {
+    let mut core = config(talk());
+    core.resilience.policy = Some(crate::call::reconnect::ReconnectPolicy {
+        initial_delay: ms(200),
+        max_delay: ms(2000),
+        give_up_after: Duration::from_secs(5),
+    });
+    let mut h = Harness::with_core(core, caller_leg(Codec::Pcmu));
+    h.core.add_leg(h.now, HUMAN, human_leg(Codec::Pcmu));
+    h.core.bridge(h.now, CALLER, HUMAN);
+    let mut caller = Phone::new(Codec::Pcmu, 0xCA11);
+    let mut human = Phone::new(Codec::Pcmu, 0x4855);
+    let mut at = ms(0);
+    while at < ms(30_000) {
+        if at == ms(1000) {
+            h.run_to(at);
+            h.core.handle_realtime_closed(h.now, CallEnd::AgentDisconnected("connection reset".into()));
+            h.drain();
+        }
+        h.run_to(at);
+        let packet = caller.tone_packet(CALLER_TONE);
+        h.core.handle_rtp(h.now, CALLER, caller_addr(), &packet);
+        h.drain();
+        h.run_to(at + ms(7));
+        let packet = human.packet(&[0x55; 160]);
+        h.core.handle_rtp(h.now, HUMAN, human_addr(), &packet);
+        h.drain();
+        at += PTIME;
+    }
+    assert!(h.outputs.iter().any(|(_, o)| matches!(o, Output::Reconnect)), "the shell is asked to reconnect");
+    // The caller heard the human and silence before the human's first packet: no comfort pulse.
+    assert!(h.sent.iter().all(|(_, _, p)| p.iter().all(|&b| b == 0x55) || p.iter().all(|&b| b == 0xFF)));
+    assert!(h.sent.iter().filter(|(_, _, p)| p[0] == 0x55).count() >= 1490);
+    assert!(h.ended().is_none(), "no give-up while the caller talks with the human");
+    // Back with the agent, still no AI: the give-up (its deadline long past) ends the call after
+    // the give-up announcement.
+    h.core.unbridge(h.now);
+    h.run_to(ms(40_000));
+    assert!(matches!(h.ended(), Some((_, CallEnd::AgentDisconnected(_)))), "{:?}", h.ended());
+}
