@@ -18,11 +18,13 @@
 //! - Registration, unregistration and [`ClockRegistration::reschedule`] go through an inbox the
 //!   clock drains at each wake-up. The inbox is bounded by the live registrations: each
 //!   registration is added and removed once, and reschedules are coalesced per registration
-//!   (the latest deadline wins), so it never holds more than two entries per call.
-//!
+//!   (the latest deadline wins), so it never holds more than two entries per call, plus one
+//!   per extra media leg (socket changes are coalesced per leg, at most [`MAX_LEGS`] legs).
 //! - A call may have more than one media leg (a bridged transfer): each [`RtpTransmit`] names
 //!   the leg whose socket sends it; leg 0's socket is given at registration, the others are
-//!   attached and detached through the inbox ([`ClockRegistration::attach_socket`]).
+//!   attached and detached through the inbox ([`ClockRegistration::attach_socket`]). A packet
+//!   for a leg without a socket is dropped and counted (`reason="no_socket"`), never sent on
+//!   another leg's socket.
 //!
 //! The scheduling logic ([`Schedule`]) is sans-IO and tested on a virtual clock; the thread
 //! around it only sleeps, drains the inbox and calls `send_to`.
