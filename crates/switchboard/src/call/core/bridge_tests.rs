@@ -16,7 +16,7 @@ use switchboard_media::signal;
 use switchboard_media::{Codec, CodecCoding};
 use switchboard_realtime::events::ClientEvent;
 
-use super::bridge::{RELAY_MAX_QUEUED_FRAMES, RELAY_TRIM_WINDOW};
+use super::bridge::{MAX_LEGS, RELAY_MAX_QUEUED_FRAMES, RELAY_TRIM_WINDOW};
 use super::talk_tests::{Harness, config, created, delta, ms, talk};
 use super::tests::caller_addr;
 use super::*;
@@ -574,4 +574,25 @@ fn an_ai_outage_while_bridged_plays_no_comfort_over_the_human_and_gives_up_only_
     h.core.unbridge(h.now);
     h.run_to(ms(40_000));
     assert!(matches!(h.ended(), Some((_, CallEnd::AgentDisconnected(_)))), "{:?}", h.ended());
+}
+
+#[test]
+fn legs_are_bounded_and_the_callers_cannot_be_added_or_removed() {
+    let mut h = Harness::with_core(config(talk()), caller_leg(Codec::Pcmu));
+    h.core.add_leg(h.now, CALLER, human_leg(Codec::Pcma));
+    h.core.remove_leg(h.now, CALLER);
+    assert_eq!(h.core.legs.len(), 1);
+    assert_eq!(h.core.legs[0].codec, Codec::Pcmu);
+    for id in 1..=10u8 {
+        h.core.add_leg(h.now, LegId(id), human_leg(Codec::Pcma));
+    }
+    assert_eq!(h.core.legs.len(), MAX_LEGS);
+    // Adding an existing id replaces that leg.
+    h.core.add_leg(h.now, HUMAN, human_leg(Codec::G722));
+    assert_eq!(h.core.legs.len(), MAX_LEGS);
+    assert_eq!(h.core.legs.iter().find(|leg| leg.id == HUMAN).unwrap().codec, Codec::G722);
+    // A bridge with a missing leg, or a leg with itself, is refused.
+    h.core.bridge(h.now, CALLER, LegId(9));
+    h.core.bridge(h.now, HUMAN, HUMAN);
+    assert!(!h.core.is_bridged());
 }
