@@ -259,6 +259,13 @@ impl CallCore {
         self.bridge.is_some()
     }
 
+    /// The agent's audio still to be played to the caller (encoded or not): zero once an
+    /// announcement has been heard in full, e.g. before [`bridge`](Self::bridge) cuts it off.
+    /// While bridged, relayed audio waiting for its slot.
+    pub fn agent_audio_queued(&self) -> std::time::Duration {
+        self.caller_leg().map_or(std::time::Duration::ZERO, Leg::held_audio)
+    }
+
     /// Stops the agent at once, as a barge-in does but without counting one: its queue on the
     /// caller's leg is flushed and its items truncated to what was played.
     fn cut_agent_off(&mut self) {

@@ -262,9 +262,11 @@ fn the_agents_audio_is_cut_at_the_bridge_and_its_late_audio_never_played() {
     h.at(ms(0), created("resp_1"));
     h.at(ms(0), delta("resp_1", "item_1", 0x11, 2000));
     h.run_to(ms(500));
+    assert_eq!(h.core.agent_audio_queued(), ms(1500), "what is left of the 2 s item");
     h.core.add_leg(h.now, HUMAN, human_leg(Codec::Pcmu));
     h.core.bridge(h.now, CALLER, HUMAN);
     h.drain();
+    assert_eq!(h.core.agent_audio_queued(), Duration::ZERO, "flushed at the bridge");
     // What the caller heard of item 1 is what the model is told it said (the pacer sent 25
     // frames by 500 ms, 480 ms of them after the first slot).
     let truncates = h.truncates();
