@@ -75,6 +75,13 @@ pub const TOOL_DURATION_SECONDS: &str = "switchboard_tool_duration_seconds";
 pub const TOOL_OUTPUTS_IGNORED_TOTAL: &str = "switchboard_tool_outputs_ignored_total";
 /// MCP server events from the Realtime API (reference §4.5), by `type`.
 pub const MCP_EVENTS_TOTAL: &str = "switchboard_mcp_events_total";
+/// Two legs of a call bridged (a bridged transfer: caller and human hear each other).
+pub const BRIDGES_TOTAL: &str = "switchboard_bridges_total";
+/// Bridged audio frames dropped by the relay queue's policy (full, or delay trimmed).
+pub const BRIDGE_RELAY_DROPPED_FRAMES_TOTAL: &str = "switchboard_bridge_relay_dropped_frames_total";
+/// Inbound calls by the route that decided (`route`: its name, `none` for no match) and
+/// `outcome` (agent, reject, no_match).
+pub const ROUTE_DECISIONS_TOTAL: &str = "switchboard_route_decisions_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -247,6 +254,15 @@ fn describe_net_metrics() {
         "RTCP compound packets by direction (in, out) and result (ok, malformed, ignored: not from the caller)."
     );
     metrics::describe_histogram!(RTCP_ROUND_TRIP_SECONDS, "Round-trip time to the caller from its RTCP reports.");
+    metrics::describe_counter!(BRIDGES_TOTAL, "Two legs of a call bridged (bridged transfer to a human).");
+    metrics::describe_counter!(
+        BRIDGE_RELAY_DROPPED_FRAMES_TOTAL,
+        "Bridged audio frames dropped by the relay queue (full queue, or added delay trimmed)."
+    );
+    metrics::describe_counter!(
+        ROUTE_DECISIONS_TOTAL,
+        "Inbound calls by the route that decided (none: no match) and outcome (agent, reject, no_match)."
+    );
 }
 
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.

@@ -43,8 +43,9 @@ pub const MAX_PENDING_TOOLS: usize = 32;
 /// Responses whose calls are tracked at most (one slot per response with pending calls).
 const MAX_OPEN_RESPONSES: usize = 8;
 
-/// The pacer tag of the filler: no assistant item, never credited as the agent's audio.
-pub const FILLER_TAG: ItemTag = u32::MAX - 1;
+/// The pacer tag of the filler: no assistant item, never credited as the agent's audio (apart
+/// from the local prompts' `u32::MAX` and the bridge relay's `u32::MAX - 1`).
+pub const FILLER_TAG: ItemTag = u32::MAX - 2;
 
 /// MCP server events (reference §4.5): logged and counted, nothing to do.
 pub fn is_mcp_event(event_type: &str) -> bool {
@@ -323,6 +324,7 @@ impl CallCore {
             && !self.agent.conversation.has_active_response()
             && !self.barge_in.caller_speaking()
             && self.outage.is_none()
+            && self.bridge.is_none()
             && self.ending_after_playout.is_none();
         if !quiet {
             return;
