@@ -240,8 +240,8 @@ impl CallCore {
             // No session to ask now (what is sent goes to the history only).
             self.tools.answer_on_resume = true;
         }
-        if self.tools.pending.is_empty() {
-            self.tools.next_filler = None;
+        if !self.tools.pending.iter().any(|p| self.tools.names.contains(&p.call.name)) {
+            self.tools.next_filler = None; // the next slow tool waits `filler_after` again
         }
         self.send_tool_output(&done.call, done.session_knows, output);
         if self.tools.pending.iter().any(|p| p.response_id == done.response_id) {
@@ -307,10 +307,13 @@ impl CallCore {
     /// When the filler is next due (`None`: nothing pending or no filler).
     pub(super) fn poll_tools_timeout(&self) -> Option<Instant> {
         let filler = self.tools.filler.as_ref()?;
+        // Only the configured webhooks: a built-in (a transfer) says what it does itself.
+        let mut waiting = self.tools.pending.iter().filter(|p| self.tools.names.contains(&p.call.name)).peekable();
+        waiting.peek()?;
         if let Some(next) = self.tools.next_filler {
             return Some(next);
         }
-        self.tools.pending.iter().map(|p| p.since + filler.after).min()
+        waiting.map(|p| p.since + filler.after).min()
     }
 
     /// Plays the filler when it is due and the line is quiet.
@@ -643,6 +646,7 @@ mod tests {
     fn filler_bench() -> Bench {
         let mut b = Bench::new();
         b.core.set_filler(Duration::from_millis(1000), vec![0x20; 1600]); // 200 ms of PCMU
+        b.core.set_tool_names(vec!["lookup".into()]);
         b.feed(0, created("r1"));
         b.feed(10, call_done("r1", "c1", "lookup", "completed"));
         b.feed(20, done("r1", "completed"));
@@ -688,6 +692,20 @@ mod tests {
         b.core.handle_task_timeout(b.at(1010));
         b.feed(1011, speech_started());
         assert_eq!(b.sent_until(1400), 0, "the caller's speech flushed it");
+    }
+
+    #[test]
+    fn no_filler_for_a_built_in_tool() {
+        let mut b = Bench::new();
+        b.core.set_filler(Duration::from_millis(1000), vec![0x20; 1600]);
+        b.core.set_tool_names(vec!["lookup".into()]);
+        b.feed(0, created("r1"));
+        b.feed(10, call_done("r1", "c1", "transfer_to_human", "completed"));
+        b.feed(20, done("r1", "completed"));
+        b.drain();
+        assert_eq!(b.core.poll_tools_timeout(), None);
+        b.core.handle_task_timeout(b.at(1010));
+        assert_eq!(b.sent_until(1400), 0);
     }
 
     #[test]
