@@ -839,6 +839,11 @@ impl std::fmt::Debug for DialogRequester {
 }
 
 impl DialogRequester {
+    /// Our URI in the dialog (`None` once it is over).
+    pub fn local_uri(&self) -> Option<String> {
+        self.shared.core().dialog_local_uri(self.id)
+    }
+
     /// As [`Dialog::send_request`].
     pub async fn send_request(
         &self,

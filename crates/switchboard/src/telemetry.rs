@@ -66,6 +66,9 @@ pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
 /// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
 pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
+/// Transfers to a human, by `method` (refer, bridge) and `outcome` (transferred, bridged,
+/// refused, failed, busy, rejected, no_answer, timeout, error): one per attempt.
+pub const TRANSFERS_TOTAL: &str = "switchboard_transfers_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -201,6 +204,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         REALTIME_CONNECT_FAILURES_TOTAL,
         "Realtime session openings that failed (call setup and reconnect attempts), by reason."
     );
+    metrics::describe_counter!(TRANSFERS_TOTAL, "Transfers to a human by method and outcome, one per attempt.");
     Ok(handle)
 }
 

@@ -275,6 +275,13 @@ impl Core {
         self.dialogs.get(&dialog).map(|d| d.role)
     }
 
+    /// Our URI in the dialog (the From of our requests, without its tag): what a REFER's
+    /// `Referred-By` names (RFC 3892 §3).
+    pub fn dialog_local_uri(&self, dialog: DialogId) -> Option<String> {
+        let dialog = self.dialogs.get(&dialog)?;
+        NameAddr::parse(&dialog.local_party).map(|party| without_uri_headers(&party.uri).to_owned())
+    }
+
     /// The dialog's Call-ID.
     pub fn dialog_call_id(&self, dialog: DialogId) -> Option<&str> {
         self.dialogs.get(&dialog).map(|d| d.call_id.as_str())

@@ -53,6 +53,7 @@ mod talk;
 mod talk_tests;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -246,6 +247,8 @@ pub enum Output {
     Rollover,
     /// Run a tool; its result comes back through [`CallCore::complete_tool`].
     Tool(ToolCall),
+    /// A transfer's announcement has played, or a transfer rule fired ([`transfer`]).
+    Transfer(transfer::TransferSignal),
 }
 
 /// Counters the shell logs at the end of the call.
@@ -516,6 +519,8 @@ pub struct CallCore {
     outage: Option<reconnecting::Outage>,
     /// When the session is to be rolled over, and whether the caller is speaking.
     rollover: reconnecting::Rollover,
+    /// Transfer rules and the announcement being played ([`transfer`]).
+    transfer: transfer::TransferHooks,
 }
 
 impl CallCore {
@@ -549,6 +554,7 @@ impl CallCore {
             },
             outage: None,
             rollover: reconnecting::Rollover::default(),
+            transfer: transfer::TransferHooks::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -870,6 +876,7 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        self.transfer_if_played_out();
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }
