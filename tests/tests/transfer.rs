@@ -137,8 +137,10 @@ fn baresip(dir: &Path, name: &str, sip_port: u16, media: (u16, u16), source: &Pa
 /// What a baresip heard (its `*-dec.wav` recording), if it recorded a call.
 fn heard(dir: &Path, name: &str) -> Option<(u32, Vec<i16>)> {
     let rec = dir.join(format!("{name}-rec"));
+    // sndfile names it `dump-<time>-dec.wav` (or without the extension, on some builds).
     let path = std::fs::read_dir(rec).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-        p.to_string_lossy().ends_with("-dec.wav")
+        let name = p.to_string_lossy();
+        name.ends_with("-dec.wav") || name.ends_with("-dec")
     })?;
     Some(audio::read_wav(&path))
 }
@@ -172,13 +174,14 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
     );
     assert!(made.status.success(), "sox silence failed");
 
-    let human_port = ports.peer_sip + 1;
+    // baresip also binds SIP over TLS on its port + 1.
+    let human_port = ports.peer_sip + 4;
     let target = format!("sip:human@127.0.0.1:{human_port}");
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), &transfer_toml(&target, "agent"), &dir);
-    let human_conf =
-        baresip(&dir, "human", human_port, (ports.peer_media + 50, ports.peer_media + 99), &silence, true);
-    let caller_conf = baresip(&dir, "caller", ports.peer_sip, (ports.peer_media, ports.peer_media + 49), &source, false);
+    let human_conf = baresip(&dir, "human", human_port, (ports.peer_media + 50, ports.peer_media + 99), &silence, true);
+    let caller_conf =
+        baresip(&dir, "caller", ports.peer_sip, (ports.peer_media, ports.peer_media + 49), &source, false);
     let mut human = ChildGuard::spawn(
         "baresip (human)",
         Command::new("baresip")
@@ -203,8 +206,8 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
     let _ = human.wait_timeout(Duration::from_secs(10));
     assert!(transferred, "the gateway never saw the transfer succeed; log:\n{}", gateway.log());
 
-    let (rate, heard) = heard(&dir, "human")
-        .unwrap_or_else(|| panic!("the human recorded no call; gateway log:\n{}", gateway.log()));
+    let (rate, heard) =
+        heard(&dir, "human").unwrap_or_else(|| panic!("the human recorded no call; gateway log:\n{}", gateway.log()));
     let (original_rate, original) = audio::read_wav(&speech.wav_8k);
     let (lag, r) = audio::best_lag_correlation(
         &audio::envelope(&original, (original_rate / 50) as usize),
@@ -317,7 +320,12 @@ fn a_refused_refer_falls_back_as_configured() {
         let out = caller.join().expect("sipp thread");
         assert!(out.status.success(), "the SIPp caller got no BYE; gateway log:\n{}", gateway.log());
         assert!(
-            wait_for_counter(&gateway, "switchboard_calls_total", &["reason=\"transfer_failed\""], Duration::from_secs(5)),
+            wait_for_counter(
+                &gateway,
+                "switchboard_calls_total",
+                &["reason=\"transfer_failed\""],
+                Duration::from_secs(5)
+            ),
             "log:\n{}",
             gateway.log()
         );

@@ -67,7 +67,8 @@ mod tests {
 
     #[test]
     fn status_lines_as_peers_send_them() {
-        let cases: [(&str, Result<(u16, &str), SipfragError>); 12] = [
+        type Expected = Result<(u16, &'static str), SipfragError>;
+        let cases: [(&str, Expected); 12] = [
             ("SIP/2.0 100 Trying", Ok((100, "Trying"))),
             ("SIP/2.0 180 Ringing\r\n", Ok((180, "Ringing"))),
             ("SIP/2.0 200 OK\r\nContact: <sip:b@example.com>\r\n\r\n", Ok((200, "OK"))),

@@ -193,9 +193,8 @@ pub fn validate_transfer(
     } else if rules && cfg.default_queue.is_empty() {
         bad(&key("default_queue"), "dtmf, on_max_duration and on_ai_unreachable transfer to it: set it".into());
     }
-    if !cfg.dtmf.is_empty()
-        && !(cfg.dtmf.len() == 1 && cfg.dtmf.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#'))
-    {
+    let one_key = cfg.dtmf.len() == 1 && cfg.dtmf.chars().all(|c| c.is_ascii_digit() || c == '*' || c == '#');
+    if !cfg.dtmf.is_empty() && !one_key {
         bad(&key("dtmf"), format!("`{}` must be one key: 0-9, * or #", cfg.dtmf));
     }
     match cfg.method {

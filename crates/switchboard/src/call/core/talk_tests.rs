@@ -821,6 +821,7 @@ fn when_the_ai_stays_unreachable_the_transfer_rule_replaces_the_give_up() {
     assert!(!h.core.announce_transfer("Please hold."), "nobody to say it");
     // The transfer failed and there is nobody to go back to: the call ends.
     h.core.goodbye_after_transfer(CallEnd::TransferFailed);
+    h.drain();
     h.run_to(ms(13_000));
     assert_eq!(h.ended().map(|(_, end)| end), Some(CallEnd::TransferFailed));
 }

@@ -12,6 +12,7 @@
 //! the configured names, and a name that is not configured gets an error output, never a dial
 //! (toll-fraud safety).
 
+pub mod dial;
 pub mod machine;
 
 use serde::Deserialize;
