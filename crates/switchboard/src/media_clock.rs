@@ -20,6 +20,10 @@
 //!   registration is added and removed once, and reschedules are coalesced per registration
 //!   (the latest deadline wins), so it never holds more than two entries per call.
 //!
+//! - A call may have more than one media leg (a bridged transfer): each [`RtpTransmit`] names
+//!   the leg whose socket sends it; leg 0's socket is given at registration, the others are
+//!   attached and detached through the inbox ([`ClockRegistration::attach_socket`]).
+//!
 //! The scheduling logic ([`Schedule`]) is sans-IO and tested on a virtual clock; the thread
 //! around it only sleeps, drains the inbox and calls `send_to`.
 
@@ -57,6 +61,9 @@ pub const LATENESS_WINDOW: Duration = Duration::from_secs(1);
 /// One RTP packet a call wants sent now.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RtpTransmit {
+    /// The media leg whose socket sends it: 0 for the socket given to
+    /// [`MediaClock::register`], others as attached ([`ClockRegistration::attach_socket`]).
+    pub leg: u8,
     pub destination: SocketAddr,
     pub packet: Vec<u8>,
 }
@@ -158,10 +165,15 @@ impl LatenessHistogram {
 /// Identifies one registration inside the clock.
 type Id = u64;
 
+/// The most media legs (sockets) one registration may have: a caller and a bridged human,
+/// with room to spare; attaching beyond it is refused (the inbox stays bounded).
+pub const MAX_LEGS: u8 = 4;
+
 /// What the clock needs to serve one call.
 struct Entry {
     paced: Arc<Mutex<dyn Paced>>,
-    socket: Arc<UdpSocket>,
+    /// Per leg (the index), the socket its packets leave on.
+    sockets: Vec<Option<Arc<UdpSocket>>>,
     task: Arc<Notify>,
     /// Cleared by [`ClockRegistration`]'s drop: no new serve starts after it.
     active: Arc<AtomicBool>,
@@ -208,6 +220,9 @@ pub struct ServeReport {
     pub busy: usize,
     /// Calls dropped because their lock was poisoned (their task panicked).
     pub poisoned: usize,
+    /// Packets dropped because their leg had no socket (attached after, or detached before,
+    /// the core produced them).
+    pub no_socket: usize,
 }
 
 /// The clock's deadline heap and its registered calls (sans-IO: `now` is a parameter).
@@ -234,6 +249,18 @@ impl Schedule {
     fn add(&mut self, id: Id, entry: Entry, now: Instant) {
         self.entries.insert(id, entry);
         self.set_deadline(id, Some(now));
+    }
+
+    /// Attaches (`Some`) or detaches (`None`) the socket of one of `id`'s legs.
+    fn set_socket(&mut self, id: Id, leg: u8, socket: Option<Arc<UdpSocket>>) {
+        let Some(entry) = self.entries.get_mut(&id) else { return };
+        let index = usize::from(leg);
+        if entry.sockets.len() <= index {
+            entry.sockets.resize(index + 1, None);
+        }
+        if let Some(slot) = entry.sockets.get_mut(index) {
+            *slot = socket;
+        }
     }
 
     fn remove(&mut self, id: Id) {
@@ -320,7 +347,12 @@ impl Schedule {
                 Ok(mut paced) => {
                     paced.handle_timeout(now);
                     while let Some(transmit) = paced.poll_transmit() {
-                        out.push(Outgoing { socket: Arc::clone(&entry.socket), transmit, due: wake.due });
+                        match entry.sockets.get(usize::from(transmit.leg)) {
+                            Some(Some(socket)) => {
+                                out.push(Outgoing { socket: Arc::clone(socket), transmit, due: wake.due })
+                            }
+                            _ => report.no_socket += 1,
+                        }
                     }
                     (paced.poll_timeout(), paced.wants_task())
                 }
@@ -361,6 +393,9 @@ struct Inbox {
     removed: Vec<Id>,
     /// Latest requested deadline per registration (coalesced).
     rescheduled: HashMap<Id, Option<Instant>>,
+    /// Sockets attached (`Some`) or detached per registration and leg (coalesced: the latest
+    /// wins; at most [`MAX_LEGS`] per registration).
+    sockets: HashMap<(Id, u8), Option<Arc<UdpSocket>>>,
     /// When the clock will next wake on its own (`None`: it is awake or waits for a request).
     sleeping_until: Option<Instant>,
     stop: bool,
@@ -424,7 +459,14 @@ impl MediaClock {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let active = Arc::new(AtomicBool::new(true));
         let paced: Arc<Mutex<dyn Paced>> = paced;
-        let entry = Entry { paced, socket, task, active: Arc::clone(&active), scheduled: None, generation: 0 };
+        let entry = Entry {
+            paced,
+            sockets: vec![Some(socket)],
+            task,
+            active: Arc::clone(&active),
+            scheduled: None,
+            generation: 0,
+        };
         let mut inbox = self.shared.inbox();
         inbox.added.push((id, entry));
         // A new call's first deadline is usually now: wake the clock to look at it.
@@ -474,6 +516,28 @@ impl ClockRegistration {
         inbox.rescheduled.insert(self.id, deadline);
         self.shared.wake_for(&inbox, deadline);
     }
+
+    /// Sends leg `leg`'s packets ([`RtpTransmit::leg`]) on `socket` from the clock's next
+    /// wake-up on (woken now, so a leg added to the call just after is served with it).
+    /// Returns false, attaching nothing, for a leg at or past [`MAX_LEGS`] or leg 0 (the
+    /// registration's own socket).
+    pub fn attach_socket(&self, leg: u8, socket: Arc<UdpSocket>) -> bool {
+        if leg == 0 || leg >= MAX_LEGS {
+            return false;
+        }
+        self.shared.inbox().sockets.insert((self.id, leg), Some(socket));
+        self.shared.wake.notify_one();
+        true
+    }
+
+    /// Stops sending leg `leg`'s packets (they are dropped and counted until the call stops
+    /// producing them).
+    pub fn detach_socket(&self, leg: u8) {
+        if leg == 0 || leg >= MAX_LEGS {
+            return;
+        }
+        self.shared.inbox().sockets.insert((self.id, leg), None);
+    }
 }
 
 impl Drop for ClockRegistration {
@@ -481,6 +545,7 @@ impl Drop for ClockRegistration {
         self.active.store(false, Ordering::Release);
         let mut inbox = self.shared.inbox();
         inbox.rescheduled.remove(&self.id);
+        inbox.sockets.retain(|(id, _), _| *id != self.id);
         inbox.removed.push(self.id);
         drop(inbox);
         self.shared.registrations.fetch_sub(1, Ordering::Relaxed);
@@ -503,6 +568,7 @@ fn run(shared: &Shared) {
     let sent_metric = metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "out");
     let would_block_metric = metrics::counter!(telemetry::RTP_SEND_DROPPED_TOTAL, "reason" => "would_block");
     let error_metric = metrics::counter!(telemetry::RTP_SEND_DROPPED_TOTAL, "reason" => "error");
+    let no_socket_metric = metrics::counter!(telemetry::RTP_SEND_DROPPED_TOTAL, "reason" => "no_socket");
     let busy_metric = metrics::counter!(telemetry::MEDIA_CLOCK_BUSY_RETRIES_TOTAL);
     let mut inbox = shared.inbox();
     loop {
@@ -521,6 +587,9 @@ fn run(shared: &Shared) {
             for (id, deadline) in inbox.rescheduled.drain() {
                 schedule.set_deadline(id, deadline);
             }
+            for ((id, leg), socket) in inbox.sockets.drain() {
+                schedule.set_socket(id, leg, socket);
+            }
             let now = Instant::now();
             let wake_at = schedule.next_wake().map_or(window_end, |at| at.min(window_end));
             if wake_at <= now {
@@ -538,6 +607,9 @@ fn run(shared: &Shared) {
         let report = schedule.serve(now, &mut outgoing);
         if report.busy > 0 {
             busy_metric.increment(report.busy as u64);
+        }
+        if report.no_socket > 0 {
+            no_socket_metric.increment(report.no_socket as u64);
         }
         let mut sent = 0u64;
         for packet in outgoing.drain(..) {
@@ -616,7 +688,7 @@ mod tests {
             while let Some(frame) = self.pacer.poll(now) {
                 let mut packet = Vec::new();
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
-                self.ready.push(RtpTransmit { destination: self.destination, packet });
+                self.ready.push(RtpTransmit { leg: 0, destination: self.destination, packet });
             }
         }
         fn poll_timeout(&self) -> Option<Instant> {
@@ -647,7 +719,7 @@ mod tests {
         let paced: Arc<Mutex<dyn Paced>> = leg.clone();
         let entry = Entry {
             paced,
-            socket: socket(),
+            sockets: vec![Some(socket())],
             task: Arc::new(Notify::new()),
             active: active.clone(),
             scheduled: None,
@@ -844,7 +916,7 @@ mod tests {
         let paced: Arc<Mutex<dyn Paced>> = leg.clone();
         let entry = Entry {
             paced,
-            socket: socket(),
+            sockets: vec![Some(socket())],
             task: task.clone(),
             active: Arc::new(AtomicBool::new(true)),
             scheduled: None,
@@ -857,6 +929,60 @@ mod tests {
         runtime.block_on(async {
             tokio::time::timeout(Duration::from_secs(5), task.notified()).await.expect("task notified");
         });
+    }
+
+    /// A paced call whose every packet is for leg 1 (a bridged human's).
+    struct SecondLeg(PacedLeg);
+
+    impl Paced for SecondLeg {
+        fn handle_timeout(&mut self, now: Instant) {
+            self.0.handle_timeout(now);
+        }
+        fn poll_timeout(&self) -> Option<Instant> {
+            self.0.poll_timeout()
+        }
+        fn poll_transmit(&mut self) -> Option<RtpTransmit> {
+            self.0.poll_transmit().map(|t| RtpTransmit { leg: 1, ..t })
+        }
+        fn wants_task(&self) -> bool {
+            false
+        }
+    }
+
+    #[test]
+    fn each_legs_packets_leave_on_that_legs_socket() {
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
+        let leg = Arc::new(Mutex::new(SecondLeg(PacedLeg::new(start, destination(), 1))));
+        let paced: Arc<Mutex<dyn Paced>> = leg;
+        let caller_socket = socket();
+        let entry = Entry {
+            paced,
+            sockets: vec![Some(Arc::clone(&caller_socket))],
+            task: Arc::new(Notify::new()),
+            active: Arc::new(AtomicBool::new(true)),
+            scheduled: None,
+            generation: 0,
+        };
+        schedule.add(1, entry, start);
+        let mut out = Vec::new();
+        // No socket for leg 1 yet: dropped and counted, never sent on the caller's socket.
+        let report = schedule.serve(start, &mut out);
+        assert_eq!((report.served, report.no_socket, out.len()), (1, 1, 0));
+        let human_socket = socket();
+        schedule.set_socket(1, 1, Some(Arc::clone(&human_socket)));
+        schedule.serve(start + PTIME, &mut out);
+        assert_eq!(out.len(), 1);
+        assert!(Arc::ptr_eq(&out[0].socket, &human_socket));
+        assert_eq!(out[0].transmit.leg, 1);
+        // Detached: dropped again.
+        schedule.set_socket(1, 1, None);
+        out.clear();
+        let report = schedule.serve(start + PTIME * 2, &mut out);
+        assert_eq!((report.no_socket, out.len()), (1, 0));
+        // Unknown registrations and legs past the end are ignored, not a panic.
+        schedule.set_socket(9, 1, Some(socket()));
+        schedule.set_socket(1, 3, None);
     }
 
     #[test]

@@ -66,6 +66,10 @@ pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
 /// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
 pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
+/// Two legs of a call bridged (a bridged transfer: caller and human hear each other).
+pub const BRIDGES_TOTAL: &str = "switchboard_bridges_total";
+/// Bridged audio frames dropped by the relay queue's policy (full, or delay trimmed).
+pub const BRIDGE_RELAY_DROPPED_FRAMES_TOTAL: &str = "switchboard_bridge_relay_dropped_frames_total";
 /// Transfers to a human, by `method` (refer, bridge) and `outcome` (transferred, bridged,
 /// refused, failed, busy, rejected, no_answer, timeout, error): one per attempt.
 pub const TRANSFERS_TOTAL: &str = "switchboard_transfers_total";
@@ -241,6 +245,11 @@ fn describe_net_metrics() {
         "RTCP compound packets by direction (in, out) and result (ok, malformed, ignored: not from the caller)."
     );
     metrics::describe_histogram!(RTCP_ROUND_TRIP_SECONDS, "Round-trip time to the caller from its RTCP reports.");
+    metrics::describe_counter!(BRIDGES_TOTAL, "Two legs of a call bridged (bridged transfer to a human).");
+    metrics::describe_counter!(
+        BRIDGE_RELAY_DROPPED_FRAMES_TOTAL,
+        "Bridged audio frames dropped by the relay queue (full queue, or added delay trimmed)."
+    );
 }
 
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.

@@ -7,16 +7,17 @@
 //!   behind an `Arc<Mutex<..>>` that implements [`Paced`]; nobody holds the lock across an await);
 //! - the core's Realtime events go through a bounded queue to a writer task, so the pacer never
 //!   waits on the network ([`RealtimeWriter`]);
-//! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here.
+//! - the core's other outputs (hang up, DTMF, taps, the end) are carried out here;
+//! - a second media leg (a bridged transfer's human) is attached and detached here (`shell/legs.rs`).
+
+mod legs;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use switchboard_media::rtp::StreamStart;
 use switchboard_realtime::client::{ClientError, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::events::{ClientEvent, ServerEvent};
-use switchboard_sdp::Direction;
 use switchboard_sip::{Dialog, DialogEvent};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
@@ -26,7 +27,7 @@ use tracing::{debug, info, warn};
 use super::core::agent_control::{ControlConfig, TalkConfig};
 use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
-use super::core::{CALLER, CallCore, CoreConfig, DialogInput, LegConfig, Output, Resilience, parse_info_dtmf};
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, Output, Resilience, parse_info_dtmf};
 use super::end::CallEnd;
 use super::journal::{CallJournal, ToolRecord, ToolStatus};
 use super::prompt::LocalPrompt;
@@ -35,10 +36,9 @@ use super::session::ConfirmedAudio;
 use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
-use crate::media_clock::{MediaClock, Paced, RtpTransmit};
+use crate::media_clock::{ClockRegistration, MediaClock, Paced, RtpTransmit};
 use crate::telemetry;
 use switchboard_media::Codec;
-use switchboard_media::opus_codec::OpusEncoderSettings;
 use switchboard_realtime::history::HistoryLimits;
 
 /// Transfer to a human: the shell's side (`call/transfer/shell.rs`).
@@ -78,18 +78,6 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     let end = match sockets {
         Err(e) => CallEnd::MediaSetupFailed(format!("RTP socket: {e}")),
         Ok((socket, clock_socket)) => {
-            let ptime = Duration::from_millis(u64::from(media.ptime_ms.max(10)));
-            let opus = OpusEncoderSettings {
-                bitrate_bps: cfg.media.opus_bitrate_bps,
-                complexity: cfg.media.opus_complexity,
-                ..OpusEncoderSettings::default()
-            };
-            let opus = match media.opus {
-                Some(peer) => {
-                    opus.with_peer_limits(peer.max_average_bitrate, peer.max_playback_rate, Some(peer.use_inband_fec))
-                }
-                None => opus,
-            };
             let core_config = CoreConfig {
                 rtp_timeout: Duration::from_secs(cfg.media.rtp_timeout_secs),
                 ping_interval: Duration::from_secs(realtime_cfg.ping_interval_secs),
@@ -103,22 +91,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 talk: talk_config(&agent),
                 resilience: resilience(realtime_cfg),
             };
-            let caller = LegConfig {
-                codec: media.codec,
-                payload_type: media.payload_type,
-                telephone_event: media.telephone_event,
-                remote: media.remote_rtp,
-                may_send: matches!(media.direction, Direction::SendRecv | Direction::SendOnly),
-                ptime,
-                strict_rtp: cfg.media.latch_config(),
-                reorder_wait: Duration::from_millis(cfg.media.reorder_wait_ms),
-                opus,
-                model_input: confirmed.input,
-                model_output: confirmed.output,
-                stream: StreamStart::random(),
-                jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
-                rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
-            };
+            let caller = legs::leg_config(cfg, &media, confirmed);
             let mut core = CallCore::new(Instant::now(), core_config, caller);
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
             core.set_transfer_rules(TransferLink::rules(&agent));
@@ -136,6 +109,8 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 hangup,
                 prices: realtime_cfg.prices(),
                 rtcp_socket,
+                registration: None,
+                human: None,
                 journal: CallJournal::new(session_opened),
                 transfer,
                 link: Link {
@@ -272,9 +247,12 @@ impl Paced for CallCore {
     }
 
     fn poll_transmit(&mut self) -> Option<RtpTransmit> {
-        // One leg today, one socket per registration: a second leg (a bridged human) registers
-        // its own socket, or `RtpTransmit` learns which socket to use.
-        CallCore::poll_transmit(self).map(|t| RtpTransmit { destination: t.destination, packet: t.packet })
+        // Each leg's packets leave on its own socket (`MediaLoop::attach_leg`).
+        CallCore::poll_transmit(self).map(|t| RtpTransmit {
+            leg: t.leg.0,
+            destination: t.destination,
+            packet: t.packet,
+        })
     }
 
     fn wants_task(&self) -> bool {
@@ -299,6 +277,10 @@ struct MediaLoop<'a> {
     /// Tool calls and transfers, for the sidecar and the CDR.
     journal: CallJournal,
     link: Link<'a>,
+    /// The call's place in the media clock (set by `run`): legs attach their sockets to it.
+    registration: Option<ClockRegistration>,
+    /// A second media leg (a bridged transfer's human), if attached ([`legs`]).
+    human: Option<legs::AttachedLeg>,
     /// Transfer to a human (`call/transfer/`).
     transfer: TransferLink,
 }
@@ -306,10 +288,11 @@ struct MediaLoop<'a> {
 impl MediaLoop<'_> {
     async fn run(mut self) -> CallEnd {
         let task_wake = Arc::new(Notify::new());
-        // Dropped when this function returns: the clock stops serving the call.
-        let _registration =
-            self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake));
+        // Dropped with `self` when this function returns: the clock stops serving the call.
+        self.registration =
+            Some(self.clock.register(Arc::clone(&self.core.0), Arc::clone(&self.clock_socket), Arc::clone(&task_wake)));
         let mut recv_buf = vec![0u8; 2048];
+        let mut leg_buf = vec![0u8; 2048];
         let mut rtcp_buf = vec![0u8; 1500];
         // Recorded per packet: looked up once.
         let inbound_processing = metrics::histogram!(telemetry::INBOUND_PROCESSING_SECONDS);
@@ -355,6 +338,7 @@ impl MediaLoop<'_> {
                         }
                     }
                     Output::Rollover => self.spawn_reopen(),
+                    Output::LegLost(leg) => self.on_leg_lost(leg),
                     Output::Tool(call) if call.name == TRANSFER_TOOL => self.start_transfer(call),
                     Output::Transfer(signal) => self.on_transfer_signal(signal),
                     // No tools are configured yet: every call gets an error output.
@@ -401,6 +385,20 @@ impl MediaLoop<'_> {
                         && let Some(datagram) = rtcp_buf.get(..len)
                     {
                         self.core.lock().handle_rtcp(Instant::now(), CALLER, source, datagram);
+                    }
+                }
+
+                // The attached leg's RTP and RTCP (a bridged human), if any.
+                (leg, received, rtcp) = legs::recv(self.human.as_ref(), &mut leg_buf) => {
+                    if let Ok((len, source)) = received
+                        && let Some(datagram) = leg_buf.get(..len)
+                    {
+                        let mut core = self.core.lock();
+                        if rtcp {
+                            core.handle_rtcp(Instant::now(), leg, source, datagram);
+                        } else {
+                            core.handle_rtp(Instant::now(), leg, source, datagram);
+                        }
                     }
                 }
 
@@ -502,8 +500,13 @@ impl MediaLoop<'_> {
             let mut core = self.core.lock();
             std::iter::from_fn(|| core.poll_rtcp_transmit()).collect()
         };
-        let Some(socket) = &self.rtcp_socket else { return };
         for transmit in packets {
+            let socket = match &self.human {
+                Some(human) if transmit.leg == human.id => human.rtcp.as_ref(),
+                _ if transmit.leg == CALLER => self.rtcp_socket.as_ref(),
+                _ => None,
+            };
+            let Some(socket) = socket else { continue };
             if let Err(e) = socket.try_send_to(&transmit.packet, transmit.destination) {
                 debug!(error = %e, "RTCP report not sent");
             }
@@ -658,6 +661,7 @@ impl MediaLoop<'_> {
             cost_usd = format_args!("{:.6}", tokens.cost(&self.prices)),
             "call stats"
         );
+        legs::log_human_stats(&stats);
         if stats.latch.ignored > 0 {
             // Once per call, not per packet: an attacked call must not flood the log.
             info!(

@@ -14,15 +14,18 @@
 //! ```
 //!
 //! The data path, per media leg ([`LegId`]; the caller's is [`CALLER`], a human's for a bridged
-//! transfer would be a second one):
+//! transfer is [`HUMAN`]: [`add_leg`](CallCore::add_leg), [`bridge`](CallCore::bridge), in
+//! `bridge.rs`):
 //!
 //! ```text
 //! leg RTP -> strict latch -> JitterBuffer -> InboundAudio -> input_audio_buffer.append -> model
+//!                                         (bridged: -> relay to the other leg's codec -> its Pacer)
 //!         -> telephone-event (RFC 4733) -> Output::Dtmf, once per event
 //! leg RTCP -> reports (RTT, the peer's view of us); our SR + SDES every ~5 s -> poll_rtcp_transmit
 //!         (docs/media.md; the meter times turns and sums tokens, `meter.rs`)
 //! model response.output_audio.delta -> AgentPlayout (item tag, bounded queue) -> OutboundAudio
-//!         -> Pacer -> Transmit on the caller's leg
+//!         -> Pacer -> Transmit on the caller's leg (dropped while bridged)
+//! a leg other than the caller's silent for rtp_timeout -> Output::LegLost (the call goes on)
 //! input_audio_buffer.speech_started -> AgentPlayout::barge_in: Pacer flushed at once, then
 //!         conversation.item.truncate with the milliseconds really sent
 //! ```
@@ -39,6 +42,9 @@
 
 pub mod agent_control;
 pub mod barge_in;
+mod bridge;
+#[cfg(test)]
+mod bridge_tests;
 mod dtmf;
 mod dtmf_to_model;
 pub mod meter;
@@ -93,6 +99,10 @@ pub struct LegId(pub u8);
 
 /// The caller's leg (inbound) or the callee's (outbound): the one the agent talks with.
 pub const CALLER: LegId = LegId(0);
+
+/// A human's leg (a bridged transfer): it only ever carries audio bridged to the caller's
+/// ([`CallCore::add_leg`], [`CallCore::bridge`]).
+pub const HUMAN: LegId = LegId(1);
 
 /// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
 /// recorder that cannot keep up must not grow the call's memory).
@@ -247,6 +257,10 @@ pub enum Output {
     Rollover,
     /// Run a tool; its result comes back through [`CallCore::complete_tool`].
     Tool(ToolCall),
+    /// A leg other than the caller's sent no RTP for `rtp_timeout` (the human's phone is gone):
+    /// the call goes on; the transfer logic decides (usually [`CallCore::remove_leg`]).
+    /// Reported once per leg.
+    LegLost(LegId),
     /// A transfer's announcement has played, or a transfer rule fired ([`transfer`]).
     Transfer(transfer::TransferSignal),
 }
@@ -268,6 +282,11 @@ pub struct CoreStats {
     pub turn_latency_p95: Option<Duration>,
     /// Tokens of every `response.done` `usage`.
     pub tokens: TokenTotals,
+    /// The human's inbound RTP after a bridged transfer (the last human leg's, kept when it is
+    /// removed); `None`: the call never had one.
+    pub human_rtp: Option<RtpStats>,
+    /// Bridged audio dropped by the relay queue's policy (`bridge.rs`: full queue or trimmed delay).
+    pub relay_frames_dropped: u64,
 }
 
 /// Per-call inbound RTP figures of the caller's leg (docs/media.md).
@@ -321,6 +340,10 @@ struct Leg {
     /// Decoders for the recorder, one per direction (only with taps).
     tap_decoders: Option<(InboundAudio, InboundAudio)>,
     signalled: SocketAddr,
+    /// Opus encoder settings of the leg (the bridge's relay encodes with them).
+    opus: OpusEncoderSettings,
+    /// A non-caller leg's RTP timeout was reported ([`Output::LegLost`]): its timer is off.
+    lost: bool,
 }
 
 impl Leg {
@@ -371,6 +394,8 @@ impl Leg {
             dtmf: DtmfReceiver::new(config.codec.clock_rate()),
             tap_decoders,
             signalled: config.remote,
+            opus: config.opus,
+            lost: false,
         }
     }
 
@@ -519,6 +544,9 @@ pub struct CallCore {
     outage: Option<reconnecting::Outage>,
     /// When the session is to be rolled over, and whether the caller is speaking.
     rollover: reconnecting::Rollover,
+    /// Two legs relaying each other's audio (a bridged transfer, [`bridge`]); `None`: the caller
+    /// talks with the agent.
+    bridge: Option<bridge::Bridge>,
     /// Transfer rules and the announcement being played ([`transfer`]).
     transfer: transfer::TransferHooks,
 }
@@ -554,6 +582,7 @@ impl CallCore {
             },
             outage: None,
             rollover: reconnecting::Rollover::default(),
+            bridge: None,
             transfer: transfer::TransferHooks::default(),
             config,
         };
@@ -572,9 +601,12 @@ impl CallCore {
 
     pub fn stats(&self) -> CoreStats {
         let mut stats = self.stats;
-        if let Some(leg) = self.legs.first() {
+        if let Some(leg) = self.caller_leg() {
             stats.latch = leg.latch.stats();
             stats.rtp = rtp_stats(leg);
+        }
+        if let Some(leg) = self.legs.iter().find(|leg| leg.id == HUMAN) {
+            stats.human_rtp = Some(rtp_stats(leg));
         }
         stats.turns = self.meter.turns();
         stats.turn_latency_p50 = self.meter.total_latency_quantile(0.5);
@@ -590,7 +622,7 @@ impl CallCore {
         if self.ended.is_some() || self.ending_after_playout.is_some() {
             return;
         }
-        if let Some(leg) = self.legs.first_mut() {
+        if let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) {
             self.agent.finish_item(leg);
         }
         self.ending_after_playout = Some(end);
@@ -698,10 +730,15 @@ impl CallCore {
                 let Some(tag) = self.agent.conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                     return; // late audio of an interrupted response
                 };
+                if self.bridge.is_some() {
+                    // Nobody hears the agent while the caller talks with a human: dropped, and
+                    // truncated to what was heard (nothing) at the unbridge.
+                    return;
+                }
                 self.meter.on_audio_delta(now);
                 self.history.on_agent_audio(&delta.item_id, ms);
                 let max_queued = self.config.max_queued_audio;
-                let Some(leg) = self.legs.first_mut() else { return };
+                let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) else { return };
                 let dropped = self.agent.queue_audio(leg, tag, &delta.delta, max_queued);
                 if dropped > 0 {
                     self.stats.agent_frames_dropped += dropped;
@@ -709,7 +746,7 @@ impl CallCore {
                 }
             }
             ServerEvent::OutputAudioDone(_) => {
-                if let Some(leg) = self.legs.first_mut() {
+                if let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) {
                     self.agent.finish_item(leg);
                 }
             }
@@ -717,7 +754,10 @@ impl CallCore {
                 self.meter.on_speech_started();
                 self.control.on_caller_activity();
                 self.last_activity = now;
-                let Some(leg) = self.legs.first_mut() else { return };
+                if self.bridge.is_some() {
+                    return; // the caller's leg plays the human: nothing to barge in on
+                }
+                let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) else { return };
                 let agent_talking = !leg.held_audio().is_zero() || self.agent.conversation.has_active_response();
                 match self.barge_in.on_speech_started(now, started.audio_start_ms, agent_talking) {
                     // The API cancelled the response itself (interrupt_response, immediate mode).
@@ -732,6 +772,9 @@ impl CallCore {
             ServerEvent::SpeechStopped(stopped) => {
                 self.meter.on_speech_stopped(stopped.audio_end_ms);
                 self.last_activity = now;
+                if self.bridge.is_some() {
+                    return;
+                }
                 let (action, real_turn) = self.barge_in.on_speech_stopped(stopped.audio_end_ms);
                 self.apply_barge_in(action);
                 // Confirm mode runs VAD with create_response off: the gateway asks for the answer.
@@ -893,10 +936,12 @@ impl CallCore {
             }
         }
         self.send_reports(now);
-        if self.legs.iter().any(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
+        if self.caller_leg().is_some_and(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
             self.end(CallEnd::RtpTimeout);
             return;
         }
+        // Any other leg's silence is the transfer logic's business, not the end of the call.
+        self.report_lost_legs(now);
         self.outage_timeout(now);
         self.rollover_timeout(now);
         self.handle_talk_timeout(now);
@@ -958,8 +1003,8 @@ impl CallCore {
             return None;
         }
         let legs = self.legs.iter().flat_map(|leg| {
-            let rtp_timeout = leg.last_rtp_in + self.config.rtp_timeout;
-            [Some(rtp_timeout), leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
+            let rtp_timeout = (!leg.lost).then(|| leg.last_rtp_in + self.config.rtp_timeout);
+            [rtp_timeout, leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
         legs.chain(link).chain(self.rollover_deadline()).chain(self.poll_talk_timeout()).min()
@@ -978,7 +1023,7 @@ impl CallCore {
     }
 
     fn end_if_played_out(&mut self) {
-        let played_out = self.legs.first().is_none_or(|leg| leg.held_audio().is_zero());
+        let played_out = self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero());
         if played_out && let Some(end) = self.ending_after_playout.take() {
             self.end(end);
         }
@@ -986,6 +1031,15 @@ impl CallCore {
 
     fn leg_index(&self, leg: LegId) -> Option<usize> {
         self.legs.iter().position(|l| l.id == leg)
+    }
+
+    /// The leg the agent talks with.
+    fn caller_leg(&self) -> Option<&Leg> {
+        self.legs.iter().find(|leg| leg.id == CALLER)
+    }
+
+    fn caller_leg_mut(&mut self) -> Option<&mut Leg> {
+        self.legs.iter_mut().find(|leg| leg.id == CALLER)
     }
 
     fn end(&mut self, end: CallEnd) {
@@ -998,7 +1052,7 @@ impl CallCore {
         self.outputs.push_back(Output::Ended(end.clone()));
         self.ended = Some(end);
         self.transmits.clear();
-        if let Some(leg) = self.legs.first() {
+        if let Some(leg) = self.caller_leg() {
             // Per call, not per packet: the call's jitter as the network left it.
             metrics::histogram!(telemetry::RTP_JITTER_SECONDS).record(leg.jitter.jitter().as_secs_f64());
         }
@@ -1055,8 +1109,10 @@ impl CallCore {
                     tap(leg.id, TapDirection::FromLeg, at, &pcm),
                 );
             }
+            // Bridged: the other leg hears it, the model does not.
+            let relayed = bridge::relay_frame(&mut self.bridge, leg.id, &frame);
             // While reconnecting there is no session to hear the caller.
-            if leg.id == CALLER && !reconnecting {
+            if leg.id == CALLER && !reconnecting && !relayed {
                 self.model_bytes.clear();
                 leg.inbound.convert_with_loss(frame.lost_before, &frame.payload, &mut self.model_bytes);
                 let appended = leg.inbound.model_audio_duration(self.model_bytes.len());
@@ -1064,6 +1120,9 @@ impl CallCore {
                 // Audio, not conversation: the one event that bypasses `send_realtime`.
                 self.outputs.push_back(Output::Realtime(Box::new(ClientEvent::append(self.model_bytes.clone()))));
             }
+        }
+        if let Some(from) = self.legs.get(index).map(|leg| leg.id) {
+            self.deliver_relayed(from);
         }
     }
 
@@ -1075,7 +1134,9 @@ impl CallCore {
         let Some(leg) = self.legs.get_mut(index) else { return };
         let ptime_ms = leg.ptime_ms();
         while let Some(frame) = leg.pacer.poll(now) {
-            if let Some(tag) = frame.tag {
+            if let Some(tag) = frame.tag
+                && tag != bridge::RELAY_TAG
+            {
                 self.agent.conversation.on_audio_played(tag, ptime_ms);
                 if let Some(turn) = self.meter.on_agent_packet(now) {
                     record_turn_latency(&turn);

@@ -13,7 +13,7 @@ use switchboard_realtime::events::{ClientEvent, Item, ServerEvent};
 use switchboard_realtime::history::HistoryLimits;
 use tracing::{info, warn};
 
-use super::{AgentPlayout, CallCore, Output};
+use super::{AgentPlayout, CALLER, CallCore, Output};
 use crate::call::end::CallEnd;
 use crate::call::prompt::LocalPrompt;
 use crate::call::reconnect::{self, COMFORT_PERIOD, ReconnectPolicy, ReconnectReason};
@@ -100,7 +100,8 @@ impl CallCore {
         }
         // The comfort pulse stops at once; the agent starts afresh in the new session.
         if self.ending_after_playout.is_none()
-            && let Some(leg) = self.legs.first_mut()
+            && self.bridge.is_none()
+            && let Some(leg) = self.caller_leg_mut()
         {
             leg.flush();
         }
@@ -144,7 +145,7 @@ impl CallCore {
             && self.ending_after_playout.is_none()
             && !self.rollover.caller_speaking
             && !self.agent.conversation.has_active_response()
-            && self.legs.first().is_none_or(|leg| leg.held_audio().is_zero())
+            && (self.bridge.is_some() || self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero()))
             && !self.history.has_pending_caller_turn()
     }
 
@@ -197,19 +198,22 @@ impl CallCore {
         let Some(policy) = self.config.resilience.policy else { return false };
         let Some(reason) = ReconnectReason::of(end) else { return false };
         warn!(reason = reason.label(), cause = ?end, "Realtime connection lost mid-call; reconnecting");
-        let agent_was_speaking = self.agent.conversation.has_active_response()
-            || self.legs.first().is_some_and(|leg| !leg.held_audio().is_zero());
+        // While bridged the caller's leg plays the human: the agent was not speaking.
+        let agent_was_speaking = self.bridge.is_none()
+            && (self.agent.conversation.has_active_response()
+                || self.caller_leg().is_some_and(|leg| !leg.held_audio().is_zero()));
         self.history.on_connection_lost();
         // A goodbye being played out (the call ends after it) plays on; anything else the old
         // session queued is dropped: its items do not exist in the next session.
         if self.ending_after_playout.is_none()
-            && let Some(leg) = self.legs.first_mut()
+            && self.bridge.is_none()
+            && let Some(leg) = self.caller_leg_mut()
         {
             leg.flush();
         }
         // A confirm-mode pause would keep the comfort prompt silent.
         self.barge_in.forget();
-        if let Some(leg) = self.legs.first_mut() {
+        if let Some(leg) = self.caller_leg_mut() {
             leg.pacer.set_paused(false);
         }
         self.agent = AgentPlayout::default();
@@ -227,6 +231,9 @@ impl CallCore {
 
     /// The comfort pulse and the give-up deadline.
     pub(super) fn outage_timeout(&mut self, now: Instant) {
+        if self.bridge.is_some() {
+            return; // no comfort pulse over the human; giving up waits for the unbridge
+        }
         let Some(outage) = &mut self.outage else { return };
         if outage.gave_up {
             return;
@@ -242,7 +249,7 @@ impl CallCore {
                 return;
             }
             if self.ending_after_playout.is_none() {
-                if let Some(leg) = self.legs.first_mut() {
+                if let Some(leg) = self.caller_leg_mut() {
                     leg.flush();
                 }
                 let format = self.config.model_output;
@@ -259,7 +266,7 @@ impl CallCore {
         }
         if now >= outage.next_comfort {
             outage.next_comfort = now + COMFORT_PERIOD;
-            let idle = self.legs.first().is_some_and(|leg| leg.held_audio().is_zero());
+            let idle = self.caller_leg().is_some_and(|leg| leg.held_audio().is_zero());
             let format = self.config.model_output;
             if idle
                 && self.ending_after_playout.is_none()
@@ -272,6 +279,9 @@ impl CallCore {
 
     /// The next deadline of the reconnecting state.
     pub(super) fn outage_deadline(&self) -> Option<Instant> {
+        if self.bridge.is_some() {
+            return None;
+        }
         let outage = self.outage.as_ref().filter(|o| !o.gave_up)?;
         Some(outage.give_up_at.min(outage.next_comfort))
     }
@@ -280,7 +290,7 @@ impl CallCore {
     /// the same framing, encoder and pacer as the agent's voice.
     fn play_local_prompt(&mut self, audio: &[u8]) {
         let max_queued = self.config.max_queued_audio;
-        let Some(leg) = self.legs.first_mut() else { return };
+        let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) else { return };
         self.agent.queue_audio(leg, LOCAL_PROMPT_TAG, audio, max_queued);
         self.agent.finish_item(leg);
     }

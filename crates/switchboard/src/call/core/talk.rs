@@ -23,7 +23,8 @@ impl CallCore {
         if self.transfer_key(leg, digit) {
             return;
         }
-        if leg != CALLER {
+        // A human's keys, or the caller's while bridged to one, are for the transfer logic only.
+        if leg != CALLER || self.bridge.is_some() {
             return;
         }
         self.control.on_caller_activity();
@@ -52,7 +53,7 @@ impl CallCore {
     /// does not cancel by itself).
     pub(super) fn interrupt_agent(&mut self, cancel: bool) {
         self.barge_in.forget();
-        let Some(leg) = self.legs.first_mut() else { return };
+        let Some(leg) = self.legs.iter_mut().find(|leg| leg.id == CALLER) else { return };
         let (dropped, truncates) = self.agent.barge_in(leg);
         if cancel && self.agent.conversation.has_active_response() {
             // Reference §6 step 3; a `response_cancel_not_active` answer is harmless.
@@ -72,7 +73,7 @@ impl CallCore {
         match action {
             BargeInAction::Interrupt => self.interrupt_agent(true),
             BargeInAction::Resume => {
-                if let Some(leg) = self.legs.first_mut() {
+                if let Some(leg) = self.caller_leg_mut() {
                     leg.pacer.set_paused(false);
                 }
                 metrics::counter!(telemetry::BARGE_INS_RESUMED_TOTAL).increment(1);
@@ -90,7 +91,7 @@ impl CallCore {
                     self.send_realtime(ClientEvent::ResponseCancel { event_id: None, response_id: None })
                 }
                 Command::EndAfterPlayout(end) => {
-                    if let Some(leg) = self.legs.first_mut() {
+                    if let Some(leg) = self.caller_leg_mut() {
                         leg.pacer.set_paused(false);
                     }
                     self.barge_in.forget();
@@ -112,7 +113,7 @@ impl CallCore {
     pub(super) fn on_session_replaced(&mut self, now: Instant) -> bool {
         self.last_activity = now;
         self.barge_in.forget();
-        if let Some(leg) = self.legs.first_mut() {
+        if let Some(leg) = self.caller_leg_mut() {
             leg.pacer.set_paused(false);
         }
         self.meter.on_new_session();
@@ -125,7 +126,7 @@ impl CallCore {
     /// Since when nobody has been talking and nothing is coming: `None` while the caller
     /// speaks, a response is active, the call is ending, or agent audio waits to be played.
     fn quiet_since(&self) -> Option<Instant> {
-        let playing = self.legs.first().is_some_and(|leg| !leg.held_audio().is_zero());
+        let playing = self.caller_leg().is_some_and(|leg| !leg.held_audio().is_zero());
         (!playing && !self.talk_busy()).then_some(self.last_activity)
     }
 
@@ -135,6 +136,7 @@ impl CallCore {
             || self.outage.is_some()
             || self.agent.conversation.has_active_response()
             || self.ending_after_playout.is_some()
+            || self.bridge.is_some()
     }
 
     /// [`quiet_since`](Self::quiet_since) for planning the task's next wake-up: while only the
@@ -145,7 +147,7 @@ impl CallCore {
         if self.talk_busy() {
             return None;
         }
-        match self.legs.first() {
+        match self.caller_leg() {
             Some(leg) if !leg.held_audio().is_zero() => Some(leg.pacer.next_deadline() + leg.held_audio()),
             _ => Some(self.last_activity),
         }
@@ -154,7 +156,9 @@ impl CallCore {
     /// The next deadline of the conversational timers.
     pub(super) fn poll_talk_timeout(&self) -> Option<Instant> {
         let legs = self.legs.iter().filter_map(|leg| leg.dtmf.poll_timeout());
-        let control = self.control.poll_timeout(self.expected_quiet_since());
+        // While bridged the agent keeps quiet: no idle prompt, no time-limit goodbye over the
+        // human (they are due, if still due, once the caller is back with the agent).
+        let control = if self.bridge.is_some() { None } else { self.control.poll_timeout(self.expected_quiet_since()) };
         [self.barge_in.poll_timeout(), self.dtmf_to_model.poll_timeout(), control]
             .into_iter()
             .flatten()
@@ -174,6 +178,9 @@ impl CallCore {
         }
         if let Some(text) = self.dtmf_to_model.on_timeout(now) {
             self.tell_model_keys(text);
+        }
+        if self.bridge.is_some() {
+            return;
         }
         let active = self.agent.conversation.has_active_response();
         let commands = self.control.on_timeout(now, self.quiet_since(), active);

@@ -17,15 +17,15 @@ use super::agent_control::{ControlConfig, GOODBYE_GRACE, TalkConfig};
 use super::barge_in::{BargeInConfig, BargeInMode};
 use super::*;
 
-const PT_DTMF: u8 = 101;
+pub(super) const PT_DTMF: u8 = 101;
 
-fn ms(n: u64) -> Duration {
+pub(super) fn ms(n: u64) -> Duration {
     Duration::from_millis(n)
 }
 
 use super::tests::caller_addr;
 
-fn talk() -> TalkConfig {
+pub(super) fn talk() -> TalkConfig {
     TalkConfig {
         barge_in: BargeInConfig {
             mode: BargeInMode::Immediate,
@@ -46,13 +46,13 @@ fn talk() -> TalkConfig {
     }
 }
 
-fn confirm_mode() -> TalkConfig {
+pub(super) fn confirm_mode() -> TalkConfig {
     let mut talk = talk();
     talk.barge_in.mode = BargeInMode::Confirm;
     talk
 }
 
-fn config(talk: TalkConfig) -> CoreConfig {
+pub(super) fn config(talk: TalkConfig) -> CoreConfig {
     // Long media, ping and watchdog timers and no greeting: these tests are about the conversation.
     CoreConfig {
         rtp_timeout: Duration::from_secs(3600),
@@ -65,48 +65,48 @@ fn config(talk: TalkConfig) -> CoreConfig {
     }
 }
 
-fn leg() -> LegConfig {
+pub(super) fn leg() -> LegConfig {
     LegConfig {
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 100, timestamp: 5000 },
         ..super::tests::leg_config()
     }
 }
 
-fn event(value: serde_json::Value) -> ServerEvent {
+pub(super) fn event(value: serde_json::Value) -> ServerEvent {
     ServerEvent::from_json(&value.to_string()).unwrap()
 }
 
-fn created(id: &str) -> ServerEvent {
+pub(super) fn created(id: &str) -> ServerEvent {
     event(json!({"type":"response.created","event_id":"e","response":{"id":id,"status":"in_progress","output":[]}}))
 }
 
-fn done(id: &str) -> ServerEvent {
+pub(super) fn done(id: &str) -> ServerEvent {
     event(json!({"type":"response.done","event_id":"e","response":{"id":id,"status":"completed","output":[]}}))
 }
 
-fn speech_started(audio_start_ms: u64) -> ServerEvent {
+pub(super) fn speech_started(audio_start_ms: u64) -> ServerEvent {
     event(json!({"type":"input_audio_buffer.speech_started","event_id":"e","audio_start_ms":audio_start_ms,
         "item_id":"item_user"}))
 }
 
-fn speech_stopped(audio_end_ms: u64) -> ServerEvent {
+pub(super) fn speech_stopped(audio_end_ms: u64) -> ServerEvent {
     event(json!({"type":"input_audio_buffer.speech_stopped","event_id":"e","audio_end_ms":audio_end_ms,
         "item_id":"item_user"}))
 }
 
-fn audio_done(response: &str, item: &str) -> ServerEvent {
+pub(super) fn audio_done(response: &str, item: &str) -> ServerEvent {
     event(json!({"type":"response.output_audio.done","event_id":"e","response_id":response,"item_id":item,
         "output_index":0,"content_index":0}))
 }
 
-fn end_call_item_done(response: &str, status: &str) -> ServerEvent {
+pub(super) fn end_call_item_done(response: &str, status: &str) -> ServerEvent {
     event(json!({"type":"response.output_item.done","event_id":"e","response_id":response,"output_index":1,
         "item":{"id":"fc_1","type":"function_call","status":status,"name":"end_call","call_id":"call_1",
                 "arguments":"{}"}}))
 }
 
 /// `ms` of agent audio, every byte `marker`, as one delta off the wire.
-fn delta(response: &str, item: &str, marker: u8, audio_ms: usize) -> ServerEvent {
+pub(super) fn delta(response: &str, item: &str, marker: u8, audio_ms: usize) -> ServerEvent {
     let event = ServerEvent::OutputAudioDelta(AudioDeltaEvent {
         event_id: "e".into(),
         response_id: response.into(),
@@ -118,33 +118,36 @@ fn delta(response: &str, item: &str, marker: u8, audio_ms: usize) -> ServerEvent
     ServerEvent::from_json(&event.to_json().unwrap()).unwrap()
 }
 
-struct Harness {
-    core: CallCore,
-    start: Instant,
-    now: Instant,
+pub(super) struct Harness {
+    pub(super) core: CallCore,
+    pub(super) start: Instant,
+    pub(super) now: Instant,
     /// (when, header, payload) of every packet sent.
-    sent: Vec<(Instant, RtpHeader, Vec<u8>)>,
-    realtime: Vec<(Instant, ClientEvent)>,
-    outputs: Vec<(Instant, Output)>,
-    dtmf_sequence: u16,
+    pub(super) sent: Vec<(Instant, RtpHeader, Vec<u8>)>,
+    /// (when, header, payload) of every packet sent on another leg than the caller's.
+    pub(super) human: Vec<(Instant, RtpHeader, Vec<u8>)>,
+    pub(super) realtime: Vec<(Instant, ClientEvent)>,
+    pub(super) outputs: Vec<(Instant, Output)>,
+    pub(super) dtmf_sequence: u16,
 }
 
 impl Harness {
-    fn new(talk: TalkConfig) -> Harness {
+    pub(super) fn new(talk: TalkConfig) -> Harness {
         Self::with_leg(talk, leg())
     }
 
-    fn with_leg(talk: TalkConfig, leg: LegConfig) -> Harness {
+    pub(super) fn with_leg(talk: TalkConfig, leg: LegConfig) -> Harness {
         Self::with_core(config(talk), leg)
     }
 
-    fn with_core(config: CoreConfig, leg: LegConfig) -> Harness {
+    pub(super) fn with_core(config: CoreConfig, leg: LegConfig) -> Harness {
         let start = Instant::now();
         let mut h = Harness {
             core: CallCore::new(start, config, leg),
             start,
             now: start,
             sent: Vec::new(),
+            human: Vec::new(),
             realtime: Vec::new(),
             outputs: Vec::new(),
             dtmf_sequence: 1,
@@ -154,10 +157,11 @@ impl Harness {
         h
     }
 
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         while let Some(t) = self.core.poll_transmit() {
             let (header, payload) = rtp::parse_rtp(&t.packet).unwrap();
-            self.sent.push((self.now, header, payload.to_vec()));
+            let sent = if t.leg == CALLER { &mut self.sent } else { &mut self.human };
+            sent.push((self.now, header, payload.to_vec()));
         }
         while let Some(output) = self.core.poll_output() {
             match output {
@@ -169,7 +173,7 @@ impl Harness {
     }
 
     /// Runs every timer due up to `start + at`, in order, as the shell would.
-    fn run_to(&mut self, at: Duration) {
+    pub(super) fn run_to(&mut self, at: Duration) {
         let until = self.start + at;
         while let Some(due) = self.core.poll_timeout() {
             if due > until {
@@ -182,24 +186,32 @@ impl Harness {
         self.now = until.max(self.now);
     }
 
-    fn at(&mut self, at: Duration, event: ServerEvent) {
+    pub(super) fn at(&mut self, at: Duration, event: ServerEvent) {
         self.run_to(at);
         self.core.handle_realtime(self.now, event);
         self.drain();
     }
 
-    fn dialog(&mut self, at: Duration, input: DialogInput) {
+    pub(super) fn dialog(&mut self, at: Duration, input: DialogInput) {
         self.run_to(at);
         self.core.handle_dialog(self.now, input);
         self.drain();
     }
 
-    fn dtmf_packet(&mut self, at: Duration, timestamp: u32, event: u8, end: bool, duration: u16, marker: bool) {
+    pub(super) fn dtmf_packet(
+        &mut self,
+        at: Duration,
+        timestamp: u32,
+        event: u8,
+        end: bool,
+        duration: u16,
+        marker: bool,
+    ) {
         self.dtmf_packet_as(PT_DTMF, at, timestamp, event, end, duration, marker);
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn dtmf_packet_as(
+    pub(super) fn dtmf_packet_as(
         &mut self,
         payload_type: u8,
         at: Duration,
@@ -220,7 +232,7 @@ impl Harness {
     }
 
     /// One whole key press as a real phone sends it: start (marker), updates, three end packets.
-    fn key(&mut self, at: Duration, timestamp: u32, event: u8) {
+    pub(super) fn key(&mut self, at: Duration, timestamp: u32, event: u8) {
         self.dtmf_packet(at, timestamp, event, false, 160, true);
         self.dtmf_packet(at + ms(20), timestamp, event, false, 320, false);
         for n in 0..3 {
@@ -229,11 +241,11 @@ impl Harness {
     }
 
     /// Packets of `marker` sent (audio of that item).
-    fn audio_packets(&self, marker: u8) -> Vec<&(Instant, RtpHeader, Vec<u8>)> {
+    pub(super) fn audio_packets(&self, marker: u8) -> Vec<&(Instant, RtpHeader, Vec<u8>)> {
         self.sent.iter().filter(|(_, _, p)| p.first() == Some(&marker)).collect()
     }
 
-    fn audio_ms_before(&self, marker: u8, before: Duration) -> usize {
+    pub(super) fn audio_ms_before(&self, marker: u8, before: Duration) -> usize {
         let before = self.start + before;
         self.sent
             .iter()
@@ -243,7 +255,7 @@ impl Harness {
             / 8
     }
 
-    fn truncates(&self) -> Vec<(String, u32)> {
+    pub(super) fn truncates(&self) -> Vec<(String, u32)> {
         self.realtime
             .iter()
             .filter_map(|(_, e)| match e {
@@ -255,12 +267,12 @@ impl Harness {
             .collect()
     }
 
-    fn cancels(&self) -> usize {
+    pub(super) fn cancels(&self) -> usize {
         self.realtime.iter().filter(|(_, e)| matches!(e, ClientEvent::ResponseCancel { .. })).count()
     }
 
     /// `(when, event_id, instructions)` of every response.create.
-    fn creates(&self) -> Vec<(Instant, Option<String>, Option<String>)> {
+    pub(super) fn creates(&self) -> Vec<(Instant, Option<String>, Option<String>)> {
         self.realtime
             .iter()
             .filter_map(|(at, e)| match e {
@@ -272,7 +284,7 @@ impl Harness {
             .collect()
     }
 
-    fn user_texts(&self) -> Vec<String> {
+    pub(super) fn user_texts(&self) -> Vec<String> {
         self.realtime
             .iter()
             .filter_map(|(_, e)| match e {
@@ -285,22 +297,22 @@ impl Harness {
             .collect()
     }
 
-    fn appends(&self) -> usize {
+    pub(super) fn appends(&self) -> usize {
         self.realtime.iter().filter(|(_, e)| matches!(e, ClientEvent::InputAudioBufferAppend { .. })).count()
     }
 
-    fn ended(&self) -> Option<(Instant, CallEnd)> {
+    pub(super) fn ended(&self) -> Option<(Instant, CallEnd)> {
         self.outputs.iter().find_map(|(at, o)| match o {
             Output::Ended(end) => Some((*at, end.clone())),
             _ => None,
         })
     }
 
-    fn hung_up(&self) -> bool {
+    pub(super) fn hung_up(&self) -> bool {
         self.outputs.iter().any(|(_, o)| matches!(o, Output::Hangup))
     }
 
-    fn last_audio_sent_at(&self) -> Option<Instant> {
+    pub(super) fn last_audio_sent_at(&self) -> Option<Instant> {
         self.sent.iter().filter(|(_, _, p)| p.iter().any(|&b| b != 0xFF)).map(|(at, _, _)| *at).max()
     }
 }
