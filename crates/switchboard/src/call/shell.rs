@@ -338,7 +338,10 @@ impl MediaLoop<'_> {
                         }
                     }
                     Output::Rollover => self.spawn_reopen(),
-                    Output::LegLost(leg) => self.on_leg_lost(leg),
+                    Output::LegLost(leg) => {
+                        self.on_leg_lost(leg);
+                        self.transfer_leg_lost(leg);
+                    }
                     Output::Tool(call) if call.name == TRANSFER_TOOL => self.start_transfer(call),
                     Output::Transfer(signal) => self.on_transfer_signal(signal),
                     // No tools are configured yet: every call gets an error output.
@@ -440,7 +443,7 @@ impl MediaLoop<'_> {
 
                 failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
-                Some(event) = self.transfer.next_event() => self.on_transfer_event(event),
+                input = self.transfer.next() => self.on_transfer_input(input),
 
                 _ = async { if let Some(due) = transfer_due { sleep_until(due).await } }, if transfer_due.is_some() => {
                     self.on_transfer_timeout();

@@ -5,33 +5,65 @@
 
 use std::time::{Duration, Instant};
 
-use switchboard_sip::DialogRequester;
+use switchboard_sdp::NegotiatedMedia;
+use switchboard_sip::{Dialog, DialogEvent, DialogRequester};
 use switchboard_sip::message::Method;
 use switchboard_sip::sipfrag;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::super::core::DtmfDigit;
+use super::super::core::{CALLER, DtmfDigit, HUMAN, LegId};
 use super::super::core::ToolCall;
 use super::super::core::transfer::{TransferRule, TransferRules, TransferSignal};
 use super::super::end::CallEnd;
 use super::super::journal::{ToolRecord, ToolStatus, TransferRecord};
 use super::super::transfer::machine::{Action, MachineConfig, Outcome, TransferMachine, Trigger};
+use super::super::transfer::dial::{AnsweredHuman, DialFailure, dial_human};
 use super::super::transfer::{HeaderContext, context_headers, parse_arguments, referred_by};
 use super::{AbortOnDrop, MediaLoop};
+use crate::calls::CallGuard;
 use crate::config::{AgentConfig, TransferConfig};
+use crate::rtp_ports::PortLease;
 use crate::telemetry;
 
 /// REFER outcomes waiting for the call's task at most (one REFER is outstanding at a time).
 const EVENT_QUEUE: usize = 4;
 
 /// What a transfer's background task reports.
-#[derive(Debug)]
 pub(super) enum TransferEvent {
     /// The REFER's final response.
     ReferAnswered(u16),
     /// The REFER got none (Timer F) or could not be sent.
     ReferFailed(String),
+    /// Bridge: the human answered.
+    HumanAnswered(Box<AnsweredHuman>),
+    /// Bridge: the human's call did not connect.
+    HumanFailed(DialFailure),
+}
+
+/// What [`TransferLink::next`] brings.
+pub(super) enum TransferInput {
+    Task(TransferEvent),
+    /// The bridged human's dialog (`None`: it is over).
+    Human(Option<DialogEvent>),
+}
+
+impl MediaLoop<'_> {
+    pub(super) fn on_transfer_input(&mut self, input: TransferInput) {
+        match input {
+            TransferInput::Task(event) => self.on_transfer_event(event),
+            TransferInput::Human(event) => self.on_human_dialog_event(event),
+        }
+    }
+}
+
+/// A bridged transfer's human, from the answer to the hang-up.
+struct HumanCall {
+    dialog: Dialog,
+    /// Held while the leg uses the port; freed after the hang-up.
+    lease: PortLease,
+    /// The call's place in the registry (the trunk's concurrency).
+    guard: CallGuard,
 }
 
 /// One call's transfer state in the shell.
@@ -49,7 +81,12 @@ pub(super) struct TransferLink {
     reason: String,
     /// The tool call being answered and when it came (for its journal entry).
     tool_call: Option<(String, Instant)>,
-    refer_task: Option<AbortOnDrop<()>>,
+    /// The REFER or the human's INVITE in flight (aborting a ringing INVITE cancels it).
+    task: Option<AbortOnDrop<()>>,
+    /// Bridge: the answered human's dialog.
+    human: Option<HumanCall>,
+    /// Bridge: the human's negotiated stream and RTP socket, until the leg is attached.
+    pending_leg: Option<(NegotiatedMedia, std::net::UdpSocket)>,
 }
 
 impl TransferLink {
@@ -76,7 +113,9 @@ impl TransferLink {
             events_rx,
             reason: String::new(),
             tool_call: None,
-            refer_task: None,
+            task: None,
+            human: None,
+            pending_leg: None,
         }
     }
 
@@ -93,9 +132,20 @@ impl TransferLink {
         }
     }
 
-    /// The next report of a background task (never ends: the link holds a sender).
-    pub(super) async fn next_event(&mut self) -> Option<TransferEvent> {
-        self.events_rx.recv().await
+    /// The next report of a background task, or event of the bridged human's dialog.
+    /// Cancel-safe (both receives are).
+    pub(super) async fn next(&mut self) -> TransferInput {
+        let human = async {
+            match &mut self.human {
+                Some(human) => human.dialog.next_event().await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            // Never `None`: the link holds a sender.
+            Some(event) = self.events_rx.recv() => TransferInput::Task(event),
+            event = human => TransferInput::Human(event),
+        }
     }
 
     /// When the transfer under way times out.
@@ -187,7 +237,10 @@ impl MediaLoop<'_> {
     /// A REFER's answer or failure from its task.
     pub(super) fn on_transfer_event(&mut self, event: TransferEvent) {
         let now = Instant::now();
-        self.transfer.refer_task = None;
+        self.transfer.task = None;
+        if let TransferEvent::HumanAnswered(human) = event {
+            return self.on_human_answered(now, *human);
+        }
         let Some(machine) = self.transfer.machine.as_mut() else { return };
         let actions = match event {
             TransferEvent::ReferAnswered(status) => {
@@ -195,8 +248,55 @@ impl MediaLoop<'_> {
                 machine.refer_answered(now, status)
             }
             TransferEvent::ReferFailed(why) => machine.refer_failed(now, why),
+            TransferEvent::HumanFailed(failure) => {
+                info!(status = ?failure.status, why = failure.why, "the human's call did not connect");
+                machine.human_failed(now, failure.status, &failure.why)
+            }
+            TransferEvent::HumanAnswered(_) => Vec::new(),
         };
         self.run_transfer_actions(now, actions);
+    }
+
+    /// The human answered: keep the dialog (hung up on every path that ends the call), then
+    /// bridge if the transfer still wants them.
+    fn on_human_answered(&mut self, now: Instant, human: AnsweredHuman) {
+        let AnsweredHuman { dialog, media, socket, lease, guard } = human;
+        info!(codec = media.codec.encoding_name(), "the human answered");
+        self.transfer.human = Some(HumanCall { dialog, lease, guard });
+        self.transfer.pending_leg = Some((media, socket));
+        let actions = self.transfer.machine.as_mut().map_or_else(|| vec![Action::HangUpHuman], TransferMachine::human_answered);
+        self.run_transfer_actions(now, actions);
+    }
+
+    /// The bridged human's dialog: their BYE (or the dialog gone) ends the call.
+    pub(super) fn on_human_dialog_event(&mut self, event: Option<DialogEvent>) {
+        match event {
+            Some(DialogEvent::RemoteBye | DialogEvent::AckTimeout) | None => {
+                info!("the human hung up");
+                self.transfer_human_left();
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// The human is gone (BYE or no more RTP): the bridged call is over. Decision (documented
+    /// in docs/configuration.md): the caller wanted a person and had one; the agent does not
+    /// take the call back.
+    pub(super) fn transfer_human_left(&mut self) {
+        let now = Instant::now();
+        let actions = self.transfer.machine.as_mut().map(TransferMachine::human_left).unwrap_or_default();
+        if actions.is_empty() {
+            // Not bridged (a late answer, already hung up): just let the dialog go.
+            self.transfer.human = None;
+        }
+        self.run_transfer_actions(now, actions);
+    }
+
+    /// [`Output::LegLost`](super::Output::LegLost) of the human's leg.
+    pub(super) fn transfer_leg_lost(&mut self, leg: LegId) {
+        if leg == HUMAN && self.transfer.machine.as_ref().is_some_and(TransferMachine::is_bridged) {
+            self.transfer_human_left();
+        }
     }
 
     /// A NOTIFY of our REFER's subscription (already answered 200): its sipfrag's status line.
@@ -240,18 +340,9 @@ impl MediaLoop<'_> {
                     }
                 }
                 Action::Refer { target } => self.send_refer(&target),
-                Action::Dial { .. } | Action::Bridge | Action::HangUpHuman => {
-                    // Bridged transfers are refused by the configuration check until the second
-                    // leg exists; a call never gets here.
-                    warn!("bridged transfer requested but not available");
-                    let next = self
-                        .transfer
-                        .machine
-                        .as_mut()
-                        .map(|m| m.human_failed(now, None, "bridging is not available"))
-                        .unwrap_or_default();
-                    self.run_transfer_actions(now, next);
-                }
+                Action::Dial { target } => self.dial(target),
+                Action::Bridge => self.bridge_human(now),
+                Action::HangUpHuman => self.hang_up_human(),
                 Action::ToolOutput { call_id, output, respond } => {
                     let failed = output.contains("\"failed\"");
                     let started = self.transfer.tool_call.take().map_or(now, |(_, at)| at);
@@ -316,7 +407,67 @@ impl MediaLoop<'_> {
             // The call may be over: nobody listens any more.
             let _ = events.send(event).await;
         });
-        self.transfer.refer_task = Some(AbortOnDrop(task));
+        self.transfer.task = Some(AbortOnDrop(task));
+    }
+
+    /// The human's INVITE through the transfer trunk, in a task (its outcome comes back as a
+    /// [`TransferEvent`]).
+    fn dial(&mut self, target: String) {
+        let link = &self.transfer;
+        let queue = link.machine.as_ref().map_or("", |m| m.queue().0).to_owned();
+        let headers = context_headers(
+            &link.config,
+            HeaderContext { call_id: &link.call_id, agent: &link.agent, queue: &queue, reason: &link.reason },
+        );
+        let state = std::sync::Arc::clone(self.link.state);
+        let trunk = link.config.trunk.clone();
+        let agent = link.agent.clone();
+        let ring = Duration::from_secs(link.config.ring_timeout_secs);
+        let events = link.events_tx.clone();
+        info!(queue, trunk, "dialling the human");
+        let task = tokio::spawn(async move {
+            let event = match dial_human(state, trunk, target, agent, ring, headers).await {
+                Ok(human) => TransferEvent::HumanAnswered(Box::new(human)),
+                Err(failure) => TransferEvent::HumanFailed(failure),
+            };
+            // The call may be over: the human's dialog is then dropped (BYE in the background).
+            let _ = events.send(event).await;
+        });
+        self.transfer.task = Some(AbortOnDrop(task));
+    }
+
+    /// Attaches the human's leg and bridges it with the caller's.
+    fn bridge_human(&mut self, now: Instant) {
+        let Some((media, socket)) = self.transfer.pending_leg.take() else { return };
+        let config = self.leg_config(&media);
+        match self.attach_leg(HUMAN, socket, config) {
+            Ok(()) => {
+                self.core.lock().bridge(now, CALLER, HUMAN);
+                info!("caller and human bridged");
+            }
+            Err(e) => {
+                warn!(error = %e, "the human's leg could not be attached; hanging up");
+                self.transfer_human_left();
+            }
+        }
+    }
+
+    /// Hangs up the human (a ringing INVITE is cancelled) and detaches their leg.
+    fn hang_up_human(&mut self) {
+        self.transfer.task = None;
+        self.transfer.pending_leg = None;
+        if self.human.is_some() {
+            self.detach_leg(HUMAN);
+        }
+        if let Some(HumanCall { mut dialog, lease, guard }) = self.transfer.human.take() {
+            tokio::spawn(async move {
+                if let Err(e) = dialog.hangup().await {
+                    debug!(error = %e, "BYE to the human failed");
+                }
+                drop(lease);
+                drop(guard);
+            });
+        }
     }
 
     fn record_transfer(&mut self, now: Instant, queue: String, target: String, outcome: &Outcome) {
