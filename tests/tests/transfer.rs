@@ -345,3 +345,108 @@ fn a_refused_refer_falls_back_as_configured() {
         );
     }
 }
+
+/// The agent's bridged transfer through a `[trunks.humans]` pointing at the human's baresip;
+/// `record` turns the call's recording on (the recording check hooks in here).
+fn bridge_toml(human_port: u16, record: bool) -> String {
+    format!(
+        "[trunks.humans]\naddress = \"127.0.0.1:{human_port}\"\nfrom_user = \"switchboard\"\n\
+         [agents.default]\nrecord = {record}\n\
+         [agents.default.transfer]\nmethod = \"bridge\"\ntrunk = \"humans\"\n\
+         announce = \"Please hold while I connect you.\"\nring_timeout_secs = 10\n\
+         [agents.default.transfer.queues]\nsales = \"sip:human@127.0.0.1:{human_port}\"\n"
+    )
+}
+
+/// Bridged transfer: the gateway calls a baresip human through a trunk and relays the audio both
+/// ways while staying in the media path. The caller plays speech, the human plays the same
+/// speech reversed (a different envelope, so neither can pass for the other); the human must
+/// hear the caller's speech and the caller the human's (envelope correlation >= 0.8 each way).
+/// The agent is a tone, not an echo: nothing but the bridge carries speech.
+#[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
+fn bridged_transfer_relays_speech_both_ways() {
+    let ports = Ports::for_slot(86);
+    let dir = tools::scratch_dir("bridged_transfer_relays_speech_both_ways");
+    let speech = audio::make_speech(&dir);
+    let sox = |args: &[&str], what: &str| {
+        let out = run_bounded("sox", Command::new("sox").args(args), Duration::from_secs(30));
+        assert!(out.status.success(), "sox {what} failed");
+    };
+    let speech_8k = speech.wav_8k.display().to_string();
+    // The caller speaks 4 s into the call (after the transfer), the human 1 s after answering.
+    let caller_source = dir.join("caller.wav");
+    sox(&[&speech_8k, &caller_source.display().to_string(), "pad", "4", "10"], "caller");
+    let reversed = dir.join("reversed.wav");
+    sox(&[&speech_8k, &reversed.display().to_string(), "reverse"], "reverse");
+    let human_source = dir.join("human.wav");
+    sox(&[&reversed.display().to_string(), &human_source.display().to_string(), "pad", "1", "12"], "human");
+
+    // baresip also binds SIP over TLS on its port + 1.
+    let human_port = ports.peer_sip + 4;
+    let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+    // recording: with record = true the lead's check of the stereo recording goes after the call.
+    let gateway = Gateway::start(ports, &sim.url(), &bridge_toml(human_port, false), &dir);
+    let human_conf =
+        baresip(&dir, "human", human_port, (ports.peer_media + 50, ports.peer_media + 99), &human_source, true);
+    let caller_conf =
+        baresip(&dir, "caller", ports.peer_sip, (ports.peer_media, ports.peer_media + 49), &caller_source, false);
+    let mut human = ChildGuard::spawn(
+        "baresip (human)",
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&human_conf)
+            .args(["-u", "audio_codecs=PCMU", "-t", "24"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    let mut caller = ChildGuard::spawn(
+        "baresip (caller)",
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&caller_conf)
+            .args(["-u", "audio_codecs=PCMU", "-t", "16"])
+            .arg("-e")
+            .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    cue_transfer(&sim);
+    let bridged = wait_for_log(&gateway, "caller and human bridged", Duration::from_secs(15));
+    let _ = caller.wait_timeout(Duration::from_secs(30));
+    let _ = human.wait_timeout(Duration::from_secs(15));
+    assert!(bridged, "the gateway never bridged the human; log:\n{}", gateway.log());
+
+    let envelope = |(rate, samples): (u32, Vec<i16>)| audio::envelope(&samples, (rate / 50) as usize);
+    let spoken = envelope(audio::read_wav(&speech.wav_8k));
+    let spoken_reversed = envelope(audio::read_wav(&reversed));
+    let human_heard = envelope(heard(&dir, "human").expect("the human recorded the call"));
+    let caller_heard = envelope(heard(&dir, "caller").expect("the caller recorded the call"));
+    let (lag, to_human) = audio::best_lag_correlation(&spoken, &human_heard, 600);
+    eprintln!("caller -> human: r = {to_human:.3} at {} ms", lag * 20);
+    let (lag, to_caller) = audio::best_lag_correlation(&spoken_reversed, &caller_heard, 600);
+    eprintln!("human -> caller: r = {to_caller:.3} at {} ms", lag * 20);
+    assert!(to_human >= 0.8, "the human heard the caller at r = {to_human:.3}; log:\n{}", gateway.log());
+    assert!(to_caller >= 0.8, "the caller heard the human at r = {to_caller:.3}; log:\n{}", gateway.log());
+    // Neither side heard itself: the agent is no echo and the bridge does not loop.
+    let (_, self_heard) = audio::best_lag_correlation(&spoken, &caller_heard, 600);
+    assert!(self_heard < to_caller, "the caller heard its own speech (r = {self_heard:.3}) as well as the human");
+
+    let metrics = gateway.metrics();
+    assert_eq!(
+        counter(&metrics, "switchboard_transfers_total", &["method=\"bridge\"", "outcome=\"bridged\""]),
+        1,
+        "{metrics}"
+    );
+    assert!(
+        wait_for_counter(&gateway, "switchboard_calls_total", &["reason=\"caller_bye\""], Duration::from_secs(5)),
+        "{}",
+        gateway.metrics()
+    );
+    let outputs = tool_outputs(&client_events(&sim));
+    assert_eq!(outputs.len(), 1, "exactly one output for the tool call: {outputs:?}");
+    assert!(outputs[0].1.contains("\"connected\""), "{outputs:?}");
+}

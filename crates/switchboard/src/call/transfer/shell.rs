@@ -6,19 +6,19 @@
 use std::time::{Duration, Instant};
 
 use switchboard_sdp::NegotiatedMedia;
-use switchboard_sip::{Dialog, DialogEvent, DialogRequester};
 use switchboard_sip::message::Method;
 use switchboard_sip::sipfrag;
+use switchboard_sip::{Dialog, DialogEvent, DialogRequester};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
-use super::super::core::{CALLER, DtmfDigit, HUMAN, LegId};
 use super::super::core::ToolCall;
 use super::super::core::transfer::{TransferRule, TransferRules, TransferSignal};
+use super::super::core::{CALLER, DtmfDigit, HUMAN, LegId};
 use super::super::end::CallEnd;
 use super::super::journal::{ToolRecord, ToolStatus, TransferRecord};
-use super::super::transfer::machine::{Action, MachineConfig, Outcome, TransferMachine, Trigger};
 use super::super::transfer::dial::{AnsweredHuman, DialFailure, dial_human};
+use super::super::transfer::machine::{Action, MachineConfig, Outcome, TransferMachine, Trigger};
 use super::super::transfer::{HeaderContext, context_headers, parse_arguments, referred_by};
 use super::{AbortOnDrop, MediaLoop};
 use crate::calls::CallGuard;
@@ -264,7 +264,8 @@ impl MediaLoop<'_> {
         info!(codec = media.codec.encoding_name(), "the human answered");
         self.transfer.human = Some(HumanCall { dialog, lease, guard });
         self.transfer.pending_leg = Some((media, socket));
-        let actions = self.transfer.machine.as_mut().map_or_else(|| vec![Action::HangUpHuman], TransferMachine::human_answered);
+        let actions =
+            self.transfer.machine.as_mut().map_or_else(|| vec![Action::HangUpHuman], TransferMachine::human_answered);
         self.run_transfer_actions(now, actions);
     }
 
