@@ -234,17 +234,18 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
     assert!(outputs[0].1.contains("\"transferred\""), "{outputs:?}");
 }
 
-/// A refused REFER falls back as configured. `on_failure = "agent"`: the caller's phone answers
+/// A failed transfer falls back as configured. `on_failure = "agent"`: the caller's phone answers
 /// the REFER 603; the call goes on and the model is told (one `function_call_output` saying the
 /// transfer failed, then a `response.create`); the caller hangs up later. `on_failure =
 /// "hangup"`: the phone accepts (202) but its NOTIFY says 486; the agent says goodbye and the
 /// gateway sends BYE. Both REFERs carry Refer-To, Referred-By and the context headers (checked
-/// by the SIPp scenarios).
+/// by the SIPp scenarios). Bridged with nobody answering: the human's INVITE (context headers
+/// checked) is CANCELled at the ring timeout and the model is told "nobody answered".
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn a_refused_refer_falls_back_as_configured() {
+fn failed_transfers_fall_back_as_configured() {
     let ports = Ports::for_slot(85);
-    let dir = tools::scratch_dir("a_refused_refer_falls_back_as_configured");
+    let dir = tools::scratch_dir("failed_transfers_fall_back_as_configured");
     // 15 s of µ-law silence: RTP flows (no RTP timeout), the simulator's VAD stays quiet.
     let silence = dir.join("silence.ul");
     std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).expect("write silence");
@@ -343,6 +344,64 @@ fn a_refused_refer_falls_back_as_configured() {
             events.iter().any(|e| e["type"] == "response.create" && e["event_id"] == "evt_goodbye"),
             "the agent was asked for its goodbye"
         );
+    }
+
+    // Bridged, nobody answers: the human's INVITE (with the context headers, checked by SIPp)
+    // is CANCELled at ring_timeout_secs; the caller stays with the agent, which is told.
+    {
+        let human_port = ports.peer_sip + 4;
+        let scenario = tools::scenario("uas_transfer_no_answer.xml");
+        let errors = dir.join("uas_errors.log");
+        let human = std::thread::spawn(move || {
+            run_bounded(
+                "sipp (human)",
+                Command::new("sipp")
+                    .arg("-sf")
+                    .arg(&scenario)
+                    .args(["-i", "127.0.0.1", "-mi", "127.0.0.1"])
+                    .args(["-p", &human_port.to_string(), "-mp", &(ports.peer_media + 50).to_string()])
+                    .args(["-m", "1", "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file"])
+                    .arg(&errors),
+                Duration::from_secs(40),
+            )
+        });
+        let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+        let toml = format!(
+            "[trunks.humans]\naddress = \"127.0.0.1:{human_port}\"\n[agents.default.transfer]\nmethod = \"bridge\"\n\
+             trunk = \"humans\"\nannounce = \"\"\nring_timeout_secs = 2\n[agents.default.transfer.queues]\n\
+             sales = \"sip:human@127.0.0.1:{human_port}\"\n"
+        );
+        let gateway = Gateway::start(ports, &sim.url(), &toml, &dir);
+        let caller = run_caller("uac_call.xml", 7000);
+        cue_transfer(&sim);
+        let out = caller.join().expect("sipp thread");
+        assert!(out.status.success(), "the SIPp caller failed; gateway log:\n{}", gateway.log());
+        let human = human.join().expect("sipp human thread");
+        assert!(
+            human.status.success(),
+            "the human's SIPp saw no INVITE with the context headers, or no CANCEL: {}\ngateway log:\n{}",
+            String::from_utf8_lossy(&human.stderr),
+            gateway.log()
+        );
+        let metrics = gateway.metrics();
+        assert_eq!(
+            counter(&metrics, "switchboard_transfers_total", &["method=\"bridge\"", "outcome=\"no_answer\""]),
+            1,
+            "{metrics}"
+        );
+        assert!(
+            wait_for_counter(&gateway, "switchboard_calls_total", &["reason=\"caller_bye\""], Duration::from_secs(5)),
+            "the call went on until the caller hung up"
+        );
+        let events = client_events(&sim);
+        let outputs = tool_outputs(&events);
+        assert_eq!(outputs.len(), 1, "exactly one output for the tool call: {outputs:?}");
+        let output: Value = serde_json::from_str(&outputs[0].1).expect("JSON output");
+        assert_eq!(output["status"], "failed");
+        assert_eq!(output["reason"], "nobody answered");
+        let at_output =
+            events.iter().position(|e| e["item"]["type"] == "function_call_output").expect("the output is there");
+        assert!(events.iter().skip(at_output).any(|e| e["type"] == "response.create"), "the agent speaks again");
     }
 }
 
