@@ -18,9 +18,14 @@ const CALL_TRANSFER: &str = r#"{"name":"transfer_to_human","arguments":"{\"queue
 
 /// The agent's transfer section; `target` is the `sales` queue's URI.
 fn transfer_toml(target: &str, on_failure: &str) -> String {
+    transfer_toml_with(target, on_failure, "")
+}
+
+/// [`transfer_toml`] with `extra` keys in the transfer table.
+fn transfer_toml_with(target: &str, on_failure: &str, extra: &str) -> String {
     format!(
         "[agents.default.transfer]\nannounce = \"Please hold while I connect you.\"\nrefer_timeout_secs = 10\n\
-         on_failure = \"{on_failure}\"\n[agents.default.transfer.queues]\nsales = \"{target}\"\n"
+         on_failure = \"{on_failure}\"\n{extra}[agents.default.transfer.queues]\nsales = \"{target}\"\n"
     )
 }
 
@@ -343,6 +348,37 @@ fn failed_transfers_fall_back_as_configured() {
         assert!(
             events.iter().any(|e| e["type"] == "response.create" && e["event_id"] == "evt_goodbye"),
             "the agent was asked for its goodbye"
+        );
+    }
+
+    // The transfer key (a rule, no tool call): the caller presses 0 (SIP INFO); the REFER to the
+    // default queue carries reason "dtmf"; refused, the model is told by a system message, and
+    // the key itself never reaches the model.
+    {
+        let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+        let toml = transfer_toml_with(target, "agent", "dtmf = \"0\"\ndefault_queue = \"sales\"\n");
+        let gateway = Gateway::start(ports, &sim.url(), &toml, &dir);
+        let out = run_caller("uac_refer_dtmf.xml", 3000).join().expect("sipp thread");
+        assert!(out.status.success(), "the SIPp caller failed; gateway log:\n{}", gateway.log());
+        let metrics = gateway.metrics();
+        assert_eq!(
+            counter(&metrics, "switchboard_transfers_total", &["method=\"refer\"", "outcome=\"refused\""]),
+            1,
+            "{metrics}"
+        );
+        let events = client_events(&sim);
+        assert!(tool_outputs(&events).is_empty(), "no tool call, no output");
+        let told = events.iter().position(|e| {
+            e["type"] == "conversation.item.create"
+                && e["item"]["role"] == "system"
+                && e["item"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("(sales), but"))
+        });
+        let told = told.unwrap_or_else(|| panic!("the model was not told; events: {events:?}"));
+        assert!(events.iter().skip(told).any(|e| e["type"] == "response.create"), "the agent speaks again");
+        assert!(
+            !events.iter().any(|e| e["item"]["role"] == "user"
+                && e["item"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("pressed"))),
+            "the transfer key reached the model"
         );
     }
 
