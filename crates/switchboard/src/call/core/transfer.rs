@@ -80,7 +80,7 @@ impl CallCore {
     /// [`TransferSignal::Announced`] once it has played. Returns false when nothing will be
     /// said (empty text, no AI connection): go on at once.
     pub fn announce_transfer(&mut self, text: &str) -> bool {
-        if text.trim().is_empty() || self.outage.is_some() || self.ended.is_some() {
+        if text.trim().is_empty() || self.outage.is_some() || self.ended.is_some() || self.control.is_ending() {
             return false;
         }
         let active = self.agent.conversation.has_active_response();

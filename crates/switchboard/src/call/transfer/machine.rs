@@ -141,10 +141,16 @@ pub enum Action {
     BackToAgent,
 }
 
+/// The announcement is waited for at most this long (a response that never comes must not
+/// hold the transfer): then the transfer goes on.
+pub const MAX_ANNOUNCEMENT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Phase {
     Idle,
-    Announcing,
+    Announcing {
+        deadline: Instant,
+    },
     /// REFER sent; `accepted` once its 2xx came. A NOTIFY may come before the 2xx.
     Referring {
         deadline: Instant,
@@ -215,7 +221,7 @@ impl TransferMachine {
         self.trigger = Some(trigger);
         self.retried = false;
         if self.config.announce {
-            self.phase = Phase::Announcing;
+            self.phase = Phase::Announcing { deadline: now + MAX_ANNOUNCEMENT };
             return Ok(vec![Action::Announce]);
         }
         Ok(self.go(now))
@@ -223,7 +229,7 @@ impl TransferMachine {
 
     /// The announcement has played.
     pub fn announced(&mut self, now: Instant) -> Vec<Action> {
-        if self.phase != Phase::Announcing {
+        if !matches!(self.phase, Phase::Announcing { .. }) {
             return Vec::new();
         }
         self.go(now)
@@ -296,7 +302,7 @@ impl TransferMachine {
     /// own end is recorded by the caller; an unfinished attempt is recorded as an error.
     pub fn caller_left(&mut self) -> Vec<Action> {
         let actions = match &self.phase {
-            Phase::Idle | Phase::Announcing => Vec::new(),
+            Phase::Idle | Phase::Announcing { .. } => Vec::new(),
             Phase::Bridged => vec![Action::HangUpHuman],
             Phase::Referring { .. } => vec![self.record(Outcome::Error("the caller's dialog ended".into()))],
             Phase::Dialing { .. } => {
@@ -310,13 +316,16 @@ impl TransferMachine {
     /// The attempt's deadline (REFER outcome or ring time).
     pub fn poll_timeout(&self) -> Option<Instant> {
         match self.phase {
-            Phase::Referring { deadline, .. } | Phase::Dialing { deadline } => Some(deadline),
+            Phase::Announcing { deadline } | Phase::Referring { deadline, .. } | Phase::Dialing { deadline } => {
+                Some(deadline)
+            }
             _ => None,
         }
     }
 
     pub fn handle_timeout(&mut self, now: Instant) -> Vec<Action> {
         match self.phase {
+            Phase::Announcing { deadline } if now >= deadline => self.go(now),
             Phase::Referring { deadline, .. } if now >= deadline => self.fail(now, Outcome::Timeout),
             Phase::Dialing { deadline } if now >= deadline => {
                 let mut actions = vec![Action::HangUpHuman];
@@ -541,6 +550,10 @@ mod tests {
         assert!(!m.active());
         assert_eq!(m.start(now, "sales", tool()), Ok(vec![Action::Announce]));
         assert_eq!(m.start(now, "sales", tool()), Err(StartError::Busy));
+        // An announcement that never plays does not hold the transfer.
+        assert_eq!(m.poll_timeout(), Some(now + MAX_ANNOUNCEMENT));
+        assert_eq!(m.handle_timeout(now + MAX_ANNOUNCEMENT), vec![Action::Refer { target: SALES.into() }]);
+        assert!(m.announced(now + MAX_ANNOUNCEMENT).is_empty(), "once");
     }
 
     #[test]
