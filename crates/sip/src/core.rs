@@ -107,10 +107,25 @@ pub struct CallInfo {
     pub from_display: Option<String>,
     pub to_uri: String,
     pub request_uri: String,
-    /// User part of the Request-URI, or the tel: number (percent-decoded).
+    /// User part of the Request-URI, or the tel: number (percent-decoded); the To URI's when
+    /// the Request-URI has none.
     pub dialled: String,
     pub source: SocketAddr,
     pub transport: Transport,
+    /// RFC 3325 §9.1: the URI of the first P-Asserted-Identity, when the INVITE has one.
+    pub asserted_identity: Option<String>,
+    /// The INVITE's headers (name as received, value), in order, at most
+    /// [`CALL_INFO_MAX_HEADERS`]: the application picks the ones it routes on or shows.
+    pub headers: Vec<(String, String)>,
+}
+
+/// Headers of an INVITE kept in [`CallInfo::headers`] at most (the message itself is bounded by
+/// `max_message_bytes`).
+pub const CALL_INFO_MAX_HEADERS: usize = 64;
+
+/// The user part of a SIP or tel URI (parameters dropped).
+fn uri_user(uri: &str) -> Option<String> {
+    SipUri::parse(uri).and_then(|u| u.user).map(|u| u.split(';').next().unwrap_or_default().to_string())
 }
 
 /// Where an in-dialog request goes before resolution.
@@ -167,7 +182,7 @@ pub const INFO_CONTENT_TYPES: [&str; 2] = ["application/dtmf-relay", "applicatio
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CoreEvent {
     /// A new out-of-dialog INVITE (already answered 100 Trying).
-    IncomingCall { invite: InviteId, info: CallInfo, offer: Option<String> },
+    IncomingCall { invite: InviteId, info: Box<CallInfo>, offer: Option<String> },
     /// The caller cancelled (already answered 200 to CANCEL and 487 to the INVITE).
     InviteCancelled { invite: InviteId },
     /// Something happened in a dialog.
@@ -841,18 +856,27 @@ impl Core {
         }
         let request_uri = request.request_uri().unwrap_or_default().to_string();
         let from = request.from();
+        let to_uri = request.to().map(|t| t.uri).unwrap_or_default();
         let info = CallInfo {
             call_id: request.call_id().unwrap_or_default().to_string(),
             from_uri: from.as_ref().map(|f| f.uri.clone()).unwrap_or_default(),
             from_display: from.and_then(|f| f.display),
-            to_uri: request.to().map(|t| t.uri).unwrap_or_default(),
-            dialled: SipUri::parse(&request_uri)
-                .and_then(|u| u.user)
-                .map(|u| u.split(';').next().unwrap_or_default().to_string())
-                .unwrap_or_default(),
+            dialled: uri_user(&request_uri).or_else(|| uri_user(&to_uri)).unwrap_or_default(),
+            to_uri,
             request_uri,
             source: origin.source,
             transport: origin.transport,
+            // Two identities (a sip: and a tel: URI) may share one header, comma-separated.
+            asserted_identity: request
+                .header("P-Asserted-Identity")
+                .and_then(|value| NameAddr::parse(value).or_else(|| value.split(',').next().and_then(NameAddr::parse)))
+                .map(|id| id.uri),
+            headers: request
+                .headers
+                .iter()
+                .take(CALL_INFO_MAX_HEADERS)
+                .map(|h| (h.name.clone(), h.value.clone()))
+                .collect(),
         };
 
         // §17.2.1: the INVITE server transaction answers 100 Trying at once.
@@ -866,7 +890,7 @@ impl Core {
         self.transactions.insert(key.clone(), ServerTransaction::Invite(Box::new(transaction)));
         self.merge_index.insert(merge, key.clone());
         self.invites.insert(invite, key);
-        self.events.push_back(CoreEvent::IncomingCall { invite, info, offer });
+        self.events.push_back(CoreEvent::IncomingCall { invite, info: Box::new(info), offer });
     }
 
     /// §9.2: CANCEL matches the INVITE transaction with the same branch and sent-by.

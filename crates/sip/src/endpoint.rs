@@ -998,7 +998,7 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
                 let (cancel_tx, cancel_rx) = oneshot::channel();
                 shared.state().invites.insert(invite, cancel_tx);
                 let call = IncomingCall {
-                    info,
+                    info: *info,
                     offer,
                     invite: ServerInvite {
                         shared: shared.clone(),

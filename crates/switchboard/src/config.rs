@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::admission::IpNet;
 
+mod agents;
+mod routes;
+pub use routes::{MAX_CAPTURED_HEADERS, MAX_HEADER_VALUE_BYTES, Patterns, RouteConfig, RoutingConfig};
 mod transfer;
 pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, validate_transfer};
 /// Bounds of `[agents.X.transfer]` values.
@@ -35,6 +38,13 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// SIP trunks outbound calls go through, keyed by name (`POST /v1/calls` names one).
     pub trunks: BTreeMap<String, TrunkConfig>,
+    /// A directory of agent files (`*.toml`, one agent each), relative to this file's
+    /// directory; empty: none (config/agents.rs).
+    pub agents_dir: String,
+    /// `[routing]`: the time zone of `hours`, the headers captured for placeholders.
+    pub routing: RoutingConfig,
+    /// `[[routes]]`: which agent answers which call, first match wins (config/routes.rs).
+    pub routes: Vec<RouteConfig>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -366,6 +376,9 @@ impl Default for Config {
             log: LogConfig::default(),
             agents: BTreeMap::from([("default".to_string(), AgentConfig::default())]),
             trunks: BTreeMap::new(),
+            agents_dir: String::new(),
+            routing: RoutingConfig::default(),
+            routes: Vec::new(),
         }
     }
 }
@@ -554,6 +567,8 @@ pub struct Resolved {
     pub trusted_proxies: Vec<IpNet>,
     /// Each trunk's `address`, resolved (the first address it resolves to).
     pub trunk_addresses: BTreeMap<String, SocketAddr>,
+    /// `[[routes]]`, agents' `numbers` and the `default` catch-all, compiled.
+    pub routes: switchboard_router::RouteTable,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -578,6 +593,7 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, R
         .map_err(|e| problem(&path.display().to_string(), e.to_string()))?;
 
     let mut problems = Vec::new();
+    let inline_agents = raw.get_table("agents").is_ok();
     let mut unknown = Vec::new();
     let mut record_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
     let deserializer = serde_ignored::Deserializer::new(raw, &mut record_unknown);
@@ -598,7 +614,10 @@ pub fn load_with_env(path: &Path, env: &[(String, String)]) -> Result<(Config, R
         cfg.realtime.api_key = key.clone();
     }
     resolve_secrets(&mut cfg, env, &mut problems);
-    match validate(&cfg, &mut problems) {
+    let agent_files = agents::load_agent_files(&mut cfg, path, inline_agents, &mut problems);
+    let validated = validate(&cfg, &mut problems);
+    agent_files.name_files_in(&mut problems);
+    match validated {
         Some(resolved) if problems.is_empty() => Ok((cfg, resolved)),
         _ => Err(ConfigErrors(problems)),
     }
@@ -807,15 +826,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if agent.apology_min_interval_secs == 0 {
             bad(&key("apology_min_interval_secs"), "must be at least 1".into());
         }
-        for pattern in &agent.numbers.0 {
-            let digits = pattern.strip_suffix('*').unwrap_or(pattern);
-            if digits.contains('*') || pattern.is_empty() {
-                bad(&key("numbers"), format!("`{pattern}`: a number, or a prefix ending in one `*`"));
-            }
-        }
-        if name != "default" && agent.numbers.0.is_empty() {
-            bad(&key("numbers"), "an agent other than `default` needs numbers to answer".into());
-        }
+        // `numbers` are checked with the routes (routes::route_table); an agent without them
+        // may be reached through [[routes]] or serve outbound calls only.
         if !(50..=5000).contains(&agent.barge_in_confirm_ms) {
             bad(&key("barge_in_confirm_ms"), "must be between 50 and 5000".into());
         }
@@ -871,6 +883,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         }
     }
 
+    let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
     Some(Resolved {
         sip_udp,
         sip_tcp,
@@ -881,6 +894,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         admin_listen,
         trusted_proxies,
         trunk_addresses,
+        routes,
     })
 }
 

@@ -1,4 +1,5 @@
-//! `switchboard run --config FILE` runs the gateway; `switchboard check --config FILE` validates.
+//! `switchboard run --config FILE` runs the gateway; `switchboard check --config FILE` validates;
+//! `switchboard route --config FILE --to NUMBER` shows which route and agent a call would get.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -26,18 +27,38 @@ enum Command {
         #[arg(long, short, default_value = "config/switchboard.toml")]
         config: PathBuf,
     },
+    /// Print which route and agent (or reject code) a call would get, deciding as the gateway
+    /// does with the configuration loaded as `run` loads it.
+    Route {
+        #[arg(long, short, default_value = "config/switchboard.toml")]
+        config: PathBuf,
+        /// The dialled number (the INVITE's Request-URI user).
+        #[arg(long)]
+        to: String,
+        /// The caller ID (P-Asserted-Identity's or From's user); none when left out.
+        #[arg(long, default_value = "")]
+        from: String,
+        /// The INVITE's source address; left out, only routes without `source` (or with
+        /// 0.0.0.0/0) can match.
+        #[arg(long)]
+        source: Option<std::net::IpAddr>,
+        /// When the call arrives, RFC 3339 (e.g. 2026-12-02T09:30:00+01:00); default: now.
+        #[arg(long)]
+        at: Option<String>,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Check { config } => match config::load(&config) {
-            Ok((cfg, _)) => {
+            Ok((cfg, resolved)) => {
                 let offline = if cfg.realtime.api_key.is_empty() { " (no API key: offline agent)" } else { "" };
                 println!(
-                    "{}: OK, {} agent(s), {} trunk(s){offline}",
+                    "{}: OK, {} agent(s), {} route(s), {} trunk(s){offline}",
                     config.display(),
                     cfg.agents.len(),
+                    resolved.routes.routes().len(),
                     cfg.trunks.len()
                 );
                 ExitCode::SUCCESS
@@ -51,7 +72,33 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { config } => run(config),
+        Command::Route { config, to, from, source, at } => route(&config, &to, &from, source, at.as_deref()),
     }
+}
+
+fn route(path: &std::path::Path, to: &str, from: &str, source: Option<std::net::IpAddr>, at: Option<&str>) -> ExitCode {
+    let (_, resolved) = match config::load(path) {
+        Ok(pair) => pair,
+        Err(errors) => {
+            for problem in &errors.0 {
+                eprintln!("{}: {problem}", path.display());
+            }
+            eprintln!("{}: {} problem(s)", path.display(), errors.0.len());
+            return ExitCode::from(2);
+        }
+    };
+    let now = match at.map(str::parse::<switchboard_router::Timestamp>) {
+        None => switchboard_router::Timestamp::now(),
+        Some(Ok(at)) => at,
+        Some(Err(e)) => {
+            eprintln!("--at: not an RFC 3339 time with an offset (2026-12-02T09:30:00+01:00): {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let source = source.unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    let facts = switchboard_router::Facts { dialled: to, caller: from, source };
+    println!("{}", resolved.routes.decide(&facts, now));
+    ExitCode::SUCCESS
 }
 
 fn run(path: PathBuf) -> ExitCode {

@@ -18,11 +18,13 @@
 //! - Registration, unregistration and [`ClockRegistration::reschedule`] go through an inbox the
 //!   clock drains at each wake-up. The inbox is bounded by the live registrations: each
 //!   registration is added and removed once, and reschedules are coalesced per registration
-//!   (the latest deadline wins), so it never holds more than two entries per call.
-//!
+//!   (the latest deadline wins), so it never holds more than two entries per call, plus one
+//!   per extra media leg (socket changes are coalesced per leg, at most [`MAX_LEGS`] legs).
 //! - A call may have more than one media leg (a bridged transfer): each [`RtpTransmit`] names
 //!   the leg whose socket sends it; leg 0's socket is given at registration, the others are
-//!   attached and detached through the inbox ([`ClockRegistration::attach_socket`]).
+//!   attached and detached through the inbox ([`ClockRegistration::attach_socket`]). A packet
+//!   for a leg without a socket is dropped and counted (`reason="no_socket"`), never sent on
+//!   another leg's socket.
 //!
 //! The scheduling logic ([`Schedule`]) is sans-IO and tested on a virtual clock; the thread
 //! around it only sleeps, drains the inbox and calls `send_to`.
@@ -983,6 +985,38 @@ mod tests {
         // Unknown registrations and legs past the end are ignored, not a panic.
         schedule.set_socket(9, 1, Some(socket()));
         schedule.set_socket(1, 3, None);
+    }
+
+    /// Not a test: the serve loop's cost for callgrind (docs/benchmarks.md, "Media clock serve
+    /// loop"). `SERVE_SECONDS` of virtual time for 200 calls with spread phases.
+    #[test]
+    #[ignore = "benchmark, run under callgrind"]
+    fn serve_cost() {
+        let seconds: u64 = std::env::var("SERVE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
+        let start = Instant::now();
+        let mut schedule = Schedule::new(start, WAKE_GRAIN);
+        let legs: Vec<_> = (0..200u32)
+            .map(|n| {
+                let phase = Duration::from_micros(u64::from(n) * 100);
+                Arc::new(Mutex::new(PacedLeg::new(start + phase, destination(), n)))
+            })
+            .collect();
+        for (id, leg) in legs.iter().enumerate() {
+            add(&mut schedule, id as Id, leg);
+        }
+        let mut out = Vec::new();
+        let end = start + Duration::from_secs(seconds);
+        let mut packets = 0usize;
+        while let Some(at) = schedule.next_wake() {
+            if at > end {
+                break;
+            }
+            schedule.serve(at, &mut out);
+            packets += out.len();
+            out.clear();
+        }
+        eprintln!("{packets} packets");
+        assert!(packets >= 200 * 50 * seconds as usize);
     }
 
     #[test]

@@ -70,6 +70,9 @@ pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_
 pub const BRIDGES_TOTAL: &str = "switchboard_bridges_total";
 /// Bridged audio frames dropped by the relay queue's policy (full, or delay trimmed).
 pub const BRIDGE_RELAY_DROPPED_FRAMES_TOTAL: &str = "switchboard_bridge_relay_dropped_frames_total";
+/// Inbound calls by the route that decided (`route`: its name, `none` for no match) and
+/// `outcome` (agent, reject, no_match).
+pub const ROUTE_DECISIONS_TOTAL: &str = "switchboard_route_decisions_total";
 /// Transfers to a human, by `method` (refer, bridge) and `outcome` (transferred, bridged,
 /// refused, failed, busy, rejected, no_answer, timeout, error): one per attempt.
 pub const TRANSFERS_TOTAL: &str = "switchboard_transfers_total";
@@ -249,6 +252,10 @@ fn describe_net_metrics() {
     metrics::describe_counter!(
         BRIDGE_RELAY_DROPPED_FRAMES_TOTAL,
         "Bridged audio frames dropped by the relay queue (full queue, or added delay trimmed)."
+    );
+    metrics::describe_counter!(
+        ROUTE_DECISIONS_TOTAL,
+        "Inbound calls by the route that decided (none: no match) and outcome (agent, reject, no_match)."
     );
 }
 

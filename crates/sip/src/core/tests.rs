@@ -968,3 +968,21 @@ fn method_inspection_comes_before_the_scheme_check() {
     h.recv(0, &with_uri("OPTIONS", "z9hG4bKs4", "tel:+15550001000"));
     assert_eq!(h.statuses(), vec![200]);
 }
+
+#[test]
+fn call_info_carries_the_asserted_identity_the_headers_and_to_when_the_request_uri_has_no_user() {
+    let mut h = Harness::new();
+    let extra = "P-Asserted-Identity: \"Bob\" <sip:+15557654321@carrier.example>, <tel:+15557654321>\r\n\
+                 X-Customer-Id: C-42\r\n";
+    let text =
+        invite("z9hG4bKpai", extra).replace("INVITE sip:15550001000@127.0.0.1:5060", "INVITE sip:127.0.0.1:5060");
+    h.recv(0, &text);
+    match h.events().as_slice() {
+        [CoreEvent::IncomingCall { info, .. }] => {
+            assert_eq!(info.dialled, "15550001000", "from To, the Request-URI has no user");
+            assert_eq!(info.asserted_identity.as_deref(), Some("sip:+15557654321@carrier.example"));
+            assert!(info.headers.iter().any(|(n, v)| n == "X-Customer-Id" && v == "C-42"), "{:?}", info.headers);
+        }
+        other => panic!("{other:?}"),
+    }
+}

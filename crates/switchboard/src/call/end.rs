@@ -47,6 +47,8 @@ pub enum Refusal {
     AgentSessionRefused(String),
     /// 503: `session.updated` confirmed audio formats the media code cannot produce or play.
     AgentFormatMismatch(String),
+    /// A reject route's code (403, 404, 480, 486 or 603): refused as configured.
+    Rejected(switchboard_router::RejectCode),
 }
 
 impl Refusal {
@@ -63,6 +65,7 @@ impl Refusal {
             | Refusal::AgentTimeout(_)
             | Refusal::AgentSessionRefused(_)
             | Refusal::AgentFormatMismatch(_) => (503, "Service Unavailable"),
+            Refusal::Rejected(code) => (code.code(), code.reason()),
         }
     }
 
@@ -87,6 +90,8 @@ impl Refusal {
             | Refusal::ShuttingDown
             | Refusal::NoMediaPort
             | Refusal::NoSdpOffer => Fault::Gateway,
+            // The configuration did what it was told: nobody to alert.
+            Refusal::Rejected(_) => Fault::None,
         }
     }
 
@@ -104,6 +109,7 @@ impl Refusal {
             Refusal::AgentTimeout(_) => "agent_timeout",
             Refusal::AgentSessionRefused(_) => "agent_session_refused",
             Refusal::AgentFormatMismatch(_) => "agent_format_mismatch",
+            Refusal::Rejected(_) => "rejected_by_route",
         }
     }
 }

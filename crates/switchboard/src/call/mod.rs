@@ -28,7 +28,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, CallState, Direction, NewCall};
-use crate::config::{AgentConfig, AudioFormatChoice};
+use crate::config::{AgentConfig, AudioFormatChoice, Config, Resolved};
 use crate::routing;
 use crate::rtp_ports::PortLease;
 use crate::telemetry::{self, Escaped, Redacted};
@@ -127,9 +127,15 @@ async fn run(
     let IncomingCall { info, offer, mut invite } = call;
     let cfg = &state.config;
 
-    let Some((agent_name, agent)) = routing::route(&cfg.agents, &info.dialled) else {
+    let id = entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
+    let Some(routed) = route(&state.config, &state.resolved, &info, &id, switchboard_router::Timestamp::now()) else {
         return refuse(state, invite, Refusal::NoRoute);
     };
+    let (route_name, agent_name, agent) = match routed {
+        Ok(routed) => routed,
+        Err(code) => return refuse(state, invite, Refusal::Rejected(code)),
+    };
+    let agent = &agent;
     let Some(offer) = offer else {
         return refuse(state, invite, Refusal::NoSdpOffer);
     };
@@ -154,7 +160,7 @@ async fn run(
         };
     let media = answer.media;
     let codec = media.codec;
-    info!(agent = agent_name, codec = ?media.codec, "routed");
+    info!(route = route_name, agent = agent_name, codec = ?media.codec, "routed");
     if let Some(entry) = entry {
         entry.set_routed(agent_name, media.codec.encoding_name());
     }
@@ -204,13 +210,13 @@ async fn run(
         entry.set_state(CallState::Answered);
     }
     let facts = facts::CallFacts {
-        id: entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string()),
+        id,
         sip_call_id: info.call_id.clone(),
         direction: CallDirection::Inbound,
         from: info.from_uri.clone(),
         to: info.dialled.clone(),
         agent: agent_name.to_string(),
-        route: agent_name.to_string(),
+        route: route_name.to_string(),
         peer: Some(info.source),
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
@@ -228,6 +234,53 @@ async fn run(
         hangup,
     };
     converse(state, call).await
+}
+
+/// Asks the route table who answers the call: `None` for no match (404), `Err` for a reject
+/// route's code, else the route's name, the agent's name and its config with the placeholders
+/// filled and the route's `record` override applied.
+fn route<'a>(
+    config: &'a Config,
+    resolved: &'a Resolved,
+    info: &switchboard_sip::CallInfo,
+    call_id: &str,
+    now: switchboard_router::Timestamp,
+) -> Option<Result<(&'a str, &'a str, AgentConfig), switchboard_router::RejectCode>> {
+    use switchboard_router::Decision;
+    let caller = routing::caller_id(info);
+    let facts = switchboard_router::Facts { dialled: &info.dialled, caller: &caller, source: info.source.ip() };
+    let decision = resolved.routes.decide(&facts, now);
+    let route_label = if decision.route().is_empty() { "none" } else { decision.route() };
+    metrics::counter!(telemetry::ROUTE_DECISIONS_TOTAL, "route" => route_label.to_string(), "outcome" => decision.outcome_label())
+        .increment(1);
+    match decision {
+        Decision::NoMatch => {
+            info!(caller = %Redacted(&caller), "no route matches the call");
+            None
+        }
+        Decision::Reject { route, code } => {
+            info!(route, code = code.code(), caller = %Redacted(&caller), "refused by route");
+            Some(Err(code))
+        }
+        Decision::Agent { route, agent: agent_name, record } => {
+            // Every route's agent exists: the configuration check made sure.
+            let agent_config = config.agents.get(agent_name)?;
+            let headers = routing::captured_headers(info, &config.routing.headers.0);
+            let values = switchboard_router::Values {
+                caller: &caller,
+                dialled: &info.dialled,
+                agent: agent_name,
+                call_id,
+                headers: &headers,
+                variables: routing::no_variables(),
+            };
+            let mut agent = routing::render_agent(agent_config, &values);
+            if let Some(record) = record {
+                agent.record = record;
+            }
+            Some(Ok((route, agent_name, agent)))
+        }
+    }
 }
 
 /// Whether a call was placed by the caller (INVITE received) or by us (`POST /v1/calls`).
@@ -432,6 +485,49 @@ fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_call_gets_its_routes_agent_with_placeholders_filled_and_the_routes_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("switchboard.toml");
+        std::fs::write(
+            &path,
+            "[routing]\nheaders = [\"X-Customer-Id\"]\n\
+             [[routes]]\nname = \"vip\"\ndialled = \"100\"\ncaller = \"+4930*\"\nagent = \"sales\"\nrecord = true\n\
+             [[routes]]\nname = \"busy\"\ndialled = \"100\"\nreject = 486\n\
+             [agents.sales]\ninstructions = \"{agent} for {caller} on {dialled} ({call_id}), customer {header.X-Customer-Id}\"\n\
+             greeting = \"Hello {caller}{header.X-Other}\"\n",
+        )
+        .unwrap();
+        let (config, resolved) = crate::config::load_with_env(&path, &[]).unwrap();
+        let info = |pai: &str| switchboard_sip::CallInfo {
+            call_id: "sip-call".into(),
+            from_uri: "sip:anonymous@example.invalid".into(),
+            from_display: None,
+            to_uri: "sip:100@gw".into(),
+            request_uri: "sip:100@gw".into(),
+            dialled: "100".into(),
+            source: "192.0.2.9:5060".parse().unwrap(),
+            transport: switchboard_sip::Transport::Udp,
+            asserted_identity: Some(pai.into()),
+            headers: vec![("X-Customer-Id".into(), "C-9".into()), ("X-Other".into(), "{caller}".into())],
+        };
+        let now = "2026-12-02T10:00:00Z".parse().unwrap();
+
+        let vip = info("sip:+4930555@carrier");
+        let (route_name, agent_name, agent) = route(&config, &resolved, &vip, "gw-1", now).unwrap().unwrap();
+        assert_eq!((route_name, agent_name), ("vip", "sales"));
+        assert_eq!(agent.instructions, "sales for +4930555 on 100 (gw-1), customer C-9");
+        assert_eq!(agent.greeting, "Hello +4930555", "an uncaptured header renders empty");
+        assert!(agent.record && !config.agents["sales"].record, "the route's record override applies");
+
+        let other = info("sip:+15550000@carrier");
+        let refused = route(&config, &resolved, &other, "gw-2", now).unwrap();
+        assert_eq!(refused.map(|_| ()).unwrap_err().code(), 486);
+        let mut unknown = other.clone();
+        unknown.dialled = "200".into();
+        assert!(route(&config, &resolved, &unknown, "gw-3", now).is_none(), "no route: 404");
+    }
 
     #[test]
     fn connect_failures_are_labelled_by_who_must_act() {

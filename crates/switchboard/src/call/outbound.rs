@@ -49,7 +49,8 @@ pub struct PlaceCallRequest {
     /// Caller ID: the user part of our From URI (the trunk's `from_user` otherwise).
     #[serde(default)]
     pub from: Option<String>,
-    /// Values substituted for `{{name}}` in the agent's instructions and greeting.
+    /// Values substituted for `{{name}}` in the agent's instructions and greeting (the
+    /// placeholders of docs/configuration.md, rendered by `switchboard_router::render`).
     #[serde(default)]
     pub variables: BTreeMap<String, String>,
 }
@@ -82,8 +83,11 @@ impl PlanError {
 #[derive(Debug, Clone)]
 pub struct OutboundPlan {
     pub agent_name: String,
-    /// The agent with the request's variables substituted.
+    /// The agent as configured: [`start`] fills its placeholders (the request's variables,
+    /// `{dialled}`, `{caller}`, `{call_id}`...) once the call has its id.
     pub agent: AgentConfig,
+    /// The request's variables, checked.
+    pub variables: BTreeMap<String, String>,
     pub trunk_name: String,
     pub trunk: TrunkConfig,
     pub destination: SocketAddr,
@@ -112,7 +116,8 @@ pub fn plan(config: &Config, resolved: &Resolved, request: PlaceCallRequest) -> 
         *resolved.trunk_addresses.get(trunk_name).ok_or_else(|| PlanError::UnknownTrunk(trunk_name.clone()))?;
     let request_uri = request_uri(&request.to, trunk)?;
     let agent = config.agents.get(&request.agent).ok_or_else(|| PlanError::UnknownAgent(request.agent.clone()))?;
-    let agent = with_variables(agent, &request.variables)?;
+    check_variables(&request.variables)?;
+    let agent = agent.clone();
     let from_user = match &request.from {
         Some(from) => caller_id(from)?,
         None => trunk.from_user.clone(),
@@ -125,6 +130,7 @@ pub fn plan(config: &Config, resolved: &Resolved, request: PlaceCallRequest) -> 
     Ok(OutboundPlan {
         agent_name: request.agent,
         agent,
+        variables: request.variables,
         trunk_name: trunk_name.clone(),
         trunk: trunk.clone(),
         destination,
@@ -179,12 +185,11 @@ fn caller_id(from: &str) -> Result<String, PlanError> {
     Ok(from)
 }
 
-/// The agent with `{{name}}` replaced by each variable's value in its instructions and greeting.
-fn with_variables(agent: &AgentConfig, variables: &BTreeMap<String, String>) -> Result<AgentConfig, PlanError> {
+/// Checks the request's variables: how many, their names and sizes.
+fn check_variables(variables: &BTreeMap<String, String>) -> Result<(), PlanError> {
     if variables.len() > MAX_VARIABLES {
         return Err(PlanError::bad("variables", format!("at most {MAX_VARIABLES} variables")));
     }
-    let mut agent = agent.clone();
     for (name, value) in variables {
         let good_name = !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !good_name || name.len() > MAX_VARIABLE_BYTES || value.len() > MAX_VARIABLE_BYTES {
@@ -193,11 +198,26 @@ fn with_variables(agent: &AgentConfig, variables: &BTreeMap<String, String>) -> 
                 format!("names are letters, digits and _; names and values at most {MAX_VARIABLE_BYTES} bytes"),
             ));
         }
-        let placeholder = format!("{{{{{name}}}}}");
-        agent.instructions = agent.instructions.replace(&placeholder, value);
-        agent.greeting = agent.greeting.replace(&placeholder, value);
     }
-    Ok(agent)
+    Ok(())
+}
+
+impl OutboundPlan {
+    /// The agent with its placeholders filled for the call `call_id`: `{{name}}` from the
+    /// request's variables, `{caller}` our caller ID, `{dialled}` the number called.
+    pub fn rendered_agent(&self, call_id: &str) -> AgentConfig {
+        let caller =
+            self.from_uri.strip_prefix("sip:").and_then(|rest| rest.split_once('@')).map_or("", |(user, _)| user);
+        let values = switchboard_router::Values {
+            caller,
+            dialled: &self.to,
+            agent: &self.agent_name,
+            call_id,
+            headers: &[],
+            variables: &self.variables,
+        };
+        crate::routing::render_agent(&self.agent, &values)
+    }
 }
 
 /// Why [`start`] could not start a call: the API answers 503 with Retry-After.
@@ -220,7 +240,7 @@ pub enum StartError {
 const FINAL_ANSWER_ALLOWANCE: Duration = Duration::from_secs(40);
 
 /// Starts the call in the background; returns its id.
-pub fn start(state: &Arc<GatewayState>, plan: OutboundPlan) -> Result<String, StartError> {
+pub fn start(state: &Arc<GatewayState>, mut plan: OutboundPlan) -> Result<String, StartError> {
     if *state.shutdown.borrow() {
         return Err(StartError::ShuttingDown);
     }
@@ -245,6 +265,7 @@ pub fn start(state: &Arc<GatewayState>, plan: OutboundPlan) -> Result<String, St
         RegisterError::Full(_) => StartError::GatewayFull,
     })?;
     let id = entry.id().to_string();
+    plan.agent = plan.rendered_agent(&id);
     let state = Arc::clone(state);
     tokio::spawn(handle(state, sip, plan, entry, hangup, slot));
     Ok(id)
@@ -497,7 +518,9 @@ mod tests {
     }
 
     fn config_with(trunks: &[(&str, &str)]) -> (Config, Resolved) {
-        let mut text = String::from("[agents.default]\ngreeting = \"Hello {{name}}, about {{topic}}\"\n");
+        let mut text = String::from(
+            "[agents.default]\ngreeting = \"Hello {{name}}, about {{topic}} ({dialled}, {call_id}, {caller})\"\n",
+        );
         for (name, address) in trunks {
             text.push_str(&format!("[trunks.{name}]\naddress = \"{address}\"\n"));
         }
@@ -535,7 +558,7 @@ mod tests {
         assert_eq!(plan.destination, "127.0.0.1:5070".parse().unwrap());
         assert_eq!(plan.request_uri, "sip:5551234@127.0.0.1:5070");
         assert_eq!(plan.from_uri, "sip:+15550009999@127.0.0.1");
-        assert_eq!(plan.agent.greeting, "Hello Ada, about Tuesday");
+        assert_eq!(plan.rendered_agent("c-1").greeting, "Hello Ada, about Tuesday (5551234, c-1, +15550009999)");
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub const RELAY_TRIM_WINDOW: u32 = 50;
 /// it is trimmed to one frame.
 pub const RELAY_TRIM_ABOVE_FRAMES: usize = 2;
 
+/// Media legs of one call at most, the caller's included: a caller and a human, with room to
+/// spare. [`CallCore::add_leg`] refuses more (a transfer logic bug must not grow the call).
+pub const MAX_LEGS: usize = 4;
+
 /// The relays of a bridge, one per direction.
 pub(super) struct Bridge {
     relays: [Relay; 2],
@@ -164,7 +168,8 @@ impl CallCore {
     /// and [`poll_rtcp_transmit`](Self::poll_rtcp_transmit) send on it. It carries nothing
     /// until [`bridge`](Self::bridge) (the pacer sends silence). We are the UAC of its dialog:
     /// the answer's address may be sent to at once (no ACK to wait for, RFC 3261 §13.2.2.4).
-    /// A leg with the same id is replaced. No recorder taps: the recorder uses leg CALLER only.
+    /// A leg with the same id is replaced; beyond [`MAX_LEGS`] legs none is added. No recorder
+    /// taps: the recorder uses leg CALLER only.
     pub fn add_leg(&mut self, now: Instant, id: LegId, config: LegConfig) {
         if self.ended.is_some() {
             return;
@@ -175,6 +180,10 @@ impl CallCore {
         }
         if self.leg_index(id).is_some() {
             self.remove_leg(now, id);
+        }
+        if self.legs.len() >= MAX_LEGS {
+            warn!(leg = id.0, legs = self.legs.len(), "too many media legs; not added");
+            return;
         }
         let mut leg = Leg::new(id, now, config, false);
         leg.latch.on_dialog_confirmed();
@@ -248,6 +257,13 @@ impl CallCore {
     /// Whether two legs are bridged (the agent is silent).
     pub fn is_bridged(&self) -> bool {
         self.bridge.is_some()
+    }
+
+    /// The agent's audio still to be played to the caller (encoded or not): zero once an
+    /// announcement has been heard in full, e.g. before [`bridge`](Self::bridge) cuts it off.
+    /// While bridged, relayed audio waiting for its slot.
+    pub fn agent_audio_queued(&self) -> std::time::Duration {
+        self.caller_leg().map_or(std::time::Duration::ZERO, Leg::held_audio)
     }
 
     /// Stops the agent at once, as a barge-in does but without counting one: its queue on the

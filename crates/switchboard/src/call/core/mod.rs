@@ -259,7 +259,7 @@ pub enum Output {
     Tool(ToolCall),
     /// A leg other than the caller's sent no RTP for `rtp_timeout` (the human's phone is gone):
     /// the call goes on; the transfer logic decides (usually [`CallCore::remove_leg`]).
-    /// Reported once per leg.
+    /// Reported once per silence (again only after the leg's RTP resumed and stopped again).
     LegLost(LegId),
     /// A transfer's announcement has played, or a transfer rule fired ([`transfer`]).
     Transfer(transfer::TransferSignal),
@@ -342,7 +342,8 @@ struct Leg {
     signalled: SocketAddr,
     /// Opus encoder settings of the leg (the bridge's relay encodes with them).
     opus: OpusEncoderSettings,
-    /// A non-caller leg's RTP timeout was reported ([`Output::LegLost`]): its timer is off.
+    /// A non-caller leg's RTP timeout was reported ([`Output::LegLost`]): its timer is off
+    /// until its RTP resumes.
     lost: bool,
 }
 
@@ -671,6 +672,7 @@ impl CallCore {
         }
         metrics::counter!(telemetry::RTP_PACKETS_TOTAL, "direction" => "in").increment(1);
         leg.last_rtp_in = now;
+        leg.lost = false;
         if header.payload_type == leg.payload_type {
             match leg.jitter.push(now, header, payload) {
                 PushOutcome::Accepted => self.drain_inbound(now, index),
@@ -1023,7 +1025,9 @@ impl CallCore {
     }
 
     fn end_if_played_out(&mut self) {
-        let played_out = self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero());
+        // Bridged audio is live, not a goodbye to hear out: with a human talking the queue
+        // would never run dry.
+        let played_out = self.bridge.is_some() || self.caller_leg().is_none_or(|leg| leg.held_audio().is_zero());
         if played_out && let Some(end) = self.ending_after_playout.take() {
             self.end(end);
         }
