@@ -261,6 +261,41 @@ mod tests {
         }
     }
 
+    /// The commented example in config/agents/support.toml, uncommented, is a valid agent file;
+    /// a misspelt key in it is reported with the file's path.
+    #[test]
+    fn the_shipped_example_loads_from_an_agent_file() {
+        let shipped = std::fs::read_to_string(
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/agents/support.toml"),
+        )
+        .unwrap();
+        let example: String = shipped
+            .lines()
+            .skip_while(|l| *l != "# [transfer]")
+            .filter_map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        assert!(example.contains("[transfer.queues]"), "{example}");
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("agents")).unwrap();
+        std::fs::write(dir.path().join("agents/support.toml"), &example).unwrap();
+        let config = dir.path().join("switchboard.toml");
+        std::fs::write(&config, "agents_dir = \"agents\"\n").unwrap();
+        let (cfg, _) = crate::config::load_with_env(&config, &[]).unwrap();
+        let transfer = &cfg.agents["support"].transfer;
+        assert_eq!(transfer.dtmf_key(), Some('0'));
+        assert_eq!(transfer.queues.len(), 2);
+        assert!(transfer.on_ai_unreachable);
+
+        std::fs::write(
+            dir.path().join("agents/support.toml"),
+            example.replace("[transfer.queues]", "[transfer.qeues]"),
+        )
+        .unwrap();
+        let err = crate::config::load_with_env(&config, &[]).unwrap_err();
+        assert!(err.0.iter().any(|p| p.key.ends_with("transfer.qeues")), "{err}");
+    }
+
     #[test]
     fn targets_are_sip_sips_or_tel_only() {
         for good in ["sip:sales@pbx.example.com", "sips:q@10.0.0.1:5061", "sip:10.0.0.1", "tel:+442079460000"] {
