@@ -127,8 +127,9 @@ pub enum Action {
     Bridge,
     /// Hang up the human's leg (a call being set up is cancelled).
     HangUpHuman,
-    /// The tool call's one output; `respond`: ask the model to speak after it.
-    ToolOutput { call_id: String, output: String, respond: bool },
+    /// The tool call's one output; `succeeded`: the transfer worked; `respond`: ask the model
+    /// to speak after it.
+    ToolOutput { call_id: String, output: String, succeeded: bool, respond: bool },
     /// Tell the model (system message) what happened and let it speak.
     TellAgent(String),
     /// The agent says goodbye, then the call ends (`on_failure = "hangup"`).
@@ -360,7 +361,7 @@ impl TransferMachine {
         let status = if bridged { "connected" } else { "transferred" };
         if let Some(Trigger::Tool { call_id }) = self.trigger.take() {
             let output = json!({"status": status, "queue": self.queue}).to_string();
-            actions.push(Action::ToolOutput { call_id, output, respond: false });
+            actions.push(Action::ToolOutput { call_id, output, succeeded: true, respond: false });
         }
         if bridged {
             self.phase = Phase::Bridged;
@@ -398,7 +399,7 @@ impl TransferMachine {
             Some(Trigger::Tool { call_id }) => {
                 let output =
                     json!({"status": "failed", "queue": queue, "reason": explanation, "next": next}).to_string();
-                actions.push(Action::ToolOutput { call_id, output, respond: !hangup });
+                actions.push(Action::ToolOutput { call_id, output, succeeded: false, respond: !hangup });
             }
             Some(Trigger::Rule(_)) | None if !hangup => {
                 actions.push(Action::TellAgent(format!(
@@ -472,6 +473,7 @@ mod tests {
         Action::ToolOutput {
             call_id: "call_1".into(),
             output: json!({"status":"failed","queue":"sales","reason":reason,"next":next}).to_string(),
+            succeeded: false,
             respond,
         }
     }
@@ -483,6 +485,7 @@ mod tests {
             Action::ToolOutput {
                 call_id: "call_1".into(),
                 output: json!({"status":"transferred","queue":"sales"}).to_string(),
+                succeeded: true,
                 respond: false,
             },
             Action::EndCall,

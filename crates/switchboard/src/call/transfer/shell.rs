@@ -344,15 +344,14 @@ impl MediaLoop<'_> {
                 Action::Dial { target } => self.dial(target),
                 Action::Bridge => self.bridge_human(now),
                 Action::HangUpHuman => self.hang_up_human(),
-                Action::ToolOutput { call_id, output, respond } => {
-                    let failed = output.contains("\"failed\"");
+                Action::ToolOutput { call_id, output, succeeded, respond } => {
                     let started = self.transfer.tool_call.take().map_or(now, |(_, at)| at);
                     self.journal.tool(ToolRecord {
                         call_id: call_id.clone(),
                         name: super::super::transfer::TRANSFER_TOOL.to_owned(),
                         started: self.journal.offset(started),
                         duration: now.saturating_duration_since(started),
-                        status: if failed { ToolStatus::Failed("transfer failed".into()) } else { ToolStatus::Ok },
+                        status: if succeeded { ToolStatus::Ok } else { ToolStatus::Failed("transfer failed".into()) },
                     });
                     let mut core = self.core.lock();
                     if respond {
