@@ -167,7 +167,7 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
     let source = dir.join("speech_then_silence.wav");
     let padded = run_bounded(
         "sox",
-        Command::new("sox").arg(&speech.wav_8k).arg(&source).args(["pad", "0", "10"]),
+        Command::new("sox").arg(&speech.wav_8k).arg(&source).args(["pad", "0", "6"]),
         Duration::from_secs(30),
     );
     assert!(padded.status.success(), "sox pad failed");
@@ -192,7 +192,7 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
         Command::new("baresip")
             .arg("-f")
             .arg(&human_conf)
-            .args(["-u", "audio_codecs=PCMU", "-t", "24"])
+            .args(["-u", "audio_codecs=PCMU", "-t", "14"])
             .stdout(std::process::Stdio::null()),
     );
     let mut caller = ChildGuard::spawn(
@@ -200,7 +200,7 @@ fn blind_transfer_by_refer_reaches_a_baresip_human() {
         Command::new("baresip")
             .arg("-f")
             .arg(&caller_conf)
-            .args(["-u", "audio_codecs=PCMU", "-t", "20"])
+            .args(["-u", "audio_codecs=PCMU", "-t", "10"])
             .arg("-e")
             .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip))
             .stdout(std::process::Stdio::null()),
@@ -474,11 +474,11 @@ fn bridged_transfer_relays_speech_both_ways() {
     let speech_8k = speech.wav_8k.display().to_string();
     // The caller speaks 4 s into the call (after the transfer), the human 1 s after answering.
     let caller_source = dir.join("caller.wav");
-    sox(&[&speech_8k, &caller_source.display().to_string(), "pad", "4", "10"], "caller");
+    sox(&[&speech_8k, &caller_source.display().to_string(), "pad", "4", "5"], "caller");
     let reversed = dir.join("reversed.wav");
     sox(&[&speech_8k, &reversed.display().to_string(), "reverse"], "reverse");
     let human_source = dir.join("human.wav");
-    sox(&[&reversed.display().to_string(), &human_source.display().to_string(), "pad", "1", "12"], "human");
+    sox(&[&reversed.display().to_string(), &human_source.display().to_string(), "pad", "1", "8"], "human");
 
     // baresip also binds SIP over TLS on its port + 1.
     let human_port = ports.peer_sip + 4;
@@ -494,7 +494,7 @@ fn bridged_transfer_relays_speech_both_ways() {
         Command::new("baresip")
             .arg("-f")
             .arg(&human_conf)
-            .args(["-u", "audio_codecs=PCMU", "-t", "24"])
+            .args(["-u", "audio_codecs=PCMU", "-t", "15"])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null()),
     );
@@ -503,7 +503,7 @@ fn bridged_transfer_relays_speech_both_ways() {
         Command::new("baresip")
             .arg("-f")
             .arg(&caller_conf)
-            .args(["-u", "audio_codecs=PCMU", "-t", "16"])
+            .args(["-u", "audio_codecs=PCMU", "-t", "11"])
             .arg("-e")
             .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip))
             .stdout(std::process::Stdio::null())
