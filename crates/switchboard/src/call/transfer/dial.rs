@@ -137,3 +137,24 @@ fn failure_of(failure: CallFailure) -> DialFailure {
         other => DialFailure::local(other.to_string()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_keep_the_status_the_machine_needs() {
+        assert_eq!(
+            failure_of(CallFailure::Busy { status: 486 }),
+            DialFailure { status: Some(486), why: "busy".into() }
+        );
+        assert_eq!(
+            failure_of(CallFailure::Rejected { status: 404, reason: "Not Found".into() }),
+            DialFailure { status: Some(404), why: "Not Found".into() }
+        );
+        assert_eq!(failure_of(CallFailure::NoAnswer), DialFailure { status: None, why: "no_answer".into() });
+        let unreachable = failure_of(CallFailure::Unreachable { reason: "timer B".into() });
+        assert_eq!(unreachable.status, None);
+        assert_ne!(unreachable.why, "no_answer");
+    }
+}
