@@ -17,6 +17,12 @@ use crate::admission::IpNet;
 mod agents;
 mod routes;
 pub use routes::{MAX_CAPTURED_HEADERS, MAX_HEADER_VALUE_BYTES, Patterns, RouteConfig, RoutingConfig};
+mod transfer;
+pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, validate_transfer};
+/// Bounds of `[agents.X.transfer]` values.
+pub mod transfer_limits {
+    pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -319,6 +325,8 @@ pub struct AgentConfig {
     pub max_call_secs: u64,
     /// Record the call (stereo WAV and JSON sidecar under `recording.dir`); a route may override it.
     pub record: bool,
+    /// Transfer to a human: method, queues, rules (`[agents.NAME.transfer]`, config/transfer.rs).
+    pub transfer: TransferConfig,
 }
 
 /// `agents.X.barge_in`.
@@ -522,6 +530,7 @@ impl Default for AgentConfig {
             goodbye: "Thank you for calling. Goodbye.".into(),
             max_call_secs: 0,
             record: false,
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -833,6 +842,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if agent.idle_timeout_secs > 0 && agent.idle_prompt.trim().is_empty() {
             bad(&key("idle_prompt"), "must not be empty when idle_timeout_secs is set".into());
         }
+        validate_transfer(name, &agent.transfer, &cfg.trunks, &mut bad);
     }
 
     let mut trunk_addresses = BTreeMap::new();

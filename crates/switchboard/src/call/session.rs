@@ -41,6 +41,9 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
         create_response: Some(agent.barge_in == BargeInChoice::Immediate),
         interrupt_response: Some(agent.barge_in == BargeInChoice::Immediate),
     };
+    let mut tools: Vec<_> = agent.end_call.then(end_call_tool).into_iter().collect();
+    tools.extend(super::transfer::transfer_tool(&agent.transfer));
+    let tools = (!tools.is_empty()).then_some(tools);
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),
         session: Box::new(SessionConfig {
@@ -59,8 +62,8 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
                     ..Default::default()
                 }),
             }),
-            tools: agent.end_call.then(|| vec![end_call_tool()]),
-            tool_choice: agent.end_call.then(|| Value::String("auto".into())),
+            tool_choice: tools.as_ref().map(|_| Value::String("auto".into())),
+            tools,
             ..SessionConfig::realtime()
         }),
     }

@@ -59,6 +59,7 @@ mod talk;
 mod talk_tests;
 #[cfg(test)]
 mod tests;
+pub mod transfer;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -260,6 +261,8 @@ pub enum Output {
     /// the call goes on; the transfer logic decides (usually [`CallCore::remove_leg`]).
     /// Reported once per silence (again only after the leg's RTP resumed and stopped again).
     LegLost(LegId),
+    /// A transfer's announcement has played, or a transfer rule fired ([`transfer`]).
+    Transfer(transfer::TransferSignal),
 }
 
 /// Counters the shell logs at the end of the call.
@@ -545,6 +548,8 @@ pub struct CallCore {
     /// Two legs relaying each other's audio (a bridged transfer, [`bridge`]); `None`: the caller
     /// talks with the agent.
     bridge: Option<bridge::Bridge>,
+    /// Transfer rules and the announcement being played ([`transfer`]).
+    transfer: transfer::TransferHooks,
 }
 
 impl CallCore {
@@ -579,6 +584,7 @@ impl CallCore {
             outage: None,
             rollover: reconnecting::Rollover::default(),
             bridge: None,
+            transfer: transfer::TransferHooks::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -915,6 +921,7 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        self.transfer_if_played_out();
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }
