@@ -37,6 +37,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         sdp_offer: OFFER.into(),
         credentials,
         ring_timeout: Duration::from_secs(30),
+        extra_headers: Vec::new(),
     })?;
     println!("INVITE sent, Call-ID {}", call.call_id());
     loop {

@@ -45,6 +45,9 @@ pub struct OutgoingCall {
     pub credentials: Option<Credentials>,
     /// How long to let it ring: then CANCEL (RFC 3261 §9.1), outcome [`CallFailure::NoAnswer`].
     pub ring_timeout: Duration,
+    /// Extra headers on the INVITE (a transfer's `X-` context headers), as given: the caller
+    /// keeps CR/LF out of them.
+    pub extra_headers: Vec<(String, String)>,
 }
 
 /// Why a call we placed did not connect.

@@ -168,6 +168,10 @@ pub enum DialogEvent {
     /// An INFO in the dialog (RFC 6086) with a body of one of [`INFO_CONTENT_TYPES`]
     /// (DTMF), already answered 200. `content_type` is the header's value as sent.
     Info { content_type: String, body: String },
+    /// A NOTIFY in the dialog for the `refer` event package (RFC 3515 §2.4.4: the progress of
+    /// a REFER we sent), already answered 200. Header values as sent; `body` is normally a
+    /// `message/sipfrag` status line ([`crate::sipfrag::parse_status`]).
+    Notify { event: String, subscription_state: String, content_type: String, body: String },
 }
 
 /// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
@@ -381,6 +385,7 @@ fn reason_phrase(code: u16) -> &'static str {
         486 => "Busy Here",
         487 => "Request Terminated",
         488 => "Not Acceptable Here",
+        489 => "Bad Event",
         491 => "Request Pending",
         500 => "Server Internal Error",
         501 => "Not Implemented",

@@ -814,6 +814,46 @@ impl Dialog {
         if self.ended.is_some() {
             return Err(RequestError::Ended);
         }
+        self.requester().send_request(method, headers, body).await
+    }
+
+    /// A handle that sends requests in this dialog from another task (a REFER whose final
+    /// response is awaited while this dialog's events are read). It cannot hang up; once the
+    /// dialog is over its requests fail with [`RequestError::Ended`].
+    pub fn requester(&self) -> DialogRequester {
+        DialogRequester { shared: Arc::clone(&self.shared), id: self.id }
+    }
+}
+
+/// Sends requests in a dialog without owning it ([`Dialog::requester`]).
+#[derive(Clone)]
+pub struct DialogRequester {
+    shared: Arc<Shared>,
+    id: DialogId,
+}
+
+impl std::fmt::Debug for DialogRequester {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DialogRequester").field("id", &self.id).finish()
+    }
+}
+
+impl DialogRequester {
+    /// Our URI in the dialog (`None` once it is over).
+    pub fn local_uri(&self) -> Option<String> {
+        self.shared.core().dialog_local_uri(self.id)
+    }
+
+    /// As [`Dialog::send_request`].
+    pub async fn send_request(
+        &self,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Result<(u16, String), RequestError> {
+        if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
+            return Err(RequestError::NotAllowed(method));
+        }
         let hop = self.shared.core().dialog_next_hop(self.id).ok_or(RequestError::Ended)?;
         let destination = match hop.host.parse::<IpAddr>() {
             Ok(ip) => SocketAddr::new(ip, hop.port),

@@ -31,14 +31,15 @@ pub mod core;
 pub mod digest;
 pub mod endpoint;
 pub mod message;
+pub mod sipfrag;
 
 use std::time::Duration;
 
 pub use crate::client::{CallFailure, Credentials, OutgoingCall};
 pub use crate::core::CallInfo;
 pub use crate::endpoint::{
-    CallProgress, ClientInvite, Dialog, DialogEvent, EndpointConfig, EndpointError, HangupError, IncomingCall,
-    RequestError, ServerInvite, SipEndpoint,
+    CallProgress, ClientInvite, Dialog, DialogEvent, DialogRequester, EndpointConfig, EndpointError, HangupError,
+    IncomingCall, RequestError, ServerInvite, SipEndpoint,
 };
 
 /// Transport a message arrived on (and the one its responses go back on).

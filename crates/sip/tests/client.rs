@@ -46,6 +46,7 @@ fn outgoing(destination: SocketAddr, transport: Transport, credentials: Option<C
         sdp_offer: "v=0\r\n".into(),
         credentials,
         ring_timeout: Duration::from_secs(30),
+        extra_headers: Vec::new(),
     }
 }
 

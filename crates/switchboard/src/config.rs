@@ -19,6 +19,12 @@ pub use tools::{McpServerConfig, ToolConfig};
 mod agents;
 mod routes;
 pub use routes::{MAX_CAPTURED_HEADERS, MAX_HEADER_VALUE_BYTES, Patterns, RouteConfig, RoutingConfig};
+mod transfer;
+pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, validate_transfer};
+/// Bounds of `[agents.X.transfer]` values.
+pub mod transfer_limits {
+    pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
+}
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -329,6 +335,8 @@ pub struct AgentConfig {
     pub filler_after_ms: u64,
     /// `tone` (a soft double beep, repeated), `none`, or a WAV file (16-bit PCM mono).
     pub filler: String,
+    /// Transfer to a human: method, queues, rules (`[agents.NAME.transfer]`, config/transfer.rs).
+    pub transfer: TransferConfig,
 }
 
 /// `agents.X.barge_in`.
@@ -536,6 +544,7 @@ impl Default for AgentConfig {
             mcp: BTreeMap::new(),
             filler_after_ms: 2000,
             filler: "tone".into(),
+            transfer: TransferConfig::default(),
         }
     }
 }
@@ -848,6 +857,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
             bad(&key("idle_prompt"), "must not be empty when idle_timeout_secs is set".into());
         }
         tools::validate_agent_tools(name, agent, &mut bad);
+        validate_transfer(name, &agent.transfer, &cfg.trunks, &mut bad);
     }
 
     let mut trunk_addresses = BTreeMap::new();

@@ -82,6 +82,9 @@ pub const BRIDGE_RELAY_DROPPED_FRAMES_TOTAL: &str = "switchboard_bridge_relay_dr
 /// Inbound calls by the route that decided (`route`: its name, `none` for no match) and
 /// `outcome` (agent, reject, no_match).
 pub const ROUTE_DECISIONS_TOTAL: &str = "switchboard_route_decisions_total";
+/// Transfers to a human, by `method` (refer, bridge) and `outcome` (transferred, bridged,
+/// refused, failed, busy, rejected, no_answer, timeout, error): one per attempt.
+pub const TRANSFERS_TOTAL: &str = "switchboard_transfers_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -218,6 +221,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         REALTIME_CONNECT_FAILURES_TOTAL,
         "Realtime session openings that failed (call setup and reconnect attempts), by reason."
     );
+    metrics::describe_counter!(TRANSFERS_TOTAL, "Transfers to a human by method and outcome, one per attempt.");
     Ok(handle)
 }
 

@@ -37,6 +37,7 @@ fn call(transport: Transport, ring_timeout_ms: u64, credentials: Option<Credenti
         sdp_offer: OFFER.into(),
         credentials,
         ring_timeout: Duration::from_millis(ring_timeout_ms),
+        extra_headers: Vec::new(),
     }
 }
 
@@ -174,6 +175,19 @@ fn invite_is_well_formed() {
     assert_eq!(invite.header("Content-Type"), Some("application/sdp"));
     assert_eq!(invite.body, OFFER.as_bytes());
     assert!(invite.header("From").unwrap().starts_with(r#""Agent \"Smith\"" <sip:agent@gw.example>"#));
+}
+
+/// A transfer's context headers ride on the INVITE as given.
+#[test]
+fn extra_headers_are_sent_on_the_invite() {
+    let mut h = Harness::new();
+    let mut outgoing = call(Transport::Udp, 60_000, None);
+    outgoing.extra_headers =
+        vec![("X-Switchboard-Queue".into(), "sales".into()), ("X-Switchboard-Reason".into(), "a person".into())];
+    let (_, invite) = h.place(outgoing);
+    assert_eq!(invite.header("X-Switchboard-Queue"), Some("sales"));
+    assert_eq!(invite.header("X-Switchboard-Reason"), Some("a person"));
+    assert_eq!(invite.body, OFFER.as_bytes());
 }
 
 #[test]

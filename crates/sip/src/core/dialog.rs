@@ -127,6 +127,7 @@ impl Core {
             }
             Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
             Method::Info => self.handle_info(now, origin, request, key, dialog_id),
+            Method::Notify => self.handle_notify(now, origin, request, key, dialog_id),
             _ => self.respond(now, key, &origin, &request, 501, None, &[]),
         }
     }
@@ -157,6 +158,38 @@ impl Core {
         self.respond(now, key, &origin, &request, 200, None, &[]);
         self.events
             .push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Info { content_type, body } });
+    }
+
+    /// NOTIFY of the implicit subscription a REFER we sent created (RFC 3515 §2.4.4): answered
+    /// 200 and handed to the application with its `Event`, `Subscription-State`, content type
+    /// and body (a `message/sipfrag`, parsed by [`crate::sipfrag`]). We subscribe to nothing
+    /// else: another event package is answered 489 Bad Event (RFC 6665 §8.3.2), a NOTIFY
+    /// without Event 400 (RFC 6665 §8.2.1: Event is mandatory).
+    pub(super) fn handle_notify(
+        &mut self,
+        now: Instant,
+        origin: Origin,
+        request: Message,
+        key: TxKey,
+        dialog_id: DialogId,
+    ) {
+        let Some(event) = request.header("Event").map(str::to_owned) else {
+            self.respond(now, key, &origin, &request, 400, Some("Bad Request (no Event)"), &[]);
+            return;
+        };
+        let package = event.split(';').next().unwrap_or_default().trim();
+        if !package.eq_ignore_ascii_case("refer") {
+            self.respond(now, key, &origin, &request, 489, None, &[("Allow-Events", "refer")]);
+            return;
+        }
+        let subscription_state = request.header("Subscription-State").unwrap_or_default().to_owned();
+        let content_type = request.header("Content-Type").unwrap_or_default().to_owned();
+        let body = String::from_utf8_lossy(&request.body).into_owned();
+        self.respond(now, key, &origin, &request, 200, None, &[]);
+        self.events.push_back(CoreEvent::Dialog {
+            dialog: dialog_id,
+            notice: DialogEvent::Notify { event, subscription_state, content_type, body },
+        });
     }
 
     /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer
@@ -240,6 +273,13 @@ impl Core {
     /// Which side of the INVITE we were in this dialog.
     pub fn dialog_role(&self, dialog: DialogId) -> Option<Role> {
         self.dialogs.get(&dialog).map(|d| d.role)
+    }
+
+    /// Our URI in the dialog (the From of our requests, without its tag): what a REFER's
+    /// `Referred-By` names (RFC 3892 §3).
+    pub fn dialog_local_uri(&self, dialog: DialogId) -> Option<String> {
+        let dialog = self.dialogs.get(&dialog)?;
+        NameAddr::parse(&dialog.local_party).map(|party| without_uri_headers(&party.uri).to_owned())
     }
 
     /// The dialog's Call-ID.

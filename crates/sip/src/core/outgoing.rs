@@ -184,6 +184,9 @@ impl Core {
         if let Some((name, value)) = &state.authorization {
             invite.push_header(name, value.clone());
         }
+        for (name, value) in &state.call.extra_headers {
+            invite.push_header(name, value.clone());
+        }
         invite.push_header("Content-Type", "application/sdp");
         invite.body = state.call.sdp_offer.clone().into_bytes();
         let transmit =

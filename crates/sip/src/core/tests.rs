@@ -499,6 +499,49 @@ fn in_dialog_info_dtmf_is_taken_and_other_bodies_refused() {
     assert!(h.events().is_empty());
 }
 
+/// A NOTIFY in the dialog with the given Event (none: no header) and a sipfrag body.
+fn in_dialog_notify(branch: &str, to_tag: &str, cseq: u32, event: Option<&str>, body: &str) -> String {
+    let head = in_dialog("NOTIFY", branch, to_tag, cseq);
+    let head = head.trim_end_matches("Content-Length: 0\r\n\r\n");
+    let event = event.map(|e| format!("Event: {e}\r\n")).unwrap_or_default();
+    format!(
+        "{head}{event}Subscription-State: active;expires=60\r\nContent-Type: message/sipfrag;version=2.0\r\n\
+         Content-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+}
+
+/// RFC 3515 §2.4.4: the NOTIFYs of our REFER's implicit subscription are answered 200 and
+/// reach the application; another event package is 489 (RFC 6665 §8.3.2), no Event 400, and
+/// neither reaches the application.
+#[test]
+fn in_dialog_notify_for_refer_is_taken_and_others_refused() {
+    let mut h = Harness::new();
+    let (dialog, tag, _) = establish(&mut h, "");
+    h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
+    h.events();
+    h.recv(60, &in_dialog_notify("z9hG4bKn1", &tag, 2, Some("refer"), "SIP/2.0 180 Ringing\r\n"));
+    assert_eq!(h.statuses(), vec![200]);
+    let notify = DialogEvent::Notify {
+        event: "refer".into(),
+        subscription_state: "active;expires=60".into(),
+        content_type: "message/sipfrag;version=2.0".into(),
+        body: "SIP/2.0 180 Ringing\r\n".into(),
+    };
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: notify }]);
+    h.recv(70, &in_dialog_notify("z9hG4bKn2", &tag, 3, Some("presence"), ""));
+    let sent = h.sent();
+    assert_eq!(sent[0].1.status(), Some(489));
+    assert_eq!(sent[0].1.header("Allow-Events"), Some("refer"));
+    h.recv(80, &in_dialog_notify("z9hG4bKn3", &tag, 4, None, "SIP/2.0 200 OK"));
+    assert_eq!(h.statuses(), vec![400]);
+    assert!(h.events().is_empty());
+    // A NOTIFY for a dialog we do not have is 481 (§12.2.2), as every in-dialog request.
+    h.recv(90, &in_dialog_notify("z9hG4bKn4", "not-our-tag", 5, Some("refer"), "SIP/2.0 200 OK"));
+    assert_eq!(h.statuses(), vec![481]);
+    assert!(h.events().is_empty());
+}
+
 #[test]
 fn in_dialog_unserved_and_options() {
     let mut h = Harness::new();

@@ -148,6 +148,11 @@ pub enum CallEnd {
     /// The call reached `agents.X.max_call_secs`; the agent said goodbye (or the grace period
     /// ran out) and we sent BYE.
     MaxDuration,
+    /// The caller was handed to a human: the REFER's NOTIFY said 2xx (the caller's side now
+    /// talks to the queue; we sent BYE on our leg), or the bridged human hung up.
+    Transferred,
+    /// A transfer failed with `on_failure = "hangup"`: the agent said goodbye and we sent BYE.
+    TransferFailed,
 }
 
 impl CallEnd {
@@ -164,6 +169,7 @@ impl CallEnd {
             CallEnd::Operator => Fault::None,
             CallEnd::MediaSetupFailed(_) => Fault::Gateway,
             CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => Fault::None,
+            CallEnd::Transferred | CallEnd::TransferFailed => Fault::None,
         }
     }
 
@@ -174,6 +180,7 @@ impl CallEnd {
             CallEnd::CallerCancelled => "cancelled",
             CallEnd::CallerHangup | CallEnd::GatewayShutdown | CallEnd::Operator => "completed",
             CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => "completed",
+            CallEnd::Transferred | CallEnd::TransferFailed => "completed",
             CallEnd::AckTimeout
             | CallEnd::RtpTimeout
             | CallEnd::AgentDisconnected(_)
@@ -202,6 +209,8 @@ impl CallEnd {
             CallEnd::AgentHangup => "agent_hangup",
             CallEnd::CallerIdle => "caller_idle",
             CallEnd::MaxDuration => "max_duration",
+            CallEnd::Transferred => "transferred",
+            CallEnd::TransferFailed => "transfer_failed",
         }
     }
 
@@ -220,6 +229,8 @@ impl CallEnd {
                 | CallEnd::AgentHangup
                 | CallEnd::CallerIdle
                 | CallEnd::MaxDuration
+                | CallEnd::Transferred
+                | CallEnd::TransferFailed
         )
     }
 }

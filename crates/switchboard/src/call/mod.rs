@@ -10,6 +10,7 @@ pub mod reconnect;
 pub mod session;
 pub mod shell;
 pub mod tools;
+pub mod transfer;
 
 pub use shell::converse;
 

@@ -372,6 +372,7 @@ async fn run(
         sdp_offer: offer.sdp.clone(),
         credentials,
         ring_timeout: Duration::from_secs(plan.trunk.ring_timeout_secs),
+        extra_headers: Vec::new(),
     };
     let mut invite = match sip.place_call(outgoing) {
         Ok(invite) => invite,

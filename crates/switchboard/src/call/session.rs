@@ -41,12 +41,10 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
         create_response: Some(agent.barge_in == BargeInChoice::Immediate),
         interrupt_response: Some(agent.barge_in == BargeInChoice::Immediate),
     };
-    let mut tools = Vec::new();
-    if agent.end_call {
-        tools.push(end_call_tool());
-    }
+    let mut tools: Vec<_> = agent.end_call.then(end_call_tool).into_iter().collect();
+    tools.extend(super::transfer::transfer_tool(&agent.transfer));
     tools.extend(super::tools::declared_tools(agent));
-    let has_tools = !tools.is_empty();
+    let tools = (!tools.is_empty()).then_some(tools);
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),
         session: Box::new(SessionConfig {
@@ -65,8 +63,8 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
                     ..Default::default()
                 }),
             }),
-            tool_choice: has_tools.then(|| Value::String("auto".into())),
-            tools: has_tools.then_some(tools),
+            tool_choice: tools.as_ref().map(|_| Value::String("auto".into())),
+            tools,
             ..SessionConfig::realtime()
         }),
     }

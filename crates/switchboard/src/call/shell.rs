@@ -42,6 +42,12 @@ use crate::telemetry;
 use switchboard_media::Codec;
 use switchboard_realtime::history::HistoryLimits;
 
+/// Transfer to a human: the shell's side (`call/transfer/shell.rs`).
+#[path = "transfer/shell.rs"]
+mod transfer_glue;
+use super::transfer::TRANSFER_TOOL;
+use transfer_glue::TransferLink;
+
 /// `input_audio_buffer.append` events waiting for the writer at most: one second of 20 ms
 /// packets. Policy when full: the new append is dropped and counted
 /// (`switchboard_realtime_appends_dropped_total`); the model hears a gap, the pacer never waits.
@@ -99,6 +105,8 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 core.set_filler(Duration::from_millis(agent.filler_after_ms), audio);
             }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
+            core.set_transfer_rules(TransferLink::rules(&agent));
+            let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester());
             let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
                 core,
@@ -116,6 +124,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 human: None,
                 journal: CallJournal::new(session_opened),
                 tools,
+                transfer,
                 link: Link {
                     state,
                     agent: &agent,
@@ -286,6 +295,8 @@ pub(super) struct MediaLoop<'a> {
     registration: Option<ClockRegistration>,
     /// A second media leg (a bridged transfer's human), if attached ([`legs`]).
     human: Option<legs::AttachedLeg>,
+    /// Transfer to a human (`call/transfer/`).
+    transfer: TransferLink,
 }
 
 impl MediaLoop<'_> {
@@ -341,7 +352,12 @@ impl MediaLoop<'_> {
                         }
                     }
                     Output::Rollover => self.spawn_reopen(),
-                    Output::LegLost(leg) => self.on_leg_lost(leg),
+                    Output::LegLost(leg) => {
+                        self.on_leg_lost(leg);
+                        self.transfer_leg_lost(leg);
+                    }
+                    Output::Tool(call) if call.name == TRANSFER_TOOL => self.start_transfer(call),
+                    Output::Transfer(signal) => self.on_transfer_signal(signal),
                     Output::Tool(call) => self.run_tool(call),
                 }
             }
@@ -351,6 +367,7 @@ impl MediaLoop<'_> {
             }
             let task_due = self.core.lock().poll_task_timeout();
             let task_due = task_due.map(tokio::time::Instant::from_std);
+            let transfer_due = self.transfer.deadline().map(tokio::time::Instant::from_std);
 
             tokio::select! {
                 biased;
@@ -429,6 +446,12 @@ impl MediaLoop<'_> {
 
                 failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 
+                input = self.transfer.next() => self.on_transfer_input(input),
+
+                _ = async { if let Some(due) = transfer_due { sleep_until(due).await } }, if transfer_due.is_some() => {
+                    self.on_transfer_timeout();
+                }
+
                 _ = async { if let Some(due) = task_due { sleep_until(due).await } }, if task_due.is_some() => {
                     // Pongs are consumed inside `recv` and only show in `last_frame_at`: the
                     // watchdog must see the latest one before it judges.
@@ -449,7 +472,14 @@ impl MediaLoop<'_> {
                                 continue;
                             }
                         },
+                        Some(DialogEvent::Notify { subscription_state, body, .. }) => {
+                            self.on_refer_notify(&subscription_state, &body);
+                            continue;
+                        }
                     };
+                    if input == DialogInput::RemoteBye {
+                        self.transfer_caller_left();
+                    }
                     self.core.lock().handle_dialog(Instant::now(), input);
                 }
 

@@ -35,7 +35,7 @@ pub const GOODBYE_GRACE: Duration = Duration::from_secs(10);
 /// `event_id`s of the gateway's own `response.create`s: an `error` naming one means no response
 /// is coming for it.
 /// (`evt_greeting` is `session::greeting`'s.)
-const RESPONSE_CREATE_IDS: [&str; 4] = ["evt_greeting", "evt_turn", "evt_idle_prompt", "evt_goodbye"];
+const RESPONSE_CREATE_IDS: [&str; 5] = ["evt_greeting", "evt_turn", "evt_idle_prompt", "evt_goodbye", "evt_announce"];
 
 pub fn is_our_response_create(event_id: &str) -> bool {
     RESPONSE_CREATE_IDS.contains(&event_id)
@@ -63,6 +63,9 @@ pub enum Purpose {
     IdlePrompt,
     /// A goodbye; the call ends this way once it has played.
     Goodbye(CallEnd),
+    /// A transfer's announcement, said verbatim ("Please hold while I connect you."); the
+    /// transfer goes on once it has played ([`Command::Announced`]).
+    Announce(String),
 }
 
 /// What the call core must do.
@@ -73,6 +76,12 @@ pub enum Command {
     CancelActive,
     EndAfterPlayout(CallEnd),
     EndNow(CallEnd),
+    /// The announcement's response is done (or will never come): the transfer goes on once
+    /// its audio has played.
+    Announced,
+    /// `max_call_secs` is reached and the agent's transfer rule says to transfer rather than
+    /// say goodbye.
+    TransferAtMaxCall,
 }
 
 /// Everything conversational about one call, from the agent (`agents.X.*`).
@@ -117,6 +126,10 @@ pub struct AgentControl {
     unanswered_prompts: u32,
     max_call_at: Option<Instant>,
     hard_stop_at: Option<Instant>,
+    /// The announcement response being said.
+    announce_response: Option<String>,
+    /// `agents.X.transfer.on_max_duration`: at `max_call` transfer instead of a goodbye.
+    transfer_at_max_call: bool,
 }
 
 impl AgentControl {
@@ -132,6 +145,8 @@ impl AgentControl {
             unanswered_prompts: 0,
             max_call_at,
             hard_stop_at: None,
+            announce_response: None,
+            transfer_at_max_call: false,
         }
     }
 
@@ -170,10 +185,18 @@ impl AgentControl {
         self.unanswered_prompts = 0;
     }
 
+    /// At `max_call` the call is transferred ([`Command::TransferAtMaxCall`]) instead of
+    /// ended with a goodbye.
+    pub fn set_transfer_at_max_call(&mut self, transfer: bool) {
+        self.transfer_at_max_call = transfer;
+    }
+
     /// `response.created`.
     pub fn on_response_created(&mut self, response_id: &str) {
-        if let Some(Purpose::Goodbye(end)) = self.in_flight.take() {
-            self.goodbye = Some((response_id.to_owned(), end));
+        match self.in_flight.take() {
+            Some(Purpose::Goodbye(end)) => self.goodbye = Some((response_id.to_owned(), end)),
+            Some(Purpose::Announce(_)) => self.announce_response = Some(response_id.to_owned()),
+            _ => {}
         }
     }
 
@@ -181,10 +204,11 @@ impl AgentControl {
     /// a goodbye is asked for again once the active response is done; anything else is dropped
     /// (the active response answers the caller anyway).
     pub fn on_create_refused(&mut self) {
-        if let Some(Purpose::Goodbye(end)) = self.in_flight.take()
-            && self.queued.is_none()
-        {
-            self.queued = Some(Purpose::Goodbye(end));
+        match self.in_flight.take() {
+            Some(purpose @ (Purpose::Goodbye(_) | Purpose::Announce(_))) if self.queued.is_none() => {
+                self.queued = Some(purpose);
+            }
+            _ => {}
         }
     }
 
@@ -200,6 +224,10 @@ impl AgentControl {
             self.end_call_response = None;
             commands.push(Command::EndAfterPlayout(CallEnd::AgentHangup));
         }
+        if self.announce_response.as_deref() == Some(response_id) {
+            self.announce_response = None;
+            commands.push(Command::Announced);
+        }
         if commands.is_empty() {
             commands.extend(self.send_queued(response_active));
         }
@@ -213,6 +241,13 @@ impl AgentControl {
     pub fn on_session_replaced(&mut self) -> Vec<Command> {
         if self.end_call_response.take().is_some() {
             return vec![Command::EndAfterPlayout(CallEnd::AgentHangup)];
+        }
+        // An announcement the old session was saying (or was asked for): the transfer does not
+        // wait for it.
+        let announcing = self.announce_response.take().is_some();
+        if announcing || matches!(self.in_flight, Some(Purpose::Announce(_))) {
+            self.in_flight = None;
+            return vec![Command::Announced];
         }
         let goodbye = match self.in_flight.take() {
             Some(Purpose::Goodbye(end)) => Some(end),
@@ -254,6 +289,11 @@ impl AgentControl {
     pub fn on_timeout(&mut self, now: Instant, quiet_since: Option<Instant>, response_active: bool) -> Vec<Command> {
         if self.hard_stop_at.is_some_and(|at| now >= at) {
             return vec![Command::EndNow(CallEnd::MaxDuration)];
+        }
+        if self.transfer_at_max_call && self.max_call_at.is_some_and(|at| now >= at) {
+            // Once: a transfer that fails falls back as `on_failure` says, with no limit left.
+            self.max_call_at = None;
+            return vec![Command::TransferAtMaxCall];
         }
         if self.hard_stop_at.is_none() && self.max_call_at.is_some_and(|at| now >= at) {
             self.hard_stop_at = Some(now + GOODBYE_GRACE);
@@ -297,6 +337,9 @@ impl AgentControl {
                 "evt_goodbye",
                 Some(format!("End the conversation now by saying exactly: \"{}\"", self.config.goodbye)),
             ),
+            Purpose::Announce(text) => {
+                ("evt_announce", Some(format!("You are transferring the caller. Say exactly: \"{text}\"")))
+            }
         };
         ClientEvent::ResponseCreate {
             event_id: Some(event_id.into()),

@@ -60,6 +60,7 @@ mod talk_tests;
 #[cfg(test)]
 mod tests;
 pub mod tools;
+pub mod transfer;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -261,6 +262,8 @@ pub enum Output {
     /// the call goes on; the transfer logic decides (usually [`CallCore::remove_leg`]).
     /// Reported once per silence (again only after the leg's RTP resumed and stopped again).
     LegLost(LegId),
+    /// A transfer's announcement has played, or a transfer rule fired ([`transfer`]).
+    Transfer(transfer::TransferSignal),
 }
 
 /// Counters the shell logs at the end of the call.
@@ -548,6 +551,8 @@ pub struct CallCore {
     /// Two legs relaying each other's audio (a bridged transfer, [`bridge`]); `None`: the caller
     /// talks with the agent.
     bridge: Option<bridge::Bridge>,
+    /// Transfer rules and the announcement being played ([`transfer`]).
+    transfer: transfer::TransferHooks,
 }
 
 impl CallCore {
@@ -583,6 +588,7 @@ impl CallCore {
             rollover: reconnecting::Rollover::default(),
             tools: tools::Tools::default(),
             bridge: None,
+            transfer: transfer::TransferHooks::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -912,6 +918,7 @@ impl CallCore {
         if self.ended.is_some() {
             return;
         }
+        self.transfer_if_played_out();
         for index in 0..self.legs.len() {
             self.pace(now, index);
         }

@@ -245,6 +245,9 @@ impl CallCore {
             metrics::counter!(telemetry::REALTIME_RECONNECTS_TOTAL, "reason" => reason.label(), "outcome" => "gave_up")
                 .increment(1);
             warn!(reason = reason.label(), waited_ms = waited.as_millis() as u64, "Realtime not back; giving up");
+            if self.transfer_on_ai_unreachable() {
+                return;
+            }
             if self.ending_after_playout.is_none() {
                 if let Some(leg) = self.caller_leg_mut() {
                     leg.flush();

@@ -20,6 +20,9 @@ impl CallCore {
         self.stats.dtmf_events += 1;
         metrics::counter!(telemetry::DTMF_DIGITS_TOTAL).increment(1);
         self.outputs.push_back(Output::Dtmf { leg, digit, duration });
+        if self.transfer_key(leg, digit) {
+            return;
+        }
         // A human's keys, or the caller's while bridged to one, are for the transfer logic only.
         if leg != CALLER || self.bridge.is_some() {
             return;
@@ -95,6 +98,8 @@ impl CallCore {
                     self.end_after_playout(end);
                 }
                 Command::EndNow(end) => self.end(end),
+                Command::Announced => self.on_transfer_announced(),
+                Command::TransferAtMaxCall => self.transfer_at_max_call(),
             }
             if self.ended.is_some() {
                 return;

@@ -733,3 +733,107 @@ fn a_goodbye_lost_with_the_ai_connection_is_asked_for_again_on_the_new_session()
     assert_eq!(h.ended().unwrap().1, CallEnd::CallerIdle);
     assert_eq!(h.audio_ms_before(0x77, ms(9000)), 500, "the new goodbye in full");
 }
+
+// ---- transfer to a human (issue 9): the core's hooks ----
+
+impl Harness {
+    fn transfer_signals(&self) -> Vec<transfer::TransferSignal> {
+        self.outputs
+            .iter()
+            .filter_map(|(_, o)| match o {
+                Output::Transfer(signal) => Some(*signal),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn a_transfer_announcement_waits_for_the_active_response_and_is_signalled_once_played() {
+    let mut h = Harness::new(talk());
+    h.at(ms(1000), created("resp_tool"));
+    assert!(h.core.announce_transfer("Please hold."));
+    assert!(h.creates().is_empty(), "one response at a time: the tool's is active");
+    h.at(ms(1100), done("resp_tool"));
+    let creates = h.creates();
+    assert_eq!(creates.len(), 1);
+    assert_eq!(creates[0].1.as_deref(), Some("evt_announce"));
+    assert!(creates[0].2.as_deref().is_some_and(|i| i.contains("\"Please hold.\"")), "{creates:?}");
+    h.at(ms(1200), created("resp_hold"));
+    h.at(ms(1200), delta("resp_hold", "item_hold", 0x77, 600));
+    h.at(ms(1300), audio_done("resp_hold", "item_hold"));
+    h.at(ms(1300), done("resp_hold"));
+    assert!(h.transfer_signals().is_empty(), "not before the announcement has been heard");
+    h.run_to(ms(2000));
+    assert_eq!(h.transfer_signals(), vec![transfer::TransferSignal::Announced]);
+    assert_eq!(h.audio_ms_before(0x77, ms(2000)), 600, "the announcement in full");
+    let announced_at = h.outputs.iter().find(|(_, o)| matches!(o, Output::Transfer(_))).map(|(at, _)| *at).unwrap();
+    assert!(announced_at >= h.last_audio_sent_at().unwrap(), "signalled after the last packet");
+    h.run_to(ms(5000));
+    assert_eq!(h.transfer_signals().len(), 1, "once");
+    // Nothing to say: the shell goes on at once.
+    assert!(!h.core.announce_transfer("  "));
+}
+
+#[test]
+fn the_transfer_key_starts_a_transfer_and_never_reaches_the_model() {
+    let mut h = Harness::new(talk());
+    h.core.set_transfer_rules(transfer::rules_for_tests('0'));
+    h.key(ms(1000), 8000, 0);
+    assert_eq!(h.transfer_signals(), vec![transfer::TransferSignal::Rule(transfer::TransferRule::Dtmf)]);
+    h.run_to(ms(4000));
+    assert!(h.user_texts().is_empty(), "the key went to the transfer, not the model");
+    // Other keys still reach the model.
+    h.key(ms(5000), 16000, 5);
+    h.run_to(ms(8000));
+    assert_eq!(h.user_texts().len(), 1);
+    // While the transfer runs the key is an ordinary key; back with the agent it transfers again.
+    h.key(ms(9000), 24000, 0);
+    assert_eq!(h.transfer_signals().len(), 1);
+    h.core.transfer_finished();
+    h.key(ms(12000), 32000, 0);
+    assert_eq!(h.transfer_signals().len(), 2);
+}
+
+#[test]
+fn at_max_call_length_the_transfer_rule_replaces_the_goodbye() {
+    let mut config = talk();
+    config.control.max_call = Some(Duration::from_secs(60));
+    let mut h = Harness::new(config);
+    h.core.set_transfer_rules(transfer::rules_for_tests('0'));
+    h.run_to(ms(60_000));
+    assert_eq!(h.transfer_signals(), vec![transfer::TransferSignal::Rule(transfer::TransferRule::MaxDuration)]);
+    assert!(h.creates().is_empty(), "no goodbye");
+    h.run_to(ms(60_000) + GOODBYE_GRACE + ms(1000));
+    assert!(h.ended().is_none(), "no hard stop: the transfer decides");
+    // A transfer that succeeds ends the call with BYE.
+    h.core.end_transferred();
+    h.drain();
+    assert_eq!(h.ended().map(|(_, end)| end), Some(CallEnd::Transferred));
+    assert!(h.hung_up());
+}
+
+#[test]
+fn when_the_ai_stays_unreachable_the_transfer_rule_replaces_the_give_up() {
+    let mut config = reconnecting(talk());
+    config.resilience.policy = Some(crate::call::reconnect::ReconnectPolicy {
+        initial_delay: ms(200),
+        max_delay: ms(2000),
+        give_up_after: Duration::from_secs(10),
+    });
+    let mut h = Harness::with_core(config, leg());
+    h.core.set_transfer_rules(transfer::rules_for_tests('0'));
+    h.run_to(ms(1000));
+    h.core.handle_realtime_closed(h.now, CallEnd::AgentDisconnected("connection reset".into()));
+    h.drain();
+    h.run_to(ms(12_000));
+    assert_eq!(h.transfer_signals(), vec![transfer::TransferSignal::Rule(transfer::TransferRule::AiUnreachable)]);
+    assert!(h.ended().is_none(), "no give-up hang-up: the transfer decides");
+    assert!(h.core.ai_unreachable());
+    assert!(!h.core.announce_transfer("Please hold."), "nobody to say it");
+    // The transfer failed and there is nobody to go back to: the call ends.
+    h.core.goodbye_after_transfer(CallEnd::TransferFailed);
+    h.drain();
+    h.run_to(ms(13_000));
+    assert_eq!(h.ended().map(|(_, end)| end), Some(CallEnd::TransferFailed));
+}

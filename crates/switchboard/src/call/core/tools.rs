@@ -225,6 +225,12 @@ impl CallCore {
     /// given it as a `function_call_output`; once the last call of its response is answered and
     /// that response is done, the model is asked to answer (reference §5 steps 4-6).
     pub fn complete_tool(&mut self, _now: Instant, call_id: &str, output: String) {
+        self.complete_pending_tool(call_id, output, true);
+    }
+
+    /// [`complete_tool`](Self::complete_tool), or with `respond` false the output alone (no
+    /// `response.create`: the transfer's "quiet" completion).
+    pub(super) fn complete_pending_tool(&mut self, call_id: &str, output: String, respond: bool) {
         if self.ended.is_some() {
             return;
         }
@@ -244,6 +250,9 @@ impl CallCore {
             self.tools.next_filler = None; // the next slow tool waits `filler_after` again
         }
         self.send_tool_output(&done.call, done.session_knows, output);
+        if !respond {
+            return;
+        }
         if self.tools.pending.iter().any(|p| p.response_id == done.response_id) {
             return; // the last of this response's calls asks for the answer
         }
