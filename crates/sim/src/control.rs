@@ -5,6 +5,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::core::ToolCallScript;
+use crate::mcp::McpCallScript;
 
 /// How the `drop` control ends a session's WebSocket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,6 +27,10 @@ pub enum SessionCommand {
     /// The next response (or one started at once with `now`) says goodbye and calls a tool.
     CallTool {
         script: ToolCallScript,
+        now: bool,
+    },
+    McpCall {
+        script: McpCallScript,
         now: bool,
     },
 }
@@ -60,7 +65,7 @@ impl UpgradeRefusals {
 /// Why a control request was refused (the test's fault: 404 or 400).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ControlError {
-    #[error("unknown control {0:?}: expected drop, expire, refuse_upgrades or call_tool")]
+    #[error("unknown control {0:?}: expected drop, expire, refuse_upgrades, call_tool or mcp_call")]
     UnknownControl(String),
     #[error("invalid body for control {what:?}: {reason}")]
     InvalidBody { what: &'static str, reason: String },
@@ -101,6 +106,17 @@ struct CallToolBody {
     arguments: String,
     #[serde(default = "default_say_ms")]
     say_ms: u32,
+    #[serde(default)]
+    now: bool,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct McpCallBody {
+    server: String,
+    name: String,
+    #[serde(default = "empty_arguments")]
+    arguments: String,
     #[serde(default)]
     now: bool,
 }
@@ -176,6 +192,23 @@ impl Control {
                 }
                 let script = ToolCallScript { name: b.name, arguments: b.arguments, say_ms: b.say_ms };
                 Ok(Control::Session(SessionCommand::CallTool { script, now: b.now }))
+            }
+            "mcp_call" => {
+                let b: McpCallBody = body("mcp_call", text)?;
+                if b.server.is_empty() || b.name.is_empty() {
+                    return Err(ControlError::InvalidBody {
+                        what: "mcp_call",
+                        reason: "empty server or name".to_owned(),
+                    });
+                }
+                if let Err(e) = serde_json::from_str::<Value>(&b.arguments) {
+                    return Err(ControlError::InvalidBody {
+                        what: "mcp_call",
+                        reason: format!("arguments must be a JSON text: {e}"),
+                    });
+                }
+                let script = McpCallScript { server: b.server, name: b.name, arguments: b.arguments };
+                Ok(Control::Session(SessionCommand::McpCall { script, now: b.now }))
             }
             other => Err(ControlError::UnknownControl(other.to_owned())),
         }

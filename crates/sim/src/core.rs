@@ -16,6 +16,7 @@ use switchboard_realtime::events::*;
 
 use crate::audio;
 use crate::config::{Behaviour, SimConfig, Tone};
+use crate::mcp::{self, McpCallScript};
 use crate::schema;
 use crate::script::{self, InputTokens};
 use crate::vad::{Vad, VadEvent, VadParams};
@@ -29,6 +30,8 @@ pub enum Outgoing {
     Event(ServerEvent),
     /// Send a Close frame and end the session.
     Close { code: u16, reason: String },
+    /// Send this JSON as a text frame: events the typed enum does not model (MCP, §4.5).
+    Raw(Value),
 }
 
 /// The §7 message, sent with `session_expired` and as the close reason.
@@ -177,6 +180,14 @@ pub struct ToolCallScript {
     pub say_ms: u32,
 }
 
+/// What a response does on an MCP server first.
+#[derive(Debug)]
+enum McpStep {
+    Approval(McpCallScript),
+    /// The call, and the approval request it answers.
+    Call(McpCallScript, Option<String>),
+}
+
 /// One simulated session.
 #[derive(Debug)]
 pub struct SimSession {
@@ -202,6 +213,13 @@ pub struct SimSession {
     idle_deadline: Option<Instant>,
     /// A `call_tool` control waiting for the next response.
     pending_tool: Option<ToolCallScript>,
+    /// MCP (crate::mcp): server labels whose tools were listed, an `mcp_call` control waiting
+    /// for the next response, approval requests not answered yet (item id, call), and a call
+    /// approved for the next response (its approval request id).
+    mcp_listed: Vec<String>,
+    pending_mcp: Option<McpCallScript>,
+    mcp_approvals: Vec<(String, McpCallScript)>,
+    approved_mcp: Option<(McpCallScript, String)>,
     /// An `expire` control with `mid_response`: expire once a response streams audio.
     expire_on_audio: bool,
     /// Whether the model has produced audio (the voice is fixed from then on, §2).
@@ -275,6 +293,10 @@ impl SimSession {
             active: None,
             idle_deadline: None,
             pending_tool: None,
+            mcp_listed: Vec::new(),
+            pending_mcp: None,
+            mcp_approvals: Vec::new(),
+            approved_mcp: None,
             expire_on_audio: false,
             produced_audio: false,
             user_utterances: 0,
@@ -552,7 +574,85 @@ impl SimSession {
             self.rebuild_vad();
         }
         let id = self.event_id();
-        vec![Outgoing::Event(ServerEvent::SessionUpdated(SessionEvent { event_id: id, session: self.session.clone() }))]
+        let mut out = vec![Outgoing::Event(ServerEvent::SessionUpdated(SessionEvent {
+            event_id: id,
+            session: self.session.clone(),
+        }))];
+        out.extend(self.list_mcp_tools());
+        out
+    }
+
+    /// The `mcp` tools of the session, by server label.
+    fn mcp_server(&self, label: &str) -> Option<&serde_json::Map<String, Value>> {
+        self.session.tools.as_ref()?.iter().find_map(|tool| match tool {
+            Tool::Mcp(fields) if fields.get("server_label").and_then(Value::as_str) == Some(label) => Some(fields),
+            _ => None,
+        })
+    }
+
+    /// The tool listing of every MCP server the session declares for the first time (§5 "MCP flow").
+    fn list_mcp_tools(&mut self) -> Vec<Outgoing> {
+        let servers: Vec<serde_json::Map<String, Value>> = self
+            .session
+            .tools
+            .iter()
+            .flatten()
+            .filter_map(|tool| match tool {
+                Tool::Mcp(fields) => Some(fields.clone()),
+                _ => None,
+            })
+            .collect();
+        let mut out = Vec::new();
+        for server in servers {
+            let label = server.get("server_label").and_then(Value::as_str).unwrap_or_default().to_owned();
+            if self.mcp_listed.contains(&label) {
+                continue;
+            }
+            self.mcp_listed.push(label);
+            let item_id = random_id(&mut self.rng, "mcpl");
+            let ids: Vec<String> = (0..4).map(|_| self.event_id()).collect();
+            let mut ids = ids.into_iter();
+            out.extend(
+                mcp::list_tools_events(|| ids.next().unwrap_or_default(), &item_id, &server)
+                    .into_iter()
+                    .map(Outgoing::Raw),
+            );
+        }
+        out
+    }
+
+    /// The `mcp_call` control: the next response calls `script.name` on a declared MCP server
+    /// (after an approval when the server requires one); with `start_now` and no response
+    /// active, that response starts at once.
+    pub fn mcp_call(&mut self, now: Instant, script: McpCallScript, start_now: bool) -> Vec<Outgoing> {
+        if self.closed {
+            return Vec::new();
+        }
+        self.pending_mcp = Some(script);
+        if start_now && self.active.is_none() {
+            let mut out = self.start_response(now, vec![(ReplySource::Tone(self.cfg.greeting), None)], None);
+            out.extend(self.poll(now));
+            return out;
+        }
+        Vec::new()
+    }
+
+    /// What MCP step the next response takes: an approved call, or a scripted one (asking for
+    /// approval first when the server requires it).
+    fn take_mcp_step(&mut self) -> Option<McpStep> {
+        if let Some((script, approval)) = self.approved_mcp.take() {
+            return Some(McpStep::Call(script, Some(approval)));
+        }
+        let script = self.pending_mcp.take()?;
+        let Some(server) = self.mcp_server(&script.server) else {
+            tracing::warn!(server = %script.server, "mcp_call: the session declares no such MCP server; ignored");
+            return None;
+        };
+        if mcp::requires_approval(server, &script.name) {
+            Some(McpStep::Approval(script))
+        } else {
+            Some(McpStep::Call(script, None))
+        }
     }
 
     /// The rules that depend on the session's state; the shape of the update was checked by
@@ -971,6 +1071,23 @@ impl SimSession {
                 client_event_id,
             );
         }
+        // §5 "MCP flow": an approval answers a request the server made.
+        if let Item::Other(fields) = &item
+            && fields.get("type").and_then(Value::as_str) == Some("mcp_approval_response")
+        {
+            let request = fields.get("approval_request_id").and_then(Value::as_str).unwrap_or_default().to_owned();
+            let Some(index) = self.mcp_approvals.iter().position(|(id, _)| *id == request) else {
+                return self.item_error(
+                    format!("MCP approval request '{request}' not found."),
+                    "item.approval_request_id",
+                    client_event_id,
+                );
+            };
+            let (request, script) = self.mcp_approvals.remove(index);
+            if fields.get("approve").and_then(Value::as_bool) == Some(true) {
+                self.approved_mcp = Some((script, request));
+            }
+        }
         // §5.4: "The server checks that a function_call with that call_id exists."
         if let Item::FunctionCallOutput(output) = &item
             && !self.items.iter().any(
@@ -1287,6 +1404,7 @@ impl SimSession {
             .unwrap_or_else(|| vec!["audio".to_owned()]);
         let text_only = modalities.iter().all(|m| m == "text");
         let mut outputs = Vec::new();
+        let mcp_step = if fail { None } else { self.take_mcp_step() };
         if fail {
             // A failed response produces nothing; a pending tool call waits for the next one.
         } else if let Some(script) = self.pending_tool.take() {
@@ -1294,7 +1412,10 @@ impl SimSession {
                 tone: Tone { hz: GOODBYE_HZ, ms: script.say_ms },
                 transcript: "Thank you for calling. Goodbye!".to_owned(),
             };
-            outputs.push(Output::Speech(self.speech(goodbye, format, text_only, None)));
+            // `say_ms: 0`: the function call alone, no preamble.
+            if script.say_ms > 0 {
+                outputs.push(Output::Speech(self.speech(goodbye, format, text_only, None)));
+            }
             if self.declares_function(config.as_ref(), &script.name) {
                 outputs.push(Output::FunctionCall(PlannedCall {
                     item_id: random_id(&mut self.rng, "item"),
@@ -1330,17 +1451,46 @@ impl SimSession {
             done_items: Vec::new(),
             input,
         });
+        if matches!(mcp_step, Some(McpStep::Approval(_)))
+            && let Some(active) = self.active.as_mut()
+        {
+            // The response only asks for the approval (§5 "MCP flow").
+            active.outputs.clear();
+        }
         let response = self.response_object(ResponseStatus::InProgress, None, Vec::new(), None);
         let mut out = vec![
             Outgoing::Event(ServerEvent::ResponseCreated(ResponseEvent { event_id: self.event_id(), response })),
             Outgoing::Event(self.rate_limits_event()),
         ];
+        if let Some(step) = mcp_step {
+            out.extend(self.mcp_step_events(step));
+        }
         if fail {
             out.extend(self.finish_active(ResponseStatus::Failed, None));
         } else {
             out.extend(self.advance(now));
         }
         out
+    }
+
+    /// The MCP events at the start of the active response.
+    fn mcp_step_events(&mut self, step: McpStep) -> Vec<Outgoing> {
+        let response_id = self.active.as_ref().map(|r| r.id.clone()).unwrap_or_default();
+        let item_id = random_id(&mut self.rng, "mcp");
+        let ids: Vec<String> = (0..8).map(|_| self.event_id()).collect();
+        let mut ids = ids.into_iter();
+        let next_id = || ids.next().unwrap_or_default();
+        let events = match step {
+            McpStep::Approval(script) => {
+                let events = mcp::approval_request_events(next_id, &response_id, &item_id, &script);
+                self.mcp_approvals.push((item_id, script));
+                events
+            }
+            McpStep::Call(script, approval) => {
+                mcp::call_events(next_id, &response_id, &item_id, &script, approval.as_deref())
+            }
+        };
+        events.into_iter().map(Outgoing::Raw).collect()
     }
 
     /// A response that fails at once, without output items (`--fail-responses`, §4.3).
@@ -2029,6 +2179,7 @@ mod tests {
         out.iter()
             .map(|o| match o {
                 Outgoing::Event(e) => e.event_type().to_owned(),
+                Outgoing::Raw(v) => v["type"].as_str().unwrap_or_default().to_owned(),
                 Outgoing::Close { code, .. } => format!("close {code}"),
             })
             .collect()
@@ -2038,7 +2189,7 @@ mod tests {
         out.iter()
             .filter_map(|o| match o {
                 Outgoing::Event(e) => Some(e),
-                Outgoing::Close { .. } => None,
+                Outgoing::Raw(_) | Outgoing::Close { .. } => None,
             })
             .collect()
     }
@@ -2786,6 +2937,151 @@ mod tests {
         assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
         let out = send(&mut sim, t0, json!({"type":"response.create"}));
         assert!(!types(&out).contains(&"response.function_call_arguments.done".to_owned()));
+    }
+
+    #[test]
+    fn call_tool_with_say_ms_0_calls_any_declared_function_at_once_and_a_create_after_its_output_says_a_tone() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"session.update","session":{"type":"realtime","tools":[
+                {"type":"function","name":"lookup_order","description":"d","parameters":{"type":"object","properties":{}}}]}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+        let script = ToolCallScript { name: "lookup_order".into(), arguments: "{\"id\":7}".into(), say_ms: 0 };
+        let out = sim.call_tool(t0, script, true);
+        let t = types(&out);
+        assert!(!t.iter().any(|t| t == "response.output_audio.delta"), "no preamble: {t:?}");
+        let args_done = events(&out)
+            .into_iter()
+            .find_map(|e| match e {
+                ServerEvent::FunctionCallArgumentsDone(d) => Some(d.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(args_done.output_index, 0);
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"function_call_output",
+                "call_id":args_done.call_id,"output":"{\"status\":\"shipped\"}"}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        assert!(types(&out).contains(&"response.output_audio.delta".to_owned()), "the answer is a tone");
+    }
+
+    fn declare_mcp(sim: &mut SimSession, now: Instant, approval: Value) -> Vec<Outgoing> {
+        send(
+            sim,
+            now,
+            json!({"type":"session.update","session":{"type":"realtime","tools":[
+                {"type":"mcp","server_label":"shop","server_url":"https://mcp.example/sse",
+                 "allowed_tools":["search","buy"],"require_approval":approval}]}}),
+        )
+    }
+
+    fn raw_of(out: &[Outgoing], kind: &str) -> Vec<Value> {
+        out.iter()
+            .filter_map(|o| match o {
+                Outgoing::Raw(v) if v["type"] == kind => Some(v.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_declared_mcp_server_gets_its_tools_listed_once() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        let out = declare_mcp(&mut sim, t0, json!("never"));
+        assert_eq!(
+            types(&out),
+            [
+                "session.updated",
+                "mcp_list_tools.in_progress",
+                "conversation.item.added",
+                "mcp_list_tools.completed",
+                "conversation.item.done"
+            ]
+        );
+        let done = raw_of(&out, "conversation.item.done");
+        assert_eq!(done[0]["item"]["type"], "mcp_list_tools");
+        assert_eq!(done[0]["item"]["server_label"], "shop");
+        assert_eq!(done[0]["item"]["tools"][1]["name"], "buy");
+        let again = declare_mcp(&mut sim, t0, json!("never"));
+        assert_eq!(types(&again), ["session.updated"], "listed once per server");
+    }
+
+    #[test]
+    fn mcp_call_runs_on_the_next_response_without_approval() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        declare_mcp(&mut sim, t0, json!("never"));
+        let script =
+            McpCallScript { server: "shop".into(), name: "search".into(), arguments: "{\"q\":\"shoes\"}".into() };
+        let out = sim.mcp_call(t0, script, true);
+        let t = types(&out);
+        let first = t.iter().position(|t| t == "response.output_item.added").unwrap();
+        assert_eq!(
+            &t[first..first + 6],
+            [
+                "response.output_item.added",
+                "response.mcp_call_arguments.delta",
+                "response.mcp_call_arguments.done",
+                "response.mcp_call.in_progress",
+                "response.mcp_call.completed",
+                "response.output_item.done"
+            ]
+        );
+        let item_done = raw_of(&out, "response.output_item.done");
+        assert_eq!(item_done[0]["item"]["type"], "mcp_call");
+        assert!(item_done[0]["item"]["output"].as_str().unwrap().contains("search"));
+        assert!(t.contains(&"response.output_audio.delta".to_owned()), "then the spoken answer");
+    }
+
+    #[test]
+    fn an_mcp_server_that_requires_approval_waits_for_the_answer() {
+        let t0 = Instant::now();
+        let mut sim = open(cfg(0.0), t0);
+        declare_mcp(&mut sim, t0, json!({"always":{"tool_names":["buy"]}}));
+        let script = McpCallScript { server: "shop".into(), name: "buy".into(), arguments: "{}".into() };
+        sim.mcp_call(t0, script, false);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let request = raw_of(&out, "response.output_item.done");
+        assert_eq!(request[0]["item"]["type"], "mcp_approval_request");
+        assert!(raw_of(&out, "response.mcp_call.completed").is_empty(), "not called before the approval");
+        assert!(!types(&out).contains(&"response.output_audio.delta".to_owned()));
+        let request_id = request[0]["item"]["id"].as_str().unwrap().to_owned();
+        // An answer to an unknown request is an error.
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"mcp_approval_response","id":"mcpr_x",
+                "approval_request_id":"nope","approve":true}}),
+        );
+        assert_eq!(error_of(&out).param.as_deref(), Some("item.approval_request_id"));
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"mcp_approval_response","id":"mcpr_1",
+                "approval_request_id":request_id,"approve":true}}),
+        );
+        assert_eq!(types(&out), ["conversation.item.added", "conversation.item.done"]);
+        let out = send(&mut sim, t0, json!({"type":"response.create"}));
+        let call = raw_of(&out, "response.output_item.done");
+        assert_eq!(call[0]["item"]["type"], "mcp_call");
+        assert_eq!(call[0]["item"]["approval_request_id"], request_id.as_str());
+        // The request is used up.
+        let out = send(
+            &mut sim,
+            t0,
+            json!({"type":"conversation.item.create","item":{"type":"mcp_approval_response","id":"mcpr_2",
+                "approval_request_id":request_id,"approve":true}}),
+        );
+        assert_eq!(error_of(&out).param.as_deref(), Some("item.approval_request_id"));
     }
 
     #[test]

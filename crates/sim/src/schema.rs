@@ -550,6 +550,7 @@ fn audio_output(v: &Value, path: &str) -> Check {
 fn tools(v: &Value, path: &str) -> Check {
     let list = array(v, path)?;
     let mut names: Vec<&str> = Vec::new();
+    let mut labels: Vec<&str> = Vec::new();
     for (i, tool) in list.iter().enumerate() {
         let p = index(path, i);
         let map = object(tool, &p)?;
@@ -582,7 +583,18 @@ fn tools(v: &Value, path: &str) -> Check {
                     object(params, &join(&p, "parameters"))?;
                 }
             }
-            _ => mcp_tool(tool, &p)?,
+            _ => {
+                mcp_tool(tool, &p)?;
+                let label = map.get("server_label").and_then(Value::as_str).unwrap_or_default();
+                if labels.contains(&label) {
+                    let label_path = join(&p, "server_label");
+                    return Err(invalid_value(
+                        &label_path,
+                        format!("Invalid '{label_path}': duplicate server label '{label}'."),
+                    ));
+                }
+                labels.push(label);
+            }
         }
     }
     Ok(())
@@ -608,12 +620,53 @@ fn mcp_tool(v: &Value, path: &str) -> Check {
         ],
     )?;
     string(required(map, path, "server_label")?, &join(path, "server_label"))?;
+    for key in ["server_url", "connector_id", "tunnel_id", "authorization", "server_description"] {
+        if let Some(v) = opt(map, key) {
+            string(v, &join(path, key))?;
+        }
+    }
+    if let Some(v) = opt(map, "allowed_tools") {
+        mcp_tool_filter(v, &join(path, "allowed_tools"))?;
+    }
+    if let Some(headers) = opt(map, "headers") {
+        let headers_path = join(path, "headers");
+        for (name, value) in object(headers, &headers_path)? {
+            string(value, &join(&headers_path, name))?;
+        }
+    }
+    // §2.4: "always" | "never" | {"always": filter, "never": filter}.
+    if let Some(v) = opt(map, "require_approval") {
+        let approval_path = join(path, "require_approval");
+        if v.is_string() {
+            one_of(v, &approval_path, &["always", "never"])?;
+        } else {
+            let modes = closed(v, &approval_path, &["always", "never"])?;
+            for (mode, filter) in modes {
+                mcp_tool_filter(filter, &join(&approval_path, mode))?;
+            }
+        }
+    }
     let targets = ["server_url", "connector_id", "tunnel_id"].iter().filter(|k| map.contains_key(**k)).count();
     if targets != 1 {
         return Err(invalid_value(
             path,
             format!("Invalid '{path}': exactly one of 'server_url', 'connector_id' or 'tunnel_id' is required."),
         ));
+    }
+    Ok(())
+}
+
+/// An MCP tool filter: an array of names, or `{"tool_names": [...], "read_only": bool}` (§2.4).
+fn mcp_tool_filter(v: &Value, path: &str) -> Check {
+    if v.is_array() {
+        return strings(v, path);
+    }
+    let map = closed(v, path, &["tool_names", "read_only"])?;
+    if let Some(names) = opt(map, "tool_names") {
+        strings(names, &join(path, "tool_names"))?;
+    }
+    if let Some(read_only) = opt(map, "read_only") {
+        boolean(read_only, &join(path, "read_only"))?;
     }
     Ok(())
 }
@@ -867,6 +920,10 @@ mod tests {
                 "tool_choice":"auto","max_output_tokens":"inf",
                 "truncation":{"type":"retention_ratio","retention_ratio":0.8},"tracing":"auto",
                 "include":["item.input_audio_transcription.logprobs"]}}),
+            json!({"type":"session.update","session":{"type":"realtime","tools":[
+                {"type":"mcp","server_label":"crm","server_url":"https://crm.example.com/mcp",
+                 "allowed_tools":{"tool_names":["find"],"read_only":true},
+                 "require_approval":{"always":{"tool_names":["delete"]},"never":{"read_only":true}}}]}}),
             json!({"type":"session.update","session":{"type":"realtime","audio":{"input":{"turn_detection":null,
                 "transcription":null,"noise_reduction":null}}}}),
             json!({"type":"conversation.item.create","item":{"type":"message","role":"user",
@@ -1010,6 +1067,37 @@ mod tests {
                 json!({"type":"session.update","session":{"type":"realtime","tools":[{"type":"function","name":"end call"}]}}),
                 "invalid_value",
                 "session.tools[0].name",
+            ),
+            (
+                json!({"type":"session.update","session":{"type":"realtime","tools":[
+                    {"type":"mcp","server_label":"a","server_url":"https://a.example","require_approval":"sometimes"}]}}),
+                "invalid_value",
+                "session.tools[0].require_approval",
+            ),
+            (
+                json!({"type":"session.update","session":{"type":"realtime","tools":[
+                    {"type":"mcp","server_label":"a","server_url":"https://a.example","require_approval":{"maybe":{}}}]}}),
+                "unknown_parameter",
+                "session.tools[0].require_approval.maybe",
+            ),
+            (
+                json!({"type":"session.update","session":{"type":"realtime","tools":[
+                    {"type":"mcp","server_label":"a","server_url":"https://a.example","allowed_tools":[1]}]}}),
+                "invalid_type",
+                "session.tools[0].allowed_tools[0]",
+            ),
+            (
+                json!({"type":"session.update","session":{"type":"realtime","tools":[
+                    {"type":"mcp","server_label":"a","server_url":"https://a.example","headers":{"X":1}}]}}),
+                "invalid_type",
+                "session.tools[0].headers.X",
+            ),
+            (
+                json!({"type":"session.update","session":{"type":"realtime","tools":[
+                    {"type":"mcp","server_label":"a","server_url":"https://a.example"},
+                    {"type":"mcp","server_label":"a","server_url":"https://b.example"}]}}),
+                "invalid_value",
+                "session.tools[1].server_label",
             ),
             (
                 json!({"type":"session.update","session":{"type":"realtime","tool_choice":"sometimes"}}),

@@ -341,6 +341,13 @@ where
                     return false;
                 }
             }
+            Outgoing::Raw(event) => {
+                let text = event.to_string();
+                record(log, limit, Direction::Server, event);
+                if sink.send(Message::text(text)).await.is_err() {
+                    return false;
+                }
+            }
             Outgoing::Close { code, reason } => {
                 let frame = CloseFrame { code, reason: reason.into() };
                 let _ = sink.send(Message::Close(Some(frame))).await;
@@ -453,6 +460,7 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
                 }
                 Some(SessionCommand::Expire { mid_response }) => session.expire(Instant::now(), mid_response),
                 Some(SessionCommand::CallTool { script, now }) => session.call_tool(Instant::now(), script, now),
+                Some(SessionCommand::McpCall { script, now }) => session.mcp_call(Instant::now(), script, now),
             },
             _ = shutdown.wait_for(|stopped| *stopped) => {
                 vec![Outgoing::Close { code: 1001, reason: "simulator shutting down".to_owned() }]
@@ -497,7 +505,7 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
 fn ended_by(outgoing: &[Outgoing]) -> Option<String> {
     let close = outgoing.iter().find_map(|o| match o {
         Outgoing::Close { code, .. } => Some(*code),
-        Outgoing::Event(_) => None,
+        Outgoing::Event(_) | Outgoing::Raw(_) => None,
     })?;
     let expired = outgoing.iter().any(
         |o| matches!(o, Outgoing::Event(ServerEvent::Error(e)) if e.error.code.as_deref() == Some("session_expired")),

@@ -14,6 +14,8 @@ use serde::Deserialize;
 
 use crate::admission::IpNet;
 
+mod tools;
+pub use tools::{McpServerConfig, ToolConfig};
 mod agents;
 mod routes;
 pub use routes::{MAX_CAPTURED_HEADERS, MAX_HEADER_VALUE_BYTES, Patterns, RouteConfig, RoutingConfig};
@@ -325,6 +327,14 @@ pub struct AgentConfig {
     pub max_call_secs: u64,
     /// Record the call (stereo WAV and JSON sidecar under `recording.dir`); a route may override it.
     pub record: bool,
+    /// Webhook function tools, keyed by tool name (`[agents.NAME.tools.TOOL]`, config/tools.rs).
+    pub tools: BTreeMap<String, ToolConfig>,
+    /// MCP servers run on the model's side, keyed by server label (`[agents.NAME.mcp.SERVER]`).
+    pub mcp: BTreeMap<String, McpServerConfig>,
+    /// A tool pending this long (and the agent silent): the caller hears `filler`. 0: never.
+    pub filler_after_ms: u64,
+    /// `tone` (a soft double beep, repeated), `none`, or a WAV file (16-bit PCM mono).
+    pub filler: String,
     /// Transfer to a human: method, queues, rules (`[agents.NAME.transfer]`, config/transfer.rs).
     pub transfer: TransferConfig,
 }
@@ -530,6 +540,10 @@ impl Default for AgentConfig {
             goodbye: "Thank you for calling. Goodbye.".into(),
             max_call_secs: 0,
             record: false,
+            tools: BTreeMap::new(),
+            mcp: BTreeMap::new(),
+            filler_after_ms: 2000,
+            filler: "tone".into(),
             transfer: TransferConfig::default(),
         }
     }
@@ -842,6 +856,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if agent.idle_timeout_secs > 0 && agent.idle_prompt.trim().is_empty() {
             bad(&key("idle_prompt"), "must not be empty when idle_timeout_secs is set".into());
         }
+        tools::validate_agent_tools(name, agent, &mut bad);
         validate_transfer(name, &agent.transfer, &cfg.trunks, &mut bad);
     }
 
@@ -929,6 +944,7 @@ fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Ve
             &format!("trunks.{name}.password_env"),
         );
     }
+    tools::resolve_tool_secrets(&mut cfg.agents, env, problems);
 }
 
 /// `host:port` (a name or an IP; IPv6 in brackets) to the first address it resolves to.

@@ -66,6 +66,15 @@ pub const DTMF_DIGITS_TOTAL: &str = "switchboard_dtmf_digits_total";
 pub const REALTIME_RECONNECTS_TOTAL: &str = "switchboard_realtime_reconnects_total";
 /// Realtime session openings that failed (call setup and reconnect attempts), by `reason`.
 pub const REALTIME_CONNECT_FAILURES_TOTAL: &str = "switchboard_realtime_connect_failures_total";
+/// Tool calls by `tool` (a configured name, or `unknown`) and `status` (ok, failed, timeout,
+/// rejected, cancelled).
+pub const TOOL_CALLS_TOTAL: &str = "switchboard_tool_calls_total";
+/// Webhook tool calls, start to answer (or timeout), seconds, by `tool`.
+pub const TOOL_DURATION_SECONDS: &str = "switchboard_tool_duration_seconds";
+/// Tool outputs for a `call_id` not pending (a duplicate or an unknown id): not sent.
+pub const TOOL_OUTPUTS_IGNORED_TOTAL: &str = "switchboard_tool_outputs_ignored_total";
+/// MCP server events from the Realtime API (reference §4.5), by `type`.
+pub const MCP_EVENTS_TOTAL: &str = "switchboard_mcp_events_total";
 /// Two legs of a call bridged (a bridged transfer: caller and human hear each other).
 pub const BRIDGES_TOTAL: &str = "switchboard_bridges_total";
 /// Bridged audio frames dropped by the relay queue's policy (full, or delay trimmed).
@@ -132,6 +141,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .set_buckets_for_metric(Matcher::Full(RTP_JITTER_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(TURN_LATENCY_SECONDS.into()), TURN_LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RTCP_ROUND_TRIP_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(TOOL_DURATION_SECONDS.into()), TURN_LATENCY_BUCKETS)?
         .install_recorder()?;
     spawn_upkeep(handle.clone());
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");

@@ -9,6 +9,7 @@ pub mod prompt;
 pub mod reconnect;
 pub mod session;
 pub mod shell;
+pub mod tools;
 pub mod transfer;
 
 pub use shell::converse;

@@ -43,6 +43,7 @@ pub fn session_update(agent: &AgentConfig, model: &str, format: AudioFormat) -> 
     };
     let mut tools: Vec<_> = agent.end_call.then(end_call_tool).into_iter().collect();
     tools.extend(super::transfer::transfer_tool(&agent.transfer));
+    tools.extend(super::tools::declared_tools(agent));
     let tools = (!tools.is_empty()).then_some(tools);
     ClientEvent::SessionUpdate {
         event_id: Some(SESSION_UPDATE_EVENT_ID.into()),

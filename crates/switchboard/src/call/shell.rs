@@ -29,10 +29,11 @@ use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
 use super::core::{CALLER, CallCore, CoreConfig, DialogInput, Output, Resilience, parse_info_dtmf};
 use super::end::CallEnd;
-use super::journal::{CallJournal, ToolRecord, ToolStatus};
+use super::journal::CallJournal;
 use super::prompt::LocalPrompt;
 use super::reconnect::{self, ReconnectPolicy};
 use super::session::ConfirmedAudio;
+use super::tools::ToolRunner;
 use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
@@ -93,6 +94,16 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             };
             let caller = legs::leg_config(cfg, &media, confirmed);
             let mut core = CallCore::new(Instant::now(), core_config, caller);
+            let tools = ToolRunner::new(&agent, &facts);
+            core.set_tool_names(tools.names());
+            core.set_mcp_approvals(
+                agent.mcp.iter().map(|(label, s)| (label.clone(), s.allowed_tools.0.clone())).collect(),
+            );
+            if let Some(audio) =
+                super::tools::filler_audio(&agent, session::model_format(confirmed.output, media.codec))
+            {
+                core.set_filler(Duration::from_millis(agent.filler_after_ms), audio);
+            }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
             core.set_transfer_rules(TransferLink::rules(&agent));
             let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester());
@@ -112,6 +123,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 registration: None,
                 human: None,
                 journal: CallJournal::new(session_opened),
+                tools,
                 transfer,
                 link: Link {
                     state,
@@ -227,10 +239,10 @@ async fn reconnect_until_confirmed(
 
 /// The call core shared with the media clock. Never locked across an await.
 #[derive(Clone)]
-struct SharedCore(Arc<Mutex<CallCore>>);
+pub(super) struct SharedCore(Arc<Mutex<CallCore>>);
 
 impl SharedCore {
-    fn lock(&self) -> MutexGuard<'_, CallCore> {
+    pub(super) fn lock(&self) -> MutexGuard<'_, CallCore> {
         // A panic while the lock was held leaves a core we still want to end the call with.
         self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -260,8 +272,8 @@ impl Paced for CallCore {
     }
 }
 
-struct MediaLoop<'a> {
-    core: SharedCore,
+pub(super) struct MediaLoop<'a> {
+    pub(super) core: SharedCore,
     clock: &'a Arc<MediaClock>,
     clock_socket: Arc<std::net::UdpSocket>,
     socket: tokio::net::UdpSocket,
@@ -275,8 +287,10 @@ struct MediaLoop<'a> {
     /// The RTP port + 1 (RFC 3550 §11), if it could be bound: RTCP both ways.
     rtcp_socket: Option<tokio::net::UdpSocket>,
     /// Tool calls and transfers, for the sidecar and the CDR.
-    journal: CallJournal,
+    pub(super) journal: CallJournal,
     link: Link<'a>,
+    /// The call's webhook tools running in the background (call/tools).
+    pub(super) tools: ToolRunner,
     /// The call's place in the media clock (set by `run`): legs attach their sockets to it.
     registration: Option<ClockRegistration>,
     /// A second media leg (a bridged transfer's human), if attached ([`legs`]).
@@ -344,20 +358,7 @@ impl MediaLoop<'_> {
                     }
                     Output::Tool(call) if call.name == TRANSFER_TOOL => self.start_transfer(call),
                     Output::Transfer(signal) => self.on_transfer_signal(signal),
-                    // No tools are configured yet: every call gets an error output.
-                    Output::Tool(call) => {
-                        warn!(tool = %call.name, "the model called a tool that is not configured");
-                        let output = serde_json::json!({"error": format!("no tool named {}", call.name)}).to_string();
-                        let now = Instant::now();
-                        self.journal.tool(ToolRecord {
-                            started: self.journal.offset(now),
-                            duration: Duration::ZERO,
-                            status: ToolStatus::Failed("not configured".into()),
-                            call_id: call.call_id.clone(),
-                            name: call.name,
-                        });
-                        self.core.lock().complete_tool(now, &call.call_id, output);
-                    }
+                    Output::Tool(call) => self.run_tool(call),
                 }
             }
             self.send_rtcp();
@@ -440,6 +441,8 @@ impl MediaLoop<'_> {
                         RealtimeInput::Closed(end) => self.core.lock().handle_realtime_closed(now, end),
                     }
                 }
+
+                result = self.tools.next_result(), if self.tools.is_running() => self.finish_tool(result),
 
                 failed = self.writer.failed(), if self.link.up => self.core.lock().handle_realtime_closed(Instant::now(), failed),
 

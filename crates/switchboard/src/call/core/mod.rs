@@ -59,6 +59,7 @@ mod talk;
 mod talk_tests;
 #[cfg(test)]
 mod tests;
+pub mod tools;
 pub mod transfer;
 
 use std::collections::VecDeque;
@@ -545,6 +546,8 @@ pub struct CallCore {
     outage: Option<reconnecting::Outage>,
     /// When the session is to be rolled over, and whether the caller is speaking.
     rollover: reconnecting::Rollover,
+    /// Tool calls waiting for their output, and the filler ([`tools`]).
+    tools: tools::Tools,
     /// Two legs relaying each other's audio (a bridged transfer, [`bridge`]); `None`: the caller
     /// talks with the agent.
     bridge: Option<bridge::Bridge>,
@@ -583,6 +586,7 @@ impl CallCore {
             },
             outage: None,
             rollover: reconnecting::Rollover::default(),
+            tools: tools::Tools::default(),
             bridge: None,
             transfer: transfer::TransferHooks::default(),
             config,
@@ -728,6 +732,7 @@ impl CallCore {
         self.rollover.on_server_event(&event);
         match event {
             ServerEvent::OutputAudioDelta(delta) => {
+                self.stop_filler();
                 let ms = self.config.model_output.bytes_to_ms(delta.delta.len());
                 let Some(tag) = self.agent.conversation.on_audio_delta(&delta.response_id, &delta.item_id, ms) else {
                     return; // late audio of an interrupted response
@@ -753,6 +758,7 @@ impl CallCore {
                 }
             }
             ServerEvent::SpeechStarted(started) => {
+                self.stop_filler();
                 self.meter.on_speech_started();
                 self.control.on_caller_activity();
                 self.last_activity = now;
@@ -791,8 +797,8 @@ impl CallCore {
                 if !commands.is_empty() {
                     info!(response_id = %item_done.response_id, "the agent called end_call: hanging up after its goodbye");
                     self.run_control(commands);
-                } else if let Some(call) = tool_to_run(&item_done.item) {
-                    self.outputs.push_back(Output::Tool(call));
+                } else {
+                    self.on_function_call_done(now, &item_done.response_id, &item_done.item);
                 }
             }
             ServerEvent::ResponseCreated(created) => {
@@ -809,6 +815,7 @@ impl CallCore {
                 let active = self.agent.conversation.has_active_response();
                 let commands = self.control.on_response_done(&done.response.id, active);
                 self.run_control(commands);
+                self.on_tool_response_done(&done.response.id);
                 if done.response.status == ResponseStatus::Failed {
                     let reason = session::failed_response_reason(done.response.status_details.as_ref());
                     metrics::counter!(telemetry::REALTIME_FAILED_RESPONSES_TOTAL, "reason" => reason).increment(1);
@@ -837,26 +844,16 @@ impl CallCore {
                 }
                 warn!(code = code.as_str(), message = %Escaped(&error.message), "Realtime error (call continues)");
             }
+            ServerEvent::Unknown { event_type } if tools::is_mcp_event(&event_type) => {
+                metrics::counter!(telemetry::MCP_EVENTS_TOTAL, "type" => event_type.clone()).increment(1);
+                debug!(%event_type, "MCP event");
+            }
             ServerEvent::Unknown { event_type } => {
                 metrics::counter!(telemetry::REALTIME_EVENTS_UNKNOWN_TOTAL).increment(1);
                 debug!(%event_type, "unknown Realtime event ignored");
             }
             _ => {}
         }
-    }
-
-    /// A tool's result (or an error text: every `call_id` gets exactly one output): the model is
-    /// given it as a `function_call_output` and asked to answer (reference §5 steps 4-5), now
-    /// if no response is active, else once the active one is done.
-    pub fn complete_tool(&mut self, _now: Instant, call_id: &str, output: String) {
-        if self.ended.is_some() {
-            return;
-        }
-        let item = switchboard_realtime::events::Item::function_call_output(call_id.to_owned(), output);
-        self.send_realtime(ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item });
-        let active = self.agent.conversation.has_active_response();
-        let commands = self.control.request(Purpose::Turn, active);
-        self.run_control(commands);
     }
 
     /// A frame of any kind (a pong included) arrived from the Realtime server at `at`.
@@ -947,6 +944,7 @@ impl CallCore {
         self.outage_timeout(now);
         self.rollover_timeout(now);
         self.handle_talk_timeout(now);
+        self.handle_tools_timeout(now);
         if self.ended.is_some() || self.outage.is_some() {
             return; // over, or no connection to ping or watch
         }
@@ -1009,7 +1007,11 @@ impl CallCore {
             [rtp_timeout, leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
-        legs.chain(link).chain(self.rollover_deadline()).chain(self.poll_talk_timeout()).min()
+        legs.chain(link)
+            .chain(self.rollover_deadline())
+            .chain(self.poll_talk_timeout())
+            .chain(self.poll_tools_timeout())
+            .min()
     }
 
     // ---- internals ----
@@ -1138,7 +1140,7 @@ impl CallCore {
         let Some(leg) = self.legs.get_mut(index) else { return };
         let ptime_ms = leg.ptime_ms();
         while let Some(frame) = leg.pacer.poll(now) {
-            if let Some(tag) = frame.tag
+            if let Some(tag) = frame.tag.filter(|tag| *tag != tools::FILLER_TAG)
                 && tag != bridge::RELAY_TAG
             {
                 self.agent.conversation.on_audio_played(tag, ptime_ms);

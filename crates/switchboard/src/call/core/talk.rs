@@ -120,6 +120,7 @@ impl CallCore {
         let commands = self.control.on_session_replaced();
         let asked = commands.iter().any(|c| matches!(c, Command::Send(_)));
         self.run_control(commands);
+        self.tools_on_session_replaced();
         asked
     }
 

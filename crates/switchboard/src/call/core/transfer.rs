@@ -92,11 +92,8 @@ impl CallCore {
     /// The one output of a tool call whose result needs no answer from the model now (the
     /// transfer succeeded, or the agent is about to say goodbye): no `response.create`.
     pub fn complete_tool_quietly(&mut self, call_id: &str, output: String) {
-        if self.ended.is_some() {
-            return;
-        }
-        let item = Item::function_call_output(call_id.to_owned(), output);
-        self.send_realtime(ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item });
+        // Through the tools' pending table: exactly one output per call_id (call/core/tools.rs).
+        self.complete_pending_tool(call_id, output, false);
     }
 
     /// Tells the model what happened to a transfer it did not ask for (a rule's), as a system
