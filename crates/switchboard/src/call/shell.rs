@@ -42,11 +42,10 @@ use crate::telemetry;
 use switchboard_media::Codec;
 use switchboard_realtime::history::HistoryLimits;
 
-/// Transfer to a human: the shell's side (`call/transfer/shell.rs`).
-#[path = "transfer/shell.rs"]
-mod transfer_glue;
+/// Transfer to a human: the shell's side.
+mod transfer_link;
 use super::transfer::TRANSFER_TOOL;
-use transfer_glue::TransferLink;
+use transfer_link::TransferLink;
 
 /// `input_audio_buffer.append` events waiting for the writer at most: one second of 20 ms
 /// packets. Policy when full: the new append is dropped and counted

@@ -1,7 +1,8 @@
 //! The shell's side of a transfer: carries out what the [`TransferMachine`] asks (the
 //! announcement, the REFER in its own task, the tool's output, the journal and the metric) and
 //! feeds it what happens (the REFER's answer, NOTIFY sipfrag, the deadline, the caller's BYE).
-//! A child of `call::shell` (declared there with `#[path]`) so that it extends `MediaLoop`.
+//! A child of `call::shell` so that it extends `MediaLoop`; the decisions are in
+//! `call/transfer/machine.rs`.
 
 use std::time::{Duration, Instant};
 
