@@ -14,6 +14,9 @@ use serde::Deserialize;
 
 use crate::admission::IpNet;
 
+mod recording;
+pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(default)]
@@ -28,6 +31,10 @@ pub struct Config {
     pub agents: BTreeMap<String, AgentConfig>,
     /// SIP trunks outbound calls go through, keyed by name (`POST /v1/calls` names one).
     pub trunks: BTreeMap<String, TrunkConfig>,
+    /// Recordings and their sidecars (`[recording]`).
+    pub recording: RecordingConfig,
+    /// Call detail records: file, webhook, spool (`[cdr]`).
+    pub cdr: CdrConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -357,6 +364,8 @@ impl Default for Config {
             log: LogConfig::default(),
             agents: BTreeMap::from([("default".to_string(), AgentConfig::default())]),
             trunks: BTreeMap::new(),
+            recording: RecordingConfig::default(),
+            cdr: CdrConfig::default(),
         }
     }
 }
@@ -860,6 +869,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         }
     }
 
+    recording::validate(cfg, problems);
+
     Some(Resolved {
         sip_udp,
         sip_tcp,
@@ -904,6 +915,8 @@ fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Ve
             &format!("trunks.{name}.password_env"),
         );
     }
+    let cdr = &mut cfg.cdr;
+    resolve(&mut cdr.secret, &cdr.secret_env, "cdr.secret", "cdr.secret_env");
 }
 
 /// `host:port` (a name or an IP; IPv6 in brackets) to the first address it resolves to.

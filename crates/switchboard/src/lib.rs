@@ -11,6 +11,7 @@ pub mod calls;
 pub mod capacity;
 pub mod config;
 pub mod media_clock;
+pub mod recording;
 pub mod routing;
 pub mod rtp_ports;
 pub mod signing;
