@@ -36,6 +36,7 @@ use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
 use crate::media_clock::{MediaClock, Paced, RtpTransmit};
+use crate::recording::CallRecorder;
 use crate::telemetry;
 use switchboard_media::Codec;
 use switchboard_media::opus_codec::OpusEncoderSettings;
@@ -55,13 +56,15 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts: _, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
     let cfg = &state.config;
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
     let mut writer = RealtimeWriter::spawn(sender, watchdog);
+    // The recording (if the agent records), the transcript, the open-call marker and the CDR.
+    let mut recorder = state.records.call(&facts, agent.record, media.codec, session_opened);
 
     // Two handles on one socket: the call's task receives, the media clock sends (non-blocking).
     let sockets = socket.set_nonblocking(true).and_then(|()| {
@@ -93,7 +96,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 apology: Some(agent.apology.clone()).filter(|a| !a.is_empty()),
                 apology_min_interval: Duration::from_secs(agent.apology_min_interval_secs),
                 model_output: session::model_format(confirmed.output, media.codec),
-                taps: false,
+                taps: recorder.records_audio(),
                 talk: talk_config(&agent),
                 resilience: resilience(realtime_cfg),
             };
@@ -129,6 +132,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 prices: realtime_cfg.prices(),
                 rtcp_socket,
                 journal: CallJournal::new(session_opened),
+                recorder: &mut recorder,
                 link: Link {
                     state,
                     agent: &agent,
@@ -143,6 +147,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             media_loop.run().await
         }
     };
+    recorder.finish(&end);
     if end.needs_bye()
         && let Err(e) = dialog.hangup().await
     {
@@ -289,6 +294,8 @@ struct MediaLoop<'a> {
     rtcp_socket: Option<tokio::net::UdpSocket>,
     /// Tool calls and transfers, for the sidecar and the CDR.
     journal: CallJournal,
+    /// The call's recording, transcript and records (`crate::recording`).
+    recorder: &'a mut CallRecorder,
     link: Link<'a>,
 }
 
@@ -329,9 +336,10 @@ impl MediaLoop<'_> {
                     Output::Dtmf { leg, duration, .. } => {
                         debug!(leg = leg.0, duration_ms = duration.as_millis() as u64, "DTMF event received")
                     }
-                    // No recorder yet (taps are off).
-                    Output::Tap(_) => {}
+                    // To the recorder's writer thread (bounded queue: dropped, never waited for).
+                    Output::Tap(tap) => self.recorder.tap(tap),
                     Output::Ended(end) => {
+                        self.recorder.on_end(&self.journal);
                         self.log_stats();
                         return end;
                     }
@@ -416,6 +424,7 @@ impl MediaLoop<'_> {
                     match realtime_input(event) {
                         RealtimeInput::Event(event) => {
                             let is_audio = matches!(*event, ServerEvent::OutputAudioDelta(_));
+                            self.recorder.observe(now, &event);
                             self.core.lock().handle_realtime(now, *event);
                             if is_audio {
                                 outbound_processing.record(now.elapsed().as_secs_f64());

@@ -141,3 +141,46 @@ pub fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) {
         bad("cdr.spool_max_files", "must be at least 1".into());
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::super::load_with_env;
+
+    fn problems(toml: &str) -> Vec<String> {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(format!("[sip]\nudp = \"127.0.0.1:0\"\n[media]\nbind = \"127.0.0.1\"\n{toml}").as_bytes())
+            .unwrap();
+        match load_with_env(file.path(), &[("CDR_KEY".into(), "k3y".into())]) {
+            Ok(_) => Vec::new(),
+            Err(errors) => errors.0.iter().map(ToString::to_string).collect(),
+        }
+    }
+
+    #[test]
+    fn recording_needs_a_directory_and_webhooks_a_proper_url() {
+        let found = problems("[agents.sales]\nnumbers = [\"100\"]\nrecord = true\n");
+        assert_eq!(found, vec!["agents.sales.record: recording needs recording.dir to be set".to_string()]);
+        assert!(
+            problems("[recording]\ndir = \"/tmp/rec\"\n[agents.sales]\nnumbers = [\"100\"]\nrecord = true\n")
+                .is_empty()
+        );
+        let found = problems("[cdr]\nwebhook_url = \"ftp://x\"\n");
+        assert!(found.iter().any(|p| p.starts_with("cdr.webhook_url:")), "{found:?}");
+        assert!(found.iter().any(|p| p.starts_with("cdr.spool_dir:")), "a webhook needs a spool: {found:?}");
+        assert!(problems("[cdr]\npath = \"/tmp/cdr.jsonl\"\nwebhook_url = \"http://127.0.0.1:9/cdr\"\n").is_empty());
+        let found = problems("[recording]\nheader_interval_ms = 5\n");
+        assert!(found.iter().any(|p| p.starts_with("recording.header_interval_ms:")), "{found:?}");
+    }
+
+    #[test]
+    fn the_webhook_secret_may_come_from_the_environment() {
+        let mut file = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        file.write_all(b"[sip]\nudp = \"127.0.0.1:0\"\n[media]\nbind = \"127.0.0.1\"\n[cdr]\npath = \"/tmp/c.jsonl\"\nsecret_env = \"CDR_KEY\"\n")
+            .unwrap();
+        let (cfg, _) = load_with_env(file.path(), &[("CDR_KEY".into(), "k3y".into())]).unwrap();
+        assert_eq!(cfg.cdr.secret.expose(), "k3y");
+        assert_eq!(format!("{:?}", cfg.cdr.secret), "[redacted]");
+    }
+}

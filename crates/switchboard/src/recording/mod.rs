@@ -27,12 +27,14 @@ use std::time::{Duration, Instant, SystemTime};
 
 use switchboard_realtime::events::ServerEvent;
 use switchboard_sdp::Codec;
+use switchboard_sip::CallInfo;
 use tracing::{info, warn};
 
 use crate::call::core::{CALLER, Tap, TapDirection};
 use crate::call::end::CallEnd;
 use crate::call::facts::CallFacts;
 use crate::call::journal::CallJournal;
+use crate::calls::OutboundOutcome;
 use crate::config::{self, Config};
 use crate::telemetry;
 use sidecar::{CallSummary, RecordFacts, RecordingInfo, Transcript, Unanswered};
@@ -106,7 +108,10 @@ impl Records {
         if let Some(dir) = &marker_dir {
             let recovered = recovery::recover(dir, &queue, cdr.enabled(), recording.redact_numbers);
             if recovered > 0 {
-                warn!(calls = recovered, "calls left open by a crash: their recordings repaired, records written (reason gateway_crash)");
+                warn!(
+                    calls = recovered,
+                    "calls left open by a crash: their recordings repaired, records written (reason gateway_crash)"
+                );
             }
         }
         let thread_queue = Arc::clone(&queue);
@@ -191,6 +196,78 @@ impl Records {
             }
             Err(e) => warn!(error = %e, "CDR not serialized"),
         }
+    }
+
+    /// The CDR of an inbound call that ended before it was answered (refused or cancelled):
+    /// answered calls get theirs from the conversation ([`CallRecorder::finish`]). `id` is the
+    /// gateway's call id (the registry's), `started` when the INVITE arrived.
+    pub fn inbound_unanswered(&self, id: &str, info: &CallInfo, started: SystemTime, end: &CallEnd) {
+        let sip_status = match end {
+            CallEnd::Refused(refusal) => Some(refusal.status().0),
+            CallEnd::CallerCancelled => Some(487),
+            // Answered: the conversation wrote the record.
+            _ => return,
+        };
+        self.unanswered(Unanswered {
+            id,
+            sip_call_id: &info.call_id,
+            direction: "inbound",
+            from: &info.from_uri,
+            to: &info.dialled,
+            agent: "",
+            started,
+            ended: SystemTime::now(),
+            outcome: end.outcome_label(),
+            reason: end.reason_label(),
+            side: end.fault().to_string(),
+            sip_status,
+            redact_numbers: self.redact_numbers,
+        });
+    }
+
+    /// The CDR of an outbound call that was not answered (busy, no answer, refused, the agent
+    /// unavailable...): `outcome` is its `switchboard_outbound_calls_total` label.
+    pub fn outbound_unanswered(
+        &self,
+        id: &str,
+        from: &str,
+        to: &str,
+        agent: &str,
+        started: SystemTime,
+        outcome: &OutboundOutcome,
+    ) {
+        let (sip_status, side) = match outcome {
+            OutboundOutcome::Answered { .. } => return,
+            OutboundOutcome::Busy { status } | OutboundOutcome::AuthFailed { status } => (Some(*status), "callee"),
+            OutboundOutcome::Rejected { status, .. } => (Some(*status), "callee"),
+            OutboundOutcome::NoAnswer => (None, "callee"),
+            OutboundOutcome::Unreachable { .. } => (None, "network"),
+            OutboundOutcome::AgentUnavailable { .. } => (None, "upstream"),
+            OutboundOutcome::Cancelled => (None, "none"),
+            OutboundOutcome::Failed { .. } => (None, "gateway"),
+        };
+        let reason = match outcome {
+            OutboundOutcome::Rejected { reason, .. }
+            | OutboundOutcome::Unreachable { reason }
+            | OutboundOutcome::AgentUnavailable { reason }
+            | OutboundOutcome::Failed { reason } => reason.as_str(),
+            _ => outcome.label(),
+        };
+        self.unanswered(Unanswered {
+            id,
+            sip_call_id: "",
+            direction: "outbound",
+            from,
+            to,
+            agent,
+            started,
+            ended: SystemTime::now(),
+            outcome: outcome.label(),
+            reason,
+            side: side.to_owned(),
+            sip_status,
+            redact_numbers: self.redact_numbers,
+        });
     }
 
     /// Graceful shutdown: the writer finishes every queued job (recordings closed, sidecars and

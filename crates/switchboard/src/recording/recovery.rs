@@ -45,7 +45,9 @@ pub fn recover(marker_dir: &Path, queue: &Arc<JobQueue>, cdrs: bool, redact_numb
                     Ok(Repair::Intact { frames }) | Ok(Repair::Fixed { frames }) => {
                         info!(call = facts.id.as_str(), frames, "recording of a call left open repaired");
                     }
-                    Ok(Repair::Rewritten { .. }) => info!(call = facts.id.as_str(), "recording header rewritten (empty)"),
+                    Ok(Repair::Rewritten { .. }) => {
+                        info!(call = facts.id.as_str(), "recording header rewritten (empty)")
+                    }
                     Err(e) => warn!(error = %e, path = %wav_path.display(), "recording not repaired"),
                 }
             }

@@ -166,7 +166,9 @@ pub fn repair(path: &Path, rate: u32) -> Result<Repair, RepairError> {
     let said = head.get(40..44).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
     let riff = head.get(4..8).and_then(|b| <[u8; 4]>::try_from(b).ok()).map(u32::from_le_bytes);
     let frames = data_len / FRAME_BYTES;
-    if said.map(u64::from) == Some(data_len) && riff.map(u64::from) == Some(data_len + 36) && len == HEADER_LEN + data_len
+    if said.map(u64::from) == Some(data_len)
+        && riff.map(u64::from) == Some(data_len + 36)
+        && len == HEADER_LEN + data_len
     {
         return Ok(Repair::Intact { frames });
     }
@@ -204,8 +206,7 @@ pub fn parse(bytes: &[u8]) -> Result<Parsed, String> {
     let u16_at = |at: usize| {
         bytes.get(at..at + 2).and_then(|b| <[u8; 2]>::try_from(b).ok()).map(u16::from_le_bytes).ok_or("short header")
     };
-    if bytes.get(0..4) != Some(b"RIFF") || bytes.get(8..16) != Some(b"WAVEfmt ") || bytes.get(36..40) != Some(b"data")
-    {
+    if bytes.get(0..4) != Some(b"RIFF") || bytes.get(8..16) != Some(b"WAVEfmt ") || bytes.get(36..40) != Some(b"data") {
         return Err("not a canonical WAV".into());
     }
     if u16_at(20)? != 1 || u16_at(34)? != 16 {

@@ -87,7 +87,13 @@ impl Poster {
     }
 }
 
-async fn run(target: Target, dir: PathBuf, spooled: Arc<AtomicUsize>, notify: Arc<Notify>, mut stop: watch::Receiver<bool>) {
+async fn run(
+    target: Target,
+    dir: PathBuf,
+    spooled: Arc<AtomicUsize>,
+    notify: Arc<Notify>,
+    mut stop: watch::Receiver<bool>,
+) {
     let mut backoff = target.retry_initial;
     loop {
         if *stop.borrow() {
@@ -115,7 +121,8 @@ async fn run(target: Target, dir: PathBuf, spooled: Arc<AtomicUsize>, notify: Ar
                 Ok(()) => {
                     metrics::counter!(telemetry::CDR_WEBHOOK_POSTS_TOTAL, "result" => "ok").increment(1);
                     if tokio::fs::remove_file(&file).await.is_ok() {
-                        let _ = spooled.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
+                        let _ =
+                            spooled.fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| Some(n.saturating_sub(1)));
                     }
                     backoff = target.retry_initial;
                 }

@@ -179,10 +179,8 @@ impl Worker {
     fn handle(&mut self, job: Job) {
         match job {
             Job::Open { key, path, rate } => {
-                let created = path
-                    .parent()
-                    .map_or(Ok(()), std::fs::create_dir_all)
-                    .and_then(|()| WavWriter::create(&path, rate));
+                let created =
+                    path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| WavWriter::create(&path, rate));
                 let wav = match created {
                     Ok(wav) => Some(wav),
                     Err(e) => {
