@@ -274,7 +274,7 @@ impl Paced for CallCore {
     }
 
     fn wants_task(&self) -> bool {
-        self.has_output() || self.needs_encoding()
+        self.has_urgent_output() || self.needs_encoding()
     }
 }
 

@@ -80,7 +80,7 @@ impl JobQueue {
     }
 
     /// Takes every queued job, waiting up to `timeout` for the first.
-    fn take(&self, timeout: Duration, into: &mut Vec<Job>) {
+    pub fn take(&self, timeout: Duration, into: &mut Vec<Job>) {
         let mut state = self.lock();
         if state.jobs.is_empty() {
             state.idle = true;

@@ -51,6 +51,7 @@ pub mod reports;
 mod talk;
 #[cfg(test)]
 mod talk_tests;
+pub mod tap_decoder;
 #[cfg(test)]
 mod tests;
 
@@ -81,6 +82,7 @@ use dtmf_to_model::DtmfToModel;
 use meter::{Meter, TokenTotals};
 pub use reconnecting::Resilience;
 use reports::{Reports, RtcpStats};
+use tap_decoder::TapDecoder;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -96,6 +98,11 @@ pub const CALLER: LegId = LegId(0);
 /// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
 /// recorder that cannot keep up must not grow the call's memory).
 pub const MAX_PENDING_TAPS: usize = 250;
+
+/// Recorder taps alone do not wake the call's task until this many wait (100 ms at 20 ms ptime):
+/// they ride along with its next wake-up (the caller's RTP comes every 20 ms), so recording
+/// does not add a task wake-up per packet ([`CallCore::has_urgent_output`]).
+pub const TAP_WAKE_BATCH: usize = 5;
 
 /// RTCP packets waiting for the shell at most (see `CallCore::poll_rtcp_transmit`).
 pub const MAX_PENDING_RTCP: usize = 4;
@@ -316,7 +323,7 @@ struct Leg {
     last_rtp_in: Instant,
     dtmf: DtmfReceiver,
     /// Decoders for the recorder, one per direction (only with taps).
-    tap_decoders: Option<(InboundAudio, InboundAudio)>,
+    tap_decoders: Option<(TapDecoder, TapDecoder)>,
     signalled: SocketAddr,
 }
 
@@ -341,9 +348,7 @@ impl Leg {
         let mut outbound =
             OutboundAudio::with_opus_settings(config.codec, config.model_output, config.ptime, config.opus);
         outbound.defer_encoding(true);
-        let tap_decoders = taps.then(|| {
-            (InboundAudio::new(config.codec, ModelAudio::Pcm24k), InboundAudio::new(config.codec, ModelAudio::Pcm24k))
-        });
+        let tap_decoders = taps.then(|| (TapDecoder::new(config.codec), TapDecoder::new(config.codec)));
         Leg {
             id,
             codec: config.codec,
@@ -927,6 +932,12 @@ impl CallCore {
     /// Whether outputs are waiting (the media clock wakes the call's task for them).
     pub fn has_output(&self) -> bool {
         !self.outputs.is_empty()
+    }
+
+    /// Whether the media clock should wake the call's task now: outputs other than recorder taps
+    /// wait, or [`TAP_WAKE_BATCH`] taps do.
+    pub fn has_urgent_output(&self) -> bool {
+        self.outputs.len() > self.pending_taps || self.pending_taps >= TAP_WAKE_BATCH
     }
 
     /// When [`handle_timeout`](Self::handle_timeout) is next due; `None` once the call ended.
