@@ -3,6 +3,8 @@
 //! work for the two chunks (decimation, laying on the call clock, batched disk writes). ns/iter
 //! divided by 20 ms is the share of a core one call takes for it.
 
+#![allow(clippy::expect_used)] // a bench with a broken precondition must stop
+
 use std::hint::black_box;
 use std::time::Duration;
 

@@ -83,10 +83,8 @@ impl Transcript {
                 let offset = if said <= arrived && arrived - said <= MAX_VAD_DELAY { said } else { arrived };
                 self.remember(&started.item_id, offset);
             }
-            ServerEvent::OutputAudioDelta(delta) => {
-                if !self.starts.iter().any(|(id, _)| *id == delta.item_id) {
-                    self.remember(&delta.item_id, arrived);
-                }
+            ServerEvent::OutputAudioDelta(delta) if !self.starts.iter().any(|(id, _)| *id == delta.item_id) => {
+                self.remember(&delta.item_id, arrived);
             }
             ServerEvent::InputAudioTranscriptionCompleted(done) => {
                 let offset = self.take_start(&done.item_id).unwrap_or(arrived);
