@@ -231,3 +231,97 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, String> {
         })
         .clone()
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+    use crate::config::Secret;
+
+    /// One HTTP request read off `stream` (headers and the Content-Length body), answered `status`.
+    async fn answer(stream: &mut TcpStream, status: u16) -> (String, Vec<u8>) {
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let (head, body_start, length) = loop {
+            let n = stream.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "connection closed before a whole request");
+            buf.extend_from_slice(&chunk[..n]);
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                let length = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap())
+                    })
+                    .unwrap_or(0usize);
+                break (head, end + 4, length);
+            }
+        };
+        while buf.len() < body_start + length {
+            let n = stream.read(&mut chunk).await.unwrap();
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let reply = format!("HTTP/1.1 {status} X\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+        stream.write_all(reply.as_bytes()).await.unwrap();
+        (head, buf[body_start..body_start + length].to_vec())
+    }
+
+    #[tokio::test]
+    async fn spooled_cdrs_are_posted_signed_oldest_first_and_kept_until_a_2xx() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let spool = dir.path().join("webhook");
+        std::fs::create_dir_all(&spool).unwrap();
+        // Left by an earlier run: sent first.
+        std::fs::write(spool.join("0000000000001-000000-old.json"), br#"{"call_id":"old"}"#).unwrap();
+        let cdr = CdrConfig {
+            webhook_url: format!("http://{addr}/cdr"),
+            secret: Secret::new("s3cret"),
+            retry_initial_ms: 50,
+            retry_max_ms: 100,
+            ..CdrConfig::default()
+        };
+        let spooled = Arc::new(AtomicUsize::new(count_spooled(&spool)));
+        let poster = Poster::start(&cdr, spool.clone(), Arc::clone(&spooled));
+
+        // The first attempt fails (503): the file stays and is retried after the backoff.
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (head, body) = answer(&mut stream, 503).await;
+        assert!(head.starts_with("POST /cdr HTTP/1.1"), "{head}");
+        assert_eq!(body, br#"{"call_id":"old"}"#);
+        assert_eq!(count_spooled(&spool), 1, "kept after a failure");
+
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (head, body) = answer(&mut stream, 200).await;
+        let header = |name: &str| {
+            head.lines()
+                .find_map(|l| {
+                    l.split_once(':').filter(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_string())
+                })
+                .unwrap()
+        };
+        let timestamp: u64 = header(crate::signing::TIMESTAMP_HEADER).parse().unwrap();
+        assert!(crate::signing::verify(b"s3cret", timestamp, &body, &header(crate::signing::SIGNATURE_HEADER)));
+        assert_eq!(body, br#"{"call_id":"old"}"#, "the retry sends the same CDR");
+
+        // A new CDR spooled and announced: sent at once, then the spool is empty.
+        std::fs::write(spool.join(spool_name("new")), br#"{"call_id":"new"}"#).unwrap();
+        spooled.fetch_add(1, Ordering::AcqRel);
+        poster.notify().notify_one();
+        let (mut stream, _) = listener.accept().await.unwrap();
+        let (_, body) = answer(&mut stream, 204).await;
+        assert_eq!(body, br#"{"call_id":"new"}"#);
+        for _ in 0..100 {
+            if count_spooled(&spool) == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert_eq!(count_spooled(&spool), 0, "deleted after a 2xx");
+        assert_eq!(spooled.load(Ordering::Acquire), 0);
+        poster.stop(Duration::ZERO);
+    }
+}
