@@ -5,7 +5,8 @@
 //!   (the echo, later), at 8 kHz for PCMU; the sidecar is complete (transcript with offsets
 //!   inside the recording); the CDR file has the call; a refused call (404) has a CDR too;
 //! - `kill -9` mid-call leaves a WAV that plays up to about the kill; after a restart on the same
-//!   directories, the call has a CDR with reason `gateway_crash` and a sidecar.
+//!   directories, the call has a CDR with reason `gateway_crash` and a sidecar; a SIGTERM mid-call
+//!   then closes the call's recording and writes its sidecar and CDR before the process exits.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -310,4 +311,43 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
     assert!(repaired.len() >= left.len(), "repair never loses audio");
     assert!(gateway.log().contains("calls left open by a crash"), "the recovery is logged");
     let _ = caller.join();
+
+    // A graceful stop (SIGTERM) mid-call: the call is hung up, and before the process exits its
+    // recording is closed, its sidecar and its CDR written.
+    let mut gateway = gateway;
+    let second = {
+        let (dir, stream) = (dir.clone(), stream.clone());
+        std::thread::spawn(move || {
+            sipp::run(
+                "uac_call.xml",
+                &[
+                    ("FORMATS", "0 101"),
+                    ("RTPMAPS", &sipp::rtpmaps("0 101")),
+                    ("EXPECT_PT", "0"),
+                    ("MEDIA", &sipp::rtp_stream(&stream.display().to_string(), "0")),
+                ],
+                &dir,
+                ports,
+                "15550001000",
+                6000,
+            )
+        })
+    };
+    let second_wav = wait_for(Duration::from_secs(10), || {
+        files_ending(&dir.join("rec"), ".wav").into_iter().find(|path| *path != wav)
+    })
+    .unwrap_or_else(|| panic!("the second call was not recorded; log:\n{}", gateway.log()));
+    std::thread::sleep(Duration::from_millis(1500));
+    assert!(gateway.guard.terminate(Duration::from_secs(15)).is_some_and(|s| s.success()), "clean exit");
+    let lines = cdr_lines(&dir);
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    assert_eq!(lines[1]["reason"], "shutdown");
+    assert_eq!(lines[1]["recording"], second_wav.display().to_string());
+    let sidecar = PathBuf::from(lines[1]["sidecar"].as_str().unwrap());
+    assert!(sidecar.exists(), "the sidecar is written before the process exits");
+    let (_, left, _) = read_stereo(&second_wav);
+    let length = std::fs::metadata(&second_wav).unwrap().len();
+    assert_eq!(44 + left.len() as u64 * 4, length, "the final header covers the whole file");
+    assert!(left.len() >= 8000, "at least the second and a half of the call");
+    let _ = second.join();
 }
