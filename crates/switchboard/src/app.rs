@@ -26,6 +26,9 @@ use crate::recording::Records;
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
+/// How long shutdown waits for the recorder to write what the calls left it.
+const RECORDER_DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
 /// What every call task shares.
 pub struct GatewayState {
     pub config: Config,
@@ -482,9 +485,16 @@ impl RunningGateway {
         // CDRs written) before the process exits; an aborted call's recorder writes its records
         // as it is dropped, so give the aborts a moment to run.
         tokio::time::sleep(Duration::from_millis(50)).await;
+        // Bounded: a wedged disk must not keep the process from exiting (what is left then is
+        // repaired and recovered at the next start, as after a crash).
         let records = Arc::clone(&self.state.records);
-        if tokio::task::spawn_blocking(move || records.stop(Duration::from_secs(1))).await.is_err() {
-            warn!("recorder did not stop cleanly");
+        let stopped = tokio::time::timeout(
+            RECORDER_DRAIN_LIMIT,
+            tokio::task::spawn_blocking(move || records.stop(Duration::from_secs(1))),
+        )
+        .await;
+        if !matches!(stopped, Ok(Ok(()))) {
+            warn!(limit_secs = RECORDER_DRAIN_LIMIT.as_secs(), "recorder did not finish writing in time");
         }
         if let Some(sim) = self.offline_agent.take() {
             sim.shutdown().await;
