@@ -8,7 +8,7 @@
 use std::hint::black_box;
 use std::time::Duration;
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{Criterion, criterion_group};
 use switchboard::call::core::tap_decoder::TapDecoder;
 use switchboard::recording::track::{Channel, StereoTrack, TapResampler};
 use switchboard::recording::wav::WavWriter;
@@ -88,5 +88,55 @@ fn recording(c: &mut Criterion) {
     });
 }
 
+/// One call's whole recording path for `slots` 20 ms slots, outside criterion: what callgrind
+/// counts (`RECORDING_SLOTS=N`; the difference between two N is the per-slot instruction count,
+/// stable on a busy machine where wall-clock timings are not).
+fn slots(slots: u64) {
+    let payload = pcmu_frame();
+    let mut decoders = [TapDecoder::new(Codec::Pcmu), TapDecoder::new(Codec::Pcmu)];
+    let queue = JobQueue::new(1024);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let mut wav = WavWriter::create(&dir.path().join("callgrind.wav"), 8000).expect("wav");
+    let mut track = StereoTrack::new(8000);
+    let mut resamplers = [TapResampler::new(24_000, 8000), TapResampler::new(24_000, 8000)];
+    let (mut taken, mut scratch, mut frames) = (Vec::new(), Vec::new(), Vec::new());
+    for slot in 0..slots {
+        let at = Duration::from_millis(slot * 20);
+        // The core (a tap per direction) and the call's task (to the queue).
+        for (channel, decoder) in [Channel::Left, Channel::Right].into_iter().zip(decoders.iter_mut()) {
+            let mut pcm = Vec::new();
+            decoder.convert(black_box(&payload), &mut pcm);
+            let samples: Vec<i16> = pcm.as_chunks::<2>().0.iter().map(|&p| i16::from_le_bytes(p)).collect();
+            queue.push(Job::Audio { key: 1, channel, at, pcm: samples });
+        }
+        // The writer thread.
+        queue.take(Duration::ZERO, &mut taken);
+        for job in taken.drain(..) {
+            if let Job::Audio { channel, at, pcm, .. } = job {
+                scratch.clear();
+                resamplers[channel as usize].process(&pcm, &mut scratch);
+                track.push(channel, at, &scratch);
+            }
+        }
+        if track.pending_frames() >= 1600 {
+            frames.clear();
+            track.drain_ready(&mut frames);
+            wav.append(&frames).expect("write");
+        }
+        if slot % 50 == 49 {
+            wav.update_header().expect("header");
+        }
+    }
+    black_box(wav.frames());
+}
+
 criterion_group!(benches, recording);
-criterion_main!(benches);
+
+fn main() {
+    if let Some(n) = std::env::var("RECORDING_SLOTS").ok().and_then(|n| n.parse().ok()) {
+        slots(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

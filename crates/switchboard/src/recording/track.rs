@@ -81,8 +81,9 @@ impl StereoTrack {
         }
         let offset = usize::try_from((first - self.base) * 2).unwrap_or(usize::MAX);
         let kept = samples.get(usize::try_from(skip).unwrap_or(usize::MAX)..).unwrap_or_default();
-        for (i, &sample) in kept.iter().enumerate() {
-            if let Some(slot) = self.pending.get_mut(offset + i * 2 + index) {
+        let frames = self.pending.get_mut(offset..).unwrap_or_default().chunks_exact_mut(2);
+        for (frame, &sample) in frames.zip(kept) {
+            if let Some(slot) = frame.get_mut(index) {
                 *slot = sample;
             }
         }
@@ -155,11 +156,8 @@ impl TapResampler {
             TapResampler::Identity => out.extend_from_slice(input),
             TapResampler::Filter(resampler) => resampler.process(input, out),
             TapResampler::Decimate3 { phase } => {
-                let mut i = (3 - *phase) % 3;
-                while let Some(&sample) = input.get(i) {
-                    out.push(sample);
-                    i += 3;
-                }
+                let first = (3 - *phase) % 3;
+                out.extend(input.iter().skip(first).step_by(3));
                 *phase = (*phase + input.len()) % 3;
             }
         }

@@ -76,9 +76,9 @@ impl WavWriter {
         let samples = interleaved.len().min(usize::try_from(room).unwrap_or(usize::MAX)) / 2 * 2;
         let Some(kept) = interleaved.get(..samples) else { return Ok(0) };
         self.bytes.clear();
-        self.bytes.reserve(kept.len() * 2);
-        for sample in kept {
-            self.bytes.extend_from_slice(&sample.to_le_bytes());
+        self.bytes.resize(kept.len() * 2, 0);
+        for (slot, sample) in self.bytes.chunks_exact_mut(2).zip(kept) {
+            slot.copy_from_slice(&sample.to_le_bytes());
         }
         self.file.write_all_at(&self.bytes, HEADER_LEN + self.data_len)?;
         self.data_len += self.bytes.len() as u64;

@@ -47,9 +47,12 @@ impl TapDecoder {
                 } else {
                     g711::ulaw_decode_slice(payload, decoded);
                 }
-                for sample in decoded.iter() {
-                    let bytes = sample.to_le_bytes();
-                    out.extend_from_slice(&[bytes[0], bytes[1], bytes[0], bytes[1], bytes[0], bytes[1]]);
+                let start = out.len();
+                out.resize(start + decoded.len() * REPEAT * 2, 0);
+                let repeated = out.get_mut(start..).unwrap_or_default().chunks_exact_mut(REPEAT * 2);
+                for (slot, sample) in repeated.zip(decoded.iter()) {
+                    let [low, high] = sample.to_le_bytes();
+                    slot.copy_from_slice(&[low, high, low, high, low, high]);
                 }
             }
         }
