@@ -37,7 +37,9 @@ pub enum Job {
 struct QueueState {
     jobs: VecDeque<Job>,
     audio: usize,
-    /// The writer thread is waiting for work (only then is it woken: a wake-up is a syscall).
+    /// A job is waiting that should not wait for the writer's next tick.
+    urgent: bool,
+    /// The writer thread is waiting (only then is it woken: a wake-up is a syscall).
     idle: bool,
 }
 
@@ -51,7 +53,7 @@ pub struct JobQueue {
 impl JobQueue {
     pub fn new(max_audio: usize) -> JobQueue {
         JobQueue {
-            state: Mutex::new(QueueState { jobs: VecDeque::new(), audio: 0, idle: false }),
+            state: Mutex::new(QueueState { jobs: VecDeque::new(), audio: 0, urgent: false, idle: false }),
             wake: Condvar::new(),
             max_audio,
         }
@@ -62,40 +64,55 @@ impl JobQueue {
     }
 
     /// Queues a job; audio beyond the bound is dropped (returns false). Never blocks on the
-    /// writer: the lock is held for a push.
+    /// writer: the lock is held for a push. Audio does not wake the writer (it looks every
+    /// [`TICK`] anyway; a wake-up per 20 ms chunk and call would cost more than the writing),
+    /// unless half the bound is waiting; control jobs do.
     pub fn push(&self, job: Job) -> bool {
         let mut state = self.lock();
-        if matches!(job, Job::Audio { .. }) {
+        let urgent = if matches!(job, Job::Audio { .. }) {
             if state.audio >= self.max_audio {
                 return false;
             }
             state.audio += 1;
-        }
+            state.audio >= self.max_audio / 2
+        } else {
+            true
+        };
         state.jobs.push_back(job);
-        if state.idle {
-            state.idle = false;
-            self.wake.notify_one();
+        if urgent {
+            state.urgent = true;
+            if state.idle {
+                state.idle = false;
+                self.wake.notify_one();
+            }
         }
         true
     }
 
-    /// Takes every queued job, waiting up to `timeout` for the first.
+    /// Takes every queued job, after waiting up to `timeout` unless an urgent one is there.
     pub fn take(&self, timeout: Duration, into: &mut Vec<Job>) {
+        let deadline = Instant::now() + timeout;
         let mut state = self.lock();
-        if state.jobs.is_empty() {
+        // A loop: a condition variable may wake up for nothing.
+        while !state.urgent {
+            let Some(left) = deadline.checked_duration_since(Instant::now()).filter(|d| !d.is_zero()) else { break };
             state.idle = true;
-            state = match self.wake.wait_timeout(state, timeout) {
+            state = match self.wake.wait_timeout(state, left) {
                 Ok((state, _)) => state,
                 Err(poisoned) => poisoned.into_inner().0,
             };
             state.idle = false;
         }
+        state.urgent = false;
         state.audio = 0;
         into.extend(state.jobs.drain(..));
     }
 }
 
 /// What the thread needs besides the queue.
+/// How often the writer looks for queued audio without being woken.
+pub const TICK: Duration = Duration::from_millis(50);
+
 pub struct WorkerConfig {
     pub flush_interval: Duration,
     pub header_interval: Duration,
@@ -138,7 +155,7 @@ pub fn run(queue: Arc<JobQueue>, config: WorkerConfig) {
     let mut worker = Worker { config, recordings: HashMap::new(), cdr_file, scratch: Vec::new(), frames: Vec::new() };
     let mut jobs = Vec::new();
     loop {
-        let tick = worker.config.header_interval.min(worker.config.flush_interval);
+        let tick = worker.config.header_interval.min(worker.config.flush_interval).min(TICK);
         queue.take(tick, &mut jobs);
         let mut stop = false;
         for job in jobs.drain(..) {
@@ -376,5 +393,26 @@ mod tests {
         assert_eq!(jobs.len(), 3);
         assert!(matches!(jobs.last(), Some(Job::Close { .. })), "order kept");
         assert!(queue.push(audio()), "room again once taken");
+    }
+
+    #[test]
+    fn audio_waits_for_the_tick_and_control_jobs_wake_the_writer() {
+        let queue = Arc::new(JobQueue::new(100));
+        let audio = Job::Audio { key: 1, channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+        queue.push(audio);
+        let started = Instant::now();
+        let mut jobs = Vec::new();
+        queue.take(Duration::from_millis(200), &mut jobs);
+        assert!(started.elapsed() >= Duration::from_millis(200), "audio alone does not wake the writer");
+        assert_eq!(jobs.len(), 1);
+        let pusher = Arc::clone(&queue);
+        let push = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(50));
+            pusher.push(Job::Stop);
+        });
+        jobs.clear();
+        queue.take(Duration::from_secs(60), &mut jobs);
+        assert!(matches!(jobs.as_slice(), [Job::Stop]), "a control job wakes it");
+        push.join().unwrap();
     }
 }
