@@ -272,7 +272,8 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
         .unwrap_or_else(|| panic!("no recording started; log:\n{}", gateway.log()));
     // The file appears at the answer (within this poll's 50 ms).
     let recording_seen = Instant::now();
-    std::thread::sleep(Duration::from_millis(3500));
+    // Between two header updates (every 500 ms from the start of the file).
+    std::thread::sleep(Duration::from_millis(3250));
     // SIGKILL: no shutdown, no final header, no CDR.
     gateway.guard.child.kill().expect("kill -9 the gateway");
     let killed_at = recording_seen.elapsed().as_secs_f64();
