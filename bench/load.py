@@ -832,6 +832,13 @@ def record_compare_report(args, plain, recorded):
         f"Recorded: {rec.get('wavs', 0)} WAV files, {rec.get('bytes', 0) / 1e6:.1f} MB, "
         f"{rec.get('seconds', 0):.0f} s of audio; {rec.get('cdrs', 0)} CDR lines; recorder audio dropped: "
         f"{recorded.get('recording_dropped', 0):.0f}.",
+        "",
+        "Gateway threads (% of a core), not recorded: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(plain.get("thread_cpu", {}).items()))
+        + "; recorded: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(recorded.get("thread_cpu", {}).items()))
+        + f". Media clock busy retries {plain.get('busy_retries', 0):.0f} / {recorded.get('busy_retries', 0):.0f}, "
+        f"lateness max of 1 s windows {fmt_ms(plain.get('lateness_max'))} / {fmt_ms(recorded.get('lateness_max'))} ms.",
     ]
     return "\n".join(lines)
 

@@ -29,12 +29,7 @@ fn recording(c: &mut Criterion) {
     // The core, per direction: decoding a frame to a 24 kHz tap (bytes, then the Tap's i16s).
     c.bench_function("tap_decode_pcmu_20ms", |b| {
         let mut decoder = TapDecoder::new(Codec::Pcmu);
-        b.iter(|| {
-            let mut pcm = Vec::new();
-            decoder.convert(black_box(&payload), &mut pcm);
-            let samples: Vec<i16> = pcm.as_chunks::<2>().0.iter().map(|&p| i16::from_le_bytes(p)).collect();
-            black_box(samples)
-        })
+        b.iter(|| black_box(decoder.decode(0, black_box(&payload))))
     });
     // What the taps cost before: G.711 through the model pipeline's 8 -> 24 kHz filter.
     c.bench_function("tap_decode_pcmu_filtered_20ms", |b| {
@@ -104,10 +99,8 @@ fn slots(slots: u64) {
         let at = Duration::from_millis(slot * 20);
         // The core (a tap per direction) and the call's task (to the queue).
         for (channel, decoder) in [Channel::Left, Channel::Right].into_iter().zip(decoders.iter_mut()) {
-            let mut pcm = Vec::new();
-            decoder.convert(black_box(&payload), &mut pcm);
-            let samples: Vec<i16> = pcm.as_chunks::<2>().0.iter().map(|&p| i16::from_le_bytes(p)).collect();
-            queue.push(Job::Audio { key: 1, channel, at, pcm: samples });
+            let pcm = decoder.decode(0, black_box(&payload));
+            queue.push(Job::Audio { key: 1, channel, at, pcm });
         }
         // The writer thread.
         queue.take(Duration::ZERO, &mut taken);

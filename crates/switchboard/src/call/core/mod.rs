@@ -1050,14 +1050,9 @@ impl CallCore {
                 metrics::counter!(telemetry::RTP_CONCEALED_FRAMES_TOTAL).increment(concealed);
             }
             if let Some((decoder, _)) = &mut leg.tap_decoders {
-                let mut pcm = Vec::new();
-                decoder.convert_with_loss(frame.lost_before, &frame.payload, &mut pcm);
-                push_tap(
-                    &mut self.outputs,
-                    &mut self.pending_taps,
-                    &mut self.stats,
-                    tap(leg.id, TapDirection::FromLeg, at, &pcm),
-                );
+                let pcm = decoder.decode(frame.lost_before, &frame.payload);
+                let tap = Tap { leg: leg.id, direction: TapDirection::FromLeg, at, pcm };
+                push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             // While reconnecting there is no session to hear the caller.
             if leg.id == CALLER && !reconnecting {
@@ -1087,14 +1082,9 @@ impl CallCore {
                 self.last_activity = now;
             }
             if let Some((_, decoder)) = &mut leg.tap_decoders {
-                let mut pcm = Vec::new();
-                decoder.convert(&frame.payload, &mut pcm);
-                push_tap(
-                    &mut self.outputs,
-                    &mut self.pending_taps,
-                    &mut self.stats,
-                    tap(leg.id, TapDirection::ToLeg, at, &pcm),
-                );
+                let pcm = decoder.decode(0, &frame.payload);
+                let tap = Tap { leg: leg.id, direction: TapDirection::ToLeg, at, pcm };
+                push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             if leg.may_send
                 && let Some(destination) = leg.latch.send_target()
@@ -1159,12 +1149,6 @@ fn count_tokens(tokens: &TokenTotals) {
                 .increment(count);
         }
     }
-}
-
-/// A tap of 16-bit little-endian PCM bytes at 24 kHz.
-fn tap(leg: LegId, direction: TapDirection, at: Duration, pcm_bytes: &[u8]) -> Tap {
-    let pcm = pcm_bytes.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair)).collect();
-    Tap { leg, direction, at, pcm }
 }
 
 fn push_tap(outputs: &mut VecDeque<Output>, pending: &mut usize, stats: &mut CoreStats, tap: Tap) {

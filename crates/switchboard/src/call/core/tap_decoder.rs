@@ -28,32 +28,31 @@ impl TapDecoder {
         }
     }
 
-    /// Appends the payload's audio (16-bit little-endian, 24 kHz) to `out`.
-    pub fn convert(&mut self, payload: &[u8], out: &mut Vec<u8>) {
-        self.convert_with_loss(0, payload, out);
-    }
-
-    /// Like [`convert`](Self::convert), after `lost_before` packets that never came.
-    pub fn convert_with_loss(&mut self, lost_before: u16, payload: &[u8], out: &mut Vec<u8>) {
+    /// The payload's audio at 24 kHz, after `lost_before` packets that never came. Allocates
+    /// the tap's buffer once and writes it in place: this runs on the media clock for the
+    /// caller's direction of every recorded call.
+    pub fn decode(&mut self, lost_before: u16, payload: &[u8]) -> Vec<i16> {
         match self {
-            TapDecoder::Resampled(inbound) => inbound.convert_with_loss(lost_before, payload, out),
+            TapDecoder::Resampled(inbound) => {
+                let mut bytes = Vec::new();
+                inbound.convert_with_loss(lost_before, payload, &mut bytes);
+                bytes.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair)).collect()
+            }
             TapDecoder::G711 { alaw, decoded } => {
                 let lost = usize::from(lost_before.min(MAX_CONCEALED_PACKETS));
-                out.reserve((lost + 1) * payload.len() * REPEAT * 2);
-                out.resize(out.len() + lost * payload.len() * REPEAT * 2, 0);
                 decoded.clear();
                 if *alaw {
                     g711::alaw_decode_slice(payload, decoded);
                 } else {
                     g711::ulaw_decode_slice(payload, decoded);
                 }
-                let start = out.len();
-                out.resize(start + decoded.len() * REPEAT * 2, 0);
-                let repeated = out.get_mut(start..).unwrap_or_default().chunks_exact_mut(REPEAT * 2);
-                for (slot, sample) in repeated.zip(decoded.iter()) {
-                    let [low, high] = sample.to_le_bytes();
-                    slot.copy_from_slice(&[low, high, low, high, low, high]);
+                let silence = lost * payload.len() * REPEAT;
+                let mut pcm = vec![0i16; silence + decoded.len() * REPEAT];
+                let repeated = pcm.get_mut(silence..).unwrap_or_default().chunks_exact_mut(REPEAT);
+                for (slot, &sample) in repeated.zip(decoded.iter()) {
+                    slot.fill(sample);
                 }
+                pcm
             }
         }
     }
@@ -63,19 +62,13 @@ impl TapDecoder {
 mod tests {
     use super::*;
 
-    fn samples(bytes: &[u8]) -> Vec<i16> {
-        bytes.chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect()
-    }
-
     #[test]
     fn g711_taps_are_the_decoded_samples_three_times_and_silence_for_losses() {
         let payload: Vec<u8> = (0..160u8).collect();
         let mut expected = Vec::new();
         g711::ulaw_decode_slice(&payload, &mut expected);
         let mut decoder = TapDecoder::new(Codec::Pcmu);
-        let mut out = Vec::new();
-        decoder.convert_with_loss(1, &payload, &mut out);
-        let pcm = samples(&out);
+        let pcm = decoder.decode(1, &payload);
         assert_eq!(pcm.len(), 2 * 480, "one lost packet, then the packet: 20 ms each at 24 kHz");
         assert!(pcm[..480].iter().all(|&s| s == 0), "the lost packet is silence");
         let every_third: Vec<i16> = pcm[480..].iter().step_by(3).copied().collect();
