@@ -12,7 +12,7 @@ use criterion::{Criterion, criterion_group};
 use switchboard::call::core::tap_decoder::TapDecoder;
 use switchboard::recording::track::{Channel, StereoTrack, TapResampler};
 use switchboard::recording::wav::WavWriter;
-use switchboard::recording::worker::{Job, JobQueue};
+use switchboard::recording::worker::{Chunk, Job, JobQueue};
 use switchboard_media::framing::{InboundAudio, ModelAudio};
 use switchboard_media::{Codec, CodecCoding};
 
@@ -47,7 +47,8 @@ fn recording(c: &mut Criterion) {
         let queue = JobQueue::new(1024);
         let mut taken = Vec::new();
         b.iter(|| {
-            queue.push(Job::Audio { key: 1, channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] });
+            let chunk = Chunk { channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+            queue.push(Job::Audio { key: 1, chunks: vec![chunk] });
             queue.take(Duration::ZERO, &mut taken);
             taken.clear();
         })
@@ -100,15 +101,17 @@ fn slots(slots: u64) {
         // The core (a tap per direction) and the call's task (to the queue).
         for (channel, decoder) in [Channel::Left, Channel::Right].into_iter().zip(decoders.iter_mut()) {
             let pcm = decoder.decode(0, black_box(&payload));
-            queue.push(Job::Audio { key: 1, channel, at, pcm });
+            queue.push(Job::Audio { key: 1, chunks: vec![Chunk { channel, at, pcm }] });
         }
         // The writer thread.
         queue.take(Duration::ZERO, &mut taken);
         for job in taken.drain(..) {
-            if let Job::Audio { channel, at, pcm, .. } = job {
-                scratch.clear();
-                resamplers[channel as usize].process(&pcm, &mut scratch);
-                track.push(channel, at, &scratch);
+            if let Job::Audio { chunks, .. } = job {
+                for Chunk { channel, at, pcm } in chunks {
+                    scratch.clear();
+                    resamplers[channel as usize].process(&pcm, &mut scratch);
+                    track.push(channel, at, &scratch);
+                }
             }
         }
         if track.pending_frames() >= 1600 {

@@ -39,7 +39,7 @@ use crate::config::{self, Config};
 use crate::telemetry;
 use sidecar::{CallSummary, RecordFacts, RecordingInfo, Transcript, Unanswered};
 use track::Channel;
-use worker::{Job, JobQueue, WorkerConfig};
+use worker::{Chunk, Job, JobQueue, WorkerConfig};
 
 /// Why recording and CDRs cannot start (the gateway does not start either: calls would be
 /// taken that the operator wants recorded).
@@ -181,6 +181,7 @@ impl Records {
             journal: None,
             chunks_dropped: 0,
             finished: false,
+            batch: Vec::new(),
         }
     }
 
@@ -336,7 +337,13 @@ pub struct CallRecorder {
     journal: Option<CallJournal>,
     chunks_dropped: u64,
     finished: bool,
+    /// Taps waiting to go to the writer together.
+    batch: Vec<Chunk>,
 }
+
+/// Taps handed to the writer thread together (100 ms of both directions): the queue's lock is
+/// taken a tenth as often.
+pub const TAP_BATCH: usize = 10;
 
 impl CallRecorder {
     /// Whether the call's audio is recorded (the core's taps are wanted).
@@ -354,10 +361,22 @@ impl CallRecorder {
             TapDirection::FromLeg => Channel::Left,
             TapDirection::ToLeg => Channel::Right,
         };
-        let job = Job::Audio { key: self.key, channel, at: tap.at, pcm: tap.pcm };
-        if !self.records.queue.push(job) {
-            self.chunks_dropped += 1;
-            metrics::counter!(telemetry::RECORDING_SAMPLES_DROPPED_TOTAL, "why" => "queue_full").increment(1);
+        self.batch.push(Chunk { channel, at: tap.at, pcm: tap.pcm });
+        if self.batch.len() >= TAP_BATCH {
+            self.send_batch();
+        }
+    }
+
+    /// Hands the batched chunks to the writer (one lock and one push for [`TAP_BATCH`] taps).
+    fn send_batch(&mut self) {
+        if self.batch.is_empty() {
+            return;
+        }
+        let chunks = std::mem::replace(&mut self.batch, Vec::with_capacity(TAP_BATCH));
+        let count = chunks.len() as u64;
+        if !self.records.queue.push(Job::Audio { key: self.key, chunks }) {
+            self.chunks_dropped += count;
+            metrics::counter!(telemetry::RECORDING_SAMPLES_DROPPED_TOTAL, "why" => "queue_full").increment(count);
         }
     }
 
@@ -383,6 +402,8 @@ impl CallRecorder {
             return;
         }
         self.finished = true;
+        // The last taps before the Close that writes them out.
+        self.send_batch();
         let records = Arc::clone(&self.records);
         let summary = CallSummary {
             facts: &self.facts,

@@ -22,8 +22,8 @@ use crate::telemetry;
 pub enum Job {
     /// Starts the recording `key` at `path` (directories created as needed).
     Open { key: u64, path: PathBuf, rate: u32 },
-    /// Tap audio (24 kHz) of one channel, taken at `at` on the call clock.
-    Audio { key: u64, channel: Channel, at: Duration, pcm: Vec<i16> },
+    /// Tap audio (24 kHz) of the recording `key`, a few chunks at a time.
+    Audio { key: u64, chunks: Vec<Chunk> },
     /// Ends the recording `key`: the rest of its audio, the final header, then the sidecar.
     Close { key: u64, sidecar: Option<(PathBuf, Vec<u8>)> },
     /// Writes a small file whole (write to a temporary name, then rename).
@@ -32,6 +32,13 @@ pub enum Job {
     Cdr { id: String, line: Vec<u8>, marker: Option<PathBuf> },
     /// Closes every recording and ends the thread (graceful shutdown).
     Stop,
+}
+
+/// One tap's audio: 24 kHz PCM of one channel, taken at `at` on the call clock.
+pub struct Chunk {
+    pub channel: Channel,
+    pub at: Duration,
+    pub pcm: Vec<i16>,
 }
 
 struct QueueState {
@@ -69,11 +76,11 @@ impl JobQueue {
     /// unless half the bound is waiting; control jobs do.
     pub fn push(&self, job: Job) -> bool {
         let mut state = self.lock();
-        let urgent = if matches!(job, Job::Audio { .. }) {
+        let urgent = if let Job::Audio { chunks, .. } = &job {
             if state.audio >= self.max_audio {
                 return false;
             }
-            state.audio += 1;
+            state.audio += chunks.len();
             state.audio >= self.max_audio / 2
         } else {
             true
@@ -219,13 +226,15 @@ impl Worker {
                     },
                 );
             }
-            Job::Audio { key, channel, at, pcm } => {
+            Job::Audio { key, chunks } => {
                 let Some(recording) = self.recordings.get_mut(&key) else { return };
-                self.scratch.clear();
-                if let Some(resampler) = recording.resamplers.get_mut(channel as usize) {
-                    resampler.process(&pcm, &mut self.scratch);
+                for Chunk { channel, at, pcm } in chunks {
+                    self.scratch.clear();
+                    if let Some(resampler) = recording.resamplers.get_mut(channel as usize) {
+                        resampler.process(&pcm, &mut self.scratch);
+                    }
+                    recording.track.push(channel, at, &self.scratch);
                 }
-                recording.track.push(channel, at, &self.scratch);
                 let batch = frames_in(recording.track.rate(), self.config.flush_interval);
                 if recording.track.pending_frames() >= batch {
                     self.frames.clear();
@@ -383,7 +392,8 @@ mod tests {
     #[test]
     fn audio_beyond_the_bound_is_dropped_and_control_jobs_always_go_in() {
         let queue = JobQueue::new(2);
-        let audio = || Job::Audio { key: 1, channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+        let chunk = || Chunk { channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+        let audio = || Job::Audio { key: 1, chunks: vec![chunk()] };
         assert!(queue.push(audio()));
         assert!(queue.push(audio()));
         assert!(!queue.push(audio()), "third audio chunk over the bound");
@@ -398,7 +408,10 @@ mod tests {
     #[test]
     fn audio_waits_for_the_tick_and_control_jobs_wake_the_writer() {
         let queue = Arc::new(JobQueue::new(100));
-        let audio = Job::Audio { key: 1, channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+        let audio = Job::Audio {
+            key: 1,
+            chunks: vec![Chunk { channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] }],
+        };
         queue.push(audio);
         let started = Instant::now();
         let mut jobs = Vec::new();
