@@ -150,8 +150,17 @@ struct Worker {
     frames: Vec<i16>,
 }
 
+/// The writer thread's nice value: recording is background work that may lag (its queue absorbs
+/// it), the media clock and the calls' tasks may not; lowering a thread's priority needs no
+/// privilege.
+pub const WRITER_THREAD_NICE: i32 = 10;
+
 /// Runs the writer until [`Job::Stop`].
 pub fn run(queue: Arc<JobQueue>, config: WorkerConfig) {
+    // setpriority(PRIO_PROCESS, tid) sets one thread's nice on Linux.
+    if let Err(e) = rustix::process::setpriority_process(Some(rustix::thread::gettid()), WRITER_THREAD_NICE) {
+        debug!(error = %e, "recorder thread runs at the process's priority");
+    }
     let cdr_file = config.cdr_file.as_deref().and_then(|path| match open_append(path) {
         Ok(file) => Some(file),
         Err(e) => {
