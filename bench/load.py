@@ -494,9 +494,12 @@ class Run:
 
 
 class GatewayRun(Run):
-    def __init__(self, args, workdir):
-        super().__init__(args, workdir, "gateway")
+    def __init__(self, args, workdir, record=False):
+        super().__init__(args, workdir, "gateway+record" if record else "gateway")
         self.admin = f"127.0.0.1:{GW_ADMIN_PORT}"
+        # --record: every call recorded (stereo WAV + sidecar) and a CDR file, under the work dir.
+        self.record = record
+        self.record_dir = os.path.join(workdir, "recordings")
 
     def snapshot(self):
         return parse_metrics(fetch_metrics(self.admin))
@@ -532,6 +535,13 @@ class GatewayRun(Run):
             + (f"saturation_lateness_ms = {args.saturation_ms}\n" if args.saturation_ms is not None else "")
             + f'[admin]\nlisten = "{self.admin}"\n[log]\nlevel = "warn"\n'
         )
+        if self.record:
+            shutil.rmtree(self.record_dir, ignore_errors=True)
+            config += (
+                f'[recording]\ndir = "{self.record_dir}"\n'
+                f'[cdr]\npath = "{os.path.join(self.record_dir, "cdr.jsonl")}"\n'
+                "[agents.default]\nrecord = true\n"
+            )
         config_path = os.path.join(self.workdir, "switchboard.toml")
         with open(config_path, "w") as f:
             f.write(config)
@@ -598,6 +608,9 @@ class GatewayRun(Run):
         time.sleep(2)
         final = parse_metrics(fetch_metrics(self.admin))
         self.result["gw_calls"] = calls_by_outcome(final)
+        if self.record:
+            self.result["recorded"] = recording_stats(self.record_dir)
+            self.result["recording_dropped"] = counter_sum(final, "switchboard_recording_dropped_total")
         self.result["gw_active_after"] = int(counter_sum(final, "switchboard_calls_active"))
         gateway.stop(signal.SIGTERM, 15)
         sim.stop(signal.SIGTERM, 5)
@@ -776,6 +789,60 @@ def report(args, gw, base):
     return "\n".join(lines)
 
 
+def recording_stats(record_dir):
+    """WAV files, their bytes and seconds (8 kHz stereo PCM16: 32000 bytes a second), CDR lines."""
+    wavs, size = 0, 0
+    for root, _dirs, files in os.walk(record_dir):
+        for name in files:
+            if name.endswith(".wav"):
+                wavs += 1
+                size += os.path.getsize(os.path.join(root, name))
+    cdr = os.path.join(record_dir, "cdr.jsonl")
+    cdrs = sum(1 for _ in open(cdr)) if os.path.exists(cdr) else 0
+    return {"wavs": wavs, "bytes": size, "seconds": max(size - 44 * wavs, 0) / 32000, "cdrs": cdrs}
+
+
+def record_compare_report(args, plain, recorded):
+    """Recording's cost: the same load without and with every call recorded, in one invocation."""
+    n = args.calls
+
+    def per_call(r):
+        answered, _ = answered_refused(r)
+        return r["cpu_pct"] / (answered or n)
+
+    rec = recorded.get("recorded", {})
+    lines = [
+        f"### Recording cost: {n} concurrent {args.codec.upper()} calls, {args.duration} s window, without and with --record",
+        "",
+        f"`{' '.join(sys.argv)}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}",
+        "",
+        "| | not recorded | every call recorded | difference | target |",
+        "|---|---|---|---|---|",
+        f"| calls (SIPp UAC) | {plain.get('sipp_ok', 0)} ok / {plain.get('sipp_failed', 0)} failed | "
+        f"{recorded.get('sipp_ok', 0)} ok / {recorded.get('sipp_failed', 0)} failed | | {n} ok |",
+        f"| CPU, whole process (% of one core) | {plain['cpu_pct']:.2f} | {recorded['cpu_pct']:.2f} | "
+        f"{recorded['cpu_pct'] - plain['cpu_pct']:+.2f} | |",
+        f"| CPU per call (% of one core) | {per_call(plain):.4f} | {per_call(recorded):.4f} | "
+        f"{per_call(recorded) - per_call(plain):+.4f} | <= +0.05 |",
+        f"| pacing: send lateness p50 / p99 (ms) | {fmt_ms(plain['timing_p50'])} / {fmt_ms(plain['timing_p99'])} | "
+        f"{fmt_ms(recorded['timing_p50'])} / {fmt_ms(recorded['timing_p99'])} | | p99 unchanged |",
+        f"| recorder thread CPU (% of one core) | | {recorded.get('thread_cpu', {}).get('recorder', 0.0):.2f} | | |",
+        f"| RSS loaded (MiB) | {plain['rss_kb'] / 1024:.1f} | {recorded['rss_kb'] / 1024:.1f} | | |",
+        "",
+        f"Recorded: {rec.get('wavs', 0)} WAV files, {rec.get('bytes', 0) / 1e6:.1f} MB, "
+        f"{rec.get('seconds', 0):.0f} s of audio; {rec.get('cdrs', 0)} CDR lines; recorder audio dropped: "
+        f"{recorded.get('recording_dropped', 0):.0f}.",
+        "",
+        "Gateway threads (% of a core), not recorded: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(plain.get("thread_cpu", {}).items()))
+        + "; recorded: "
+        + ", ".join(f"{k} {v:.1f}" for k, v in sorted(recorded.get("thread_cpu", {}).items()))
+        + f". Media clock busy retries {plain.get('busy_retries', 0):.0f} / {recorded.get('busy_retries', 0):.0f}, "
+        f"lateness max of 1 s windows {fmt_ms(plain.get('lateness_max'))} / {fmt_ms(recorded.get('lateness_max'))} ms.",
+    ]
+    return "\n".join(lines)
+
+
 def answered_refused(gw):
     """(answered, refused) from the gateway's switchboard_calls_total after the run."""
     outcomes = gw.get("gw_calls", {})
@@ -813,6 +880,11 @@ def main():
     parser.add_argument("--rt-priority", type=int, default=0, help="run the gateway under chrt -r PRIO (experiment)")
     parser.add_argument("--saturation-ms", type=int, default=None,
                         help="gateway calls.saturation_lateness_ms (default: the gateway's; 0: capacity admission off)")
+    parser.add_argument("--record", action="store_true",
+                        help="every gateway call recorded (WAV + sidecar + CDR) to the work directory")
+    parser.add_argument("--record-compare", action="store_true",
+                        help="run the gateway twice, without and with every call recorded, and report the difference "
+                             "(implies --skip-baseline)")
     parser.add_argument("--skip-baseline", action="store_true")
     parser.add_argument("--skip-gateway", action="store_true",
                         help="baseline only: checks the load generator path (e.g. Opus before the gateway has it)")
@@ -853,7 +925,14 @@ def main():
             base = BaselineRun(args, workdir, uas_scenario).run(scenario)
             print(baseline_report(args, base))
             return 0 if base.get("sipp_ok") == args.calls else 1
-        gw = GatewayRun(args, workdir).run(scenario)
+        if args.record_compare:
+            plain = GatewayRun(args, workdir).run(scenario)
+            time.sleep(3)
+            recorded = GatewayRun(args, workdir, record=True).run(scenario)
+            print(record_compare_report(args, plain, recorded))
+            failed = any(r.get("sipp_failed", 1) or r.get("sipp_ok", 0) != args.calls for r in (plain, recorded))
+            return 1 if failed else 0
+        gw = GatewayRun(args, workdir, record=args.record).run(scenario)
         if args.skip_baseline:
             base = {"cpu_pct": 0, "rss_kb": 0, "idle_rss_kb": 0, "uac_cpu_pct": 0, "skipped": True}
         else:

@@ -10,6 +10,9 @@
 # admission is a clean refusal, not a failure: the table reports offered / answered / refused and
 # the capacity found. On a machine shared with builds, add --autogroup-nice -10 (root; see
 # docs/benchmarks.md, issue 7 results); --saturation-ms 0 turns capacity admission off.
+# --record records every gateway call (WAV + sidecar + CDR in the work directory);
+# --record-compare runs the gateway twice, without and with recording, and reports the difference
+# (docs/benchmarks.md, "Recording cost").
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -22,8 +22,12 @@ use crate::calls::CallRegistry;
 use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
 use crate::media_clock::{LATENESS_WINDOW, MediaClock};
+use crate::recording::Records;
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
+
+/// How long shutdown waits for the recorder to write what the calls left it.
+const RECORDER_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What every call task shares.
 pub struct GatewayState {
@@ -47,6 +51,8 @@ pub struct GatewayState {
     pub capacity_saturated: AtomicBool,
     /// Rate limit on the "refused by per-source admission" warning.
     admission_warnings: Mutex<WarningLimiter>,
+    /// Recordings, sidecars and call detail records (`recording`): one writer thread.
+    pub records: Arc<Records>,
     /// Set once, when a task the gateway cannot live without has ended: what ended and why.
     /// `/healthz` and `/readyz` report it; the process then exits non-zero.
     failure: OnceLock<String>,
@@ -106,6 +112,8 @@ pub enum StartError {
     OfflineAgent(std::io::Error),
     #[error("media clock thread: {0}")]
     MediaClock(std::io::Error),
+    #[error("recording: {0}")]
+    Records(#[from] crate::recording::RecordsError),
 }
 
 pub struct RunningGateway {
@@ -151,6 +159,8 @@ pub async fn start(
         }
     };
 
+    // Before any call: directories checked, what a crash left recovered, the writer started.
+    let records = Records::start(&config)?;
     let (shutdown, _) = watch::channel(false);
     let admission = Admission::new(AdmissionConfig {
         max_calls_per_source: config.calls.max_per_source,
@@ -171,6 +181,7 @@ pub async fn start(
         capacity_saturated: AtomicBool::new(false),
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
+        records,
         resolved,
         config,
     });
@@ -470,6 +481,21 @@ impl RunningGateway {
         self.sip.shutdown().await;
         // Dropping the accept task's JoinSet aborts any call task still running.
         self.accept_abort.abort();
+        // Then the recorder finishes what the calls handed it (recordings closed, sidecars and
+        // CDRs written) before the process exits; an aborted call's recorder writes its records
+        // as it is dropped, so give the aborts a moment to run.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        // Bounded: a wedged disk must not keep the process from exiting (what is left then is
+        // repaired and recovered at the next start, as after a crash).
+        let records = Arc::clone(&self.state.records);
+        let stopped = tokio::time::timeout(
+            RECORDER_DRAIN_LIMIT,
+            tokio::task::spawn_blocking(move || records.stop(Duration::from_secs(1))),
+        )
+        .await;
+        if !matches!(stopped, Ok(Ok(()))) {
+            warn!(limit_secs = RECORDER_DRAIN_LIMIT.as_secs(), "recorder did not finish writing in time");
+        }
         if let Some(sim) = self.offline_agent.take() {
             sim.shutdown().await;
         }

@@ -25,6 +25,8 @@ pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, vali
 pub mod transfer_limits {
     pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
 }
+mod recording;
+pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 
 /// The whole configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -47,6 +49,10 @@ pub struct Config {
     pub routing: RoutingConfig,
     /// `[[routes]]`: which agent answers which call, first match wins (config/routes.rs).
     pub routes: Vec<RouteConfig>,
+    /// Recordings and their sidecars (`[recording]`).
+    pub recording: RecordingConfig,
+    /// Call detail records: file, webhook, spool (`[cdr]`).
+    pub cdr: CdrConfig,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -389,6 +395,8 @@ impl Default for Config {
             agents_dir: String::new(),
             routing: RoutingConfig::default(),
             routes: Vec::new(),
+            recording: RecordingConfig::default(),
+            cdr: CdrConfig::default(),
         }
     }
 }
@@ -899,6 +907,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
+    recording::validate(cfg, problems);
+
     Some(Resolved {
         sip_udp,
         sip_tcp,
@@ -944,6 +954,8 @@ fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Ve
             &format!("trunks.{name}.password_env"),
         );
     }
+    let cdr = &mut cfg.cdr;
+    resolve(&mut cdr.secret, &cdr.secret_env, "cdr.secret", "cdr.secret_env");
     tools::resolve_tool_secrets(&mut cfg.agents, env, problems);
 }
 

@@ -85,6 +85,21 @@ pub const ROUTE_DECISIONS_TOTAL: &str = "switchboard_route_decisions_total";
 /// Transfers to a human, by `method` (refer, bridge) and `outcome` (transferred, bridged,
 /// refused, failed, busy, rejected, no_answer, timeout, error): one per attempt.
 pub const TRANSFERS_TOTAL: &str = "switchboard_transfers_total";
+/// Recordings closed (a stereo WAV and its sidecar written).
+pub const RECORDINGS_TOTAL: &str = "switchboard_recordings_total";
+/// Seconds of audio written to recordings.
+pub const RECORDING_SECONDS_TOTAL: &str = "switchboard_recording_seconds_total";
+/// Recorder audio dropped, by `why`: queue_full (chunks: the writer thread fell behind), late
+/// (samples for frames already written).
+pub const RECORDING_SAMPLES_DROPPED_TOTAL: &str = "switchboard_recording_dropped_total";
+/// Recorder and CDR disk errors, by `what` (wav, sidecar, marker, cdr, spool).
+pub const RECORDING_ERRORS_TOTAL: &str = "switchboard_recording_errors_total";
+/// CDR lines appended to `cdr.path`.
+pub const CDRS_WRITTEN_TOTAL: &str = "switchboard_cdrs_written_total";
+/// CDR webhook POSTs by `result` (ok, failed).
+pub const CDR_WEBHOOK_POSTS_TOTAL: &str = "switchboard_cdr_webhook_posts_total";
+/// CDRs not queued for the webhook because the spool was full (`cdr.spool_max_files`).
+pub const CDR_WEBHOOK_DROPPED_TOTAL: &str = "switchboard_cdr_webhook_dropped_total";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
@@ -266,6 +281,22 @@ fn describe_net_metrics() {
     metrics::describe_counter!(
         ROUTE_DECISIONS_TOTAL,
         "Inbound calls by the route that decided (none: no match) and outcome (agent, reject, no_match)."
+    );
+    metrics::describe_counter!(RECORDINGS_TOTAL, "Recordings closed (stereo WAV and sidecar written).");
+    metrics::describe_counter!(RECORDING_SECONDS_TOTAL, "Seconds of audio written to recordings.");
+    metrics::describe_counter!(
+        RECORDING_SAMPLES_DROPPED_TOTAL,
+        "Recorder audio dropped, by why: queue_full (chunks), late (samples for frames already written)."
+    );
+    metrics::describe_counter!(
+        RECORDING_ERRORS_TOTAL,
+        "Recorder and CDR disk errors, by what (wav, sidecar, marker, cdr, spool)."
+    );
+    metrics::describe_counter!(CDRS_WRITTEN_TOTAL, "CDR lines appended to cdr.path.");
+    metrics::describe_counter!(CDR_WEBHOOK_POSTS_TOTAL, "CDR webhook POSTs by result (ok, failed).");
+    metrics::describe_counter!(
+        CDR_WEBHOOK_DROPPED_TOTAL,
+        "CDRs not queued for the webhook because the spool was full (cdr.spool_max_files)."
     );
 }
 

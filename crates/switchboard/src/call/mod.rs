@@ -61,8 +61,10 @@ impl Drop for CallSlot {
 
 /// Refuses a call the gateway cannot take (overload, shutdown), without spending a task on it.
 pub fn refuse_early(state: &GatewayState, call: IncomingCall, refusal: Refusal) {
+    let info = call.info.clone();
     let end = refuse(state, call.invite, refusal);
     record_end(&end);
+    state.records.inbound_unanswered(&info.call_id, &info, SystemTime::now(), &end);
 }
 
 /// Runs one call to its end in its own span.
@@ -89,7 +91,11 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
                 (None, watch::channel(false).1)
             }
         };
+        let (info, invited) = (call.info.clone(), SystemTime::now());
         let end = run(&state, call, entry.as_ref(), hangup).await;
+        // A call refused or cancelled before the answer gets its CDR here (answered: converse).
+        let id = entry.as_ref().map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
+        state.records.inbound_unanswered(&id, &info, invited, &end);
         drop(entry);
         match end.fault() {
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),

@@ -284,7 +284,10 @@ async fn handle(
     let span = info_span!("outbound", call = entry.id(), to = %to, trunk = plan.trunk_name.as_str());
     async {
         info!(agent = plan.agent_name.as_str(), "placing an outbound call");
+        let started = SystemTime::now();
         let outcome = run(&state, &sip, &plan, &entry, hangup).await;
+        // Not answered: its CDR is written here (answered: converse).
+        state.records.outbound_unanswered(entry.id(), &plan.from_uri, &plan.to, &plan.agent_name, started, &outcome);
         match &outcome {
             OutboundOutcome::Answered { .. } | OutboundOutcome::Cancelled => info!(?outcome, "outbound call ended"),
             OutboundOutcome::Failed { .. } | OutboundOutcome::AgentUnavailable { .. } => {

@@ -38,6 +38,7 @@ use super::{Established, OpenSession, open_session, session};
 use crate::app::GatewayState;
 use crate::config::{AgentConfig, BargeInChoice, RealtimeConfig};
 use crate::media_clock::{ClockRegistration, MediaClock, Paced, RtpTransmit};
+use crate::recording::CallRecorder;
 use crate::telemetry;
 use switchboard_media::Codec;
 use switchboard_realtime::history::HistoryLimits;
@@ -68,6 +69,8 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
     let mut writer = RealtimeWriter::spawn(sender, watchdog);
+    // The recording (if the agent records), the transcript, the open-call marker and the CDR.
+    let mut recorder = state.records.call(&facts, agent.record, media.codec, session_opened);
 
     // Two handles on one socket: the call's task receives, the media clock sends (non-blocking).
     let sockets = socket.set_nonblocking(true).and_then(|()| {
@@ -87,7 +90,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 apology: Some(agent.apology.clone()).filter(|a| !a.is_empty()),
                 apology_min_interval: Duration::from_secs(agent.apology_min_interval_secs),
                 model_output: session::model_format(confirmed.output, media.codec),
-                taps: false,
+                taps: recorder.records_audio(),
                 talk: talk_config(&agent),
                 resilience: resilience(realtime_cfg),
             };
@@ -124,6 +127,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 journal: CallJournal::new(session_opened),
                 tools,
                 transfer,
+                recorder: &mut recorder,
                 link: Link {
                     state,
                     agent: &agent,
@@ -138,6 +142,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             media_loop.run().await
         }
     };
+    recorder.finish(&end);
     if end.needs_bye()
         && let Err(e) = dialog.hangup().await
     {
@@ -267,7 +272,7 @@ impl Paced for CallCore {
     }
 
     fn wants_task(&self) -> bool {
-        self.has_output() || self.needs_encoding()
+        self.has_urgent_output() || self.needs_encoding()
     }
 }
 
@@ -287,6 +292,8 @@ pub(super) struct MediaLoop<'a> {
     rtcp_socket: Option<tokio::net::UdpSocket>,
     /// Tool calls and transfers, for the sidecar and the CDR.
     pub(super) journal: CallJournal,
+    /// The call's recording, transcript and records (`crate::recording`).
+    recorder: &'a mut CallRecorder,
     link: Link<'a>,
     /// The call's webhook tools running in the background (call/tools).
     pub(super) tools: ToolRunner,
@@ -336,9 +343,10 @@ impl MediaLoop<'_> {
                     Output::Dtmf { leg, duration, .. } => {
                         debug!(leg = leg.0, duration_ms = duration.as_millis() as u64, "DTMF event received")
                     }
-                    // No recorder yet (taps are off).
-                    Output::Tap(_) => {}
+                    // To the recorder's writer thread (bounded queue: dropped, never waited for).
+                    Output::Tap(tap) => self.recorder.tap(tap),
                     Output::Ended(end) => {
+                        self.recorder.on_end(&self.journal);
                         self.log_stats();
                         return end;
                     }
@@ -431,6 +439,7 @@ impl MediaLoop<'_> {
                     match realtime_input(event) {
                         RealtimeInput::Event(event) => {
                             let is_audio = matches!(*event, ServerEvent::OutputAudioDelta(_));
+                            self.recorder.observe(now, &event);
                             self.core.lock().handle_realtime(now, *event);
                             if is_audio {
                                 outbound_processing.record(now.elapsed().as_secs_f64());

@@ -57,6 +57,7 @@ pub mod reports;
 mod talk;
 #[cfg(test)]
 mod talk_tests;
+pub mod tap_decoder;
 #[cfg(test)]
 mod tests;
 pub mod tools;
@@ -89,6 +90,7 @@ use dtmf_to_model::DtmfToModel;
 use meter::{Meter, TokenTotals};
 pub use reconnecting::Resilience;
 use reports::{Reports, RtcpStats};
+use tap_decoder::TapDecoder;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -108,6 +110,11 @@ pub const HUMAN: LegId = LegId(1);
 /// Recorder taps waiting for the shell at most; beyond it taps are dropped and counted (a
 /// recorder that cannot keep up must not grow the call's memory).
 pub const MAX_PENDING_TAPS: usize = 250;
+
+/// Recorder taps alone do not wake the call's task until this many wait (100 ms at 20 ms ptime):
+/// they ride along with its next wake-up (the caller's RTP comes every 20 ms), so recording
+/// does not add a task wake-up per packet ([`CallCore::has_urgent_output`]).
+pub const TAP_WAKE_BATCH: usize = 5;
 
 /// RTCP packets waiting for the shell at most (see `CallCore::poll_rtcp_transmit`).
 pub const MAX_PENDING_RTCP: usize = 4;
@@ -339,7 +346,7 @@ struct Leg {
     last_rtp_in: Instant,
     dtmf: DtmfReceiver,
     /// Decoders for the recorder, one per direction (only with taps).
-    tap_decoders: Option<(InboundAudio, InboundAudio)>,
+    tap_decoders: Option<(TapDecoder, TapDecoder)>,
     signalled: SocketAddr,
     /// Opus encoder settings of the leg (the bridge's relay encodes with them).
     opus: OpusEncoderSettings,
@@ -369,9 +376,7 @@ impl Leg {
         let mut outbound =
             OutboundAudio::with_opus_settings(config.codec, config.model_output, config.ptime, config.opus);
         outbound.defer_encoding(true);
-        let tap_decoders = taps.then(|| {
-            (InboundAudio::new(config.codec, ModelAudio::Pcm24k), InboundAudio::new(config.codec, ModelAudio::Pcm24k))
-        });
+        let tap_decoders = taps.then(|| (TapDecoder::new(config.codec), TapDecoder::new(config.codec)));
         Leg {
             id,
             codec: config.codec,
@@ -981,6 +986,12 @@ impl CallCore {
         !self.outputs.is_empty()
     }
 
+    /// Whether the media clock should wake the call's task now: outputs other than recorder taps
+    /// wait, or [`TAP_WAKE_BATCH`] taps do.
+    pub fn has_urgent_output(&self) -> bool {
+        self.outputs.len() > self.pending_taps || self.pending_taps >= TAP_WAKE_BATCH
+    }
+
     /// When [`handle_timeout`](Self::handle_timeout) is next due; `None` once the call ended.
     pub fn poll_timeout(&self) -> Option<Instant> {
         match (self.poll_media_timeout(), self.poll_task_timeout()) {
@@ -1106,14 +1117,9 @@ impl CallCore {
                 metrics::counter!(telemetry::RTP_CONCEALED_FRAMES_TOTAL).increment(concealed);
             }
             if let Some((decoder, _)) = &mut leg.tap_decoders {
-                let mut pcm = Vec::new();
-                decoder.convert_with_loss(frame.lost_before, &frame.payload, &mut pcm);
-                push_tap(
-                    &mut self.outputs,
-                    &mut self.pending_taps,
-                    &mut self.stats,
-                    tap(leg.id, TapDirection::FromLeg, at, &pcm),
-                );
+                let pcm = decoder.decode(frame.lost_before, &frame.payload);
+                let tap = Tap { leg: leg.id, direction: TapDirection::FromLeg, at, pcm };
+                push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             // Bridged: the other leg hears it, the model does not.
             let relayed = bridge::relay_frame(&mut self.bridge, leg.id, &frame);
@@ -1150,14 +1156,9 @@ impl CallCore {
                 self.last_activity = now;
             }
             if let Some((_, decoder)) = &mut leg.tap_decoders {
-                let mut pcm = Vec::new();
-                decoder.convert(&frame.payload, &mut pcm);
-                push_tap(
-                    &mut self.outputs,
-                    &mut self.pending_taps,
-                    &mut self.stats,
-                    tap(leg.id, TapDirection::ToLeg, at, &pcm),
-                );
+                let pcm = decoder.decode(0, &frame.payload);
+                let tap = Tap { leg: leg.id, direction: TapDirection::ToLeg, at, pcm };
+                push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             if leg.may_send
                 && let Some(destination) = leg.latch.send_target()
@@ -1222,12 +1223,6 @@ fn count_tokens(tokens: &TokenTotals) {
                 .increment(count);
         }
     }
-}
-
-/// A tap of 16-bit little-endian PCM bytes at 24 kHz.
-fn tap(leg: LegId, direction: TapDirection, at: Duration, pcm_bytes: &[u8]) -> Tap {
-    let pcm = pcm_bytes.as_chunks::<2>().0.iter().map(|&pair| i16::from_le_bytes(pair)).collect();
-    Tap { leg, direction, at, pcm }
 }
 
 fn push_tap(outputs: &mut VecDeque<Output>, pending: &mut usize, stats: &mut CoreStats, tap: Tap) {

@@ -630,6 +630,30 @@ fn taps_carry_both_directions_as_24_khz_pcm_on_the_call_clock() {
     assert_eq!(h.core.stats().taps_dropped, 0);
 }
 
+#[test]
+fn taps_alone_wake_the_task_only_in_batches() {
+    let mut h = Harness::new(CoreConfig { taps: true, greeting: None, ..core_config() });
+    h.drain();
+    assert!(!h.core.has_urgent_output());
+    // The media clock paces slots with nothing else to say: ToLeg taps pile up quietly...
+    let mut slots = 0;
+    while !h.core.has_urgent_output() {
+        let due = h.core.poll_media_timeout().unwrap();
+        h.core.handle_media_timeout(due);
+        slots += 1;
+        assert!(slots <= super::TAP_WAKE_BATCH, "taps never wake the task");
+    }
+    assert_eq!(slots, super::TAP_WAKE_BATCH, "...until a batch is waiting");
+    h.drain();
+    assert!(!h.core.has_urgent_output());
+    // Anything else wakes it at once, taps waiting or not.
+    let due = h.core.poll_media_timeout().unwrap();
+    h.core.handle_media_timeout(due);
+    assert!(!h.core.has_urgent_output());
+    h.core.handle_dialog(due, DialogInput::OperatorHangup);
+    assert!(h.core.has_urgent_output());
+}
+
 /// An Opus caller whose model speaks 24 kHz PCM16, no greeting.
 fn opus_core(start: Instant) -> CallCore {
     let leg = LegConfig {

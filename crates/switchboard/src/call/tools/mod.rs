@@ -8,10 +8,8 @@
 //! ```
 //!
 //! Every call gets exactly one output: the webhook's answer (2xx, at most
-//! [`webhook::MAX_RESPONSE_BYTES`]), or a JSON error that tells the model what to say (a
+//! [`crate::webhook::MAX_RESPONSE_BYTES`]), or a JSON error that tells the model what to say (a
 //! failure, the timeout, an unknown tool, too many running).
-
-pub mod webhook;
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -225,7 +223,7 @@ async fn call_webhook(tool: &ToolConfig, body: Vec<u8>) -> (ToolStatus, String) 
         headers.extend(crate::signing::headers(tool.secret.expose().as_bytes(), now, &body));
     }
     let timeout = Duration::from_millis(tool.timeout_ms);
-    match tokio::time::timeout(timeout, webhook::post_json(&tool.url, body, &headers)).await {
+    match tokio::time::timeout(timeout, crate::webhook::post_json(&tool.url, body, &headers)).await {
         Ok(Ok(answer)) => (ToolStatus::Ok, String::from_utf8_lossy(&answer).into_owned()),
         Ok(Err(error)) => {
             info!(url = %tool.url, %error, "tool webhook failed");

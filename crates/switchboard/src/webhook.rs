@@ -1,6 +1,7 @@
-//! One webhook request: a JSON POST over HTTP/1.1 (hyper's client connection, one connection
-//! per request, no pool: tool calls are rare next to the audio), `https://` through rustls
-//! with the webpki roots. The caller bounds the whole exchange with the tool's timeout.
+//! One webhook request (a tool call, a CDR): a JSON POST over HTTP/1.1 (hyper's client
+//! connection, one connection per request, no pool: webhooks are rare next to the audio),
+//! `https://` through rustls with the webpki roots. The caller signs the body
+//! ([`crate::signing`]) and bounds the whole exchange with its timeout.
 
 use std::sync::{Arc, OnceLock};
 
@@ -31,7 +32,8 @@ pub enum WebhookError {
     TooLarge,
 }
 
-/// POSTs `body` (JSON) to `url` with `headers`; the answer's body when the status is 2xx.
+/// POSTs `body` (JSON) to `url` with `headers`; the answer's body when the status is 2xx
+/// ([`WebhookError::TooLarge`] only ever follows a 2xx).
 pub async fn post_json(url: &str, body: Vec<u8>, headers: &[(&str, String)]) -> Result<Vec<u8>, WebhookError> {
     let uri: Uri = url.parse().map_err(|e| WebhookError::BadUrl(format!("{e}")))?;
     let https = match uri.scheme_str() {
@@ -86,6 +88,9 @@ where
     let result = async {
         let response = sender.send_request(request).await.map_err(|e| WebhookError::Http(e.to_string()))?;
         let status = response.status();
+        if !status.is_success() {
+            return Err(WebhookError::Status(status.as_u16()));
+        }
         let mut body = response.into_body();
         let mut bytes = Vec::new();
         while let Some(frame) = body.frame().await {
@@ -96,9 +101,6 @@ where
                 }
                 bytes.extend_from_slice(data);
             }
-        }
-        if !status.is_success() {
-            return Err(WebhookError::Status(status.as_u16()));
         }
         Ok(bytes)
     }
