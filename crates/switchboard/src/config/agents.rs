@@ -153,8 +153,11 @@ mod tests {
         let config = write(
             dir.path(),
             "switchboard.toml",
-            "agents_dir = \"agents\"\n[[routes]]\ndialled = \"1\"\nagent = \"support\"\n\
-             [[routes]]\ndialled = \"*\"\nagent = \"after-hours\"\n",
+            &format!(
+                "agents_dir = \"agents\"\n[[routes]]\ndialled = \"1\"\nagent = \"support\"\n\
+                 [[routes]]\ndialled = \"*\"\nagent = \"after-hours\"\n[recording]\ndir = \"{}\"\n",
+                dir.path().join("rec").display()
+            ),
         );
         let (cfg, _) = load_with_env(&config, &[]).unwrap();
         let names: Vec<&str> = cfg.agents.keys().map(String::as_str).collect();
