@@ -98,6 +98,28 @@ pub fn read_wav(path: &Path) -> (u32, Vec<i16>) {
 }
 
 /// RMS envelope in frames of `frame` samples.
+/// A stereo PCM16 WAV parsed here, independently of the gateway's code: (rate, left, right).
+/// Strict: canonical header, RIFF size consistent with the data size, whole frames.
+pub fn read_stereo_wav(path: &Path) -> (u32, Vec<i16>, Vec<i16>) {
+    let bytes = std::fs::read(path).expect("read recording");
+    assert!(bytes.len() >= 44, "{}: shorter than a WAV header", path.display());
+    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
+    assert_eq!(&bytes[0..4], b"RIFF");
+    assert_eq!(&bytes[8..16], b"WAVEfmt ");
+    assert_eq!(&bytes[36..40], b"data");
+    assert_eq!((u16_at(20), u16_at(22), u16_at(34)), (1, 2, 16), "PCM, stereo, 16-bit");
+    let data_len = u32_at(40) as usize;
+    assert_eq!(u32_at(4) as usize, data_len + 36, "RIFF size matches the data");
+    assert_eq!(data_len % 4, 0, "whole frames");
+    assert!(44 + data_len <= bytes.len(), "the header claims more than the file holds");
+    let samples: Vec<i16> =
+        bytes[44..44 + data_len].chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
+    let left = samples.iter().step_by(2).copied().collect();
+    let right = samples.iter().skip(1).step_by(2).copied().collect();
+    (u32_at(24), left, right)
+}
+
 pub fn envelope(samples: &[i16], frame: usize) -> Vec<f64> {
     samples
         .chunks(frame)

@@ -74,28 +74,6 @@ fn cdr_lines(dir: &Path) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// A stereo PCM16 WAV parsed here, independently of the gateway's code: (rate, left, right).
-/// Strict: canonical header, RIFF size consistent with the data size, whole frames.
-fn read_stereo(path: &Path) -> (u32, Vec<i16>, Vec<i16>) {
-    let bytes = std::fs::read(path).expect("read recording");
-    assert!(bytes.len() >= 44, "{}: shorter than a WAV header", path.display());
-    let u32_at = |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
-    let u16_at = |at: usize| u16::from_le_bytes([bytes[at], bytes[at + 1]]);
-    assert_eq!(&bytes[0..4], b"RIFF");
-    assert_eq!(&bytes[8..16], b"WAVEfmt ");
-    assert_eq!(&bytes[36..40], b"data");
-    assert_eq!((u16_at(20), u16_at(22), u16_at(34)), (1, 2, 16), "PCM, stereo, 16-bit");
-    let data_len = u32_at(40) as usize;
-    assert_eq!(u32_at(4) as usize, data_len + 36, "RIFF size matches the data");
-    assert_eq!(data_len % 4, 0, "whole frames");
-    assert!(44 + data_len <= bytes.len(), "the header claims more than the file holds");
-    let samples: Vec<i16> =
-        bytes[44..44 + data_len].chunks_exact(2).map(|pair| i16::from_le_bytes([pair[0], pair[1]])).collect();
-    let left = samples.iter().step_by(2).copied().collect();
-    let right = samples.iter().skip(1).step_by(2).copied().collect();
-    (u32_at(24), left, right)
-}
-
 /// `soxi -D`: the duration a real audio tool reads from the file.
 fn soxi_seconds(path: &Path) -> f64 {
     let out = run_bounded("soxi", Command::new("soxi").arg("-D").arg(path), Duration::from_secs(10));
@@ -177,7 +155,7 @@ fn a_recorded_call_has_a_stereo_wav_a_complete_sidecar_and_a_cdr() {
     assert_eq!(date.len(), 10, "YYYY/MM/DD: {date}");
     assert!(cdr["answered"].as_str().unwrap().starts_with(&date.replace('/', "-")), "UTC date of the answer");
 
-    let (rate, left, right) = read_stereo(&wav);
+    let (rate, left, right) = audio::read_stereo_wav(&wav);
     assert_eq!(rate, 8000, "G.711 calls are recorded at 8 kHz");
     let seconds = left.len() as f64 / 8000.0;
     assert!((6.0..9.0).contains(&seconds), "recording lasts {seconds:.2} s");
@@ -283,7 +261,7 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
 
     // As the crash left it: a valid WAV that plays up to the last header update (<= 0.5 s ago,
     // plus the batch not yet written).
-    let (rate, left, _) = read_stereo(&wav);
+    let (rate, left, _) = audio::read_stereo_wav(&wav);
     assert_eq!(rate, 8000);
     let played = left.len() as f64 / 8000.0;
     eprintln!("killed {killed_at:.2} s into the recording; it plays {played:.2} s");
@@ -308,7 +286,7 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
     assert_eq!(sidecar["reason"], "gateway_crash");
     assert_eq!(sidecar["call_id"], lines[0]["call_id"]);
     // Repaired: everything written before the kill plays.
-    let (_, repaired, _) = read_stereo(&wav);
+    let (_, repaired, _) = audio::read_stereo_wav(&wav);
     assert!(repaired.len() >= left.len(), "repair never loses audio");
     assert!(gateway.log().contains("calls left open by a crash"), "the recovery is logged");
     let _ = caller.join();
@@ -346,7 +324,7 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
     assert_eq!(lines[1]["recording"], second_wav.display().to_string());
     let sidecar = PathBuf::from(lines[1]["sidecar"].as_str().unwrap());
     assert!(sidecar.exists(), "the sidecar is written before the process exits");
-    let (_, left, _) = read_stereo(&second_wav);
+    let (_, left, _) = audio::read_stereo_wav(&second_wav);
     let length = std::fs::metadata(&second_wav).unwrap().len();
     assert_eq!(44 + left.len() as u64 * 4, length, "the final header covers the whole file");
     assert!(left.len() >= 8000, "at least the second and a half of the call");

@@ -82,7 +82,8 @@ fn transfer_call_id(sim: &Sim) -> String {
 fn counter(metrics: &str, name: &str, labels: &[&str]) -> u64 {
     metrics
         .lines()
-        .filter(|l| l.starts_with(&format!("{name}{{")) && labels.iter().all(|label| l.contains(label)))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|label| l.contains(label)))
         .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
         .map(|v| v as u64)
         .sum()
@@ -441,15 +442,16 @@ fn failed_transfers_fall_back_as_configured() {
     }
 }
 
-/// The agent's bridged transfer through a `[trunks.humans]` pointing at the human's baresip;
-/// `record` turns the call's recording on (the recording check hooks in here).
-fn bridge_toml(human_port: u16, record: bool) -> String {
+/// The agent's bridged transfer through a `[trunks.humans]` pointing at the human's baresip,
+/// the call recorded under `recordings`.
+fn bridge_toml(human_port: u16, recordings: &Path) -> String {
     format!(
         "[trunks.humans]\naddress = \"127.0.0.1:{human_port}\"\nfrom_user = \"switchboard\"\n\
-         [agents.default]\nrecord = {record}\n\
+         [recording]\ndir = \"{}\"\n[agents.default]\nrecord = true\n\
          [agents.default.transfer]\nmethod = \"bridge\"\ntrunk = \"humans\"\n\
          announce = \"Please hold while I connect you.\"\nring_timeout_secs = 10\n\
-         [agents.default.transfer.queues]\nsales = \"sip:human@127.0.0.1:{human_port}\"\n"
+         [agents.default.transfer.queues]\nsales = \"sip:human@127.0.0.1:{human_port}\"\n",
+        recordings.display()
     )
 }
 
@@ -483,8 +485,8 @@ fn bridged_transfer_relays_speech_both_ways() {
     // baresip also binds SIP over TLS on its port + 1.
     let human_port = ports.peer_sip + 4;
     let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
-    // recording: with record = true the lead's check of the stereo recording goes after the call.
-    let gateway = Gateway::start(ports, &sim.url(), &bridge_toml(human_port, false), &dir);
+    let recordings = dir.join("rec");
+    let gateway = Gateway::start(ports, &sim.url(), &bridge_toml(human_port, &recordings), &dir);
     let human_conf =
         baresip(&dir, "human", human_port, (ports.peer_media + 50, ports.peer_media + 99), &human_source, true);
     let caller_conf =
@@ -544,4 +546,37 @@ fn bridged_transfer_relays_speech_both_ways() {
     let outputs = tool_outputs(&client_events(&sim));
     assert_eq!(outputs.len(), 1, "exactly one output for the tool call: {outputs:?}");
     assert!(outputs[0].1.contains("\"connected\""), "{outputs:?}");
+
+    // The recording holds both sides of the bridged conversation: the caller on the left, the
+    // human (what the caller heard) on the right.
+    assert!(
+        wait_for_counter(&gateway, "switchboard_recordings_total", &[], Duration::from_secs(10)),
+        "the recording was never closed; log:\n{}",
+        gateway.log()
+    );
+    let wav = find_wav(&recordings).unwrap_or_else(|| panic!("no WAV under {}", recordings.display()));
+    let (rate, left, right) = audio::read_stereo_wav(&wav);
+    assert_eq!(rate, 8000, "a PCMU call is recorded at 8 kHz");
+    let frame = (rate / 50) as usize;
+    let (_, caller_left) = audio::best_lag_correlation(&spoken, &audio::envelope(&left, frame), 600);
+    let (_, human_right) = audio::best_lag_correlation(&spoken_reversed, &audio::envelope(&right, frame), 600);
+    eprintln!("recording: caller left r = {caller_left:.3}, human right r = {human_right:.3}");
+    assert!(caller_left >= 0.8, "the caller's speech is not in the left channel (r = {caller_left:.3})");
+    assert!(human_right >= 0.8, "the human's speech is not in the right channel (r = {human_right:.3})");
+}
+
+/// The one WAV under `dir` (recordings are filed as `<dir>/<YYYY>/<MM>/<DD>/<call id>.wav`).
+fn find_wav(dir: &Path) -> Option<PathBuf> {
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(next) = pending.pop() {
+        for entry in std::fs::read_dir(&next).ok()?.flatten() {
+            let path = entry.path();
+            if path.is_dir() {
+                pending.push(path);
+            } else if path.extension().is_some_and(|e| e == "wav") {
+                return Some(path);
+            }
+        }
+    }
+    None
 }
