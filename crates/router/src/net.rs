@@ -52,6 +52,14 @@ impl IpNet {
     }
 }
 
+impl std::str::FromStr for IpNet {
+    type Err = IpNetError;
+
+    fn from_str(text: &str) -> Result<IpNet, IpNetError> {
+        IpNet::parse(text)
+    }
+}
+
 impl fmt::Display for IpNet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix)

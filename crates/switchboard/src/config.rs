@@ -678,7 +678,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     for entry in &cfg.sip.trusted_proxies.0 {
         match entry.parse::<IpNet>() {
             Ok(net) => trusted_proxies.push(net),
-            Err(message) => bad("sip.trusted_proxies", message),
+            Err(e) => bad("sip.trusted_proxies", e.to_string()),
         }
     }
     if cfg.sip.tcp_idle_timeout_secs == 0 {
