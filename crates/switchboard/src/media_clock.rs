@@ -987,10 +987,10 @@ mod tests {
         schedule.set_socket(1, 3, None);
     }
 
-    /// Not a test: the serve loop's cost for callgrind (docs/benchmarks.md, "Media clock serve
-    /// loop"). `SERVE_SECONDS` of virtual time for 200 calls with spread phases.
+    /// 200 calls with spread phases are all served, every slot, for `SERVE_SECONDS` (default 1)
+    /// of virtual time; also the serve loop's cost under callgrind (docs/benchmarks.md, "the media
+    /// clock's serve loop with a socket per leg").
     #[test]
-    #[ignore = "benchmark, run under callgrind"]
     fn serve_cost() {
         let seconds: u64 = std::env::var("SERVE_SECONDS").ok().and_then(|s| s.parse().ok()).unwrap_or(1);
         let start = Instant::now();
