@@ -272,6 +272,7 @@ mod tests {
         let example: String = shipped
             .lines()
             .skip_while(|l| *l != "# [transfer]")
+            .take_while(|l| l.starts_with('#'))
             .filter_map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')))
             .map(|l| format!("{l}\n"))
             .collect();
