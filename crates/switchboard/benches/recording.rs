@@ -1,6 +1,6 @@
 //! What recording costs per call, per 20 ms (docs/benchmarks.md, "Recording cost"): the core's
 //! tap decoding (two directions, on the call's task and the media clock) and the writer thread's
-//! work for the two chunks (decimation, laying on the call clock, batched disk writes). ns/iter
+//! work for the two chunks (laying them on the call clock, batched disk writes). ns/iter
 //! divided by 20 ms is the share of a core one call takes for it.
 
 #![allow(clippy::expect_used)] // a bench with a broken precondition must stop
@@ -26,7 +26,7 @@ fn pcmu_frame() -> Vec<u8> {
 fn recording(c: &mut Criterion) {
     let payload = pcmu_frame();
 
-    // The core, per direction: decoding a frame to a 24 kHz tap (bytes, then the Tap's i16s).
+    // The core, per direction: decoding a frame to an 8 kHz tap.
     c.bench_function("tap_decode_pcmu_20ms", |b| {
         let mut decoder = TapDecoder::new(Codec::Pcmu);
         b.iter(|| black_box(decoder.decode(0, black_box(&payload))))
@@ -47,21 +47,21 @@ fn recording(c: &mut Criterion) {
         let queue = JobQueue::new(1024);
         let mut taken = Vec::new();
         b.iter(|| {
-            let chunk = Chunk { channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 480] };
+            let chunk = Chunk { channel: Channel::Left, at: Duration::ZERO, pcm: vec![0; 160] };
             queue.push(Job::Audio { key: 1, chunks: vec![chunk] });
             queue.take(Duration::ZERO, &mut taken);
             taken.clear();
         })
     });
 
-    // The writer thread, for both channels of 20 ms: decimation to 8 kHz, the stereo track,
+    // The writer thread, for both channels of 20 ms: the stereo track (8 kHz taps, no resampling),
     // and every 200 ms a write of the batch to the file (page cache).
     c.bench_function("recorder_write_both_channels_20ms", |b| {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut wav = WavWriter::create(&dir.path().join("bench.wav"), 8000).expect("wav");
         let mut track = StereoTrack::new(8000);
-        let mut resamplers = [TapResampler::new(24_000, 8000), TapResampler::new(24_000, 8000)];
-        let tap: Vec<i16> = (0..480).map(|i| (i * 13) as i16).collect();
+        let mut resamplers = [TapResampler::new(8000, 8000), TapResampler::new(8000, 8000)];
+        let tap: Vec<i16> = (0..160).map(|i| (i * 13) as i16).collect();
         let (mut scratch, mut frames) = (Vec::new(), Vec::new());
         let mut slot = 0u64;
         b.iter(|| {
@@ -94,7 +94,7 @@ fn slots(slots: u64) {
     let dir = tempfile::tempdir().expect("temp dir");
     let mut wav = WavWriter::create(&dir.path().join("callgrind.wav"), 8000).expect("wav");
     let mut track = StereoTrack::new(8000);
-    let mut resamplers = [TapResampler::new(24_000, 8000), TapResampler::new(24_000, 8000)];
+    let mut resamplers = [TapResampler::new(8000, 8000), TapResampler::new(8000, 8000)];
     let (mut taken, mut scratch, mut frames) = (Vec::new(), Vec::new(), Vec::new());
     for slot in 0..slots {
         let at = Duration::from_millis(slot * 20);

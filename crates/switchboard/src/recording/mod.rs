@@ -151,7 +151,8 @@ impl Records {
                 let rate = if matches!(codec, Codec::Pcmu | Codec::Pcma) { 8000 } else { 16_000 };
                 let base = recording_base(dir, &facts.id, facts.answered);
                 let wav = base.with_extension("wav");
-                self.queue.push(Job::Open { key, path: wav.clone(), rate });
+                let tap_rate = crate::call::core::tap_rate(codec);
+                self.queue.push(Job::Open { key, path: wav.clone(), rate, tap_rate });
                 Some(RecordingInfo {
                     wav: wav.display().to_string(),
                     sidecar: base.with_extension("json").display().to_string(),

@@ -126,12 +126,10 @@ impl StereoTrack {
     }
 }
 
-/// Tap audio (24 kHz) to the recording's rate. 8 kHz recordings (G.711 calls) keep every third
-/// sample: tap audio of a G.711 leg was upsampled from 8 kHz by the core, so it holds nothing
-/// above 4 kHz and decimation needs no filter (a filter would cost more CPU than the rest of the
-/// recorder per call). Other rates go through the media crate's polyphase resampler.
+/// Tap audio to the recording's rate: nothing to do for G.711 and G.722 calls (their taps come at
+/// the rate they are recorded at); Opus taps (24 kHz) go through the media crate's polyphase
+/// resampler to 16 kHz.
 pub enum TapResampler {
-    Decimate3 { phase: usize },
     Filter(Box<Resampler>),
     Identity,
 }
@@ -141,12 +139,9 @@ impl TapResampler {
         if from == to {
             return TapResampler::Identity;
         }
-        if from == to * 3 {
-            return TapResampler::Decimate3 { phase: 0 };
-        }
         match Resampler::new(from, to) {
             Ok(resampler) => TapResampler::Filter(Box::new(resampler)),
-            // The rates are ours (24 kHz to 8 or 16 kHz): not reachable; keep the audio anyway.
+            // The rates are ours (24 kHz to 16 kHz): not reachable; keep the audio anyway.
             Err(_) => TapResampler::Identity,
         }
     }
@@ -155,11 +150,6 @@ impl TapResampler {
         match self {
             TapResampler::Identity => out.extend_from_slice(input),
             TapResampler::Filter(resampler) => resampler.process(input, out),
-            TapResampler::Decimate3 { phase } => {
-                let first = (3 - *phase) % 3;
-                out.extend(input.iter().skip(first).step_by(3));
-                *phase = (*phase + input.len()) % 3;
-            }
         }
     }
 }
@@ -252,14 +242,14 @@ mod tests {
     }
 
     #[test]
-    fn decimation_keeps_every_third_sample_across_chunks() {
-        let mut resampler = TapResampler::new(24_000, 8000);
+    fn taps_at_the_recording_rate_pass_through_and_opus_taps_are_resampled() {
         let input: Vec<i16> = (0..100).collect();
         let mut out = Vec::new();
-        for chunk in input.chunks(7) {
-            resampler.process(chunk, &mut out);
-        }
-        let expected: Vec<i16> = (0..100).step_by(3).collect();
-        assert_eq!(out, expected);
+        TapResampler::new(8000, 8000).process(&input, &mut out);
+        assert_eq!(out, input);
+        let mut resampler = TapResampler::new(24_000, 16_000);
+        let mut out = Vec::new();
+        resampler.process(&[0; 480], &mut out);
+        assert!((300..=330).contains(&out.len()), "20 ms at 24 kHz is about 20 ms at 16 kHz: {}", out.len());
     }
 }

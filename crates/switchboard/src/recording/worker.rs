@@ -16,13 +16,12 @@ use tracing::{debug, warn};
 
 use super::track::{Channel, StereoTrack, TapResampler};
 use super::wav::WavWriter;
-use crate::call::core::TAP_SAMPLE_RATE;
 use crate::telemetry;
 
 pub enum Job {
     /// Starts the recording `key` at `path` (directories created as needed).
-    Open { key: u64, path: PathBuf, rate: u32 },
-    /// Tap audio (24 kHz) of the recording `key`, a few chunks at a time.
+    Open { key: u64, path: PathBuf, rate: u32, tap_rate: u32 },
+    /// Tap audio (at the `Open`'s `tap_rate`) of the recording `key`, a few chunks at a time.
     Audio { key: u64, chunks: Vec<Chunk> },
     /// Ends the recording `key`: the rest of its audio, the final header, then the sidecar.
     Close { key: u64, sidecar: Option<(PathBuf, Vec<u8>)> },
@@ -34,7 +33,7 @@ pub enum Job {
     Stop,
 }
 
-/// One tap's audio: 24 kHz PCM of one channel, taken at `at` on the call clock.
+/// One tap's audio: PCM of one channel at the recording's tap rate, taken at `at` on the call clock.
 pub struct Chunk {
     pub channel: Channel,
     pub at: Duration,
@@ -211,7 +210,7 @@ pub fn write_whole(path: &Path, body: &[u8]) -> std::io::Result<()> {
 impl Worker {
     fn handle(&mut self, job: Job) {
         match job {
-            Job::Open { key, path, rate } => {
+            Job::Open { key, path, rate, tap_rate } => {
                 let created =
                     path.parent().map_or(Ok(()), std::fs::create_dir_all).and_then(|()| WavWriter::create(&path, rate));
                 let wav = match created {
@@ -222,7 +221,7 @@ impl Worker {
                         None
                     }
                 };
-                let resampler = || TapResampler::new(TAP_SAMPLE_RATE, rate);
+                let resampler = || TapResampler::new(tap_rate, rate);
                 self.recordings.insert(
                     key,
                     Recording {

@@ -505,8 +505,10 @@ fn the_callers_taps_hold_what_the_caller_said_and_heard_from_the_human() {
     let pcm = |direction| -> Vec<i16> {
         taps.iter().filter(|t| t.direction == direction).flat_map(|t| t.pcm.iter().copied()).collect()
     };
-    let said = tone_of(&pcm(TapDirection::FromLeg), TAP_SAMPLE_RATE);
-    let heard = tone_of(&pcm(TapDirection::ToLeg), TAP_SAMPLE_RATE);
+    let rate = taps.first().map_or(0, |tap| tap.rate);
+    assert!(taps.iter().all(|tap| tap.rate == rate), "one rate for the caller's taps");
+    let said = tone_of(&pcm(TapDirection::FromLeg), rate);
+    let heard = tone_of(&pcm(TapDirection::ToLeg), rate);
     assert!((said - CALLER_TONE).abs() <= 20.0, "left channel: {said} Hz");
     assert!((heard - HUMAN_TONE).abs() <= 20.0, "right channel: the human, {heard} Hz");
 }

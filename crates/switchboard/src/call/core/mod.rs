@@ -91,6 +91,7 @@ use meter::{Meter, TokenTotals};
 pub use reconnecting::Resilience;
 use reports::{Reports, RtcpStats};
 use tap_decoder::TapDecoder;
+pub use tap_decoder::tap_rate;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
@@ -126,9 +127,6 @@ pub const MAX_PENDING_RTCP: usize = 4;
 const ENCODE_AHEAD_LOW: usize = 3;
 /// ...and the task encodes up to this many, so one wake-up covers at least 40 ms.
 const ENCODE_AHEAD_HIGH: usize = ENCODE_AHEAD_LOW + 2;
-
-/// The sample rate of tap PCM: the model's, so both directions of every codec line up.
-pub const TAP_SAMPLE_RATE: u32 = 24_000;
 
 /// Per-call settings (from `realtime.*`, `media.*` and the agent).
 #[derive(Debug, Clone)]
@@ -219,13 +217,16 @@ pub enum TapDirection {
     ToLeg,
 }
 
-/// Decoded audio for a recorder: 16-bit PCM at [`TAP_SAMPLE_RATE`], stamped with the call clock.
+/// Decoded audio for a recorder: 16-bit PCM at the leg codec's decoding rate
+/// ([`tap_rate`]), stamped with the call clock.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tap {
     pub leg: LegId,
     pub direction: TapDirection,
     /// Since the call core started.
     pub at: Duration,
+    /// Samples per second of `pcm`.
+    pub rate: u32,
     pub pcm: Vec<i16>,
 }
 
@@ -1118,7 +1119,7 @@ impl CallCore {
             }
             if let Some((decoder, _)) = &mut leg.tap_decoders {
                 let pcm = decoder.decode(frame.lost_before, &frame.payload);
-                let tap = Tap { leg: leg.id, direction: TapDirection::FromLeg, at, pcm };
+                let tap = Tap { leg: leg.id, direction: TapDirection::FromLeg, at, rate: tap_rate(leg.codec), pcm };
                 push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             // Bridged: the other leg hears it, the model does not.
@@ -1157,7 +1158,7 @@ impl CallCore {
             }
             if let Some((_, decoder)) = &mut leg.tap_decoders {
                 let pcm = decoder.decode(0, &frame.payload);
-                let tap = Tap { leg: leg.id, direction: TapDirection::ToLeg, at, pcm };
+                let tap = Tap { leg: leg.id, direction: TapDirection::ToLeg, at, rate: tap_rate(leg.codec), pcm };
                 push_tap(&mut self.outputs, &mut self.pending_taps, &mut self.stats, tap);
             }
             if leg.may_send
