@@ -126,6 +126,31 @@ pub fn unknown_placeholders(text: &str) -> Vec<&str> {
         .collect()
 }
 
+/// Every placeholder in `text` as written (`{queue}`, `{{name}}`), in order.
+pub fn written_placeholders(text: &str) -> impl Iterator<Item = &str> {
+    pieces(text).filter_map(|piece| match piece {
+        Piece::Placeholder(_, written) => Some(written),
+        Piece::Text(_) => None,
+    })
+}
+
+/// `text` with each placeholder written as `{name}` filled by `value_of(name)`, in one pass (a
+/// value is never expanded again); a placeholder with no value is left as written. For other
+/// templates than an agent's (a transfer's headers), with their own names.
+pub fn fill<'v>(text: &str, value_of: impl Fn(&str) -> Option<&'v str>) -> String {
+    let mut out = String::with_capacity(text.len());
+    for piece in pieces(text) {
+        match piece {
+            Piece::Text(text) => out.push_str(text),
+            Piece::Placeholder(_, written) => {
+                let name = written.strip_prefix('{').and_then(|w| w.strip_suffix('}')).unwrap_or(written);
+                out.push_str(value_of(name).unwrap_or(written));
+            }
+        }
+    }
+    out
+}
+
 /// `text` with its placeholders filled from `values`.
 pub fn render(text: &str, values: &Values<'_>) -> String {
     let mut out = String::with_capacity(text.len());

@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use super::*;
-use crate::render::unknown_placeholders;
+use crate::render::{fill, unknown_placeholders, written_placeholders};
 
 fn patterns(list: &[&str]) -> Vec<NumberPattern> {
     list.iter().map(|p| NumberPattern::parse(p).unwrap()).collect()
@@ -259,6 +259,17 @@ fn placeholders_are_filled_once_as_plain_text() {
     assert!(unknown_placeholders("{header.}").contains(&"{header.}"));
     assert_eq!(render("", &values), "");
     assert_eq!(render("{{{caller}}}", &values), "{{{caller}}}", "not a variable name: left as written");
+}
+
+#[test]
+fn other_templates_fill_their_own_names_in_one_pass() {
+    let value_of = |name: &str| match name {
+        "queue" => Some("sales"),
+        "reason" => Some("see {queue}"),
+        _ => None,
+    };
+    assert_eq!(fill("{queue}: {reason} {other} {", value_of), "sales: see {queue} {other} {");
+    assert_eq!(written_placeholders("{queue} and {{var}}, {\"a\": 1}").collect::<Vec<_>>(), ["{queue}", "{{var}}"]);
 }
 
 #[test]

@@ -225,18 +225,13 @@ pub fn validate_transfer(
         if value.chars().any(char::is_control) {
             bad(&key(&format!("headers.{name}")), "must not contain control characters".into());
         }
-        let mut rest = value.as_str();
-        while let Some(start) = rest.find('{') {
-            let tail = rest.get(start..).unwrap_or_default();
-            let end = tail.find('}').map_or(tail.len(), |e| e + 1);
-            let placeholder = tail.get(..end).unwrap_or_default();
+        for placeholder in switchboard_router::render::written_placeholders(value) {
             if !HEADER_PLACEHOLDERS.contains(&placeholder) {
                 bad(
                     &key(&format!("headers.{name}")),
                     format!("`{placeholder}` is not one of {}", HEADER_PLACEHOLDERS.join(", ")),
                 );
             }
-            rest = tail.get(end..).unwrap_or_default();
         }
     }
 }

@@ -104,11 +104,14 @@ pub fn context_headers(cfg: &TransferConfig, context: HeaderContext<'_>) -> Vec<
         .iter()
         .take(MAX_HEADERS)
         .filter_map(|(name, template)| {
-            let filled = template
-                .replace("{call_id}", context.call_id)
-                .replace("{agent}", context.agent)
-                .replace("{queue}", context.queue)
-                .replace("{reason}", context.reason);
+            // One pass: a model's reason that contains `{call_id}` stays text.
+            let filled = switchboard_router::render::fill(template, |name| match name {
+                "call_id" => Some(context.call_id),
+                "agent" => Some(context.agent),
+                "queue" => Some(context.queue),
+                "reason" => Some(context.reason),
+                _ => None,
+            });
             let mut value = clean_text(&filled, MAX_HEADER_VALUE);
             while value.len() > MAX_HEADER_VALUE {
                 value.pop();
@@ -176,6 +179,9 @@ mod tests {
         let long = "x".repeat(1000);
         let context = HeaderContext { reason: &long, ..context };
         assert!(context_headers(&config(), context).iter().all(|(_, v)| v.len() <= MAX_HEADER_VALUE));
+        let nested = HeaderContext { reason: "see {call_id}", ..context };
+        let reason = context_headers(&config(), nested).into_iter().find(|(n, _)| n == "X-Switchboard-Reason");
+        assert_eq!(reason.map(|(_, v)| v), Some("see {call_id}".to_owned()), "a value is not expanded again");
         let empty = HeaderContext { reason: "", ..context };
         assert!(!context_headers(&config(), empty).iter().any(|(n, _)| n == "X-Switchboard-Reason"));
     }
