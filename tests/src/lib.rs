@@ -5,6 +5,7 @@
 //! Each test takes a distinct `slot`, which fixes its ports, so tests can run in parallel.
 
 pub mod audio;
+pub mod baresip;
 pub mod mutate;
 pub mod netns;
 pub mod pcap;

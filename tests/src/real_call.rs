@@ -7,6 +7,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use crate::audio::{self, Speech};
+use crate::baresip::{self, Phone};
 use crate::pcap::{self, RtpPacket};
 use crate::procs::{Capture, Gateway, run_bounded};
 use crate::{Ports, sipp};
@@ -70,26 +71,17 @@ pub fn baresip_pcmu_echo_call(ports: Ports, gateway: &Gateway, dir: &Path) -> f6
         Duration::from_secs(30),
     );
     assert!(padded.status.success(), "sox pad failed");
-    let conf = dir.join("baresip");
-    let rec = dir.join("rec");
-    std::fs::create_dir_all(&conf).expect("mkdir baresip");
-    std::fs::create_dir_all(&rec).expect("mkdir rec");
-    let config = format!(
-        "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nnet_interface 127.0.0.1\n\
-         audio_source aufile,{source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
-         rtp_ports {m0}-{m1}\nmodule_path /usr/lib/baresip/modules\n\
-         module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-         module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\nsnd_path {rec}\n\
-         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
-        sip = ports.peer_sip,
-        source = source.display(),
-        m0 = ports.peer_media,
-        m1 = ports.peer_media + 99,
-        rec = rec.display(),
-    );
-    std::fs::write(conf.join("config"), config).expect("write baresip config");
-    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip))
-        .expect("write baresip accounts");
+    let phone = Phone {
+        name: "alice",
+        sip_port: ports.peer_sip,
+        media: (ports.peer_media, ports.peer_media + 99),
+        source: &source,
+        auto_answer: false,
+        record: true,
+        codecs: &[],
+        extra: "",
+    };
+    let conf = phone.folder(dir);
     let out = run_bounded(
         "baresip",
         Command::new("baresip")
@@ -100,19 +92,13 @@ pub fn baresip_pcmu_echo_call(ports: Ports, gateway: &Gateway, dir: &Path) -> f6
             .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip)),
         Duration::from_secs(40),
     );
-    let recording = std::fs::read_dir(&rec)
-        .expect("rec dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| {
-            panic!(
-                "baresip recorded nothing; baresip said:\n{}\ngateway log:\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                gateway.log()
-            )
-        });
-    let (rate, heard) = audio::read_wav(&recording);
+    let (rate, heard) = baresip::heard(dir, phone.name).unwrap_or_else(|| {
+        panic!(
+            "baresip recorded nothing; baresip said:\n{}\ngateway log:\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            gateway.log()
+        )
+    });
     let (original_rate, original) = audio::read_wav(&speech.wav_8k);
     let (_, r) = audio::best_lag_correlation(
         &audio::envelope(&original, (original_rate / 50) as usize),

@@ -2,51 +2,13 @@
 //! agent says it back; baresip records what it hears. The recording's speech envelope must
 //! correlate with the original (r >= 0.8) for PCMU and PCMA passthrough and for the PCM path.
 
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
 use switchboard_e2e::audio;
+use switchboard_e2e::baresip::{Phone, heard};
 use switchboard_e2e::procs::{Gateway, Sim, run_bounded};
 use switchboard_e2e::{Ports, tools};
-
-/// A baresip config folder: plays `source` into the call, records the call under `dir/rec`.
-fn baresip_config(dir: &Path, ports: Ports, source: &Path) -> PathBuf {
-    let conf = dir.join("baresip");
-    let rec = dir.join("rec");
-    std::fs::create_dir_all(&conf).expect("mkdir");
-    std::fs::create_dir_all(&rec).expect("mkdir");
-    let config = format!(
-        "poll_method epoll\n\
-         sip_listen 127.0.0.1:{sip}\n\
-         net_interface 127.0.0.1\n\
-         audio_source aufile,{source}\n\
-         audio_player aubridge,nil\n\
-         audio_alert aubridge,nil\n\
-         rtp_ports {m0}-{m1}\n\
-         module_path /usr/lib/baresip/modules\n\
-         module g711.so\n\
-         module g722.so\n\
-         module opus.so\n\
-         module aufile.so\n\
-         module aubridge.so\n\
-         module sndfile.so\n\
-         module_tmp uuid.so\n\
-         module_tmp account.so\n\
-         module_app menu.so\n\
-         snd_path {rec}\n\
-         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
-        sip = ports.peer_sip,
-        source = source.display(),
-        m0 = ports.peer_media,
-        m1 = ports.peer_media + 99,
-        rec = rec.display(),
-    );
-    std::fs::write(conf.join("config"), config).expect("write baresip config");
-    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip))
-        .expect("accounts");
-    conf
-}
 
 /// One call from baresip offering only `codec`; the gateway must pick `gateway_codec` (as logged).
 fn echo_call(slot: u16, test: &str, codec: &str, extra_toml: &str, model_format: &str) {
@@ -74,7 +36,17 @@ fn echo_call_with(
     assert!(padded.status.success(), "sox pad failed");
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), extra_toml, &dir);
-    let conf = baresip_config(&dir, ports, &source);
+    let phone = Phone {
+        name: "alice",
+        sip_port: ports.peer_sip,
+        media: (ports.peer_media, ports.peer_media + 99),
+        source: &source,
+        auto_answer: false,
+        record: true,
+        codecs: &["g722", "opus"],
+        extra: "",
+    };
+    let conf = phone.folder(&dir);
 
     let out = run_bounded(
         "baresip",
@@ -87,20 +59,14 @@ fn echo_call_with(
         Duration::from_secs(40),
     );
     let stdout = String::from_utf8_lossy(&out.stdout);
-    let recording = std::fs::read_dir(dir.join("rec"))
-        .expect("rec dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| {
-            panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log())
-        });
+    let (rate, samples) = heard(&dir, phone.name).unwrap_or_else(|| {
+        panic!("baresip recorded nothing; baresip said:\n{stdout}\ngateway log:\n{}", gateway.log())
+    });
 
     // baresip records at the codec's rate (8 kHz G.711, 16 kHz G.722, 48 kHz Opus): compare
     // envelopes of 20 ms frames, whatever the rate.
-    let (rate, heard) = audio::read_wav(&recording);
     let (original_rate, original) = audio::read_wav(&speech.wav_8k);
-    let heard_env = audio::envelope(&heard, (rate / 50) as usize);
+    let heard_env = audio::envelope(&samples, (rate / 50) as usize);
     let original_env = audio::envelope(&original, (original_rate / 50) as usize);
     let (lag, r) = audio::best_lag_correlation(&original_env, &heard_env, 600);
     eprintln!("{test}: envelope correlation r = {r:.3} at lag {} ms", lag * 20);

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use switchboard_e2e::audio;
+use switchboard_e2e::baresip::Phone;
 use switchboard_e2e::pcap::{self, RtpPacket};
 use switchboard_e2e::procs::{Capture, Gateway, Sim};
 use switchboard_e2e::{Ports, sipp, tools};
@@ -329,26 +330,19 @@ fn rfc_4733_keys_from_baresip_reach_the_model_as_a_text_item() {
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ndtmf_coalesce_ms = 1500\n", &dir);
     let source = dir.join("silence.wav");
     silence_wav(&source, 10);
-    let conf = dir.join("baresip");
-    std::fs::create_dir_all(&conf).expect("mkdir baresip");
     // ctrl_tcp: baresip takes commands (sndcode: press keys) as netstrings on a TCP port.
-    let config = format!(
-        "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nnet_interface 127.0.0.1\n\
-         audio_source aufile,{source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
-         rtp_ports {m0}-{m1}\nmodule_path /usr/lib/baresip/modules\n\
-         module g711.so\nmodule aufile.so\nmodule aubridge.so\n\
-         module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\nmodule_app ctrl_tcp.so\n\
-         ctrl_tcp_listen 127.0.0.1:{control}\n\
-         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
-        sip = ports.peer_sip,
-        source = source.display(),
-        m0 = ports.peer_media,
-        m1 = ports.peer_media + 99,
-        control = ports.peer_control,
-    );
-    std::fs::write(conf.join("config"), config).expect("write baresip config");
-    std::fs::write(conf.join("accounts"), format!("<sip:alice@127.0.0.1:{}>;regint=0\n", ports.peer_sip))
-        .expect("write baresip accounts");
+    let control = format!("module_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{}\n", ports.peer_control);
+    let phone = Phone {
+        name: "alice",
+        sip_port: ports.peer_sip,
+        media: (ports.peer_media, ports.peer_media + 99),
+        source: &source,
+        auto_answer: false,
+        record: false,
+        codecs: &[],
+        extra: &control,
+    };
+    let conf = phone.folder(&dir);
     let log = std::fs::File::create(dir.join("baresip.log")).expect("baresip log");
     let mut baresip = ChildGuard::spawn(
         "baresip",

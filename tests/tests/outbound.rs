@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_e2e::audio::{self, Speech};
+use switchboard_e2e::baresip::{self, Phone};
 use switchboard_e2e::pcap::{self, RtpPacket};
 use switchboard_e2e::procs::{Capture, ChildGuard, Gateway, Sim, run_bounded};
 use switchboard_e2e::real_call::MIN_CORRELATION;
@@ -236,29 +237,17 @@ fn outbound_call_to_baresip_echoes_its_speech() {
     let gateway = Gateway::start(ports, &sim.url(), &trunk_toml(ports, "codecs = [\"PCMU\"]\n"), &dir);
 
     // baresip answers by itself (answermode=auto), plays the speech and records what it hears.
-    let conf = dir.join("baresip");
-    let rec = dir.join("rec");
-    std::fs::create_dir_all(&conf).expect("mkdir baresip");
-    std::fs::create_dir_all(&rec).expect("mkdir rec");
-    let config = format!(
-        "poll_method epoll\nsip_listen 127.0.0.1:{sip}\nnet_interface 127.0.0.1\n\
-         audio_source aufile,{source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
-         rtp_ports {m0}-{m1}\nmodule_path /usr/lib/baresip/modules\n\
-         module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-         module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\nsnd_path {rec}\n\
-         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
-        sip = ports.peer_sip,
-        source = source.display(),
-        m0 = ports.peer_media,
-        m1 = ports.peer_media + 99,
-        rec = rec.display(),
-    );
-    std::fs::write(conf.join("config"), config).expect("write baresip config");
-    std::fs::write(
-        conf.join("accounts"),
-        format!("<sip:alice@127.0.0.1:{}>;regint=0;answermode=auto\n", ports.peer_sip),
-    )
-    .expect("write baresip accounts");
+    let phone = Phone {
+        name: "alice",
+        sip_port: ports.peer_sip,
+        media: (ports.peer_media, ports.peer_media + 99),
+        source: &source,
+        auto_answer: true,
+        record: true,
+        codecs: &[],
+        extra: "",
+    };
+    let conf = phone.folder(&dir);
     let log = std::fs::File::create(dir.join("baresip.out")).expect("baresip log");
     let mut baresip = ChildGuard::spawn(
         "baresip",
@@ -282,19 +271,13 @@ fn outbound_call_to_baresip_echoes_its_speech() {
     let view = wait_for_call(ports, None, &id, Duration::from_secs(15), ended);
     assert_eq!(view["outcome"]["outcome"], "answered", "{view}");
 
-    let recording = std::fs::read_dir(&rec)
-        .expect("rec dir")
-        .filter_map(Result::ok)
-        .map(|e| e.path())
-        .find(|p| p.to_string_lossy().ends_with("-dec.wav"))
-        .unwrap_or_else(|| {
-            panic!(
-                "baresip recorded nothing; baresip said:\n{}\ngateway log:\n{}",
-                std::fs::read_to_string(dir.join("baresip.out")).unwrap_or_default(),
-                gateway.log()
-            )
-        });
-    let (rate, heard) = audio::read_wav(&recording);
+    let (rate, heard) = baresip::heard(&dir, phone.name).unwrap_or_else(|| {
+        panic!(
+            "baresip recorded nothing; baresip said:\n{}\ngateway log:\n{}",
+            std::fs::read_to_string(dir.join("baresip.out")).unwrap_or_default(),
+            gateway.log()
+        )
+    });
     let (original_rate, original) = audio::read_wav(&speech.wav_8k);
     let (_, r) = audio::best_lag_correlation(
         &audio::envelope(&original, (original_rate / 50) as usize),

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_e2e::audio;
+use switchboard_e2e::baresip::{Phone, heard};
 use switchboard_e2e::procs::{ChildGuard, Gateway, Sim, run_bounded};
 use switchboard_e2e::{Ports, sipp, tools};
 
@@ -114,41 +115,9 @@ fn wait_for_counter(gateway: &Gateway, name: &str, labels: &[&str], limit: Durat
     false
 }
 
-/// A baresip folder: listens on `sip_port`, plays `source`, records under `dir/<name>-rec`;
-/// `auto_answer` for the human.
+/// A recording baresip phone named `name` (`auto_answer` for the human).
 fn baresip(dir: &Path, name: &str, sip_port: u16, media: (u16, u16), source: &Path, auto_answer: bool) -> PathBuf {
-    let conf = dir.join(name);
-    let rec = dir.join(format!("{name}-rec"));
-    std::fs::create_dir_all(&conf).expect("mkdir");
-    std::fs::create_dir_all(&rec).expect("mkdir");
-    let config = format!(
-        "poll_method epoll\nsip_listen 127.0.0.1:{sip_port}\nnet_interface 127.0.0.1\n\
-         audio_source aufile,{source}\naudio_player aubridge,nil\naudio_alert aubridge,nil\n\
-         rtp_ports {m0}-{m1}\nmodule_path /usr/lib/baresip/modules\n\
-         module g711.so\nmodule aufile.so\nmodule aubridge.so\nmodule sndfile.so\n\
-         module_tmp uuid.so\nmodule_tmp account.so\nmodule_app menu.so\nsnd_path {rec}\n\
-         ausrc_srate 8000\nausrc_channels 1\nauplay_srate 8000\nauplay_channels 1\n",
-        source = source.display(),
-        m0 = media.0,
-        m1 = media.1,
-        rec = rec.display(),
-    );
-    std::fs::write(conf.join("config"), config).expect("write baresip config");
-    let answer = if auto_answer { ";answermode=auto" } else { "" };
-    std::fs::write(conf.join("accounts"), format!("<sip:{name}@127.0.0.1:{sip_port}>;regint=0{answer}\n"))
-        .expect("write baresip accounts");
-    conf
-}
-
-/// What a baresip heard (its `*-dec.wav` recording), if it recorded a call.
-fn heard(dir: &Path, name: &str) -> Option<(u32, Vec<i16>)> {
-    let rec = dir.join(format!("{name}-rec"));
-    // sndfile names it `dump-<time>-dec.wav` (or without the extension, on some builds).
-    let path = std::fs::read_dir(rec).ok()?.filter_map(Result::ok).map(|e| e.path()).find(|p| {
-        let name = p.to_string_lossy();
-        name.ends_with("-dec.wav") || name.ends_with("-dec")
-    })?;
-    Some(audio::read_wav(&path))
+    Phone { name, sip_port, media, source, auto_answer, record: true, codecs: &[], extra: "" }.folder(dir)
 }
 
 /// Blind transfer end to end: a baresip caller talks to the agent, the agent transfers it to the
