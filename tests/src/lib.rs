@@ -30,10 +30,26 @@ pub struct Ports {
 
 impl Ports {
     /// Slots 0..25 have 100 RTP ports each (30000-32499); slots 25..65 have 50 each (20000-21999);
-    /// slots 65..90 have 50 each (12000-13249), their peers' media 100 each (9000-11499).
-    /// All stay below Linux's ephemeral range (32768+), so a kernel-chosen port never collides.
+    /// slots 65..90 have 50 each (12000-13249), their peers' media 100 each (9000-11499);
+    /// slots 90..110 live in 3000-7099 (SIP 3000-3199, admin 3200-3219, simulator 3250-3269,
+    /// peer control 3300-3319, RTP 50 each in 3400-4399, peer SIP 4500-4699, peer media 100 each
+    /// in 5100-7099). All stay below Linux's ephemeral range (32768+), so a kernel-chosen port
+    /// never collides.
     pub fn for_slot(slot: u16) -> Ports {
-        assert!(slot < 90, "slots 0..90 keep every range apart and below the ephemeral range");
+        assert!(slot < 110, "slots 0..110 keep every range apart and below the ephemeral range");
+        if slot >= 90 {
+            let n = slot - 90;
+            return Ports {
+                sip: 3000 + n * 10,
+                admin: 3200 + n,
+                sim: 3250 + n,
+                rtp_first: 3400 + n * 50,
+                rtp_last: 3400 + n * 50 + 49,
+                peer_sip: 4500 + n * 10,
+                peer_media: 5100 + n * 100,
+                peer_control: 3300 + n,
+            };
+        }
         let (rtp_first, rtp_last) = match slot {
             0..25 => (30000 + slot * 100, 30000 + slot * 100 + 99),
             25..65 => (20000 + (slot - 25) * 50, 20000 + (slot - 25) * 50 + 49),
@@ -49,6 +65,29 @@ impl Ports {
             peer_sip: 18060 + slot * 10,
             peer_media,
             peer_control: 16500 + slot,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ports;
+
+    /// Every port any slot uses belongs to that slot alone, and all stay below the ephemeral range.
+    #[test]
+    fn slots_never_share_a_port() {
+        let mut owner = std::collections::HashMap::new();
+        for slot in 0..110 {
+            let p = Ports::for_slot(slot);
+            let mut ports = vec![p.sip, p.sip + 1, p.admin, p.sim, p.peer_sip, p.peer_control];
+            ports.extend(p.rtp_first..=p.rtp_last);
+            ports.extend(p.peer_media..p.peer_media + 100);
+            for port in ports {
+                assert!(port < 32768, "slot {slot}: port {port} is in the ephemeral range");
+                if let Some(other) = owner.insert(port, slot) {
+                    assert_eq!(other, slot, "port {port} is used by slots {other} and {slot}");
+                }
+            }
         }
     }
 }
