@@ -16,6 +16,12 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "has_python3"),
     ("unshare", "has_unshare"),
     ("ip", "has_ip"),
+    // Kamailio (its `kamcmd` comes in the same package): the scale-out test and the config check.
+    ("kamailio", "has_kamailio"),
+    // promtool (Debian's prometheus package): the alert rules check.
+    ("promtool", "has_promtool"),
+    // systemd-analyze (Debian's systemd package): the unit file check.
+    ("systemd-analyze", "has_systemd_analyze"),
 ];
 
 fn find(tool: &str, dirs: &[PathBuf]) -> Option<PathBuf> {

@@ -46,6 +46,13 @@ enum Command {
         #[arg(long)]
         at: Option<String>,
     },
+    /// GET the admin `/healthz` (or another URL) and exit 0 on 200, 1 otherwise: the container
+    /// image's HEALTHCHECK, which has no curl.
+    Healthcheck {
+        /// `http://HOST:PORT/PATH` of the running gateway's admin listener.
+        #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
@@ -73,6 +80,51 @@ fn main() -> ExitCode {
         },
         Command::Run { config } => run(config),
         Command::Route { config, to, from, source, at } => route(&config, &to, &from, source, at.as_deref()),
+        Command::Healthcheck { url } => healthcheck(&url),
+    }
+}
+
+/// One plain HTTP/1.0 GET with a 3 s bound on every step (a health check that hangs is a failed
+/// one); 200 is healthy. Only `http://`: the admin listener speaks no TLS.
+fn healthcheck(url: &str) -> ExitCode {
+    use std::io::{Read, Write};
+    use std::net::{TcpStream, ToSocketAddrs};
+    const LIMIT: Duration = Duration::from_secs(3);
+    let Some(rest) = url.strip_prefix("http://") else {
+        eprintln!("healthcheck: {url}: only http://HOST:PORT/PATH URLs are supported");
+        return ExitCode::from(2);
+    };
+    let (authority, path) = rest.find('/').map_or((rest, "/"), |slash| rest.split_at(slash));
+    let result = (|| -> std::io::Result<String> {
+        let addr = authority
+            .to_socket_addrs()?
+            .next()
+            .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::NotFound, "no address"))?;
+        let mut stream = TcpStream::connect_timeout(&addr, LIMIT)?;
+        stream.set_read_timeout(Some(LIMIT))?;
+        stream.set_write_timeout(Some(LIMIT))?;
+        write!(stream, "GET {path} HTTP/1.0\r\nHost: {authority}\r\n\r\n")?;
+        let mut response = Vec::new();
+        // A health answer is a status line and a short body: read at most 64 KiB.
+        stream.take(65536).read_to_end(&mut response)?;
+        Ok(String::from_utf8_lossy(&response).into_owned())
+    })();
+    match result {
+        Ok(response) => {
+            let status_line = response.lines().next().unwrap_or_default();
+            let body = response.split_once("\r\n\r\n").map(|(_, body)| body.trim()).unwrap_or_default();
+            if status_line.split_whitespace().nth(1) == Some("200") {
+                println!("healthy: {body}");
+                ExitCode::SUCCESS
+            } else {
+                println!("unhealthy: {status_line}: {body}");
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            println!("unhealthy: {url}: {e}");
+            ExitCode::FAILURE
+        }
     }
 }
 
