@@ -40,7 +40,6 @@ fn gateway(slot: u16, dir: &Path, env: &[(&str, &str)]) -> Gateway {
 /// the test's folder, so it needs no root.
 struct Kamailio {
     guard: ChildGuard,
-    port: u16,
     ctl: String,
     log_path: PathBuf,
 }
@@ -81,7 +80,7 @@ impl Kamailio {
                 .stdout(Stdio::null())
                 .stderr(log),
         );
-        let kamailio = Kamailio { guard, port, ctl, log_path };
+        let kamailio = Kamailio { guard, ctl, log_path };
         // Ready once the control socket answers and every gateway has been probed active.
         for gw in gateways {
             kamailio.wait_for_state(gw, 'A', Duration::from_secs(10));
@@ -307,11 +306,8 @@ impl Caller {
 
     /// Runs `calls` calls (up to 10 a second, all at once) that each last `pause_ms`, to the end.
     fn calls(&self, name: &str, dir: &Path, calls: u32, pause_ms: u32) -> Output {
-        let output = run_bounded(
-            "sipp",
-            &mut self.command(UAC_VIA_PROXY, name, dir, calls, pause_ms),
-            Duration::from_secs(60),
-        );
+        let output =
+            run_bounded("sipp", &mut self.command(UAC_VIA_PROXY, name, dir, calls, pause_ms), Duration::from_secs(60));
         report_sipp(name, dir, &output.status);
         output
     }
@@ -443,7 +439,11 @@ fn a_draining_gateway_gets_no_new_calls_while_its_call_finishes() {
     assert_eq!(exit.code(), Some(0), "a drained gateway exits 0; log:\n{}", gateways[draining].log());
     assert!(sigterm.elapsed() >= Duration::from_secs(4), "the gateway waited for its call instead of hanging up");
     let log = gateways[draining].log();
-    assert!(log.contains("caller_bye"), "the call ended by the caller's BYE, not by the drain; log:\n{log}");
+    assert!(
+        log.contains("call ended reason=CallerHangup"),
+        "the call ended by the caller's BYE, not by the drain; log:\n{log}"
+    );
+    assert!(log.contains("drain over outcome=\"calls_ended\""), "the drain ended because the calls did; log:\n{log}");
 }
 
 #[test]
@@ -459,8 +459,11 @@ fn a_gateway_at_its_call_limit_answers_503_and_kamailio_fails_over() {
     // Fill the limited gateway: round-robin gives it one of two consecutive calls.
     let mut long_calls = Vec::new();
     for attempt in 0..2u16 {
-        let caller =
-            Caller { proxy_port: proxy, sip_port: proxy + 4 + 2 * attempt, media_port: ports.peer_media + 50 + 20 * attempt };
+        let caller = Caller {
+            proxy_port: proxy,
+            sip_port: proxy + 4 + 2 * attempt,
+            media_port: ports.peer_media + 50 + 20 * attempt,
+        };
         let before = calls_active(&full) + calls_active(&spare);
         long_calls.push(caller.start_call(&format!("long_call_{attempt}"), &dir, 6000));
         let deadline = Instant::now() + Duration::from_secs(5);
