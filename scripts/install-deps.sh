@@ -33,7 +33,15 @@ build_packages=(build-essential cmake pkg-config ca-certificates)
 # and check), python3 + libopus0 (bench/opus_pcap.py builds an Opus pcap through ctypes),
 # iproute2 (`ip link set lo up`) and util-linux (`unshare -n`) for the network-namespace tests,
 # procps (`kill`: the harness signals the processes it started by PID).
-test_packages=(sip-tester baresip-core tshark espeak-ng sox libsox-fmt-all python3 libopus0 iproute2 util-linux procps)
+# deploy/ is checked by the tools that consume it (tests/tests/deploy.rs, scale_out.rs): kamailio
+# (the dispatcher in front of several gateways, and `kamailio -c`), prometheus (for promtool),
+# systemd (systemd-analyze verify), python3-yaml (the Kubernetes manifests parse).
+test_packages=(sip-tester baresip-core tshark espeak-ng sox libsox-fmt-all python3 libopus0 iproute2 util-linux procps
+    kamailio prometheus systemd python3-yaml)
+# Packages whose install starts a daemon where services start on install: kamailio (SIP on 5060)
+# and prometheus (HTTP on 9090, the gateway's default admin port). The tests start their own
+# Kamailio, by PID; none of these may be left running or enabled by this script.
+daemon_packages=(kamailio prometheus)
 
 wanted=("${build_packages[@]}")
 if [ "$mode" = test ]; then
@@ -71,5 +79,41 @@ export DEBIAN_FRONTEND=noninteractive
 # tshark asks whether non-root users may capture; answer "no" up front so the install never
 # stops at a prompt (the tests capture as root or with the capabilities already granted).
 echo "wireshark-common wireshark-common/install-setuid boolean false" | "${sudo[@]}" debconf-set-selections
+
+# The daemons among the packages about to be installed.
+new_daemons=()
+for package in "${missing[@]}"; do
+    for daemon in "${daemon_packages[@]}"; do
+        [ "$package" = "$daemon" ] && new_daemons+=("$daemon")
+    done
+done
+
+# While they install, forbid service starts: invoke-rc.d and deb-systemd-invoke (what maintainer
+# scripts call) ask /usr/sbin/policy-rc.d first, and 101 means "action forbidden". Only when no
+# policy exists (container images often ship one: it is left alone), and removed afterwards.
+policy=/usr/sbin/policy-rc.d
+remove_policy() {
+    "${sudo[@]}" rm -f "$policy"
+}
+if [ ${#new_daemons[@]} -gt 0 ] && [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Written by scripts/install-deps.sh for the length of one apt-get install.\nexit 101\n' |
+        "${sudo[@]}" tee "$policy" >/dev/null
+    "${sudo[@]}" chmod 0755 "$policy"
+    trap remove_policy EXIT
+fi
+
 "${sudo[@]}" apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+
+# Installing also enabled their units for the next boot (and, where a policy allowed it, started
+# them): disable exactly the services this run installed, and stop them when systemd runs.
+for daemon in "${new_daemons[@]}"; do
+    unit="$daemon.service"
+    if command -v systemctl >/dev/null 2>&1; then
+        "${sudo[@]}" systemctl disable --quiet "$unit" 2>/dev/null || true
+        if [ -d /run/systemd/system ]; then
+            "${sudo[@]}" systemctl stop "$unit" 2>/dev/null || true
+        fi
+    fi
+    echo "install-deps: $unit installed but not enabled or running (the tests start their own)" >&2
+done
 echo "install-deps: done" >&2
