@@ -176,7 +176,7 @@ const UAC_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
   <recv response="180" optional="true" />
   <recv response="200" rrs="true">
     <action>
-      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;lr=on." search_in="msg" check_it="true" assign_to="rr" />
+      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;[^>]*lr=on." search_in="msg" check_it="true" assign_to="rr" />
     </action>
   </recv>
   <send><![CDATA[
@@ -211,8 +211,8 @@ const UAC_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 </scenario>
 "#;
 
-/// A UAC that answers the gateway's BYE: the BYE must come from Kamailio (its Via on top) with
-/// the Request-URI our Contact, and Kamailio's own Route entry already consumed.
+/// A UAC that answers the gateway's BYE: the BYE must come from Kamailio (its Via on top, over
+/// the caller's transport) with the Request-URI our Contact.
 const UAC_WAIT_BYE_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
 <!DOCTYPE scenario SYSTEM "sipp.dtd">
 <scenario name="uac_wait_bye_via_kamailio">
@@ -243,7 +243,7 @@ const UAC_WAIT_BYE_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1
   <recv response="180" optional="true" />
   <recv response="200" rrs="true">
     <action>
-      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;lr=on." search_in="msg" check_it="true" assign_to="rr" />
+      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;[^>]*lr=on." search_in="msg" check_it="true" assign_to="rr" />
     </action>
   </recv>
   <send><![CDATA[
@@ -262,7 +262,7 @@ const UAC_WAIT_BYE_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1
   <recv request="BYE" timeout="15000">
     <action>
       <ereg regexp="BYE sip:sipp@127.0.0.1:[0-9]+" search_in="msg" check_it="true" assign_to="ruri" />
-      <ereg regexp="Via: SIP/2.0/UDP 127.0.0.1:@PROXY_PORT@;branch=" search_in="msg" check_it="true" assign_to="proxy_via" />
+      <ereg regexp="Via: SIP/2.0/@TRANSPORT@ 127.0.0.1:@PROXY_PORT@;branch=" search_in="msg" check_it="true" assign_to="proxy_via" />
     </action>
   </recv>
   <send><![CDATA[
@@ -285,13 +285,21 @@ struct Caller {
     proxy_port: u16,
     sip_port: u16,
     media_port: u16,
+    /// SIP over TCP to Kamailio (which then record-routes twice: TCP on one side, UDP on the
+    /// gateway's) instead of UDP.
+    tcp: bool,
 }
 
 impl Caller {
     fn command(&self, scenario: &str, name: &str, dir: &Path, calls: u32, pause_ms: u32) -> Command {
         let path = dir.join(format!("{name}.xml"));
-        std::fs::write(&path, scenario.replace("@PROXY_PORT@", &self.proxy_port.to_string())).expect("write scenario");
+        let transport = if self.tcp { "TCP" } else { "UDP" };
+        let text = scenario.replace("@PROXY_PORT@", &self.proxy_port.to_string()).replace("@TRANSPORT@", transport);
+        std::fs::write(&path, text).expect("write scenario");
         let mut cmd = Command::new("sipp");
+        if self.tcp {
+            cmd.args(["-t", "t1"]);
+        }
         cmd.arg(format!("127.0.0.1:{}", self.proxy_port))
             .arg("-sf")
             .arg(&path)
@@ -373,7 +381,8 @@ fn calls_spread_over_gateways_and_a_killed_one_is_routed_around() {
     let refs: Vec<&Gateway> = gateways.iter().collect();
     let proxy = Ports::for_slot(95).peer_sip;
     let kamailio = Kamailio::start(proxy, &refs, &dir);
-    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: Ports::for_slot(95).peer_media };
+    let caller =
+        Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: Ports::for_slot(95).peer_media, tcp: false };
 
     // Round-robin: 9 calls, 3 per gateway when all answer.
     let out = caller.calls("spread", &dir, 9, 500);
@@ -408,8 +417,8 @@ fn a_draining_gateway_gets_no_new_calls_while_its_call_finishes() {
     let proxy = Ports::for_slot(98).peer_sip;
     let kamailio = Kamailio::start(proxy, &refs, &dir);
     let ports = Ports::for_slot(98);
-    let long_caller = Caller { proxy_port: proxy, sip_port: proxy + 4, media_port: ports.peer_media + 50 };
-    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: ports.peer_media };
+    let long_caller = Caller { proxy_port: proxy, sip_port: proxy + 4, media_port: ports.peer_media + 50, tcp: false };
+    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: ports.peer_media, tcp: false };
 
     // One call of 8 s; SIGTERM the gateway that took it.
     let mut long_call = long_caller.start_call("long_call", &dir, 8000);
@@ -463,6 +472,7 @@ fn a_gateway_at_its_call_limit_answers_503_and_kamailio_fails_over() {
             proxy_port: proxy,
             sip_port: proxy + 4 + 2 * attempt,
             media_port: ports.peer_media + 50 + 20 * attempt,
+            tcp: false,
         };
         let before = calls_active(&full) + calls_active(&spare);
         long_calls.push(caller.start_call(&format!("long_call_{attempt}"), &dir, 6000));
@@ -478,7 +488,7 @@ fn a_gateway_at_its_call_limit_answers_503_and_kamailio_fails_over() {
     assert_eq!(calls_active(&full), 1, "the limited gateway holds its one call");
 
     // Three more calls, one at a time: at least one is sent to the full gateway first.
-    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: ports.peer_media };
+    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: ports.peer_media, tcp: false };
     let spare_before = completed(&spare);
     for n in 0..3 {
         let out = caller.calls(&format!("over_limit_{n}"), &dir, 1, 200);
@@ -506,13 +516,20 @@ fn the_gateways_bye_reaches_the_caller_through_kamailio() {
     let gw = gateway(102, &dir, &[("SWITCHBOARD__MEDIA__RTP_TIMEOUT_SECS", "1")]);
     let proxy = Ports::for_slot(102).peer_sip;
     let kamailio = Kamailio::start(proxy, &[&gw], &dir);
-    let caller = Caller { proxy_port: proxy, sip_port: proxy + 2, media_port: Ports::for_slot(102).peer_media };
-    let output = run_bounded(
-        "sipp",
-        &mut caller.command(UAC_WAIT_BYE_VIA_PROXY, "wait_bye", &dir, 1, 0),
-        Duration::from_secs(40),
-    );
-    report_sipp("wait_bye", &dir, &output.status);
-    assert!(output.status.success(), "the gateway's BYE must reach the caller via Kamailio; log:\n{}", kamailio.log());
-    assert_eq!(counter(&gw.metrics(), "switchboard_calls_total", "reason=\"rtp_timeout\""), 1);
+    let media_port = Ports::for_slot(102).peer_media;
+    // A UDP caller, then a TCP caller (Kamailio then puts two Record-Route entries, one per
+    // transport, and the gateway's BYE must follow both).
+    for (n, tcp) in [false, true].into_iter().enumerate() {
+        let caller = Caller { proxy_port: proxy, sip_port: proxy + 2 + 2 * n as u16, media_port, tcp };
+        let name = if tcp { "wait_bye_tcp" } else { "wait_bye_udp" };
+        let output =
+            run_bounded("sipp", &mut caller.command(UAC_WAIT_BYE_VIA_PROXY, name, &dir, 1, 0), Duration::from_secs(40));
+        report_sipp(name, &dir, &output.status);
+        assert!(
+            output.status.success(),
+            "{name}: the gateway's BYE must reach the caller via Kamailio; log:\n{}",
+            kamailio.log()
+        );
+        assert_eq!(counter(&gw.metrics(), "switchboard_calls_total", "reason=\"rtp_timeout\""), n as u64 + 1);
+    }
 }
