@@ -43,7 +43,20 @@ fn main() {
     let mut missing = Vec::new();
     for (tool, cfg) in TOOLS {
         println!("cargo::rustc-check-cfg=cfg({cfg})");
-        match find(tool, &dirs) {
+        // Kamailio installs to /usr/sbin, which a non-root user's PATH often lacks: look there
+        // too, and tell the tests where it is (E2E_KAMAILIO_DIR, kamcmd is next to it).
+        let found = match *tool {
+            "kamailio" => {
+                let sbin = [PathBuf::from("/usr/sbin"), PathBuf::from("/sbin")];
+                let found = find(tool, &[dirs.as_slice(), &sbin].concat());
+                if let Some(dir) = found.as_ref().and_then(|path| path.parent()) {
+                    println!("cargo::rustc-env=E2E_KAMAILIO_DIR={}", dir.display());
+                }
+                found
+            }
+            _ => find(tool, &dirs),
+        };
+        match found {
             Some(found) => {
                 println!("cargo::rustc-cfg={cfg}");
                 println!("cargo::rerun-if-changed={}", found.display());

@@ -15,6 +15,12 @@ use switchboard_e2e::Ports;
 use switchboard_e2e::procs::{Gateway, run_bounded};
 use switchboard_e2e::tools;
 
+/// Kamailio's programs (`kamailio`, `kamcmd`), where tests/build.rs found them (often /usr/sbin,
+/// not on a non-root PATH).
+fn kamailio_tool(name: &str) -> PathBuf {
+    option_env!("E2E_KAMAILIO_DIR").map_or_else(|| PathBuf::from(name), |dir| PathBuf::from(dir).join(name))
+}
+
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
@@ -187,7 +193,7 @@ fn kamailio_config_passes_kamailio_check() {
     // As shipped (defaults), and with the defines the scale-out test runs it with.
     let shipped = run(
         "kamailio",
-        Command::new("kamailio")
+        Command::new(kamailio_tool("kamailio"))
             .arg("-c")
             .arg("-f")
             .arg(&cfg)
@@ -198,7 +204,7 @@ fn kamailio_config_passes_kamailio_check() {
     let port = Ports::for_slot(104).peer_sip;
     let tested = run(
         "kamailio",
-        Command::new("kamailio")
+        Command::new(kamailio_tool("kamailio"))
             .arg("-c")
             .arg("-f")
             .arg(&cfg)

@@ -21,6 +21,12 @@ use switchboard_e2e::tools;
 
 const DIALLED: &str = "15550001000";
 
+/// Kamailio's programs (`kamailio`, `kamcmd`), where tests/build.rs found them (often /usr/sbin,
+/// not on a non-root PATH).
+fn kamailio_tool(name: &str) -> PathBuf {
+    option_env!("E2E_KAMAILIO_DIR").map_or_else(|| PathBuf::from(name), |dir| PathBuf::from(dir).join(name))
+}
+
 fn repo_file(path: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..").join(path)
 }
@@ -60,7 +66,7 @@ impl Kamailio {
         let log = std::fs::File::create(&log_path).expect("kamailio log");
         let guard = ChildGuard::spawn(
             "kamailio",
-            Command::new("kamailio")
+            Command::new(kamailio_tool("kamailio"))
                 .arg("-f")
                 .arg(repo_file("deploy/kamailio/kamailio.cfg"))
                 .args(["-DD", "-E", "-m", "64", "-M", "8"])
@@ -92,7 +98,7 @@ impl Kamailio {
     fn dispatcher_list(&self) -> String {
         let out = run_bounded(
             "kamcmd",
-            Command::new("kamcmd").args(["-s", &self.ctl, "dispatcher.list"]),
+            Command::new(kamailio_tool("kamcmd")).args(["-s", &self.ctl, "dispatcher.list"]),
             Duration::from_secs(5),
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
