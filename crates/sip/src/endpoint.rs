@@ -137,6 +137,12 @@ pub mod metric_names {
     pub const TCP_ACCEPT_ERRORS_TOTAL: &str = "switchboard_sip_tcp_accept_errors_total";
     /// TCP connections open now.
     pub const TCP_CONNECTIONS: &str = "switchboard_sip_tcp_connections";
+    /// SIP requests received, by `method`.
+    pub const SIP_REQUESTS_TOTAL: &str = "switchboard_sip_requests_total";
+    /// SIP responses sent, by `method` and `code`.
+    pub const SIP_RESPONSES_TOTAL: &str = "switchboard_sip_responses_total";
+    /// SIP messages dropped or answered 400, by `transport`.
+    pub const SIP_MALFORMED_TOTAL: &str = "switchboard_sip_malformed_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -1403,7 +1409,7 @@ async fn read_loop(
                 }
                 StreamFrame::TooLarge => {
                     tracing::debug!(%peer, "oversized SIP message on TCP; closing");
-                    metrics::counter!("switchboard_sip_malformed_total", "transport" => "tcp").increment(1);
+                    metrics::counter!(metric_names::SIP_MALFORMED_TOTAL, "transport" => "tcp").increment(1);
                     break 'outer;
                 }
             }
