@@ -116,6 +116,8 @@ pub const REALTIME_CONNECT_SECONDS: &str = "switchboard_realtime_connect_seconds
 pub const RECORDINGS_FAILED_TOTAL: &str = "switchboard_recordings_failed_total";
 /// Always 1, with the build's `version` and `commit` as labels.
 pub const BUILD_INFO: &str = "switchboard_build_info";
+/// 1 while the gateway drains (SIGTERM: no new calls, calls in progress go on), else 0.
+pub const DRAINING: &str = "switchboard_draining";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL,
     TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -238,6 +240,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Largest outbound RTP send lateness in the media clock's last 1 s window."
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
+    metrics::describe_gauge!(DRAINING, "1 while the gateway drains (no new calls, calls in progress go on), else 0.");
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
     metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");

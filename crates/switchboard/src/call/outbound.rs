@@ -241,7 +241,7 @@ const FINAL_ANSWER_ALLOWANCE: Duration = Duration::from_secs(40);
 
 /// Starts the call in the background; returns its id.
 pub fn start(state: &Arc<GatewayState>, mut plan: OutboundPlan) -> Result<String, StartError> {
-    if *state.shutdown.borrow() {
+    if state.closing() {
         return Err(StartError::ShuttingDown);
     }
     let Some(sip) = state.sip.get().cloned() else { return Err(StartError::NotReady) };
