@@ -276,6 +276,12 @@ fn an_outbound_call_is_counted_and_logged_by_direction_and_numbers_show_when_red
     assert_eq!(value(&m, series), 1.0, "{text}");
     assert_eq!(value(&m, r#"switchboard_outbound_calls_total{outcome="answered"}"#), 1.0);
     assert_eq!(value(&m, r#"switchboard_call_first_audio_seconds_count{direction="outbound"}"#), 1.0, "{text}");
+    // SIP the other way round: the INVITE we sent, the callee's answers, the callee's BYE.
+    assert_eq!(value(&m, r#"switchboard_sip_requests_sent_total{method="INVITE"}"#), 1.0, "{text}");
+    assert!(value(&m, r#"switchboard_sip_responses_received_total{method="INVITE",code="180"}"#) >= 1.0);
+    assert!(value(&m, r#"switchboard_sip_responses_received_total{method="INVITE",code="200"}"#) >= 1.0);
+    assert_eq!(value(&m, r#"switchboard_sip_requests_total{method="BYE"}"#), 1.0);
+    assert_eq!(value(&m, r#"switchboard_sip_responses_total{method="BYE",code="200"}"#), 1.0);
     assert!(!m.keys().any(|k| k.contains(r#"direction="inbound""#) && k.starts_with("switchboard_calls_total")));
 
     let lines = json_lines(&gateway);

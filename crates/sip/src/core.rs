@@ -672,6 +672,9 @@ impl Core {
                 }
                 StartLine::Response { code, .. } => {
                     let code = *code;
+                    let method = message.cseq().map_or("other", |(_, method)| method.metric_label());
+                    metrics::counter!(metric_names::SIP_RESPONSES_RECEIVED_TOTAL, "method" => method, "code" => code.to_string())
+                        .increment(1);
                     self.handle_response(now, origin, message, code);
                 }
             },

@@ -143,6 +143,12 @@ pub mod metric_names {
     pub const SIP_RESPONSES_TOTAL: &str = "switchboard_sip_responses_total";
     /// SIP messages dropped or answered 400, by `transport`.
     pub const SIP_MALFORMED_TOTAL: &str = "switchboard_sip_malformed_total";
+    /// SIP requests the gateway sent (each new transaction once: no retransmission, no ACK), by
+    /// `method`.
+    pub const SIP_REQUESTS_SENT_TOTAL: &str = "switchboard_sip_requests_sent_total";
+    /// SIP responses the gateway received (retransmissions included), by the `method` of their
+    /// CSeq and `code`.
+    pub const SIP_RESPONSES_RECEIVED_TOTAL: &str = "switchboard_sip_responses_received_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and

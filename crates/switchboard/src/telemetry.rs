@@ -119,8 +119,8 @@ pub const BUILD_INFO: &str = "switchboard_build_info";
 /// 1 while the gateway drains (SIGTERM: no new calls, calls in progress go on), else 0.
 pub const DRAINING: &str = "switchboard_draining";
 pub use switchboard_sip::endpoint::metric_names::{
-    SIP_MALFORMED_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL,
-    TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
+    SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
+    SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
 /// Rate-limits a repeated warning: first one, then a summary count at most once per period.
 pub use switchboard_sip::endpoint::{WarningAction, WarningLimiter};
@@ -330,6 +330,14 @@ fn describe_net_metrics() {
 fn describe_operations_metrics() {
     metrics::describe_counter!(SIP_REQUESTS_TOTAL, "SIP requests received, by method.");
     metrics::describe_counter!(SIP_RESPONSES_TOTAL, "SIP responses sent, by method and status code.");
+    metrics::describe_counter!(
+        SIP_REQUESTS_SENT_TOTAL,
+        "SIP requests sent (new transactions: no retransmission, no ACK), by method."
+    );
+    metrics::describe_counter!(
+        SIP_RESPONSES_RECEIVED_TOTAL,
+        "SIP responses received (retransmissions included), by CSeq method and status code."
+    );
     metrics::describe_counter!(SIP_MALFORMED_TOTAL, "SIP messages dropped or answered 400 as malformed, by transport.");
     metrics::describe_counter!(
         REALTIME_APPENDS_DROPPED_TOTAL,
