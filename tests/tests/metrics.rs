@@ -1,8 +1,9 @@
 //! What an operator's Prometheus and log collector see (issue 10, "Metrics" and "Logs"): scripted
-//! SIPp calls through the release gateway and the simulator, then `/metrics` is read and its series
-//! and values asserted, and `promtool check metrics` must pass on it with nothing to say; the
-//! JSON log of the same calls must hold one parseable summary line per call, carrying what the
-//! CDR carries, inside the call's span, with numbers redacted (or not, when turned off).
+//! SIPp calls through the release gateway and the simulator (one of them interrupting the agent's
+//! greeting), then `/metrics` is read and its series and values asserted, and `promtool check
+//! metrics` must pass on it with nothing to say; the JSON log of the same calls must hold one
+//! parseable summary line per call, carrying what the CDR carries, inside the call's span, with
+//! numbers redacted (or not, when turned off).
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -21,6 +22,36 @@ const DIALLED: &str = "15550001000";
 fn silence_stream(dir: &Path) -> String {
     let path = dir.join("silence.ul");
     std::fs::write(&path, vec![0xFF_u8; 16_000]).expect("write silence");
+    path.display().to_string()
+}
+
+/// G.711 µ-law encoding of one sample (ITU-T G.711, the segment-and-mantissa form).
+fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut value = i32::from(sample);
+    let sign = if value < 0 {
+        value = -value;
+        0x80
+    } else {
+        0
+    };
+    let value = (value.min(32_635) + BIAS) as u32;
+    let exponent = (31 - value.leading_zeros()).saturating_sub(7).min(7);
+    let mantissa = (value >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+/// Silence, then a second of a loud 300 Hz tone (the simulator's energy VAD hears it as speech
+/// while the agent's greeting plays: a barge-in), then silence: 2.5 s for SIPp's `rtp_stream`.
+fn barge_in_stream(dir: &Path) -> String {
+    let mut audio = vec![0xFF_u8; 4800];
+    audio.extend((0..8000).map(|n| {
+        let phase = 2.0 * std::f64::consts::PI * 300.0 * f64::from(n) / 8000.0;
+        linear_to_ulaw((phase.sin() * 12_000.0) as i16)
+    }));
+    audio.extend(std::iter::repeat_n(0xFF_u8, 7200));
+    let path = dir.join("barge_in.ul");
+    std::fs::write(&path, audio).expect("write tone");
     path.display().to_string()
 }
 
@@ -91,26 +122,29 @@ fn metrics_after_scripted_calls_have_the_right_values_and_pass_promtool() {
     let test = "metrics_after_scripted_calls_have_the_right_values_and_pass_promtool";
     let ports = Ports::for_slot(90);
     let dir = tools::scratch_dir(test);
-    let stream = silence_stream(&dir);
-    // The simulator answers the greeting's response.create with a tone: the agent speaks first.
-    let sim = Sim::start(ports, &[], &dir);
+    let silence = silence_stream(&dir);
+    let barge_in = barge_in_stream(&dir);
+    // The simulator answers the greeting's response.create with a 3 s tone: the agent speaks
+    // first, and is still speaking when the second caller starts talking.
+    let sim = Sim::start(ports, &["--greeting-tone", "440:3000"], &dir);
     let agent = format!("[agents.default]\ngreeting = \"Hello.\"\nnumbers = [\"{DIALLED}\"]\n");
     let gateway = Gateway::start_with_env(ports, &sim.url(), &agent, &dir, &[("SWITCHBOARD__LOG__FORMAT", "json")]);
     let started = SystemTime::now();
 
-    for _ in 0..2 {
+    // A caller who listens, then one who interrupts the greeting.
+    for stream in [&silence, &barge_in] {
         let out = sipp::run(
             "uac_call.xml",
             &[
                 ("FORMATS", "0 101"),
                 ("RTPMAPS", &sipp::rtpmaps("0 101")),
                 ("EXPECT_PT", "0"),
-                ("MEDIA", &sipp::rtp_stream(&stream, "0")),
+                ("MEDIA", &sipp::rtp_stream(stream, "0")),
             ],
             &dir,
             ports,
             DIALLED,
-            2000,
+            2500,
         );
         assert!(out.status.success(), "SIPp call failed; gateway log:\n{}", gateway.log());
     }
@@ -148,6 +182,8 @@ fn metrics_after_scripted_calls_have_the_right_values_and_pass_promtool() {
     // RTP both ways: two seconds of the caller's silence, the greeting's tone back.
     assert!(value(&m, r#"switchboard_rtp_packets_total{direction="in"}"#) >= 100.0, "{text}");
     assert!(value(&m, r#"switchboard_rtp_packets_total{direction="out"}"#) >= 50.0, "{text}");
+    // The second caller's tone interrupted the greeting, once; the first caller never spoke.
+    assert_eq!(value(&m, "switchboard_barge_ins_total"), 1.0, "{text}");
     // Setup: INVITE to 200 and to the agent's first audio, once per answered call.
     assert_eq!(value(&m, "switchboard_call_setup_seconds_count"), 2.0);
     assert_eq!(value(&m, r#"switchboard_call_first_audio_seconds_count{direction="inbound"}"#), 2.0, "{text}");
