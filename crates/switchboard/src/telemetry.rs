@@ -476,6 +476,32 @@ mod tests {
         assert_eq!(Redacted("123\r\nX").to_string(), "…3\\r\\nX");
     }
 
+    /// `promtool check metrics` (and Prometheus users) need a HELP line for every series: each
+    /// metric name declared or re-exported here has its `describe_*!` call in this file.
+    #[test]
+    fn every_metric_name_is_described() {
+        let source = include_str!("telemetry.rs");
+        let compact: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut names: Vec<String> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub const ")?.split_once(": &str = \"switchboard_"))
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let reexported = compact.split_once("pubuseswitchboard_sip::endpoint::metric_names::{").map(|(_, rest)| rest);
+        let reexported = reexported.and_then(|rest| rest.split_once('}')).map_or("", |(list, _)| list);
+        names.extend(reexported.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
+        assert!(names.len() > 60, "the scan found the names: {names:?}");
+        let undescribed: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                !["counter", "gauge", "histogram"]
+                    .iter()
+                    .any(|kind| compact.contains(&format!("describe_{kind}!({name},")))
+            })
+            .collect();
+        assert!(undescribed.is_empty(), "metrics without a description: {undescribed:?}");
+    }
+
     #[test]
     fn pii_is_redacted_to_the_users_last_four_characters_unless_turned_off() {
         let uri = Pii("sip:+15550001234@carrier.example;user=phone");
