@@ -34,7 +34,8 @@ build_packages=(build-essential cmake pkg-config ca-certificates)
 # iproute2 (`ip link set lo up`) and util-linux (`unshare -n`) for the network-namespace tests,
 # procps (`kill`: the harness signals the processes it started by PID).
 # deploy/ is checked by the tools that consume it (tests/tests/deploy.rs, scale_out.rs): kamailio
-# (the dispatcher in front of several gateways, and `kamailio -c`), prometheus (for promtool),
+# (the dispatcher in front of several gateways, and `kamailio -c`), prometheus (promtool: the
+# alert rules, and `promtool check metrics` on the gateway's /metrics),
 # systemd (systemd-analyze verify), python3-yaml (the Kubernetes manifests parse).
 test_packages=(sip-tester baresip-core tshark espeak-ng sox libsox-fmt-all python3 libopus0 iproute2 util-linux procps
     kamailio prometheus systemd python3-yaml)

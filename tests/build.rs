@@ -18,7 +18,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("ip", "has_ip"),
     // Kamailio (its `kamcmd` comes in the same package): the scale-out test and the config check.
     ("kamailio", "has_kamailio"),
-    // promtool (Debian's prometheus package): the alert rules check.
+    // promtool (Debian's prometheus package): `check metrics` on /metrics, the alert rules.
     ("promtool", "has_promtool"),
     // systemd-analyze (Debian's systemd package): the unit file check.
     ("systemd-analyze", "has_systemd_analyze"),
