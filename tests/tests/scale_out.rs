@@ -52,15 +52,25 @@ struct Kamailio {
 
 impl Kamailio {
     fn start(port: u16, gateways: &[&Gateway], dir: &Path) -> Kamailio {
-        use std::os::unix::process::CommandExt;
-        let dir = dir.join("kamailio");
-        std::fs::create_dir_all(&dir).expect("kamailio dir");
         let list: String = gateways
             .iter()
             .map(|gw| format!("1 sip:127.0.0.1:{} 0 0 duid=gw{}\n", gw.ports.sip, gw.ports.sip))
             .collect();
         let list_path = dir.join("dispatcher.list");
         std::fs::write(&list_path, list).expect("write dispatcher.list");
+        let kamailio = Kamailio::start_with_list(port, &list_path, dir);
+        // Ready once every gateway has been probed active.
+        for gw in gateways {
+            kamailio.wait_for_state(gw, 'A', Duration::from_secs(10));
+        }
+        kamailio
+    }
+
+    /// Kamailio with a given dispatcher list; returns once its control socket answers.
+    fn start_with_list(port: u16, list_path: &Path, dir: &Path) -> Kamailio {
+        use std::os::unix::process::CommandExt;
+        let dir = dir.join("kamailio");
+        std::fs::create_dir_all(&dir).expect("kamailio dir");
         let ctl = format!("unix:{}", dir.join("ctl").display());
         let log_path = dir.join("kamailio.log");
         let log = std::fs::File::create(&log_path).expect("kamailio log");
@@ -87,9 +97,10 @@ impl Kamailio {
                 .stderr(log),
         );
         let kamailio = Kamailio { guard, ctl, log_path };
-        // Ready once the control socket answers and every gateway has been probed active.
-        for gw in gateways {
-            kamailio.wait_for_state(gw, 'A', Duration::from_secs(10));
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !kamailio.dispatcher_list().contains("URI: sip:") {
+            assert!(Instant::now() < deadline, "kamailio not answering kamcmd; log:\n{}", kamailio.log());
+            std::thread::sleep(Duration::from_millis(100));
         }
         kamailio
     }
@@ -106,8 +117,12 @@ impl Kamailio {
 
     /// The dispatcher's FLAGS for a gateway: "AP" active and probed, "IP" inactive and probed.
     fn flags(&self, gw: &Gateway) -> Option<String> {
+        self.uri_flags(gw.ports.sip)
+    }
+
+    fn uri_flags(&self, sip_port: u16) -> Option<String> {
         let list = self.dispatcher_list();
-        let uri = format!("URI: sip:127.0.0.1:{}", gw.ports.sip);
+        let uri = format!("URI: sip:127.0.0.1:{sip_port}");
         let mut lines = list.lines().skip_while(|line| line.trim() != uri);
         lines.next()?;
         lines.find_map(|line| line.trim().strip_prefix("FLAGS: ").map(str::to_string))
@@ -115,16 +130,19 @@ impl Kamailio {
 
     /// Waits until the gateway's state letter (A, I, T, D) is `state`; returns how long it took.
     fn wait_for_state(&self, gw: &Gateway, state: char, limit: Duration) -> Duration {
+        self.wait_for_uri_state(gw.ports.sip, state, limit)
+    }
+
+    fn wait_for_uri_state(&self, sip_port: u16, state: char, limit: Duration) -> Duration {
         let start = Instant::now();
         loop {
-            let flags = self.flags(gw);
+            let flags = self.uri_flags(sip_port);
             if flags.as_deref().is_some_and(|f| f.starts_with(state)) {
                 return start.elapsed();
             }
             assert!(
                 start.elapsed() < limit,
-                "gateway {} not in state {state} within {limit:?} (flags {flags:?}); kamailio log:\n{}",
-                gw.ports.sip,
+                "gateway {sip_port} not in state {state} within {limit:?} (flags {flags:?}); kamailio log:\n{}",
                 self.log()
             );
             std::thread::sleep(Duration::from_millis(100));
@@ -533,9 +551,68 @@ fn the_gateways_bye_reaches_the_caller_through_kamailio() {
         report_sipp(name, &dir, &output.status);
         assert!(
             output.status.success(),
-            "{name}: the gateway's BYE must reach the caller via Kamailio; log:\n{}",
-            kamailio.log()
+            "{name}: the gateway's BYE must reach the caller via Kamailio; kamailio log:\n{}\ngateway log:\n{}",
+            kamailio.log(),
+            gw.log()
         );
         assert_eq!(counter(&gw.metrics(), "switchboard_calls_total", "reason=\"rtp_timeout\""), n as u64 + 1);
     }
+}
+
+/// A UAC whose INVITE must be refused 503 with Retry-After, then ACKed.
+const UAC_REFUSED_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
+<!DOCTYPE scenario SYSTEM "sipp.dtd">
+<scenario name="uac_refused_by_kamailio">
+  <send retrans="500"><![CDATA[
+
+      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <recv response="100" optional="true" />
+  <recv response="503">
+    <action>
+      <ereg regexp="Retry-After: 5" search_in="msg" check_it="true" assign_to="retry_after" />
+    </action>
+  </recv>
+  <send><![CDATA[
+
+      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Max-Forwards: 70
+      Content-Length: 0
+
+  ]]></send>
+  <Reference variables="retry_after" />
+</scenario>
+"#;
+
+#[test]
+#[cfg_attr(not(all(has_kamailio, has_sipp)), ignore = "needs kamailio and sipp (scripts/install-deps.sh)")]
+fn with_every_gateway_down_kamailio_answers_503_with_retry_after() {
+    let dir = tools::scratch_dir("scale_out_all_down");
+    // A gateway address where nothing listens: never answers a probe.
+    let ports = Ports::for_slot(105);
+    let list = dir.join("dispatcher.list");
+    std::fs::write(&list, format!("1 sip:127.0.0.1:{} 0 0\n", ports.sip)).expect("write dispatcher.list");
+    let kamailio = Kamailio::start_with_list(ports.peer_sip, &list, &dir);
+    kamailio.wait_for_uri_state(ports.sip, 'I', Duration::from_secs(10));
+    let caller =
+        Caller { proxy_port: ports.peer_sip, sip_port: ports.peer_sip + 2, media_port: ports.peer_media, tcp: false };
+    let output =
+        run_bounded("sipp", &mut caller.command(UAC_REFUSED_VIA_PROXY, "refused", &dir, 1, 0), Duration::from_secs(30));
+    report_sipp("refused", &dir, &output.status);
+    assert!(output.status.success(), "503 + Retry-After from Kamailio; log:\n{}", kamailio.log());
+    assert!(kamailio.log().contains("no gateway available"));
 }
