@@ -132,10 +132,12 @@ async fn run(
 ) -> CallEnd {
     let received = Instant::now();
     let IncomingCall { info, offer, mut invite } = call;
-    let cfg = &state.config;
+    // The configuration this call keeps to its end, whatever a reload does meanwhile.
+    let settings = state.settings();
+    let cfg = &settings.config;
 
     let id = entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
-    let Some(routed) = route(&state.config, &state.resolved, &info, &id, switchboard_router::Timestamp::now()) else {
+    let Some(routed) = route(&settings.config, &settings.resolved, &info, &id, switchboard_router::Timestamp::now()) else {
         return refuse(state, invite, Refusal::NoRoute);
     };
     let (route_name, agent_name, agent) = match routed {
@@ -239,6 +241,7 @@ async fn run(
         port_lease,
         session,
         hangup,
+        settings: Arc::clone(&settings),
     };
     converse(state, call).await
 }
@@ -350,6 +353,8 @@ pub struct Established {
     /// Becomes true when the operator hangs the call up (admin API `DELETE /v1/calls/{id}`).
     /// A dropped sender means "never".
     pub hangup: watch::Receiver<bool>,
+    /// The configuration snapshot the call took when it started (`reload.rs`).
+    pub settings: Arc<crate::reload::Settings>,
 }
 
 /// Opens and confirms the agent's Realtime session for a call on `codec` (connect,

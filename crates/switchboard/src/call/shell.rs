@@ -62,10 +62,10 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings } = call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
-    let cfg = &state.config;
+    let cfg = &settings.config;
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
     let mut writer = RealtimeWriter::spawn(sender, watchdog);
@@ -108,7 +108,9 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
             core.set_transfer_rules(TransferLink::rules(&agent));
-            let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester());
+            // From here on the call takes operator commands (`POST /v1/calls/{id}/transfer`).
+            let commands = state.calls.accept_commands(&facts.id);
+            let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester(), commands);
             let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
                 core,
@@ -130,6 +132,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 recorder: &mut recorder,
                 link: Link {
                     state,
+                    settings: &settings,
                     agent: &agent,
                     codec: media.codec,
                     confirmed,
@@ -191,6 +194,8 @@ const ROLLOVER_RETRIES: ReconnectPolicy = ReconnectPolicy {
 /// session again, and the reconnect in progress.
 struct Link<'a> {
     state: &'a Arc<GatewayState>,
+    /// The call's configuration snapshot (`reload.rs`).
+    settings: &'a Arc<crate::reload::Settings>,
     agent: &'a AgentConfig,
     codec: Codec,
     /// The formats the call's media pipeline was built for: a new session must confirm the same.
