@@ -480,6 +480,12 @@ impl RunningGateway {
         ReloadTrigger(Arc::clone(&self.state))
     }
 
+    /// The shared state, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn state_for_test(&self) -> &Arc<GatewayState> {
+        &self.state
+    }
+
     /// Test hook: a function that makes the SIP endpoint's driver task panic, as a parser bug
     /// would.
     #[doc(hidden)]
