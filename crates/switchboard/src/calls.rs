@@ -101,6 +101,21 @@ pub struct CallView {
     /// Outbound calls once ended (and answered calls while up: `null`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutboundOutcome>,
+    /// The last transfer to a human (model, rule or operator initiated) and how it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferView>,
+}
+
+/// A transfer's outcome as `GET /v1/calls/{id}` shows it (the CDR's `transfers` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferView {
+    pub queue: String,
+    /// `refer` or `bridge`.
+    pub method: String,
+    /// Who asked: the model's stated reason, a rule's name, or `operator`.
+    pub reason: String,
+    /// `transferred`, `bridged`, `failed (…)`... as in the CDR.
+    pub outcome: String,
 }
 
 /// What is known of a call when it is registered.
@@ -230,6 +245,7 @@ impl CallRegistry {
             to: redact_party(&call.to),
             from: redact_party(&call.from),
             outcome: None,
+            transfer: None,
         };
         tables.active.insert(id.clone(), Entry { view, hangup, commands: None });
         Ok((CallGuard { registry: Arc::clone(self), id }, hangup_rx))
@@ -283,6 +299,11 @@ impl CallRegistry {
             None if tables.finished.iter().any(|view| view.id == id) => Err(CommandRefusal::AlreadyEnded),
             None => Err(CommandRefusal::Unknown),
         }
+    }
+
+    /// Records the outcome of a transfer of call `id` (shown while the call is listed).
+    pub fn set_transfer(&self, id: &str, transfer: TransferView) {
+        self.update(id, |view| view.transfer = Some(transfer));
     }
 
     /// Calls up.

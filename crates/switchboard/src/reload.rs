@@ -168,7 +168,8 @@ pub fn record_loaded() {
 pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     let Settings { config: mut new, resolved: mut new_resolved } = loaded;
     let old = &running.config;
-    let (old_view, new_view) = (flatten(&config::view::effective_json(old)), flatten(&config::view::effective_json(&new)));
+    let (old_view, new_view) =
+        (flatten(&config::view::effective_json(old)), flatten(&config::view::effective_json(&new)));
     let restart_only = |key: &str| {
         RESTART_SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
             || RESTART_KEYS.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))

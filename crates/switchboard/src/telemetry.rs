@@ -103,7 +103,8 @@ pub const CDR_WEBHOOK_DROPPED_TOTAL: &str = "switchboard_cdr_webhook_dropped_tot
 /// Configuration reloads (SIGHUP, `POST /v1/reload`) by `outcome` (applied, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
 /// Unix time of the last configuration successfully loaded (at start, then each applied reload).
-pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str = "switchboard_config_last_reload_success_timestamp_seconds";
+pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
+    "switchboard_config_last_reload_success_timestamp_seconds";
 pub use switchboard_sip::endpoint::metric_names::{
     TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };

@@ -137,7 +137,8 @@ async fn run(
     let cfg = &settings.config;
 
     let id = entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
-    let Some(routed) = route(&settings.config, &settings.resolved, &info, &id, switchboard_router::Timestamp::now()) else {
+    let Some(routed) = route(&settings.config, &settings.resolved, &info, &id, switchboard_router::Timestamp::now())
+    else {
         return refuse(state, invite, Refusal::NoRoute);
     };
     let (route_name, agent_name, agent) = match routed {

@@ -62,7 +62,8 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings } = call;
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings } =
+        call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
     let cfg = &settings.config;

@@ -155,7 +155,8 @@ headers = {{ X-Ticket = "SECRET-transfer-header-{{call_id}}" }}
 
         let shown = effective_json(&config).to_string();
         assert!(!shown.contains("SECRET"), "a secret leaked: {shown}");
-        for visible in ["gw-user", "be kind", "sip:sales@pbx.example", "https://mcp.example/sse", "realtime.example/v1"] {
+        for visible in ["gw-user", "be kind", "sip:sales@pbx.example", "https://mcp.example/sse", "realtime.example/v1"]
+        {
             assert!(shown.contains(visible), "`{visible}` should be shown: {shown}");
         }
         let view = effective_json(&config);

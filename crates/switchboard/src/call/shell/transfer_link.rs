@@ -22,7 +22,7 @@ use super::super::transfer::dial::{AnsweredHuman, DialFailure, dial_human};
 use super::super::transfer::machine::{Action, MachineConfig, Outcome, StartError, TransferMachine, Trigger};
 use super::super::transfer::{HeaderContext, context_headers, parse_arguments, referred_by};
 use super::{AbortOnDrop, MediaLoop};
-use crate::calls::{CallGuard, OperatorCommand, TransferRefusal};
+use crate::calls::{CallGuard, OperatorCommand, TransferRefusal, TransferView};
 use crate::config::{AgentConfig, TransferConfig};
 use crate::rtp_ports::PortLease;
 use crate::telemetry;
@@ -529,6 +529,13 @@ impl MediaLoop<'_> {
         let method = self.transfer.config.method.label();
         info!(method, queue, outcome = %outcome.detail(), "transfer outcome");
         metrics::counter!(telemetry::TRANSFERS_TOTAL, "method" => method, "outcome" => outcome.label()).increment(1);
+        let view = TransferView {
+            queue: queue.clone(),
+            method: method.to_owned(),
+            reason: self.transfer.reason.clone(),
+            outcome: outcome.detail(),
+        };
+        self.link.state.calls.set_transfer(&self.transfer.call_id, view);
         self.journal.transfer(TransferRecord {
             at: self.journal.offset(now),
             queue,

@@ -1,0 +1,103 @@
+//! The operator's transfer (`POST /v1/calls/{id}/transfer`): a live call handed to one of its
+//! agent's queues by REFER, through the same machinery as the model's `transfer_to_human`, with
+//! its outcome in the metrics and the CDR. Slot 93. (Hang-up by `DELETE /v1/calls/{id}` of
+//! inbound and outbound calls is shown in tests/tests/outbound.rs.)
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use switchboard_e2e::procs::{Gateway, Sim, http_get, http_post};
+use switchboard_e2e::{Ports, sipp, tools};
+
+fn wait_for_log(gateway: &Gateway, needle: &str, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while !gateway.log().contains(needle) {
+        assert!(Instant::now() < deadline, "`{needle}` not logged within {limit:?}; log:\n{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
+fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
+    let ports = Ports::for_slot(93);
+    let dir = tools::scratch_dir("operator_transfer_by_refer");
+    let silence = dir.join("silence.ul");
+    std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
+    let target = "sip:sales@127.0.0.1:5999";
+    let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+    let extra = format!(
+        "[cdr]\npath = \"{cdr}\"\n[agents.default.transfer]\nannounce = \"Please hold.\"\nrefer_timeout_secs = 10\n\
+         [agents.default.transfer.queues]\nsales = \"{target}\"\n",
+        cdr = dir.join("cdr.jsonl").display()
+    );
+    let gateway = Gateway::start(ports, &sim.url(), &extra, &dir);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
+
+    let sipp_dir = dir.clone();
+    let media = sipp::rtp_stream(&silence.display().to_string(), "0");
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            "uac_refer_operator.xml",
+            &[
+                ("FORMATS", "0 101"),
+                ("RTPMAPS", &sipp::rtpmaps("0 101")),
+                ("EXPECT_PT", "0"),
+                ("MEDIA", &media),
+                ("TARGET", target),
+            ],
+            &sipp_dir,
+            ports,
+            "15550001000",
+            0,
+        )
+    });
+    wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
+    let (status, body) = http_get(admin, "/v1/calls");
+    assert_eq!(status, 200, "{body}");
+    let calls: Value = serde_json::from_str(&body).unwrap();
+    let id = calls["calls"][0]["id"].as_str().expect("the call is listed").to_owned();
+    let path = format!("/v1/calls/{id}/transfer");
+
+    // A URI or an unknown name is no queue: refused, the valid ones listed, nothing dialled.
+    let (status, body) = http_post(admin, &path, &format!(r#"{{"queue": "{target}"}}"#));
+    assert_eq!(status, 422, "{body}");
+    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["valid"], serde_json::json!(["sales"]));
+
+    let (status, body) = http_post(admin, &path, r#"{"queue": "sales"}"#);
+    assert_eq!(status, 202, "{body}; log:\n{}", gateway.log());
+    // The announcement is playing: one transfer at a time.
+    let (status, body) = http_post(admin, &path, r#"{"queue": "sales"}"#);
+    assert_eq!(status, 409, "{body}");
+
+    // The caller's phone accepts the REFER (reason "operator"), reports 200 by NOTIFY, and our
+    // BYE ends our leg.
+    let out = caller.join().expect("sipp thread");
+    assert!(out.status.success(), "the REFER or the BYE did not come as expected; log:\n{}", gateway.log());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let cdr = loop {
+        let text = std::fs::read_to_string(dir.join("cdr.jsonl")).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str::<Value>(line).unwrap();
+        }
+        assert!(Instant::now() < deadline, "no CDR; log:\n{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(cdr["reason"], "transferred", "{cdr}");
+    assert_eq!(cdr["transfers"]["count"], 1, "{cdr}");
+    assert!(cdr["transfers"]["last_outcome"].as_str().unwrap_or_default().contains("transferred"), "{cdr}");
+    let metrics = gateway.metrics();
+    assert!(
+        metrics.lines().any(|l| l.starts_with("switchboard_transfers_total")
+            && l.contains("method=\"refer\"")
+            && l.contains("outcome=\"transferred\"")
+            && l.ends_with(" 1")),
+        "{metrics}"
+    );
+    // The model was told to announce, never asked to choose the queue: no tool call involved.
+    let sessions = sim.sessions();
+    let events = sessions[0]["events"].as_array().unwrap();
+    assert!(events.iter().any(|e| e["event"]["type"] == "response.create" && e["event"]["event_id"] == "evt_announce"));
+    assert!(!events.iter().any(|e| e["event"]["item"]["type"] == "function_call_output"));
+}
