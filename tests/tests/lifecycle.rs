@@ -89,11 +89,12 @@ fn rtp_timeout_ends_the_call_with_bye() {
 
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn sigterm_hangs_up_every_call_and_exits_cleanly() {
+fn sigterm_without_drain_hangs_up_every_call_and_exits_cleanly() {
     let test = "sigterm_hangs_up_every_call";
     let ports = Ports::for_slot(14);
     let dir = tools::scratch_dir(test);
-    let mut gateway = Gateway::start(ports, "", "", &dir);
+    // No drain: SIGTERM hangs up at once (tests/tests/drain.rs covers the drain).
+    let mut gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__CALLS__DRAIN_SECS", "0")]);
     let sipp_dir = dir.clone();
     let caller = std::thread::spawn(move || sipp::run("uac_wait_bye.xml", &[], &sipp_dir, ports, "15550001000", 0));
     // Wait until the call is answered (a call still in setup at shutdown gets 503 instead).
@@ -120,7 +121,7 @@ fn record_route_is_mirrored_and_our_bye_follows_the_route_set() {
     assert!(out.status.success(), "route set not honoured; gateway log:\n{}", gateway.log());
 }
 
-/// SIGTERM while a call is still being set up (its `session.updated` is slow): the call is refused
+/// SIGTERM (no drain) while a call is still being set up (its `session.updated` is slow): the call is refused
 /// with 503 and Retry-After so a proxy can send it elsewhere, never answered only to be hung up,
 /// and the gateway still exits cleanly.
 #[test]
@@ -130,7 +131,8 @@ fn sigterm_during_call_setup_refuses_the_call_with_503() {
     let ports = Ports::for_slot(19);
     let dir = tools::scratch_dir(test);
     let sim = Sim::start(ports, &["--session-update-delay-ms", "2000"], &dir);
-    let mut gateway = Gateway::start(ports, &sim.url(), "", &dir);
+    // No drain (which would let the call in setup complete): shutdown at once.
+    let mut gateway = Gateway::start_with_env(ports, &sim.url(), "", &dir, &[("SWITCHBOARD__CALLS__DRAIN_SECS", "0")]);
     let sipp_dir = dir.clone();
     let caller = std::thread::spawn(move || {
         sipp::run(

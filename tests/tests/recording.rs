@@ -269,8 +269,9 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
     assert!(played >= killed_at - 1.5, "plays only {played:.2} s of {killed_at:.2} s");
     assert!((soxi_seconds(&wav) - played).abs() < 0.01, "soxi agrees");
 
-    // Restarted on the same directories: the call gets its records.
-    let gateway = Gateway::start(ports, &sim.url(), &toml, &dir);
+    // Restarted on the same directories: the call gets its records. `drain_secs = 0`: the
+    // SIGTERM below hangs up at once instead of waiting for the call to end.
+    let gateway = Gateway::start_with_env(ports, &sim.url(), &toml, &dir, &[("SWITCHBOARD__CALLS__DRAIN_SECS", "0")]);
     let lines = wait_for(Duration::from_secs(5), || {
         let lines = cdr_lines(&dir);
         (!lines.is_empty()).then_some(lines)
@@ -291,7 +292,7 @@ fn kill_9_mid_call_leaves_a_playable_recording_and_a_crash_cdr_after_restart() {
     assert!(gateway.log().contains("calls left open by a crash"), "the recovery is logged");
     let _ = caller.join();
 
-    // A graceful stop (SIGTERM) mid-call: the call is hung up, and before the process exits its
+    // A graceful stop (SIGTERM, no drain) mid-call: the call is hung up, and before the process exits its
     // recording is closed, its sidecar and its CDR written.
     let mut gateway = gateway;
     let second = {

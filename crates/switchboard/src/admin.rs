@@ -87,6 +87,9 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
         return (StatusCode::SERVICE_UNAVAILABLE, "not ready: starting or shutting down\n".to_string());
     }
     let active = gw.active_calls.load(Ordering::Acquire);
+    if gw.draining.load(Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: draining ({active} calls in progress)\n"));
+    }
     let limit = gw.config.calls.max_concurrent;
     if gw.capacity_saturated.load(Ordering::Acquire) {
         // Same answer as INVITE and OPTIONS get: a load balancer steers new calls elsewhere.

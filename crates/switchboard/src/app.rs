@@ -53,6 +53,8 @@ pub struct GatewayState {
     pub media_clock: Arc<MediaClock>,
     /// True while capacity admission refuses new calls (`capacity.rs`, `watch_capacity`).
     pub capacity_saturated: AtomicBool,
+    /// True once a drain began (SIGTERM): new calls are refused, calls in progress go on.
+    pub draining: AtomicBool,
     /// Rate limit on the "refused by per-source admission" warning.
     admission_warnings: Mutex<WarningLimiter>,
     /// Recordings, sidecars and call detail records (`recording`): one writer thread.
@@ -67,6 +69,11 @@ pub struct GatewayState {
 }
 
 impl GatewayState {
+    /// True once the gateway takes no new calls for good: draining or shutting down.
+    pub fn closing(&self) -> bool {
+        self.draining.load(Ordering::Acquire) || *self.shutdown.borrow()
+    }
+
     /// Why the gateway is broken, if it is.
     pub fn failure(&self) -> Option<&str> {
         self.failure.get().map(String::as_str)
@@ -192,6 +199,7 @@ pub async fn start(
         admission: Mutex::new(admission),
         media_clock: MediaClock::start().map_err(StartError::MediaClock)?,
         capacity_saturated: AtomicBool::new(false),
+        draining: AtomicBool::new(false),
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
         records,
@@ -262,6 +270,7 @@ pub async fn start(
     tokio::spawn(watch_capacity(Arc::clone(&state), sip.clone()));
     state.ready.store(true, Ordering::Release);
     metrics::gauge!(telemetry::UP).set(1.0);
+    metrics::gauge!(telemetry::DRAINING).set(0.0);
 
     Ok(RunningGateway { state, sip, accept_abort, offline_agent, admin_addr, fatal })
 }
@@ -269,7 +278,7 @@ pub async fn start(
 /// One new INVITE: per-source admission, then a global call slot, then the call's own task.
 /// Everything here is cheap; routing, RTP ports and the Realtime session come after.
 fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
-    if *state.shutdown.borrow() {
+    if state.closing() {
         call::refuse_early(state, call, Refusal::ShuttingDown);
         return;
     }
@@ -373,8 +382,8 @@ fn apply_capacity(state: &GatewayState, sip: &SipEndpoint, transition: Transitio
         Transition::Recovered => {
             state.capacity_saturated.store(false, Ordering::Release);
             metrics::gauge!(telemetry::CAPACITY_SATURATED).set(0.0);
-            // Shutdown and failure keep their 503.
-            if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !*state.shutdown.borrow() {
+            // Drain, shutdown and failure keep their 503.
+            if state.ready.load(Ordering::Acquire) && state.failure().is_none() && !state.closing() {
                 sip.set_options_response(200);
             }
             info!(active_calls = state.active_calls.load(Ordering::Acquire), "pacing recovered: taking calls again");
@@ -439,6 +448,27 @@ fn describe_end(ended: Result<(), tokio::task::JoinError>) -> String {
     }
 }
 
+/// How a drain ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Drained {
+    /// Every call in progress ended by itself.
+    CallsEnded,
+    /// `calls.drain_secs` passed with calls still up.
+    TimeUp,
+    /// A second stop signal: hang up at once.
+    Interrupted,
+}
+
+impl Drained {
+    pub fn label(self) -> &'static str {
+        match self {
+            Drained::CallsEnded => "calls_ended",
+            Drained::TimeUp => "time_up",
+            Drained::Interrupted => "interrupted",
+        }
+    }
+}
+
 /// The offline agent: the simulator in-process, echoing the caller. It keeps no session logs, so
 /// a gateway left running on it for months does not grow.
 fn offline_agent_config() -> SimConfig {
@@ -492,6 +522,40 @@ impl RunningGateway {
     pub fn driver_killer_for_test(&self) -> impl FnOnce() + Send + 'static {
         let sip = self.sip.clone();
         move || sip.panic_driver_for_test()
+    }
+
+    /// Drains: new INVITEs and outbound calls get 503 + Retry-After, OPTIONS 503 and `/readyz`
+    /// 503 (a dispatcher steers calls elsewhere), while the calls in progress go on until they
+    /// end, `calls.drain_secs` passes or `interrupt` completes (a second SIGTERM). Then call
+    /// [`RunningGateway::shutdown`], which hangs up what is left with BYE.
+    pub async fn drain(&self, interrupt: impl std::future::Future<Output = ()>) -> Drained {
+        let limit = Duration::from_secs(self.state.config.calls.drain_secs);
+        self.state.draining.store(true, Ordering::Release);
+        self.sip.set_options_response(503);
+        metrics::gauge!(telemetry::DRAINING).set(1.0);
+        let started = tokio::time::Instant::now();
+        info!(
+            active_calls = self.active_calls(),
+            drain_secs = limit.as_secs(),
+            "draining: taking no new calls; a second SIGTERM hangs up at once"
+        );
+        let calls_ended = async {
+            while self.active_calls() > 0 {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        let drained = tokio::select! {
+            () = calls_ended => Drained::CallsEnded,
+            () = tokio::time::sleep(limit) => Drained::TimeUp,
+            () = interrupt => Drained::Interrupted,
+        };
+        info!(
+            outcome = drained.label(),
+            after_ms = started.elapsed().as_millis() as u64,
+            active_calls = self.active_calls(),
+            "drain over"
+        );
+        drained
     }
 
     /// Stops taking calls (new INVITEs and OPTIONS get 503), hangs up every call with BYE, waits

@@ -207,6 +207,9 @@ pub struct CallsConfig {
     /// ...until the p99 has stayed at or below this for `saturation_hold_secs`.
     pub recovery_lateness_ms: u32,
     pub saturation_hold_secs: u32,
+    /// On SIGTERM, calls in progress may go on this long (new ones are refused) before they are
+    /// hung up with BYE. 0: hang up at once.
+    pub drain_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -507,6 +510,7 @@ impl Default for CallsConfig {
             saturation_lateness_ms: 10,
             recovery_lateness_ms: 4,
             saturation_hold_secs: 5,
+            drain_secs: 300,
         }
     }
 }

@@ -142,13 +142,22 @@ fn run(path: PathBuf) -> ExitCode {
         }
         gateway.set_config_path(std::fs::canonicalize(&path).unwrap_or(path));
         reload_on_sighup(&gateway);
-        tokio::select! {
-            () = wait_for_signal() => {
+        // SIGTERM (or Ctrl-C) drains; a second one, during the drain, hangs up at once.
+        let mut stop = StopSignals::install();
+        let failure = tokio::select! {
+            () = stop.next() => tokio::select! {
+                _ = gateway.drain(stop.next()) => None,
+                failure = gateway.failed() => Some(failure),
+            },
+            failure = gateway.failed() => Some(failure),
+        };
+        match failure {
+            None => {
                 gateway.shutdown(Duration::from_secs(10)).await;
                 tracing::info!("stopped");
                 ExitCode::SUCCESS
             }
-            failure = gateway.failed() => {
+            Some(failure) => {
                 // A dead task is a dead process: hang up what can still be hung up, then exit
                 // non-zero so systemd (Restart=on-failure) or Kubernetes restarts the gateway.
                 gateway.shutdown(Duration::from_secs(5)).await;
@@ -199,18 +208,33 @@ fn reload_on_sighup(gateway: &app::RunningGateway) {
     });
 }
 
-async fn wait_for_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
-    match signal(SignalKind::terminate()) {
-        Ok(mut term) => {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
+/// SIGTERM and SIGINT, each delivery seen once (a second one interrupts the drain).
+struct StopSignals {
+    terminate: Option<tokio::signal::unix::Signal>,
+    interrupt: Option<tokio::signal::unix::Signal>,
+}
+
+impl StopSignals {
+    fn install() -> StopSignals {
+        use tokio::signal::unix::{SignalKind, signal};
+        StopSignals { terminate: signal(SignalKind::terminate()).ok(), interrupt: signal(SignalKind::interrupt()).ok() }
+    }
+
+    /// The next SIGTERM or SIGINT (never, for a signal that could not be handled).
+    async fn next(&mut self) {
+        async fn delivery(signal: &mut Option<tokio::signal::unix::Signal>) {
+            let received = match signal {
+                Some(signal) => signal.recv().await.is_some(),
+                None => false,
+            };
+            // Not installed, or the stream ended (cannot happen while the runtime lives).
+            if !received {
+                std::future::pending::<()>().await;
             }
         }
-        Err(_) => {
-            let _ = tokio::signal::ctrl_c().await;
+        tokio::select! {
+            () = delivery(&mut self.terminate) => tracing::info!("SIGTERM received"),
+            () = delivery(&mut self.interrupt) => tracing::info!("SIGINT received"),
         }
     }
-    tracing::info!("signal received");
 }

@@ -100,6 +100,8 @@ pub const CDRS_WRITTEN_TOTAL: &str = "switchboard_cdrs_written_total";
 pub const CDR_WEBHOOK_POSTS_TOTAL: &str = "switchboard_cdr_webhook_posts_total";
 /// CDRs not queued for the webhook because the spool was full (`cdr.spool_max_files`).
 pub const CDR_WEBHOOK_DROPPED_TOTAL: &str = "switchboard_cdr_webhook_dropped_total";
+/// 1 while the gateway drains (SIGTERM: no new calls, calls in progress go on), else 0.
+pub const DRAINING: &str = "switchboard_draining";
 /// Configuration reloads (SIGHUP, `POST /v1/reload`) by `outcome` (applied, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
 /// Unix time of the last configuration successfully loaded (at start, then each applied reload).
@@ -222,6 +224,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Largest outbound RTP send lateness in the media clock's last 1 s window."
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
+    metrics::describe_gauge!(DRAINING, "1 while the gateway drains (no new calls, calls in progress go on), else 0.");
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
     metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");

@@ -243,7 +243,7 @@ const FINAL_ANSWER_ALLOWANCE: Duration = Duration::from_secs(40);
 /// Starts the call in the background; returns its id. `settings` is the configuration snapshot
 /// `plan` was checked against; the call keeps it to its end (`reload.rs`).
 pub fn start(state: &Arc<GatewayState>, settings: Arc<Settings>, mut plan: OutboundPlan) -> Result<String, StartError> {
-    if *state.shutdown.borrow() {
+    if state.closing() {
         return Err(StartError::ShuttingDown);
     }
     let Some(sip) = state.sip.get().cloned() else { return Err(StartError::NotReady) };
