@@ -100,7 +100,7 @@ fn sigterm_refuses_new_calls_while_the_call_in_progress_completes() {
     let caller = caller_hangs_up(ports, &dir, &media, 4000);
     wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
     sigterm(&gateway);
-    wait_for_log(&gateway, "SIGTERM received", Duration::from_secs(5));
+    wait_for_log(&gateway, "draining: taking no new calls", Duration::from_secs(5));
 
     // Draining: a load balancer is steered away, new calls are refused with Retry-After.
     let options = raw_request(&gateway, "OPTIONS", "");
@@ -163,7 +163,7 @@ fn the_drain_deadline_and_a_second_sigterm_hang_up_with_bye() {
     let caller = caller_waits_for_bye(ports, &dir);
     wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
     sigterm(&gateway);
-    wait_for_log(&gateway, "SIGTERM received", Duration::from_secs(5));
+    wait_for_log(&gateway, "draining: taking no new calls", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
     assert!(gateway.guard.child.try_wait().unwrap().is_none(), "still draining after one SIGTERM");
     let second = Instant::now();
