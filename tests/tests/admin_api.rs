@@ -98,6 +98,20 @@ fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
     // The model was told to announce, never asked to choose the queue: no tool call involved.
     let sessions = sim.sessions();
     let events = sessions[0]["events"].as_array().unwrap();
-    assert!(events.iter().any(|e| e["event"]["type"] == "response.create" && e["event"]["event_id"] == "evt_announce"));
+    let told = events
+        .iter()
+        .position(|e| {
+            e["event"]["type"] == "conversation.item.create"
+                && e["event"]["item"]["role"] == "system"
+                && e["event"]["item"]["content"][0]["text"]
+                    .as_str()
+                    .is_some_and(|t| t.contains("An operator is transferring"))
+        })
+        .expect("the agent is told an operator transfers the call");
+    let announced = events
+        .iter()
+        .position(|e| e["event"]["type"] == "response.create" && e["event"]["event_id"] == "evt_announce")
+        .expect("the announcement is asked for");
+    assert!(told < announced, "told before the announcement");
     assert!(!events.iter().any(|e| e["event"]["item"]["type"] == "function_call_output"));
 }

@@ -238,7 +238,14 @@ impl MediaLoop<'_> {
             Ok(actions) => {
                 info!(queue, "transfer to a human requested by the operator");
                 self.transfer.reason = OPERATOR_TRIGGER.to_owned();
-                self.core.lock().transfer_started();
+                let mut core = self.core.lock();
+                core.transfer_started();
+                // Told before the announcement is asked for, so it is not a surprise to the model.
+                core.inform_agent(&format!(
+                    "An operator is transferring the caller to a person ({queue}). Do not start a new \
+                     topic; if the transfer fails you will be told."
+                ));
+                drop(core);
                 // Answered before the actions run: the REFER or INVITE is under way.
                 let _ = reply.send(Ok(()));
                 self.run_transfer_actions(now, actions);
