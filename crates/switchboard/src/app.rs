@@ -87,6 +87,16 @@ impl GatewayState {
         }
     }
 
+    /// A reload's per-source admission limits (`reload.rs`).
+    pub(crate) fn reconfigure_admission(&self, settings: &Settings) {
+        self.admission().reconfigure(AdmissionConfig {
+            max_calls_per_source: settings.config.calls.max_per_source,
+            invites_per_second: settings.config.sip.invite_rate_per_source,
+            trusted: settings.resolved.trusted_proxies.clone(),
+            max_sources: admission_table_size(self.config.calls.max_concurrent),
+        });
+    }
+
     /// The configuration a call starting now takes and keeps to its end.
     pub fn settings(&self) -> Arc<Settings> {
         self.settings.current()

@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::GatewayState;
-use crate::config::{self, Config, ConfigProblem, Resolved};
+use crate::config::{self, CallsConfig, Config, ConfigProblem, Resolved, SipConfig};
 use crate::telemetry;
 
 /// The part of the configuration a call uses, as one snapshot.
@@ -67,6 +67,8 @@ impl Reloader {
 pub const RESTART_SECTIONS: &[&str] = &["sip", "realtime", "calls", "log", "recording", "cdr"];
 /// Single keys of otherwise reloadable sections that are bound at start.
 pub const RESTART_KEYS: &[&str] = &["media.address", "media.bind", "media.rtp_ports", "admin.listen"];
+/// Keys of restart-only sections that a reload applies all the same: per-source admission.
+pub const RELOADABLE_KEYS: &[&str] = &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source"];
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -115,6 +117,7 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
             let running = state.settings.current();
             let (settings, report) = merge(&running, Settings { config, resolved });
             state.calls.set_capacity(crate::app::registry_capacity(&settings.config));
+            state.reconfigure_admission(&settings);
             state.settings.replace(settings);
             Ok(report)
         }
@@ -171,7 +174,9 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     let (old_view, new_view) =
         (flatten(&config::view::effective_json(old)), flatten(&config::view::effective_json(&new)));
     let restart_only = |key: &str| {
-        RESTART_SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
+        let within = |prefix: &str| key == prefix || key.starts_with(&format!("{prefix}."));
+        !RELOADABLE_KEYS.iter().any(|k| within(k))
+            && RESTART_SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
             || RESTART_KEYS.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))
     };
     let mut needs_restart = Vec::new();
@@ -204,9 +209,13 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     needs_restart.dedup_by(|a, b| a.key == b.key);
     changed.dedup();
 
-    new.sip = old.sip.clone();
+    new.sip = SipConfig {
+        invite_rate_per_source: new.sip.invite_rate_per_source,
+        trusted_proxies: new.sip.trusted_proxies.clone(),
+        ..old.sip.clone()
+    };
     new.realtime = old.realtime.clone();
-    new.calls = old.calls.clone();
+    new.calls = CallsConfig { max_per_source: new.calls.max_per_source, ..old.calls.clone() };
     new.log = old.log.clone();
     new.recording = old.recording.clone();
     new.cdr = old.cdr.clone();
@@ -222,7 +231,6 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     new_resolved.media_bind = was.media_bind;
     new_resolved.rtp_ports = was.rtp_ports.clone();
     new_resolved.admin_listen = was.admin_listen;
-    new_resolved.trusted_proxies = was.trusted_proxies.clone();
 
     let report = ReloadReport {
         agents: new.agents.len(),
@@ -297,6 +305,20 @@ mod tests {
         let keys: Vec<&str> = report.needs_restart.iter().map(|k| k.key.as_str()).collect();
         assert_eq!(keys, ["calls.max_concurrent", "sip.udp"]);
         assert_eq!(report.needs_restart[1].running, "127.0.0.1:5060");
+    }
+
+    #[test]
+    fn per_source_admission_limits_are_reloaded() {
+        let running = load(BASE);
+        let edited = BASE
+            .replace("tcp = \"\"", "tcp = \"\"\ninvite_rate_per_source = 7\ntrusted_proxies = [\"10.0.0.0/8\"]")
+            + "[calls]\nmax_per_source = 3\n";
+        let (settings, report) = merge(&running, load(&edited));
+        assert_eq!(settings.config.calls.max_per_source, 3);
+        assert_eq!(settings.config.sip.invite_rate_per_source, 7);
+        assert_eq!(settings.resolved.trusted_proxies.len(), 1);
+        assert!(report.needs_restart.is_empty(), "{report:?}");
+        assert!(report.changed.contains(&"calls.max_per_source".to_string()), "{report:?}");
     }
 
     #[test]
