@@ -115,11 +115,16 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
     let result = match loaded {
         Ok((config, resolved)) => {
             let running = state.settings.current();
-            let (settings, report) = merge(&running, Settings { config, resolved });
-            state.calls.set_capacity(crate::app::registry_capacity(&settings.config));
-            state.reconfigure_admission(&settings);
-            state.settings.replace(settings);
-            Ok(report)
+            let problems = check_against_running(&running, &config);
+            if problems.is_empty() {
+                let (settings, report) = merge(&running, Settings { config, resolved });
+                state.calls.set_capacity(crate::app::registry_capacity(&settings.config));
+                state.reconfigure_admission(&settings);
+                state.settings.replace(settings);
+                Ok(report)
+            } else {
+                Err(ReloadError::Invalid(problems))
+            }
         }
         Err(errors) => Err(ReloadError::Invalid(errors.0)),
     };
@@ -158,6 +163,25 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
         }
     }
     result
+}
+
+/// What the file may not do to the running gateway even though it is valid on its own: drop the
+/// API token while the admin listener that keeps running is reachable off loopback (the file
+/// may have moved `admin.listen` to loopback, which only applies at the next start).
+pub fn check_against_running(running: &Settings, loaded: &Config) -> Vec<ConfigProblem> {
+    let mut problems = Vec::new();
+    let exposed = running.resolved.admin_listen.filter(|addr| !addr.ip().is_loopback());
+    if let Some(listen) = exposed
+        && loaded.admin.token.is_empty()
+    {
+        problems.push(ConfigProblem {
+            key: "admin.token".into(),
+            message: format!(
+                "the running admin listener {listen} is not a loopback address: the calls API keeps needing a token"
+            ),
+        });
+    }
+    problems
 }
 
 /// Sets `switchboard_config_last_reload_success_timestamp_seconds` to now.
@@ -207,6 +231,7 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     }
     needs_restart.sort_by(|a, b| a.key.cmp(&b.key));
     needs_restart.dedup_by(|a, b| a.key == b.key);
+    changed.sort();
     changed.dedup();
 
     new.sip = SipConfig {
@@ -319,6 +344,19 @@ mod tests {
         assert_eq!(settings.resolved.trusted_proxies.len(), 1);
         assert!(report.needs_restart.is_empty(), "{report:?}");
         assert!(report.changed.contains(&"calls.max_per_source".to_string()), "{report:?}");
+    }
+
+    #[test]
+    fn the_token_cannot_be_dropped_while_the_running_listener_is_exposed() {
+        let exposed = "[admin]\nlisten = \"0.0.0.0:0\"\ntoken = \"t0ken\"\n";
+        let running = load(&(BASE.to_owned() + exposed));
+        // Valid on its own (loopback needs no token), but admin.listen applies only at a restart.
+        let loaded = load(BASE);
+        let problems = check_against_running(&running, &loaded.config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "admin.token");
+        assert!(check_against_running(&running, &running.config).is_empty());
+        assert!(check_against_running(&load(BASE), &loaded.config).is_empty(), "loopback: no token needed");
     }
 
     #[test]
