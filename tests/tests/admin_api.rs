@@ -1,6 +1,6 @@
 //! The operator's transfer (`POST /v1/calls/{id}/transfer`): a live call handed to one of its
 //! agent's queues by REFER, through the same machinery as the model's `transfer_to_human`, with
-//! its outcome in the metrics and the CDR. Slot 93. (Hang-up by `DELETE /v1/calls/{id}` of
+//! its outcome in the metrics, the CDR and `GET /v1/calls/{id}`. Slot 93. (Hang-up by `DELETE /v1/calls/{id}` of
 //! inbound and outbound calls is shown in tests/tests/outbound.rs.)
 
 use std::net::SocketAddr;
@@ -18,15 +18,19 @@ fn wait_for_log(gateway: &Gateway, needle: &str, limit: Duration) {
     }
 }
 
+/// Both tests use slot 93's ports: they take turns.
+static SLOT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
 fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
+    let _slot = SLOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let ports = Ports::for_slot(93);
     let dir = tools::scratch_dir("operator_transfer_by_refer");
     let silence = dir.join("silence.ul");
     std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
     let target = "sip:sales@127.0.0.1:5999";
-    let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+    let sim = Sim::start(ports, &["--behaviour", "tone:440:1500"], &dir);
     let extra = format!(
         "[cdr]\npath = \"{cdr}\"\n[agents.default.transfer]\nannounce = \"Please hold.\"\nrefer_timeout_secs = 10\n\
          [agents.default.transfer.queues]\nsales = \"{target}\"\n",
@@ -67,7 +71,7 @@ fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
 
     let (status, body) = http_post(admin, &path, r#"{"queue": "sales"}"#);
     assert_eq!(status, 202, "{body}; log:\n{}", gateway.log());
-    // The announcement is playing: one transfer at a time.
+    // The announcement (1.5 s) is playing: one transfer at a time.
     let (status, body) = http_post(admin, &path, r#"{"queue": "sales"}"#);
     assert_eq!(status, 409, "{body}");
 
@@ -114,4 +118,76 @@ fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
         .expect("the announcement is asked for");
     assert!(told < announced, "told before the announcement");
     assert!(!events.iter().any(|e| e["event"]["item"]["type"] == "function_call_output"));
+}
+
+/// A refused operator transfer goes back to the agent (`on_failure = "agent"`): the call stays
+/// up, `GET /v1/calls/{id}` shows the outcome, the agent is told, the caller hangs up later.
+#[test]
+#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
+fn a_refused_operator_transfer_goes_back_to_the_agent_and_shows_in_the_api() {
+    let _slot = SLOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    let ports = Ports::for_slot(93);
+    let dir = tools::scratch_dir("operator_transfer_refused");
+    let silence = dir.join("silence.ul");
+    std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
+    let target = "sip:sales@127.0.0.1:5999";
+    let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
+    let extra = format!(
+        "[agents.default.transfer]\non_failure = \"agent\"\nrefer_timeout_secs = 10\n\
+         [agents.default.transfer.queues]\nsales = \"{target}\"\n"
+    );
+    let gateway = Gateway::start(ports, &sim.url(), &extra, &dir);
+    let admin: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
+    let sipp_dir = dir.clone();
+    let media = sipp::rtp_stream(&silence.display().to_string(), "0");
+    let caller = std::thread::spawn(move || {
+        sipp::run(
+            "uac_refer_operator_decline.xml",
+            &[
+                ("FORMATS", "0 101"),
+                ("RTPMAPS", &sipp::rtpmaps("0 101")),
+                ("EXPECT_PT", "0"),
+                ("MEDIA", &media),
+                ("TARGET", target),
+            ],
+            &sipp_dir,
+            ports,
+            "15550001000",
+            3000,
+        )
+    });
+    wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
+    let (_, body) = http_get(admin, "/v1/calls");
+    let calls: Value = serde_json::from_str(&body).unwrap();
+    let id = calls["calls"][0]["id"].as_str().expect("the call is listed").to_owned();
+    let (status, body) = http_post(admin, &format!("/v1/calls/{id}/transfer"), r#"{"queue": "sales"}"#);
+    assert_eq!(status, 202, "{body}");
+
+    // The 603 comes back: the call is still up, with the outcome.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let shown = loop {
+        let (status, body) = http_get(admin, &format!("/v1/calls/{id}"));
+        assert_eq!(status, 200, "the call is still up: {body}");
+        let shown: Value = serde_json::from_str(&body).unwrap();
+        if !shown["transfer"].is_null() {
+            break shown;
+        }
+        assert!(Instant::now() < deadline, "no transfer outcome shown; log:\n{}", gateway.log());
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(shown["transfer"]["queue"], "sales", "{shown}");
+    assert_eq!(shown["transfer"]["method"], "refer", "{shown}");
+    assert_eq!(shown["transfer"]["reason"], "operator", "{shown}");
+    assert!(shown["transfer"]["outcome"].as_str().unwrap_or_default().contains("603"), "{shown}");
+    assert_eq!(shown["state"], "answered");
+
+    let out = caller.join().expect("sipp thread");
+    assert!(out.status.success(), "the caller's call did not go on to its own BYE; log:\n{}", gateway.log());
+    let sessions = sim.sessions();
+    let events = sessions[0]["events"].as_array().unwrap();
+    assert!(
+        events.iter().any(|e| e["event"]["type"] == "conversation.item.create"
+            && e["event"]["item"]["content"][0]["text"].as_str().is_some_and(|t| t.contains("being transferred"))),
+        "the agent is told the transfer failed"
+    );
 }
