@@ -6,7 +6,8 @@
 //! string: `realtime.api_key`, any key naming a secret, password, token or API key (except the
 //! `*_env` keys, which only name an environment variable), every value of a `headers` table
 //! (MCP servers' `Authorization`, transfer headers), and the user-info and query of every URL
-//! (`https://user:pass@host/path?token=x` shows as `https://[redacted]@host/path?[redacted]`).
+//! (`https://user:pass@host/path?token=x` shows as `https://[redacted]@host/path?[redacted]`),
+//! and the password of a `sip:user:password@host` URI anywhere (a transfer queue).
 
 use serde_json::Value;
 
@@ -41,8 +42,23 @@ pub fn mask(value: &mut Value) {
             }
         }
         Value::Array(items) => items.iter_mut().for_each(mask),
+        Value::String(text) => {
+            if let Some(masked) = mask_sip_password(text) {
+                *text = masked;
+            }
+        }
         _ => {}
     }
+}
+
+/// `sip:user:password@host` (RFC 3261 §19.1.1 allows it, and says not to) -> `sip:user:[redacted]@host`.
+fn mask_sip_password(text: &str) -> Option<String> {
+    let scheme_len =
+        ["sip:", "sips:"].iter().find(|s| text.get(..s.len()).is_some_and(|p| p.eq_ignore_ascii_case(s)))?.len();
+    let rest = &text[scheme_len..];
+    let (userinfo, host) = rest.split_once('@')?;
+    let (user, _password) = userinfo.split_once(':')?;
+    Some(format!("{}{user}:{MASKED}@{host}", &text[..scheme_len]))
 }
 
 /// A key whose value is a secret: `api_key`, `token`, `password`, `secret`, `*_secret`... but
@@ -100,6 +116,10 @@ mod tests {
         assert_eq!(mask_url("wss://api.openai.com/v1/realtime"), "wss://api.openai.com/v1/realtime");
         assert_eq!(mask_url("http://h/a@b"), "http://h/a@b", "an @ in the path is no user-info");
         assert_eq!(mask_url(""), "");
+        assert_eq!(mask_sip_password("sip:q:pw@pbx.example").as_deref(), Some("sip:q:[redacted]@pbx.example"));
+        assert_eq!(mask_sip_password("SIPS:q:pw@pbx").as_deref(), Some("SIPS:q:[redacted]@pbx"));
+        assert_eq!(mask_sip_password("sip:sales@pbx.example:5060"), None, "no password: unchanged");
+        assert_eq!(mask_sip_password("tel:+15550100"), None);
     }
 
     /// Every secret the configuration can hold, each set to a value of its own (from the file
@@ -142,7 +162,7 @@ url = "https://mcp.example/sse"
 headers = {{ Authorization = "Bearer SECRET-mcp-header" }}
 [agents.default.transfer]
 method = "refer"
-queues = {{ sales = "sip:sales@pbx.example" }}
+queues = {{ sales = "sip:sales@pbx.example", vip = "sip:vip:SECRET-queue-password@pbx.example" }}
 default_queue = "sales"
 headers = {{ X-Ticket = "SECRET-transfer-header-{{call_id}}" }}
 "#,
