@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::GatewayState;
-use crate::config::{self, CallsConfig, Config, ConfigProblem, Resolved, SipConfig};
+use crate::config::{self, CallsConfig, Config, ConfigProblem, RealtimeConfig, Resolved, SipConfig};
 use crate::telemetry;
 
 /// The part of the configuration a call uses, as one snapshot.
@@ -62,11 +62,20 @@ impl Reloader {
     }
 }
 
-/// Sections read once at start (listeners bound, threads and tables sized, the Realtime
-/// endpoint and the offline agent chosen, the recorder and logger started).
-pub const RESTART_SECTIONS: &[&str] = &["sip", "realtime", "calls", "log", "recording", "cdr"];
-/// Single keys of otherwise reloadable sections that are bound at start.
-pub const RESTART_KEYS: &[&str] = &["media.address", "media.bind", "media.rtp_ports", "admin.listen"];
+/// Sections read once at start (listeners bound, threads and tables sized, the recorder and
+/// logger started).
+pub const RESTART_SECTIONS: &[&str] = &["sip", "calls", "log", "recording", "cdr"];
+/// Single keys of otherwise reloadable sections that are fixed at start: the RTP pool, the admin
+/// listener, the Realtime endpoint (and with the key, the offline agent's choice).
+pub const RESTART_KEYS: &[&str] = &[
+    "media.address",
+    "media.bind",
+    "media.rtp_ports",
+    "admin.listen",
+    "realtime.url",
+    "realtime.api_key",
+    "realtime.model",
+];
 /// Keys of restart-only sections that a reload applies all the same: per-source admission.
 pub const RELOADABLE_KEYS: &[&str] = &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source"];
 
@@ -239,7 +248,13 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
         trusted_proxies: new.sip.trusted_proxies.clone(),
         ..old.sip.clone()
     };
-    new.realtime = old.realtime.clone();
+    // The endpoint and the key (the offline agent is chosen by it) are fixed at start.
+    new.realtime = RealtimeConfig {
+        url: old.realtime.url.clone(),
+        api_key: old.realtime.api_key.clone(),
+        model: old.realtime.model.clone(),
+        ..new.realtime.clone()
+    };
     new.calls = CallsConfig { max_per_source: new.calls.max_per_source, ..old.calls.clone() };
     new.log = old.log.clone();
     new.recording = old.recording.clone();

@@ -181,7 +181,7 @@ async fn run(
     let opened = tokio::select! {
         biased;
         _ = invite.cancelled() => return CallEnd::CallerCancelled,
-        opened = open_session(state, agent, codec) => opened,
+        opened = open_session(state, &settings, agent, codec) => opened,
     };
     let session = match opened {
         Ok(session) => session,
@@ -363,14 +363,20 @@ pub struct Established {
 /// all within `realtime.connect_timeout_ms`. Callable before an outbound INVITE is sent; cancel
 /// by dropping the future. On refusal after the upgrade the WebSocket is closed in the
 /// background.
-pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Codec) -> Result<OpenSession, Refusal> {
+pub async fn open_session(
+    state: &GatewayState,
+    settings: &crate::reload::Settings,
+    agent: &AgentConfig,
+    codec: Codec,
+) -> Result<OpenSession, Refusal> {
     let requested = match agent.audio_format {
         AudioFormatChoice::Auto => ModelAudio::G711Passthrough,
         AudioFormatChoice::Pcm => ModelAudio::Pcm24k,
     };
     // Only G.711 can go to the model untouched; Opus and G.722 calls speak 24 kHz PCM to it.
     let model_audio = model_audio_for(codec, requested);
-    let realtime_cfg = &state.config.realtime;
+    // The call's snapshot: its timeouts and limits stay those it started with (`reload.rs`).
+    let realtime_cfg = &settings.config.realtime;
     let mut setup = SessionSetup::new(
         codec,
         session::model_format(model_audio, codec),

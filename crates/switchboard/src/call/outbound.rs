@@ -338,7 +338,7 @@ async fn run(
     let opened = tokio::select! {
         biased;
         _ = operator_hangup(&mut hangup) => return OutboundOutcome::Cancelled,
-        opened = open_session(state, &plan.agent, first_codec) => opened,
+        opened = open_session(state, &settings, &plan.agent, first_codec) => opened,
     };
     let mut session = match opened {
         Ok(session) => session,
@@ -453,7 +453,7 @@ async fn run(
         // must be told the other format, so the session is opened again (a short silence).
         info!(codec = ?media.codec, "answered codec differs from the session's: reopening the session");
         session.close_in_background();
-        session = match open_session(state, &plan.agent, codec).await {
+        session = match open_session(state, &settings, &plan.agent, codec).await {
             Ok(session) => session,
             Err(refusal) => {
                 hang_up(&mut dialog).await;

@@ -224,6 +224,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// `session.update`, `session.updated`) bounded by `realtime.connect_timeout_ms`.
 async fn reconnect_until_confirmed(
     state: Arc<GatewayState>,
+    settings: Arc<crate::reload::Settings>,
     agent: AgentConfig,
     codec: Codec,
     confirmed: ConfirmedAudio,
@@ -233,7 +234,7 @@ async fn reconnect_until_confirmed(
     loop {
         tokio::time::sleep(policy.delay_before(attempt, rand::random::<f64>())).await;
         attempt = attempt.saturating_add(1);
-        match open_session(&state, &agent, codec).await {
+        match open_session(&state, &settings, &agent, codec).await {
             Ok(session) if session.confirmed == confirmed => {
                 debug!(attempt, "Realtime session reopened");
                 return session;
@@ -551,6 +552,7 @@ impl MediaLoop<'_> {
         if self.link.reconnecting.is_none() {
             let task = tokio::spawn(reconnect_until_confirmed(
                 Arc::clone(self.link.state),
+                Arc::clone(self.link.settings),
                 self.link.agent.clone(),
                 self.link.codec,
                 self.link.confirmed,
@@ -610,7 +612,7 @@ impl MediaLoop<'_> {
     /// Sends the conversation so far to a new session; says why it failed, if it did.
     async fn replay(&mut self, sender: &mut RealtimeSender) -> Option<String> {
         let replay = self.core.lock().replay_events();
-        let deadline = Duration::from_millis(self.link.state.config.realtime.connect_timeout_ms);
+        let deadline = Duration::from_millis(self.link.settings.config.realtime.connect_timeout_ms);
         let replayed = tokio::time::timeout(deadline, async {
             for event in &replay {
                 sender.send(event).await?;
@@ -632,7 +634,7 @@ impl MediaLoop<'_> {
         self.writer.dropped_appends = dropped_appends;
         *self.realtime_rx = receiver;
         self.link.up = true;
-        let due = rollover_deadline(&self.link.state.config.realtime, Instant::now(), expires_at);
+        let due = rollover_deadline(&self.link.settings.config.realtime, Instant::now(), expires_at);
         self.core.lock().set_rollover_at(due);
     }
 
