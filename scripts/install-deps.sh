@@ -32,8 +32,9 @@ build_packages=(build-essential cmake pkg-config ca-certificates)
 # Tests: SIPp, baresip, tshark (captures are the ground truth), espeak-ng and sox (speech to play
 # and check), python3 + libopus0 (bench/opus_pcap.py builds an Opus pcap through ctypes),
 # iproute2 (`ip link set lo up`) and util-linux (`unshare -n`) for the network-namespace tests,
-# procps (`kill`: the harness signals the processes it started by PID).
-test_packages=(sip-tester baresip-core tshark espeak-ng sox libsox-fmt-all python3 libopus0 iproute2 util-linux procps)
+# procps (`kill`: the harness signals the processes it started by PID), prometheus (`promtool
+# check metrics` on the gateway's /metrics).
+test_packages=(sip-tester baresip-core tshark espeak-ng sox libsox-fmt-all python3 libopus0 iproute2 util-linux procps prometheus)
 
 wanted=("${build_packages[@]}")
 if [ "$mode" = test ]; then

@@ -16,6 +16,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("python3", "has_python3"),
     ("unshare", "has_unshare"),
     ("ip", "has_ip"),
+    ("promtool", "has_promtool"),
 ];
 
 fn find(tool: &str, dirs: &[PathBuf]) -> Option<PathBuf> {

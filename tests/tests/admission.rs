@@ -158,8 +158,14 @@ fn an_invite_flood_from_one_source_leaves_another_source_unaffected() {
     assert!(sessions >= 2, "{sessions} Realtime sessions: the admitted calls must still get theirs");
 
     let metrics = gateway.metrics();
-    let rate_limited = metric(&metrics, r#"switchboard_calls_total{outcome="refused",reason="source_rate_limited"}"#);
-    let call_limited = metric(&metrics, r#"switchboard_calls_total{outcome="refused",reason="source_call_limit"}"#);
+    let rate_limited = metric(
+        &metrics,
+        r#"switchboard_calls_total{direction="inbound",outcome="refused",reason="source_rate_limited"}"#,
+    );
+    let call_limited = metric(
+        &metrics,
+        r#"switchboard_calls_total{direction="inbound",outcome="refused",reason="source_call_limit"}"#,
+    );
     assert!(rate_limited > 0 && call_limited > 0, "refusals by reason: {rate_limited}, {call_limited}\n{metrics}");
     assert_eq!(rate_limited + call_limited, refusals.len() as u64, "{metrics}");
     // The refusals are warned about once, then summarised: not one log line per INVITE.

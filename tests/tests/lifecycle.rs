@@ -63,7 +63,10 @@ fn offline_agent_answers_without_an_api_key() {
     assert!(out.status.success(), "call failed; gateway log:\n{}", gateway.log());
     assert!(gateway.log().contains("OFFLINE AGENT"), "the log must say the offline agent answers");
     let metrics = gateway.metrics();
-    assert!(metrics.contains(r#"switchboard_calls_total{outcome="completed",reason="caller_bye"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"switchboard_calls_total{direction="inbound",outcome="completed",reason="caller_bye"} 1"#),
+        "{metrics}"
+    );
     // The echo agent answered: more than the 20 ms silence packets a quiet agent would send.
     let out_packets: u64 = metrics
         .lines()
@@ -84,7 +87,10 @@ fn rtp_timeout_ends_the_call_with_bye() {
     assert!(out.status.success(), "no BYE after the RTP timeout; gateway log:\n{}", gateway.log());
     std::thread::sleep(Duration::from_millis(200));
     let metrics = gateway.metrics();
-    assert!(metrics.contains(r#"switchboard_calls_total{outcome="failed",reason="rtp_timeout"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"switchboard_calls_total{direction="inbound",outcome="failed",reason="rtp_timeout"} 1"#),
+        "{metrics}"
+    );
 }
 
 #[test]

@@ -369,10 +369,15 @@ fn digest_challenge_is_answered_and_delete_hangs_up() {
     let out = caller.join().expect("SIPp thread");
     assert!(out.status.success(), "the inbound caller saw no BYE; gateway log:\n{}", gateway.log());
     let metrics = gateway.metrics();
-    assert!(
-        metrics.contains(r#"switchboard_calls_total{outcome="completed",reason="operator_hangup"} 2"#),
-        "{metrics}"
-    );
+    // One of each direction, hung up through the API.
+    for direction in ["outbound", "inbound"] {
+        assert!(
+            metrics.contains(&format!(
+                r#"switchboard_calls_total{{direction="{direction}",outcome="completed",reason="operator_hangup"}} 1"#
+            )),
+            "{metrics}"
+        );
+    }
 }
 
 #[test]
@@ -452,6 +457,13 @@ fn failed_calls_report_their_outcome_and_the_api_checks_requests() {
         assert!(
             metrics.contains(&format!(r#"switchboard_outbound_calls_total{{outcome="{outcome}"}} 1"#)),
             "{outcome} missing:\n{metrics}"
+        );
+        // Every call counts once in switchboard_calls_total, connected or not.
+        assert!(
+            metrics.contains(&format!(
+                r#"switchboard_calls_total{{direction="outbound",outcome="not_connected",reason="{outcome}"}} 1"#
+            )),
+            "{outcome} missing from switchboard_calls_total:\n{metrics}"
         );
     }
 }

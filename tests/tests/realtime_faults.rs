@@ -17,7 +17,7 @@ const SETUP_DEADLINE: Duration = Duration::from_millis(3000);
 const MARGIN: Duration = Duration::from_millis(2500);
 
 fn metric_line(outcome: &str, reason: &str) -> String {
-    format!(r#"switchboard_calls_total{{outcome="{outcome}",reason="{reason}"}} 1"#)
+    format!(r#"switchboard_calls_total{{direction="inbound",outcome="{outcome}",reason="{reason}"}} 1"#)
 }
 
 fn assert_recorded(gateway: &Gateway, outcome: &str, reason: &str) {

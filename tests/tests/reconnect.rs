@@ -454,7 +454,8 @@ fn an_ai_that_does_not_come_back_gets_the_announcement_then_bye() {
         "{metrics}"
     );
     assert!(
-        metrics.contains(r#"switchboard_calls_total{outcome="failed",reason="agent_disconnected"} 1"#),
+        metrics
+            .contains(r#"switchboard_calls_total{direction="inbound",outcome="failed",reason="agent_disconnected"} 1"#),
         "{metrics}"
     );
     let refused = metric_value(&metrics, r#"switchboard_realtime_connect_failures_total{reason="http_5xx"}"#);

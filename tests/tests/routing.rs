@@ -141,8 +141,8 @@ fn dialled_numbers_reach_their_agents_and_reject_routes_answer_their_codes() {
         r#"switchboard_route_decisions_total{route="support",outcome="agent"} 1"#,
         r#"switchboard_route_decisions_total{route="busy-line",outcome="reject"} 1"#,
         r#"switchboard_route_decisions_total{route="none",outcome="no_match"} 1"#,
-        r#"switchboard_calls_total{outcome="refused",reason="rejected_by_route"} 2"#,
-        r#"switchboard_calls_total{outcome="refused",reason="no_route"} 1"#,
+        r#"switchboard_calls_total{direction="inbound",outcome="refused",reason="rejected_by_route"} 2"#,
+        r#"switchboard_calls_total{direction="inbound",outcome="refused",reason="no_route"} 1"#,
     ] {
         assert!(metrics.contains(line), "missing {line} in\n{metrics}");
     }

@@ -96,7 +96,7 @@ fn g711_call(slot: u16, test: &str, formats: &str, pt: u8, law: fn(u8) -> i16, f
     assert_eq!(format, format_name, "G.711 goes to the model untouched");
     let metrics = gateway.metrics();
     assert!(
-        metrics.contains(r#"switchboard_calls_total{outcome="completed",reason="caller_bye"} 1"#),
+        metrics.contains(r#"switchboard_calls_total{direction="inbound",outcome="completed",reason="caller_bye"} 1"#),
         "metrics:\n{metrics}"
     );
 }
@@ -139,7 +139,11 @@ fn cancel_while_ringing_gets_487() {
     assert!(out.status.success(), "CANCEL flow failed; gateway log:\n{}", gateway.log());
     std::thread::sleep(Duration::from_millis(200));
     let metrics = gateway.metrics();
-    assert!(metrics.contains(r#"switchboard_calls_total{outcome="cancelled",reason="caller_cancel"} 1"#), "{metrics}");
+    assert!(
+        metrics
+            .contains(r#"switchboard_calls_total{direction="inbound",outcome="cancelled",reason="caller_cancel"} 1"#),
+        "{metrics}"
+    );
     assert!(metrics.contains("switchboard_calls_active 0"), "{metrics}");
 }
 
@@ -171,7 +175,9 @@ fn refused(slot: u16, test: &str, formats: &str, service: &str, code: &str, extr
     assert!(out.status.success(), "expected {code}; gateway log:\n{}", gateway.log());
     let metrics = gateway.metrics();
     assert!(
-        metrics.contains(&format!(r#"switchboard_calls_total{{outcome="refused",reason="{reason}"}} 1"#)),
+        metrics.contains(&format!(
+            r#"switchboard_calls_total{{direction="inbound",outcome="refused",reason="{reason}"}} 1"#
+        )),
         "{metrics}"
     );
     assert!(sim.sessions().as_array().is_some_and(|s| s.is_empty()), "a refused call must not open a Realtime session");

@@ -29,6 +29,7 @@ use self::transaction::client_non_invite::{ClientNonInvite, NonInviteResponse, N
 use self::transaction::server_invite::{ServerInvite, ServerInviteState, ServerTimeout};
 use self::transaction::server_non_invite::ServerNonInvite;
 use crate::client::{CallFailure, OutgoingCall};
+use crate::endpoint::metric_names;
 use crate::message::{
     Message, Method, NameAddr, ParseError, SipUri, StartLine, count_lines, parse_message, without_uri_headers,
 };
@@ -406,7 +407,7 @@ fn merge_key(request: &Message) -> (String, String, u32) {
 }
 
 fn count_malformed(transport: Transport) {
-    metrics::counter!("switchboard_sip_malformed_total", "transport" => transport.as_lower()).increment(1);
+    metrics::counter!(metric_names::SIP_MALFORMED_TOTAL, "transport" => transport.as_lower()).increment(1);
 }
 
 fn host_for_uri(ip: IpAddr) -> String {
@@ -666,11 +667,14 @@ impl Core {
             Ok(message) => match &message.start {
                 StartLine::Request { method, .. } => {
                     let method = method.clone();
-                    metrics::counter!("switchboard_sip_requests_total", "method" => method.metric_label()).increment(1);
+                    metrics::counter!(metric_names::SIP_REQUESTS_TOTAL, "method" => method.metric_label()).increment(1);
                     self.handle_request(now, origin, message, method);
                 }
                 StartLine::Response { code, .. } => {
                     let code = *code;
+                    let method = message.cseq().map_or("other", |(_, method)| method.metric_label());
+                    metrics::counter!(metric_names::SIP_RESPONSES_RECEIVED_TOTAL, "method" => method, "code" => code.to_string())
+                        .increment(1);
                     self.handle_response(now, origin, message, code);
                 }
             },
@@ -691,7 +695,7 @@ impl Core {
         let Some(method) = partial.method().cloned() else {
             return;
         };
-        metrics::counter!("switchboard_sip_requests_total", "method" => method.metric_label()).increment(1);
+        metrics::counter!(metric_names::SIP_REQUESTS_TOTAL, "method" => method.metric_label()).increment(1);
         // An ACK is never answered (§17.2.3); without any Via there is nothing to copy into the
         // response (§8.2.6.2). A Via we cannot parse is copied as received and the response
         // goes back to the source address (RFC 4475 badinv01).
@@ -1315,7 +1319,7 @@ impl Core {
             _ => origin.source,
         };
         metrics::counter!(
-            "switchboard_sip_responses_total",
+            metric_names::SIP_RESPONSES_TOTAL,
             "method" => method.metric_label(),
             "code" => status.to_string()
         )

@@ -137,6 +137,18 @@ pub mod metric_names {
     pub const TCP_ACCEPT_ERRORS_TOTAL: &str = "switchboard_sip_tcp_accept_errors_total";
     /// TCP connections open now.
     pub const TCP_CONNECTIONS: &str = "switchboard_sip_tcp_connections";
+    /// SIP requests received, by `method`.
+    pub const SIP_REQUESTS_TOTAL: &str = "switchboard_sip_requests_total";
+    /// SIP responses sent, by `method` and `code`.
+    pub const SIP_RESPONSES_TOTAL: &str = "switchboard_sip_responses_total";
+    /// SIP messages dropped or answered 400, by `transport`.
+    pub const SIP_MALFORMED_TOTAL: &str = "switchboard_sip_malformed_total";
+    /// SIP requests the gateway sent (each new transaction once: no retransmission, no ACK), by
+    /// `method`.
+    pub const SIP_REQUESTS_SENT_TOTAL: &str = "switchboard_sip_requests_sent_total";
+    /// SIP responses the gateway received (retransmissions included), by the `method` of their
+    /// CSeq and `code`.
+    pub const SIP_RESPONSES_RECEIVED_TOTAL: &str = "switchboard_sip_responses_received_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -1403,7 +1415,7 @@ async fn read_loop(
                 }
                 StreamFrame::TooLarge => {
                     tracing::debug!(%peer, "oversized SIP message on TCP; closing");
-                    metrics::counter!("switchboard_sip_malformed_total", "transport" => "tcp").increment(1);
+                    metrics::counter!(metric_names::SIP_MALFORMED_TOTAL, "transport" => "tcp").increment(1);
                     break 'outer;
                 }
             }

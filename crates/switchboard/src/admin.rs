@@ -103,7 +103,11 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {
     match &state.metrics {
-        Some(handle) => (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], handle.render()),
+        Some(handle) => {
+            let mut text = handle.render();
+            crate::telemetry::process::render(&mut text);
+            (StatusCode::OK, [(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text)
+        }
         None => (StatusCode::NOT_FOUND, [(header::CONTENT_TYPE, "text/plain")], "metrics disabled\n".to_string()),
     }
 }

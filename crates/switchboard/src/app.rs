@@ -326,7 +326,7 @@ fn refuse_by_admission(state: &GatewayState, call: IncomingCall, refusal: Admiss
     let source = call.info.source;
     tracing::debug!(%source, call_id = %Escaped(&call.info.call_id), reason = refusal.reason_label(), "INVITE refused by per-source admission");
     call.invite.reject(503, "Service Unavailable", &[("Retry-After", retry_after.as_str())]);
-    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => "refused", "reason" => refusal.reason_label()).increment(1);
+    telemetry::count_call("inbound", "refused", refusal.reason_label());
     let action = state.admission_warnings.lock().unwrap_or_else(|p| p.into_inner()).hit(Instant::now());
     if let WarningAction::Log { suppressed } = action {
         warn!(
@@ -343,7 +343,7 @@ fn refuse_saturated(state: &GatewayState, call: IncomingCall) {
     let retry_after = state.config.calls.retry_after_secs.to_string();
     tracing::debug!(call_id = %Escaped(&call.info.call_id), "INVITE refused: pacing saturated");
     call.invite.reject(503, "Service Unavailable", &[("Retry-After", retry_after.as_str())]);
-    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => "refused", "reason" => "saturated").increment(1);
+    telemetry::count_call("inbound", "refused", "saturated");
 }
 
 /// Capacity admission's shell: reads the media clock's lateness once per window, feeds the

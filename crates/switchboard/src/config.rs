@@ -298,6 +298,9 @@ pub struct LogConfig {
     pub format: String,
     /// A tracing env-filter directive, e.g. `info` or `switchboard=debug`. `RUST_LOG` wins if set.
     pub level: String,
+    /// Phone numbers, SIP URIs and addresses in log lines (and the end-of-call summary) show
+    /// only their last four characters; `false` shows them in full (a lab, a debugging session).
+    pub redact_numbers: bool,
 }
 
 /// One agent: what the model is told and how it sounds.
@@ -540,7 +543,7 @@ impl Default for TrunkConfig {
 
 impl Default for LogConfig {
     fn default() -> Self {
-        LogConfig { format: "text".into(), level: "info".into() }
+        LogConfig { format: "text".into(), level: "info".into(), redact_numbers: true }
     }
 }
 

@@ -196,7 +196,7 @@ pub fn check_against_running(running: &Settings, loaded: &Config) -> Vec<ConfigP
 /// Sets `switchboard_config_last_reload_success_timestamp_seconds` to now.
 pub fn record_loaded() {
     let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
-    metrics::gauge!(telemetry::CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS).set(now);
+    metrics::gauge!(telemetry::CONFIG_RELOAD_SUCCESS_TIMESTAMP).set(now);
 }
 
 /// The settings new calls get: `loaded` with every restart-only key put back to its running

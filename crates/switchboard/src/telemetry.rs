@@ -1,6 +1,9 @@
 //! Logs and metrics. Metric names live here so the admin endpoint, docs/metrics.md and tests agree.
 //! Labels are small fixed sets; never a phone number or an address in a label.
 
+pub mod process;
+pub mod summary;
+
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use tracing_subscriber::EnvFilter;
 
@@ -100,18 +103,34 @@ pub const CDRS_WRITTEN_TOTAL: &str = "switchboard_cdrs_written_total";
 pub const CDR_WEBHOOK_POSTS_TOTAL: &str = "switchboard_cdr_webhook_posts_total";
 /// CDRs not queued for the webhook because the spool was full (`cdr.spool_max_files`).
 pub const CDR_WEBHOOK_DROPPED_TOTAL: &str = "switchboard_cdr_webhook_dropped_total";
+/// Agent's first audio: INVITE received (inbound) or 200 OK received (outbound) to the first RTP
+/// packet of agent audio sent to the caller, seconds, by `direction`.
+pub const CALL_FIRST_AUDIO_SECONDS: &str = "switchboard_call_first_audio_seconds";
+/// Realtime session openings (call setup, outbound pre-dial, reconnects), by `outcome`: `ok`, or
+/// the failure reason of [`REALTIME_CONNECT_FAILURES_TOTAL`].
+pub const REALTIME_CONNECTS_TOTAL: &str = "switchboard_realtime_connects_total";
+/// Connect to a confirmed session (`session.updated` in usable formats), seconds; successes only.
+pub const REALTIME_CONNECT_SECONDS: &str = "switchboard_realtime_connect_seconds";
+/// Recordings that failed: the WAV could not be created, a write failed (the rest of the call
+/// is not recorded) or it was not closed cleanly. One per recording.
+pub const RECORDINGS_FAILED_TOTAL: &str = "switchboard_recordings_failed_total";
+/// Always 1, with the build's `version` and `commit` as labels.
+pub const BUILD_INFO: &str = "switchboard_build_info";
 /// 1 while the gateway drains (SIGTERM: no new calls, calls in progress go on), else 0.
 pub const DRAINING: &str = "switchboard_draining";
 /// Configuration reloads (SIGHUP, `POST /v1/reload`) by `outcome` (applied, refused).
 pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
 /// Unix time of the last configuration successfully loaded (at start, then each applied reload).
-pub const CONFIG_LAST_RELOAD_SUCCESS_TIMESTAMP_SECONDS: &str =
-    "switchboard_config_last_reload_success_timestamp_seconds";
+pub const CONFIG_RELOAD_SUCCESS_TIMESTAMP: &str = "switchboard_config_last_reload_success_timestamp_seconds";
 pub use switchboard_sip::endpoint::metric_names::{
-    TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
+    SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
+    SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
 /// Rate-limits a repeated warning: first one, then a summary count at most once per period.
 pub use switchboard_sip::endpoint::{WarningAction, WarningLimiter};
+
+/// Call setup, first audio and Realtime connect: tens of milliseconds on a LAN to seconds.
+const SETUP_BUCKETS: &[f64] = &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
 /// Per-packet timings are sub-millisecond when things are well: fine buckets.
 const PACKET_TIMING_BUCKETS: &[f64] = &[0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05];
@@ -123,6 +142,7 @@ const TURN_LATENCY_BUCKETS: &[f64] = &[0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5,
 
 /// Installs the global tracing subscriber. `RUST_LOG` wins over `log.level`.
 pub fn init_logging(cfg: &LogConfig) {
+    set_redact_numbers(cfg.redact_numbers);
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(&cfg.level));
     // Colour codes only for a person at a terminal; log files and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
@@ -152,10 +172,7 @@ fn spawn_upkeep(handle: PrometheusHandle) {
 /// Installs the Prometheus recorder and describes every gateway metric.
 pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::BuildError> {
     let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(
-            Matcher::Full(CALL_SETUP_SECONDS.into()),
-            &[0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0],
-        )?
+        .set_buckets_for_metric(Matcher::Full(CALL_SETUP_SECONDS.into()), SETUP_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RTP_SEND_LATENESS_SECONDS.into()), PACKET_TIMING_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(INBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(OUTBOUND_PROCESSING_SECONDS.into()), PACKET_TIMING_BUCKETS)?
@@ -164,10 +181,13 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .set_buckets_for_metric(Matcher::Full(TURN_LATENCY_SECONDS.into()), TURN_LATENCY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(RTCP_ROUND_TRIP_SECONDS.into()), NETWORK_DELAY_BUCKETS)?
         .set_buckets_for_metric(Matcher::Full(TOOL_DURATION_SECONDS.into()), TURN_LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(CALL_FIRST_AUDIO_SECONDS.into()), SETUP_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Full(REALTIME_CONNECT_SECONDS.into()), SETUP_BUCKETS)?
         .install_recorder()?;
     spawn_upkeep(handle.clone());
+    describe_operations_metrics();
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
-    metrics::describe_counter!(CALLS_TOTAL, "Calls by final outcome and reason.");
+    metrics::describe_counter!(CALLS_TOTAL, "Calls by direction (inbound, outbound), final outcome and reason.");
     metrics::describe_counter!(
         OUTBOUND_CALLS_TOTAL,
         "Outbound calls by outcome: answered, busy, no_answer, rejected, auth_failed, unreachable, \
@@ -225,6 +245,14 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
     metrics::describe_gauge!(DRAINING, "1 while the gateway drains (no new calls, calls in progress go on), else 0.");
+    metrics::describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reloads (SIGHUP, POST /v1/reload) by outcome (applied, refused)."
+    );
+    metrics::describe_gauge!(
+        CONFIG_RELOAD_SUCCESS_TIMESTAMP,
+        "Unix time the configuration in effect was loaded (at start, then each applied reload)."
+    );
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
     metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
@@ -308,6 +336,105 @@ fn describe_net_metrics() {
     );
 }
 
+/// The metrics of issue 10 ("operate it like carrier infrastructure") and the ones that had no
+/// description: every series gets a HELP line (`promtool check metrics` insists), and the build
+/// is announced once.
+fn describe_operations_metrics() {
+    metrics::describe_counter!(SIP_REQUESTS_TOTAL, "SIP requests received, by method.");
+    metrics::describe_counter!(SIP_RESPONSES_TOTAL, "SIP responses sent, by method and status code.");
+    metrics::describe_counter!(
+        SIP_REQUESTS_SENT_TOTAL,
+        "SIP requests sent (new transactions: no retransmission, no ACK), by method."
+    );
+    metrics::describe_counter!(
+        SIP_RESPONSES_RECEIVED_TOTAL,
+        "SIP responses received (retransmissions included), by CSeq method and status code."
+    );
+    metrics::describe_counter!(SIP_MALFORMED_TOTAL, "SIP messages dropped or answered 400 as malformed, by transport.");
+    metrics::describe_counter!(
+        REALTIME_APPENDS_DROPPED_TOTAL,
+        "Caller audio appends dropped because the call's Realtime writer queue was full."
+    );
+    metrics::describe_counter!(
+        TOOL_CALLS_TOTAL,
+        "Tool calls by tool and status (ok, failed, timeout, rejected, cancelled)."
+    );
+    metrics::describe_histogram!(TOOL_DURATION_SECONDS, "Webhook tool call to its answer (or timeout), by tool.");
+    metrics::describe_counter!(
+        TOOL_OUTPUTS_IGNORED_TOTAL,
+        "Tool outputs for a call_id that was not pending (a duplicate or unknown id): not sent."
+    );
+    metrics::describe_counter!(MCP_EVENTS_TOTAL, "MCP server events from the Realtime API, by type.");
+    metrics::describe_histogram!(
+        CALL_FIRST_AUDIO_SECONDS,
+        "INVITE received (inbound) or 200 OK received (outbound) to the agent's first RTP packet sent, by direction."
+    );
+    metrics::describe_counter!(
+        REALTIME_CONNECTS_TOTAL,
+        "Realtime session openings by outcome: ok, or the failure reason of switchboard_realtime_connect_failures_total."
+    );
+    metrics::describe_histogram!(
+        REALTIME_CONNECT_SECONDS,
+        "Realtime connect to a confirmed session (session.updated), successful openings only."
+    );
+    metrics::describe_counter!(
+        RECORDINGS_FAILED_TOTAL,
+        "Recordings that failed (WAV not created, a write failed, or not closed cleanly), one per recording."
+    );
+    metrics::describe_gauge!(BUILD_INFO, "Always 1; the labels say which build runs (version, commit).");
+    metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("SWITCHBOARD_COMMIT"))
+        .set(1.0);
+}
+
+/// `switchboard_calls_total` for one call that ended: every call counts once, inbound or
+/// outbound, answered or not (label values in docs/metrics.md).
+pub fn count_call(direction: &'static str, outcome: &'static str, reason: &'static str) {
+    metrics::counter!(CALLS_TOTAL, "direction" => direction, "outcome" => outcome, "reason" => reason).increment(1);
+}
+
+/// A Realtime session opening that succeeded after `took`.
+pub fn realtime_connected(took: std::time::Duration) {
+    metrics::counter!(REALTIME_CONNECTS_TOTAL, "outcome" => "ok").increment(1);
+    metrics::histogram!(REALTIME_CONNECT_SECONDS).record(took.as_secs_f64());
+}
+
+/// A Realtime session opening that failed, for `reason` (the label of
+/// [`REALTIME_CONNECT_FAILURES_TOTAL`], counted there too).
+pub fn realtime_connect_failed(reason: &'static str) {
+    metrics::counter!(REALTIME_CONNECT_FAILURES_TOTAL, "reason" => reason).increment(1);
+    metrics::counter!(REALTIME_CONNECTS_TOTAL, "outcome" => reason).increment(1);
+}
+
+/// `log.redact_numbers`: set once from the configuration when logging starts.
+static REDACT_NUMBERS: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Sets whether [`Pii`] values (and the end-of-call summary's numbers) are redacted in logs.
+pub fn set_redact_numbers(redact: bool) {
+    REDACT_NUMBERS.store(redact, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether logs redact phone numbers and addresses (`log.redact_numbers`, default true).
+pub fn redact_numbers() -> bool {
+    REDACT_NUMBERS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// A phone number, SIP URI or address in a log line: its last four characters (of the URI's
+/// user part) unless `log.redact_numbers = false`, then in full; escaped either way.
+pub struct Pii<'a>(pub &'a str);
+
+impl Pii<'_> {
+    /// What the log shows, with redaction `on` or off.
+    fn shown(&self, redact: bool) -> String {
+        if redact { crate::calls::redact_party(self.0) } else { Escaped(self.0).to_string() }
+    }
+}
+
+impl std::fmt::Display for Pii<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.shown(redact_numbers()))
+    }
+}
+
 /// Phone numbers and addresses are personal data: logs at info level show only the last digits.
 pub struct Redacted<'a>(pub &'a str);
 
@@ -359,6 +486,41 @@ mod tests {
         assert_eq!(Redacted("+15550001234").to_string(), "…1234");
         assert_eq!(Redacted("12").to_string(), "…12");
         assert_eq!(Redacted("123\r\nX").to_string(), "…3\\r\\nX");
+    }
+
+    /// `promtool check metrics` (and Prometheus users) need a HELP line for every series: each
+    /// metric name declared or re-exported here has its `describe_*!` call in this file.
+    #[test]
+    fn every_metric_name_is_described() {
+        let source = include_str!("telemetry.rs");
+        let compact: String = source.chars().filter(|c| !c.is_whitespace()).collect();
+        let mut names: Vec<String> = source
+            .lines()
+            .filter_map(|line| line.strip_prefix("pub const ")?.split_once(": &str = \"switchboard_"))
+            .map(|(name, _)| name.to_owned())
+            .collect();
+        let reexported = compact.split_once("pubuseswitchboard_sip::endpoint::metric_names::{").map(|(_, rest)| rest);
+        let reexported = reexported.and_then(|rest| rest.split_once('}')).map_or("", |(list, _)| list);
+        names.extend(reexported.split(',').filter(|n| !n.is_empty()).map(str::to_owned));
+        assert!(names.len() > 60, "the scan found the names: {names:?}");
+        let undescribed: Vec<&String> = names
+            .iter()
+            .filter(|name| {
+                !["counter", "gauge", "histogram"]
+                    .iter()
+                    .any(|kind| compact.contains(&format!("describe_{kind}!({name},")))
+            })
+            .collect();
+        assert!(undescribed.is_empty(), "metrics without a description: {undescribed:?}");
+    }
+
+    #[test]
+    fn pii_is_redacted_to_the_users_last_four_characters_unless_turned_off() {
+        let uri = Pii("sip:+15550001234@carrier.example;user=phone");
+        assert_eq!(uri.shown(true), "…1234");
+        assert_eq!(uri.shown(false), "sip:+15550001234@carrier.example;user=phone");
+        assert_eq!(Pii("+4930\r\n5678").shown(true), "…5678");
+        assert_eq!(Pii("bad\u{1b}[2J").shown(false), "bad\\x1b[2J", "shown in full, but escaped");
     }
 
     #[test]

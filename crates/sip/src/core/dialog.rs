@@ -402,6 +402,8 @@ impl Core {
 
     /// Sends `transmit` once and starts its non-INVITE client transaction (§17.1.2).
     pub(super) fn start_request(&mut self, now: Instant, key: ClientKey, owner: RequestOwner, transmit: Transmit) {
+        metrics::counter!(crate::endpoint::metric_names::SIP_REQUESTS_SENT_TOTAL, "method" => key.method.metric_label())
+            .increment(1);
         self.transmits.push_back(transmit.clone());
         let transaction = ClientNonInvite::start(now, transmit, self.config.timers);
         self.client_transactions.insert(key, OwnedNonInvite { owner, transaction });

@@ -191,6 +191,7 @@ impl Core {
         invite.body = state.call.sdp_offer.clone().into_bytes();
         let transmit =
             Transmit { transport, destination: state.call.destination, connection: None, payload: invite.to_bytes() };
+        metrics::counter!(crate::endpoint::metric_names::SIP_REQUESTS_SENT_TOTAL, "method" => "INVITE").increment(1);
         self.transmits.push_back(transmit.clone());
         let transaction = ClientInvite::start(now, invite, transmit, self.config.timers);
         self.client_invites.insert(branch.clone(), (id, transaction));

@@ -32,7 +32,7 @@ use crate::calls::{CallGuard, CallState, Direction, NewCall};
 use crate::config::{AgentConfig, AudioFormatChoice, Config, Resolved};
 use crate::routing;
 use crate::rtp_ports::PortLease;
-use crate::telemetry::{self, Escaped, Redacted};
+use crate::telemetry::{self, Escaped, Pii};
 use end::{CallEnd, Refusal};
 use session::{ConfirmedAudio, SessionSetup, SetupStep};
 
@@ -63,15 +63,21 @@ impl Drop for CallSlot {
 pub fn refuse_early(state: &GatewayState, call: IncomingCall, refusal: Refusal) {
     let info = call.info.clone();
     let end = refuse(state, call.invite, refusal);
-    record_end(&end);
+    record_end(CallDirection::Inbound, &end);
     state.records.inbound_unanswered(&info.call_id, &info, SystemTime::now(), &end);
 }
 
 /// Runs one call to its end in its own span.
 pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot) {
-    let span = info_span!("call", call_id = %Escaped(&call.info.call_id), dialled = %Redacted(&call.info.dialled));
+    // `call_id` is the gateway's id (the admin API's, the CDR's), recorded once the registry gave it.
+    let span = info_span!(
+        "call",
+        call_id = tracing::field::Empty,
+        sip_call_id = %Escaped(&call.info.call_id),
+        direction = "inbound",
+        dialled = %Pii(&call.info.dialled)
+    );
     async move {
-        info!(from = %Redacted(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
         // In the registry (the admin API's list, DELETE) until the call's task ends. The registry
         // has room for every call holding a slot; should it not, the call goes on unlisted.
         let listed = state.calls.register(
@@ -91,6 +97,9 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
                 (None, watch::channel(false).1)
             }
         };
+        let call_id = entry.as_ref().map_or_else(|| Escaped(&call.info.call_id).to_string(), |e| e.id().to_string());
+        tracing::Span::current().record("call_id", call_id.as_str());
+        info!(from = %Pii(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
         let (info, invited) = (call.info.clone(), SystemTime::now());
         let end = run(&state, call, entry.as_ref(), hangup).await;
         // A call refused or cancelled before the answer gets its CDR here (answered: converse).
@@ -101,16 +110,15 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),
             _ => info!(reason = ?end, fault = %end.fault(), "call ended"),
         }
-        record_end(&end);
+        record_end(CallDirection::Inbound, &end);
         drop(slot);
     }
     .instrument(span)
     .await
 }
 
-fn record_end(end: &CallEnd) {
-    metrics::counter!(telemetry::CALLS_TOTAL, "outcome" => end.outcome_label(), "reason" => end.reason_label())
-        .increment(1);
+fn record_end(direction: CallDirection, end: &CallEnd) {
+    telemetry::count_call(direction.label(), end.outcome_label(), end.reason_label());
 }
 
 /// Answers the INVITE with the refusal's status, and `Retry-After: calls.retry_after_secs` when
@@ -266,11 +274,11 @@ fn route<'a>(
         .increment(1);
     match decision {
         Decision::NoMatch => {
-            info!(caller = %Redacted(&caller), "no route matches the call");
+            info!(caller = %Pii(&caller), "no route matches the call");
             None
         }
         Decision::Reject { route, code } => {
-            info!(route, code = code.code(), caller = %Redacted(&caller), "refused by route");
+            info!(route, code = code.code(), caller = %Pii(&caller), "refused by route");
             Some(Err(code))
         }
         Decision::Agent { route, agent: agent_name, record } => {
@@ -390,11 +398,11 @@ pub async fn open_session(
     };
     let update = session::session_update(agent, &realtime_cfg.model, setup.requested());
     let update = session::with_input_transcription(update, &realtime_cfg.transcription_model);
-    let (sender, receiver, confirmed, expires_at) =
-        confirm_session(&state.realtime, limits, &update, &mut setup).await.inspect_err(|refusal| {
-            metrics::counter!(telemetry::REALTIME_CONNECT_FAILURES_TOTAL, "reason" => connect_failure_label(refusal))
-                .increment(1);
-        })?;
+    let connecting = Instant::now();
+    let (sender, receiver, confirmed, expires_at) = confirm_session(&state.realtime, limits, &update, &mut setup)
+        .await
+        .inspect_err(|refusal| telemetry::realtime_connect_failed(connect_failure_label(refusal)))?;
+    telemetry::realtime_connected(connecting.elapsed());
     if confirmed.input != model_audio || confirmed.output != model_audio {
         info!(requested = ?model_audio, input = ?confirmed.input, output = ?confirmed.output,
             "the Realtime API confirmed other audio formats; converting to them");

@@ -31,10 +31,10 @@ use super::end::CallEnd;
 use super::facts::CallFacts;
 use super::{CallDirection, CallSlot, Established, PTIME, converse, open_session, record_end};
 use crate::app::GatewayState;
-use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError, redact_party};
+use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError};
 use crate::config::{AgentConfig, Config, Resolved, TrunkConfig, TrunkTransport, is_sip_user};
 use crate::reload::Settings;
-use crate::telemetry::{self, Escaped};
+use crate::telemetry::{self, Escaped, Pii};
 
 /// What `POST /v1/calls` accepts.
 #[derive(Debug, Clone, Deserialize)]
@@ -283,8 +283,15 @@ async fn handle(
     hangup: watch::Receiver<bool>,
     slot: CallSlot,
 ) {
-    let to = redact_party(&plan.to);
-    let span = info_span!("outbound", call = entry.id(), to = %to, trunk = plan.trunk_name.as_str());
+    // The same span name and `call_id` as an inbound call's: one query finds a call's lines.
+    let span = info_span!(
+        "call",
+        call_id = entry.id(),
+        sip_call_id = tracing::field::Empty,
+        direction = "outbound",
+        to = %Pii(&plan.to),
+        trunk = plan.trunk_name.as_str()
+    );
     async {
         info!(agent = plan.agent_name.as_str(), "placing an outbound call");
         let started = SystemTime::now();
@@ -299,6 +306,10 @@ async fn handle(
             _ => info!(?outcome, "outbound call not connected"),
         }
         metrics::counter!(telemetry::OUTBOUND_CALLS_TOTAL, "outcome" => outcome.label()).increment(1);
+        if !matches!(outcome, OutboundOutcome::Answered { .. }) {
+            // Answered calls count as they end (`run`); these never connected.
+            telemetry::count_call(CallDirection::Outbound.label(), "not_connected", outcome.label());
+        }
         entry.set_outcome(outcome);
         drop(entry);
         drop(slot);
@@ -388,6 +399,7 @@ async fn run(
             return OutboundOutcome::Failed { reason: e.to_string() };
         }
     };
+    tracing::Span::current().record("sip_call_id", tracing::field::display(Escaped(invite.call_id())));
     info!(sip_call_id = %Escaped(invite.call_id()), "INVITE sent");
 
     let final_deadline = Duration::from_secs(plan.trunk.ring_timeout_secs) + FINAL_ANSWER_ALLOWANCE;
@@ -489,7 +501,7 @@ async fn run(
         settings,
     };
     let end = converse(state, call).await;
-    record_end(&end);
+    record_end(CallDirection::Outbound, &end);
     OutboundOutcome::Answered { end: end.reason_label().to_string() }
 }
 

@@ -22,12 +22,12 @@ use switchboard_sip::{Dialog, DialogEvent};
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::core::agent_control::{ControlConfig, TalkConfig};
 use super::core::barge_in::{BargeInConfig, BargeInMode};
 use super::core::meter::Prices;
-use super::core::{CALLER, CallCore, CoreConfig, DialogInput, Output, Resilience, parse_info_dtmf};
+use super::core::{CALLER, CallCore, CoreConfig, DialogInput, Output, Resilience, first_audio, parse_info_dtmf};
 use super::end::CallEnd;
 use super::journal::CallJournal;
 use super::prompt::LocalPrompt;
@@ -108,6 +108,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 core.set_filler(Duration::from_millis(agent.filler_after_ms), audio);
             }
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
+            core.measure_first_audio_from(first_audio::origin_of(&facts), direction.label());
             core.set_transfer_rules(TransferLink::rules(&agent));
             // From here on the call takes operator commands (`POST /v1/calls/{id}/transfer`).
             let commands = state.calls.accept_commands(&facts.id);
@@ -550,14 +551,17 @@ impl MediaLoop<'_> {
             (None, false) => return,
         };
         if self.link.reconnecting.is_none() {
-            let task = tokio::spawn(reconnect_until_confirmed(
-                Arc::clone(self.link.state),
-                Arc::clone(self.link.settings),
-                self.link.agent.clone(),
-                self.link.codec,
-                self.link.confirmed,
-                policy,
-            ));
+            let task = tokio::spawn(
+                reconnect_until_confirmed(
+                    Arc::clone(self.link.state),
+                    Arc::clone(self.link.settings),
+                    self.link.agent.clone(),
+                    self.link.codec,
+                    self.link.confirmed,
+                    policy,
+                )
+                .in_current_span(),
+            );
             self.link.reconnecting = Some(AbortOnDrop(task));
         }
     }
@@ -674,6 +678,8 @@ impl MediaLoop<'_> {
             turns = stats.turns,
             turn_latency_p50_ms = turn_ms(stats.turn_latency_p50),
             turn_latency_p95_ms = turn_ms(stats.turn_latency_p95),
+            // Setup to the agent's first packet (docs/metrics.md, switchboard_call_first_audio_seconds).
+            first_audio_ms = self.core.lock().first_audio().map(|d| d.as_millis() as u64),
             responses = tokens.responses,
             tokens_input_text = tokens.input_text,
             tokens_input_audio = tokens.input_audio,

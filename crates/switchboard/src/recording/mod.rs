@@ -186,8 +186,12 @@ impl Records {
         }
     }
 
-    /// The CDR of a call that was never answered.
+    /// The CDR of a call that was never answered, and its summary line in the log.
     pub fn unanswered(&self, call: Unanswered<'_>) {
+        let side = call.side.clone();
+        telemetry::summary::log_call_summary(
+            &Unanswered { redact_numbers: telemetry::redact_numbers(), side, ..call }.cdr(),
+        );
         if !self.cdrs {
             return;
         }
@@ -413,6 +417,9 @@ impl CallRecorder {
             journal: self.journal.as_ref(),
             redact_numbers: records.redact_numbers,
         };
+        telemetry::summary::log_call_summary(
+            &CallSummary { redact_numbers: telemetry::redact_numbers(), ..summary }.cdr(),
+        );
         if let Some(recording) = &self.facts.recording {
             let mut sidecar = summary.sidecar(self.transcript.as_ref());
             sidecar["recording"]["chunks_dropped"] = serde_json::json!(self.chunks_dropped);

@@ -378,7 +378,11 @@ fn update_header(recording: &mut Recording) {
 }
 
 fn finish(recording: Recording) {
-    let Some(wav) = recording.wav else { return };
+    let Some(wav) = recording.wav else {
+        // Not created, or abandoned after a failed write (both logged then).
+        metrics::counter!(telemetry::RECORDINGS_FAILED_TOTAL).increment(1);
+        return;
+    };
     let rate = wav.rate();
     match wav.finish() {
         Ok(frames) => {
@@ -388,6 +392,7 @@ fn finish(recording: Recording) {
         }
         Err(e) => {
             metrics::counter!(telemetry::RECORDING_ERRORS_TOTAL, "what" => "wav").increment(1);
+            metrics::counter!(telemetry::RECORDINGS_FAILED_TOTAL).increment(1);
             warn!(error = %e, path = %recording.path.display(), "recording not closed cleanly (start-up recovery repairs it)");
         }
     }

@@ -47,6 +47,7 @@ mod bridge;
 mod bridge_tests;
 mod dtmf;
 mod dtmf_to_model;
+pub mod first_audio;
 pub mod meter;
 #[cfg(test)]
 mod net_tests;
@@ -95,7 +96,7 @@ pub use tap_decoder::tap_rate;
 
 use super::end::CallEnd;
 use super::session::{self, ApologyLimiter};
-use crate::telemetry::{self, Escaped, Redacted};
+use crate::telemetry::{self, Escaped, Pii};
 
 /// One media leg of a call: an RTP stream with its own codec, latch, reorder buffer and pacer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -559,6 +560,8 @@ pub struct CallCore {
     bridge: Option<bridge::Bridge>,
     /// Transfer rules and the announcement being played ([`transfer`]).
     transfer: transfer::TransferHooks,
+    /// Setup time to the agent's first audio ([`first_audio`]).
+    first_audio: first_audio::FirstAudio,
 }
 
 impl CallCore {
@@ -595,6 +598,7 @@ impl CallCore {
             tools: tools::Tools::default(),
             bridge: None,
             transfer: transfer::TransferHooks::default(),
+            first_audio: first_audio::FirstAudio::default(),
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -666,8 +670,8 @@ impl CallCore {
                 let previous = learned.previous.map(|p| p.to_string()).unwrap_or_default();
                 info!(
                     leg = leg.id.0,
-                    source = %Redacted(&learned.source.to_string()),
-                    previous = %Redacted(&previous),
+                    source = %Pii(&learned.source.to_string()),
+                    previous = %Pii(&previous),
                     by = ?learned.by,
                     signalled = learned.source == leg.signalled,
                     // The message operators (and the e2e tests) look for; legs are numbered.
@@ -1167,6 +1171,10 @@ impl CallCore {
                 let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
                 leg.reports.on_rtp_sent(frame.payload.len());
+                if leg.id == CALLER && frame.tag.is_some_and(|tag| tag != tools::FILLER_TAG && tag != bridge::RELAY_TAG)
+                {
+                    self.first_audio.on_agent_packet_sent(now);
+                }
                 self.transmits.push_back(Transmit { leg: leg.id, destination, packet });
             }
         }

@@ -11,7 +11,7 @@ use switchboard_sip::message::Method;
 use switchboard_sip::sipfrag;
 use switchboard_sip::{Dialog, DialogEvent, DialogRequester};
 use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::super::core::ToolCall;
 use super::super::core::transfer::{TransferRule, TransferRules, TransferSignal};
@@ -487,14 +487,18 @@ impl MediaLoop<'_> {
         let ring = Duration::from_secs(link.config.ring_timeout_secs);
         let events = link.events_tx.clone();
         info!(queue, trunk, "dialling the human");
-        let task = tokio::spawn(async move {
-            let event = match dial_human(state, settings, trunk, target, agent, ring, headers).await {
-                Ok(human) => TransferEvent::HumanAnswered(Box::new(human)),
-                Err(failure) => TransferEvent::HumanFailed(failure),
-            };
-            // The call may be over: the human's dialog is then dropped (BYE in the background).
-            let _ = events.send(event).await;
-        });
+        let task = tokio::spawn(
+            async move {
+                let event = match dial_human(state, settings, trunk, target, agent, ring, headers).await {
+                    Ok(human) => TransferEvent::HumanAnswered(Box::new(human)),
+                    Err(failure) => TransferEvent::HumanFailed(failure),
+                };
+                // The call may be over: the human's dialog is then dropped (BYE in the background).
+                let _ = events.send(event).await;
+            }
+            // The human leg's log lines belong to the call.
+            .in_current_span(),
+        );
         self.transfer.task = Some(AbortOnDrop(task));
     }
 

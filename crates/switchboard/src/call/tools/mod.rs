@@ -17,7 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use serde_json::{Value, json};
 use switchboard_realtime::events::{AudioFormat, Tool};
 use tokio::task::JoinSet;
-use tracing::{debug, info, warn};
+use tracing::{Instrument, debug, info, warn};
 
 use super::core::ToolCall;
 use super::facts::CallFacts;
@@ -151,10 +151,21 @@ impl ToolRunner {
         let tool = tool.clone();
         let (call_id, name) = (call.call_id.clone(), call.name.clone());
         debug!(tool = %name, %call_id, url = %tool.url, "tool call started");
-        let handle = self.running.spawn(async move {
-            let (status, output) = call_webhook(&tool, body).await;
-            ToolResult { call_id: call.call_id, name: call.name, started: now, duration: now.elapsed(), status, output }
-        });
+        let handle = self.running.spawn(
+            async move {
+                let (status, output) = call_webhook(&tool, body).await;
+                ToolResult {
+                    call_id: call.call_id,
+                    name: call.name,
+                    started: now,
+                    duration: now.elapsed(),
+                    status,
+                    output,
+                }
+            }
+            // The webhook's log lines belong to the call.
+            .in_current_span(),
+        );
         self.tasks.insert(handle.id(), (call_id, name, now));
         None
     }
