@@ -167,8 +167,16 @@ fn a_call_in_progress_keeps_its_snapshot_and_a_broken_file_is_refused() {
     assert!(out.status.success(), "call C failed; log:\n{}", gateway.log());
     assert_eq!(instructions(&sim), ["AGENT-ONE", "AGENT-TWO", "AGENT-TWO"]);
 
+    // log.level takes effect at once: at `warn`, this reload's own info line is not written.
+    let quiet = second.replace("level = \"info,switchboard=debug\"", "level = \"warn\"");
+    assert_ne!(quiet, second, "the generated config sets log.level");
+    std::fs::write(&config_path, quiet).unwrap();
+    let (status, body) = http_post(admin, "/v1/reload", "");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(gateway.log().matches("configuration reloaded").count(), 1, "log:\n{}", gateway.log());
+
     let metrics = gateway.metrics();
-    assert!(metrics.contains("switchboard_config_reloads_total{outcome=\"applied\"} 1"), "{metrics}");
+    assert!(metrics.contains("switchboard_config_reloads_total{outcome=\"applied\"} 2"), "{metrics}");
     assert!(metrics.contains("switchboard_config_reloads_total{outcome=\"refused\"} 2"), "{metrics}");
     assert!(metrics.contains("switchboard_config_last_reload_success_timestamp_seconds "), "{metrics}");
     let (passed, said) = promtool_check(&metrics, &dir);

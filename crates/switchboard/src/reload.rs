@@ -18,7 +18,7 @@ use serde_json::Value;
 use tracing::{info, warn};
 
 use crate::app::GatewayState;
-use crate::config::{self, CallsConfig, Config, ConfigProblem, RealtimeConfig, Resolved, SipConfig};
+use crate::config::{self, CallsConfig, Config, ConfigProblem, LogConfig, RealtimeConfig, Resolved, SipConfig};
 use crate::telemetry;
 
 /// The part of the configuration a call uses, as one snapshot.
@@ -77,7 +77,8 @@ pub const RESTART_KEYS: &[&str] = &[
     "realtime.model",
 ];
 /// Keys of restart-only sections that a reload applies all the same: per-source admission.
-pub const RELOADABLE_KEYS: &[&str] = &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source"];
+pub const RELOADABLE_KEYS: &[&str] =
+    &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source", "log.level", "log.redact_numbers"];
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -129,6 +130,11 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
                 let (settings, report) = merge(&running, Settings { config, resolved });
                 state.calls.set_capacity(crate::app::registry_capacity(&settings.config));
                 state.reconfigure_admission(&settings);
+                telemetry::set_redact_numbers(settings.config.log.redact_numbers);
+                if let Err(e) = telemetry::set_log_level(&settings.config.log.level) {
+                    // Checked above: only a subscriber gone away can fail here.
+                    warn!(error = %e, "log.level not applied");
+                }
                 state.settings.replace(settings);
                 Ok(report)
             } else {
@@ -174,11 +180,17 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
     result
 }
 
-/// What the file may not do to the running gateway even though it is valid on its own: drop the
-/// API token while the admin listener that keeps running is reachable off loopback (the file
-/// may have moved `admin.listen` to loopback, which only applies at the next start).
+/// What only a reload checks: the file may not drop the API token while the admin listener
+/// that keeps running is reachable off loopback (the file may have moved `admin.listen` to
+/// loopback, which only applies at the next start), and a changed `log.level` must parse (at
+/// start an unparsable directive is only skipped).
 pub fn check_against_running(running: &Settings, loaded: &Config) -> Vec<ConfigProblem> {
     let mut problems = Vec::new();
+    if loaded.log.level != running.config.log.level
+        && let Err(e) = tracing_subscriber::EnvFilter::try_new(&loaded.log.level)
+    {
+        problems.push(ConfigProblem { key: "log.level".into(), message: format!("not a log filter directive: {e}") });
+    }
     let exposed = running.resolved.admin_listen.filter(|addr| !addr.ip().is_loopback());
     if let Some(listen) = exposed
         && loaded.admin.token.is_empty()
@@ -256,7 +268,7 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
         ..new.realtime.clone()
     };
     new.calls = CallsConfig { max_per_source: new.calls.max_per_source, ..old.calls.clone() };
-    new.log = old.log.clone();
+    new.log = LogConfig { level: new.log.level.clone(), redact_numbers: new.log.redact_numbers, ..old.log.clone() };
     new.recording = old.recording.clone();
     new.cdr = old.cdr.clone();
     new.media.address = old.media.address.clone();
@@ -372,6 +384,26 @@ mod tests {
         assert_eq!(problems[0].key, "admin.token");
         assert!(check_against_running(&running, &running.config).is_empty());
         assert!(check_against_running(&load(BASE), &loaded.config).is_empty(), "loopback: no token needed");
+    }
+
+    #[test]
+    fn the_log_level_is_reloaded_and_checked() {
+        let running = load(BASE);
+        let edited =
+            BASE.to_owned() + "[log]\nlevel = \"warn,switchboard=debug\"\nredact_numbers = false\nformat = \"json\"\n";
+        let loaded = load(&edited);
+        assert!(check_against_running(&running, &loaded.config).is_empty());
+        let (settings, report) = merge(&running, loaded);
+        assert_eq!(settings.config.log.level, "warn,switchboard=debug");
+        assert!(!settings.config.log.redact_numbers);
+        assert_eq!(settings.config.log.format, running.config.log.format, "the format needs a restart");
+        let keys: Vec<&str> = report.needs_restart.iter().map(|k| k.key.as_str()).collect();
+        assert_eq!(keys, ["log.format"]);
+
+        let broken = load(&(BASE.to_owned() + "[log]\nlevel = \"switchboard=loud\"\n"));
+        let problems = check_against_running(&running, &broken.config);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert_eq!(problems[0].key, "log.level");
     }
 
     #[test]

@@ -148,7 +148,40 @@ pub fn init_logging(cfg: &LogConfig) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = if cfg.format == "json" { builder.json().with_current_span(true).try_init() } else { builder.try_init() };
+    // The filter is reloadable: a configuration reload can change `log.level` (`set_log_level`).
+    let _ = if cfg.format == "json" {
+        let builder = builder.json().with_current_span(true).with_filter_reloading();
+        keep_level_handle(builder.reload_handle());
+        builder.try_init()
+    } else {
+        let builder = builder.with_filter_reloading();
+        keep_level_handle(builder.reload_handle());
+        builder.try_init()
+    };
+}
+
+/// Replaces the log filter of the installed subscriber (`log.level` after a reload).
+type LevelSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+
+fn keep_level_handle<S: 'static>(handle: tracing_subscriber::reload::Handle<EnvFilter, S>)
+where
+    tracing_subscriber::reload::Handle<EnvFilter, S>: Send + Sync,
+{
+    let _ = LOG_LEVEL.set(Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())));
+}
+
+/// Sets the log filter to `level` (an env-filter directive) unless `RUST_LOG` decides it, as it
+/// does at start. An invalid directive is an error and changes nothing.
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    match LOG_LEVEL.get() {
+        Some(set) => set(filter),
+        None => Ok(()),
+    }
 }
 
 /// How often histogram samples are folded into their buckets.
