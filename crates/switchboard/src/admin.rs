@@ -18,7 +18,7 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use metrics_exporter_prometheus::PrometheusHandle;
 use serde_json::json;
 use tokio::task::JoinHandle;
@@ -26,6 +26,9 @@ use tokio::task::JoinHandle;
 use crate::app::GatewayState;
 use crate::call::outbound::{self, PlaceCallRequest, PlanError, StartError};
 use crate::calls::HangUp;
+
+/// `GET /v1/config`, `POST /v1/reload`, `POST /v1/calls/{id}/transfer`.
+mod ops;
 
 /// Largest `POST /v1/calls` body accepted.
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
@@ -49,6 +52,9 @@ pub async fn serve(
     let calls_api = Router::new()
         .route("/v1/calls", get(list_calls).post(place_call))
         .route("/v1/calls/{id}", get(show_call).delete(hang_up_call))
+        .route("/v1/calls/{id}/transfer", post(ops::transfer_call))
+        .route("/v1/config", get(ops::show_config))
+        .route("/v1/reload", post(ops::reload))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     let app = Router::new()
         .route("/healthz", get(healthz))
@@ -117,7 +123,9 @@ fn error(status: StatusCode, message: impl std::fmt::Display, field: Option<&str
 
 /// `Authorization: Bearer <admin.token>` on every /v1 route when a token is configured.
 async fn require_token(State(state): State<AdminState>, request: Request, next: Next) -> Response {
-    let expected = state.gateway.config.admin.token.expose();
+    // The token of the current settings: a reload can rotate it.
+    let settings = state.gateway.settings();
+    let expected = settings.config.admin.token.expose();
     if expected.is_empty() {
         return next.run(request).await;
     }
@@ -186,13 +194,14 @@ async fn place_call(State(state): State<AdminState>, headers: HeaderMap, body: B
         Err((field, message)) => return error(StatusCode::BAD_REQUEST, message, field.as_deref()),
     };
     let gateway = &state.gateway;
-    let plan = match outbound::plan(&gateway.config, &gateway.resolved, request) {
+    let settings = gateway.settings();
+    let plan = match outbound::plan(&settings.config, &settings.resolved, request) {
         Ok(plan) => plan,
         Err(e @ PlanError::BadField { field, .. }) => return error(StatusCode::BAD_REQUEST, e, Some(field)),
         Err(e @ PlanError::UnknownAgent(_)) => return error(StatusCode::NOT_FOUND, e, Some("agent")),
         Err(e @ PlanError::UnknownTrunk(_)) => return error(StatusCode::NOT_FOUND, e, Some("trunk")),
     };
-    match outbound::start(gateway, plan) {
+    match outbound::start(gateway, settings, plan) {
         Ok(id) => (StatusCode::CREATED, axum::Json(json!({ "id": id }))).into_response(),
         Err(e) => {
             let mut response = error(StatusCode::SERVICE_UNAVAILABLE, &e, None);

@@ -107,6 +107,12 @@ impl Admission {
         Admission { cfg, sources: HashMap::new(), last_sweep: None }
     }
 
+    /// New limits from a configuration reload; the table's bound stays (it is sized by
+    /// `calls.max_concurrent`, which needs a restart). Sources keep their calls and buckets.
+    pub fn reconfigure(&mut self, cfg: AdmissionConfig) {
+        self.cfg = AdmissionConfig { max_sources: self.cfg.max_sources, ..cfg };
+    }
+
     fn rate(&self) -> f64 {
         f64::from(self.cfg.invites_per_second)
     }
@@ -222,6 +228,30 @@ mod tests {
             trusted: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             max_sources: 4,
         })
+    }
+
+    #[test]
+    fn a_reload_changes_the_limits_and_keeps_the_calls_up() {
+        let mut a = admission(1, 0);
+        let (source, now) = (ip("192.0.2.1"), Instant::now());
+        assert_eq!(a.admit(source, now), Decision::Admitted);
+        assert_eq!(a.admit(source, now), Decision::Refused(AdmissionRefusal::TooManyCalls));
+        a.reconfigure(AdmissionConfig {
+            max_calls_per_source: 2,
+            invites_per_second: 0,
+            trusted: vec![],
+            max_sources: 1,
+        });
+        assert_eq!(a.admit(source, now), Decision::Admitted, "the call up still counts: 2 of 2");
+        assert_eq!(a.admit(source, now), Decision::Refused(AdmissionRefusal::TooManyCalls));
+        assert_eq!(a.cfg.max_sources, 4, "the table's bound needs a restart");
+        a.reconfigure(AdmissionConfig {
+            max_calls_per_source: 2,
+            invites_per_second: 0,
+            trusted: vec!["192.0.2.0/24".parse().unwrap()],
+            max_sources: 4,
+        });
+        assert_eq!(a.admit(source, now), Decision::Trusted);
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
 use crate::media_clock::{LATENESS_WINDOW, MediaClock};
 use crate::recording::Records;
+use crate::reload::{ReloadError, ReloadReport, Reloader, Settings, SettingsCell};
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
 
@@ -31,6 +32,9 @@ const RECORDER_DRAIN_LIMIT: Duration = Duration::from_secs(10);
 
 /// What every call task shares.
 pub struct GatewayState {
+    /// The configuration the process started with. What needs a restart (listeners, media
+    /// addresses, `[calls]`, `[realtime]`...) is read here; what a call uses comes from its
+    /// snapshot of [`GatewayState::settings`], which a reload replaces.
     pub config: Config,
     pub resolved: Resolved,
     pub realtime: ConnectConfig,
@@ -58,6 +62,10 @@ pub struct GatewayState {
     /// Set once, when a task the gateway cannot live without has ended: what ended and why.
     /// `/healthz` and `/readyz` report it; the process then exits non-zero.
     failure: OnceLock<String>,
+    /// The configuration new calls take (`reload.rs`): swapped whole by a reload.
+    pub settings: SettingsCell,
+    /// The file to re-read and the lock that serializes reloads.
+    pub reloader: Reloader,
 }
 
 impl GatewayState {
@@ -79,6 +87,21 @@ impl GatewayState {
         }
     }
 
+    /// A reload's per-source admission limits (`reload.rs`).
+    pub(crate) fn reconfigure_admission(&self, settings: &Settings) {
+        self.admission().reconfigure(AdmissionConfig {
+            max_calls_per_source: settings.config.calls.max_per_source,
+            invites_per_second: settings.config.sip.invite_rate_per_source,
+            trusted: settings.resolved.trusted_proxies.clone(),
+            max_sources: admission_table_size(self.config.calls.max_concurrent),
+        });
+    }
+
+    /// The configuration a call starting now takes and keeps to its end.
+    pub fn settings(&self) -> Arc<Settings> {
+        self.settings.current()
+    }
+
     fn admission(&self) -> MutexGuard<'_, Admission> {
         self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
@@ -92,7 +115,7 @@ fn admission_table_size(max_concurrent: usize) -> usize {
 
 /// The call registry holds every call that has a slot (`calls.max_concurrent`) and, on top,
 /// what the trunks may carry, so registering a call that holds a slot never fails.
-fn registry_capacity(config: &Config) -> usize {
+pub(crate) fn registry_capacity(config: &Config) -> usize {
     let outbound: usize = config.trunks.values().map(|t| t.max_concurrent).sum();
     config.calls.max_concurrent.saturating_add(outbound)
 }
@@ -190,9 +213,12 @@ pub async fn start(
         admission_warnings: Mutex::new(WarningLimiter::new(Duration::from_secs(10))),
         failure: OnceLock::new(),
         records,
+        settings: SettingsCell::new(Settings { config: config.clone(), resolved: resolved.clone() }),
+        reloader: Reloader::default(),
         resolved,
         config,
     });
+    crate::reload::record_loaded();
 
     let (admin_addr, admin_task) = match state.resolved.admin_listen {
         Some(addr) => {
@@ -484,6 +510,22 @@ impl RunningGateway {
         }
     }
 
+    /// Reloads re-read `path` (the file `run` was started with).
+    pub fn set_config_path(&self, path: std::path::PathBuf) {
+        self.state.reloader.set_path(path);
+    }
+
+    /// A handle that reloads the configuration (SIGHUP), usable from another task.
+    pub fn reload_trigger(&self) -> ReloadTrigger {
+        ReloadTrigger(Arc::clone(&self.state))
+    }
+
+    /// The shared state, for the crate's own tests.
+    #[cfg(test)]
+    pub(crate) fn state_for_test(&self) -> &Arc<GatewayState> {
+        &self.state
+    }
+
     /// Test hook: a function that makes the SIP endpoint's driver task panic, as a parser bug
     /// would.
     #[doc(hidden)]
@@ -563,6 +605,16 @@ impl RunningGateway {
         if let Some(sim) = self.offline_agent.take() {
             sim.shutdown().await;
         }
+    }
+}
+
+/// Reloads the gateway's configuration ([`crate::reload::reload`]).
+#[derive(Clone)]
+pub struct ReloadTrigger(Arc<GatewayState>);
+
+impl ReloadTrigger {
+    pub async fn reload(&self) -> Result<ReloadReport, ReloadError> {
+        crate::reload::reload(&self.0).await
     }
 }
 

@@ -7,11 +7,12 @@
 //! the active table when its [`CallGuard`] is dropped, however the call's task ended.
 
 use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::SystemTime;
 
 use serde::Serialize;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::telemetry::Redacted;
 
@@ -100,6 +101,21 @@ pub struct CallView {
     /// Outbound calls once ended (and answered calls while up: `null`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub outcome: Option<OutboundOutcome>,
+    /// The last transfer to a human (model, rule or operator initiated) and how it went.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfer: Option<TransferView>,
+}
+
+/// A transfer's outcome as `GET /v1/calls/{id}` shows it (the CDR's `transfers` entry).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TransferView {
+    pub queue: String,
+    /// `refer` or `bridge`.
+    pub method: String,
+    /// Who asked: the model's stated reason, a rule's name, or `operator`.
+    pub reason: String,
+    /// `transferred`, `bridged`, `failed (…)`... as in the CDR.
+    pub outcome: String,
 }
 
 /// What is known of a call when it is registered.
@@ -126,6 +142,44 @@ pub enum RegisterError {
 struct Entry {
     view: CallView,
     hangup: watch::Sender<bool>,
+    /// Operator commands to the call's task, once it converses ([`CallRegistry::accept_commands`]).
+    commands: Option<mpsc::Sender<OperatorCommand>>,
+}
+
+/// Operator commands waiting for a call's task at most; more are refused (409).
+pub const COMMAND_QUEUE: usize = 4;
+
+/// What an operator asks of a live call through the admin API (hang-up has its own channel).
+#[derive(Debug)]
+pub enum OperatorCommand {
+    /// `POST /v1/calls/{id}/transfer`: transfer the caller to one of the agent's queues, by the
+    /// agent's method, as `transfer_to_human` would. The call's task answers whether it started.
+    Transfer { queue: String, reply: oneshot::Sender<Result<(), TransferRefusal>> },
+}
+
+/// Why the call's task did not start an operator's transfer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TransferRefusal {
+    /// 422: the agent has no `[agents.X.transfer]` queues.
+    #[error("no transfer is configured for this call's agent")]
+    NotConfigured,
+    /// 422: not one of the agent's queues (a name, never a URI).
+    #[error("no queue named `{queue}` for this call's agent")]
+    UnknownQueue { queue: String, valid: Vec<String> },
+    /// 409: one is under way.
+    #[error("a transfer is already in progress")]
+    Busy,
+}
+
+/// Why a command could not reach a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommandRefusal {
+    Unknown,
+    AlreadyEnded,
+    /// Up, but not answered yet (or not taking commands).
+    NotAnswered,
+    /// Ending, or its command queue is full.
+    Busy,
 }
 
 struct Tables {
@@ -135,15 +189,21 @@ struct Tables {
 
 pub struct CallRegistry {
     tables: Mutex<Tables>,
-    capacity: usize,
+    /// Calls up at most; a reload that adds trunk capacity raises it (`set_capacity`).
+    capacity: AtomicUsize,
 }
 
 impl CallRegistry {
     pub fn new(capacity: usize) -> Arc<CallRegistry> {
         Arc::new(CallRegistry {
             tables: Mutex::new(Tables { active: HashMap::new(), finished: VecDeque::new() }),
-            capacity,
+            capacity: AtomicUsize::new(capacity),
         })
+    }
+
+    /// A reload changed what the trunks may carry.
+    pub fn set_capacity(&self, capacity: usize) {
+        self.capacity.store(capacity, Ordering::Release);
     }
 
     fn tables(&self) -> MutexGuard<'_, Tables> {
@@ -157,8 +217,9 @@ impl CallRegistry {
         now: SystemTime,
     ) -> Result<(CallGuard, watch::Receiver<bool>), RegisterError> {
         let mut tables = self.tables();
-        if tables.active.len() >= self.capacity {
-            return Err(RegisterError::Full(self.capacity));
+        let capacity = self.capacity.load(Ordering::Acquire);
+        if tables.active.len() >= capacity {
+            return Err(RegisterError::Full(capacity));
         }
         if let Some((trunk, limit)) = &call.trunk {
             let up = tables.active.values().filter(|e| e.view.trunk.as_deref() == Some(trunk.as_str())).count();
@@ -184,8 +245,9 @@ impl CallRegistry {
             to: redact_party(&call.to),
             from: redact_party(&call.from),
             outcome: None,
+            transfer: None,
         };
-        tables.active.insert(id.clone(), Entry { view, hangup });
+        tables.active.insert(id.clone(), Entry { view, hangup, commands: None });
         Ok((CallGuard { registry: Arc::clone(self), id }, hangup_rx))
     }
 
@@ -216,6 +278,32 @@ impl CallRegistry {
             None if tables.finished.iter().any(|view| view.id == id) => HangUp::AlreadyEnded,
             None => HangUp::Unknown,
         }
+    }
+
+    /// The call `id` now converses and takes operator commands: they arrive on the receiver
+    /// (bounded, [`COMMAND_QUEUE`]). `None` when the call is not registered.
+    pub fn accept_commands(&self, id: &str) -> Option<mpsc::Receiver<OperatorCommand>> {
+        let mut tables = self.tables();
+        let entry = tables.active.get_mut(id)?;
+        let (sender, receiver) = mpsc::channel(COMMAND_QUEUE);
+        entry.commands = Some(sender);
+        Some(receiver)
+    }
+
+    /// Hands `command` to the call's task (which answers through the command's reply).
+    pub fn command(&self, id: &str, command: OperatorCommand) -> Result<(), CommandRefusal> {
+        let tables = self.tables();
+        match tables.active.get(id) {
+            Some(Entry { commands: Some(sender), .. }) => sender.try_send(command).map_err(|_| CommandRefusal::Busy),
+            Some(_) => Err(CommandRefusal::NotAnswered),
+            None if tables.finished.iter().any(|view| view.id == id) => Err(CommandRefusal::AlreadyEnded),
+            None => Err(CommandRefusal::Unknown),
+        }
+    }
+
+    /// Records the outcome of a transfer of call `id` (shown while the call is listed).
+    pub fn set_transfer(&self, id: &str, transfer: TransferView) {
+        self.update(id, |view| view.transfer = Some(transfer));
     }
 
     /// Calls up.
@@ -427,6 +515,38 @@ mod tests {
         );
         let (_c, _) = registry.register(outbound("other", 2), at(0)).unwrap();
         assert_eq!(registry.register(outbound("third", 2), at(0)).err(), Some(RegisterError::Full(3)));
+    }
+
+    #[tokio::test]
+    async fn commands_reach_a_conversing_call_only() {
+        let registry = CallRegistry::new(3);
+        let (guard, _) = registry.register(outbound("carrier", 2), at(0)).unwrap();
+        let id = guard.id().to_string();
+        let transfer = |queue: &str| {
+            let (reply, answer) = oneshot::channel();
+            (OperatorCommand::Transfer { queue: queue.into(), reply }, answer)
+        };
+        assert_eq!(registry.command("nope", transfer("sales").0).err(), Some(CommandRefusal::Unknown));
+        assert_eq!(registry.command(&id, transfer("sales").0).err(), Some(CommandRefusal::NotAnswered));
+
+        let mut commands = registry.accept_commands(&id).unwrap();
+        let (command, answer) = transfer("sales");
+        registry.command(&id, command).unwrap();
+        let Some(OperatorCommand::Transfer { queue, reply }) = commands.recv().await else { panic!("no command") };
+        assert_eq!(queue, "sales");
+        reply.send(Err(TransferRefusal::Busy)).unwrap();
+        assert_eq!(answer.await.unwrap(), Err(TransferRefusal::Busy));
+
+        // The queue is bounded: a call that does not read refuses more.
+        for _ in 0..COMMAND_QUEUE {
+            registry.command(&id, transfer("sales").0).unwrap();
+        }
+        assert_eq!(registry.command(&id, transfer("sales").0).err(), Some(CommandRefusal::Busy));
+        // A call whose task stopped reading (ending) refuses too.
+        drop(commands);
+        assert_eq!(registry.command(&id, transfer("sales").0).err(), Some(CommandRefusal::Busy));
+        drop(guard);
+        assert_eq!(registry.command(&id, transfer("sales").0).err(), Some(CommandRefusal::AlreadyEnded));
     }
 
     #[test]

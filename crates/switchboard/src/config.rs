@@ -10,7 +10,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::path::Path;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use crate::admission::IpNet;
 
@@ -27,9 +27,10 @@ pub mod transfer_limits {
 }
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+pub mod view;
 
 /// The whole configuration file.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct Config {
     pub sip: SipConfig,
@@ -55,7 +56,7 @@ pub struct Config {
     pub cdr: CdrConfig,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct SipConfig {
     /// UDP listen address; empty string disables UDP.
@@ -83,7 +84,7 @@ pub struct SipConfig {
     pub tcp_write_queue_bytes: usize,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct MediaConfig {
     /// Address advertised in SDP `c=` lines: where callers send RTP.
@@ -140,7 +141,7 @@ impl MediaConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RealtimeConfig {
     /// `wss://api.openai.com/v1/realtime` in production; `ws://` is allowed for a local endpoint.
@@ -192,7 +193,7 @@ pub struct RealtimeConfig {
     pub session_max_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CallsConfig {
     /// Beyond this many concurrent calls new INVITEs get 503 with Retry-After.
@@ -211,7 +212,7 @@ pub struct CallsConfig {
     pub drain_secs: u64,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AdminConfig {
     /// HTTP listener for /healthz, /readyz, /metrics and the calls API; empty disables it.
@@ -223,7 +224,7 @@ pub struct AdminConfig {
 }
 
 /// One SIP trunk: where outbound INVITEs go and who they say they are from.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TrunkConfig {
     /// `host:port` of the trunk's SIP server (resolved at start-up).
@@ -247,7 +248,7 @@ pub struct TrunkConfig {
     pub ring_timeout_secs: u64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TrunkTransport {
     Udp,
@@ -274,13 +275,23 @@ impl Secret {
     }
 }
 
+/// Serialized masked (`GET /v1/config`): a secret never leaves the process through serde either.
+impl Serialize for Secret {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(if self.0.is_empty() { "" } else { MASKED })
+    }
+}
+
+/// What a configured secret is shown as.
+pub const MASKED: &str = "[redacted]";
+
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(if self.0.is_empty() { "\"\"" } else { "[redacted]" })
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct LogConfig {
     /// `text` or `json`.
@@ -293,7 +304,7 @@ pub struct LogConfig {
 }
 
 /// One agent: what the model is told and how it sounds.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct AgentConfig {
     pub instructions: String,
@@ -352,14 +363,14 @@ pub struct AgentConfig {
 }
 
 /// `agents.X.barge_in`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BargeInChoice {
     Immediate,
     Confirm,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum AudioFormatChoice {
     Auto,
@@ -369,6 +380,12 @@ pub enum AudioFormatChoice {
 /// A list that may be written as a TOML array or, for environment overrides, a comma-separated string.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StringList(pub Vec<String>);
+
+impl Serialize for StringList {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
 
 impl<'de> Deserialize<'de> for StringList {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

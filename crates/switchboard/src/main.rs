@@ -192,6 +192,8 @@ fn run(path: PathBuf) -> ExitCode {
         if std::env::var_os(TEST_HOOKS_ENV).is_some_and(|v| v == "1") {
             install_test_hooks(&gateway);
         }
+        gateway.set_config_path(std::fs::canonicalize(&path).unwrap_or(path));
+        reload_on_sighup(&gateway);
         // SIGTERM (or Ctrl-C) drains; a second one, during the drain, hangs up at once.
         let mut stop = StopSignals::install();
         let failure = tokio::select! {
@@ -236,6 +238,24 @@ fn install_test_hooks(gateway: &app::RunningGateway) {
     tokio::spawn(async move {
         if usr1.recv().await.is_some() {
             kill_driver();
+        }
+    });
+}
+
+/// SIGHUP re-reads the configuration file (`reload.rs`: a bad file is refused and logged, the
+/// running configuration kept); one reload at a time.
+fn reload_on_sighup(gateway: &app::RunningGateway) {
+    use tokio::signal::unix::{SignalKind, signal};
+    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+        tracing::warn!("SIGHUP cannot be handled: reload through POST /v1/reload only");
+        return;
+    };
+    let trigger = gateway.reload_trigger();
+    tokio::spawn(async move {
+        while hangup.recv().await.is_some() {
+            tracing::info!("SIGHUP: reloading the configuration");
+            // The outcome is logged and counted by the reload itself.
+            let _ = trigger.reload().await;
         }
     });
 }

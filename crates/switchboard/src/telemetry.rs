@@ -118,6 +118,10 @@ pub const RECORDINGS_FAILED_TOTAL: &str = "switchboard_recordings_failed_total";
 pub const BUILD_INFO: &str = "switchboard_build_info";
 /// 1 while the gateway drains (SIGTERM: no new calls, calls in progress go on), else 0.
 pub const DRAINING: &str = "switchboard_draining";
+/// Configuration reloads (SIGHUP, `POST /v1/reload`) by `outcome` (applied, refused).
+pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
+/// Unix time of the last configuration successfully loaded (at start, then each applied reload).
+pub const CONFIG_RELOAD_SUCCESS_TIMESTAMP: &str = "switchboard_config_last_reload_success_timestamp_seconds";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -144,7 +148,40 @@ pub fn init_logging(cfg: &LogConfig) {
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi);
     // A second init (tests) is harmless: the first subscriber stays.
-    let _ = if cfg.format == "json" { builder.json().with_current_span(true).try_init() } else { builder.try_init() };
+    // The filter is reloadable: a configuration reload can change `log.level` (`set_log_level`).
+    let _ = if cfg.format == "json" {
+        let builder = builder.json().with_current_span(true).with_filter_reloading();
+        keep_level_handle(builder.reload_handle());
+        builder.try_init()
+    } else {
+        let builder = builder.with_filter_reloading();
+        keep_level_handle(builder.reload_handle());
+        builder.try_init()
+    };
+}
+
+/// Replaces the log filter of the installed subscriber (`log.level` after a reload).
+type LevelSetter = Box<dyn Fn(EnvFilter) -> Result<(), String> + Send + Sync>;
+static LOG_LEVEL: std::sync::OnceLock<LevelSetter> = std::sync::OnceLock::new();
+
+fn keep_level_handle<S: 'static>(handle: tracing_subscriber::reload::Handle<EnvFilter, S>)
+where
+    tracing_subscriber::reload::Handle<EnvFilter, S>: Send + Sync,
+{
+    let _ = LOG_LEVEL.set(Box::new(move |filter| handle.reload(filter).map_err(|e| e.to_string())));
+}
+
+/// Sets the log filter to `level` (an env-filter directive) unless `RUST_LOG` decides it, as it
+/// does at start. An invalid directive is an error and changes nothing.
+pub fn set_log_level(level: &str) -> Result<(), String> {
+    if std::env::var_os(EnvFilter::DEFAULT_ENV).is_some() {
+        return Ok(());
+    }
+    let filter = EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+    match LOG_LEVEL.get() {
+        Some(set) => set(filter),
+        None => Ok(()),
+    }
 }
 
 /// How often histogram samples are folded into their buckets.
@@ -241,6 +278,14 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
     );
     metrics::describe_gauge!(UP, "1 while every task the gateway needs runs; 0 once one has ended (it then exits).");
     metrics::describe_gauge!(DRAINING, "1 while the gateway drains (no new calls, calls in progress go on), else 0.");
+    metrics::describe_counter!(
+        CONFIG_RELOADS_TOTAL,
+        "Configuration reloads (SIGHUP, POST /v1/reload) by outcome (applied, refused)."
+    );
+    metrics::describe_gauge!(
+        CONFIG_RELOAD_SUCCESS_TIMESTAMP,
+        "Unix time the configuration in effect was loaded (at start, then each applied reload)."
+    );
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
     metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");

@@ -140,10 +140,13 @@ async fn run(
 ) -> CallEnd {
     let received = Instant::now();
     let IncomingCall { info, offer, mut invite } = call;
-    let cfg = &state.config;
+    // The configuration this call keeps to its end, whatever a reload does meanwhile.
+    let settings = state.settings();
+    let cfg = &settings.config;
 
     let id = entry.map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
-    let Some(routed) = route(&state.config, &state.resolved, &info, &id, switchboard_router::Timestamp::now()) else {
+    let Some(routed) = route(&settings.config, &settings.resolved, &info, &id, switchboard_router::Timestamp::now())
+    else {
         return refuse(state, invite, Refusal::NoRoute);
     };
     let (route_name, agent_name, agent) = match routed {
@@ -186,7 +189,7 @@ async fn run(
     let opened = tokio::select! {
         biased;
         _ = invite.cancelled() => return CallEnd::CallerCancelled,
-        opened = open_session(state, agent, codec) => opened,
+        opened = open_session(state, &settings, agent, codec) => opened,
     };
     let session = match opened {
         Ok(session) => session,
@@ -247,6 +250,7 @@ async fn run(
         port_lease,
         session,
         hangup,
+        settings: Arc::clone(&settings),
     };
     converse(state, call).await
 }
@@ -358,6 +362,8 @@ pub struct Established {
     /// Becomes true when the operator hangs the call up (admin API `DELETE /v1/calls/{id}`).
     /// A dropped sender means "never".
     pub hangup: watch::Receiver<bool>,
+    /// The configuration snapshot the call took when it started (`reload.rs`).
+    pub settings: Arc<crate::reload::Settings>,
 }
 
 /// Opens and confirms the agent's Realtime session for a call on `codec` (connect,
@@ -365,14 +371,20 @@ pub struct Established {
 /// all within `realtime.connect_timeout_ms`. Callable before an outbound INVITE is sent; cancel
 /// by dropping the future. On refusal after the upgrade the WebSocket is closed in the
 /// background.
-pub async fn open_session(state: &GatewayState, agent: &AgentConfig, codec: Codec) -> Result<OpenSession, Refusal> {
+pub async fn open_session(
+    state: &GatewayState,
+    settings: &crate::reload::Settings,
+    agent: &AgentConfig,
+    codec: Codec,
+) -> Result<OpenSession, Refusal> {
     let requested = match agent.audio_format {
         AudioFormatChoice::Auto => ModelAudio::G711Passthrough,
         AudioFormatChoice::Pcm => ModelAudio::Pcm24k,
     };
     // Only G.711 can go to the model untouched; Opus and G.722 calls speak 24 kHz PCM to it.
     let model_audio = model_audio_for(codec, requested);
-    let realtime_cfg = &state.config.realtime;
+    // The call's snapshot: its timeouts and limits stay those it started with (`reload.rs`).
+    let realtime_cfg = &settings.config.realtime;
     let mut setup = SessionSetup::new(
         codec,
         session::model_format(model_audio, codec),

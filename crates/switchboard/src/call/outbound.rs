@@ -33,6 +33,7 @@ use super::{CallDirection, CallSlot, Established, PTIME, converse, open_session,
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, CallState, Direction, NewCall, OutboundOutcome, RegisterError};
 use crate::config::{AgentConfig, Config, Resolved, TrunkConfig, TrunkTransport, is_sip_user};
+use crate::reload::Settings;
 use crate::telemetry::{self, Escaped, Pii};
 
 /// What `POST /v1/calls` accepts.
@@ -239,8 +240,9 @@ pub enum StartError {
 /// timeout (the SIP layer CANCELs at the ring timeout; this bounds the task should that fail).
 const FINAL_ANSWER_ALLOWANCE: Duration = Duration::from_secs(40);
 
-/// Starts the call in the background; returns its id.
-pub fn start(state: &Arc<GatewayState>, mut plan: OutboundPlan) -> Result<String, StartError> {
+/// Starts the call in the background; returns its id. `settings` is the configuration snapshot
+/// `plan` was checked against; the call keeps it to its end (`reload.rs`).
+pub fn start(state: &Arc<GatewayState>, settings: Arc<Settings>, mut plan: OutboundPlan) -> Result<String, StartError> {
     if state.closing() {
         return Err(StartError::ShuttingDown);
     }
@@ -267,13 +269,14 @@ pub fn start(state: &Arc<GatewayState>, mut plan: OutboundPlan) -> Result<String
     let id = entry.id().to_string();
     plan.agent = plan.rendered_agent(&id);
     let state = Arc::clone(state);
-    tokio::spawn(handle(state, sip, plan, entry, hangup, slot));
+    tokio::spawn(handle(state, settings, sip, plan, entry, hangup, slot));
     Ok(id)
 }
 
 /// Runs one outbound call to its end in its own span, and records its outcome.
 async fn handle(
     state: Arc<GatewayState>,
+    settings: Arc<Settings>,
     sip: SipEndpoint,
     plan: OutboundPlan,
     entry: CallGuard,
@@ -292,7 +295,7 @@ async fn handle(
     async {
         info!(agent = plan.agent_name.as_str(), "placing an outbound call");
         let started = SystemTime::now();
-        let outcome = run(&state, &sip, &plan, &entry, hangup).await;
+        let outcome = run(&state, settings, &sip, &plan, &entry, hangup).await;
         // Not answered: its CDR is written here (answered: converse).
         state.records.outbound_unanswered(entry.id(), &plan.from_uri, &plan.to, &plan.agent_name, started, &outcome);
         match &outcome {
@@ -316,20 +319,21 @@ async fn handle(
 }
 
 /// The codecs this trunk offers, in order: the trunk's list, else `media.codecs`.
-fn offered_codecs(state: &GatewayState, trunk: &TrunkConfig) -> Vec<SdpCodec> {
-    let names = if trunk.codecs.0.is_empty() { &state.config.media.codecs.0 } else { &trunk.codecs.0 };
+fn offered_codecs(settings: &Settings, trunk: &TrunkConfig) -> Vec<SdpCodec> {
+    let names = if trunk.codecs.0.is_empty() { &settings.config.media.codecs.0 } else { &trunk.codecs.0 };
     names.iter().filter_map(|name| SdpCodec::from_name(name)).collect()
 }
 
 async fn run(
     state: &Arc<GatewayState>,
+    settings: Arc<Settings>,
     sip: &SipEndpoint,
     plan: &OutboundPlan,
     entry: &CallGuard,
     mut hangup: watch::Receiver<bool>,
 ) -> OutboundOutcome {
     let started = SystemTime::now();
-    let codecs = offered_codecs(state, &plan.trunk);
+    let codecs = offered_codecs(&settings, &plan.trunk);
     let Some(&first_codec) = codecs.first() else {
         return OutboundOutcome::Failed { reason: "no codec to offer".into() };
     };
@@ -345,7 +349,7 @@ async fn run(
     let opened = tokio::select! {
         biased;
         _ = operator_hangup(&mut hangup) => return OutboundOutcome::Cancelled,
-        opened = open_session(state, &plan.agent, first_codec) => opened,
+        opened = open_session(state, &settings, &plan.agent, first_codec) => opened,
     };
     let mut session = match opened {
         Ok(session) => session,
@@ -461,7 +465,7 @@ async fn run(
         // must be told the other format, so the session is opened again (a short silence).
         info!(codec = ?media.codec, "answered codec differs from the session's: reopening the session");
         session.close_in_background();
-        session = match open_session(state, &plan.agent, codec).await {
+        session = match open_session(state, &settings, &plan.agent, codec).await {
             Ok(session) => session,
             Err(refusal) => {
                 hang_up(&mut dialog).await;
@@ -494,6 +498,7 @@ async fn run(
         port_lease,
         session,
         hangup,
+        settings,
     };
     let end = converse(state, call).await;
     record_end(CallDirection::Outbound, &end);

@@ -62,10 +62,11 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup } = call;
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings } =
+        call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
-    let cfg = &state.config;
+    let cfg = &settings.config;
     let realtime_cfg = &cfg.realtime;
     let watchdog = Duration::from_secs(realtime_cfg.watchdog_secs);
     let mut writer = RealtimeWriter::spawn(sender, watchdog);
@@ -109,7 +110,9 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
             core.set_rollover_at(rollover_deadline(realtime_cfg, session_opened, expires_at));
             core.measure_first_audio_from(first_audio::origin_of(&facts), direction.label());
             core.set_transfer_rules(TransferLink::rules(&agent));
-            let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester());
+            // From here on the call takes operator commands (`POST /v1/calls/{id}/transfer`).
+            let commands = state.calls.accept_commands(&facts.id);
+            let transfer = TransferLink::new(&agent, &facts.id, &facts.agent, dialog.requester(), commands);
             let core = SharedCore(Arc::new(Mutex::new(core)));
             let media_loop = MediaLoop {
                 core,
@@ -131,6 +134,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 recorder: &mut recorder,
                 link: Link {
                     state,
+                    settings: &settings,
                     agent: &agent,
                     codec: media.codec,
                     confirmed,
@@ -192,6 +196,8 @@ const ROLLOVER_RETRIES: ReconnectPolicy = ReconnectPolicy {
 /// session again, and the reconnect in progress.
 struct Link<'a> {
     state: &'a Arc<GatewayState>,
+    /// The call's configuration snapshot (`reload.rs`).
+    settings: &'a Arc<crate::reload::Settings>,
     agent: &'a AgentConfig,
     codec: Codec,
     /// The formats the call's media pipeline was built for: a new session must confirm the same.
@@ -219,6 +225,7 @@ impl<T> Drop for AbortOnDrop<T> {
 /// `session.update`, `session.updated`) bounded by `realtime.connect_timeout_ms`.
 async fn reconnect_until_confirmed(
     state: Arc<GatewayState>,
+    settings: Arc<crate::reload::Settings>,
     agent: AgentConfig,
     codec: Codec,
     confirmed: ConfirmedAudio,
@@ -228,7 +235,7 @@ async fn reconnect_until_confirmed(
     loop {
         tokio::time::sleep(policy.delay_before(attempt, rand::random::<f64>())).await;
         attempt = attempt.saturating_add(1);
-        match open_session(&state, &agent, codec).await {
+        match open_session(&state, &settings, &agent, codec).await {
             Ok(session) if session.confirmed == confirmed => {
                 debug!(attempt, "Realtime session reopened");
                 return session;
@@ -547,6 +554,7 @@ impl MediaLoop<'_> {
             let task = tokio::spawn(
                 reconnect_until_confirmed(
                     Arc::clone(self.link.state),
+                    Arc::clone(self.link.settings),
                     self.link.agent.clone(),
                     self.link.codec,
                     self.link.confirmed,
@@ -608,7 +616,7 @@ impl MediaLoop<'_> {
     /// Sends the conversation so far to a new session; says why it failed, if it did.
     async fn replay(&mut self, sender: &mut RealtimeSender) -> Option<String> {
         let replay = self.core.lock().replay_events();
-        let deadline = Duration::from_millis(self.link.state.config.realtime.connect_timeout_ms);
+        let deadline = Duration::from_millis(self.link.settings.config.realtime.connect_timeout_ms);
         let replayed = tokio::time::timeout(deadline, async {
             for event in &replay {
                 sender.send(event).await?;
@@ -630,7 +638,7 @@ impl MediaLoop<'_> {
         self.writer.dropped_appends = dropped_appends;
         *self.realtime_rx = receiver;
         self.link.up = true;
-        let due = rollover_deadline(&self.link.state.config.realtime, Instant::now(), expires_at);
+        let due = rollover_deadline(&self.link.settings.config.realtime, Instant::now(), expires_at);
         self.core.lock().set_rollover_at(due);
     }
 

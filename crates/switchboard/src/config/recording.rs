@@ -3,11 +3,11 @@
 
 use std::path::{Path, PathBuf};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::{Config, ConfigProblem, Secret};
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RecordingConfig {
     /// Root of the recordings: `<dir>/<YYYY>/<MM>/<DD>/<call id>.{wav,json}`. Required when an
@@ -43,7 +43,7 @@ impl Default for RecordingConfig {
     }
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct CdrConfig {
     /// JSON Lines file every call's record is appended to. Empty: no CDR file.

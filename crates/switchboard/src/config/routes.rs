@@ -4,14 +4,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchboard_router::render::unknown_placeholders;
 use switchboard_router::{Action, Hours, IpNet, NumberPattern, RejectCode, Route, RouteTable, TimeZone};
 
 use super::{Config, StringList};
 
 /// `[routing]`.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RoutingConfig {
     /// IANA time zone `hours` are read in (a route's `time_zone` overrides it).
@@ -33,7 +33,7 @@ pub const MAX_HEADER_VALUE_BYTES: usize = 256;
 pub const MAX_ROUTES: usize = 1000;
 
 /// One `[[routes]]` entry.
-#[derive(Debug, Clone, Default, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(default)]
 pub struct RouteConfig {
     /// For logs, CDRs and `switchboard route`; `#<index>` (from 0) when empty.
@@ -59,6 +59,12 @@ pub struct RouteConfig {
 /// One string or a list of strings (never split at commas: a regex may hold one).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Patterns(pub Vec<String>);
+
+impl Serialize for Patterns {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(s)
+    }
+}
 
 impl<'de> Deserialize<'de> for Patterns {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

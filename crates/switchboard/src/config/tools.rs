@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use super::{AgentConfig, ConfigProblem, Secret, StringList};
@@ -17,7 +17,7 @@ pub const BUILT_IN_TOOLS: [&str; 2] = ["end_call", "transfer_to_human"];
 pub const MAX_TOOL_TIMEOUT_MS: u64 = 120_000;
 
 /// One webhook tool (`[agents.NAME.tools.TOOL]`).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct ToolConfig {
     /// What the model is told the tool does (and what to say while it runs).
@@ -63,7 +63,7 @@ impl ToolConfig {
 }
 
 /// One MCP server run on the model's side (`[agents.NAME.mcp.SERVER]`, reference §2.4).
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(default)]
 pub struct McpServerConfig {
     /// `server_url` of the `mcp` tool.

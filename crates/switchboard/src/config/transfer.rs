@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 use super::TrunkConfig;
 
@@ -20,7 +20,7 @@ pub const MAX_HEADERS: usize = 16;
 /// Queues per agent at most (they become a JSON Schema `enum` the model reads).
 pub const MAX_QUEUES: usize = 50;
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(default)]
 pub struct TransferConfig {
     /// `refer`: blind transfer, the caller's side is asked to call the queue (RFC 3515);
@@ -53,7 +53,7 @@ pub struct TransferConfig {
     pub queues: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum TransferMethod {
     Refer,

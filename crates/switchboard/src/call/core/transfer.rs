@@ -109,6 +109,16 @@ impl CallCore {
         self.run_control(commands);
     }
 
+    /// Adds a system note to the conversation without asking the model to speak: an operator
+    /// started a transfer, and the model should know why the announcement comes (admin API).
+    pub fn inform_agent(&mut self, text: &str) {
+        if self.ended.is_some() {
+            return;
+        }
+        let item = Item::system_text(text.to_owned());
+        self.send_realtime(ClientEvent::ConversationItemCreate { event_id: None, previous_item_id: None, item });
+    }
+
     /// The agent says `goodbye` and the call ends after it (`on_failure = "hangup"`), or at
     /// once when there is no AI to say it.
     pub fn goodbye_after_transfer(&mut self, end: super::super::end::CallEnd) {

@@ -70,7 +70,7 @@ impl MediaLoop<'_> {
     /// The [`LegConfig`] of a new leg negotiated as `media` (the human's answer), built as the
     /// caller's was.
     pub fn leg_config(&self, media: &NegotiatedMedia) -> LegConfig {
-        leg_config(&self.link.state.config, media, self.link.confirmed)
+        leg_config(&self.link.settings.config, media, self.link.confirmed)
     }
 
     /// Adds a media leg on `socket` (the RTP socket the transfer code leased and offered; RTCP on

@@ -19,13 +19,16 @@ use super::super::core::{CALLER, DtmfDigit, HUMAN, LegId};
 use super::super::end::CallEnd;
 use super::super::journal::{ToolRecord, ToolStatus, TransferRecord};
 use super::super::transfer::dial::{AnsweredHuman, DialFailure, dial_human};
-use super::super::transfer::machine::{Action, MachineConfig, Outcome, TransferMachine, Trigger};
+use super::super::transfer::machine::{Action, MachineConfig, Outcome, StartError, TransferMachine, Trigger};
 use super::super::transfer::{HeaderContext, context_headers, parse_arguments, referred_by};
 use super::{AbortOnDrop, MediaLoop};
-use crate::calls::CallGuard;
+use crate::calls::{CallGuard, OperatorCommand, TransferRefusal, TransferView};
 use crate::config::{AgentConfig, TransferConfig};
 use crate::rtp_ports::PortLease;
 use crate::telemetry;
+
+/// The trigger and stated reason of a transfer an operator started (admin API).
+const OPERATOR_TRIGGER: &str = "operator";
 
 /// REFER outcomes waiting for the call's task at most (one REFER is outstanding at a time).
 const EVENT_QUEUE: usize = 4;
@@ -47,6 +50,8 @@ pub(super) enum TransferInput {
     Task(TransferEvent),
     /// The bridged human's dialog (`None`: it is over).
     Human(Option<DialogEvent>),
+    /// An operator's command (admin API).
+    Operator(OperatorCommand),
 }
 
 impl MediaLoop<'_> {
@@ -54,6 +59,7 @@ impl MediaLoop<'_> {
         match input {
             TransferInput::Task(event) => self.on_transfer_event(event),
             TransferInput::Human(event) => self.on_human_dialog_event(event),
+            TransferInput::Operator(command) => self.on_operator_command(command),
         }
     }
 }
@@ -88,10 +94,18 @@ pub(super) struct TransferLink {
     human: Option<HumanCall>,
     /// Bridge: the human's negotiated stream and RTP socket, until the leg is attached.
     pending_leg: Option<(NegotiatedMedia, std::net::UdpSocket)>,
+    /// Operator commands from the admin API (`None`: the call is not in the registry).
+    commands: Option<mpsc::Receiver<OperatorCommand>>,
 }
 
 impl TransferLink {
-    pub(super) fn new(agent: &AgentConfig, call_id: &str, agent_name: &str, requester: DialogRequester) -> Self {
+    pub(super) fn new(
+        agent: &AgentConfig,
+        call_id: &str,
+        agent_name: &str,
+        requester: DialogRequester,
+        commands: Option<mpsc::Receiver<OperatorCommand>>,
+    ) -> Self {
         let config = agent.transfer.clone();
         let machine = config.enabled().then(|| {
             TransferMachine::new(MachineConfig {
@@ -117,6 +131,7 @@ impl TransferLink {
             task: None,
             human: None,
             pending_leg: None,
+            commands,
         }
     }
 
@@ -142,10 +157,18 @@ impl TransferLink {
                 None => std::future::pending().await,
             }
         };
+        let operator = async {
+            match &mut self.commands {
+                Some(commands) => commands.recv().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
             // Never `None`: the link holds a sender.
             Some(event) = self.events_rx.recv() => TransferInput::Task(event),
             event = human => TransferInput::Human(event),
+            // `None` (the registry entry is gone: the call is ending) disables this branch.
+            Some(command) = operator => TransferInput::Operator(command),
         }
     }
 
@@ -193,6 +216,43 @@ impl MediaLoop<'_> {
                 });
                 let output = serde_json::json!({"error": why}).to_string();
                 self.core.lock().complete_tool(now, &call.call_id, output);
+            }
+        }
+    }
+
+    /// An operator's command: a transfer to one of the agent's queues starts as the model's
+    /// would (announcement, REFER or bridge, outcome in the journal and the CDR); the agent is
+    /// marked busy with it, as for `transfer_to_human`. The reply says whether it started.
+    fn on_operator_command(&mut self, command: OperatorCommand) {
+        let OperatorCommand::Transfer { queue, reply } = command;
+        let now = Instant::now();
+        let valid: Vec<String> = self.transfer.config.queues.keys().cloned().collect();
+        let started = match self.transfer.machine.as_mut() {
+            None => Err(TransferRefusal::NotConfigured),
+            Some(machine) => machine.start(now, &queue, Trigger::Rule(OPERATOR_TRIGGER)).map_err(|e| match e {
+                StartError::UnknownQueue(queue) => TransferRefusal::UnknownQueue { queue, valid },
+                StartError::Busy => TransferRefusal::Busy,
+            }),
+        };
+        match started {
+            Ok(actions) => {
+                info!(queue, "transfer to a human requested by the operator");
+                self.transfer.reason = OPERATOR_TRIGGER.to_owned();
+                let mut core = self.core.lock();
+                core.transfer_started();
+                // Told before the announcement is asked for, so it is not a surprise to the model.
+                core.inform_agent(&format!(
+                    "An operator is transferring the caller to a person ({queue}). Do not start a new \
+                     topic; if the transfer fails you will be told."
+                ));
+                drop(core);
+                // Answered before the actions run: the REFER or INVITE is under way.
+                let _ = reply.send(Ok(()));
+                self.run_transfer_actions(now, actions);
+            }
+            Err(refusal) => {
+                info!(queue, why = %refusal, "operator's transfer refused");
+                let _ = reply.send(Err(refusal));
             }
         }
     }
@@ -421,6 +481,7 @@ impl MediaLoop<'_> {
             HeaderContext { call_id: &link.call_id, agent: &link.agent, queue: &queue, reason: &link.reason },
         );
         let state = std::sync::Arc::clone(self.link.state);
+        let settings = std::sync::Arc::clone(self.link.settings);
         let trunk = link.config.trunk.clone();
         let agent = link.agent.clone();
         let ring = Duration::from_secs(link.config.ring_timeout_secs);
@@ -428,7 +489,7 @@ impl MediaLoop<'_> {
         info!(queue, trunk, "dialling the human");
         let task = tokio::spawn(
             async move {
-                let event = match dial_human(state, trunk, target, agent, ring, headers).await {
+                let event = match dial_human(state, settings, trunk, target, agent, ring, headers).await {
                     Ok(human) => TransferEvent::HumanAnswered(Box::new(human)),
                     Err(failure) => TransferEvent::HumanFailed(failure),
                 };
@@ -479,6 +540,13 @@ impl MediaLoop<'_> {
         let method = self.transfer.config.method.label();
         info!(method, queue, outcome = %outcome.detail(), "transfer outcome");
         metrics::counter!(telemetry::TRANSFERS_TOTAL, "method" => method, "outcome" => outcome.label()).increment(1);
+        let view = TransferView {
+            queue: queue.clone(),
+            method: method.to_owned(),
+            reason: self.transfer.reason.clone(),
+            outcome: outcome.detail(),
+        };
+        self.link.state.calls.set_transfer(&self.transfer.call_id, view);
         self.journal.transfer(TransferRecord {
             at: self.journal.offset(now),
             queue,

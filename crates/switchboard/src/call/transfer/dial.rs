@@ -19,6 +19,7 @@ use super::super::outbound::request_uri;
 use crate::app::GatewayState;
 use crate::calls::{CallGuard, Direction, NewCall};
 use crate::config::TrunkTransport;
+use crate::reload::Settings;
 use crate::rtp_ports::PortLease;
 use crate::telemetry::Escaped;
 
@@ -51,14 +52,16 @@ impl DialFailure {
 /// The INVITE to `target` through `trunk_name`, until the human answers or the call fails.
 pub async fn dial_human(
     state: Arc<GatewayState>,
+    settings: Arc<Settings>,
     trunk_name: String,
     target: String,
     agent: String,
     ring_timeout: Duration,
     headers: Vec<(String, String)>,
 ) -> Result<AnsweredHuman, DialFailure> {
-    let trunk = state.config.trunks.get(&trunk_name).ok_or_else(|| DialFailure::local("no such trunk"))?;
-    let destination = *state
+    // The trunk as the call's snapshot knows it (`reload.rs`).
+    let trunk = settings.config.trunks.get(&trunk_name).ok_or_else(|| DialFailure::local("no such trunk"))?;
+    let destination = *settings
         .resolved
         .trunk_addresses
         .get(&trunk_name)
@@ -82,7 +85,7 @@ pub async fn dial_human(
         state.calls.register(new_call, SystemTime::now()).map_err(|e| DialFailure::local(e.to_string()))?;
     let (socket, lease) = state.rtp_ports.allocate().map_err(|_| DialFailure::local("no RTP port free"))?;
 
-    let names = if trunk.codecs.0.is_empty() { &state.config.media.codecs.0 } else { &trunk.codecs.0 };
+    let names = if trunk.codecs.0.is_empty() { &settings.config.media.codecs.0 } else { &trunk.codecs.0 };
     let codecs: Vec<SdpCodec> = names.iter().filter_map(|name| SdpCodec::from_name(name)).collect();
     let local = LocalMedia {
         address: state.resolved.media_address,
