@@ -301,3 +301,23 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|line| line.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse().ok()
 }
+
+/// `promtool check metrics` on a `/metrics` text (its lint of names, units, HELP and TYPE):
+/// whether it passed, and everything it printed (nothing when all is well).
+pub fn promtool_check_metrics(text: &str, dir: &Path) -> (bool, String) {
+    let said_path = dir.join("promtool.out");
+    let said = std::fs::File::create(&said_path).expect("promtool output file");
+    let mut child = ChildGuard::spawn(
+        "promtool",
+        Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(said.try_clone().expect("clone"))
+            .stderr(said),
+    );
+    let mut stdin = child.child.stdin.take().expect("promtool stdin");
+    stdin.write_all(text.as_bytes()).expect("write to promtool");
+    drop(stdin);
+    let status = child.wait_timeout(Duration::from_secs(20)).expect("promtool finished within 20 s");
+    (status.success(), std::fs::read_to_string(&said_path).unwrap_or_default())
+}

@@ -6,13 +6,12 @@
 //! numbers redacted (or not, when turned off).
 
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
-use switchboard_e2e::procs::{ChildGuard, Gateway, Sim};
+use switchboard_e2e::procs::{ChildGuard, Gateway, Sim, promtool_check_metrics};
 use switchboard_e2e::{Ports, sipp, tools};
 
 /// The dialled number of the answered calls (the `numbers` of the agent below).
@@ -81,25 +80,6 @@ fn wait_for(gateway: &Gateway, series: &str, want: f64) -> String {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-}
-
-/// `promtool check metrics` on `text`: whether it passed, and everything it printed.
-fn promtool_check(text: &str, dir: &Path) -> (bool, String) {
-    let said_path = dir.join("promtool.out");
-    let said = std::fs::File::create(&said_path).expect("promtool output file");
-    let mut child = ChildGuard::spawn(
-        "promtool",
-        Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(said.try_clone().expect("clone"))
-            .stderr(said),
-    );
-    let mut stdin = child.child.stdin.take().expect("promtool stdin");
-    stdin.write_all(text.as_bytes()).expect("write to promtool");
-    drop(stdin);
-    let status = child.wait_timeout(Duration::from_secs(20)).expect("promtool finished within 20 s");
-    (status.success(), std::fs::read_to_string(&said_path).unwrap_or_default())
 }
 
 /// Every JSON log line of the gateway (a line that is not JSON fails the test).
@@ -217,7 +197,7 @@ fn metrics_after_scripted_calls_have_the_right_values_and_pass_promtool() {
     }
     assert!(!text.contains(DIALLED), "a phone number in a label:\n{text}");
 
-    let (ok, said) = promtool_check(&text, &dir);
+    let (ok, said) = promtool_check_metrics(&text, &dir);
     assert!(ok && said.trim().is_empty(), "promtool check metrics: ok={ok}\n{said}\non:\n{text}");
 
     // The logs: one JSON object per line, a summary per call, numbers redacted at info level.

@@ -2,14 +2,13 @@
 //! started with while a new call gets the new configuration; a broken file is refused and the old
 //! configuration keeps serving. Slot 92.
 
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use switchboard_e2e::procs::{ChildGuard, Gateway, Sim, http_get, http_post};
+use switchboard_e2e::procs::{Gateway, Sim, http_get, http_post, promtool_check_metrics};
 use switchboard_e2e::{Ports, sipp, tools};
 
 /// Polls the gateway's log until it contains `needle`.
@@ -56,25 +55,6 @@ fn short_call(ports: Ports, dir: &Path, silence: &Path, pause_ms: u32) -> std::p
         "15550001000",
         pause_ms,
     )
-}
-
-/// `promtool check metrics` on `text`: whether it passed, and what it printed.
-fn promtool_check(text: &str, dir: &Path) -> (bool, String) {
-    let said_path = dir.join("promtool.out");
-    let said = std::fs::File::create(&said_path).expect("promtool output file");
-    let mut child = ChildGuard::spawn(
-        "promtool",
-        Command::new("promtool")
-            .args(["check", "metrics"])
-            .stdin(Stdio::piped())
-            .stdout(said.try_clone().expect("clone"))
-            .stderr(said),
-    );
-    let mut stdin = child.child.stdin.take().expect("promtool stdin");
-    stdin.write_all(text.as_bytes()).expect("write to promtool");
-    drop(stdin);
-    let status = child.wait_timeout(Duration::from_secs(20)).expect("promtool finished within 20 s");
-    (status.success(), std::fs::read_to_string(&said_path).unwrap_or_default())
 }
 
 #[test]
@@ -179,7 +159,7 @@ fn a_call_in_progress_keeps_its_snapshot_and_a_broken_file_is_refused() {
     assert!(metrics.contains("switchboard_config_reloads_total{outcome=\"applied\"} 2"), "{metrics}");
     assert!(metrics.contains("switchboard_config_reloads_total{outcome=\"refused\"} 2"), "{metrics}");
     assert!(metrics.contains("switchboard_config_last_reload_success_timestamp_seconds "), "{metrics}");
-    let (passed, said) = promtool_check(&metrics, &dir);
+    let (passed, said) = promtool_check_metrics(&metrics, &dir);
     assert!(passed, "promtool check metrics failed:\n{said}");
     assert!(!said.contains("switchboard_config"), "promtool about the reload metrics:\n{said}");
 }

@@ -167,143 +167,6 @@ impl Drop for Kamailio {
     }
 }
 
-/// A UAC through a record-routing proxy: the 200 must carry Kamailio's Record-Route, and ACK and
-/// BYE are sent with the route set (`[routes]`, to Kamailio) and the gateway's Contact as
-/// Request-URI (`[next_url]`). The BYE must be answered 200.
-const UAC_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="uac_via_kamailio">
-  <send retrans="500"><![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=sipp [pid][call_number] 1 IN IP[media_ip_type] [media_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-      a=ptime:20
-
-  ]]></send>
-  <recv response="100" optional="true" />
-  <recv response="180" optional="true" />
-  <recv response="200" rrs="true">
-    <action>
-      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;[^>]*lr=on." search_in="msg" check_it="true" assign_to="rr" />
-    </action>
-  </recv>
-  <send><![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      [routes]
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <pause />
-  <send retrans="500"><![CDATA[
-
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      [routes]
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <recv response="200" crlf="true" />
-  <Reference variables="rr" />
-</scenario>
-"#;
-
-/// A UAC that answers the gateway's BYE: the BYE must come from Kamailio (its Via on top, over
-/// the caller's transport) with the Request-URI our Contact.
-const UAC_WAIT_BYE_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="uac_wait_bye_via_kamailio">
-  <send retrans="500"><![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Type: application/sdp
-      Content-Length: [len]
-
-      v=0
-      o=sipp [pid][call_number] 1 IN IP[media_ip_type] [media_ip]
-      s=-
-      c=IN IP[media_ip_type] [media_ip]
-      t=0 0
-      m=audio [media_port] RTP/AVP 0
-      a=rtpmap:0 PCMU/8000
-      a=ptime:20
-
-  ]]></send>
-  <recv response="100" optional="true" />
-  <recv response="180" optional="true" />
-  <recv response="200" rrs="true">
-    <action>
-      <ereg regexp="Record-Route: .sip:127.0.0.1:@PROXY_PORT@;[^>]*lr=on." search_in="msg" check_it="true" assign_to="rr" />
-    </action>
-  </recv>
-  <send><![CDATA[
-
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      [routes]
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <recv request="BYE" timeout="15000">
-    <action>
-      <ereg regexp="BYE sip:sipp@127.0.0.1:[0-9]+" search_in="msg" check_it="true" assign_to="ruri" />
-      <ereg regexp="Via: SIP/2.0/@TRANSPORT@ 127.0.0.1:@PROXY_PORT@;branch=" search_in="msg" check_it="true" assign_to="proxy_via" />
-    </action>
-  </recv>
-  <send><![CDATA[
-
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Content-Length: 0
-
-  ]]></send>
-  <Reference variables="rr,ruri,proxy_via" />
-</scenario>
-"#;
-
 /// One SIPp UAC instance (its own SIP and media ports) calling Kamailio.
 struct Caller {
     proxy_port: u16,
@@ -315,9 +178,11 @@ struct Caller {
 }
 
 impl Caller {
+    /// SIPp running `scenario` (a file in tests/scenarios) with its placeholders filled.
     fn command(&self, scenario: &str, name: &str, dir: &Path, calls: u32, pause_ms: u32) -> Command {
         let path = dir.join(format!("{name}.xml"));
         let transport = if self.tcp { "TCP" } else { "UDP" };
+        let scenario = std::fs::read_to_string(tools::scenario(scenario)).expect("read scenario");
         let text = scenario.replace("@PROXY_PORT@", &self.proxy_port.to_string()).replace("@TRANSPORT@", transport);
         std::fs::write(&path, text).expect("write scenario");
         let mut cmd = Command::new("sipp");
@@ -338,15 +203,18 @@ impl Caller {
 
     /// Runs `calls` calls (up to 10 a second, all at once) that each last `pause_ms`, to the end.
     fn calls(&self, name: &str, dir: &Path, calls: u32, pause_ms: u32) -> Output {
-        let output =
-            run_bounded("sipp", &mut self.command(UAC_VIA_PROXY, name, dir, calls, pause_ms), Duration::from_secs(60));
+        let output = run_bounded(
+            "sipp",
+            &mut self.command("uac_via_proxy.xml", name, dir, calls, pause_ms),
+            Duration::from_secs(60),
+        );
         report_sipp(name, dir, &output.status);
         output
     }
 
     /// Starts one call lasting `pause_ms` in the background.
     fn start_call(&self, name: &str, dir: &Path, pause_ms: u32) -> ChildGuard {
-        let mut cmd = self.command(UAC_VIA_PROXY, name, dir, 1, pause_ms);
+        let mut cmd = self.command("uac_via_proxy.xml", name, dir, 1, pause_ms);
         ChildGuard::spawn("sipp", cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::null()))
     }
 }
@@ -546,8 +414,11 @@ fn the_gateways_bye_reaches_the_caller_through_kamailio() {
     for (n, tcp) in [false, true].into_iter().enumerate() {
         let caller = Caller { proxy_port: proxy, sip_port: proxy + 2 + 2 * n as u16, media_port, tcp };
         let name = if tcp { "wait_bye_tcp" } else { "wait_bye_udp" };
-        let output =
-            run_bounded("sipp", &mut caller.command(UAC_WAIT_BYE_VIA_PROXY, name, &dir, 1, 0), Duration::from_secs(40));
+        let output = run_bounded(
+            "sipp",
+            &mut caller.command("uac_wait_bye_via_proxy.xml", name, &dir, 1, 0),
+            Duration::from_secs(40),
+        );
         report_sipp(name, &dir, &output.status);
         assert!(
             output.status.success(),
@@ -558,45 +429,6 @@ fn the_gateways_bye_reaches_the_caller_through_kamailio() {
         assert_eq!(counter(&gw.metrics(), "switchboard_calls_total", "reason=\"rtp_timeout\""), n as u64 + 1);
     }
 }
-
-/// A UAC whose INVITE must be refused 503 with Retry-After, then ACKed.
-const UAC_REFUSED_VIA_PROXY: &str = r#"<?xml version="1.0" encoding="ISO-8859-1" ?>
-<!DOCTYPE scenario SYSTEM "sipp.dtd">
-<scenario name="uac_refused_by_kamailio">
-  <send retrans="500"><![CDATA[
-
-      INVITE sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>
-      Call-ID: [call_id]
-      CSeq: 1 INVITE
-      Contact: <sip:sipp@[local_ip]:[local_port];transport=[transport]>
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <recv response="100" optional="true" />
-  <recv response="503">
-    <action>
-      <ereg regexp="Retry-After: 5" search_in="msg" check_it="true" assign_to="retry_after" />
-    </action>
-  </recv>
-  <send><![CDATA[
-
-      ACK sip:[service]@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: sipp <sip:sipp@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:[service]@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Max-Forwards: 70
-      Content-Length: 0
-
-  ]]></send>
-  <Reference variables="retry_after" />
-</scenario>
-"#;
 
 #[test]
 #[cfg_attr(not(all(has_kamailio, has_sipp)), ignore = "needs kamailio and sipp (scripts/install-deps.sh)")]
@@ -610,8 +442,11 @@ fn with_every_gateway_down_kamailio_answers_503_with_retry_after() {
     kamailio.wait_for_uri_state(ports.sip, 'I', Duration::from_secs(10));
     let caller =
         Caller { proxy_port: ports.peer_sip, sip_port: ports.peer_sip + 2, media_port: ports.peer_media, tcp: false };
-    let output =
-        run_bounded("sipp", &mut caller.command(UAC_REFUSED_VIA_PROXY, "refused", &dir, 1, 0), Duration::from_secs(30));
+    let output = run_bounded(
+        "sipp",
+        &mut caller.command("uac_refused_via_proxy.xml", "refused", &dir, 1, 0),
+        Duration::from_secs(30),
+    );
     report_sipp("refused", &dir, &output.status);
     assert!(output.status.success(), "503 + Retry-After from Kamailio; log:\n{}", kamailio.log());
     assert!(kamailio.log().contains("no gateway available"));

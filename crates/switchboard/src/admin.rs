@@ -268,6 +268,29 @@ mod tests {
         assert!(parse_request(br#"{"to": "1", "agent": "default", "variables": {"a": "b"}}"#).is_ok());
     }
 
+    /// One HTTP/1.1 request to the admin listener (`Connection: close`): the status and the body.
+    pub(super) async fn http(
+        admin: std::net::SocketAddr,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &str,
+    ) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
+        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+        let head = format!(
+            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
+             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        stream.write_all(head.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+        (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+    }
+
     /// The calls API in-process, with a fake trunk on a loopback UDP socket that answers every
     /// INVITE with 486: the token is required, requests are checked, and the busy outcome of a
     /// call placed through the trunk is visible after it ended.
@@ -275,7 +298,6 @@ mod tests {
     async fn the_calls_api_places_a_call_and_reports_its_outcome() {
         use std::io::Write as _;
         use std::time::Duration;
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
         let trunk = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
         let trunk_addr = trunk.local_addr().unwrap();
@@ -291,18 +313,7 @@ mod tests {
         let admin = gateway.admin_addr().unwrap();
 
         let request = |method: &'static str, path: String, token: Option<&'static str>, body: &'static str| async move {
-            let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-            let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-            let head = format!(
-                "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
-                 Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-                body.len()
-            );
-            stream.write_all(head.as_bytes()).await.unwrap();
-            let mut response = String::new();
-            stream.read_to_string(&mut response).await.unwrap();
-            let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-            (status, response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+            http(admin, method, &path, token, body).await
         };
 
         let good = r#"{"to": "+1 555 0100", "agent": "default"}"#;

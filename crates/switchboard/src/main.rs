@@ -182,6 +182,10 @@ fn run(path: PathBuf) -> ExitCode {
         }
     };
     runtime.block_on(async move {
+        // Handlers first: a SIGHUP or SIGTERM that arrives while the gateway starts is kept
+        // for when it has started, instead of killing the process (the signals' default action).
+        let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup());
+        let mut stop = StopSignals::install();
         let gateway = match app::start(cfg, resolved, metrics).await {
             Ok(gw) => gw,
             Err(e) => {
@@ -193,9 +197,8 @@ fn run(path: PathBuf) -> ExitCode {
             install_test_hooks(&gateway);
         }
         gateway.set_config_path(std::fs::canonicalize(&path).unwrap_or(path));
-        reload_on_sighup(&gateway);
+        reload_on_sighup(&gateway, hangup);
         // SIGTERM (or Ctrl-C) drains; a second one, during the drain, hangs up at once.
-        let mut stop = StopSignals::install();
         let failure = tokio::select! {
             () = stop.next() => tokio::select! {
                 _ = gateway.drain(stop.next()) => None,
@@ -244,9 +247,8 @@ fn install_test_hooks(gateway: &app::RunningGateway) {
 
 /// SIGHUP re-reads the configuration file (`reload.rs`: a bad file is refused and logged, the
 /// running configuration kept); one reload at a time.
-fn reload_on_sighup(gateway: &app::RunningGateway) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let Ok(mut hangup) = signal(SignalKind::hangup()) else {
+fn reload_on_sighup(gateway: &app::RunningGateway, hangup: std::io::Result<tokio::signal::unix::Signal>) {
+    let Ok(mut hangup) = hangup else {
         tracing::warn!("SIGHUP cannot be handled: reload through POST /v1/reload only");
         return;
     };

@@ -98,12 +98,11 @@ fn transfer_refused(refusal: TransferRefusal) -> Response {
 mod tests {
     use std::time::SystemTime;
 
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
     use crate::calls::{Direction, NewCall};
 
     use super::*;
 
+    /// A request whose answer is JSON (`Null` when it is not).
     async fn request(
         admin: std::net::SocketAddr,
         method: &str,
@@ -111,19 +110,8 @@ mod tests {
         token: Option<&str>,
         body: &str,
     ) -> (u16, serde_json::Value) {
-        let mut stream = tokio::net::TcpStream::connect(admin).await.unwrap();
-        let auth = token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
-        let head = format!(
-            "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n{auth}\
-             Content-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-            body.len()
-        );
-        stream.write_all(head.as_bytes()).await.unwrap();
-        let mut response = String::new();
-        stream.read_to_string(&mut response).await.unwrap();
-        let status: u16 = response.split_whitespace().nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-        let body = response.split_once("\r\n\r\n").map(|(_, b)| b).unwrap_or_default();
-        (status, serde_json::from_str(body).unwrap_or(serde_json::Value::Null))
+        let (status, body) = crate::admin::tests::http(admin, method, path, token, body).await;
+        (status, serde_json::from_str(&body).unwrap_or(serde_json::Value::Null))
     }
 
     fn config_text(instructions: &str, udp: &str, token: &str) -> String {
