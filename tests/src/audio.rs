@@ -51,6 +51,46 @@ pub fn make_speech(dir: &Path) -> Speech {
     speech
 }
 
+/// ITU-T G.711 µ-law of one linear sample (the bias-and-segment form), written here
+/// independently of the gateway's codec.
+pub fn linear_to_ulaw(sample: i16) -> u8 {
+    const BIAS: i32 = 0x84;
+    let mut value = i32::from(sample);
+    let sign: u8 = if value < 0 {
+        value = -value;
+        0x80
+    } else {
+        0
+    };
+    // The segment is the position of the highest set bit above bit 7 (0 for values below 256).
+    let value = (value.min(32_635) + BIAS) as u32;
+    let exponent = (31 - value.leading_zeros()).saturating_sub(7).min(7);
+    let mantissa = (value >> (exponent + 3)) & 0x0F;
+    !(sign | (exponent << 4) as u8 | mantissa as u8)
+}
+
+/// A raw µ-law file for SIPp's `rtp_stream` (`dir/name`): `silence_ms` of silence, `tone_ms` of a
+/// loud `hz` tone (the simulator's energy VAD hears it as speech), then `after_ms` of silence.
+/// Returns its path.
+pub fn silence_tone_silence_ulaw(
+    dir: &Path,
+    name: &str,
+    silence_ms: usize,
+    hz: f64,
+    tone_ms: usize,
+    after_ms: usize,
+) -> String {
+    let mut audio = vec![0xFFu8; silence_ms * 8];
+    audio.extend((0..tone_ms * 8).map(|n| {
+        let t = n as f64 / 8000.0;
+        linear_to_ulaw((f64::from(i16::MAX) * 0.7 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
+    }));
+    audio.extend(std::iter::repeat_n(0xFF, after_ms * 8));
+    let path = dir.join(name);
+    std::fs::write(&path, audio).expect("write audio");
+    path.display().to_string()
+}
+
 /// ITU-T G.711 µ-law to linear, written here independently of the gateway's codec.
 pub fn ulaw_to_linear(byte: u8) -> i16 {
     let u = !byte;
@@ -168,6 +208,14 @@ mod tests {
 
     #[test]
     fn g711_reference_points() {
+        for sample in (i16::MIN..=i16::MAX).step_by(97) {
+            let back = i32::from(ulaw_to_linear(linear_to_ulaw(sample)));
+            // µ-law keeps about 1/16 of the magnitude's segment: within 1/16 + the bias.
+            assert!(
+                (back - i32::from(sample)).abs() <= (i32::from(sample).abs() / 16).max(8) + 132,
+                "{sample} -> {back}"
+            );
+        }
         assert_eq!(ulaw_to_linear(0xFF), 0);
         assert_eq!(ulaw_to_linear(0x7F), 0);
         assert_eq!(ulaw_to_linear(0x80), 32124);

@@ -4,11 +4,44 @@
 //! inbound and outbound calls is shown in tests/tests/outbound.rs.)
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Output;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 use switchboard_e2e::procs::{Gateway, Sim, http_get, http_post};
 use switchboard_e2e::{Ports, sipp, tools};
+
+/// A SIPp caller sending 15 s of silence (PCMU) that answers the gateway's REFER to `target` as
+/// `scenario` says, and hangs up after `pause_ms`; its output once it ends.
+fn refer_caller(
+    scenario: &'static str,
+    dir: &Path,
+    ports: Ports,
+    target: &'static str,
+    pause_ms: u32,
+) -> std::thread::JoinHandle<Output> {
+    let silence = dir.join("silence.ul");
+    std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
+    let dir = dir.to_path_buf();
+    let media = sipp::rtp_stream(&silence.display().to_string(), "0");
+    std::thread::spawn(move || {
+        sipp::run(
+            scenario,
+            &[
+                ("FORMATS", "0 101"),
+                ("RTPMAPS", &sipp::rtpmaps("0 101")),
+                ("EXPECT_PT", "0"),
+                ("MEDIA", &media),
+                ("TARGET", target),
+            ],
+            &dir,
+            ports,
+            "15550001000",
+            pause_ms,
+        )
+    })
+}
 
 fn wait_for_log(gateway: &Gateway, needle: &str, limit: Duration) {
     let deadline = Instant::now() + limit;
@@ -27,8 +60,6 @@ fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
     let _slot = SLOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let ports = Ports::for_slot(93);
     let dir = tools::scratch_dir("operator_transfer_by_refer");
-    let silence = dir.join("silence.ul");
-    std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
     let target = "sip:sales@127.0.0.1:5999";
     let sim = Sim::start(ports, &["--behaviour", "tone:440:1500"], &dir);
     let extra = format!(
@@ -39,24 +70,7 @@ fn an_operator_transfers_a_live_call_to_a_queue_by_refer() {
     let gateway = Gateway::start(ports, &sim.url(), &extra, &dir);
     let admin: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
 
-    let sipp_dir = dir.clone();
-    let media = sipp::rtp_stream(&silence.display().to_string(), "0");
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            "uac_refer_operator.xml",
-            &[
-                ("FORMATS", "0 101"),
-                ("RTPMAPS", &sipp::rtpmaps("0 101")),
-                ("EXPECT_PT", "0"),
-                ("MEDIA", &media),
-                ("TARGET", target),
-            ],
-            &sipp_dir,
-            ports,
-            "15550001000",
-            0,
-        )
-    });
+    let caller = refer_caller("uac_refer_operator.xml", &dir, ports, target, 0);
     wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
     let (status, body) = http_get(admin, "/v1/calls");
     assert_eq!(status, 200, "{body}");
@@ -128,8 +142,6 @@ fn a_refused_operator_transfer_goes_back_to_the_agent_and_shows_in_the_api() {
     let _slot = SLOT.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     let ports = Ports::for_slot(93);
     let dir = tools::scratch_dir("operator_transfer_refused");
-    let silence = dir.join("silence.ul");
-    std::fs::write(&silence, vec![0xFF_u8; 8000 * 15]).unwrap();
     let target = "sip:sales@127.0.0.1:5999";
     let sim = Sim::start(ports, &["--behaviour", "tone:440:300"], &dir);
     let extra = format!(
@@ -138,24 +150,7 @@ fn a_refused_operator_transfer_goes_back_to_the_agent_and_shows_in_the_api() {
     );
     let gateway = Gateway::start(ports, &sim.url(), &extra, &dir);
     let admin: SocketAddr = ([127, 0, 0, 1], ports.admin).into();
-    let sipp_dir = dir.clone();
-    let media = sipp::rtp_stream(&silence.display().to_string(), "0");
-    let caller = std::thread::spawn(move || {
-        sipp::run(
-            "uac_refer_operator_decline.xml",
-            &[
-                ("FORMATS", "0 101"),
-                ("RTPMAPS", &sipp::rtpmaps("0 101")),
-                ("EXPECT_PT", "0"),
-                ("MEDIA", &media),
-                ("TARGET", target),
-            ],
-            &sipp_dir,
-            ports,
-            "15550001000",
-            3000,
-        )
-    });
+    let caller = refer_caller("uac_refer_operator_decline.xml", &dir, ports, target, 3000);
     wait_for_log(&gateway, "ACK received", Duration::from_secs(10));
     let (_, body) = http_get(admin, "/v1/calls");
     let calls: Value = serde_json::from_str(&body).unwrap();

@@ -14,35 +14,6 @@ use switchboard_e2e::pcap::{self, RtpPacket};
 use switchboard_e2e::procs::{Capture, Gateway, Sim};
 use switchboard_e2e::{Ports, sipp, tools};
 
-/// G.711 µ-law of one linear sample (ITU-T G.711, the usual bias-and-segment form).
-fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    let mut value = i32::from(sample);
-    let sign = if value < 0 {
-        value = -value;
-        0x80
-    } else {
-        0
-    };
-    value = value.min(32_635) + BIAS;
-    let exponent = (0..=7).rev().find(|e| value >= (0x100 << e)).unwrap_or(0);
-    let mantissa = (value >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as u8 | mantissa as u8)
-}
-
-/// Raw µ-law: `silence_ms`, then `tone_ms` of a loud `hz` tone, then `after_ms` of silence.
-fn silence_tone_silence(dir: &Path, name: &str, silence_ms: usize, hz: f64, tone_ms: usize, after_ms: usize) -> String {
-    let mut audio = vec![0xFFu8; silence_ms * 8];
-    audio.extend((0..tone_ms * 8).map(|n| {
-        let t = n as f64 / 8000.0;
-        linear_to_ulaw((f64::from(i16::MAX) * 0.7 * (2.0 * std::f64::consts::PI * hz * t).sin()) as i16)
-    }));
-    audio.extend(std::iter::repeat_n(0xFF, after_ms * 8));
-    let path = dir.join(name);
-    std::fs::write(&path, audio).expect("write audio");
-    path.display().to_string()
-}
-
 /// The client events of the simulator's first session.
 fn client_events(sim: &Sim) -> Vec<Value> {
     let sessions = sim.sessions();
@@ -89,7 +60,7 @@ fn pcmu_call(ports: Ports, scenario: &str, media: &str, extra: &[(&str, &str)], 
 fn sip_info_keys_reach_the_model_as_text_items_and_other_bodies_get_415() {
     let ports = Ports::for_slot(69);
     let dir = tools::scratch_dir("conversation_sip_info_dtmf");
-    let silence = silence_tone_silence(&dir, "silence.ul", 6000, 0.0, 0, 0);
+    let silence = audio::silence_tone_silence_ulaw(&dir, "silence.ul", 6000, 0.0, 0, 0);
     let sim = Sim::start(ports, &[], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ndtmf_coalesce_ms = 300\n", &dir);
     // The scenario checks the 200s and the 415 itself.
@@ -198,7 +169,7 @@ fn confirm_mode_a_short_cough_keeps_the_agent_talking() {
     let ports = Ports::for_slot(72);
     let dir = tools::scratch_dir("conversation_confirm_cough");
     // 1.5 s into a 4 s greeting, a 200 ms cough; speech_stopped follows 300 ms of silence later.
-    let cough = silence_tone_silence(&dir, "cough.ul", 1500, 1000.0, 200, 4000);
+    let cough = audio::silence_tone_silence_ulaw(&dir, "cough.ul", 1500, 1000.0, 200, 4000);
     let sim = Sim::start(ports, &["--greeting-tone", "440:4000"], &dir);
     let gateway = Gateway::start(
         ports,
@@ -382,8 +353,9 @@ fn phases_play_in_order_and_a_barge_in_truncates_each_item_at_its_own_ms() {
     let sim = Sim::start(ports, &["--phases", "--late-deltas", "3", "--behaviour", "tone:440:1500"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"\"\n", &dir);
     // A question (0.3-0.9 s), then, as the answer plays, the caller talks again (from 1.9 s).
-    let mut stream = std::fs::read(silence_tone_silence(&dir, "a.ul", 300, 1000.0, 600, 1000)).expect("read");
-    stream.extend(std::fs::read(silence_tone_silence(&dir, "b.ul", 0, 1000.0, 600, 3000)).expect("read"));
+    let mut stream =
+        std::fs::read(audio::silence_tone_silence_ulaw(&dir, "a.ul", 300, 1000.0, 600, 1000)).expect("read");
+    stream.extend(std::fs::read(audio::silence_tone_silence_ulaw(&dir, "b.ul", 0, 1000.0, 600, 3000)).expect("read"));
     let stream_path = dir.join("two_utterances.ul");
     std::fs::write(&stream_path, stream).expect("write");
     let filter = format!("udp and dst portrange {}-{}", ports.peer_media, ports.peer_media + 3);
@@ -444,7 +416,7 @@ fn confirm_mode_real_speech_stops_the_agent_truncates_and_gets_an_answer() {
     let ports = Ports::for_slot(76);
     let dir = tools::scratch_dir("conversation_confirm_speech");
     // 1 s into a 4 s greeting the caller talks for 1.2 s: longer than barge_in_confirm_ms.
-    let speech = silence_tone_silence(&dir, "speech.ul", 1000, 1000.0, 1200, 3000);
+    let speech = audio::silence_tone_silence_ulaw(&dir, "speech.ul", 1000, 1000.0, 1200, 3000);
     let sim = Sim::start(ports, &["--greeting-tone", "440:4000"], &dir);
     let gateway = Gateway::start(
         ports,

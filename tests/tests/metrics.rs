@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::Value;
 use switchboard_e2e::procs::{ChildGuard, Gateway, Sim, promtool_check_metrics};
-use switchboard_e2e::{Ports, sipp, tools};
+use switchboard_e2e::{Ports, audio, sipp, tools};
 
 /// The dialled number of the answered calls (the `numbers` of the agent below).
 const DIALLED: &str = "15550001000";
@@ -21,36 +21,6 @@ const DIALLED: &str = "15550001000";
 fn silence_stream(dir: &Path) -> String {
     let path = dir.join("silence.ul");
     std::fs::write(&path, vec![0xFF_u8; 16_000]).expect("write silence");
-    path.display().to_string()
-}
-
-/// G.711 µ-law encoding of one sample (ITU-T G.711, the segment-and-mantissa form).
-fn linear_to_ulaw(sample: i16) -> u8 {
-    const BIAS: i32 = 0x84;
-    let mut value = i32::from(sample);
-    let sign = if value < 0 {
-        value = -value;
-        0x80
-    } else {
-        0
-    };
-    let value = (value.min(32_635) + BIAS) as u32;
-    let exponent = (31 - value.leading_zeros()).saturating_sub(7).min(7);
-    let mantissa = (value >> (exponent + 3)) & 0x0F;
-    !(sign | (exponent << 4) as u8 | mantissa as u8)
-}
-
-/// Silence, then a second of a loud 300 Hz tone (the simulator's energy VAD hears it as speech
-/// while the agent's greeting plays: a barge-in), then silence: 2.5 s for SIPp's `rtp_stream`.
-fn barge_in_stream(dir: &Path) -> String {
-    let mut audio = vec![0xFF_u8; 4800];
-    audio.extend((0..8000).map(|n| {
-        let phase = 2.0 * std::f64::consts::PI * 300.0 * f64::from(n) / 8000.0;
-        linear_to_ulaw((phase.sin() * 12_000.0) as i16)
-    }));
-    audio.extend(std::iter::repeat_n(0xFF_u8, 7200));
-    let path = dir.join("barge_in.ul");
-    std::fs::write(&path, audio).expect("write tone");
     path.display().to_string()
 }
 
@@ -103,7 +73,7 @@ fn metrics_after_scripted_calls_have_the_right_values_and_pass_promtool() {
     let ports = Ports::for_slot(90);
     let dir = tools::scratch_dir(test);
     let silence = silence_stream(&dir);
-    let barge_in = barge_in_stream(&dir);
+    let barge_in = audio::silence_tone_silence_ulaw(&dir, "barge_in.ul", 600, 300.0, 1000, 900);
     // The simulator answers the greeting's response.create with a 3 s tone: the agent speaks
     // first, and is still speaking when the second caller starts talking.
     let sim = Sim::start(ports, &["--greeting-tone", "440:3000"], &dir);
