@@ -26,6 +26,23 @@ pub struct Phone<'a> {
     pub extra: &'a str,
 }
 
+impl<'a> Phone<'a> {
+    /// `alice` on the slot's peer ports (SIP, and 100 RTP ports), playing `source`, G.711 only,
+    /// recording what it hears, answering nothing by itself: change fields with `..`.
+    pub fn alice(ports: crate::Ports, source: &'a Path) -> Phone<'a> {
+        Phone {
+            name: "alice",
+            sip_port: ports.peer_sip,
+            media: (ports.peer_media, ports.peer_media + 99),
+            source,
+            auto_answer: false,
+            record: true,
+            codecs: &[],
+            extra: "",
+        }
+    }
+}
+
 impl Phone<'_> {
     /// Writes the phone's config folder under `dir`; returns it (baresip's `-f`).
     pub fn folder(&self, dir: &Path) -> PathBuf {

@@ -71,16 +71,7 @@ pub fn baresip_pcmu_echo_call(ports: Ports, gateway: &Gateway, dir: &Path) -> f6
         Duration::from_secs(30),
     );
     assert!(padded.status.success(), "sox pad failed");
-    let phone = Phone {
-        name: "alice",
-        sip_port: ports.peer_sip,
-        media: (ports.peer_media, ports.peer_media + 99),
-        source: &source,
-        auto_answer: false,
-        record: true,
-        codecs: &[],
-        extra: "",
-    };
+    let phone = Phone::alice(ports, &source);
     let conf = phone.folder(dir);
     let out = run_bounded(
         "baresip",

@@ -36,16 +36,7 @@ fn echo_call_with(
     assert!(padded.status.success(), "sox pad failed");
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), extra_toml, &dir);
-    let phone = Phone {
-        name: "alice",
-        sip_port: ports.peer_sip,
-        media: (ports.peer_media, ports.peer_media + 99),
-        source: &source,
-        auto_answer: false,
-        record: true,
-        codecs: &["g722", "opus"],
-        extra: "",
-    };
+    let phone = Phone { codecs: &["g722", "opus"], ..Phone::alice(ports, &source) };
     let conf = phone.folder(&dir);
 
     let out = run_bounded(

@@ -303,16 +303,7 @@ fn rfc_4733_keys_from_baresip_reach_the_model_as_a_text_item() {
     silence_wav(&source, 10);
     // ctrl_tcp: baresip takes commands (sndcode: press keys) as netstrings on a TCP port.
     let control = format!("module_app ctrl_tcp.so\nctrl_tcp_listen 127.0.0.1:{}\n", ports.peer_control);
-    let phone = Phone {
-        name: "alice",
-        sip_port: ports.peer_sip,
-        media: (ports.peer_media, ports.peer_media + 99),
-        source: &source,
-        auto_answer: false,
-        record: false,
-        codecs: &[],
-        extra: &control,
-    };
+    let phone = Phone { record: false, extra: &control, ..Phone::alice(ports, &source) };
     let conf = phone.folder(&dir);
     let log = std::fs::File::create(dir.join("baresip.log")).expect("baresip log");
     let mut baresip = ChildGuard::spawn(

@@ -237,16 +237,7 @@ fn outbound_call_to_baresip_echoes_its_speech() {
     let gateway = Gateway::start(ports, &sim.url(), &trunk_toml(ports, "codecs = [\"PCMU\"]\n"), &dir);
 
     // baresip answers by itself (answermode=auto), plays the speech and records what it hears.
-    let phone = Phone {
-        name: "alice",
-        sip_port: ports.peer_sip,
-        media: (ports.peer_media, ports.peer_media + 99),
-        source: &source,
-        auto_answer: true,
-        record: true,
-        codecs: &[],
-        extra: "",
-    };
+    let phone = Phone { auto_answer: true, ..Phone::alice(ports, &source) };
     let conf = phone.folder(&dir);
     let log = std::fs::File::create(dir.join("baresip.out")).expect("baresip log");
     let mut baresip = ChildGuard::spawn(
