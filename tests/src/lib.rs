@@ -33,10 +33,26 @@ impl Ports {
     /// slots 65..90 have 50 each (12000-13249), their peers' media 100 each (9000-11499);
     /// slots 90..110 live in 3000-7099 (SIP 3000-3199, admin 3200-3219, simulator 3250-3269,
     /// peer control 3300-3319, RTP 50 each in 3400-4399, peer SIP 4500-4699, peer media 100 each
-    /// in 5100-7099). All stay below Linux's ephemeral range (32768+), so a kernel-chosen port
-    /// never collides.
+    /// in 5100-7099); slots 110..127 live in 7100-8599 and 13250-14949 (SIP 7100-7269, admin
+    /// 7300-7316, simulator 7320-7336, peer control 7340-7356, peer SIP 7400-7569, RTP 50 each in
+    /// 7600-8449, peer media 100 each in 13250-14949). Each slot's SIP port has nine spare ports
+    /// above it (`sip + 1` for TLS). All stay below Linux's ephemeral range (32768+), so a
+    /// kernel-chosen port never collides.
     pub fn for_slot(slot: u16) -> Ports {
-        assert!(slot < 110, "slots 0..110 keep every range apart and below the ephemeral range");
+        assert!(slot < 127, "slots 0..127 keep every range apart and below the ephemeral range");
+        if slot >= 110 {
+            let n = slot - 110;
+            return Ports {
+                sip: 7100 + n * 10,
+                admin: 7300 + n,
+                sim: 7320 + n,
+                rtp_first: 7600 + n * 50,
+                rtp_last: 7600 + n * 50 + 49,
+                peer_sip: 7400 + n * 10,
+                peer_media: 13250 + n * 100,
+                peer_control: 7340 + n,
+            };
+        }
         if slot >= 90 {
             let n = slot - 90;
             return Ports {
@@ -77,9 +93,11 @@ mod tests {
     #[test]
     fn slots_never_share_a_port() {
         let mut owner = std::collections::HashMap::new();
-        for slot in 0..110 {
+        for slot in 0..127 {
             let p = Ports::for_slot(slot);
-            let mut ports = vec![p.sip, p.sip + 1, p.admin, p.sim, p.peer_sip, p.peer_control];
+            let mut ports = vec![p.admin, p.sim, p.peer_control];
+            ports.extend(p.sip..p.sip + 10);
+            ports.extend(p.peer_sip..p.peer_sip + 10);
             ports.extend(p.rtp_first..=p.rtp_last);
             ports.extend(p.peer_media..p.peer_media + 100);
             for port in ports {
