@@ -14,6 +14,7 @@ fn config() -> CoreConfig {
         user_agent: "switchboard-test".into(),
         udp_contact: Some("127.0.0.1:5060".parse().unwrap()),
         tcp_contact: Some("127.0.0.1:5060".parse().unwrap()),
+        tls_contact: None,
         max_message_bytes: 16 * 1024,
         max_headers: 100,
     }
