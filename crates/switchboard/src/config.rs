@@ -27,6 +27,7 @@ pub mod transfer_limits {
 }
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+mod tls;
 pub mod view;
 
 /// The whole configuration file.
@@ -82,6 +83,15 @@ pub struct SipConfig {
     pub tcp_max_connections_per_address: usize,
     /// Bytes queued for a TCP peer that does not read before it is disconnected.
     pub tcp_write_queue_bytes: usize,
+    /// TLS listen address (RFC 3261 §26.2, usually port 5061); empty string disables TLS.
+    pub tls: String,
+    /// Our certificate chain (PEM, leaf first) for the TLS listener.
+    pub tls_cert: String,
+    /// The private key of `tls_cert` (PEM). A path: the key itself is never in the config.
+    pub tls_key: String,
+    /// CA certificates (PEM): when set, every TLS client must present a certificate issued by
+    /// one of them (mutual TLS); empty: no client certificate asked for.
+    pub tls_client_ca: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -246,6 +256,15 @@ pub struct TrunkConfig {
     pub max_concurrent: usize,
     /// A call not answered within this time is CANCELled (outcome `no_answer`).
     pub ring_timeout_secs: u64,
+    /// `transport = "tls"`: CA certificates (PEM) the trunk's server certificate must chain to;
+    /// empty: the system's trust store.
+    pub tls_ca: String,
+    /// `transport = "tls"`: the name the server certificate must carry; empty: the host of
+    /// `address` (set it when `address` is an IP address and the certificate names a host).
+    pub tls_server_name: String,
+    /// `transport = "tls"`: `false` takes any server certificate. For labs only: anyone on the
+    /// path can then read and change the signalling (and SDES keys).
+    pub tls_verify: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -253,6 +272,8 @@ pub struct TrunkConfig {
 pub enum TrunkTransport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2); needs `sip.tls`.
+    Tls,
 }
 
 /// A password or token: shown as `[redacted]` by Debug so it never reaches a log.
@@ -439,6 +460,10 @@ impl Default for SipConfig {
             tcp_max_connections: 1000,
             tcp_max_connections_per_address: 32,
             tcp_write_queue_bytes: 256 * 1024,
+            tls: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -537,6 +562,9 @@ impl Default for TrunkConfig {
             codecs: StringList::default(),
             max_concurrent: 10,
             ring_timeout_secs: 30,
+            tls_ca: String::new(),
+            tls_server_name: String::new(),
+            tls_verify: true,
         }
     }
 }
@@ -615,6 +643,10 @@ pub struct Resolved {
     pub trunk_addresses: BTreeMap<String, SocketAddr>,
     /// `[[routes]]`, agents' `numbers` and the `default` catch-all, compiled.
     pub routes: switchboard_router::RouteTable,
+    /// `sip.tls` with the certificate and key loaded (config/tls.rs).
+    pub sip_tls: Option<switchboard_sip::tls::TlsListener>,
+    /// How to verify each `transport = "tls"` trunk's server, by trunk name (config/tls.rs).
+    pub trunk_tls: BTreeMap<String, switchboard_sip::tls::TlsConnect>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -680,8 +712,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     };
     let sip_udp = optional_addr("sip.udp", &cfg.sip.udp, &mut bad);
     let sip_tcp = optional_addr("sip.tcp", &cfg.sip.tcp, &mut bad);
-    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() {
-        bad("sip.udp", "at least one of sip.udp and sip.tcp must be set".into());
+    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() && cfg.sip.tls.is_empty() {
+        bad("sip.udp", "at least one of sip.udp, sip.tcp and sip.tls must be set".into());
     }
     let advertised_host = if cfg.sip.advertised_host.is_empty() {
         None
@@ -917,6 +949,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         let listener = match trunk.transport {
             TrunkTransport::Udp => &cfg.sip.udp,
             TrunkTransport::Tcp => &cfg.sip.tcp,
+            TrunkTransport::Tls => &cfg.sip.tls,
         };
         if listener.is_empty() {
             // Responses come back to where we listen (RFC 3261 §18.1.1): no listener, no calls.
@@ -931,6 +964,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
+    let (sip_tls, trunk_tls) = tls::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
 
     Some(Resolved {
@@ -944,6 +978,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         trusted_proxies,
         trunk_addresses,
         routes,
+        sip_tls,
+        trunk_tls,
     })
 }
 
@@ -1080,6 +1116,11 @@ mod tests {
         assert_eq!(cfg.sip.tcp_max_connections, defaults.sip.tcp_max_connections);
         assert_eq!(cfg.sip.tcp_max_connections_per_address, defaults.sip.tcp_max_connections_per_address);
         assert_eq!(cfg.sip.tcp_write_queue_bytes, defaults.sip.tcp_write_queue_bytes);
+        assert_eq!(cfg.sip.tls, defaults.sip.tls);
+        assert_eq!(cfg.sip.tls_cert, defaults.sip.tls_cert);
+        assert_eq!(cfg.sip.tls_key, defaults.sip.tls_key);
+        assert_eq!(cfg.sip.tls_client_ca, defaults.sip.tls_client_ca);
+        assert!(resolved.sip_tls.is_none());
         assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
         assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
     }
@@ -1296,6 +1337,9 @@ mod tests {
         assert_eq!(shown.codecs, defaults.codecs);
         assert_eq!(shown.max_concurrent, defaults.max_concurrent);
         assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
+        assert_eq!(shown.tls_ca, defaults.tls_ca);
+        assert_eq!(shown.tls_server_name, defaults.tls_server_name);
+        assert_eq!(shown.tls_verify, defaults.tls_verify);
         assert_eq!(cfg.admin.token, Secret::default());
     }
 

@@ -278,6 +278,7 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     let was = &running.resolved;
     new_resolved.sip_udp = was.sip_udp;
     new_resolved.sip_tcp = was.sip_tcp;
+    new_resolved.sip_tls = was.sip_tls.clone();
     new_resolved.advertised_host = was.advertised_host;
     new_resolved.media_address = was.media_address;
     new_resolved.media_bind = was.media_bind;
