@@ -583,6 +583,19 @@ mod tests {
     }
 
     #[test]
+    fn tls_trunks_say_transport_tls_and_take_sips_uris() {
+        let tls = trunk("sip.carrier.example:5061", TrunkTransport::Tls);
+        assert_eq!(
+            request_uri("+1 555 123 4567", &tls).unwrap(),
+            "sip:+15551234567@sip.carrier.example:5061;transport=tls"
+        );
+        assert_eq!(request_uri("sips:bob@carrier.example", &tls).unwrap(), "sips:bob@carrier.example");
+        for bad in ["sips:", "sips:bob@", "sips:a b@x"] {
+            assert!(matches!(request_uri(bad, &tls), Err(PlanError::BadField { field: "to", .. })), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
     fn a_request_is_planned_against_the_configuration() {
         let (cfg, resolved) = config_with(&[("carrier", "127.0.0.1:5070")]);
         let mut req = request("5551234");
