@@ -245,3 +245,28 @@ pub fn read_tcp_payloads(path: &Path) -> Vec<TcpPayload> {
 pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w == needle)
 }
+
+/// Whether a TLS handshake with `addr` succeeds for a client that trusts only `certs`'s CA and
+/// expects the name `localhost` (what the gateway's listener presents, seen from outside).
+pub fn handshake_trusting(addr: SocketAddr, certs: &TestCerts) -> Result<(), String> {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().map_err(|e| e.to_string())?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(certs.roots())
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    runtime.block_on(async {
+        let limit = std::time::Duration::from_secs(5);
+        let tcp = tokio::time::timeout(limit, tokio::net::TcpStream::connect(addr))
+            .await
+            .map_err(|_| "connect timed out".to_string())?
+            .map_err(|e| e.to_string())?;
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        tokio::time::timeout(limit, connector.connect(name, tcp))
+            .await
+            .map_err(|_| "handshake timed out".to_string())?
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    })
+}

@@ -12,7 +12,7 @@ use serde_json::Value;
 use switchboard_e2e::audio;
 use switchboard_e2e::baresip::{Phone, heard};
 use switchboard_e2e::procs::{Capture, ChildGuard, Gateway, Sim, http_get, http_post, run_bounded};
-use switchboard_e2e::tls::{TestCerts, TlsRelay, contains, read_tcp_payloads};
+use switchboard_e2e::tls::{TestCerts, TlsRelay, contains, handshake_trusting, read_tcp_payloads};
 use switchboard_e2e::{Ports, tools};
 
 fn local(port: u16) -> SocketAddr {
@@ -110,6 +110,23 @@ fn sipp_calls_over_tls_and_the_tls_port_carries_no_cleartext_sip() {
     let handshakes = metric(&metrics, r#"switchboard_sip_tls_handshakes_total{direction="inbound",outcome="ok"}"#);
     assert!(handshakes >= 1.0, "{metrics}");
     assert!(gateway.log().contains("transport=Tls"), "the INVITE was logged as received over TLS");
+
+    // A renewed certificate written over the configured files is presented after a reload,
+    // without a restart.
+    let renewed_dir = dir.join("renewed");
+    std::fs::create_dir_all(&renewed_dir).expect("mkdir renewed");
+    let renewed = TestCerts::make(&renewed_dir);
+    assert!(handshake_trusting(local(tls_port), &certs).is_ok());
+    assert!(handshake_trusting(local(tls_port), &renewed).is_err(), "the renewed CA does not know the old certificate");
+    std::fs::copy(&renewed.cert, &certs.cert).expect("renew the certificate");
+    std::fs::copy(&renewed.key, &certs.key).expect("renew the key");
+    let (status, body) = http_post(local(ports.admin), "/v1/reload", "{}");
+    assert_eq!(status, 200, "POST /v1/reload: {body}\ngateway log:\n{}", gateway.log());
+    assert!(!body.contains("sip.tls_cert"), "not reported as needing a restart: {body}");
+    handshake_trusting(local(tls_port), &renewed)
+        .unwrap_or_else(|e| panic!("after the reload: {e}\n{}", gateway.log()));
+    assert!(handshake_trusting(local(tls_port), &certs).is_err(), "the old certificate is no longer presented");
+    assert!(gateway.log().contains("renewed certificate"), "the rotation is logged");
 }
 
 #[test]

@@ -7,14 +7,15 @@
 //! suites are rustls's safe defaults: TLS 1.2 and 1.3, AEAD suites with forward secrecy only.
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, DigitallySignedStruct, RootCertStore, ServerConfig, SignatureScheme};
 
 /// How long a TLS handshake may take, ours or a peer's, before the connection is dropped: a
@@ -26,8 +27,69 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub struct TlsListener {
     pub addr: std::net::SocketAddr,
     pub config: Arc<ServerConfig>,
+    /// The certificate `config` presents, replaceable while the listener runs.
+    pub certificate: Arc<ServerCertificate>,
     /// A connection whose handshake has not completed after this long is closed.
     pub handshake_timeout: Duration,
+}
+
+impl TlsListener {
+    /// A listener on `addr` presenting `certificate`; with `client_ca`, mutual TLS.
+    pub fn new(
+        addr: std::net::SocketAddr,
+        certificate: Arc<ServerCertificate>,
+        client_ca: Option<RootCertStore>,
+        handshake_timeout: Duration,
+    ) -> Result<TlsListener, TlsSetupError> {
+        let config = Arc::new(server_config(certificate.clone(), client_ca)?);
+        Ok(TlsListener { addr, config, certificate, handshake_timeout })
+    }
+}
+
+/// The listener's certificate chain and key, replaceable while it runs: a configuration reload
+/// that finds a renewed certificate swaps it in for the handshakes that follow (connections
+/// already up keep the one they were made with).
+#[derive(Debug)]
+pub struct ServerCertificate {
+    current: RwLock<Arc<CertifiedKey>>,
+}
+
+impl ServerCertificate {
+    /// Checks that `key` is the private key of the chain's first certificate.
+    pub fn new(
+        certs: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ServerCertificate, TlsSetupError> {
+        let certified =
+            CertifiedKey::from_der(certs, key, &provider()).map_err(|e| TlsSetupError::Mismatch(e.to_string()))?;
+        Ok(ServerCertificate { current: RwLock::new(Arc::new(certified)) })
+    }
+
+    /// Takes `other`'s chain and key if they differ from ours; whether they did.
+    pub fn replace_with(&self, other: &ServerCertificate) -> bool {
+        let new = other.current();
+        let mut current = self.current.write().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if current.cert == new.cert {
+            return false;
+        }
+        *current = new;
+        true
+    }
+
+    /// The leaf certificate presented now.
+    pub fn leaf(&self) -> Option<CertificateDer<'static>> {
+        self.current().cert.first().cloned()
+    }
+
+    fn current(&self) -> Arc<CertifiedKey> {
+        self.current.read().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
+    }
+}
+
+impl ResolvesServerCert for ServerCertificate {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
 }
 
 /// How to open a TLS connection to one peer (a trunk): the client configuration (trust
@@ -102,11 +164,10 @@ pub fn system_roots() -> RootCertStore {
     roots
 }
 
-/// The listener's configuration: our certificate chain and key; with `client_ca`, every client
-/// must present a certificate issued by one of those CAs (mutual TLS).
+/// The listener's configuration: our certificate; with `client_ca`, every client must present
+/// a certificate issued by one of those CAs (mutual TLS).
 pub fn server_config(
-    certs: Vec<CertificateDer<'static>>,
-    key: PrivateKeyDer<'static>,
+    certificate: Arc<ServerCertificate>,
     client_ca: Option<RootCertStore>,
 ) -> Result<ServerConfig, TlsSetupError> {
     let provider = provider();
@@ -122,7 +183,7 @@ pub fn server_config(
         }
         None => builder.with_no_client_auth(),
     };
-    builder.with_single_cert(certs, key).map_err(|e| TlsSetupError::Mismatch(e.to_string()))
+    Ok(builder.with_cert_resolver(certificate))
 }
 
 /// Whose certificate a client connection trusts.
@@ -228,8 +289,9 @@ mod tests {
         let key = write(&dir, "key.pem", &one.signing_key.serialize_pem());
         let wrong_key = write(&dir, "other-key.pem", &other.signing_key.serialize_pem());
         let certs = load_certificates(&cert).unwrap();
-        assert!(server_config(certs.clone(), load_private_key(&key).unwrap(), None).is_ok());
-        let mismatch = server_config(certs, load_private_key(&wrong_key).unwrap(), None);
+        let certificate = ServerCertificate::new(certs.clone(), load_private_key(&key).unwrap()).unwrap();
+        assert!(server_config(Arc::new(certificate), None).is_ok());
+        let mismatch = ServerCertificate::new(certs, load_private_key(&wrong_key).unwrap());
         assert!(matches!(mismatch, Err(TlsSetupError::Mismatch(_))), "{mismatch:?}");
         assert!(load_ca(&cert).is_ok());
         let _ = std::fs::remove_dir_all(&dir);

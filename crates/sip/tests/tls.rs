@@ -13,7 +13,7 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use switchboard_sip::endpoint::TcpLimits;
 use switchboard_sip::message::{Message, Method, StreamFrame, frame_stream, parse_message};
-use switchboard_sip::tls::{ServerTrust, TlsConnect, TlsListener, client_config, server_config};
+use switchboard_sip::tls::{ServerCertificate, ServerTrust, TlsConnect, TlsListener, client_config, server_config};
 use switchboard_sip::{
     CallFailure, CallProgress, DialogEvent, EndpointConfig, IncomingCall, OutgoingCall, SipEndpoint, Timers, Transport,
 };
@@ -65,11 +65,15 @@ async fn start_tls(pki: &Pki, adjust: impl FnOnce(&mut EndpointConfig)) -> (SipE
             t2: Duration::from_millis(400),
             t4: Duration::from_millis(500),
         },
-        tls: Some(TlsListener {
-            addr: "127.0.0.1:0".parse().unwrap(),
-            config: Arc::new(server_config(certs, key, None).unwrap()),
-            handshake_timeout: Duration::from_millis(500),
-        }),
+        tls: Some(
+            TlsListener::new(
+                "127.0.0.1:0".parse().unwrap(),
+                Arc::new(ServerCertificate::new(certs, key).unwrap()),
+                None,
+                Duration::from_millis(500),
+            )
+            .unwrap(),
+        ),
         ..EndpointConfig::default()
     };
     adjust(&mut cfg);
@@ -268,7 +272,7 @@ async fn garbage_and_half_open_handshakes_are_closed_without_harm() {
 async fn mutual_tls_refuses_a_client_without_a_certificate_from_the_ca() {
     let pki = Pki::new();
     let (certs, key) = pki.issue(&["localhost"]);
-    let config = server_config(certs, key, Some(pki.roots())).unwrap();
+    let config = server_config(Arc::new(ServerCertificate::new(certs, key).unwrap()), Some(pki.roots())).unwrap();
     let (endpoint, _calls) = start_tls(&pki, |cfg| {
         if let Some(tls) = cfg.tls.as_mut() {
             tls.config = Arc::new(config);
@@ -372,4 +376,29 @@ async fn our_client_calls_our_server_over_verified_tls() {
     let _call = caller.place_call(outgoing(destination, unverified)).unwrap();
     let incoming = timeout(WAIT, callee_calls.recv()).await.unwrap().unwrap();
     assert_eq!(incoming.info.transport, Transport::Tls);
+}
+
+#[tokio::test]
+async fn a_replaced_certificate_is_presented_to_the_next_handshakes() {
+    let (old_ca, new_ca) = (Pki::new(), Pki::new());
+    let (certs, key) = old_ca.issue(&["localhost"]);
+    let running = Arc::new(ServerCertificate::new(certs, key).unwrap());
+    let listener = TlsListener::new("127.0.0.1:0".parse().unwrap(), running.clone(), None, WAIT).unwrap();
+    let (endpoint, _calls) = start_tls(&old_ca, |cfg| cfg.tls = Some(listener)).await;
+    let target = endpoint.local_tls_addr().unwrap();
+    let mut before = tls_client(&old_ca, target).await.unwrap();
+    assert!(tls_client(&new_ca, target).await.is_err(), "the renewed CA does not know the old certificate");
+
+    // What a configuration reload does with a renewed sip.tls_cert (config/tls.rs).
+    let (certs, key) = new_ca.issue(&["localhost"]);
+    let renewed = ServerCertificate::new(certs, key).unwrap();
+    assert!(running.replace_with(&renewed));
+    let mut after = tls_client(&new_ca, target).await.unwrap();
+    let local = after.stream.get_ref().0.local_addr().unwrap();
+    after.send(&request("OPTIONS", local, "renewed", None, 1)).await;
+    assert_eq!(after.recv().await.status(), Some(200));
+    // The connection made before keeps working.
+    let local = before.stream.get_ref().0.local_addr().unwrap();
+    before.send(&request("OPTIONS", local, "kept", None, 1)).await;
+    assert_eq!(before.recv().await.status(), Some(200));
 }

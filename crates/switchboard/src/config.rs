@@ -28,6 +28,7 @@ pub mod transfer_limits {
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod tls;
+pub use tls::rotate_tls_certificate;
 pub mod view;
 
 /// The whole configuration file.

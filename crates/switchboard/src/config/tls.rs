@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use switchboard_sip::tls::{self as sip_tls, ServerTrust, TlsConnect, TlsListener};
 
-use super::{Config, TrunkTransport, trunk_host};
+use super::{Config, Resolved, TrunkTransport, trunk_host};
 
 /// The TLS listener (when `sip.tls` is set and its files are good) and the trunks' client
 /// configurations, by trunk name.
@@ -108,14 +108,25 @@ fn listener(cfg: &Config, bad: &mut impl FnMut(&str, String)) -> Option<TlsListe
         path => sip_tls::load_ca(Path::new(path)).map(Some).map_err(|e| bad("sip.tls_client_ca", e.to_string())).ok(),
     };
     let (addr, certs, key, client_ca) = (addr?, certs?, key?, client_ca?);
-    match sip_tls::server_config(certs, key, client_ca) {
-        Ok(config) => {
-            Some(TlsListener { addr, config: Arc::new(config), handshake_timeout: sip_tls::DEFAULT_HANDSHAKE_TIMEOUT })
-        }
+    let listener = sip_tls::ServerCertificate::new(certs, key).and_then(|certificate| {
+        TlsListener::new(addr, Arc::new(certificate), client_ca, sip_tls::DEFAULT_HANDSHAKE_TIMEOUT)
+    });
+    match listener {
+        Ok(listener) => Some(listener),
         Err(e) => {
             bad("sip.tls_key", format!("does not fit sip.tls_cert: {e}"));
             None
         }
+    }
+}
+
+/// On a reload: when the files of `sip.tls_cert` / `sip.tls_key` now hold another certificate,
+/// the running listener presents it from the next handshake on (the listener itself, its
+/// address and `sip.tls_client_ca` stay as started). Whether it changed.
+pub fn rotate_tls_certificate(running: &Resolved, loaded: &Resolved) -> bool {
+    match (&running.sip_tls, &loaded.sip_tls) {
+        (Some(running), Some(loaded)) => running.certificate.replace_with(&loaded.certificate),
+        _ => false,
     }
 }
 
@@ -207,6 +218,24 @@ mod tests {
         // Files without a listener would do nothing.
         let problems = keys(files.load(&format!("[sip]\ntls_cert = \"{cert}\"\n")).unwrap_err());
         assert_eq!(problems[0].0, "sip.tls_cert");
+    }
+
+    #[test]
+    fn a_reload_with_a_renewed_certificate_rotates_the_running_one() {
+        let files = Files::new("rotate");
+        let (cert, key) = (files.path("cert.pem"), files.path("key.pem"));
+        let toml = format!("[sip]\ntls = \"127.0.0.1:5061\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n");
+        let running = files.load(&toml).unwrap();
+        let first = running.sip_tls.as_ref().unwrap().certificate.leaf();
+        assert!(!super::rotate_tls_certificate(&running, &files.load(&toml).unwrap()), "the same files: no change");
+
+        let renewed = rcgen::generate_simple_self_signed(vec!["sip.example.com".into()]).unwrap();
+        std::fs::write(&cert, renewed.cert.pem()).unwrap();
+        std::fs::write(&key, renewed.signing_key.serialize_pem()).unwrap();
+        assert!(super::rotate_tls_certificate(&running, &files.load(&toml).unwrap()));
+        let now = running.sip_tls.as_ref().unwrap().certificate.leaf();
+        assert_ne!(now, first);
+        assert_eq!(now.unwrap().as_ref(), renewed.cert.der().as_ref());
     }
 
     #[test]
