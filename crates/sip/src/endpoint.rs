@@ -326,6 +326,8 @@ struct Shared {
     /// trust store. Present when TLS is configured.
     tls_client_default: Option<Arc<rustls::ClientConfig>>,
     tls_handshake_timeout: Duration,
+    /// Per-source TLS configurations (a trunk's client-certificate CA), if any.
+    tls_per_source: Option<crate::tls::ConfigForSource>,
     max_message_bytes: usize,
     retry_after: String,
     tcp_limits: TcpLimits,
@@ -479,6 +481,7 @@ impl SipEndpoint {
                 .tls
                 .as_ref()
                 .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout),
+            tls_per_source: cfg.tls.as_ref().and_then(|t| t.per_source.clone()),
             max_message_bytes: cfg.max_message_bytes,
             retry_after: cfg.retry_after_secs.to_string(),
             tcp_limits,
@@ -1341,6 +1344,11 @@ async fn accept_tls(
 ) {
     let _ = stream.set_nodelay(true);
     let mut shutdown = shared.shutdown.subscribe();
+    // A trunk that must show a client certificate is known by its source address.
+    let acceptor = match shared.tls_per_source.as_ref().and_then(|select| select.config_for(peer.ip())) {
+        Some(config) => tokio_rustls::TlsAcceptor::from(config),
+        None => acceptor,
+    };
     let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
     let outcome = tokio::select! {
         _ = shutdown.wait_for(|stop| *stop) => return,

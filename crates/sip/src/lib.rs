@@ -31,8 +31,10 @@
 pub mod client;
 pub mod core;
 pub mod digest;
+pub mod digest_server;
 pub mod endpoint;
 pub mod message;
+pub mod screen;
 pub mod sipfrag;
 pub mod tls;
 

@@ -31,6 +31,31 @@ pub struct TlsListener {
     pub certificate: Arc<ServerCertificate>,
     /// A connection whose handshake has not completed after this long is closed.
     pub handshake_timeout: Duration,
+    /// Another configuration for some source addresses (a trunk that must present a client
+    /// certificate); `None` there, or no selector: `config`.
+    pub per_source: Option<ConfigForSource>,
+}
+
+/// Picks the server configuration of a TLS connection by its source address, before the
+/// handshake: how a trunk's `tls_client_ca` applies to that trunk's `sources` only.
+#[derive(Clone)]
+pub struct ConfigForSource(Arc<dyn Fn(std::net::IpAddr) -> Option<Arc<ServerConfig>> + Send + Sync>);
+
+impl ConfigForSource {
+    pub fn new(select: impl Fn(std::net::IpAddr) -> Option<Arc<ServerConfig>> + Send + Sync + 'static) -> Self {
+        ConfigForSource(Arc::new(select))
+    }
+
+    /// The configuration for a connection from `ip`, if not the listener's own.
+    pub fn config_for(&self, ip: std::net::IpAddr) -> Option<Arc<ServerConfig>> {
+        (self.0)(ip)
+    }
+}
+
+impl std::fmt::Debug for ConfigForSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ConfigForSource")
+    }
 }
 
 impl TlsListener {
@@ -42,7 +67,7 @@ impl TlsListener {
         handshake_timeout: Duration,
     ) -> Result<TlsListener, TlsSetupError> {
         let config = Arc::new(server_config(certificate.clone(), client_ca)?);
-        Ok(TlsListener { addr, config, certificate, handshake_timeout })
+        Ok(TlsListener { addr, config, certificate, handshake_timeout, per_source: None })
     }
 }
 

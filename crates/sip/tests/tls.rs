@@ -13,7 +13,9 @@ use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use switchboard_sip::endpoint::TcpLimits;
 use switchboard_sip::message::{Message, Method, StreamFrame, frame_stream, parse_message};
-use switchboard_sip::tls::{ServerCertificate, ServerTrust, TlsConnect, TlsListener, client_config, server_config};
+use switchboard_sip::tls::{
+    ConfigForSource, ServerCertificate, ServerTrust, TlsConnect, TlsListener, client_config, server_config,
+};
 use switchboard_sip::{
     CallFailure, CallProgress, DialogEvent, EndpointConfig, IncomingCall, OutgoingCall, SipEndpoint, Timers, Transport,
 };
@@ -401,4 +403,55 @@ async fn a_replaced_certificate_is_presented_to_the_next_handshakes() {
     let local = before.stream.get_ref().0.local_addr().unwrap();
     before.send(&request("OPTIONS", local, "kept", None, 1)).await;
     assert_eq!(before.recv().await.status(), Some(200));
+}
+
+/// A TLS client connecting from `source` (any 127.0.0.0/8 address reaches the listener).
+async fn tls_client_from(
+    pki: &Pki,
+    source: std::net::IpAddr,
+    target: SocketAddr,
+) -> Result<Peer<tokio_rustls::client::TlsStream<TcpStream>>, std::io::Error> {
+    let socket = tokio::net::TcpSocket::new_v4()?;
+    socket.bind(SocketAddr::new(source, 0))?;
+    let tcp = socket.connect(target).await?;
+    let config = client_config(ServerTrust::Roots(pki.roots())).unwrap();
+    let stream = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await?;
+    Ok(Peer { stream, buf: Vec::new() })
+}
+
+/// Whether `phone` gets its OPTIONS answered (a refused client certificate shows, in TLS 1.3,
+/// only when the client reads).
+async fn answered<S: AsyncRead + AsyncWrite + Unpin>(phone: &mut Peer<S>, local: SocketAddr) -> bool {
+    let _ = phone.stream.write_all(request("OPTIONS", local, "who", None, 1).as_bytes()).await;
+    let mut buf = [0u8; 512];
+    matches!(timeout(WAIT, phone.stream.read(&mut buf)).await, Ok(Ok(n)) if n > 0)
+}
+
+#[tokio::test]
+async fn a_source_with_its_own_configuration_must_show_a_client_certificate_and_others_need_not() {
+    let pki = Pki::new();
+    let trunk_ip: std::net::IpAddr = "127.0.0.1".parse().unwrap();
+    let (certs, key) = pki.issue(&["localhost"]);
+    let certificate = Arc::new(ServerCertificate::new(certs, key).unwrap());
+    let mutual = Arc::new(server_config(certificate.clone(), Some(pki.roots())).unwrap());
+    let mut listener = TlsListener::new("127.0.0.1:0".parse().unwrap(), certificate, None, WAIT).unwrap();
+    listener.per_source = Some(ConfigForSource::new(move |ip| (ip == trunk_ip).then(|| mutual.clone())));
+    let (endpoint, _calls) = start_tls(&pki, |cfg| cfg.tls = Some(listener)).await;
+    let target = endpoint.local_tls_addr().unwrap();
+
+    // From the trunk's address, without a certificate: refused.
+    let refused = match tls_client_from(&pki, trunk_ip, target).await {
+        Err(_) => true,
+        Ok(mut phone) => {
+            let local = phone.stream.get_ref().0.local_addr().unwrap();
+            !answered(&mut phone, local).await
+        }
+    };
+    assert!(refused, "the trunk's address must show a client certificate");
+    // From another address, the listener's own configuration: no certificate needed.
+    let mut other = tls_client_from(&pki, "127.0.0.2".parse().unwrap(), target).await.unwrap();
+    let local = other.stream.get_ref().0.local_addr().unwrap();
+    assert!(answered(&mut other, local).await, "another source is served without a certificate");
 }

@@ -252,7 +252,17 @@ pub async fn start(
             max_connections_per_address: sip_cfg.tcp_max_connections_per_address,
             write_queue_bytes: sip_cfg.tcp_write_queue_bytes,
         },
-        tls: state.resolved.sip_tls.clone(),
+        tls: state.resolved.sip_tls.clone().map(|mut listener| {
+            // A trunk with `tls_client_ca` is known by its `sources`; read from the settings in
+            // effect, so a reload changes them for the next connections.
+            let weak = Arc::downgrade(&state);
+            listener.per_source = Some(switchboard_sip::tls::ConfigForSource::new(move |ip| {
+                let settings = weak.upgrade()?.settings();
+                let trunk = settings.resolved.trunk_for_source(ip)?;
+                settings.resolved.trunk_tls_clients.get(trunk).cloned()
+            }));
+            listener
+        }),
     })
     .await?;
     let _ = state.sip.set(sip.clone());

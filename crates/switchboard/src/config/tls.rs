@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use rustls::ServerConfig;
 use switchboard_sip::tls::{self as sip_tls, ServerTrust, TlsConnect, TlsListener};
 
 use super::{Config, Resolved, TrunkTransport, trunk_host};
@@ -16,11 +17,15 @@ use super::{Config, Resolved, TrunkTransport, trunk_host};
 pub(super) fn validate(
     cfg: &Config,
     bad: &mut impl FnMut(&str, String),
-) -> (Option<TlsListener>, BTreeMap<String, TlsConnect>) {
+) -> (Option<TlsListener>, BTreeMap<String, TlsConnect>, BTreeMap<String, Arc<ServerConfig>>) {
     let listener = listener(cfg, bad);
     let mut trunks = BTreeMap::new();
+    let mut clients = BTreeMap::new();
     for (name, trunk) in &cfg.trunks {
         let key = |field: &str| format!("trunks.{name}.{field}");
+        if let Some(config) = client_certificates(name, trunk, listener.as_ref(), bad) {
+            clients.insert(name.clone(), config);
+        }
         if trunk.transport != TrunkTransport::Tls {
             // A key that would do nothing is a mistake worth saying.
             if !trunk.tls_ca.is_empty() {
@@ -69,7 +74,35 @@ pub(super) fn validate(
             Err(e) => bad(&key("transport"), e.to_string()),
         }
     }
-    (listener, trunks)
+    (listener, trunks, clients)
+}
+
+/// A trunk's `tls_client_ca`: the listener's configuration for connections from its `sources`,
+/// asking for a client certificate issued by that CA. Applies to inbound connections, whatever
+/// the trunk's `transport` (which is about the calls we place).
+fn client_certificates(
+    name: &str,
+    trunk: &super::TrunkConfig,
+    listener: Option<&TlsListener>,
+    bad: &mut impl FnMut(&str, String),
+) -> Option<Arc<ServerConfig>> {
+    if trunk.tls_client_ca.is_empty() {
+        return None;
+    }
+    let key = format!("trunks.{name}.tls_client_ca");
+    if trunk.sources.0.is_empty() {
+        bad(&key, "needs the trunk's `sources`: its TLS connections are known by their address".into());
+        return None;
+    }
+    let Some(listener) = listener else {
+        bad(&key, "needs sip.tls (the TLS listener that asks for the certificate)".into());
+        return None;
+    };
+    let roots = sip_tls::load_ca(Path::new(&trunk.tls_client_ca)).map_err(|e| bad(&key, e.to_string())).ok()?;
+    sip_tls::server_config(listener.certificate.clone(), Some(roots))
+        .map(Arc::new)
+        .map_err(|e| bad(&key, e.to_string()))
+        .ok()
 }
 
 fn listener(cfg: &Config, bad: &mut impl FnMut(&str, String)) -> Option<TlsListener> {
@@ -236,6 +269,25 @@ mod tests {
         let now = running.sip_tls.as_ref().unwrap().certificate.leaf();
         assert_ne!(now, first);
         assert_eq!(now.unwrap().as_ref(), renewed.cert.der().as_ref());
+    }
+
+    #[test]
+    fn a_trunks_client_ca_needs_its_sources_and_the_listener() {
+        let files = Files::new("clients");
+        let (cert, key) = (files.path("cert.pem"), files.path("key.pem"));
+        let listener = format!("[sip]\ntls = \"127.0.0.1:5061\"\ntls_cert = \"{cert}\"\ntls_key = \"{key}\"\n");
+        let trunk = format!("[trunks.pbx]\naddress = \"127.0.0.1:5060\"\ntls_client_ca = \"{cert}\"\n");
+
+        let resolved = files.load(&format!("{listener}{trunk}sources = [\"192.0.2.0/24\"]\n")).unwrap();
+        assert!(resolved.trunk_tls_clients.contains_key("pbx"));
+        assert_eq!(resolved.trunk_for_source("192.0.2.7".parse().unwrap()), Some("pbx"));
+
+        let problems = keys(files.load(&format!("{listener}{trunk}")).unwrap_err());
+        assert_eq!(problems[0].0, "trunks.pbx.tls_client_ca", "{problems:?}");
+        assert!(problems[0].1.contains("sources"), "{problems:?}");
+        let problems = keys(files.load(&format!("{trunk}sources = [\"192.0.2.0/24\"]\n")).unwrap_err());
+        assert_eq!(problems[0].0, "trunks.pbx.tls_client_ca", "{problems:?}");
+        assert!(problems[0].1.contains("sip.tls"), "{problems:?}");
     }
 
     #[test]
