@@ -361,6 +361,8 @@ pub struct Core {
     outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
+    /// Access control for new out-of-dialog requests (`crate::screen`).
+    screen: Option<std::sync::Arc<dyn crate::screen::Screen>>,
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -579,7 +581,13 @@ impl Core {
             outgoing: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            screen: None,
         }
+    }
+
+    /// Sets the screen new out-of-dialog requests pass before they are answered.
+    pub fn set_screen(&mut self, screen: Option<std::sync::Arc<dyn crate::screen::Screen>>) {
+        self.screen = screen;
     }
 
     /// Status answered to OPTIONS (200 normally, 503 while draining).
@@ -745,6 +753,9 @@ impl Core {
             }
             return;
         }
+        if request.to_tag().is_none() && !self.passes_screen(now, &origin, &request, &key) {
+            return;
+        }
 
         if method == Method::Cancel {
             self.handle_cancel(now, origin, request, key);
@@ -792,6 +803,23 @@ impl Core {
         match request.to_tag() {
             Some(to_tag) => self.handle_in_dialog(now, origin, request, method, key, to_tag),
             None => self.handle_out_of_dialog(now, origin, request, method, key),
+        }
+    }
+
+    /// Asks the screen about a new out-of-dialog request; `false` when it was refused (answered
+    /// or dropped) and must go no further.
+    fn passes_screen(&mut self, now: Instant, origin: &Origin, request: &Message, key: &TxKey) -> bool {
+        let Some(screen) = &self.screen else {
+            return true;
+        };
+        match screen.screen(now, origin, request) {
+            crate::screen::Verdict::Pass => true,
+            crate::screen::Verdict::Drop => false,
+            crate::screen::Verdict::Reject { status, reason, headers } => {
+                let extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                self.respond(now, key.clone(), origin, request, status, Some(&reason), &extra);
+                false
+            }
         }
     }
 

@@ -85,6 +85,14 @@ impl Credentials {
     }
 }
 
+/// The one user a request must authenticate as.
+#[derive(Clone, Copy)]
+pub struct User<'a> {
+    pub realm: &'a str,
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
 /// What a request's credentials are worth.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verdict {
@@ -183,17 +191,16 @@ impl DigestServer {
     }
 
     /// Checks the `Authorization` values of a request (`method`, `request_uri`) against the
-    /// one user allowed in `realm`.
+    /// one user allowed.
     pub fn check<'a>(
         &mut self,
         now: Instant,
-        realm: &str,
+        user: &User<'_>,
         method: &str,
         request_uri: &str,
         authorization: impl Iterator<Item = &'a str>,
-        username: &str,
-        password: &str,
     ) -> Verdict {
+        let User { realm, username, password } = *user;
         let Some(credentials) = authorization.filter_map(Credentials::parse).find(|c| c.realm == realm) else {
             return Verdict::Challenge { stale: false };
         };
@@ -267,12 +274,15 @@ impl DigestServer {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used, clippy::indexing_slicing)]
+
     use super::*;
     use crate::client::Credentials as ClientCredentials;
     use crate::digest::Challenge;
 
     const REALM: &str = "switchboard.example";
     const URI: &str = "sip:15550001000@192.0.2.1";
+    const GW: User<'static> = User { realm: REALM, username: "gw", password: "pa55" };
 
     fn server() -> (DigestServer, Instant) {
         let epoch = Instant::now();
@@ -287,7 +297,7 @@ mod tests {
     }
 
     fn check(server: &mut DigestServer, now: Instant, authorization: &str) -> Verdict {
-        server.check(now, REALM, "INVITE", URI, std::iter::once(authorization), "gw", "pa55")
+        server.check(now, &GW, "INVITE", URI, std::iter::once(authorization))
     }
 
     #[test]
@@ -312,10 +322,7 @@ mod tests {
         let challenge = &server.challenges(now, REALM, false)[1];
         assert_eq!(check(&mut server, now, &answer(challenge, "gw", "guess")), Verdict::Forbidden);
         assert_eq!(check(&mut server, now, &answer(challenge, "admin", "pa55")), Verdict::Forbidden);
-        assert_eq!(
-            server.check(now, REALM, "INVITE", URI, std::iter::empty(), "gw", "pa55"),
-            Verdict::Challenge { stale: false }
-        );
+        assert_eq!(server.check(now, &GW, "INVITE", URI, std::iter::empty()), Verdict::Challenge { stale: false });
         assert_eq!(check(&mut server, now, "Basic Z3c6cGE1NQ=="), Verdict::Challenge { stale: false });
     }
 
@@ -378,15 +385,7 @@ mod tests {
         let challenge = &server.challenges(now, REALM, false)[1];
         let authorization = answer(challenge, "gw", "pa55");
         assert_eq!(
-            server.check(
-                now,
-                REALM,
-                "INVITE",
-                "sip:900@192.0.2.1",
-                std::iter::once(authorization.as_str()),
-                "gw",
-                "pa55"
-            ),
+            server.check(now, &GW, "INVITE", "sip:900@192.0.2.1", std::iter::once(authorization.as_str())),
             Verdict::Challenge { stale: false }
         );
         let without_qop = answer(&challenge.replace(", qop=\"auth\"", ""), "gw", "pa55");

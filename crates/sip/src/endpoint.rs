@@ -42,6 +42,9 @@ pub struct EndpointConfig {
     pub retry_after_secs: u32,
     /// Bounds on the TCP transport.
     pub tcp_limits: TcpLimits,
+    /// Consulted about every new out-of-dialog request before the core answers it (access
+    /// control: sources, User-Agents, rates, digest); `None`: every request passes.
+    pub screen: Option<Arc<dyn crate::screen::Screen>>,
 }
 
 impl Default for EndpointConfig {
@@ -56,6 +59,7 @@ impl Default for EndpointConfig {
             timers: Timers::default(),
             retry_after_secs: 5,
             tcp_limits: TcpLimits::default(),
+            screen: None,
         }
     }
 }
@@ -388,7 +392,7 @@ impl SipEndpoint {
         };
         let local_udp = udp.as_ref().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp.as_ref().and_then(|l| l.local_addr().ok());
-        let core = Core::new(
+        let mut core = Core::new(
             CoreConfig {
                 timers: cfg.timers,
                 user_agent: cfg.user_agent.clone(),
@@ -399,6 +403,7 @@ impl SipEndpoint {
             },
             rand::random(),
         );
+        core.set_screen(cfg.screen.clone());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (shutdown, _) = watch::channel(false);
         let (stopped, _) = watch::channel(None);

@@ -26,7 +26,7 @@ pub mod transfer_limits {
     pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
 }
 mod access;
-pub use access::UnknownSources;
+pub use access::{UnknownSources, unknown_sources};
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 pub mod view;

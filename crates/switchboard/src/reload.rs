@@ -76,9 +76,20 @@ pub const RESTART_KEYS: &[&str] = &[
     "realtime.api_key",
     "realtime.model",
 ];
-/// Keys of restart-only sections that a reload applies all the same: per-source admission.
-pub const RELOADABLE_KEYS: &[&str] =
-    &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source", "log.level", "log.redact_numbers"];
+/// Keys of restart-only sections that a reload applies all the same: per-source admission and
+/// the access screen.
+pub const RELOADABLE_KEYS: &[&str] = &[
+    "sip.invite_rate_per_source",
+    "sip.trusted_proxies",
+    "calls.max_per_source",
+    "log.level",
+    "log.redact_numbers",
+    "sip.unknown_sources",
+    "sip.ban_secs",
+    "sip.max_cps",
+    "sip.user_agent_deny",
+    "sip.realm",
+];
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -258,6 +269,11 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     new.sip = SipConfig {
         invite_rate_per_source: new.sip.invite_rate_per_source,
         trusted_proxies: new.sip.trusted_proxies.clone(),
+        unknown_sources: new.sip.unknown_sources,
+        ban_secs: new.sip.ban_secs,
+        max_cps: new.sip.max_cps,
+        user_agent_deny: new.sip.user_agent_deny.clone(),
+        realm: new.sip.realm.clone(),
         ..old.sip.clone()
     };
     // The endpoint and the key (the offline agent is chosen by it) are fixed at start.

@@ -3,6 +3,9 @@
 //! before the SIP core answers it (`screen.rs`: User-Agent deny list, unknown sources, per-source
 //! rate with ban, global CPS, inbound digest).
 
+pub mod limits;
+pub mod screen;
+
 use switchboard_sip::CallInfo;
 
 use crate::reload::Settings;
