@@ -686,7 +686,7 @@ impl Core {
                     self.handle_response(now, origin, message, code);
                 }
             },
-            Err(error) => self.handle_malformed(origin, error),
+            Err(error) => self.handle_malformed(now, origin, error),
         }
     }
 
@@ -694,7 +694,7 @@ impl Core {
     /// in the reason phrase, whenever the request is readable enough to build a response.
     /// Malformed responses are dropped (a response is never answered: RFC 4475 bigcode,
     /// scalarlg).
-    fn handle_malformed(&mut self, origin: Origin, error: ParseError) {
+    fn handle_malformed(&mut self, now: Instant, origin: Origin, error: ParseError) {
         count_malformed(origin.transport);
         tracing::debug!(source = %origin.source, error = %error.kind, "malformed SIP message");
         let Some(partial) = error.partial else {
@@ -708,6 +708,12 @@ impl Core {
         // response (§8.2.6.2). A Via we cannot parse is copied as received and the response
         // goes back to the source address (RFC 4475 badinv01).
         if method == Method::Ack || partial.header("Via").is_none() {
+            return;
+        }
+        // A source or User-Agent the screen drops learns nothing from our 400 either.
+        if partial.to_tag().is_none()
+            && self.screen.as_ref().is_some_and(|s| s.screen(now, &origin, &partial) == crate::screen::Verdict::Drop)
+        {
             return;
         }
         let status = error.kind.status();

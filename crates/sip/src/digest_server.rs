@@ -164,12 +164,14 @@ impl DigestServer {
         format!("{issued:x}.{serial:x}.{}", self.mac(issued, serial, realm))
     }
 
-    /// The `WWW-Authenticate` values of a 401: SHA-256 first, then MD5 (RFC 7616 §3.7: the
-    /// client picks the first it supports; RFC 8760 for SIP), `qop="auth"`, one nonce.
+    /// The `WWW-Authenticate` values of a 401, `qop="auth"`, one nonce: MD5 first, then SHA-256
+    /// (RFC 8760). MD5 comes first on purpose, against RFC 7616 §3.7's "most preferred first":
+    /// many SIP UAs (SIPp among them) read only the first challenge and know only MD5, while a
+    /// UA that chooses among the challenges (ours, baresip) picks SHA-256 anyway.
     pub fn challenges(&mut self, now: Instant, realm: &str, stale: bool) -> Vec<String> {
         let nonce = self.nonce(now, realm);
         let stale = if stale { ", stale=true" } else { "" };
-        [Algorithm::Sha256, Algorithm::Md5]
+        [Algorithm::Md5, Algorithm::Sha256]
             .iter()
             .map(|algorithm| {
                 format!(
@@ -306,7 +308,7 @@ mod tests {
         for pick in [0, 1] {
             let challenges = server.challenges(now, REALM, false);
             assert_eq!(challenges.len(), 2);
-            assert!(challenges[0].contains("algorithm=SHA-256") && challenges[1].contains("algorithm=MD5"));
+            assert!(challenges[0].contains("algorithm=MD5") && challenges[1].contains("algorithm=SHA-256"));
             assert!(challenges.iter().all(|c| c.contains("qop=\"auth\"") && !c.contains("stale")));
             let authorization = answer(&challenges[pick], "gw", "pa55");
             assert_eq!(check(&mut server, now, &authorization), Verdict::Authenticated, "{}", challenges[pick]);

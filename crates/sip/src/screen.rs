@@ -131,6 +131,18 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_request_from_a_dropped_source_gets_no_400() {
+        let screen = Arc::new(ByPort::default());
+        let mut core = core(&screen);
+        let now = Instant::now();
+        for port in [5002, 5003] {
+            let broken = request("OPTIONS", port, "").replace("Content-Length: 0", "Content-Length: x");
+            core.handle_message(now, origin(port), broken.as_bytes());
+        }
+        assert_eq!(statuses(&mut core), [400], "only the source that passes learns its request was bad");
+    }
+
+    #[test]
     fn a_passed_invite_is_served_and_in_dialog_requests_are_not_screened() {
         let screen = Arc::new(ByPort::default());
         let mut core = core(&screen);

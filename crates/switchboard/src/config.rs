@@ -1132,6 +1132,11 @@ mod tests {
         assert_eq!(cfg.sip.tcp_write_queue_bytes, defaults.sip.tcp_write_queue_bytes);
         assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
         assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
+        assert_eq!(cfg.sip.unknown_sources, defaults.sip.unknown_sources);
+        assert_eq!(cfg.sip.ban_secs, defaults.sip.ban_secs);
+        assert_eq!(cfg.sip.max_cps, defaults.sip.max_cps);
+        assert_eq!(cfg.sip.user_agent_deny, defaults.sip.user_agent_deny);
+        assert_eq!(cfg.sip.realm, defaults.sip.realm);
     }
 
     #[test]
