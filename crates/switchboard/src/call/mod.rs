@@ -64,7 +64,8 @@ pub fn refuse_early(state: &GatewayState, call: IncomingCall, refusal: Refusal) 
     let info = call.info.clone();
     let end = refuse(state, call.invite, refusal);
     record_end(CallDirection::Inbound, &end);
-    state.records.inbound_unanswered(&info.call_id, &info, SystemTime::now(), &end);
+    let trunk = crate::access::inbound_trunk(&state.settings(), &info);
+    state.records.inbound_unanswered(&info.call_id, &info, trunk.as_deref(), SystemTime::now(), &end);
 }
 
 /// Runs one call to its end in its own span.
@@ -107,7 +108,7 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
         let end = run(&state, call, entry.as_ref(), hangup).await;
         // A call refused or cancelled before the answer gets its CDR here (answered: converse).
         let id = entry.as_ref().map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
-        state.records.inbound_unanswered(&id, &info, invited, &end);
+        state.records.inbound_unanswered(&id, &info, trunk.as_deref(), invited, &end);
         drop(entry);
         match end.fault() {
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),
@@ -242,6 +243,7 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
         answered: SystemTime::now(),
+        trunk: crate::access::inbound_trunk(&state.settings(), &info),
     };
     let call = Established {
         direction: CallDirection::Inbound,
