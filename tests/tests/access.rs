@@ -120,8 +120,9 @@ fn an_unknown_source_gets_403_and_a_scanner_user_agent_gets_nothing() {
     );
     // Raw: exactly one answer, the 403 (nothing before it).
     let answers = raw_request("INVITE", "127.0.0.2", "probe", gateway.sip_addr(), Duration::from_secs(1));
+    // The 403 and its retransmissions (this socket never ACKs), nothing else: no 100 Trying.
     let statuses: Vec<_> = answers.iter().filter_map(|a| status_of(a)).collect();
-    assert_eq!(statuses, [403], "{answers:?}");
+    assert!(!statuses.is_empty() && statuses.iter().all(|s| *s == 403), "{answers:?}");
     assert_eq!(sim.sessions().as_array().map_or(0, Vec::len), 0, "a refused caller opened a Realtime session");
     assert_eq!(screened(&gateway, "reject", "unknown_source"), 2);
 

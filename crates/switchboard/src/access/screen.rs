@@ -211,13 +211,7 @@ impl Decider {
         };
         let user =
             digest_server::User { realm: &policy.realm, username: &auth.username, password: auth.password.expose() };
-        let verdict = self.digest.check(
-            now,
-            &user,
-            method.as_str(),
-            request.request_uri().unwrap_or_default(),
-            request.header_values("Authorization"),
-        );
+        let verdict = self.digest.check(now, &user, method.as_str(), request.header_values("Authorization"));
         match verdict {
             digest_server::Verdict::Authenticated => (Verdict::Pass, None),
             digest_server::Verdict::Forbidden => (reject(403, "Forbidden", Vec::new()), Some(Screened::AuthFailed)),

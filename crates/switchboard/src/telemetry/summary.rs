@@ -100,7 +100,7 @@ mod tests {
             codec: "PCMU".into(),
             started_ms: 1_764_500_000_000,
             answered_ms: 1_764_500_000_420,
-            trunk: None,
+            trunk: Some("carrier".into()),
             recording: Some(RecordingInfo {
                 wav: "/rec/2025/11/30/3f2a.wav".into(),
                 sidecar: "/rec/2025/11/30/3f2a.json".into(),
@@ -148,6 +148,7 @@ mod tests {
             "to",
             "agent",
             "route",
+            "trunk",
             "codec",
             "started",
             "answered",
