@@ -120,9 +120,10 @@ fn an_unknown_source_gets_403_and_a_scanner_user_agent_gets_nothing() {
     );
     // Raw: exactly one answer, the 403 (nothing before it).
     let answers = raw_request("INVITE", "127.0.0.2", "probe", gateway.sip_addr(), Duration::from_secs(1));
-    // The 403 and its retransmissions (this socket never ACKs), nothing else: no 100 Trying.
+    // One 403, nothing else: no 100 Trying, and (stateless) no retransmission of the 403 although
+    // this socket never ACKs.
     let statuses: Vec<_> = answers.iter().filter_map(|a| status_of(a)).collect();
-    assert!(!statuses.is_empty() && statuses.iter().all(|s| *s == 403), "{answers:?}");
+    assert_eq!(statuses, [403], "{answers:?}");
     assert_eq!(sim.sessions().as_array().map_or(0, Vec::len), 0, "a refused caller opened a Realtime session");
     assert_eq!(screened(&gateway, "reject", "unknown_source"), 2);
 
@@ -333,7 +334,9 @@ fn a_2000_invites_per_second_flood_leaves_the_trunks_calls_unaffected() {
         invites as f64 / flood_secs
     );
     assert!(legit.status.success(), "a legitimate call failed during the flood; log:\n{}", gateway.log());
-    assert!(invites >= flood_count / 2, "the flood did not arrive: {invites} INVITEs\n{metrics}");
+    // How much of the offered 2000/s SIPp manages depends on the machine's load (on the shared
+    // 2-core build machine 700-2000/s); the flood must have arrived in earnest all the same.
+    assert!(invites >= 2000, "the flood did not arrive: {invites} INVITEs\n{metrics}");
     assert_eq!(limited, 1, "one INVITE over the rate, then the ban: {metrics}");
     // Everything else the flood sent was refused for the ban: all but the 20 legitimate calls,
     // the flood's first 10 and the one over the rate (and a few retransmissions of the calls).

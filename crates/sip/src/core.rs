@@ -759,7 +759,7 @@ impl Core {
             }
             return;
         }
-        if request.to_tag().is_none() && !self.passes_screen(now, &origin, &request, &key) {
+        if request.to_tag().is_none() && !self.passes_screen(now, &origin, &request) {
             return;
         }
 
@@ -814,16 +814,26 @@ impl Core {
 
     /// Asks the screen about a new out-of-dialog request; `false` when it was refused (answered
     /// or dropped) and must go no further.
-    fn passes_screen(&mut self, now: Instant, origin: &Origin, request: &Message, key: &TxKey) -> bool {
+    fn passes_screen(&mut self, now: Instant, origin: &Origin, request: &Message) -> bool {
         let Some(screen) = &self.screen else {
             return true;
         };
         match screen.screen(now, origin, request) {
             crate::screen::Verdict::Pass => true,
             crate::screen::Verdict::Drop => false,
+            // Answered statelessly (§8.2.7), as Kamailio's `sl` does: a flood of refused INVITEs
+            // leaves no transaction behind (a server INVITE transaction would hold the request
+            // until Timer I, 5 s after the ACK). A retransmitted request is screened and answered
+            // again; the ACK of the refusal matches nothing and is dropped.
             crate::screen::Verdict::Reject { status, reason, headers } => {
                 let extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
-                self.respond(now, key.clone(), origin, request, status, Some(&reason), &extra);
+                let tag = self.random_token();
+                let response = self.build_response(request, origin, status, &reason, Some(&tag), &extra);
+                if let Some(method) = request.method()
+                    && let Some(reply) = self.reply_transmit(request, origin, response, method, status)
+                {
+                    self.transmits.push_back(reply);
+                }
                 false
             }
         }

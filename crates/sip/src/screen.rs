@@ -17,8 +17,9 @@ use crate::message::Message;
 pub enum Verdict {
     /// Handle it as usual.
     Pass,
-    /// Answer it with this final response (through a server transaction, so retransmissions
-    /// get the same answer and the ACK of a refused INVITE is absorbed).
+    /// Answer it with this final response, statelessly (RFC 3261 §8.2.7): no transaction is
+    /// kept, so a flood of refused requests costs no memory; a retransmission is screened and
+    /// answered again, and the ACK of a refused INVITE matches nothing and is dropped.
     Reject { status: u16, reason: String, headers: Vec<(String, String)> },
     /// Send nothing at all.
     Drop,
@@ -113,20 +114,21 @@ mod tests {
     }
 
     #[test]
-    fn a_rejected_invite_gets_its_final_answer_alone_and_its_ack_is_absorbed() {
+    fn a_rejected_invite_gets_its_final_answer_alone_and_statelessly() {
         let screen = Arc::new(ByPort::default());
         let mut core = core(&screen);
         let now = Instant::now();
         core.handle_message(now, origin(5001), request("INVITE", 5001, "").as_bytes());
         assert_eq!(statuses(&mut core), [403], "no 100 Trying before the refusal");
-        // A retransmission gets the same answer without asking the screen again.
+        assert_eq!(core.live_state(), (0, 0, 0), "no transaction is kept for a refusal");
+        // A retransmission is screened and refused again.
         core.handle_message(now, origin(5001), request("INVITE", 5001, "").as_bytes());
         assert_eq!(statuses(&mut core), [403]);
         core.handle_message(now, origin(5001), request("ACK", 5001, ";tag=x").as_bytes());
         assert!(statuses(&mut core).is_empty());
         core.handle_timeout(now + Duration::from_secs(64));
-        assert!(statuses(&mut core).is_empty(), "the ACK stopped the retransmissions");
-        assert_eq!(*screen.0.lock().unwrap(), ["INVITE"], "asked once; the ACK is never screened");
+        assert!(statuses(&mut core).is_empty(), "nothing is retransmitted");
+        assert_eq!(*screen.0.lock().unwrap(), ["INVITE", "INVITE"], "the ACK is never screened");
         assert!(core.poll_event().is_none());
     }
 
