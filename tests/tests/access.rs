@@ -343,5 +343,8 @@ fn a_2000_invites_per_second_flood_leaves_the_trunks_calls_unaffected() {
     assert!(invites.saturating_sub(banned) <= 20 + 10 + 1 + 10, "{banned} banned of {invites}");
     assert!(sessions <= 20 + 10 + 1, "{sessions} sessions: the flood got more than its first second's burst");
     assert!(sessions >= 20, "{sessions} sessions: every legitimate call gets one");
-    assert!(rss_peak < rss_before + 64 * 1024, "RSS grew from {rss_before} to {rss_peak} KiB");
+    // 20 calls alone take the gateway from about 10 to 12.6 MB; the refused flood adds no state
+    // (stateless 503s), so the peak stays near that (13.3 MB measured; 51 MB when every 503 kept
+    // a transaction until Timer I would not pass).
+    assert!(rss_peak < rss_before + 16 * 1024, "RSS grew from {rss_before} to {rss_peak} KiB");
 }
