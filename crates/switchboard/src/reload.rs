@@ -390,6 +390,22 @@ mod tests {
     }
 
     #[test]
+    fn the_access_screen_keys_are_reloaded() {
+        let running = load(BASE);
+        let edited = BASE.replace(
+            "tcp = \"\"",
+            "tcp = \"\"\nunknown_sources = \"drop\"\nban_secs = 30\nmax_cps = 20\nuser_agent_deny = [\"x\"]\nrealm = \"r\"",
+        );
+        let (settings, report) = merge(&running, load(&edited));
+        let sip = &settings.config.sip;
+        assert_eq!(sip.unknown_sources, Some(crate::config::UnknownSources::Drop));
+        assert_eq!((sip.ban_secs, sip.max_cps, sip.realm.as_str()), (30, 20, "r"));
+        assert_eq!(sip.user_agent_deny.0, ["x"]);
+        assert!(report.needs_restart.is_empty(), "{report:?}");
+        assert!(report.changed.contains(&"sip.ban_secs".to_string()), "{report:?}");
+    }
+
+    #[test]
     fn the_token_cannot_be_dropped_while_the_running_listener_is_exposed() {
         let exposed = "[admin]\nlisten = \"0.0.0.0:0\"\ntoken = \"t0ken\"\n";
         let running = load(&(BASE.to_owned() + exposed));
