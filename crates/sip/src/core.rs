@@ -364,6 +364,8 @@ pub struct Core {
     outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
+    /// Access control for new out-of-dialog requests (`crate::screen`).
+    screen: Option<std::sync::Arc<dyn crate::screen::Screen>>,
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -597,7 +599,13 @@ impl Core {
             outgoing: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
+            screen: None,
         }
+    }
+
+    /// Sets the screen new out-of-dialog requests pass before they are answered.
+    pub fn set_screen(&mut self, screen: Option<std::sync::Arc<dyn crate::screen::Screen>>) {
+        self.screen = screen;
     }
 
     /// Status answered to OPTIONS (200 normally, 503 while draining).
@@ -709,7 +717,7 @@ impl Core {
                     self.handle_response(now, origin, message, code);
                 }
             },
-            Err(error) => self.handle_malformed(origin, error),
+            Err(error) => self.handle_malformed(now, origin, error),
         }
     }
 
@@ -717,7 +725,7 @@ impl Core {
     /// in the reason phrase, whenever the request is readable enough to build a response.
     /// Malformed responses are dropped (a response is never answered: RFC 4475 bigcode,
     /// scalarlg).
-    fn handle_malformed(&mut self, origin: Origin, error: ParseError) {
+    fn handle_malformed(&mut self, now: Instant, origin: Origin, error: ParseError) {
         count_malformed(origin.transport);
         tracing::debug!(source = %origin.source, error = %error.kind, "malformed SIP message");
         let Some(partial) = error.partial else {
@@ -731,6 +739,12 @@ impl Core {
         // response (§8.2.6.2). A Via we cannot parse is copied as received and the response
         // goes back to the source address (RFC 4475 badinv01).
         if method == Method::Ack || partial.header("Via").is_none() {
+            return;
+        }
+        // A source or User-Agent the screen drops learns nothing from our 400 either.
+        if partial.to_tag().is_none()
+            && self.screen.as_ref().is_some_and(|s| s.screen(now, &origin, &partial) == crate::screen::Verdict::Drop)
+        {
             return;
         }
         let status = error.kind.status();
@@ -774,6 +788,9 @@ impl Core {
             if let Some(reply) = reply {
                 self.transmits.push_back(reply);
             }
+            return;
+        }
+        if request.to_tag().is_none() && !self.passes_screen(now, &origin, &request) {
             return;
         }
 
@@ -823,6 +840,33 @@ impl Core {
         match request.to_tag() {
             Some(to_tag) => self.handle_in_dialog(now, origin, request, method, key, to_tag),
             None => self.handle_out_of_dialog(now, origin, request, method, key),
+        }
+    }
+
+    /// Asks the screen about a new out-of-dialog request; `false` when it was refused (answered
+    /// or dropped) and must go no further.
+    fn passes_screen(&mut self, now: Instant, origin: &Origin, request: &Message) -> bool {
+        let Some(screen) = &self.screen else {
+            return true;
+        };
+        match screen.screen(now, origin, request) {
+            crate::screen::Verdict::Pass => true,
+            crate::screen::Verdict::Drop => false,
+            // Answered statelessly (§8.2.7), as Kamailio's `sl` does: a flood of refused INVITEs
+            // leaves no transaction behind (a server INVITE transaction would hold the request
+            // until Timer I, 5 s after the ACK). A retransmitted request is screened and answered
+            // again; the ACK of the refusal matches nothing and is dropped.
+            crate::screen::Verdict::Reject { status, reason, headers } => {
+                let extra: Vec<(&str, &str)> = headers.iter().map(|(n, v)| (n.as_str(), v.as_str())).collect();
+                let tag = self.random_token();
+                let response = self.build_response(request, origin, status, &reason, Some(&tag), &extra);
+                if let Some(method) = request.method()
+                    && let Some(reply) = self.reply_transmit(request, origin, response, method, status)
+                {
+                    self.transmits.push_back(reply);
+                }
+                false
+            }
         }
     }
 

@@ -46,6 +46,9 @@ pub struct EndpointConfig {
     pub tcp_limits: TcpLimits,
     /// TLS listener (`None`: no TLS, inbound or outbound).
     pub tls: Option<TlsListener>,
+    /// Consulted about every new out-of-dialog request before the core answers it (access
+    /// control: sources, User-Agents, rates, digest); `None`: every request passes.
+    pub screen: Option<Arc<dyn crate::screen::Screen>>,
 }
 
 impl Default for EndpointConfig {
@@ -61,6 +64,7 @@ impl Default for EndpointConfig {
             retry_after_secs: 5,
             tcp_limits: TcpLimits::default(),
             tls: None,
+            screen: None,
         }
     }
 }
@@ -440,7 +444,7 @@ impl SipEndpoint {
                 .ok(),
             None => None,
         };
-        let core = Core::new(
+        let mut core = Core::new(
             CoreConfig {
                 timers: cfg.timers,
                 user_agent: cfg.user_agent.clone(),
@@ -452,6 +456,7 @@ impl SipEndpoint {
             },
             rand::random(),
         );
+        core.set_screen(cfg.screen.clone());
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
         let (shutdown, _) = watch::channel(false);
         let (stopped, _) = watch::channel(None);

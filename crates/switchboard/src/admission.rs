@@ -1,17 +1,15 @@
-//! Admission before expense: per-source limits checked on every new INVITE before the call costs
-//! anything (routing, an RTP port, a Realtime session, which is billed upstream).
+//! Admission before expense: the per-source call limit checked on every new INVITE before the
+//! call costs anything (routing, an RTP port, a Realtime session, which is billed upstream).
 //!
-//! Two limits per source IP address, in the spirit of Kamailio's `pike` module:
-//! - `sip.invite_rate_per_source`: new INVITEs per second, a token bucket holding one second's
-//!   worth (so a burst of that size passes, a sustained flood does not);
-//! - `calls.max_per_source`: calls up at once.
+//! `calls.max_per_source`: calls up at once per source IP address. (The per-source INVITE rate,
+//! its ban and the global CPS limit are checked earlier, before the SIP core answers anything:
+//! `access/limits.rs`.)
 //!
 //! Sources in `sip.trusted_proxies` (a Kamailio or a PBX in front, which concentrates many
 //! callers behind one address) are exempt. The per-source table is bounded: entries with no call
-//! up and a full bucket are idle and swept once per second of traffic; when the table is still
-//! full, the least recently seen entry without a call is evicted (forgetting an idle source only
-//! gives it a fresh bucket). Entries with calls up are never evicted, and there are at most
-//! `calls.max_concurrent` of them, so a table larger than that always has room.
+//! up are idle and swept once per second of traffic; when the table is still full, the least
+//! recently seen entry without a call is evicted. Entries with calls up are never evicted, and
+//! there are at most `calls.max_concurrent` of them, so a table larger than that always has room.
 //!
 //! Sans-IO: time is a parameter; the shell (`app.rs`) holds it behind a mutex.
 
@@ -28,8 +26,6 @@ pub use switchboard_router::IpNet;
 pub struct AdmissionConfig {
     /// Calls up at once per source; 0: no limit.
     pub max_calls_per_source: u32,
-    /// New INVITEs per second per source; 0: no limit.
-    pub invites_per_second: u32,
     /// Exempt sources.
     pub trusted: Vec<IpNet>,
     /// Bound on the per-source table.
@@ -39,8 +35,6 @@ pub struct AdmissionConfig {
 /// Why a source's INVITE was refused (503 with Retry-After).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdmissionRefusal {
-    /// Over `sip.invite_rate_per_source`.
-    RateLimited,
     /// At `calls.max_per_source`.
     TooManyCalls,
     /// The table is full of sources with calls up (cannot happen when it is larger than
@@ -52,7 +46,6 @@ impl AdmissionRefusal {
     /// `reason` label of `switchboard_calls_total{outcome="refused"}`.
     pub fn reason_label(self) -> &'static str {
         match self {
-            AdmissionRefusal::RateLimited => "source_rate_limited",
             AdmissionRefusal::TooManyCalls => "source_call_limit",
             AdmissionRefusal::TableFull => "source_table_full",
         }
@@ -71,24 +64,8 @@ pub enum Decision {
 
 #[derive(Debug, Clone)]
 struct Source {
-    /// Tokens left at `refilled_at`.
-    tokens: f64,
-    refilled_at: Instant,
     active_calls: u32,
     last_seen: Instant,
-}
-
-impl Source {
-    fn refill(&mut self, now: Instant, rate: f64, capacity: f64) {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * rate).min(capacity);
-        self.refilled_at = now;
-    }
-
-    fn is_idle(&self, now: Instant, rate: f64, capacity: f64) -> bool {
-        let elapsed = now.saturating_duration_since(self.refilled_at).as_secs_f64();
-        self.active_calls == 0 && self.tokens + elapsed * rate >= capacity
-    }
 }
 
 /// How often idle entries are swept.
@@ -113,43 +90,21 @@ impl Admission {
         self.cfg = AdmissionConfig { max_sources: self.cfg.max_sources, ..cfg };
     }
 
-    fn rate(&self) -> f64 {
-        f64::from(self.cfg.invites_per_second)
-    }
-
-    /// Bucket size: one second's worth of INVITEs.
-    fn capacity(&self) -> f64 {
-        f64::from(self.cfg.invites_per_second.max(1))
-    }
-
     /// Decides on a new INVITE from `source` at `now`.
     pub fn admit(&mut self, source: IpAddr, now: Instant) -> Decision {
         let source = source.to_canonical();
         if self.cfg.trusted.iter().any(|net| net.contains(source)) {
             return Decision::Trusted;
         }
-        if self.cfg.max_calls_per_source == 0 && self.cfg.invites_per_second == 0 {
+        if self.cfg.max_calls_per_source == 0 {
             return Decision::Admitted;
         }
         self.sweep_if_due(now);
-        let (rate, capacity) = (self.rate(), self.capacity());
         if !self.sources.contains_key(&source) && !self.make_room(now) {
             return Decision::Refused(AdmissionRefusal::TableFull);
         }
-        let entry = self.sources.entry(source).or_insert(Source {
-            tokens: capacity,
-            refilled_at: now,
-            active_calls: 0,
-            last_seen: now,
-        });
+        let entry = self.sources.entry(source).or_insert(Source { active_calls: 0, last_seen: now });
         entry.last_seen = now;
-        if self.cfg.invites_per_second > 0 {
-            entry.refill(now, rate, capacity);
-            if entry.tokens < 1.0 {
-                return Decision::Refused(AdmissionRefusal::RateLimited);
-            }
-            entry.tokens -= 1.0;
-        }
         if self.cfg.max_calls_per_source > 0 && entry.active_calls >= self.cfg.max_calls_per_source {
             return Decision::Refused(AdmissionRefusal::TooManyCalls);
         }
@@ -183,9 +138,8 @@ impl Admission {
         self.sweep(now);
     }
 
-    fn sweep(&mut self, now: Instant) {
-        let (rate, capacity) = (self.rate(), self.capacity());
-        self.sources.retain(|_, source| !source.is_idle(now, rate, capacity));
+    fn sweep(&mut self, _now: Instant) {
+        self.sources.retain(|_, source| source.active_calls > 0);
     }
 
     /// Ensures room for one more entry; `false` when every entry has calls up.
@@ -221,10 +175,9 @@ mod tests {
         text.parse().unwrap()
     }
 
-    fn admission(max_calls: u32, rate: u32) -> Admission {
+    fn admission(max_calls: u32) -> Admission {
         Admission::new(AdmissionConfig {
             max_calls_per_source: max_calls,
-            invites_per_second: rate,
             trusted: vec!["10.0.0.0/8".parse().unwrap(), "2001:db8::1".parse().unwrap()],
             max_sources: 4,
         })
@@ -232,22 +185,16 @@ mod tests {
 
     #[test]
     fn a_reload_changes_the_limits_and_keeps_the_calls_up() {
-        let mut a = admission(1, 0);
+        let mut a = admission(1);
         let (source, now) = (ip("192.0.2.1"), Instant::now());
         assert_eq!(a.admit(source, now), Decision::Admitted);
         assert_eq!(a.admit(source, now), Decision::Refused(AdmissionRefusal::TooManyCalls));
-        a.reconfigure(AdmissionConfig {
-            max_calls_per_source: 2,
-            invites_per_second: 0,
-            trusted: vec![],
-            max_sources: 1,
-        });
+        a.reconfigure(AdmissionConfig { max_calls_per_source: 2, trusted: vec![], max_sources: 1 });
         assert_eq!(a.admit(source, now), Decision::Admitted, "the call up still counts: 2 of 2");
         assert_eq!(a.admit(source, now), Decision::Refused(AdmissionRefusal::TooManyCalls));
         assert_eq!(a.cfg.max_sources, 4, "the table's bound needs a restart");
         a.reconfigure(AdmissionConfig {
             max_calls_per_source: 2,
-            invites_per_second: 0,
             trusted: vec!["192.0.2.0/24".parse().unwrap()],
             max_sources: 4,
         });
@@ -272,29 +219,9 @@ mod tests {
     }
 
     #[test]
-    fn a_flood_from_one_source_is_limited_to_the_rate() {
-        let start = Instant::now();
-        let mut admission = admission(0, 10);
-        let flooder = ip("192.0.2.1");
-        // 20 INVITEs per second for 3 s: the first second's burst of 10, then 10 per second.
-        let mut admitted = 0;
-        for i in 0..60u64 {
-            let now = start + Duration::from_millis(i * 50);
-            match admission.admit(flooder, now) {
-                Decision::Admitted => admitted += 1,
-                Decision::Refused(AdmissionRefusal::RateLimited) => {}
-                other => panic!("unexpected {other:?}"),
-            }
-        }
-        assert!((38..=41).contains(&admitted), "{admitted} admitted");
-        // Another source is not affected.
-        assert_eq!(admission.admit(ip("192.0.2.2"), start + Duration::from_secs(3)), Decision::Admitted);
-    }
-
-    #[test]
     fn concurrent_calls_per_source_are_capped_until_one_ends() {
         let now = Instant::now();
-        let mut admission = admission(2, 0);
+        let mut admission = admission(2);
         let source = ip("192.0.2.1");
         assert_eq!(admission.admit(source, now), Decision::Admitted);
         assert_eq!(admission.admit(source, now), Decision::Admitted);
@@ -308,7 +235,7 @@ mod tests {
     #[test]
     fn trusted_proxies_are_exempt() {
         let now = Instant::now();
-        let mut admission = admission(1, 1);
+        let mut admission = admission(1);
         for _ in 0..100 {
             assert_eq!(admission.admit(ip("10.1.2.3"), now), Decision::Trusted);
             assert_eq!(admission.admit(ip("2001:db8::1"), now), Decision::Trusted);
@@ -319,7 +246,7 @@ mod tests {
     #[test]
     fn the_table_is_bounded_and_idle_sources_are_forgotten() {
         let start = Instant::now();
-        let mut admission = admission(5, 10);
+        let mut admission = admission(5);
         // A source with a call up is kept; a spray of new sources recycles the idle entries.
         let caller = ip("192.0.2.1");
         assert_eq!(admission.admit(caller, start), Decision::Admitted);
@@ -331,7 +258,7 @@ mod tests {
             assert!(admission.tracked_sources() <= 4);
         }
         assert_eq!(admission.active_calls(caller), 1, "a source with a call up is never evicted");
-        // Once their buckets refill, idle sources are swept.
+        // Idle sources are swept.
         admission.admit(caller, start + Duration::from_secs(10));
         assert_eq!(admission.tracked_sources(), 1);
     }
@@ -339,7 +266,7 @@ mod tests {
     #[test]
     fn a_table_full_of_sources_with_calls_refuses_new_sources() {
         let now = Instant::now();
-        let mut admission = admission(5, 0);
+        let mut admission = admission(5);
         for i in 1..=4 {
             assert_eq!(admission.admit(ip(&format!("192.0.2.{i}")), now), Decision::Admitted);
         }
@@ -351,7 +278,7 @@ mod tests {
     #[test]
     fn zero_disables_a_limit() {
         let now = Instant::now();
-        let mut admission = admission(0, 0);
+        let mut admission = admission(0);
         for _ in 0..1000 {
             assert_eq!(admission.admit(ip("192.0.2.1"), now), Decision::Admitted);
         }

@@ -14,6 +14,7 @@ use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
 use tracing::{error, info, warn};
 
+use crate::access::screen::{AccessScreen, Policy};
 use crate::admin;
 use crate::admission::{Admission, AdmissionConfig, AdmissionRefusal, Decision};
 use crate::call::end::Refusal;
@@ -66,6 +67,8 @@ pub struct GatewayState {
     pub settings: SettingsCell,
     /// The file to re-read and the lock that serializes reloads.
     pub reloader: Reloader,
+    /// Who may call: the screen the SIP endpoint consults before answering a new request.
+    pub access: Arc<AccessScreen>,
 }
 
 impl GatewayState {
@@ -91,10 +94,10 @@ impl GatewayState {
     pub(crate) fn reconfigure_admission(&self, settings: &Settings) {
         self.admission().reconfigure(AdmissionConfig {
             max_calls_per_source: settings.config.calls.max_per_source,
-            invites_per_second: settings.config.sip.invite_rate_per_source,
             trusted: settings.resolved.trusted_proxies.clone(),
             max_sources: admission_table_size(self.config.calls.max_concurrent),
         });
+        self.access.reconfigure(Policy::new(&settings.config, &settings.resolved, &default_realm(&self.resolved)));
     }
 
     /// The configuration a call starting now takes and keeps to its end.
@@ -105,6 +108,12 @@ impl GatewayState {
     fn admission(&self) -> MutexGuard<'_, Admission> {
         self.admission.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
     }
+}
+
+/// The realm of our digest challenges when `sip.realm` is empty: the advertised host, else the
+/// media address (the address callers know us by).
+fn default_realm(resolved: &Resolved) -> String {
+    resolved.advertised_host.unwrap_or(resolved.media_address).to_string()
 }
 
 /// How many sources the admission table may track: always more than the calls that can be up
@@ -194,7 +203,6 @@ pub async fn start(
     let (shutdown, _) = watch::channel(false);
     let admission = Admission::new(AdmissionConfig {
         max_calls_per_source: config.calls.max_per_source,
-        invites_per_second: config.sip.invite_rate_per_source,
         trusted: resolved.trusted_proxies.clone(),
         max_sources: admission_table_size(config.calls.max_concurrent),
     });
@@ -215,6 +223,7 @@ pub async fn start(
         records,
         settings: SettingsCell::new(Settings { config: config.clone(), resolved: resolved.clone() }),
         reloader: Reloader::default(),
+        access: Arc::new(AccessScreen::new(Policy::new(&config, &resolved, &default_realm(&resolved)))),
         resolved,
         config,
     });
@@ -263,6 +272,7 @@ pub async fn start(
             }));
             listener
         }),
+        screen: Some(state.access.clone()),
     })
     .await?;
     let _ = state.sip.set(sip.clone());
@@ -301,7 +311,9 @@ pub async fn start(
 
 /// One new INVITE: per-source admission, then a global call slot, then the call's own task.
 /// Everything here is cheap; routing, RTP ports and the Realtime session come after.
-fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, call: IncomingCall) {
+fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, mut call: IncomingCall) {
+    // RFC 3325: an identity asserted from outside the trust domain is not believed.
+    crate::access::apply_identity_trust(&state.settings(), &mut call.info);
     if state.closing() {
         call::refuse_early(state, call, Refusal::ShuttingDown);
         return;
@@ -346,7 +358,7 @@ fn refuse_by_admission(state: &GatewayState, call: IncomingCall, refusal: Admiss
         warn!(
             reason = refusal.reason_label(),
             suppressed_since_last = suppressed,
-            "INVITE refused: source over its per-source limit (sip.invite_rate_per_source / calls.max_per_source)"
+            "INVITE refused: source over its per-source limit (calls.max_per_source)"
         );
     }
 }

@@ -26,7 +26,7 @@ pub mod transfer_limits {
     pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
 }
 mod access;
-pub use access::UnknownSources;
+pub use access::{UnknownSources, unknown_sources};
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod tls;
@@ -1182,6 +1182,11 @@ mod tests {
         assert!(resolved.sip_tls.is_none());
         assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
         assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
+        assert_eq!(cfg.sip.unknown_sources, defaults.sip.unknown_sources);
+        assert_eq!(cfg.sip.ban_secs, defaults.sip.ban_secs);
+        assert_eq!(cfg.sip.max_cps, defaults.sip.max_cps);
+        assert_eq!(cfg.sip.user_agent_deny, defaults.sip.user_agent_deny);
+        assert_eq!(cfg.sip.realm, defaults.sip.realm);
     }
 
     #[test]

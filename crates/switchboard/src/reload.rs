@@ -76,8 +76,9 @@ pub const RESTART_KEYS: &[&str] = &[
     "realtime.api_key",
     "realtime.model",
 ];
-/// Keys of restart-only sections that a reload applies all the same: per-source admission, and
-/// the TLS listener's certificate files (a renewed certificate is rotated in, `config/tls.rs`).
+/// Keys of restart-only sections that a reload applies all the same: per-source admission, the
+/// access screen, and the TLS listener's certificate files (a renewed certificate is rotated in,
+/// `config/tls.rs`).
 pub const RELOADABLE_KEYS: &[&str] = &[
     "sip.invite_rate_per_source",
     "sip.trusted_proxies",
@@ -86,6 +87,11 @@ pub const RELOADABLE_KEYS: &[&str] = &[
     "log.redact_numbers",
     "sip.tls_cert",
     "sip.tls_key",
+    "sip.unknown_sources",
+    "sip.ban_secs",
+    "sip.max_cps",
+    "sip.user_agent_deny",
+    "sip.realm",
 ];
 
 /// Why a reload was not applied.
@@ -271,6 +277,11 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
         trusted_proxies: new.sip.trusted_proxies.clone(),
         tls_cert: new.sip.tls_cert.clone(),
         tls_key: new.sip.tls_key.clone(),
+        unknown_sources: new.sip.unknown_sources,
+        ban_secs: new.sip.ban_secs,
+        max_cps: new.sip.max_cps,
+        user_agent_deny: new.sip.user_agent_deny.clone(),
+        realm: new.sip.realm.clone(),
         ..old.sip.clone()
     };
     // The endpoint and the key (the offline agent is chosen by it) are fixed at start.
@@ -385,6 +396,22 @@ mod tests {
         assert_eq!(settings.resolved.trusted_proxies.len(), 1);
         assert!(report.needs_restart.is_empty(), "{report:?}");
         assert!(report.changed.contains(&"calls.max_per_source".to_string()), "{report:?}");
+    }
+
+    #[test]
+    fn the_access_screen_keys_are_reloaded() {
+        let running = load(BASE);
+        let edited = BASE.replace(
+            "tcp = \"\"",
+            "tcp = \"\"\nunknown_sources = \"drop\"\nban_secs = 30\nmax_cps = 20\nuser_agent_deny = [\"x\"]\nrealm = \"r\"",
+        );
+        let (settings, report) = merge(&running, load(&edited));
+        let sip = &settings.config.sip;
+        assert_eq!(sip.unknown_sources, Some(crate::config::UnknownSources::Drop));
+        assert_eq!((sip.ban_secs, sip.max_cps, sip.realm.as_str()), (30, 20, "r"));
+        assert_eq!(sip.user_agent_deny.0, ["x"]);
+        assert!(report.needs_restart.is_empty(), "{report:?}");
+        assert!(report.changed.contains(&"sip.ban_secs".to_string()), "{report:?}");
     }
 
     #[test]

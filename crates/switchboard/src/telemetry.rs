@@ -122,6 +122,9 @@ pub const DRAINING: &str = "switchboard_draining";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
 /// Unix time of the last configuration successfully loaded (at start, then each applied reload).
 pub const CONFIG_RELOAD_SUCCESS_TIMESTAMP: &str = "switchboard_config_last_reload_success_timestamp_seconds";
+/// New out-of-dialog SIP requests the access screen refused before answering anything, by
+/// `action` (drop, reject, challenge) and `reason` (docs/security.md).
+pub const SIP_SCREENED_TOTAL: &str = "switchboard_sip_screened_total";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -289,6 +292,10 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Unix time the configuration in effect was loaded (at start, then each applied reload)."
     );
     metrics::describe_gauge!(ADMISSION_SOURCES, "Source addresses tracked by per-source admission.");
+    metrics::describe_counter!(
+        SIP_SCREENED_TOTAL,
+        "New SIP requests refused by the access screen before any answer, by action and reason."
+    );
     metrics::describe_counter!(TCP_CLOSED_TOTAL, "SIP TCP connections closed by the gateway, by reason.");
     metrics::describe_counter!(TCP_REFUSED_TOTAL, "SIP TCP connections refused at accept (caps), by reason.");
     metrics::describe_counter!(TCP_ACCEPT_ERRORS_TOTAL, "SIP TCP accept() failures that paused the accept loop.");

@@ -29,4 +29,6 @@ pub struct CallFacts {
     pub started: SystemTime,
     /// When the call was answered.
     pub answered: SystemTime,
+    /// The trunk: an inbound call's by its source or credentials (`access`), an outbound call's.
+    pub trunk: Option<String>,
 }

@@ -64,7 +64,8 @@ pub fn refuse_early(state: &GatewayState, call: IncomingCall, refusal: Refusal) 
     let info = call.info.clone();
     let end = refuse(state, call.invite, refusal);
     record_end(CallDirection::Inbound, &end);
-    state.records.inbound_unanswered(&info.call_id, &info, SystemTime::now(), &end);
+    let trunk = crate::access::inbound_trunk(&state.settings(), &info);
+    state.records.inbound_unanswered(&info.call_id, &info, trunk.as_deref(), SystemTime::now(), &end);
 }
 
 /// Runs one call to its end in its own span.
@@ -78,6 +79,7 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
         dialled = %Pii(&call.info.dialled)
     );
     async move {
+        let trunk = crate::access::inbound_trunk(&state.settings(), &call.info);
         // In the registry (the admin API's list, DELETE) until the call's task ends. The registry
         // has room for every call holding a slot; should it not, the call goes on unlisted.
         let listed = state.calls.register(
@@ -88,7 +90,7 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
                 from: call.info.from_uri.clone(),
                 // The trunk whose `sources` hold the caller's address; inbound calls are not
                 // limited by the trunk's `max_concurrent` (that bounds calls we place).
-                trunk: crate::access::inbound_trunk(&state.settings(), &call.info).map(|name| (name, usize::MAX)),
+                trunk: trunk.clone().map(|name| (name, usize::MAX)),
             },
             SystemTime::now(),
         );
@@ -101,12 +103,12 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
         };
         let call_id = entry.as_ref().map_or_else(|| Escaped(&call.info.call_id).to_string(), |e| e.id().to_string());
         tracing::Span::current().record("call_id", call_id.as_str());
-        info!(from = %Pii(&call.info.from_uri), transport = ?call.info.transport, "INVITE");
+        info!(from = %Pii(&call.info.from_uri), transport = ?call.info.transport, trunk = trunk.as_deref().unwrap_or("-"), "INVITE");
         let (info, invited) = (call.info.clone(), SystemTime::now());
         let end = run(&state, call, entry.as_ref(), hangup).await;
         // A call refused or cancelled before the answer gets its CDR here (answered: converse).
         let id = entry.as_ref().map_or_else(|| info.call_id.clone(), |entry| entry.id().to_string());
-        state.records.inbound_unanswered(&id, &info, invited, &end);
+        state.records.inbound_unanswered(&id, &info, trunk.as_deref(), invited, &end);
         drop(entry);
         match end.fault() {
             end::Fault::Upstream | end::Fault::Gateway => warn!(reason = ?end, fault = %end.fault(), "call ended"),
@@ -241,6 +243,7 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
         answered: SystemTime::now(),
+        trunk: crate::access::inbound_trunk(&state.settings(), &info),
     };
     let call = Established {
         direction: CallDirection::Inbound,

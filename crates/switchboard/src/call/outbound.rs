@@ -310,7 +310,14 @@ async fn handle(
         let started = SystemTime::now();
         let outcome = run(&state, settings, &sip, &plan, &entry, hangup).await;
         // Not answered: its CDR is written here (answered: converse).
-        state.records.outbound_unanswered(entry.id(), &plan.from_uri, &plan.to, &plan.agent_name, started, &outcome);
+        state.records.outbound_unanswered(
+            entry.id(),
+            &plan.from_uri,
+            &plan.to,
+            (&plan.agent_name, &plan.trunk_name),
+            started,
+            &outcome,
+        );
         match &outcome {
             OutboundOutcome::Answered { .. } | OutboundOutcome::Cancelled => info!(?outcome, "outbound call ended"),
             OutboundOutcome::Failed { .. } | OutboundOutcome::AgentUnavailable { .. } => {
@@ -502,6 +509,7 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started,
         answered: SystemTime::now(),
+        trunk: Some(plan.trunk_name.clone()),
     };
     let call = Established {
         direction: CallDirection::Outbound,

@@ -35,7 +35,6 @@ pub const SCANNER_USER_AGENTS: &[&str] = &[
     "iWar",
     "sundayddr",
     "SIVuS",
-    "smap",
 ];
 
 /// The effective `sip.unknown_sources`: the configured value, else `allow` while no trunk lists

@@ -136,6 +136,10 @@ pub(super) fn route_table(
                 if let Some(addr) = trunk_addresses.get(text) {
                     source.push(IpNet::host(addr.ip()));
                 }
+                // ...and the addresses its calls come from (`sources`; a bad one is reported
+                // under trunks.NAME.sources).
+                let sources = cfg.trunks.get(text).map(|trunk| trunk.sources.0.as_slice()).unwrap_or_default();
+                source.extend(sources.iter().filter_map(|net| IpNet::parse(net).ok()));
             } else {
                 bad(&key("source"), format!("`{text}` is not an IP address, a CIDR network or a trunk name"));
             }
@@ -309,5 +313,17 @@ mod tests {
         )
         .unwrap();
         assert!(matches!(decide(&resolved, "9"), Decision::Agent { route: "from-pbx", .. }));
+    }
+
+    #[test]
+    fn a_source_naming_a_trunk_matches_the_trunks_sources_too() {
+        let (_, resolved) = load(
+            "[trunks.carrier]\naddress = \"203.0.113.1:5060\"\nsources = [\"192.0.2.0/24\"]\n\
+             [[routes]]\ndialled = \"*\"\nsource = \"carrier\"\nagent = \"default\"\nname = \"from-carrier\"\n\
+             [agents.default]\nnumbers = [\"5\"]\n",
+        )
+        .unwrap();
+        // decide() calls from 192.0.2.1: inside the trunk's sources, not its address.
+        assert!(matches!(decide(&resolved, "9"), Decision::Agent { route: "from-carrier", .. }));
     }
 }

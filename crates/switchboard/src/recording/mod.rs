@@ -207,7 +207,14 @@ impl Records {
     /// The CDR of an inbound call that ended before it was answered (refused or cancelled):
     /// answered calls get theirs from the conversation ([`CallRecorder::finish`]). `id` is the
     /// gateway's call id (the registry's), `started` when the INVITE arrived.
-    pub fn inbound_unanswered(&self, id: &str, info: &CallInfo, started: SystemTime, end: &CallEnd) {
+    pub fn inbound_unanswered(
+        &self,
+        id: &str,
+        info: &CallInfo,
+        trunk: Option<&str>,
+        started: SystemTime,
+        end: &CallEnd,
+    ) {
         let sip_status = match end {
             CallEnd::Refused(refusal) => Some(refusal.status().0),
             CallEnd::CallerCancelled => Some(487),
@@ -228,6 +235,7 @@ impl Records {
             side: end.fault().to_string(),
             sip_status,
             redact_numbers: self.redact_numbers,
+            trunk,
         });
     }
 
@@ -238,7 +246,7 @@ impl Records {
         id: &str,
         from: &str,
         to: &str,
-        agent: &str,
+        (agent, trunk): (&str, &str),
         started: SystemTime,
         outcome: &OutboundOutcome,
     ) {
@@ -273,6 +281,7 @@ impl Records {
             side: side.to_owned(),
             sip_status,
             redact_numbers: self.redact_numbers,
+            trunk: Some(trunk),
         });
     }
 

@@ -106,6 +106,7 @@ mod tests {
             codec: "PCMU".into(),
             started_ms: 1_764_500_000_000,
             answered_ms: 1_764_500_000_300,
+            trunk: None,
             recording: Some(RecordingInfo {
                 wav: wav_path.display().to_string(),
                 sidecar: dir.path().join("rec/c1.json").display().to_string(),

@@ -156,6 +156,9 @@ pub struct RecordFacts {
     pub started_ms: u64,
     pub answered_ms: u64,
     pub recording: Option<RecordingInfo>,
+    /// The call's trunk (absent in sidecars written before issue 11).
+    #[serde(default)]
+    pub trunk: Option<String>,
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -180,6 +183,7 @@ impl RecordFacts {
             started_ms: unix_ms(facts.started),
             answered_ms: unix_ms(facts.answered),
             recording,
+            trunk: facts.trunk.clone(),
         }
     }
 }
@@ -233,6 +237,7 @@ impl CallSummary<'_> {
             "to": party(&facts.to, self.redact_numbers),
             "agent": facts.agent,
             "route": facts.route,
+            "trunk": facts.trunk,
             "codec": facts.codec,
             "started": timestamp(from_unix_ms(facts.started_ms)),
             "answered": timestamp(from_unix_ms(facts.answered_ms)),
@@ -360,6 +365,8 @@ pub struct Unanswered<'a> {
     /// The final response we sent (inbound) or got (outbound), when there was one.
     pub sip_status: Option<u16>,
     pub redact_numbers: bool,
+    /// The call's trunk, when it has one.
+    pub trunk: Option<&'a str>,
 }
 
 impl Unanswered<'_> {
@@ -368,6 +375,7 @@ impl Unanswered<'_> {
             "version": 1,
             "call_id": self.id,
             "sip_call_id": self.sip_call_id,
+            "trunk": self.trunk,
             "direction": self.direction,
             "from": party(self.from, self.redact_numbers),
             "to": party(self.to, self.redact_numbers),

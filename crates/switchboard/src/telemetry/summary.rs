@@ -25,6 +25,7 @@ pub fn log_call_summary(record: &Value) {
         to = text(record, "to"),
         agent = text(record, "agent"),
         route = text(record, "route"),
+        trunk = record["trunk"].as_str(),
         codec = text(record, "codec"),
         started = text(record, "started"),
         answered = record["answered"].as_str(),
@@ -99,6 +100,7 @@ mod tests {
             codec: "PCMU".into(),
             started_ms: 1_764_500_000_000,
             answered_ms: 1_764_500_000_420,
+            trunk: Some("carrier".into()),
             recording: Some(RecordingInfo {
                 wav: "/rec/2025/11/30/3f2a.wav".into(),
                 sidecar: "/rec/2025/11/30/3f2a.json".into(),
@@ -146,6 +148,7 @@ mod tests {
             "to",
             "agent",
             "route",
+            "trunk",
             "codec",
             "started",
             "answered",
@@ -217,9 +220,12 @@ mod tests {
             side: "caller".into(),
             sip_status: Some(404),
             redact_numbers: true,
+            trunk: Some("carrier"),
         }
         .cdr();
+        assert_eq!(record["trunk"], "carrier");
         let fields = logged(&record)["fields"].clone();
+        assert_eq!(fields["trunk"], "carrier");
         assert_eq!(fields["sip_status"], 404);
         assert_eq!(fields["reason"], "no_route");
         assert_eq!(fields["from"], "…3456");
