@@ -1013,7 +1013,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
     let trunk_sources = access::validate(cfg, &mut bad);
-    let (sip_tls, trunk_tls, trunk_tls_clients) = tls::validate(cfg, &mut bad);
+    let tls::ResolvedTls { listener: sip_tls, trunks: trunk_tls, clients: trunk_tls_clients } =
+        tls::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
 
     Some(Resolved {

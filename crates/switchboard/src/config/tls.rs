@@ -12,12 +12,18 @@ use switchboard_sip::tls::{self as sip_tls, ServerTrust, TlsConnect, TlsListener
 
 use super::{Config, Resolved, TrunkTransport, trunk_host};
 
-/// The TLS listener (when `sip.tls` is set and its files are good) and the trunks' client
-/// configurations, by trunk name.
-pub(super) fn validate(
-    cfg: &Config,
-    bad: &mut impl FnMut(&str, String),
-) -> (Option<TlsListener>, BTreeMap<String, TlsConnect>, BTreeMap<String, Arc<ServerConfig>>) {
+/// What the TLS keys resolve to.
+pub(super) struct ResolvedTls {
+    /// The listener, when `sip.tls` is set and its files are good.
+    pub listener: Option<TlsListener>,
+    /// How each `transport = "tls"` trunk's server is verified, by trunk name.
+    pub trunks: BTreeMap<String, TlsConnect>,
+    /// The listener's configuration for each trunk with `tls_client_ca`, by trunk name.
+    pub clients: BTreeMap<String, Arc<ServerConfig>>,
+}
+
+/// Checks the TLS keys, reading their files.
+pub(super) fn validate(cfg: &Config, bad: &mut impl FnMut(&str, String)) -> ResolvedTls {
     let listener = listener(cfg, bad);
     let mut trunks = BTreeMap::new();
     let mut clients = BTreeMap::new();
@@ -74,7 +80,7 @@ pub(super) fn validate(
             Err(e) => bad(&key("transport"), e.to_string()),
         }
     }
-    (listener, trunks, clients)
+    ResolvedTls { listener, trunks, clients }
 }
 
 /// A trunk's `tls_client_ca`: the listener's configuration for connections from its `sources`,
