@@ -3377,6 +3377,45 @@ mod tests {
         assert_eq!(transcripts(&out)[0].1, "caller utterance 1 (1300 ms)");
     }
 
+    /// `?intent=transcription` (§1.1): a transcription session, configured with `session.type:
+    /// "transcription"` and manual commits; each commit is transcribed with the scripted text,
+    /// no response is ever created, and the type cannot be changed.
+    #[test]
+    fn a_transcription_session_transcribes_commits_and_never_responds() {
+        let now = Instant::now();
+        let (mut sim, opening) = SimSession::new_transcription(cfg(0.0), now, 1_700_000_000, 7);
+        match events(&opening).first() {
+            Some(ServerEvent::SessionCreated(created)) => {
+                assert_eq!(created.session.session_type, "transcription");
+                assert_eq!(created.session.model, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let realtime = send(&mut sim, now, json!({"type":"session.update","session":{"type":"realtime"}}));
+        assert_eq!(error_of(&realtime).param.as_deref(), Some("session.type"));
+        let output = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"transcription","audio":{"output":{"voice":"marin"}}}}),
+        );
+        assert_eq!(error_of(&output).code.as_deref(), Some("unknown_parameter"));
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"transcription","audio":{"input":{
+                "format":{"type":"audio/pcmu"},"transcription":{"model":"gpt-4o-mini-transcribe"},
+                "turn_detection":null}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(types(&out).is_empty(), "no VAD, no response: {:?}", types(&out));
+        let out = send(&mut sim, now, json!({"type":"input_audio_buffer.commit"}));
+        assert!(!types(&out).iter().any(|t| t.starts_with("response.")), "{:?}", types(&out));
+        let said = transcripts(&out);
+        assert_eq!(said.len(), 1);
+        assert!(said[0].1.starts_with("transcribed audio 1 of "), "{}", said[0].1);
+    }
+
     #[test]
     fn transcription_fails_with_the_failed_event_not_an_error() {
         let now = Instant::now();

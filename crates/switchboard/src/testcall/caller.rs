@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use switchboard_media::rtp::{RtpHeader, StreamStart, parse_rtp, write_rtp};
 use switchboard_sdp::{Codec as SdpCodec, LocalMedia, OfferPolicy};
+use switchboard_sip::message::Method;
 use switchboard_sip::{CallFailure, CallProgress, Credentials, DialogEvent, OutgoingCall, SipEndpoint, Transport};
 use tokio::net::UdpSocket;
 use tokio::time::Instant;
@@ -199,6 +200,8 @@ pub async fn run_call(sip: &SipEndpoint, plan: &DialPlan, specs: Vec<TurnSpec>, 
         record.notes.push("the far end did not accept telephone-event: digits were not sent".into());
     }
     let remote = negotiated.remote_rtp;
+    // An agent's transfer (expect_transfer) arrives as a REFER: taken and recorded.
+    dialog.accept_refers();
 
     let mut machine = TurnMachine::new(specs, plan.agent_quiet_ms);
     let stream = StreamStart::random();
@@ -224,6 +227,21 @@ pub async fn run_call(sip: &SipEndpoint, plan: &DialPlan, specs: Vec<TurnSpec>, 
                     record.ended_by = "agent".into();
                     we_hang_up = false;
                     break;
+                }
+                Some(DialogEvent::Refer { refer_to }) => {
+                    machine.transfer(refer_to);
+                    // RFC 3515 §2.4.4: the referrer hears how the transfer went. A test caller
+                    // has no one to transfer to: it reports success, so the agent's side ends
+                    // its leg as after a real blind transfer.
+                    let requester = dialog.requester();
+                    tokio::spawn(async move {
+                        let headers = [
+                            ("Event", "refer"),
+                            ("Subscription-State", "terminated;reason=noresource"),
+                            ("Content-Type", "message/sipfrag;version=2.0"),
+                        ];
+                        let _ = requester.send_request(Method::Notify, &headers, b"SIP/2.0 200 OK\r\n").await;
+                    });
                 }
                 Some(_) => {}
             },

@@ -546,6 +546,14 @@ mod tests {
     }
 
     #[test]
+    fn the_documented_example_is_valid() {
+        let text = include_str!("../../../../config/scenarios/example.toml");
+        let s = parse(text, "example", Path::new("config/scenarios")).unwrap();
+        assert_eq!(s.name, "example");
+        assert_eq!(s.turns.last().map(|t| &t.action), Some(&Action::Hangup));
+    }
+
+    #[test]
     fn says_matches_whole_words_or_a_regex() {
         let words = SaysPattern::parse("Refund ORDER").unwrap();
         assert!(words.check("Sure, your order is refunded... refund done").is_ok());
