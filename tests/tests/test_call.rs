@@ -108,8 +108,8 @@ fn rms(samples: &[i16]) -> f64 {
 fn two_turns(ports: Ports, second_expects: &str) -> String {
     format!(
         "name = \"echo\"\ntarget = \"sip:agent@127.0.0.1:{}\"\n\
-         [[turns]]\nsay = \"Hello, I would like to check my order.\"\nexpect_within_ms = 3000\nexpect_says = \"transcribed audio\"\n\
-         [[turns]]\nsay = \"Thank you, goodbye.\"\nwait_ms = 200\nexpect_within_ms = 3000\nexpect_says = \"{second_expects}\"\n",
+         [[turns]]\nsay = \"Hello I would like to check my order.\"\nexpect_within_ms = 3000\nexpect_says = \"transcribed audio\"\n\
+         [[turns]]\nsay = \"Thank you goodbye.\"\nwait_ms = 200\nexpect_within_ms = 3000\nexpect_says = \"{second_expects}\"\n",
         ports.sip
     )
 }
@@ -168,7 +168,7 @@ fn words_the_echo_agent_never_says_fail_with_exit_1_and_a_junit_failure_naming_t
     let junit = std::fs::read_to_string(reports.join("junit.xml")).expect("junit.xml");
     assert!(
         junit.contains(
-            "<failure message=\"turn 1 (say &quot;Thank you, goodbye.&quot;): expect_says: transcript lacks refund, approved\""
+            "<failure message=\"turn 1 (say &quot;Thank you goodbye.&quot;): expect_says: transcript lacks refund, approved\""
         ),
         "{junit}"
     );

@@ -251,34 +251,6 @@ pub async fn run_call(sip: &SipEndpoint, plan: &DialPlan, specs: Vec<TurnSpec>, 
                 record.failure = Some(CallFailureKind::Timeout { reason: "the turns outlived call_timeout_ms".into() });
                 break;
             }
-            received = socket.recv_from(&mut receive_buffer) => {
-                let Ok((len, from)) = received else { continue };
-                if from.ip() != remote.ip() {
-                    continue;
-                }
-                let Some(bytes) = receive_buffer.get(..len) else { continue };
-                let Ok((header, body)) = parse_rtp(bytes) else { continue };
-                if header.payload_type != negotiated.payload_type {
-                    continue;
-                }
-                let arrival_ms = clock.elapsed().as_millis() as i64;
-                let (anchor_ts, anchor_ms) = *agent_anchor.get_or_insert((header.timestamp, arrival_ms));
-                let offset_ms = i64::from(header.timestamp.wrapping_sub(anchor_ts) as i32) / 8;
-                let at_ms = (anchor_ms + offset_ms).max(0) as u64;
-                decoded.clear();
-                law.decode(body, &mut decoded);
-                let start = (at_ms as usize).saturating_mul(8);
-                let end = start.saturating_add(decoded.len());
-                if end <= max_samples {
-                    if record.agent_track.len() < end {
-                        record.agent_track.resize(end, 0);
-                    }
-                    if let Some(slot) = record.agent_track.get_mut(start..end) {
-                        slot.copy_from_slice(&decoded);
-                    }
-                }
-                machine.agent_audio(at_ms, audio::is_speech(&decoded));
-            }
             () = tokio::time::sleep_until(next_frame) => {
                 let now_ms = frame_index * FRAME_MS;
                 frame_index += 1;
@@ -348,6 +320,34 @@ pub async fn run_call(sip: &SipEndpoint, plan: &DialPlan, specs: Vec<TurnSpec>, 
                         let _ = socket.send_to(&packet, remote).await;
                     }
                 }
+            }
+            received = socket.recv_from(&mut receive_buffer) => {
+                let Ok((len, from)) = received else { continue };
+                if from.ip() != remote.ip() {
+                    continue;
+                }
+                let Some(bytes) = receive_buffer.get(..len) else { continue };
+                let Ok((header, body)) = parse_rtp(bytes) else { continue };
+                if header.payload_type != negotiated.payload_type {
+                    continue;
+                }
+                let arrival_ms = clock.elapsed().as_millis() as i64;
+                let (anchor_ts, anchor_ms) = *agent_anchor.get_or_insert((header.timestamp, arrival_ms));
+                let offset_ms = i64::from(header.timestamp.wrapping_sub(anchor_ts) as i32) / 8;
+                let at_ms = (anchor_ms + offset_ms).max(0) as u64;
+                decoded.clear();
+                law.decode(body, &mut decoded);
+                let start = (at_ms as usize).saturating_mul(8);
+                let end = start.saturating_add(decoded.len());
+                if end <= max_samples {
+                    if record.agent_track.len() < end {
+                        record.agent_track.resize(end, 0);
+                    }
+                    if let Some(slot) = record.agent_track.get_mut(start..end) {
+                        slot.copy_from_slice(&decoded);
+                    }
+                }
+                machine.agent_audio(at_ms, audio::is_speech(&decoded));
             }
         }
     }

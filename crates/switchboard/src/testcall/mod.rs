@@ -80,12 +80,24 @@ pub struct Prepared {
 }
 
 /// Where transcripts come from.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub enum TranscriptionSource {
     /// OpenAI (or the configured `realtime.url`) with the API key.
     Realtime { url: String, api_key: String, model: String },
     /// The simulator, started in-process (no API key).
     Offline { model: String },
+}
+
+impl std::fmt::Debug for TranscriptionSource {
+    /// The API key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TranscriptionSource::Realtime { url, model, .. } => {
+                f.debug_struct("Realtime").field("url", url).field("model", model).finish_non_exhaustive()
+            }
+            TranscriptionSource::Offline { model } => f.debug_struct("Offline").field("model", model).finish(),
+        }
+    }
 }
 
 /// Runs the command; returns the exit status.

@@ -32,13 +32,24 @@ pub enum TranscribeError {
 }
 
 /// Where the transcription session is and which model transcribes.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct TranscribeConfig {
     /// `wss://…/v1/realtime` (or the simulator's `ws://` URL); `?intent=transcription` is added.
     pub url: String,
     pub api_key: String,
     pub model: String,
     pub timeout: Duration,
+}
+
+impl std::fmt::Debug for TranscribeConfig {
+    /// The API key is never printed.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TranscribeConfig")
+            .field("url", &self.url)
+            .field("model", &self.model)
+            .field("timeout", &self.timeout)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The URL of a transcription session: `intent=transcription` and no `model` (reference §1.1).
@@ -165,5 +176,12 @@ mod tests {
                 "transcription":{"model":"gpt-4o-mini-transcribe"},
                 "turn_detection":null}}}})
         );
+        let cfg = TranscribeConfig {
+            url: "wss://api.openai.com/v1/realtime".into(),
+            api_key: "sk-secret".into(),
+            model: "gpt-4o-mini-transcribe".into(),
+            timeout: Duration::from_secs(1),
+        };
+        assert!(!format!("{cfg:?}").contains("sk-secret"));
     }
 }
