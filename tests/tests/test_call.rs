@@ -209,7 +209,8 @@ fn a_busy_callee_fails_the_call_as_busy() {
     let ports = Ports::for_slot(63);
     let config = plain_config(&dir, ports);
     let mut callee = sipp_callee("uas_busy.xml", &dir, ports);
-    let scenario = format!("target = \"sip:callee@127.0.0.1:{}\"\n[[turns]]\nexpect_within_ms = 1000\n", ports.peer_sip);
+    let scenario =
+        format!("target = \"sip:callee@127.0.0.1:{}\"\n[[turns]]\nexpect_within_ms = 1000\n", ports.peer_sip);
     let (output, reports) = test_call(&dir, &config, &scenario, &[]);
     assert_eq!(output.status.code(), Some(1), "{}", describe(&output));
     let report = report_json(&reports);
@@ -245,7 +246,8 @@ fn load_mode_reports_latency_percentiles_across_calls() {
     assert_eq!(summary["passed"], 20);
     let latency = &summary["latency_ms"];
     assert_eq!(latency["count"], 20, "{summary}");
-    let (p50, p95, p99) = (latency["p50"].as_u64().unwrap(), latency["p95"].as_u64().unwrap(), latency["p99"].as_u64().unwrap());
+    let (p50, p95, p99) =
+        (latency["p50"].as_u64().unwrap(), latency["p95"].as_u64().unwrap(), latency["p99"].as_u64().unwrap());
     assert!(p50 > 0 && p50 <= p95 && p95 <= p99 && p99 <= latency["max"].as_u64().unwrap(), "{latency}");
     // The percentiles are those of the calls' own latencies (nearest rank).
     let mut all: Vec<u64> = report["calls"]
@@ -258,5 +260,11 @@ fn load_mode_reports_latency_percentiles_across_calls() {
     assert_eq!((p50, p95, p99), (all[9], all[18], all[19]), "{all:?}");
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(stdout.contains(&format!("p50 {p50} ms, p95 {p95} ms, p99 {p99} ms")), "{stdout}");
-    assert_eq!(std::fs::read_dir(&reports).unwrap().filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wav")).count(), 20);
+    assert_eq!(
+        std::fs::read_dir(&reports)
+            .unwrap()
+            .filter(|e| e.as_ref().unwrap().path().extension().is_some_and(|x| x == "wav"))
+            .count(),
+        20
+    );
 }

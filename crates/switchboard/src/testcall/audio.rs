@@ -109,6 +109,19 @@ fn low_pass(samples: &[i16], rate: u32, cutoff_hz: f64) -> Vec<i16> {
         .collect()
 }
 
+/// The caller's speech without the silence a synthesiser or a recording leaves before and after
+/// it (whole 20 ms frames below [`SPEECH_DBFS`]), so that `caller_end_ms`, and with it the
+/// latency, is the end of the speech and not of the file.
+pub fn trim_silence(samples: &[i16]) -> Vec<i16> {
+    let frames: Vec<&[i16]> = samples.chunks(FRAME_SAMPLES).collect();
+    let first = frames.iter().position(|f| is_speech(f));
+    let last = frames.iter().rposition(|f| is_speech(f));
+    match (first, last) {
+        (Some(first), Some(last)) => frames.get(first..=last).map(|f| f.concat()).unwrap_or_default(),
+        _ => Vec::new(),
+    }
+}
+
 /// The G.711 law of the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Law {
@@ -176,6 +189,19 @@ mod tests {
         assert_eq!(dtmf_event('x'), None);
         assert_eq!(dtmf_payload(11, false, 160), [11, 10, 0, 160]);
         assert_eq!(dtmf_payload(1, true, 800), [1, 0x8A, 3, 32]);
+    }
+
+    #[test]
+    fn silence_around_speech_is_trimmed_by_whole_frames() {
+        let mut samples = vec![0i16; 160 * 3 + 40];
+        samples.extend(signal::sine(300.0, RATE, 100, 8000));
+        samples.extend(vec![3i16; 160 * 5]);
+        let trimmed = trim_silence(&samples);
+        // From the frame where the tone begins (frame 3, which starts 40 samples before it) to
+        // the last frame holding any of it.
+        assert_eq!(trimmed.len(), 160 * 6);
+        assert_eq!(trimmed[..40], [0i16; 40]);
+        assert!(trim_silence(&[0; 800]).is_empty());
     }
 
     #[test]

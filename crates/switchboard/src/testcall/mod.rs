@@ -328,7 +328,7 @@ async fn execute(prepared: Prepared, report_dir: Option<PathBuf>) -> u8 {
             _ => Ok(Vec::new()),
         };
         let speech = match made {
-            Ok(speech) => speech,
+            Ok(speech) => audio::trim_silence(&speech),
             Err((key, e)) => {
                 eprintln!("scenario: {key}: {e}");
                 return EXIT_USAGE;
