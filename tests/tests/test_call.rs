@@ -7,7 +7,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use switchboard_e2e::procs::{ChildGuard, Gateway, run_bounded};
+use switchboard_e2e::procs::{ChildGuard, Gateway, Sim, run_bounded};
 use switchboard_e2e::{Ports, tools};
 
 /// The longest one test-call run may take (20 calls in load mode included).
@@ -267,4 +267,60 @@ fn load_mode_reports_latency_percentiles_across_calls() {
             .count(),
         20
     );
+}
+
+#[test]
+fn an_agent_transfer_by_refer_passes_expect_transfer_and_expect_hangup() {
+    let test = "test_call_agent_transfer";
+    let dir = tools::scratch_dir(test);
+    let ports = Ports::for_slot(89);
+    // An external simulator (so the test can cue the transfer tool); the API key set, so the
+    // transcription session also goes to it through the "API key" path.
+    let sim = Sim::start(ports, &[], &dir);
+    let transfer = "[agents.default.transfer]\nannounce = \"Please hold while I connect you.\"\nrefer_timeout_secs = 10\n\
+                    on_failure = \"agent\"\n[agents.default.transfer.queues]\nsales = \"sip:sales@127.0.0.1:5999\"\n";
+    let gateway = Gateway::start(ports, &sim.url(), transfer, &dir);
+    let scenario = format!(
+        "target = \"sip:agent@127.0.0.1:{}\"\n[[turns]]\nlisten_ms = 10000\nexpect_transfer = true\nexpect_hangup = true\n",
+        ports.sip
+    );
+    std::fs::write(dir.join("scenario.toml"), scenario).expect("write scenario");
+    let reports = dir.join("report");
+    let out = std::fs::File::create(dir.join("test-call.out")).expect("stdout file");
+    let mut caller = ChildGuard::spawn(
+        "switchboard test-call",
+        Command::new(tools::gateway_binary())
+            .arg("test-call")
+            .arg("--config")
+            .arg(dir.join("switchboard.toml"))
+            .arg("--scenario")
+            .arg(dir.join("scenario.toml"))
+            .arg("--report-dir")
+            .arg(&reports)
+            .env_remove("OPENAI_API_KEY")
+            .stdout(out)
+            .stderr(Stdio::null()),
+    );
+    // Once the call's Realtime session is up, the model calls transfer_to_human.
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while sim.sessions().as_array().is_none_or(Vec::is_empty) {
+        assert!(std::time::Instant::now() < deadline, "no Realtime session: the call never came up");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    sim.control(
+        "call_tool",
+        r#"{"name":"transfer_to_human","arguments":"{\"queue\":\"sales\",\"reason\":\"wants a person\"}","say_ms":500,"now":true}"#,
+    );
+    let status = caller.wait_timeout(Duration::from_secs(40));
+    let stdout = std::fs::read_to_string(dir.join("test-call.out")).unwrap_or_default();
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{stdout}\ngateway log:\n{}", gateway.log());
+    let report = report_json(&reports);
+    let call = &report["calls"][0];
+    assert_eq!(call["ended_by"], "agent", "{call}");
+    let verdicts = call["turns"][0]["expectations"].as_array().expect("verdicts");
+    assert_eq!(verdicts[0]["expectation"], "expect_hangup");
+    assert_eq!(verdicts[1]["expectation"], "expect_transfer");
+    assert!(verdicts[1]["detail"].as_str().unwrap().contains("sip:sales@127.0.0.1:5999"), "{verdicts:?}");
+    assert!(gateway.log().contains("caller transferred; ending our leg"), "{}", gateway.log());
 }
