@@ -112,8 +112,12 @@ pub struct RealtimeReceiver {
     last_frame_at: Instant,
 }
 
-/// Builds the request URL: appends `model=<model>` unless the query already names a model.
+/// Builds the request URL: appends `model=<model>` unless the query already names a model, or
+/// `model` is empty (a transcription session, `?intent=transcription`, names none: §1.1).
 fn request_url(cfg: &ConnectConfig) -> String {
+    if cfg.model.is_empty() {
+        return cfg.url.clone();
+    }
     let (base, query) = match cfg.url.split_once('?') {
         Some((base, query)) => (base, Some(query)),
         None => (cfg.url.as_str(), None),

@@ -233,6 +233,27 @@ pub struct SimSession {
 }
 
 impl SimSession {
+    /// Opens a transcription session (`?intent=transcription`, §1.1): `session.type` is
+    /// `transcription`, with no model, instructions or output audio, and no responses ever;
+    /// committed audio is transcribed with [`script::transcription_transcript`] (the simulator
+    /// recognises no words).
+    pub fn new_transcription(cfg: SimConfig, now: Instant, unix_now_secs: i64, seed: u64) -> (Self, Vec<Outgoing>) {
+        let (mut sim, mut opening) = Self::new(cfg, "", now, unix_now_secs, seed);
+        sim.session.session_type = "transcription".to_owned();
+        sim.session.model = None;
+        sim.session.output_modalities = None;
+        sim.session.instructions = None;
+        if let Some(audio) = sim.session.audio.as_mut() {
+            audio.output = None;
+        }
+        for out in &mut opening {
+            if let Outgoing::Event(ServerEvent::SessionCreated(created)) = out {
+                created.session = sim.session.clone();
+            }
+        }
+        (sim, opening)
+    }
+
     /// Opens a session: returns it with `session.created` and `conversation.created` (§1.3).
     pub fn new(cfg: SimConfig, model: &str, now: Instant, unix_now_secs: i64, seed: u64) -> (Self, Vec<Outgoing>) {
         let mut rng = StdRng::seed_from_u64(seed);
@@ -659,6 +680,13 @@ impl SimSession {
     /// `schema::client_event` before it was typed.
     fn validate_session(&self, s: &SessionConfig) -> Result<(), (&'static str, String, String)> {
         let invalid = |param: &str, message: String| Err(("invalid_value", message, param.to_owned()));
+        if s.session_type != self.session.session_type {
+            // The type comes with the connection (`intent`, §1.1); an update must match it.
+            return invalid(
+                "session.type",
+                format!("The session type cannot be changed from '{}'.", self.session.session_type),
+            );
+        }
         if let (Some(model), Some(current)) = (&s.model, &self.session.model)
             && model != current
         {
@@ -826,7 +854,8 @@ impl SimSession {
         }))];
         let utterance = self.take_span(start_ms as f64, audio_end_ms as f64);
         out.extend(self.commit_user_item(now, item_id, audio_end_ms.saturating_sub(start_ms) as f64, true));
-        let create = self.turn_detection().is_some_and(|td| td.create_response());
+        let create = self.session.session_type != "transcription"
+            && self.turn_detection().is_some_and(|td| td.create_response());
         if create && self.active.is_none() {
             let source = match self.cfg.behaviour {
                 Behaviour::Echo => ReplySource::Echo { samples: utterance, rate: self.input_format.sample_rate() },
@@ -929,7 +958,11 @@ impl SimSession {
         if transcribe {
             let transcript = if spoken {
                 self.user_utterances += 1;
-                script::utterance_transcript(self.user_utterances, duration_ms)
+                if self.session.session_type == "transcription" {
+                    script::transcription_transcript(self.user_utterances, duration_ms)
+                } else {
+                    script::utterance_transcript(self.user_utterances, duration_ms)
+                }
             } else {
                 String::new()
             };
@@ -3342,6 +3375,45 @@ mod tests {
         assert!(sim.poll(t0 + Duration::from_millis(799)).is_empty());
         let out = sim.poll(t0 + Duration::from_millis(800));
         assert_eq!(transcripts(&out)[0].1, "caller utterance 1 (1300 ms)");
+    }
+
+    /// `?intent=transcription` (§1.1): a transcription session, configured with `session.type:
+    /// "transcription"` and manual commits; each commit is transcribed with the scripted text,
+    /// no response is ever created, and the type cannot be changed.
+    #[test]
+    fn a_transcription_session_transcribes_commits_and_never_responds() {
+        let now = Instant::now();
+        let (mut sim, opening) = SimSession::new_transcription(cfg(0.0), now, 1_700_000_000, 7);
+        match events(&opening).first() {
+            Some(ServerEvent::SessionCreated(created)) => {
+                assert_eq!(created.session.session_type, "transcription");
+                assert_eq!(created.session.model, None);
+            }
+            other => panic!("{other:?}"),
+        }
+        let realtime = send(&mut sim, now, json!({"type":"session.update","session":{"type":"realtime"}}));
+        assert_eq!(error_of(&realtime).param.as_deref(), Some("session.type"));
+        let output = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"transcription","audio":{"output":{"voice":"marin"}}}}),
+        );
+        assert_eq!(error_of(&output).code.as_deref(), Some("unknown_parameter"));
+        let out = send(
+            &mut sim,
+            now,
+            json!({"type":"session.update","session":{"type":"transcription","audio":{"input":{
+                "format":{"type":"audio/pcmu"},"transcription":{"model":"gpt-4o-mini-transcribe"},
+                "turn_detection":null}}}}),
+        );
+        assert_eq!(types(&out), ["session.updated"]);
+        let out = append_pcmu(&mut sim, now, &turn());
+        assert!(types(&out).is_empty(), "no VAD, no response: {:?}", types(&out));
+        let out = send(&mut sim, now, json!({"type":"input_audio_buffer.commit"}));
+        assert!(!types(&out).iter().any(|t| t.starts_with("response.")), "{:?}", types(&out));
+        let said = transcripts(&out);
+        assert_eq!(said.len(), 1);
+        assert!(said[0].1.starts_with("transcribed audio 1 of "), "{}", said[0].1);
     }
 
     #[test]

@@ -271,9 +271,14 @@ fn session(v: &Value, path: &str) -> Check {
     }
     closed(v, path, &SESSION_FIELDS)?;
     let kind = string(required(map, path, "type")?, &join(path, "type"))?;
-    if kind != "realtime" {
-        // The simulator serves speech-to-speech sessions only.
-        return Err(not_in(&join(path, "type"), kind, &["realtime"]));
+    if kind == "transcription" {
+        // A transcription session (§2, §2.3) configures its input audio only.
+        closed(v, path, &["type", "audio", "include"])?;
+        if let Some(audio) = opt(map, "audio") {
+            closed(audio, &join(path, "audio"), &["input"])?;
+        }
+    } else if kind != "realtime" {
+        return Err(not_in(&join(path, "type"), kind, &["realtime", "transcription"]));
     }
     if let Some(v) = opt(map, "model") {
         string(v, &join(path, "model"))?;

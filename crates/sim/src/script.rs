@@ -12,6 +12,12 @@ pub fn utterance_transcript(n: u32, ms: f64) -> String {
     format!("caller utterance {n} ({} ms)", ms.round())
 }
 
+/// The transcript a transcription session (`?intent=transcription`) returns for its `n`th
+/// committed audio item (1-based) of `ms` milliseconds.
+pub fn transcription_transcript(n: u32, ms: f64) -> String {
+    format!("transcribed audio {n} of {} ms", ms.round())
+}
+
 /// The scripted answer to a text item: a 600 ms tone whose frequency names the first key in
 /// the text (digit d: 500 + 100 d Hz; `*` 1500; `#` 1600; `A`-`D` 1700-2000), with the
 /// transcript "You pressed KEY."; without a key, 440 Hz and "I got your message.".

@@ -267,10 +267,12 @@ async fn realtime(
     };
     let beta = headers.contains_key("openai-beta");
     let model = query.get("model").cloned().unwrap_or_else(|| DEFAULT_MODEL.to_owned());
+    // §1.1: `intent=transcription` opens a transcription-only session.
+    let transcription = query.get("intent").is_some_and(|intent| intent == "transcription");
     upgrade
         .max_message_size(32 * 1024 * 1024)
         .max_frame_size(32 * 1024 * 1024)
-        .on_upgrade(move |socket| run_session(state, socket, model, beta))
+        .on_upgrade(move |socket| run_session(state, socket, model, beta, transcription))
 }
 
 /// Replaces base64 audio by its decoded size so logs stay small.
@@ -358,7 +360,7 @@ where
     true
 }
 
-async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, beta: bool) {
+async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, beta: bool, transcription: bool) {
     let limit = state.cfg.log_limit;
     let log: SharedLog =
         Arc::new(Mutex::new(SessionLog { model: model.clone(), started_unix_us: unix_us(), ..SessionLog::default() }));
@@ -401,7 +403,11 @@ async fn run_session(state: Arc<AppState>, socket: WebSocket, model: String, bet
     let n = state.sessions_started.fetch_add(1, Ordering::Relaxed);
     let seed = state.cfg.seed ^ n.wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let unix_secs = i64::try_from(unix_us() / 1_000_000).unwrap_or(0);
-    let (mut session, opening) = SimSession::new(state.cfg.clone(), &model, Instant::now(), unix_secs, seed);
+    let (mut session, opening) = if transcription {
+        SimSession::new_transcription(state.cfg.clone(), Instant::now(), unix_secs, seed)
+    } else {
+        SimSession::new(state.cfg.clone(), &model, Instant::now(), unix_secs, seed)
+    };
     lock(&log).session_id = session.session().id.clone().unwrap_or_default();
     tracing::info!(model, session_id = %lock(&log).session_id, "simulated session opened");
     let mut shutdown = state.shutdown.clone();

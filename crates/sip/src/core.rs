@@ -16,7 +16,7 @@
 //! [`Core::hangup`], [`Core::send_request`], [`Core::place_call`] and [`Core::cancel_call`],
 //! and drain [`Core::poll_transmit`], [`Core::poll_event`] and [`Core::poll_timeout`].
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -173,6 +173,10 @@ pub enum DialogEvent {
     /// a REFER we sent), already answered 200. Header values as sent; `body` is normally a
     /// `message/sipfrag` status line ([`crate::sipfrag::parse_status`]).
     Notify { event: String, subscription_state: String, content_type: String, body: String },
+    /// A REFER in a dialog whose application takes them ([`Core::accept_refers`]), already
+    /// answered 202 Accepted (RFC 3515 §2.4.2); `refer_to` is the Refer-To value as sent. The
+    /// application owes the referrer NOTIFYs (§2.4.4).
+    Refer { refer_to: String },
 }
 
 /// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
@@ -366,6 +370,8 @@ pub struct Core {
     events: VecDeque<CoreEvent>,
     /// Access control for new out-of-dialog requests (`crate::screen`).
     screen: Option<std::sync::Arc<dyn crate::screen::Screen>>,
+    /// Dialogs whose application takes REFERs ([`Core::accept_refers`]); others answer 501.
+    refer_dialogs: HashSet<DialogId>,
 }
 
 fn reason_phrase(code: u16) -> &'static str {
@@ -600,6 +606,7 @@ impl Core {
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             screen: None,
+            refer_dialogs: HashSet::new(),
         }
     }
 
@@ -1410,6 +1417,7 @@ impl Core {
 
 mod dialog;
 mod outgoing;
+mod refer;
 pub mod transaction;
 
 pub use self::dialog::Role;

@@ -902,6 +902,12 @@ impl Dialog {
         &self.call_id
     }
 
+    /// From now on, a REFER in this dialog is answered 202 and becomes [`DialogEvent::Refer`]
+    /// (the application then owes the NOTIFYs, RFC 3515 §2.4.4); without it REFER gets 501.
+    pub fn accept_refers(&self) {
+        self.shared.core().accept_refers(self.id);
+    }
+
     /// Whether we placed the call (UAC) or answered it (UAS).
     pub fn role(&self) -> Role {
         self.role

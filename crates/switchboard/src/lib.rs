@@ -18,4 +18,5 @@ pub mod routing;
 pub mod rtp_ports;
 pub mod signing;
 pub mod telemetry;
+pub mod testcall;
 pub mod webhook;

@@ -53,6 +53,27 @@ enum Command {
         #[arg(long, default_value = "http://127.0.0.1:9090/healthz")]
         url: String,
     },
+    /// Place scripted test calls to an agent and report, turn by turn, what it said and how
+    /// fast (docs/test-call.md). Exit 0: every expectation held; 1: one failed; 2: usage error.
+    TestCall {
+        #[arg(long, short, default_value = "config/switchboard.toml")]
+        config: PathBuf,
+        /// The scenario file (config/scenarios/example.toml shows every key).
+        #[arg(long, short)]
+        scenario: PathBuf,
+        /// A sip: URI to call instead of the scenario's target or trunk.
+        #[arg(long)]
+        target: Option<String>,
+        /// Where report.json, junit.xml and one stereo WAV per call are written.
+        #[arg(long)]
+        report_dir: Option<PathBuf>,
+        /// Calls to place (overrides the scenario's `calls`).
+        #[arg(long)]
+        calls: Option<u32>,
+        /// Calls at once (overrides the scenario's `concurrency`).
+        #[arg(long)]
+        concurrency: Option<u32>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -81,6 +102,16 @@ fn main() -> ExitCode {
         Command::Run { config } => run(config),
         Command::Route { config, to, from, source, at } => route(&config, &to, &from, source, at.as_deref()),
         Command::Healthcheck { url } => healthcheck(&url),
+        Command::TestCall { config, scenario, target, report_dir, calls, concurrency } => {
+            ExitCode::from(switchboard::testcall::main(switchboard::testcall::Options {
+                config,
+                scenario,
+                target,
+                report_dir,
+                calls,
+                concurrency,
+            }))
+        }
     }
 }
 

@@ -730,3 +730,46 @@ fn mutated_responses_never_panic_and_leave_nothing_behind() {
         assert!(h.core.outgoing.is_empty(), "round {round}: call state left behind");
     }
 }
+
+/// RFC 3515: a REFER from the callee gets 501 unless the dialog accepts REFERs; then 202 and a
+/// `Refer` event with the Refer-To; without exactly one Refer-To, 400.
+#[test]
+fn refer_received_on_a_uac_dialog_is_taken_only_when_accepted() {
+    let mut h = Harness::new();
+    let (_, invite) = h.place(call(Transport::Udp, 120_000, None));
+    h.recv(100, &ok_200(&invite, "callee"));
+    let dialog = match outgoing(&h.events()).as_slice() {
+        [OutgoingProgress::Answered { dialog, .. }] => *dialog,
+        other => panic!("{other:?}"),
+    };
+    h.sent();
+    let refer = |cseq: u32, refer_to: &str| {
+        format!(
+            "REFER sip:switchboard@127.0.0.1:5060 SIP/2.0\r\n\
+             Via: SIP/2.0/UDP 127.0.0.1:5090;branch=z9hG4bKrefer{cseq}\r\n\
+             Max-Forwards: 70\r\n\
+             From: {};tag=callee\r\n\
+             To: {}\r\n\
+             Call-ID: {}\r\n\
+             CSeq: {cseq} REFER\r\n\
+             {refer_to}\
+             Content-Length: 0\r\n\r\n",
+            invite.header("To").unwrap(),
+            invite.header("From").unwrap(),
+            invite.call_id().unwrap()
+        )
+    };
+    h.recv(1_000, &refer(1, "Refer-To: <sip:human@example.com>\r\n"));
+    assert_eq!(h.sent()[0].1.status(), Some(501));
+    assert!(h.events().is_empty());
+
+    h.core.accept_refers(dialog);
+    h.recv(2_000, &refer(2, ""));
+    assert_eq!(h.sent()[0].1.status(), Some(400));
+    h.recv(3_000, &refer(3, "Refer-To: <sip:human@example.com>\r\n"));
+    assert_eq!(h.sent()[0].1.status(), Some(202));
+    assert_eq!(
+        h.events(),
+        vec![CoreEvent::Dialog { dialog, notice: DialogEvent::Refer { refer_to: "<sip:human@example.com>".into() } }]
+    );
+}

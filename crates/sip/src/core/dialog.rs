@@ -128,6 +128,7 @@ impl Core {
             Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
             Method::Info => self.handle_info(now, origin, request, key, dialog_id),
             Method::Notify => self.handle_notify(now, origin, request, key, dialog_id),
+            Method::Refer => self.handle_refer(now, origin, request, key, dialog_id),
             _ => self.respond(now, key, &origin, &request, 501, None, &[]),
         }
     }

@@ -492,6 +492,8 @@ impl MediaLoop<'_> {
                             self.on_refer_notify(&subscription_state, &body);
                             continue;
                         }
+                        // Never: the gateway's dialogs do not accept REFERs (they get 501).
+                        Some(DialogEvent::Refer { .. }) => continue,
                     };
                     if input == DialogInput::RemoteBye {
                         self.transfer_caller_left();
