@@ -225,7 +225,8 @@ impl CoreHarness {
                 CoreEvent::Dialog { .. }
                 | CoreEvent::ByeFinished { .. }
                 | CoreEvent::RequestFinished { .. }
-                | CoreEvent::Outgoing { .. } => {}
+                | CoreEvent::Outgoing { .. }
+                | CoreEvent::OutOfDialogFinished { .. } => {}
             }
         }
     }

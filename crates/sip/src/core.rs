@@ -197,6 +197,8 @@ pub enum CoreEvent {
     RequestFinished { dialog: DialogId, request: RequestId, outcome: RequestOutcome },
     /// A call we placed progressed.
     Outgoing { call: OutgoingId, progress: OutgoingProgress },
+    /// A request sent with [`Core::send_request_outside_dialog`] ended.
+    OutOfDialogFinished { request: RequestId, outcome: OutOfDialogOutcome },
 }
 
 /// What [`Core::hangup`] did.
@@ -324,6 +326,8 @@ enum RequestOwner {
     Cancel(OutgoingId),
     /// Another in-dialog request sent with [`Core::send_request`].
     InDialog { dialog: DialogId, request: RequestId },
+    /// A request outside any dialog ([`Core::send_request_outside_dialog`]: REGISTER).
+    OutOfDialog(RequestId),
 }
 
 #[derive(Debug)]
@@ -967,6 +971,10 @@ impl Core {
                 let outcome = RequestOutcome::Answered { status: code, reason };
                 self.events.push_back(CoreEvent::RequestFinished { dialog, request, outcome });
             }
+            RequestOwner::OutOfDialog(request) => {
+                let outcome = OutOfDialogOutcome::Answered(Box::new(response));
+                self.events.push_back(CoreEvent::OutOfDialogFinished { request, outcome });
+            }
         }
     }
 
@@ -1334,8 +1342,11 @@ impl Core {
 }
 
 mod dialog;
+mod out_of_dialog;
 mod outgoing;
 pub mod transaction;
+
+pub use self::out_of_dialog::{MAX_OUT_OF_DIALOG_REQUESTS, OutOfDialogOutcome, OutOfDialogRequest};
 
 pub use self::dialog::Role;
 use self::dialog::{DialogPhase, DialogState, Pending2xx};

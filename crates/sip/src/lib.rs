@@ -10,7 +10,8 @@
 //! - [`digest`]: digest authentication as a client (RFC 7616, RFC 2617);
 //! - [`endpoint`]: the tokio shell (UDP socket, TCP listener with Content-Length framing) and
 //!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`ClientInvite`], [`Dialog`]);
-//! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]).
+//! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]);
+//! - [`registration`]: the REGISTER client (§10.2), a sans-IO machine the application drives.
 //!
 //! No panic on any input from the network, and how that is kept true rather than claimed:
 //! - lints on this crate's non-test code: `clippy::indexing_slicing` and
@@ -31,6 +32,7 @@ pub mod core;
 pub mod digest;
 pub mod endpoint;
 pub mod message;
+pub mod registration;
 pub mod sipfrag;
 
 use std::time::Duration;
