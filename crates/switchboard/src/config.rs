@@ -27,6 +27,7 @@ pub mod transfer_limits {
 }
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+mod nat;
 pub mod view;
 
 /// The whole configuration file.
@@ -82,6 +83,9 @@ pub struct SipConfig {
     pub tcp_max_connections_per_address: usize,
     /// Bytes queued for a TCP peer that does not read before it is disconnected.
     pub tcp_write_queue_bytes: usize,
+    /// The address our Via, Contact and REGISTER Contact say (an IP; behind 1:1 NAT: the public
+    /// one). Empty: `advertised_host`, its deprecated older name (config/nat.rs).
+    pub public_host: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -115,6 +119,9 @@ pub struct MediaConfig {
     pub jitter_max_ms: u64,
     /// Mean interval of our RTCP reports (RFC 3550 §6.2), sent from the RTP port + 1; 0: none.
     pub rtcp_interval_secs: u64,
+    /// The address SDP `c=` lines say (behind 1:1 NAT: the public one); the sockets still bind
+    /// `bind`. Empty: `address`, its deprecated older name (config/nat.rs).
+    pub public_address: String,
 }
 
 impl RealtimeConfig {
@@ -246,6 +253,18 @@ pub struct TrunkConfig {
     pub max_concurrent: usize,
     /// A call not answered within this time is CANCELled (outcome `no_answer`).
     pub ring_timeout_secs: u64,
+    /// REGISTER our Contact at the trunk's `address` (RFC 3261 §10.2) and keep it registered,
+    /// so that the provider routes calls to us (registration.rs).
+    pub register: bool,
+    /// The expiry asked for in each REGISTER (the registrar may grant less, or ask for more
+    /// with 423); refreshed at half the granted time.
+    pub register_expires_secs: u64,
+    /// User part of the address-of-record (From/To of the REGISTER) and of our registered
+    /// Contact; empty: `username`, else `from_user`.
+    pub register_user: String,
+    /// Host part of the address-of-record and the REGISTER's Request-URI; empty: the host of
+    /// `address`.
+    pub register_domain: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -439,6 +458,7 @@ impl Default for SipConfig {
             tcp_max_connections: 1000,
             tcp_max_connections_per_address: 32,
             tcp_write_queue_bytes: 256 * 1024,
+            public_host: String::new(),
         }
     }
 }
@@ -459,6 +479,7 @@ impl Default for MediaConfig {
             rtp_relearn_silence_ms: 2000,
             jitter_max_ms: 120,
             rtcp_interval_secs: 5,
+            public_address: String::new(),
         }
     }
 }
@@ -537,6 +558,10 @@ impl Default for TrunkConfig {
             codecs: StringList::default(),
             max_concurrent: 10,
             ring_timeout_secs: 30,
+            register: false,
+            register_expires_secs: 3600,
+            register_user: String::new(),
+            register_domain: String::new(),
         }
     }
 }
@@ -683,15 +708,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() {
         bad("sip.udp", "at least one of sip.udp and sip.tcp must be set".into());
     }
-    let advertised_host = if cfg.sip.advertised_host.is_empty() {
-        None
-    } else {
-        cfg.sip
-            .advertised_host
-            .parse()
-            .map_err(|_| bad("sip.advertised_host", format!("`{}` is not an IP address", cfg.sip.advertised_host)))
-            .ok()
-    };
+    let advertised_host = nat::public_host(&cfg.sip, &mut bad);
     if !(512..=65_535).contains(&cfg.sip.max_message_bytes) {
         bad("sip.max_message_bytes", "must be between 512 and 65535".into());
     }
@@ -718,15 +735,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         bad("sip.tcp_write_queue_bytes", "must be at least sip.max_message_bytes (one full message)".into());
     }
 
-    let media_address = cfg
-        .media
-        .address
-        .parse::<IpAddr>()
-        .map_err(|_| bad("media.address", format!("`{}` is not an IP address", cfg.media.address)))
-        .ok();
-    if media_address.is_some_and(|a| a.is_unspecified()) {
-        bad("media.address", "must be an address callers can reach, not a wildcard".into());
-    }
+    let media_address = nat::public_media_address(&cfg.media, &mut bad);
     let media_bind = cfg
         .media
         .bind
@@ -928,6 +937,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if trunk.username.is_empty() && !trunk.password.is_empty() {
             bad(&key("username"), "a password is set but no username".into());
         }
+        crate::registration::validate_trunk(name, trunk, &mut bad);
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);

@@ -122,6 +122,12 @@ pub const DRAINING: &str = "switchboard_draining";
 pub const CONFIG_RELOADS_TOTAL: &str = "switchboard_config_reloads_total";
 /// Unix time of the last configuration successfully loaded (at start, then each applied reload).
 pub const CONFIG_RELOAD_SUCCESS_TIMESTAMP: &str = "switchboard_config_last_reload_success_timestamp_seconds";
+/// 1 while a trunk's registration (`register = true`) is in force, else 0, by `trunk`.
+pub const SIP_REGISTRATION_STATE: &str = "switchboard_sip_registration_state";
+/// Registration outcomes by `trunk` and `outcome` (registered, unregistered, auth_failed,
+/// rejected, timeout, not_bound, lapsed): one per REGISTER exchange (a challenge answered is
+/// part of its exchange).
+pub const SIP_REGISTRATIONS_TOTAL: &str = "switchboard_sip_registrations_total";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -306,6 +312,12 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Realtime session openings that failed (call setup and reconnect attempts), by reason."
     );
     metrics::describe_counter!(TRANSFERS_TOTAL, "Transfers to a human by method and outcome, one per attempt.");
+    metrics::describe_gauge!(SIP_REGISTRATION_STATE, "1 while the trunk's registration is in force, else 0.");
+    metrics::describe_counter!(
+        SIP_REGISTRATIONS_TOTAL,
+        "REGISTER exchanges by trunk and outcome (registered, unregistered, auth_failed, rejected, timeout, \
+         not_bound, lapsed)."
+    );
     Ok(handle)
 }
 
