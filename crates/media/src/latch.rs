@@ -539,6 +539,41 @@ mod tests {
         assert_eq!(l.learned_by(), Some(LearnedBy::Probation));
     }
 
+    /// The NAT case of docs/configuration.md ("Behind NAT"): the SDP names a private address that
+    /// never sends, the caller's packets come from its NAT's public address, and a stranger sprays
+    /// single packets (random SSRC and sequence, 1 ms apart) across the same port the whole time.
+    /// The caller is learned once its probation and the signalled priority are over; the stranger
+    /// never is, before or after.
+    #[test]
+    fn a_natted_caller_is_learned_while_a_stranger_sprays_the_port() {
+        let t0 = Instant::now();
+        let mut l = latch("10.0.0.5:4000", t0);
+        l.on_dialog_confirmed();
+        let cfg = LatchConfig::default();
+        let mut caller = Stream::new(NAT, 5);
+        let mut now = t0;
+        let mut caller_accepted = Vec::new();
+        let mut spray = 0u32;
+        for _ in 0..100 {
+            caller_accepted.push(caller.send(&mut l, now).is_accepted());
+            // Twenty stranger packets between two of the caller's.
+            for k in 1..20u32 {
+                spray += 1;
+                let source = SocketAddr::new(addr(ATTACKER).ip(), 5000 + (spray % 7) as u16);
+                let ssrc = spray.wrapping_mul(2_654_435_761);
+                let sequence = (spray.wrapping_mul(40_503) % 65_536) as u16;
+                let verdict = l.on_packet(now + Duration::from_millis(u64::from(k)), source, ssrc, sequence);
+                assert!(!verdict.is_accepted(), "stranger packet {spray} accepted");
+            }
+            now += PTIME;
+        }
+        let first = caller_accepted.iter().position(|a| *a).unwrap();
+        assert_eq!(first as u128, cfg.signalled_priority.as_millis() / PTIME.as_millis());
+        assert!(caller_accepted[first..].iter().all(|a| *a), "once learned, every caller packet passes");
+        assert_eq!(l.send_target(), Some(addr(NAT)));
+        assert_eq!(l.learned_by(), Some(LearnedBy::Probation));
+    }
+
     #[test]
     fn an_old_stream_on_a_reused_port_loses_to_the_new_caller() {
         // After a restart, a new call gets the port an orphaned call's caller still streams to.

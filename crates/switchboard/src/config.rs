@@ -1092,6 +1092,8 @@ mod tests {
         assert_eq!(cfg.sip.tcp_write_queue_bytes, defaults.sip.tcp_write_queue_bytes);
         assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
         assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
+        assert_eq!(cfg.sip.public_host, defaults.sip.public_host);
+        assert_eq!(cfg.media.public_address, defaults.media.public_address);
     }
 
     #[test]
@@ -1306,6 +1308,10 @@ mod tests {
         assert_eq!(shown.codecs, defaults.codecs);
         assert_eq!(shown.max_concurrent, defaults.max_concurrent);
         assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
+        assert_eq!(shown.register, defaults.register);
+        assert_eq!(shown.register_expires_secs, defaults.register_expires_secs);
+        assert_eq!(shown.register_user, defaults.register_user);
+        assert_eq!(shown.register_domain, defaults.register_domain);
         assert_eq!(cfg.admin.token, Secret::default());
     }
 
