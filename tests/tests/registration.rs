@@ -184,7 +184,8 @@ fn registers_refreshes_takes_a_routed_call_and_unregisters() {
 /// `sip.public_host` (127.0.0.2) in the Contact it registers and in its 200's Contact, and
 /// `media.public_address` (127.0.0.3) in its SDP `c=`, while the old `media.address` stays at its
 /// value. The registrar is a raw UDP socket here that answers every REGISTER 200 and keeps what
-/// it received.
+/// it received; before answering the first one it asks `/readyz`, which must say 503 naming the
+/// trunk (the gateway's only registering trunk is not registered yet).
 #[test]
 fn public_host_and_public_address_are_what_signalling_says() {
     use std::net::UdpSocket;
@@ -196,8 +197,12 @@ fn public_host_and_public_address_are_what_signalling_says() {
     let registrar = UdpSocket::bind(("127.0.0.1", ports.peer_sip)).expect("bind registrar");
     let received = Arc::new(Mutex::new(Vec::<String>::new()));
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // What /readyz said while the first REGISTER waited for its answer.
+    let readiness_before = Arc::new(Mutex::new(None::<(u16, String)>));
+    let admin: std::net::SocketAddr = ([127, 0, 0, 1], ports.admin).into();
     let answering = {
-        let (received, stop) = (Arc::clone(&received), Arc::clone(&stop));
+        let (received, stop, readiness_before) =
+            (Arc::clone(&received), Arc::clone(&stop), Arc::clone(&readiness_before));
         std::thread::spawn(move || {
             let mut buf = [0u8; 65_535];
             registrar.set_read_timeout(Some(Duration::from_millis(100))).expect("timeout");
@@ -211,6 +216,11 @@ fn public_host_and_public_address_are_what_signalling_says() {
                     .iter()
                     .filter_map(|name| header(&request, name).map(|value| format!("{name}: {value}\r\n")))
                     .collect();
+                let mut before = readiness_before.lock().expect("lock");
+                if before.is_none() {
+                    *before = Some(http_get(admin, "/readyz"));
+                }
+                drop(before);
                 let expires = if header(&request, "Expires") == Some("0") { "0" } else { "60" };
                 let reply = format!("SIP/2.0 200 OK\r\n{copied}Expires: {expires}\r\nContent-Length: 0\r\n\r\n");
                 let _ = registrar.send_to(reply.as_bytes(), from);
@@ -225,6 +235,9 @@ fn public_host_and_public_address_are_what_signalling_says() {
     let env = [("SWITCHBOARD__SIP__PUBLIC_HOST", "127.0.0.2"), ("SWITCHBOARD__MEDIA__PUBLIC_ADDRESS", "127.0.0.3")];
     let mut gateway = Gateway::start_with_env(ports, "", &extra, &dir, &env);
 
+    let (status, body) = readiness_before.lock().expect("lock").clone().expect("/readyz asked");
+    assert_eq!(status, 503, "not ready before the only registering trunk is registered: {body}");
+    assert!(body.contains("not ready: trunk provider not registered"), "{body}");
     let register = received.lock().expect("lock").first().cloned().expect("a REGISTER");
     assert_eq!(
         header(&register, "Contact"),
@@ -261,7 +274,10 @@ fn public_host_and_public_address_are_what_signalling_says() {
         }
     };
     assert_eq!(status_of(&answer), Some(200), "{answer}");
-    assert_eq!(header(&answer, "Contact"), Some(format!("<sip:switchboard@127.0.0.2:{};transport=udp>", ports.sip).as_str()));
+    assert_eq!(
+        header(&answer, "Contact"),
+        Some(format!("<sip:switchboard@127.0.0.2:{};transport=udp>", ports.sip).as_str())
+    );
     assert!(answer.contains("c=IN IP4 127.0.0.3\r\n"), "{answer}");
 
     // ACK and BYE to where the gateway really is (a NAT would map the public host onto it).
