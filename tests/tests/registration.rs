@@ -10,7 +10,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use switchboard_e2e::Ports;
-use switchboard_e2e::procs::{ChildGuard, Gateway, http_get, run_bounded};
+use switchboard_e2e::procs::{ChildGuard, Gateway, http_get, promtool_check_metrics, run_bounded};
 use switchboard_e2e::{sipp, tools};
 
 const AOR_USER: &str = "acme";
@@ -83,8 +83,11 @@ impl Registrar {
 
 impl Drop for Registrar {
     fn drop(&mut self) {
-        // The whole process group: the main process and its workers.
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.guard.pid())).status();
+        // The whole process group: the main process and its workers. `--` is required: without
+        // it procps' kill reads `-1234` as options and, for a PID starting with 1, signals -1
+        // (every process).
+        let group = format!("-{}", self.guard.pid());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
     }
 }
 
@@ -108,9 +111,13 @@ fn wait_for(limit: Duration, what: &str, mut check: impl FnMut() -> bool) {
 /// registrar's location table with its Contact, refreshes (4 s asked, so every 2 s), receives a
 /// call the registrar routes to its registration and routes it on the number in To (a catch-all
 /// 404 route would refuse the contact user), and on SIGTERM removes its binding. A second trunk
-/// with a wrong password leaves `/readyz` 200 but names it with the auth failure.
+/// with a wrong password leaves `/readyz` 200 but names it with the auth failure. The registration
+/// metrics pass `promtool check metrics`.
 #[test]
-#[cfg_attr(not(all(has_kamailio, has_sipp)), ignore = "needs kamailio and sipp (scripts/install-deps.sh)")]
+#[cfg_attr(
+    not(all(has_kamailio, has_sipp, has_promtool)),
+    ignore = "needs kamailio, sipp and promtool (scripts/install-deps.sh)"
+)]
 fn registers_refreshes_takes_a_routed_call_and_unregisters() {
     let dir = tools::scratch_dir("registration_kamailio");
     let gateway_ports = Ports::for_slot(116);
@@ -152,6 +159,8 @@ fn registers_refreshes_takes_a_routed_call_and_unregisters() {
     assert_eq!(status, 200, "{body}");
     assert!(body.contains("degraded: trunk wrong not registered (auth_failed"), "{body}");
     assert!(registrar.bindings().contains(&contact), "still bound after the refreshes");
+    let (clean, said) = promtool_check_metrics(&metrics, &dir);
+    assert!(clean && said.trim().is_empty(), "promtool check metrics: {said}");
 
     // A caller of acme: the registrar looks it up and relays to our Contact.
     let sipp_ports = Ports { sip: registrar_port, ..peer_ports };
