@@ -82,12 +82,15 @@ impl Registrar {
 }
 
 impl Drop for Registrar {
+    /// SIGTERM to the whole group (the main process stops its workers), SIGKILL to what is left
+    /// after 5 s. `--` is required: without it procps' kill reads `-1234` as options and, for a
+    /// PID starting with 1, signals -1 (every process the user may signal).
     fn drop(&mut self) {
-        // The whole process group: the main process and its workers. `--` is required: without
-        // it procps' kill reads `-1234` as options and, for a PID starting with 1, signals -1
-        // (every process).
         let group = format!("-{}", self.guard.pid());
-        let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        let _ = Command::new("kill").args(["-TERM", "--", &group]).stderr(Stdio::null()).status();
+        if self.guard.wait_timeout(Duration::from_secs(5)).is_none() {
+            let _ = Command::new("kill").args(["-KILL", "--", &group]).stderr(Stdio::null()).status();
+        }
     }
 }
 
