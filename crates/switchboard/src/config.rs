@@ -25,6 +25,8 @@ pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, vali
 pub mod transfer_limits {
     pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
 }
+mod access;
+pub use access::UnknownSources;
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod nat;
@@ -83,6 +85,19 @@ pub struct SipConfig {
     pub tcp_max_connections_per_address: usize,
     /// Bytes queued for a TCP peer that does not read before it is disconnected.
     pub tcp_write_queue_bytes: usize,
+    /// What a new request from an address in no trunk's `sources` (and not in
+    /// `trusted_proxies`) gets: `allow`, `reject` (403) or `drop` (no answer at all). Unset:
+    /// `allow` while no trunk lists `sources`, `reject` once one does.
+    pub unknown_sources: Option<UnknownSources>,
+    /// A source that exceeded `invite_rate_per_source` gets 503 for all its INVITEs this long.
+    /// 0: no ban (only the INVITEs over the rate are refused).
+    pub ban_secs: u64,
+    /// New INVITEs per second over all sources; more get 503 with Retry-After. 0: no limit.
+    pub max_cps: u32,
+    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped unanswered.
+    pub user_agent_deny: StringList,
+    /// The realm of our digest challenges to inbound INVITEs; empty: the advertised host.
+    pub realm: String,
     /// The address our Via, Contact and REGISTER Contact say (an IP; behind 1:1 NAT: the public
     /// one). Empty: `advertised_host`, its deprecated older name (config/nat.rs).
     pub public_host: String,
@@ -253,6 +268,19 @@ pub struct TrunkConfig {
     pub max_concurrent: usize,
     /// A call not answered within this time is CANCELled (outcome `no_answer`).
     pub ring_timeout_secs: u64,
+    /// Addresses or CIDR networks inbound calls from this trunk come from (config/access.rs):
+    /// an INVITE from one of them is this trunk's call. Empty: the trunk is not matched by source.
+    pub sources: StringList,
+    /// Digest username inbound INVITEs from this trunk must authenticate with (RFC 3261 §22);
+    /// empty: no inbound authentication.
+    pub inbound_username: String,
+    /// Its password. Never logged (Debug shows it redacted).
+    pub inbound_password: Secret,
+    /// The name of an environment variable holding the inbound password (instead of `inbound_password`).
+    pub inbound_password_env: String,
+    /// RFC 3325: this trunk's P-Asserted-Identity is believed (the caller ID routes match and
+    /// the model is told). From anyone else PAI is ignored and From is the caller ID.
+    pub trust_asserted_identity: bool,
     /// REGISTER our Contact at the trunk's `address` (RFC 3261 §10.2) and keep it registered,
     /// so that the provider routes calls to us (registration.rs).
     pub register: bool,
@@ -458,6 +486,11 @@ impl Default for SipConfig {
             tcp_max_connections: 1000,
             tcp_max_connections_per_address: 32,
             tcp_write_queue_bytes: 256 * 1024,
+            unknown_sources: None,
+            ban_secs: 0,
+            max_cps: 0,
+            user_agent_deny: StringList(access::SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect()),
+            realm: String::new(),
             public_host: String::new(),
         }
     }
@@ -558,6 +591,11 @@ impl Default for TrunkConfig {
             codecs: StringList::default(),
             max_concurrent: 10,
             ring_timeout_secs: 30,
+            sources: StringList::default(),
+            inbound_username: String::new(),
+            inbound_password: Secret::default(),
+            inbound_password_env: String::new(),
+            trust_asserted_identity: true,
             register: false,
             register_expires_secs: 3600,
             register_user: String::new(),
@@ -640,6 +678,8 @@ pub struct Resolved {
     pub trunk_addresses: BTreeMap<String, SocketAddr>,
     /// `[[routes]]`, agents' `numbers` and the `default` catch-all, compiled.
     pub routes: switchboard_router::RouteTable,
+    /// Each trunk's `sources`, parsed, in trunk-name order (see [`Resolved::trunk_for_source`]).
+    pub trunk_sources: Vec<(String, Vec<IpNet>)>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -941,6 +981,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
+    let trunk_sources = access::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
 
     Some(Resolved {
@@ -954,6 +995,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         trusted_proxies,
         trunk_addresses,
         routes,
+        trunk_sources,
     })
 }
 
@@ -986,6 +1028,14 @@ fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Ve
             &trunk.password_env,
             &format!("trunks.{name}.password"),
             &format!("trunks.{name}.password_env"),
+        );
+    }
+    for (name, trunk) in &mut cfg.trunks {
+        resolve(
+            &mut trunk.inbound_password,
+            &trunk.inbound_password_env,
+            &format!("trunks.{name}.inbound_password"),
+            &format!("trunks.{name}.inbound_password_env"),
         );
     }
     let cdr = &mut cfg.cdr;
