@@ -232,6 +232,9 @@ impl Registrations {
     /// A call a registrar routed to our registered Contact: the dialled number is in
     /// `P-Called-Party-ID` or `To`, not in the Request-URI (see the module comment).
     pub fn route_to_dialled(&self, info: &mut CallInfo) {
+        if self.entries.is_empty() {
+            return;
+        }
         let request_user = SipUri::parse(&info.request_uri).and_then(|uri| uri.user);
         let Some(request_user) = request_user.map(|u| u.split(';').next().unwrap_or_default().to_string()) else {
             return;
