@@ -226,7 +226,8 @@ impl CoreHarness {
                 CoreEvent::Dialog { .. }
                 | CoreEvent::ByeFinished { .. }
                 | CoreEvent::RequestFinished { .. }
-                | CoreEvent::Outgoing { .. } => {}
+                | CoreEvent::Outgoing { .. }
+                | CoreEvent::OutOfDialogFinished { .. } => {}
             }
         }
     }

@@ -41,6 +41,15 @@ pub const MIN_STREAM_SPACING: Duration = Duration::from_millis(5);
 /// talked) and then take a silent call with one more.
 pub const MAX_STREAM_GAP: Duration = Duration::from_millis(300);
 
+/// Sources on probation tracked at once, one per address. A stranger's packets interleaved
+/// with a caller's must not restart the caller's probation (one shared slot would let a spray
+/// of one packet per 20 ms keep a caller behind a NAT from ever being learned), so each address
+/// counts on its own. When the table is full, a new address replaces the one heard longest ago
+/// among those with a single packet (a single packet is no evidence of a stream yet), else the
+/// one heard longest ago. A spray from more distinct addresses than this within one packet
+/// interval can still delay a NATed caller's learning (docs/operations.md, "Media security").
+pub const CANDIDATE_SLOTS: usize = 8;
+
 /// How strict the latch is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LatchConfig {
@@ -157,7 +166,8 @@ pub struct RtpSourceLatch {
     current: Option<CurrentSource>,
     /// The answer (or the last re-INVITE): the signalled address's priority runs from here.
     started: Instant,
-    candidate: Option<Candidate>,
+    /// Sources on probation, at most [`CANDIDATE_SLOTS`], one per address.
+    candidates: Vec<Candidate>,
     confirmed: bool,
     stats: LatchStats,
 }
@@ -170,7 +180,7 @@ impl RtpSourceLatch {
             signalled: usable(signalled),
             current: None,
             started: now,
-            candidate: None,
+            candidates: Vec::new(),
             confirmed: false,
             stats: LatchStats::default(),
         }
@@ -217,7 +227,7 @@ impl RtpSourceLatch {
         }
         self.signalled = signalled;
         self.current = None;
-        self.candidate = None;
+        self.candidates.clear();
         self.started = now;
     }
 
@@ -245,30 +255,37 @@ impl RtpSourceLatch {
         self.current.map(|c| c.by)
     }
 
-    /// Counts `source`'s packet towards its probation.
+    /// Counts `source`'s packet towards its probation (its own slot, see [`CANDIDATE_SLOTS`]).
     fn track_candidate(&mut self, now: Instant, source: SocketAddr, ssrc: u32, sequence: u16) -> Candidate {
-        match self.candidate.as_mut() {
-            Some(c)
-                if c.address == source
-                    && c.ssrc == ssrc
-                    && c.last_sequence.wrapping_add(1) == sequence
-                    && now.saturating_duration_since(c.last_seen) <= MAX_STREAM_GAP =>
-            {
+        let fresh =
+            Candidate { address: source, ssrc, last_sequence: sequence, packets: 1, first_seen: now, last_seen: now };
+        if let Some(c) = self.candidates.iter_mut().find(|c| c.address == source) {
+            let continues = c.ssrc == ssrc
+                && c.last_sequence.wrapping_add(1) == sequence
+                && now.saturating_duration_since(c.last_seen) <= MAX_STREAM_GAP;
+            if continues {
                 c.packets = c.packets.saturating_add(1);
                 c.last_sequence = sequence;
                 c.last_seen = now;
-                *c
+            } else {
+                // Another SSRC, a break in the sequence or a long pause starts the count again.
+                *c = fresh;
             }
-            // A different source, SSRC, a break in the sequence or a long pause starts the count again.
-            _ => *self.candidate.insert(Candidate {
-                address: source,
-                ssrc,
-                last_sequence: sequence,
-                packets: 1,
-                first_seen: now,
-                last_seen: now,
-            }),
+            return *c;
         }
+        if self.candidates.len() < CANDIDATE_SLOTS {
+            self.candidates.push(fresh);
+            return fresh;
+        }
+        let single = self.candidates.iter_mut().filter(|c| c.packets == 1).min_by_key(|c| c.last_seen);
+        let victim = match single {
+            Some(victim) => Some(victim),
+            None => self.candidates.iter_mut().min_by_key(|c| c.last_seen),
+        };
+        if let Some(victim) = victim {
+            *victim = fresh;
+        }
+        fresh
     }
 
     /// May a source on probation replace the current one now?
@@ -284,7 +301,7 @@ impl RtpSourceLatch {
     fn learn(&mut self, now: Instant, source: SocketAddr, by: LearnedBy) -> SourceVerdict {
         let previous = self.current.map(|c| c.address);
         self.current = Some(CurrentSource { address: source, by, last_heard: now });
-        self.candidate = None;
+        self.candidates.clear();
         self.stats.accepted += 1;
         self.stats.learned = self.stats.learned.saturating_add(1);
         SourceVerdict::Learned(Learned { source, previous, by })
@@ -537,6 +554,70 @@ mod tests {
         assert_eq!(first as u128, cfg.signalled_priority.as_millis() / PTIME.as_millis());
         assert_eq!(l.send_target(), Some(addr(NAT)));
         assert_eq!(l.learned_by(), Some(LearnedBy::Probation));
+    }
+
+    /// The NAT case of docs/configuration.md ("Behind NAT"): the SDP names a private address that
+    /// never sends, the caller's packets come from its NAT's public address, and a stranger sprays
+    /// single packets (random SSRC and sequence, 1 ms apart) across the same port the whole time.
+    /// The caller is learned once its probation and the signalled priority are over; the stranger
+    /// never is, before or after.
+    #[test]
+    fn a_natted_caller_is_learned_while_a_stranger_sprays_the_port() {
+        let t0 = Instant::now();
+        let mut l = latch("10.0.0.5:4000", t0);
+        l.on_dialog_confirmed();
+        let cfg = LatchConfig::default();
+        let mut caller = Stream::new(NAT, 5);
+        let mut now = t0;
+        let mut caller_accepted = Vec::new();
+        let mut spray = 0u32;
+        for _ in 0..100 {
+            caller_accepted.push(caller.send(&mut l, now).is_accepted());
+            // Twenty stranger packets between two of the caller's.
+            for k in 1..20u32 {
+                spray += 1;
+                let source = SocketAddr::new(addr(ATTACKER).ip(), 5000 + (spray % 7) as u16);
+                let ssrc = spray.wrapping_mul(2_654_435_761);
+                let sequence = (spray.wrapping_mul(40_503) % 65_536) as u16;
+                let verdict = l.on_packet(now + Duration::from_millis(u64::from(k)), source, ssrc, sequence);
+                assert!(!verdict.is_accepted(), "stranger packet {spray} accepted");
+            }
+            now += PTIME;
+        }
+        let first = caller_accepted.iter().position(|a| *a).unwrap();
+        assert_eq!(first as u128, cfg.signalled_priority.as_millis() / PTIME.as_millis());
+        assert!(caller_accepted[first..].iter().all(|a| *a), "once learned, every caller packet passes");
+        assert_eq!(l.send_target(), Some(addr(NAT)));
+        assert_eq!(l.learned_by(), Some(LearnedBy::Probation));
+    }
+
+    /// The probation table stays bounded under a spray from ever new addresses, and a stream that
+    /// has shown two packets in sequence is not pushed out by single packets.
+    #[test]
+    fn a_spray_from_many_addresses_neither_grows_the_table_nor_evicts_a_stream() {
+        let t0 = Instant::now();
+        let mut l = latch("10.0.0.5:4000", t0);
+        let mut caller = Stream::new(NAT, 5);
+        let mut now = t0;
+        caller.send_many(&mut l, &mut now, 2);
+        let mut port = 1024u16;
+        let mut accepted = false;
+        for _ in 0..50 {
+            for k in 0..50u64 {
+                port = port.wrapping_add(1).max(1024);
+                let source = SocketAddr::new(addr(ATTACKER).ip(), port);
+                let verdict = l.on_packet(now + Duration::from_micros(k * 300), source, u32::from(port), port);
+                assert!(!verdict.is_accepted());
+                assert!(l.candidates.len() <= CANDIDATE_SLOTS);
+            }
+            accepted = caller.send(&mut l, now + PTIME - Duration::from_micros(100)).is_accepted();
+            now += PTIME;
+            if accepted {
+                break;
+            }
+        }
+        assert!(accepted, "the caller's stream was learned");
+        assert_eq!(l.send_target(), Some(addr(NAT)));
     }
 
     #[test]

@@ -201,6 +201,8 @@ pub enum CoreEvent {
     RequestFinished { dialog: DialogId, request: RequestId, outcome: RequestOutcome },
     /// A call we placed progressed.
     Outgoing { call: OutgoingId, progress: OutgoingProgress },
+    /// A request sent with [`Core::send_request_outside_dialog`] ended.
+    OutOfDialogFinished { request: RequestId, outcome: OutOfDialogOutcome },
 }
 
 /// What [`Core::hangup`] did.
@@ -331,6 +333,8 @@ enum RequestOwner {
     Cancel(OutgoingId),
     /// Another in-dialog request sent with [`Core::send_request`].
     InDialog { dialog: DialogId, request: RequestId },
+    /// A request outside any dialog ([`Core::send_request_outside_dialog`]: REGISTER).
+    OutOfDialog(RequestId),
 }
 
 #[derive(Debug)]
@@ -1049,6 +1053,10 @@ impl Core {
                 let outcome = RequestOutcome::Answered { status: code, reason };
                 self.events.push_back(CoreEvent::RequestFinished { dialog, request, outcome });
             }
+            RequestOwner::OutOfDialog(request) => {
+                let outcome = OutOfDialogOutcome::Answered(Box::new(response));
+                self.events.push_back(CoreEvent::OutOfDialogFinished { request, outcome });
+            }
         }
     }
 
@@ -1416,9 +1424,12 @@ impl Core {
 }
 
 mod dialog;
+mod out_of_dialog;
 mod outgoing;
 mod refer;
 pub mod transaction;
+
+pub use self::out_of_dialog::{MAX_OUT_OF_DIALOG_REQUESTS, OutOfDialogOutcome, OutOfDialogRequest};
 
 pub use self::dialog::Role;
 use self::dialog::{DialogPhase, DialogState, Pending2xx};

@@ -18,6 +18,7 @@ use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, Request
 use crate::core::{
     ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
 };
+use crate::core::{OutOfDialogOutcome, OutOfDialogRequest};
 use crate::message::Method;
 use crate::message::{StreamFrame, frame_stream};
 use crate::tls::{TlsConnect, TlsListener};
@@ -305,6 +306,8 @@ struct ShellState {
     /// How to verify the TLS peers we placed calls to, by address, for the connections opened
     /// to them later (a BYE after the first connection closed). Bounded by [`MAX_TLS_PEERS`].
     tls_peers: HashMap<SocketAddr, TlsConnect>,
+    /// Out-of-dialog requests (REGISTER) waiting for their final response.
+    out_of_dialog: HashMap<RequestId, oneshot::Sender<OutOfDialogOutcome>>,
 }
 
 /// TLS peers remembered at once (one per trunk address in practice).
@@ -604,6 +607,47 @@ impl SipEndpoint {
         Ok(ClientInvite { shared: self.shared.clone(), id, call_id, progress: progress_rx, finished: None })
     }
 
+    /// Sends a request outside any dialog (REGISTER, RFC 3261 §10.2) through a non-INVITE
+    /// client transaction and waits for its final response, whole (the caller reads its
+    /// headers), or for Timer F / a transport error ([`RequestError::Timeout`]). Cancel-safe:
+    /// dropping the future leaves the transaction to end by itself.
+    pub async fn send_request_outside_dialog(
+        &self,
+        request: OutOfDialogRequest,
+    ) -> Result<crate::message::Message, RequestError> {
+        let has_listener = match request.transport {
+            Transport::Udp => self.shared.udp.is_some(),
+            Transport::Tcp => self.shared.local_tcp.is_some(),
+            Transport::Tls => self.shared.local_tls.is_some(),
+        };
+        if !has_listener {
+            return Err(RequestError::Invalid(format!("no {} listener", request.transport.as_upper())));
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut core = self.shared.core();
+            let mut state = self.shared.state();
+            if self.shared.is_down() {
+                return Err(RequestError::Shutdown);
+            }
+            let id = core.send_request_outside_dialog(Instant::now(), request).map_err(RequestError::Invalid)?;
+            // Registered under the core lock: its outcome cannot be missed.
+            state.out_of_dialog.insert(id, tx);
+        }
+        self.shared.wake.notify_one();
+        match rx.await {
+            Ok(OutOfDialogOutcome::Answered(response)) => Ok(*response),
+            Ok(OutOfDialogOutcome::TimedOut) => Err(RequestError::Timeout),
+            Err(_) => Err(RequestError::Shutdown),
+        }
+    }
+
+    /// Our Contact URI over `transport` with `user` as its user part (what a REGISTER binds):
+    /// the advertised address (`sip.public_host`) and the listener's port.
+    pub fn local_contact_uri(&self, transport: Transport, user: &str) -> Option<String> {
+        self.shared.core().local_contact_uri(transport, user)
+    }
+
     /// TCP connections open now.
     pub fn tcp_connections(&self) -> usize {
         self.shared.state().connections.len()
@@ -627,6 +671,7 @@ fn release_waiters(shared: &Shared) {
     state.hangups.clear();
     state.outgoing.clear();
     state.requests.clear();
+    state.out_of_dialog.clear();
     for connection in state.connections.values() {
         connection.writer.close.send_replace(true);
     }
@@ -1012,6 +1057,10 @@ pub enum RequestError {
     Timeout,
     #[error("endpoint shut down")]
     Shutdown,
+    /// An out-of-dialog request we cannot send (no listener for its transport, a bad URI, the
+    /// table full): the gateway's fault, said in the text.
+    #[error("cannot send: {0}")]
+    Invalid(String),
 }
 
 impl Drop for Dialog {
@@ -1181,6 +1230,11 @@ async fn flush(shared: &Arc<Shared>, calls: &mpsc::Sender<IncomingCall>) {
             }
             CoreEvent::RequestFinished { request, outcome, .. } => {
                 if let Some(waiter) = shared.state().requests.remove(&request) {
+                    let _ = waiter.send(outcome);
+                }
+            }
+            CoreEvent::OutOfDialogFinished { request, outcome } => {
+                if let Some(waiter) = shared.state().out_of_dialog.remove(&request) {
                     let _ = waiter.send(outcome);
                 }
             }

@@ -12,7 +12,8 @@
 //!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`ClientInvite`], [`Dialog`]);
 //! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]);
 //! - [`tls`]: SIP over TLS (RFC 3261 §26): rustls configurations for the listener and for the
-//!   connections we open, loaded from PEM files.
+//!   connections we open, loaded from PEM files;
+//! - [`registration`]: the REGISTER client (§10.2), a sans-IO machine the application drives.
 //!
 //! No panic on any input from the network, and how that is kept true rather than claimed:
 //! - lints on this crate's non-test code: `clippy::indexing_slicing` and
@@ -34,6 +35,7 @@ pub mod digest;
 pub mod digest_server;
 pub mod endpoint;
 pub mod message;
+pub mod registration;
 pub mod screen;
 pub mod sipfrag;
 pub mod tls;

@@ -26,6 +26,7 @@ use tokio::task::JoinHandle;
 use crate::app::GatewayState;
 use crate::call::outbound::{self, PlaceCallRequest, PlanError, StartError};
 use crate::calls::HangUp;
+use crate::registration::Readiness;
 
 /// `GET /v1/config`, `POST /v1/reload`, `POST /v1/calls/{id}/transfer`.
 mod ops;
@@ -98,7 +99,16 @@ async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
     if active >= limit {
         return (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: at the call limit ({active}/{limit})\n"));
     }
-    (StatusCode::OK, format!("ready: {active}/{limit} calls\n"))
+    match gw.registrations.readiness() {
+        Readiness::Fine => (StatusCode::OK, format!("ready: {active}/{limit} calls\n")),
+        Readiness::Degraded(failing) => {
+            (StatusCode::OK, format!("ready: {active}/{limit} calls; degraded: {}\n", failing.join("; ")))
+        }
+        // No registration in force: the registrar routes no call here.
+        Readiness::NoneRegistered(failing) => {
+            (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", failing.join("; ")))
+        }
+    }
 }
 
 async fn render_metrics(State(state): State<AdminState>) -> impl IntoResponse {

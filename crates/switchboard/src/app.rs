@@ -24,6 +24,7 @@ use crate::capacity::{CapacityGate, Transition};
 use crate::config::{Config, Resolved};
 use crate::media_clock::{LATENESS_WINDOW, MediaClock};
 use crate::recording::Records;
+use crate::registration::Registrations;
 use crate::reload::{ReloadError, ReloadReport, Reloader, Settings, SettingsCell};
 use crate::rtp_ports::RtpPorts;
 use crate::telemetry::{self, Escaped, WarningAction, WarningLimiter};
@@ -69,6 +70,9 @@ pub struct GatewayState {
     pub reloader: Reloader,
     /// Who may call: the screen the SIP endpoint consults before answering a new request.
     pub access: Arc<AccessScreen>,
+    /// REGISTER to the trunks that ask for it (`registration.rs`): state for `/readyz`, the
+    /// dialled number of calls routed to our registration.
+    pub registrations: Arc<Registrations>,
 }
 
 impl GatewayState {
@@ -224,6 +228,7 @@ pub async fn start(
         settings: SettingsCell::new(Settings { config: config.clone(), resolved: resolved.clone() }),
         reloader: Reloader::default(),
         access: Arc::new(AccessScreen::new(Policy::new(&config, &resolved, &default_realm(&resolved)))),
+        registrations: Registrations::new(&config),
         resolved,
         config,
     });
@@ -276,6 +281,7 @@ pub async fn start(
     })
     .await?;
     let _ = state.sip.set(sip.clone());
+    state.registrations.start(&sip, &state.config, &state.resolved);
     info!(
         udp = ?sip.local_udp_addr(),
         tcp = ?sip.local_tcp_addr(),
@@ -314,6 +320,7 @@ pub async fn start(
 fn accept_call(state: &Arc<GatewayState>, calls: &mut JoinSet<()>, mut call: IncomingCall) {
     // RFC 3325: an identity asserted from outside the trust domain is not believed.
     crate::access::apply_identity_trust(&state.settings(), &mut call.info);
+    state.registrations.route_to_dialled(&mut call.info);
     if state.closing() {
         call::refuse_early(state, call, Refusal::ShuttingDown);
         return;
@@ -568,6 +575,8 @@ impl RunningGateway {
         let limit = Duration::from_secs(self.state.config.calls.drain_secs);
         self.state.draining.store(true, Ordering::Release);
         self.sip.set_options_response(503);
+        // The registrar should send new calls elsewhere at once: remove our bindings now.
+        self.state.registrations.stop();
         metrics::gauge!(telemetry::DRAINING).set(1.0);
         let started = tokio::time::Instant::now();
         info!(
@@ -610,6 +619,8 @@ impl RunningGateway {
         if self.active_calls() > 0 {
             warn!(active_calls = self.active_calls(), "calls still up after the grace period");
         }
+        // Bindings removed (best effort, bounded) while the endpoint can still send.
+        self.state.registrations.stop_and_wait().await;
         self.sip.shutdown().await;
         // Dropping the accept task's JoinSet aborts any call task still running.
         self.accept_abort.abort();

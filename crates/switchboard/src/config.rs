@@ -31,6 +31,7 @@ mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod tls;
 pub use tls::rotate_tls_certificate;
+mod nat;
 pub mod view;
 
 /// The whole configuration file.
@@ -108,6 +109,9 @@ pub struct SipConfig {
     /// CA certificates (PEM): when set, every TLS client must present a certificate issued by
     /// one of them (mutual TLS); empty: no client certificate asked for.
     pub tls_client_ca: String,
+    /// The address our Via, Contact and REGISTER Contact say (an IP; behind 1:1 NAT: the public
+    /// one). Empty: `advertised_host`, its deprecated older name (config/nat.rs).
+    pub public_host: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -141,6 +145,9 @@ pub struct MediaConfig {
     pub jitter_max_ms: u64,
     /// Mean interval of our RTCP reports (RFC 3550 §6.2), sent from the RTP port + 1; 0: none.
     pub rtcp_interval_secs: u64,
+    /// The address SDP `c=` lines say (behind 1:1 NAT: the public one); the sockets still bind
+    /// `bind`. Empty: `address`, its deprecated older name (config/nat.rs).
+    pub public_address: String,
 }
 
 impl RealtimeConfig {
@@ -297,6 +304,18 @@ pub struct TrunkConfig {
     /// CA certificates (PEM): a TLS connection from this trunk's `sources` must present a client
     /// certificate issued by one of them (mutual TLS for this trunk only). Empty: not asked.
     pub tls_client_ca: String,
+    /// REGISTER our Contact at the trunk's `address` (RFC 3261 §10.2) and keep it registered,
+    /// so that the provider routes calls to us (registration.rs).
+    pub register: bool,
+    /// The expiry asked for in each REGISTER (the registrar may grant less, or ask for more
+    /// with 423); refreshed at half the granted time.
+    pub register_expires_secs: u64,
+    /// User part of the address-of-record (From/To of the REGISTER) and of our registered
+    /// Contact; empty: `username`, else `from_user`.
+    pub register_user: String,
+    /// Host part of the address-of-record and the REGISTER's Request-URI; empty: the host of
+    /// `address`.
+    pub register_domain: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -501,6 +520,7 @@ impl Default for SipConfig {
             tls_cert: String::new(),
             tls_key: String::new(),
             tls_client_ca: String::new(),
+            public_host: String::new(),
         }
     }
 }
@@ -521,6 +541,7 @@ impl Default for MediaConfig {
             rtp_relearn_silence_ms: 2000,
             jitter_max_ms: 120,
             rtcp_interval_secs: 5,
+            public_address: String::new(),
         }
     }
 }
@@ -608,6 +629,10 @@ impl Default for TrunkConfig {
             tls_server_name: String::new(),
             tls_verify: true,
             tls_client_ca: String::new(),
+            register: false,
+            register_expires_secs: 3600,
+            register_user: String::new(),
+            register_domain: String::new(),
         }
     }
 }
@@ -763,15 +788,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() && cfg.sip.tls.is_empty() {
         bad("sip.udp", "at least one of sip.udp, sip.tcp and sip.tls must be set".into());
     }
-    let advertised_host = if cfg.sip.advertised_host.is_empty() {
-        None
-    } else {
-        cfg.sip
-            .advertised_host
-            .parse()
-            .map_err(|_| bad("sip.advertised_host", format!("`{}` is not an IP address", cfg.sip.advertised_host)))
-            .ok()
-    };
+    let advertised_host = nat::public_host(&cfg.sip, &mut bad);
     if !(512..=65_535).contains(&cfg.sip.max_message_bytes) {
         bad("sip.max_message_bytes", "must be between 512 and 65535".into());
     }
@@ -798,15 +815,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         bad("sip.tcp_write_queue_bytes", "must be at least sip.max_message_bytes (one full message)".into());
     }
 
-    let media_address = cfg
-        .media
-        .address
-        .parse::<IpAddr>()
-        .map_err(|_| bad("media.address", format!("`{}` is not an IP address", cfg.media.address)))
-        .ok();
-    if media_address.is_some_and(|a| a.is_unspecified()) {
-        bad("media.address", "must be an address callers can reach, not a wildcard".into());
-    }
+    let media_address = nat::public_media_address(&cfg.media, &mut bad);
     let media_bind = cfg
         .media
         .bind
@@ -1009,6 +1018,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         if trunk.username.is_empty() && !trunk.password.is_empty() {
             bad(&key("username"), "a password is set but no username".into());
         }
+        crate::registration::validate_trunk(name, trunk, &mut bad);
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
@@ -1188,6 +1198,8 @@ mod tests {
         assert_eq!(cfg.sip.max_cps, defaults.sip.max_cps);
         assert_eq!(cfg.sip.user_agent_deny, defaults.sip.user_agent_deny);
         assert_eq!(cfg.sip.realm, defaults.sip.realm);
+        assert_eq!(cfg.sip.public_host, defaults.sip.public_host);
+        assert_eq!(cfg.media.public_address, defaults.media.public_address);
     }
 
     #[test]
@@ -1405,6 +1417,10 @@ mod tests {
         assert_eq!(shown.tls_ca, defaults.tls_ca);
         assert_eq!(shown.tls_server_name, defaults.tls_server_name);
         assert_eq!(shown.tls_verify, defaults.tls_verify);
+        assert_eq!(shown.register, defaults.register);
+        assert_eq!(shown.register_expires_secs, defaults.register_expires_secs);
+        assert_eq!(shown.register_user, defaults.register_user);
+        assert_eq!(shown.register_domain, defaults.register_domain);
         assert_eq!(cfg.admin.token, Secret::default());
     }
 

@@ -13,6 +13,7 @@ pub mod capacity;
 pub mod config;
 pub mod media_clock;
 pub mod recording;
+pub mod registration;
 pub mod reload;
 pub mod routing;
 pub mod rtp_ports;

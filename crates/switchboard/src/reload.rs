@@ -75,6 +75,7 @@ pub const RESTART_KEYS: &[&str] = &[
     "realtime.url",
     "realtime.api_key",
     "realtime.model",
+    "media.public_address",
 ];
 /// Keys of restart-only sections that a reload applies all the same: per-source admission, the
 /// access screen, and the TLS listener's certificate files (a renewed certificate is rotated in,
@@ -240,6 +241,7 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
         !RELOADABLE_KEYS.iter().any(|k| within(k))
             && RESTART_SECTIONS.iter().any(|s| key == *s || key.starts_with(&format!("{s}.")))
             || RESTART_KEYS.iter().any(|k| key == *k || key.starts_with(&format!("{k}.")))
+            || crate::registration::is_restart_only_key(key)
     };
     let mut needs_restart = Vec::new();
     let mut changed = Vec::new();

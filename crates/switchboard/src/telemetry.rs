@@ -125,6 +125,12 @@ pub const CONFIG_RELOAD_SUCCESS_TIMESTAMP: &str = "switchboard_config_last_reloa
 /// New out-of-dialog SIP requests the access screen refused before answering anything, by
 /// `action` (drop, reject, challenge) and `reason` (docs/security.md).
 pub const SIP_SCREENED_TOTAL: &str = "switchboard_sip_screened_total";
+/// 1 while a trunk's registration (`register = true`) is in force, else 0, by `trunk`.
+pub const SIP_REGISTRATION_STATE: &str = "switchboard_sip_registration_state";
+/// Registration outcomes by `trunk` and `outcome` (registered, unregistered, auth_failed,
+/// rejected, timeout, not_bound, lapsed): one per REGISTER exchange (a challenge answered is
+/// part of its exchange).
+pub const SIP_REGISTRATIONS_TOTAL: &str = "switchboard_sip_registrations_total";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -320,6 +326,12 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "SIP TLS handshakes by direction (inbound, outbound) and outcome (ok, failed, timeout)."
     );
     metrics::describe_gauge!(TLS_CONNECTIONS, "SIP TLS connections open (also in switchboard_sip_tcp_connections).");
+    metrics::describe_gauge!(SIP_REGISTRATION_STATE, "1 while the trunk's registration is in force, else 0.");
+    metrics::describe_counter!(
+        SIP_REGISTRATIONS_TOTAL,
+        "REGISTER exchanges by trunk and outcome (registered, unregistered, auth_failed, rejected, timeout, \
+         not_bound, lapsed)."
+    );
     Ok(handle)
 }
 

@@ -773,3 +773,123 @@ fn refer_received_on_a_uac_dialog_is_taken_only_when_accepted() {
         vec![CoreEvent::Dialog { dialog, notice: DialogEvent::Refer { refer_to: "<sip:human@example.com>".into() } }]
     );
 }
+
+/// A REGISTER sent outside any dialog: Via, Max-Forwards, CSeq and the caller's headers on the
+/// wire, retransmitted on Timer E; its final response comes back whole (the registration machine
+/// reads its headers), a 1xx is absorbed; without any answer Timer F ends it.
+#[test]
+fn register_outside_a_dialog_gets_its_final_response_or_times_out() {
+    use crate::registration::{Registration, RegistrationConfig, RegistrationEvent};
+    let mut h = Harness::new();
+    let contact = h.core.local_contact_uri(Transport::Udp, "acme").unwrap();
+    assert_eq!(contact, "sip:acme@127.0.0.1:5060;transport=udp");
+    let config = RegistrationConfig {
+        registrar_uri: "sip:127.0.0.1:5080".into(),
+        aor: "sip:acme@127.0.0.1".into(),
+        contact_uri: contact,
+        credentials: Some(mufasa()),
+        expires: Duration::from_secs(60),
+        retry_initial: Duration::from_secs(1),
+        retry_max: Duration::from_secs(8),
+    };
+    let mut reg = Registration::new(config, "reg@test".into(), "t1".into(), 1, 5, h.at(0));
+    let send = |h: &mut Harness, reg: &mut Registration, ms: u64| {
+        let request = reg.poll_request(h.at(ms)).unwrap();
+        h.core
+            .send_request_outside_dialog(
+                h.at(ms),
+                OutOfDialogRequest {
+                    method: Method::Register,
+                    request_uri: request.request_uri,
+                    from: request.from,
+                    to: request.to,
+                    call_id: request.call_id,
+                    cseq: request.cseq,
+                    destination: TRUNK.parse().unwrap(),
+                    transport: Transport::Udp,
+                    headers: request.headers,
+                    body: Vec::new(),
+                },
+            )
+            .unwrap()
+    };
+    let first = send(&mut h, &mut reg, 0);
+    let sent = h.sent();
+    let register = sent[0].1.clone();
+    assert_eq!(register.method(), Some(&Method::Register));
+    assert_eq!(register.request_uri(), Some("sip:127.0.0.1:5080"));
+    assert_eq!(register.header("CSeq"), Some("1 REGISTER"));
+    assert_eq!(register.header("Max-Forwards"), Some("70"));
+    assert_eq!(register.header("Contact"), Some("<sip:acme@127.0.0.1:5060;transport=udp>"));
+    assert_eq!(register.header("Expires"), Some("60"));
+    assert!(register.top_via().unwrap().branch().unwrap().starts_with("z9hG4bK"));
+    // Timer E retransmits until a response; a 100 is absorbed.
+    let (resent, _) = h.run(10, 600);
+    assert_eq!(resent.len(), 1, "Timer E at T1");
+    h.recv(700, &response(&register, 100, "Trying", None, "", ""));
+    assert!(h.events().is_empty());
+    h.recv(800, &response(&register, 401, "Unauthorized", Some("r1"), &sha256_challenge(false), ""));
+    let events = h.events();
+    let [CoreEvent::OutOfDialogFinished { request, outcome: OutOfDialogOutcome::Answered(answer) }] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    assert_eq!(*request, first);
+    assert_eq!(answer.status(), Some(401));
+    reg.handle_response(h.at(800), answer);
+
+    // The answer to the challenge: same Call-ID, CSeq 2, credentials.
+    send(&mut h, &mut reg, 800);
+    let answered = h.sent()[0].1.clone();
+    assert_eq!(answered.header("CSeq"), Some("2 REGISTER"));
+    assert_eq!(answered.call_id(), Some("reg@test"));
+    assert!(answered.header("Authorization").unwrap().starts_with("Digest username=\"Mufasa\""));
+    h.recv(
+        900,
+        &response(
+            &answered,
+            200,
+            "OK",
+            Some("r2"),
+            "Contact: <sip:acme@127.0.0.1:5060;transport=udp>;expires=30\r\n",
+            "",
+        ),
+    );
+    let events = h.events();
+    let [CoreEvent::OutOfDialogFinished { outcome: OutOfDialogOutcome::Answered(answer), .. }] = events.as_slice()
+    else {
+        panic!("{events:?}");
+    };
+    reg.handle_response(h.at(900), answer);
+    assert_eq!(
+        reg.poll_event(),
+        Some(RegistrationEvent::Registered { expires: Duration::from_secs(30), refresh_in: Duration::from_secs(15) })
+    );
+
+    // The refresh gets no answer at all: Timer F (64*T1) ends it as timed out.
+    let refresh = send(&mut h, &mut reg, 15_900);
+    h.sent();
+    let (_, events) = h.run(15_910, 15_900 + 32_000);
+    assert_eq!(
+        events,
+        [(47_900, CoreEvent::OutOfDialogFinished { request: refresh, outcome: OutOfDialogOutcome::TimedOut })]
+    );
+    assert_eq!(h.core.live_state().2, 0, "nothing left behind");
+    // INVITE and friends have their own paths.
+    let mut invite = OutOfDialogRequest {
+        method: Method::Invite,
+        request_uri: "sip:x@127.0.0.1".into(),
+        from: "<sip:a@b>;tag=1".into(),
+        to: "<sip:x@127.0.0.1>".into(),
+        call_id: "c".into(),
+        cseq: 1,
+        destination: TRUNK.parse().unwrap(),
+        transport: Transport::Udp,
+        headers: Vec::new(),
+        body: Vec::new(),
+    };
+    assert!(h.core.send_request_outside_dialog(h.at(50_000), invite.clone()).is_err());
+    invite.method = Method::Options;
+    invite.request_uri = "mailto:x".into();
+    assert!(h.core.send_request_outside_dialog(h.at(50_000), invite).is_err());
+}

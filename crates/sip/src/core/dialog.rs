@@ -510,6 +510,10 @@ impl Core {
                     outcome: RequestOutcome::TimedOut,
                 });
             }
+            RequestOwner::OutOfDialog(request) => {
+                self.events
+                    .push_back(CoreEvent::OutOfDialogFinished { request, outcome: OutOfDialogOutcome::TimedOut });
+            }
         }
     }
 }
