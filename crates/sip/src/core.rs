@@ -36,7 +36,7 @@ use crate::message::{
 use crate::{Timers, Transport};
 
 /// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE";
 
 /// Identifies a TCP connection in the shell.
 pub type ConnectionId = u64;
@@ -173,6 +173,13 @@ pub enum DialogEvent {
     /// a REFER we sent), already answered 200. Header values as sent; `body` is normally a
     /// `message/sipfrag` status line ([`crate::sipfrag::parse_status`]).
     Notify { event: String, subscription_state: String, content_type: String, body: String },
+    /// A re-INVITE or UPDATE with a new offer (`sdp`), or a re-INVITE without one (`None`: our
+    /// 2xx must carry an offer). Answer it with [`Core::answer_reoffer`] within
+    /// [`reoffer::REOFFER_ANSWER_WITHIN`] ([`reoffer`]).
+    Reoffer { id: ReofferId, kind: ReofferKind, sdp: Option<String> },
+    /// The ACK for a 2xx that carried our offer (delayed offer, re-INVITE without SDP), with the
+    /// answer (`None`: the ACK had none, which ends the session: §14.2). Precedes `Confirmed`.
+    Answer { sdp: Option<String> },
 }
 
 /// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
@@ -620,7 +627,8 @@ impl Core {
         let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
         let invites = self.client_invites.values().map(|(_, c)| c.deadline());
         let outgoing = self.outgoing.values().map(|o| o.deadline());
-        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).flatten().min()
+        let reoffers = std::iter::once(self.reoffer_deadline());
+        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).chain(reoffers).flatten().min()
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -732,6 +740,9 @@ impl Core {
             if !taken {
                 self.handle_ack_for_2xx(now, &request);
             }
+            return;
+        }
+        if self.absorb_pending_reoffer(&key) {
             return;
         }
         if let Some(tx) = self.transactions.get(&key) {
@@ -1067,6 +1078,11 @@ impl Core {
         let local_party = format!("{};tag={to_tag}", request.header("To").unwrap_or_default());
         let remote_target = remote_target(&request).unwrap_or_default();
         let dialog_id = DialogId(self.fresh_id());
+        // Delayed offer (§13.2.1): the INVITE had no SDP, so our 2xx carries the offer and the
+        // ACK the answer.
+        let offer = invite_offer(&request).ok().flatten();
+        let mut pending = Pending2xx::start(now, cseq, reply, timers, true);
+        pending.carries_offer = offer.is_none();
         // §8.1.1.5: CSeq MUST stay below 2**31 (peers, and our own parser, refuse more); start in
         // the lower half so that the requests we add to the dialog never reach it.
         let local_cseq = self.rng.random_range(1..=0x3fff_ffff_u32);
@@ -1084,11 +1100,13 @@ impl Core {
                 remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
-                pending_2xx: Some(Pending2xx::start(now, cseq, reply, timers, true)),
+                pending_2xx: Some(pending),
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
                 role: Role::Uas,
                 ack_for_2xx: None,
+                remote_sdp_origin: offer.as_deref().and_then(reoffer::sdp_origin_line),
+                reoffer: None,
             },
         );
         self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
@@ -1185,6 +1203,8 @@ impl Core {
         }
         // Ring timeouts and CANCELs left unanswered.
         self.outgoing_timeouts(now);
+        // Re-offers the application left unanswered.
+        self.reoffer_timeouts(now);
     }
 
     /// Answers a request with a final response through a non-INVITE server transaction
@@ -1335,10 +1355,12 @@ impl Core {
 
 mod dialog;
 mod outgoing;
+pub mod reoffer;
 pub mod transaction;
 
 pub use self::dialog::Role;
 use self::dialog::{DialogPhase, DialogState, Pending2xx};
+pub use self::reoffer::{ReofferAnswer, ReofferId, ReofferKind};
 
 #[cfg(test)]
 mod client_tests;

@@ -13,7 +13,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::client::{CallFailure, OutgoingCall};
-use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, RequestOutcome, Role};
+use crate::core::{
+    CancelReason, OutgoingId, OutgoingProgress, ReofferAnswer, ReofferId, RequestId, RequestOutcome, Role,
+};
 use crate::core::{
     ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
 };
@@ -149,6 +151,10 @@ pub mod metric_names {
     /// SIP responses the gateway received (retransmissions included), by the `method` of their
     /// CSeq and `code`.
     pub const SIP_RESPONSES_RECEIVED_TOTAL: &str = "switchboard_sip_responses_received_total";
+    /// re-INVITEs and UPDATEs received in a dialog, by `method` and `kind` (`refresh`: same SDP
+    /// or none in an UPDATE, answered at once; `offer`: a new offer; `no_sdp`: a re-INVITE
+    /// asking for our offer).
+    pub const SIP_REOFFERS_TOTAL: &str = "switchboard_sip_reoffers_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -827,6 +833,14 @@ impl Dialog {
             return Err(RequestError::Ended);
         }
         self.requester().send_request(method, headers, body).await
+    }
+
+    /// Answers a [`DialogEvent::Reoffer`] (see [`crate::core::reoffer`]); `false` when it is no
+    /// longer pending (answered 500 at its deadline, or the dialog is over).
+    pub fn answer_reoffer(&self, id: ReofferId, answer: ReofferAnswer) -> bool {
+        let answered = self.shared.core().answer_reoffer(Instant::now(), self.id, id, answer);
+        self.shared.wake.notify_one();
+        answered
     }
 
     /// A handle that sends requests in this dialog from another task (a REFER whose final

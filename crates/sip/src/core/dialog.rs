@@ -27,6 +27,8 @@ pub(super) struct Pending2xx {
     pub(super) retransmit: Retransmit,
     pub(super) give_up_at: Instant,
     pub(super) initial: bool,
+    /// The 2xx carries our offer (the request had none): its ACK carries the answer.
+    pub(super) carries_offer: bool,
 }
 
 impl Pending2xx {
@@ -38,6 +40,7 @@ impl Pending2xx {
             retransmit: Retransmit::start(now, timers.t1, Some(timers.t2), reliable),
             give_up_at: now + timers.t1_x64(),
             initial,
+            carries_offer: false,
         }
     }
 }
@@ -68,6 +71,10 @@ pub(super) struct DialogState {
     /// UAC: the ACK for the INVITE's 2xx (CSeq number, bytes), sent again for each
     /// retransmission of that 2xx (§13.2.2.4).
     pub(super) ack_for_2xx: Option<(u32, Transmit)>,
+    /// The `o=` line of the peer's last SDP: a re-offer with the same one is a refresh.
+    pub(super) remote_sdp_origin: Option<String>,
+    /// A re-offer waiting for the application ([`super::reoffer`]).
+    pub(super) reoffer: Option<super::reoffer::PendingReoffer>,
 }
 
 /// Which side of the INVITE we were (RFC 3261 §12.1).
@@ -126,6 +133,7 @@ impl Core {
                 );
             }
             Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
+            Method::Update => self.handle_update(now, origin, request, key, dialog_id),
             Method::Info => self.handle_info(now, origin, request, key, dialog_id),
             Method::Notify => self.handle_notify(now, origin, request, key, dialog_id),
             _ => self.respond(now, key, &origin, &request, 501, None, &[]),
@@ -192,55 +200,6 @@ impl Core {
         });
     }
 
-    /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer
-    /// unchanged (same o= version: "no change", RFC 3264 §8).
-    pub(super) fn handle_reinvite(
-        &mut self,
-        now: Instant,
-        origin: Origin,
-        request: Message,
-        key: TxKey,
-        dialog_id: DialogId,
-    ) {
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
-            return;
-        };
-        if dialog.pending_2xx.is_some() || dialog.phase == DialogPhase::Terminating {
-            // §14.2: an INVITE is already in progress.
-            self.respond(now, key, &origin, &request, 491, None, &[]);
-            return;
-        }
-        let answer = dialog.last_answer.clone();
-        let local_tag = dialog.local_tag.clone();
-        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
-        // A new remote target may come with the re-INVITE (§12.2.2).
-        let new_target =
-            request.header("Contact").and_then(NameAddr::parse).map(|c| without_uri_headers(&c.uri).to_owned());
-        let contact = self.contact_header(origin.transport);
-        let mut response = self.build_response(
-            &request,
-            &origin,
-            200,
-            "OK",
-            Some(&local_tag),
-            &[("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-        );
-        response.body = answer.into_bytes();
-        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 200) else {
-            return;
-        };
-        self.transmits.push_back(reply.clone());
-        let timers = self.config.timers;
-        if let Some(dialog) = self.dialogs.get_mut(&dialog_id) {
-            if let Some(target) = new_target {
-                dialog.remote_target = target;
-            }
-            dialog.pending_2xx = Some(Pending2xx::start(now, cseq, reply.clone(), timers, false));
-        }
-        let transaction = ServerInvite::answered(now, request, origin, local_tag, reply, 200, timers);
-        self.transactions.insert(key, ServerTransaction::Invite(Box::new(transaction)));
-    }
-
     /// §13.3.1.4: the ACK for a 2xx is matched by dialog and CSeq, not by transaction.
     pub(super) fn handle_ack_for_2xx(&mut self, _now: Instant, request: &Message) {
         let (Some(to_tag), Some(call_id)) = (request.to_tag(), request.call_id()) else {
@@ -261,9 +220,18 @@ impl Core {
             return;
         }
         let initial = pending.initial;
+        let carries_offer = pending.carries_offer;
         dialog.pending_2xx = None;
         if dialog.phase == DialogPhase::WaitingAck {
             dialog.phase = DialogPhase::Confirmed;
+        }
+        if carries_offer {
+            // Our 2xx carried the offer: the ACK carries the answer (§13.2.1, §14.2).
+            let sdp = super::reoffer::sdp_body(request);
+            if let Some(line) = sdp.as_deref().and_then(super::reoffer::sdp_origin_line) {
+                dialog.remote_sdp_origin = Some(line);
+            }
+            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Answer { sdp } });
         }
         if initial {
             self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Confirmed });

@@ -501,6 +501,10 @@ impl Core {
                 bye_branch: None,
                 role: Role::Uac,
                 ack_for_2xx: None,
+                remote_sdp_origin: super::reoffer::sdp_body(response)
+                    .as_deref()
+                    .and_then(super::reoffer::sdp_origin_line),
+                reoffer: None,
             },
         );
         self.dialog_index.insert((call_id, local_tag, to_tag), dialog_id);

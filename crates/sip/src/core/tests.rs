@@ -452,8 +452,14 @@ fn reinvite_is_answered_with_last_sdp() {
     let (_dialog, tag, _) = establish(&mut h, "");
     h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
     h.events();
-    let reinvite = in_dialog("INVITE", "z9hG4bKre", &tag, 2)
-        .replace("Content-Length: 0", "Contact: <sip:alice@127.0.0.1:5099>\r\nContent-Length: 0");
+    // The INVITE's own SDP again (same o= line): a session refresh (RFC 3264 §8).
+    let offer = "v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nc=IN IP4 127.0.0.1\r\nt=0 0\r\nm=audio 6000 RTP/AVP 0\r\n";
+    let reinvite = in_dialog("INVITE", "z9hG4bKre", &tag, 2);
+    let reinvite = format!(
+        "{}Contact: <sip:alice@127.0.0.1:5099>\r\nContent-Type: application/sdp\r\nContent-Length: {}\r\n\r\n{offer}",
+        reinvite.trim_end_matches("Content-Length: 0\r\n\r\n"),
+        offer.len()
+    );
     h.recv(60_000, &reinvite);
     let sent = h.sent();
     assert_eq!(sent.len(), 1);
@@ -986,3 +992,6 @@ fn call_info_carries_the_asserted_identity_the_headers_and_to_when_the_request_u
         other => panic!("{other:?}"),
     }
 }
+
+/// Re-offers, delayed offer (reoffer.rs).
+mod reoffer;
