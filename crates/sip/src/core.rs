@@ -180,6 +180,8 @@ pub enum DialogEvent {
     /// The ACK for a 2xx that carried our offer (delayed offer, re-INVITE without SDP), with the
     /// answer (`None`: the ACK had none, which ends the session: §14.2). Precedes `Confirmed`.
     Answer { sdp: Option<String> },
+    /// The session timer ended the session (RFC 4028 §10): the endpoint has sent BYE itself.
+    SessionExpired { cause: session_timer::SessionEnd },
 }
 
 /// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
@@ -241,6 +243,8 @@ pub struct CoreConfig {
     pub tcp_contact: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub max_headers: usize,
+    /// Session timers (RFC 4028) on the dialogs we answer.
+    pub session_timer: session_timer::SessionTimerConfig,
 }
 
 /// Transaction key (RFC 3261 §17.2.3): branch + sent-by + method (ACK maps to INVITE).
@@ -331,6 +335,8 @@ enum RequestOwner {
     Cancel(OutgoingId),
     /// Another in-dialog request sent with [`Core::send_request`].
     InDialog { dialog: DialogId, request: RequestId },
+    /// Our session refresh (RFC 4028, [`session_timer`]).
+    Refresh(DialogId),
 }
 
 #[derive(Debug)]
@@ -627,7 +633,7 @@ impl Core {
         let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
         let invites = self.client_invites.values().map(|(_, c)| c.deadline());
         let outgoing = self.outgoing.values().map(|o| o.deadline());
-        let reoffers = std::iter::once(self.reoffer_deadline());
+        let reoffers = [self.reoffer_deadline(), self.session_timer_deadline()];
         tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).chain(reoffers).flatten().min()
     }
 
@@ -787,12 +793,13 @@ impl Core {
             self.respond(now, key, &origin, &request, 483, None, &[]);
             return;
         }
-        // §8.2.2.3: we support no option-tags, so any Require is unsupported.
+        // §8.2.2.3: of the option-tags we support only `timer` (RFC 4028); any other is
+        // unsupported.
         let required: Vec<String> = request
             .header_values("Require")
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
             .collect();
         if !required.is_empty() {
             let unsupported = required.join(", ");
@@ -894,6 +901,15 @@ impl Core {
                 .collect(),
         };
 
+        // RFC 4028 §9: an interval below our minimum is 422 with the Min-SE we take.
+        let timer = session_timer::TimerRequest::read(&request);
+        if let session_timer::TimerDecision::TooSmall { min_se } =
+            session_timer::negotiate_uas(self.config.session_timer, &timer)
+        {
+            let min_se = min_se.to_string();
+            self.respond(now, key, &origin, &request, 422, None, &[("Min-SE", min_se.as_str())]);
+            return;
+        }
         // §17.2.1: the INVITE server transaction answers 100 Trying at once.
         let trying = self.build_response(&request, &origin, 100, "Trying", None, &[]);
         let Some(reply) = self.reply_transmit(&request, &origin, trying, &Method::Invite, 100) else {
@@ -973,6 +989,7 @@ impl Core {
             // A 200 to our CANCEL: the 487 to the INVITE follows (§9.1); anything else (481:
             // the INVITE already ended) leaves the INVITE's own final response to decide.
             RequestOwner::Cancel(_) => {}
+            RequestOwner::Refresh(dialog) => self.refresh_answered(now, dialog, &response),
             RequestOwner::InDialog { dialog, request } => {
                 let reason = response.reason_phrase().to_owned();
                 let outcome = RequestOutcome::Answered { status: code, reason };
@@ -1063,6 +1080,12 @@ impl Core {
         extra.push(("Contact", contact.as_str()));
         extra.push(("Allow", ALLOW));
         extra.push(("Content-Type", "application/sdp"));
+        // RFC 4028 §9: the session timer we run, and the option tags we support.
+        let timer_wishes = session_timer::TimerRequest::read(&request);
+        let timer_decision = session_timer::negotiate_uas(self.config.session_timer, &timer_wishes);
+        let timer_headers = session_timer::response_headers(timer_decision);
+        extra.extend(timer_headers.iter().map(|(name, value)| (*name, value.as_str())));
+        extra.push(("Supported", session_timer::SUPPORTED));
         let mut response = self.build_response(&request, &origin, 200, "OK", Some(&to_tag), &extra);
         response.body = sdp_answer.as_bytes().to_vec();
         let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
@@ -1107,6 +1130,8 @@ impl Core {
                 ack_for_2xx: None,
                 remote_sdp_origin: offer.as_deref().and_then(reoffer::sdp_origin_line),
                 reoffer: None,
+                session_timer: session_timer::SessionTimer::answered(now, timer_decision),
+                peer_allows_update: timer_wishes.allows_update,
             },
         );
         self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
@@ -1205,6 +1230,8 @@ impl Core {
         self.outgoing_timeouts(now);
         // Re-offers the application left unanswered.
         self.reoffer_timeouts(now);
+        // Session refreshes and expiries (RFC 4028).
+        self.session_timer_timeouts(now);
     }
 
     /// Answers a request with a final response through a non-INVITE server transaction
@@ -1356,6 +1383,7 @@ impl Core {
 mod dialog;
 mod outgoing;
 pub mod reoffer;
+pub mod session_timer;
 pub mod transaction;
 
 pub use self::dialog::Role;

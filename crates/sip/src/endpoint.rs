@@ -44,6 +44,8 @@ pub struct EndpointConfig {
     pub retry_after_secs: u32,
     /// Bounds on the TCP transport.
     pub tcp_limits: TcpLimits,
+    /// Session timers (RFC 4028) on the dialogs we answer.
+    pub session_timer: crate::core::session_timer::SessionTimerConfig,
 }
 
 impl Default for EndpointConfig {
@@ -58,6 +60,7 @@ impl Default for EndpointConfig {
             timers: Timers::default(),
             retry_after_secs: 5,
             tcp_limits: TcpLimits::default(),
+            session_timer: crate::core::session_timer::SessionTimerConfig::default(),
         }
     }
 }
@@ -155,6 +158,9 @@ pub mod metric_names {
     /// or none in an UPDATE, answered at once; `offer`: a new offer; `no_sdp`: a re-INVITE
     /// asking for our offer).
     pub const SIP_REOFFERS_TOTAL: &str = "switchboard_sip_reoffers_total";
+    /// Sessions ended by their session timer (RFC 4028 §10), by `cause` (`not_refreshed`,
+    /// `refresh_failed`, `refresh_timeout`).
+    pub const SIP_SESSION_EXPIRED_TOTAL: &str = "switchboard_sip_session_expired_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -402,6 +408,7 @@ impl SipEndpoint {
                 tcp_contact: local_tcp.map(|a| advertised(a, cfg.advertised_host)),
                 max_message_bytes: cfg.max_message_bytes,
                 max_headers: cfg.max_headers,
+                session_timer: cfg.session_timer,
             },
             rand::random(),
         );

@@ -250,6 +250,7 @@ pub async fn start(
             max_connections_per_address: sip_cfg.tcp_max_connections_per_address,
             write_queue_bytes: sip_cfg.tcp_write_queue_bytes,
         },
+        session_timer: crate::config::session_timer(sip_cfg),
     })
     .await?;
     let _ = state.sip.set(sip.clone());

@@ -27,6 +27,8 @@ pub mod transfer_limits {
 }
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+mod dialog;
+pub use dialog::session_timer;
 pub mod view;
 
 /// The whole configuration file.
@@ -82,6 +84,10 @@ pub struct SipConfig {
     pub tcp_max_connections_per_address: usize,
     /// Bytes queued for a TCP peer that does not read before it is disconnected.
     pub tcp_write_queue_bytes: usize,
+    /// Session timer interval (RFC 4028) we ask for and accept at most, seconds; 0: off.
+    pub session_expires_secs: u32,
+    /// Shortest session timer interval we accept (Min-SE; less is answered 422), seconds.
+    pub session_min_se_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -439,6 +445,8 @@ impl Default for SipConfig {
             tcp_max_connections: 1000,
             tcp_max_connections_per_address: 32,
             tcp_write_queue_bytes: 256 * 1024,
+            session_expires_secs: 1800,
+            session_min_se_secs: 90,
         }
     }
 }
@@ -932,6 +940,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
     recording::validate(cfg, problems);
+    dialog::validate(cfg, problems);
 
     Some(Resolved {
         sip_udp,

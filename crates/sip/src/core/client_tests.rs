@@ -23,6 +23,7 @@ fn config() -> CoreConfig {
         tcp_contact: Some("127.0.0.1:5060".parse().unwrap()),
         max_message_bytes: 16 * 1024,
         max_headers: 100,
+        session_timer: Default::default(),
     }
 }
 

@@ -75,6 +75,10 @@ pub(super) struct DialogState {
     pub(super) remote_sdp_origin: Option<String>,
     /// A re-offer waiting for the application ([`super::reoffer`]).
     pub(super) reoffer: Option<super::reoffer::PendingReoffer>,
+    /// The session timer (RFC 4028), if the dialog has one ([`super::session_timer`]).
+    pub(super) session_timer: Option<super::session_timer::SessionTimer>,
+    /// The peer listed UPDATE in its Allow (our refreshes can be UPDATEs).
+    pub(super) peer_allows_update: bool,
 }
 
 /// Which side of the INVITE we were (RFC 3261 §12.1).
@@ -339,6 +343,24 @@ impl Core {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<RequestId> {
+        self.send_request_owned(now, dialog_id, destination, method, headers, body, |request| RequestOwner::InDialog {
+            dialog: dialog_id,
+            request,
+        })
+    }
+
+    /// [`Core::send_request`] with the owner its final response goes to.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_request_owned(
+        &mut self,
+        now: Instant,
+        dialog_id: DialogId,
+        destination: SocketAddr,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        owner: impl FnOnce(RequestId) -> RequestOwner,
+    ) -> Option<RequestId> {
         if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
             return None;
         }
@@ -357,7 +379,7 @@ impl Core {
         }
         transmit.payload = request.to_bytes();
         let id = RequestId(self.fresh_id());
-        let owner = RequestOwner::InDialog { dialog: dialog_id, request: id };
+        let owner = owner(id);
         self.start_request(now, ClientKey { branch, method }, owner, transmit);
         Some(id)
     }
@@ -467,6 +489,7 @@ impl Core {
             }
             // §9.1: the INVITE's own timers (or the 64*T1 after CANCEL) settle the call.
             RequestOwner::Cancel(_) => {}
+            RequestOwner::Refresh(dialog) => self.refresh_timed_out(dialog),
             RequestOwner::InDialog { dialog, request } => {
                 self.events.push_back(CoreEvent::RequestFinished {
                     dialog,

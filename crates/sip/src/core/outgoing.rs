@@ -505,6 +505,8 @@ impl Core {
                     .as_deref()
                     .and_then(super::reoffer::sdp_origin_line),
                 reoffer: None,
+                session_timer: None,
+                peer_allows_update: super::session_timer::TimerRequest::read(response).allows_update,
             },
         );
         self.dialog_index.insert((call_id, local_tag, to_tag), dialog_id);

@@ -100,6 +100,9 @@ impl Core {
         key: TxKey,
         dialog_id: DialogId,
     ) {
+        if self.session_interval_too_small(now, &origin, &request, &key) {
+            return;
+        }
         let Some(dialog) = self.dialogs.get(&dialog_id) else {
             return;
         };
@@ -133,15 +136,21 @@ impl Core {
         key: TxKey,
         dialog_id: DialogId,
     ) {
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
+        if self.session_interval_too_small(now, &origin, &request, &key) {
             return;
-        };
+        }
         let offer = sdp_body(&request);
         let contact = self.contact_header(origin.transport);
         let Some(sdp) = offer else {
             count_reoffer(ReofferKind::Update, "refresh");
             self.apply_target_refresh(dialog_id, &request);
-            self.respond(now, key, &origin, &request, 200, None, &[("Contact", contact.as_str()), ("Allow", ALLOW)]);
+            let timer = self.refresh_on_request(now, dialog_id, &request).unwrap_or_default();
+            let mut extra = vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", session_timer::SUPPORTED)];
+            extra.extend(timer.iter().map(|(name, value)| (*name, value.as_str())));
+            self.respond(now, key, &origin, &request, 200, None, &extra);
+            return;
+        };
+        let Some(dialog) = self.dialogs.get(&dialog_id) else {
             return;
         };
         if dialog.reoffer.is_some() || dialog.pending_2xx.as_ref().is_some_and(|p| p.carries_offer) {
@@ -153,7 +162,7 @@ impl Core {
             count_reoffer(ReofferKind::Update, "refresh");
             let answer = dialog.last_answer.clone();
             self.apply_target_refresh(dialog_id, &request);
-            self.respond_sdp(now, key, &origin, &request, answer);
+            self.respond_sdp(now, key, &origin, &request, dialog_id, answer);
             return;
         }
         self.surface_reoffer(now, origin, request, key, dialog_id, ReofferKind::Update, Some(sdp));
@@ -218,7 +227,7 @@ impl Core {
                     }
                     ReofferKind::Update => {
                         self.apply_target_refresh(dialog_id, &request);
-                        self.respond_sdp(now, key, &origin, &request, sdp);
+                        self.respond_sdp(now, key, &origin, &request, dialog_id, sdp);
                     }
                 }
             }
@@ -249,14 +258,15 @@ impl Core {
         let local_tag = dialog.local_tag.clone();
         let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
         let contact = self.contact_header(origin.transport);
-        let mut response = self.build_response(
-            &request,
-            &origin,
-            200,
-            "OK",
-            Some(&local_tag),
-            &[("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-        );
+        let timer = self.refresh_on_request(now, dialog_id, &request).unwrap_or_default();
+        let mut extra = vec![
+            ("Contact", contact.as_str()),
+            ("Allow", ALLOW),
+            ("Supported", session_timer::SUPPORTED),
+            ("Content-Type", "application/sdp"),
+        ];
+        extra.extend(timer.iter().map(|(name, value)| (*name, value.as_str())));
+        let mut response = self.build_response(&request, &origin, 200, "OK", Some(&local_tag), &extra);
         response.body = body.into_bytes();
         let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 200) else {
             return;
@@ -282,13 +292,43 @@ impl Core {
         }
     }
 
+    /// RFC 4028 §9 on a re-INVITE or UPDATE: an interval below our minimum is answered 422 with
+    /// our Min-SE. `true` when it was.
+    fn session_interval_too_small(&mut self, now: Instant, origin: &Origin, request: &Message, key: &TxKey) -> bool {
+        let wishes = session_timer::TimerRequest::read(request);
+        let session_timer::TimerDecision::TooSmall { min_se } =
+            session_timer::negotiate_uas(self.config.session_timer, &wishes)
+        else {
+            return false;
+        };
+        let min_se = min_se.to_string();
+        self.respond(now, key.clone(), origin, request, 422, None, &[("Min-SE", min_se.as_str())]);
+        true
+    }
+
     /// 200 to a non-INVITE request (UPDATE) with an SDP body and our Contact.
-    fn respond_sdp(&mut self, now: Instant, key: TxKey, origin: &Origin, request: &Message, sdp: String) {
+    #[allow(clippy::too_many_arguments)]
+    fn respond_sdp(
+        &mut self,
+        now: Instant,
+        key: TxKey,
+        origin: &Origin,
+        request: &Message,
+        dialog_id: DialogId,
+        sdp: String,
+    ) {
         let Some(tag) = request.to_tag() else {
             return;
         };
         let contact = self.contact_header(origin.transport);
-        let extra = [("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")];
+        let timer = self.refresh_on_request(now, dialog_id, request).unwrap_or_default();
+        let mut extra = vec![
+            ("Contact", contact.as_str()),
+            ("Allow", ALLOW),
+            ("Supported", session_timer::SUPPORTED),
+            ("Content-Type", "application/sdp"),
+        ];
+        extra.extend(timer.iter().map(|(name, value)| (*name, value.as_str())));
         let mut response = self.build_response(request, origin, 200, "OK", Some(&tag), &extra);
         response.body = sdp.into_bytes();
         let method = request.method().cloned().unwrap_or(Method::Update);

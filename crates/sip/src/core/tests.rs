@@ -16,6 +16,7 @@ fn config() -> CoreConfig {
         tcp_contact: Some("127.0.0.1:5060".parse().unwrap()),
         max_message_bytes: 16 * 1024,
         max_headers: 100,
+        session_timer: Default::default(),
     }
 }
 
@@ -995,3 +996,6 @@ fn call_info_carries_the_asserted_identity_the_headers_and_to_when_the_request_u
 
 /// Re-offers, delayed offer (reoffer.rs).
 mod reoffer;
+
+/// Session timers (session_timer.rs).
+mod session_timers;

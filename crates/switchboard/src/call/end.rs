@@ -147,6 +147,9 @@ pub enum CallEnd {
     /// Our offer (delayed offer, re-INVITE without SDP) got no usable answer in the ACK; we sent
     /// BYE (RFC 3261 §14.2).
     BadSdpAnswer(String),
+    /// The session timer ran out (RFC 4028 §10): the caller did not refresh the session, or our
+    /// refresh failed; the SIP layer sent BYE.
+    SessionExpired,
 }
 
 impl CallEnd {
@@ -164,7 +167,7 @@ impl CallEnd {
             CallEnd::MediaSetupFailed(_) => Fault::Gateway,
             CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => Fault::None,
             CallEnd::Transferred | CallEnd::TransferFailed => Fault::None,
-            CallEnd::BadSdpAnswer(_) => Fault::Caller,
+            CallEnd::BadSdpAnswer(_) | CallEnd::SessionExpired => Fault::Caller,
         }
     }
 
@@ -183,7 +186,8 @@ impl CallEnd {
             | CallEnd::AgentWatchdog(_)
             | CallEnd::AgentMessageTooLarge(_)
             | CallEnd::MediaSetupFailed(_)
-            | CallEnd::BadSdpAnswer(_) => "failed",
+            | CallEnd::BadSdpAnswer(_)
+            | CallEnd::SessionExpired => "failed",
         }
     }
 
@@ -208,6 +212,7 @@ impl CallEnd {
             CallEnd::Transferred => "transferred",
             CallEnd::TransferFailed => "transfer_failed",
             CallEnd::BadSdpAnswer(_) => "bad_sdp_answer",
+            CallEnd::SessionExpired => "session_expired",
         }
     }
 
@@ -284,6 +289,9 @@ mod tests {
         let end = CallEnd::BadSdpAnswer("no SDP in the ACK".into());
         assert!(end.needs_bye());
         assert_eq!((end.fault(), end.outcome_label(), end.reason_label()), (Fault::Caller, "failed", "bad_sdp_answer"));
+        let expired = CallEnd::SessionExpired;
+        assert!(!expired.needs_bye(), "the SIP layer already sent BYE");
+        assert_eq!((expired.fault(), expired.reason_label()), (Fault::Caller, "session_expired"));
     }
 
     #[test]

@@ -505,6 +505,10 @@ impl MediaLoop<'_> {
                             self.on_answer_in_ack(sdp.as_deref());
                             continue;
                         }
+                        Some(DialogEvent::SessionExpired { cause }) => {
+                            warn!(?cause, "session timer expired; the SIP layer sent BYE");
+                            DialogInput::SessionExpired
+                        }
                     };
                     if input == DialogInput::RemoteBye {
                         self.transfer_caller_left();

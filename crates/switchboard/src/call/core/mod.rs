@@ -202,6 +202,8 @@ pub enum DialogInput {
     Shutdown,
     /// A key from a SIP INFO in the dialog (already answered 200).
     Dtmf { digit: DtmfDigit, duration: Duration },
+    /// The session timer ended the session (RFC 4028; the SIP layer sent BYE).
+    SessionExpired,
 }
 
 /// One RTP packet to send now on a leg.
@@ -899,6 +901,7 @@ impl CallCore {
             DialogInput::OperatorHangup => self.end(CallEnd::Operator),
             DialogInput::Shutdown => self.end(CallEnd::GatewayShutdown),
             DialogInput::Dtmf { digit, duration } => self.on_dtmf(now, CALLER, digit, duration),
+            DialogInput::SessionExpired => self.end(CallEnd::SessionExpired),
         }
     }
 
