@@ -419,8 +419,10 @@ mod tests {
 
     #[test]
     fn headers_are_read_in_full_and_compact_form() {
-        let text = "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nx: 1200 ; refresher=UAS\r\n\
-                    Min-SE: 120\r\nk: 100rel, timer\r\nAllow: INVITE, ACK, UPDATE\r\nContent-Length: 0\r\n\r\n";
+        let text = "INVITE sip:a@b SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nFrom: <sip:c@d>;tag=1\r\n\
+                    To: <sip:a@b>\r\nCall-ID: x1\r\nCSeq: 1 INVITE\r\nMax-Forwards: 70\r\n\
+                    x: 1200 ; refresher=UAS\r\nMin-SE: 120\r\nk: 100rel, timer\r\nAllow: INVITE, ACK, UPDATE\r\n\
+                    Content-Length: 0\r\n\r\n";
         let request = crate::message::parse_message(text.as_bytes(), crate::Transport::Udp).unwrap();
         assert_eq!(
             TimerRequest::read(&request),

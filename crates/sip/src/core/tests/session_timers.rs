@@ -65,7 +65,7 @@ fn a_caller_refreshing_itself_keeps_the_call_and_one_that_stops_gets_our_bye() {
     assert_eq!(sent[0].1.header("Session-Expires"), Some("120;refresher=uac"));
     // 120 - min(32, 40) = 88 s after the last refresh: our BYE, not before.
     let sent = h.run_until(60_010, 150_000);
-    assert_eq!(byes(&sent), vec![148_000], "88 s after the refresh at 60 s");
+    assert_eq!(byes(&sent).first(), Some(&148_000), "88 s after the refresh at 60 s (then its retransmissions)");
     assert_eq!(expired(&mut h), vec![session_timer::SessionEnd::NotRefreshed]);
 }
 
@@ -107,7 +107,7 @@ fn an_unanswered_refresh_ends_the_call_with_bye() {
     answered(&mut h, "Session-Expires: 90\r\nAllow: INVITE, ACK, BYE, UPDATE\r\n");
     let sent = h.run_until(60, 45_000 + 64 * 500 + 100);
     assert!(sent.iter().filter(|(_, m)| m.method() == Some(&Method::Update)).count() > 1, "retransmitted");
-    assert_eq!(byes(&sent).len(), 1, "BYE after Timer F of the refresh");
+    assert!(!byes(&sent).is_empty(), "BYE after Timer F of the refresh");
     assert_eq!(expired(&mut h), vec![session_timer::SessionEnd::RefreshTimedOut]);
 }
 
