@@ -36,7 +36,7 @@ use crate::message::{
 use crate::{Timers, Transport};
 
 /// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK";
 
 /// Identifies a TCP connection in the shell.
 pub type ConnectionId = u64;
@@ -372,6 +372,8 @@ pub struct Core {
     client_invites: HashMap<String, (OutgoingId, ClientInvite)>,
     /// Calls we placed.
     outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
+    /// Reliable provisional responses waiting for their PRACK (RFC 3262, [`prack`]).
+    reliable: HashMap<InviteId, prack::Reliable>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
 }
@@ -590,6 +592,7 @@ impl Core {
             client_transactions: HashMap::new(),
             client_invites: HashMap::new(),
             outgoing: HashMap::new(),
+            reliable: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -633,7 +636,7 @@ impl Core {
         let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
         let invites = self.client_invites.values().map(|(_, c)| c.deadline());
         let outgoing = self.outgoing.values().map(|o| o.deadline());
-        let reoffers = [self.reoffer_deadline(), self.session_timer_deadline()];
+        let reoffers = [self.reoffer_deadline(), self.session_timer_deadline(), self.prack_deadline()];
         tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).chain(reoffers).flatten().min()
     }
 
@@ -793,13 +796,13 @@ impl Core {
             self.respond(now, key, &origin, &request, 483, None, &[]);
             return;
         }
-        // §8.2.2.3: of the option-tags we support only `timer` (RFC 4028); any other is
-        // unsupported.
+        // §8.2.2.3: of the option-tags we support `timer` (RFC 4028) and `100rel` (RFC 3262); any
+        // other is unsupported.
         let required: Vec<String> = request
             .header_values("Require")
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer"))
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer") && !t.eq_ignore_ascii_case("100rel"))
             .collect();
         if !required.is_empty() {
             let unsupported = required.join(", ");
@@ -998,11 +1001,15 @@ impl Core {
         }
     }
 
-    /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
-    pub fn ringing(&mut self, invite: InviteId) {
+    /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1); reliably when the
+    /// INVITE requires `100rel` (RFC 3262, [`prack`]).
+    pub fn ringing(&mut self, now: Instant, invite: InviteId) {
         let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
+        if self.ringing_reliably(now, invite, &key) {
+            return;
+        }
         let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
@@ -1032,6 +1039,7 @@ impl Core {
         let status = if (300..=699).contains(&status) { status } else { 500 };
         self.final_non_2xx(now, invite, status, reason, extra_headers);
         self.invites.remove(&invite);
+        self.forget_reliable(invite);
     }
 
     /// §17.2.1: a final non-2xx moves the INVITE transaction to Completed; over UDP it is
@@ -1089,9 +1097,13 @@ impl Core {
         let mut response = self.build_response(&request, &origin, 200, "OK", Some(&to_tag), &extra);
         response.body = sdp_answer.as_bytes().to_vec();
         let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
-        self.transmits.push_back(reply.clone());
+        // RFC 3262 §3: not before the PRACK of our reliable 180 (`prack.rs` sends it then).
+        let held = self.awaiting_prack(invite);
+        if !held {
+            self.transmits.push_back(reply.clone());
+        }
         let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+        if !held && let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
             tx.accept(now, reply.clone());
         }
 
@@ -1104,8 +1116,12 @@ impl Core {
         // Delayed offer (§13.2.1): the INVITE had no SDP, so our 2xx carries the offer and the
         // ACK the answer.
         let offer = invite_offer(&request).ok().flatten();
-        let mut pending = Pending2xx::start(now, cseq, reply, timers, true);
+        let mut pending = Pending2xx::start(now, cseq, reply.clone(), timers, true);
         pending.carries_offer = offer.is_none();
+        if held {
+            self.hold_until_prack(invite, dialog_id, reply, offer.is_none());
+        }
+        let pending = (!held).then_some(pending);
         // §8.1.1.5: CSeq MUST stay below 2**31 (peers, and our own parser, refuse more); start in
         // the lower half so that the requests we add to the dialog never reach it.
         let local_cseq = self.rng.random_range(1..=0x3fff_ffff_u32);
@@ -1123,7 +1139,7 @@ impl Core {
                 remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
-                pending_2xx: Some(pending),
+                pending_2xx: pending,
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
                 role: Role::Uas,
@@ -1166,6 +1182,7 @@ impl Core {
                 && let Some(invite) = tx.invite()
             {
                 self.invites.remove(&invite);
+                self.reliable.remove(&invite);
                 self.merge_index.remove(&merge_key(tx.request()));
             }
         }
@@ -1232,6 +1249,8 @@ impl Core {
         self.reoffer_timeouts(now);
         // Session refreshes and expiries (RFC 4028).
         self.session_timer_timeouts(now);
+        // Reliable provisionals (RFC 3262).
+        self.prack_timeouts(now);
     }
 
     /// Answers a request with a final response through a non-INVITE server transaction
@@ -1382,6 +1401,7 @@ impl Core {
 
 mod dialog;
 mod outgoing;
+mod prack;
 pub mod reoffer;
 pub mod session_timer;
 pub mod transaction;

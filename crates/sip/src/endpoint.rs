@@ -687,7 +687,7 @@ impl std::fmt::Debug for ServerInvite {
 impl ServerInvite {
     /// Sends 180 Ringing (with our To-tag and the Record-Route set).
     pub fn ringing(&self) {
-        self.shared.core().ringing(self.id);
+        self.shared.core().ringing(Instant::now(), self.id);
         self.shared.wake.notify_one();
     }
 

@@ -100,6 +100,11 @@ impl Core {
         key: TxKey,
         to_tag: String,
     ) {
+        if method == Method::Prack {
+            // The early dialog of a reliable 180 (RFC 3262), or a PRACK for nothing: 481.
+            self.handle_prack(now, origin, request, key, &to_tag);
+            return;
+        }
         let index = (request.call_id().unwrap_or_default().to_string(), to_tag, request.from_tag().unwrap_or_default());
         let Some(&dialog_id) = self.dialog_index.get(&index) else {
             // §12.2.2: no matching dialog.

@@ -145,7 +145,8 @@ impl Core {
             count_reoffer(ReofferKind::Update, "refresh");
             self.apply_target_refresh(dialog_id, &request);
             let timer = self.refresh_on_request(now, dialog_id, &request).unwrap_or_default();
-            let mut extra = vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", session_timer::SUPPORTED)];
+            let mut extra =
+                vec![("Contact", contact.as_str()), ("Allow", ALLOW), ("Supported", session_timer::SUPPORTED)];
             extra.extend(timer.iter().map(|(name, value)| (*name, value.as_str())));
             self.respond(now, key, &origin, &request, 200, None, &extra);
             return;

@@ -365,7 +365,7 @@ impl SessionEnd {
 }
 
 /// The option tags we support, sent in `Supported`.
-pub const SUPPORTED: &str = "timer";
+pub const SUPPORTED: &str = "100rel, timer";
 
 #[cfg(test)]
 mod tests {
@@ -439,12 +439,14 @@ mod tests {
     #[test]
     fn refreshes_at_half_the_interval_and_the_peers_expiry_keeps_a_margin() {
         let t0 = Instant::now();
-        let ours = SessionTimer::answered(t0, TimerDecision::Use { interval: 90, refresher: Refresher::Uas, require: false })
-            .unwrap();
+        let ours =
+            SessionTimer::answered(t0, TimerDecision::Use { interval: 90, refresher: Refresher::Uas, require: false })
+                .unwrap();
         assert_eq!(ours.refresh_due(), Some(t0 + Duration::from_secs(45)));
         assert_eq!(ours.expires_at(), t0 + Duration::from_secs(90));
-        let theirs = SessionTimer::answered(t0, TimerDecision::Use { interval: 90, refresher: Refresher::Uac, require: true })
-            .unwrap();
+        let theirs =
+            SessionTimer::answered(t0, TimerDecision::Use { interval: 90, refresher: Refresher::Uac, require: true })
+                .unwrap();
         assert_eq!(theirs.refresh_due(), None);
         assert_eq!(theirs.expires_at(), t0 + Duration::from_secs(60), "90 - min(32, 30)");
         let long = SessionTimer { interval: Duration::from_secs(1800), ..theirs };

@@ -220,7 +220,7 @@ fn ringing_then_retransmitted_invite_resends_180() {
     h.recv(0, &invite("z9hG4bKinv", "Record-Route: <sip:proxy.example;lr>\r\n"));
     h.sent();
     let id = h.incoming();
-    h.core.ringing(id);
+    h.core.ringing(h.at(0), id);
     let sent = h.sent();
     let ringing = &sent[0].1;
     assert_eq!(ringing.status(), Some(180));
@@ -582,7 +582,7 @@ fn out_of_dialog_error_responses() {
     h.recv(0, &simple("INVITE", "z9hG4bK4", "Require: 100rel, foo\r\nContact: <sip:a@h>\r\n"));
     let sent = h.sent();
     assert_eq!(sent[0].1.status(), Some(420));
-    assert_eq!(sent[0].1.header("Unsupported"), Some("100rel, foo"));
+    assert_eq!(sent[0].1.header("Unsupported"), Some("foo"), "100rel is supported (RFC 3262)");
     h.recv(0, &simple("OPTIONS", "z9hG4bK5", ""));
     let sent = h.sent();
     assert_eq!(sent[0].1.status(), Some(200));
@@ -999,3 +999,6 @@ mod reoffer;
 
 /// Session timers (session_timer.rs).
 mod session_timers;
+
+/// Reliable provisional responses (prack.rs).
+mod prack;

@@ -36,14 +36,14 @@ fn an_interval_below_our_minimum_is_422_with_our_min_se() {
 }
 
 #[test]
-fn require_timer_is_supported_and_other_tags_still_get_420() {
+fn require_timer_and_100rel_are_supported_and_other_tags_still_get_420() {
     let mut h = Harness::new();
     h.recv(0, &invite("z9hG4bKinv", "Require: timer\r\nSession-Expires: 1800\r\n"));
     assert_eq!(h.statuses(), vec![100]);
-    h.recv(0, &simple("INVITE", "z9hG4bK2", "Require: timer, 100rel\r\nContact: <sip:a@h>\r\n"));
+    h.recv(0, &simple("INVITE", "z9hG4bK2", "Require: timer, 100rel, precondition\r\nContact: <sip:a@h>\r\n"));
     let sent = h.sent();
     assert_eq!(sent[0].1.status(), Some(420));
-    assert_eq!(sent[0].1.header("Unsupported"), Some("100rel"));
+    assert_eq!(sent[0].1.header("Unsupported"), Some("precondition"));
 }
 
 #[test]
@@ -53,7 +53,7 @@ fn a_caller_refreshing_itself_keeps_the_call_and_one_that_stops_gets_our_bye() {
         answered(&mut h, "Supported: timer\r\nSession-Expires: 120;refresher=uac\r\nMin-SE: 90\r\n");
     assert_eq!(ok.header("Session-Expires"), Some("120;refresher=uac"));
     assert_eq!(ok.header("Require"), Some("timer"), "§9: refresher=uac needs Require: timer");
-    assert_eq!(ok.header("Supported"), Some("timer"));
+    assert_eq!(ok.header("Supported"), Some("100rel, timer"));
 
     // The caller refreshes at 60 s with an UPDATE: answered with the timer, and the expiry moves.
     h.run_until(60, 59_990);
@@ -89,8 +89,7 @@ fn we_refresh_with_update_at_half_the_interval_and_a_481_ends_the_call() {
     // 200: refreshed; the next one comes 45 s later.
     h.recv(45_100, &response(update, 200, "OK", ""));
     let sent = h.run_until(45_110, 90_110);
-    let next: Vec<u64> =
-        sent.iter().filter(|(_, m)| m.method() == Some(&Method::Update)).map(|(t, _)| *t).collect();
+    let next: Vec<u64> = sent.iter().filter(|(_, m)| m.method() == Some(&Method::Update)).map(|(t, _)| *t).collect();
     assert_eq!(next, vec![90_100]);
     let second = sent.iter().find(|(_, m)| m.method() == Some(&Method::Update)).unwrap().1.clone();
 
