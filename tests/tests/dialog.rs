@@ -1,4 +1,5 @@
-//! Mid-call SIP (issue 11, the dialog part): delayed offer, hold and resume by re-INVITE.
+//! Mid-call SIP (issue 11, the dialog part): delayed offer, hold and resume by re-INVITE,
+//! session timers, PRACK/100rel.
 //! SIPp calls the release gateway, which talks to the simulator; the capture is the judge of RTP.
 //! Slots 119-123.
 
@@ -145,12 +146,14 @@ fn a_delayed_offer_gets_our_offer_in_the_200_and_audio_flows_after_the_acks_answ
 
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn a_delayed_offer_whose_ack_has_no_answer_is_ended_with_our_bye() {
-    let test = "delayed_offer_no_answer";
+fn a_delayed_offer_without_answer_gets_our_bye_and_a_100rel_invite_a_reliable_180() {
+    let test = "delayed_offer_no_answer_and_100rel";
     let ports = Ports::for_slot(121);
     let dir = tools::scratch_dir(test);
     let sim = Sim::start(ports, &[], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "", &dir);
+
+    // An INVITE without SDP, our offer in the 200, an ACK without an answer: our BYE.
     let out = sipp::run("dlg_delayed_offer_no_answer.xml", &[], &dir, ports, "15550001000", 1000);
     assert!(out.status.success(), "SIPp did not get our BYE; gateway log:\n{}", gateway.log());
     let metrics = gateway.metrics();
@@ -160,13 +163,21 @@ fn a_delayed_offer_whose_ack_has_no_answer_is_ended_with_our_bye() {
     );
     // The session opened for the call was closed again.
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while std::time::Instant::now() < deadline {
-        if sim.sessions()[0]["closed"] == true {
-            return;
-        }
+    while sim.sessions()[0]["closed"] != true {
+        assert!(std::time::Instant::now() < deadline, "the Realtime session stayed open: {}", sim.sessions());
         std::thread::sleep(Duration::from_millis(100));
     }
-    panic!("the Realtime session stayed open: {}", sim.sessions());
+
+    // Require: 100rel: SIPp checks the 180's RSeq and Require, PRACKs it, and expects the PRACK's
+    // 200 before the INVITE's (the 200 waits for the PRACK, RFC 3262 §3).
+    let out = sipp::run("dlg_100rel.xml", &[], &dir, ports, "15550001000", 1000);
+    assert!(out.status.success(), "SIPp 100rel call failed; gateway log:\n{}", gateway.log());
+    let metrics = gateway.metrics();
+    assert!(metrics.contains(r#"switchboard_sip_requests_total{method="PRACK"} 1"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"switchboard_calls_total{direction="inbound",outcome="completed",reason="caller_bye"} 1"#),
+        "metrics:\n{metrics}"
+    );
 }
 
 /// The gateway with 4 s session timers (minimum 2 s): SIPp can see three intervals quickly.

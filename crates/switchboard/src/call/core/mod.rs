@@ -1029,8 +1029,8 @@ impl CallCore {
             return None;
         }
         let legs = self.legs.iter().flat_map(|leg| {
-            let rtp_timeout =
-                (!leg.lost && !(self.held && leg.id == CALLER)).then(|| leg.last_rtp_in + self.config.rtp_timeout);
+            let held_caller = self.held && leg.id == CALLER;
+            let rtp_timeout = (!leg.lost && !held_caller).then(|| leg.last_rtp_in + self.config.rtp_timeout);
             [rtp_timeout, leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
