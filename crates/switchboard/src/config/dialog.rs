@@ -35,8 +35,10 @@ mod tests {
         validate(&cfg, &mut problems);
         assert!(problems.is_empty(), "{problems:?}");
         assert_eq!(session_timer(&cfg.sip), SessionTimerConfig { expires_secs: 1800, min_se_secs: 90 });
-        cfg.sip.session_expires_secs = 60;
         cfg.sip.session_min_se_secs = 0;
+        validate(&cfg, &mut problems);
+        cfg.sip.session_min_se_secs = 90;
+        cfg.sip.session_expires_secs = 60;
         validate(&cfg, &mut problems);
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
         assert_eq!(keys, ["sip.session_min_se_secs", "sip.session_expires_secs"]);
