@@ -194,6 +194,27 @@ impl SessionTimer {
         }
     }
 
+    /// The timer a 2xx to our INVITE grants (§7.2): its `Session-Expires`, `refresher=uac`
+    /// meaning us; none without one. A refresher of ours is only kept when the callee allows
+    /// UPDATE (we send no re-INVITE refreshes; we asked for `refresher=uas`).
+    pub(super) fn granted(now: Instant, response: &Message) -> Option<SessionTimer> {
+        let granted = TimerRequest::read(response);
+        let interval = granted.expires.filter(|secs| *secs > 0)?;
+        let we_refresh = granted.refresher == Some(Refresher::Uac);
+        if we_refresh && !granted.allows_update {
+            tracing::info!("the callee wants us to refresh the session but does not allow UPDATE; no session timer");
+            return None;
+        }
+        Some(SessionTimer {
+            interval: Duration::from_secs(u64::from(interval)),
+            we_refresh,
+            refreshed_at: now,
+            refreshing: false,
+            gave_up: false,
+            timed_out: false,
+        })
+    }
+
     /// When we send our refresh: half the interval (§10), if we refresh and none is in flight.
     pub(super) fn refresh_due(&self) -> Option<Instant> {
         (self.we_refresh && !self.refreshing && !self.gave_up).then(|| self.refreshed_at + self.interval / 2)
