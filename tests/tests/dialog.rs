@@ -60,14 +60,16 @@ fn model_was_told(sim: &Sim, text: &str) -> bool {
 
 #[test]
 #[cfg_attr(not(all(has_sipp, has_tshark)), ignore = "needs sipp and tshark (scripts/install-deps.sh)")]
-fn a_reinvite_hold_stops_the_agents_rtp_and_a_resume_brings_it_back() {
+fn a_reinvite_hold_stops_the_agents_rtp_a_resume_brings_it_back_and_a_new_port_gets_it() {
     let test = "reinvite_hold_and_resume";
     let ports = Ports::for_slot(119);
     let dir = tools::scratch_dir(test);
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
     let gateway = Gateway::start(ports, &sim.url(), "[agents.default]\ngreeting = \"Hello.\"\n", &dir);
     let capture = capture(ports, &dir);
-    let media = sipp::rtp_stream(&silence_file(&dir, 10), "0");
+    // 5 s of caller RTP: it has stopped when the last re-INVITE moves the media, so no packet
+    // from the old address competes with the new one.
+    let media = sipp::rtp_stream(&silence_file(&dir, 5), "0");
     let out = sipp::run("dlg_hold.xml", &[("MEDIA", &media)], &dir, ports, "15550001000", 1000);
     let pcap_path = capture.finish();
     assert!(out.status.success(), "SIPp hold/resume failed; gateway log:\n{}", gateway.log());
@@ -77,6 +79,7 @@ fn a_reinvite_hold_stops_the_agents_rtp_and_a_resume_brings_it_back() {
     let answered = ok_sent_at(&udp, gateway_sip, 1);
     let held = ok_sent_at(&udp, gateway_sip, 2);
     let resumed = ok_sent_at(&udp, gateway_sip, 3);
+    let moved = ok_sent_at(&udp, gateway_sip, 4);
     let rtp = pcap::read_rtp(&pcap_path);
     let sent = to_caller(&rtp, ports);
     let count = |from: i64, to: i64| sent.iter().filter(|p| p.time_us > from && p.time_us < to).count();
@@ -85,10 +88,17 @@ fn a_reinvite_hold_stops_the_agents_rtp_and_a_resume_brings_it_back() {
     let before_hold = count(answered, held);
     let during_hold = count(held + grace, resumed);
     let after_resume = count(resumed + grace, resumed + 2_500_000);
+    let old_port_after_move = count(moved + grace, i64::MAX);
+    let new_port: Vec<&RtpPacket> = rtp.iter().filter(|p| p.dst.port() == ports.peer_media + 2).collect();
+    let new_port_after_move = new_port.iter().filter(|p| p.time_us > moved).count();
     eprintln!("{test}: RTP to the caller: {before_hold} before the hold, {during_hold} on hold, {after_resume} after");
     assert!(before_hold > 80, "the agent's stream before the hold: {before_hold} packets");
     assert_eq!(during_hold, 0, "no RTP from the gateway while the call is on hold");
     assert!(after_resume > 80, "RTP resumes after the sendrecv re-INVITE: {after_resume} packets");
+    eprintln!("{test}: after the move: {old_port_after_move} to the old port, {new_port_after_move} to the new one");
+    assert_eq!(old_port_after_move, 0, "the old address gets nothing once the media moved");
+    assert!(new_port_after_move > 80, "RTP follows the new c=/m= port: {new_port_after_move} packets");
+    assert_eq!(new_port.len(), new_port_after_move, "nothing went to the new port before the move");
     // The agent spoke again after the resume (the simulator's answer to the resume note is a
     // 440 Hz tone), not just silence.
     let spoken = sent.iter().filter(|p| p.time_us > resumed && p.payload.iter().any(|&b| b != 0xFF)).count();
