@@ -54,7 +54,7 @@ impl Core {
         // §3: the first RSeq is random, between 1 and 2**31 - 1.
         let rseq = self.rng.random_range(1..=0x7fff_ffff_u32);
         let rseq_text = rseq.to_string();
-        let contact = self.contact_header(origin.transport);
+        let contact = self.contact_header_for(origin.transport, request_is_sips(&request));
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
         extra.push(("Contact", contact.as_str()));

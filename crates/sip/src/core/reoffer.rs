@@ -140,7 +140,7 @@ impl Core {
             return;
         }
         let offer = sdp_body(&request);
-        let contact = self.contact_header(origin.transport);
+        let contact = self.dialog_contact(dialog_id, origin.transport);
         let Some(sdp) = offer else {
             count_reoffer(ReofferKind::Update, "refresh");
             self.apply_target_refresh(dialog_id, &request);
@@ -258,7 +258,7 @@ impl Core {
         };
         let local_tag = dialog.local_tag.clone();
         let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
-        let contact = self.contact_header(origin.transport);
+        let contact = self.dialog_contact(dialog_id, origin.transport);
         let timer = self.refresh_on_request(now, dialog_id, &request).unwrap_or_default();
         let mut extra = vec![
             ("Contact", contact.as_str()),
@@ -282,6 +282,12 @@ impl Core {
         }
         let transaction = ServerInvite::answered(now, request, origin, local_tag, reply, 200, timers);
         self.transactions.insert(key, ServerTransaction::Invite(Box::new(transaction)));
+    }
+
+    /// Our Contact in a dialog's responses: sips for a sips dialog over TLS (RFC 3261 §8.1.1.8).
+    fn dialog_contact(&self, dialog_id: DialogId, transport: Transport) -> String {
+        let sips = self.dialogs.get(&dialog_id).is_some_and(|d| is_sips(&d.remote_target));
+        self.contact_header_for(transport, sips)
     }
 
     /// §12.2.2: a target refresh request's Contact becomes the remote target.
@@ -321,7 +327,7 @@ impl Core {
         let Some(tag) = request.to_tag() else {
             return;
         };
-        let contact = self.contact_header(origin.transport);
+        let contact = self.dialog_contact(dialog_id, origin.transport);
         let timer = self.refresh_on_request(now, dialog_id, request).unwrap_or_default();
         let mut extra = vec![
             ("Contact", contact.as_str()),

@@ -87,7 +87,9 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
                 agent: String::new(),
                 to: call.info.dialled.clone(),
                 from: call.info.from_uri.clone(),
-                trunk: None,
+                // The trunk whose `sources` hold the caller's address; inbound calls are not
+                // limited by the trunk's `max_concurrent` (that bounds calls we place).
+                trunk: crate::access::inbound_trunk(&state.settings(), &call.info).map(|name| (name, usize::MAX)),
             },
             SystemTime::now(),
         );
