@@ -148,6 +148,7 @@ fn core_config() -> CoreConfig {
         udp_contact: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
         tcp_contact: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
         tls_contact: None,
+        session_timer: Default::default(),
         max_message_bytes: MAX_MESSAGE_BYTES,
         max_headers: 100,
     }
@@ -214,7 +215,7 @@ impl CoreHarness {
                     2 => self.core.reject(self.now, invite, 486, "Busy Here", &[]),
                     3 => self.core.reject(self.now, invite, 503, "Service Unavailable", &[("Retry-After", "5")]),
                     4 => {
-                        self.core.ringing(invite);
+                        self.core.ringing(self.now, invite);
                         self.app.pending_invites.push(invite);
                     }
                     // Left pending: the application answers later (or at the end).

@@ -36,7 +36,7 @@ use crate::message::{
 use crate::{Timers, Transport};
 
 /// Methods we serve; sent in `Allow` (RFC 3261 §20.5).
-pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS";
+pub const ALLOW: &str = "INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK";
 
 /// Identifies a TCP connection in the shell.
 pub type ConnectionId = u64;
@@ -177,6 +177,15 @@ pub enum DialogEvent {
     /// answered 202 Accepted (RFC 3515 §2.4.2); `refer_to` is the Refer-To value as sent. The
     /// application owes the referrer NOTIFYs (§2.4.4).
     Refer { refer_to: String },
+    /// A re-INVITE or UPDATE with a new offer (`sdp`), or a re-INVITE without one (`None`: our
+    /// 2xx must carry an offer). Answer it with [`Core::answer_reoffer`] within
+    /// [`reoffer::REOFFER_ANSWER_WITHIN`] ([`reoffer`]).
+    Reoffer { id: ReofferId, kind: ReofferKind, sdp: Option<String> },
+    /// The ACK for a 2xx that carried our offer (delayed offer, re-INVITE without SDP), with the
+    /// answer (`None`: the ACK had none, which ends the session: §14.2). Precedes `Confirmed`.
+    Answer { sdp: Option<String> },
+    /// The session timer ended the session (RFC 4028 §10): the endpoint has sent BYE itself.
+    SessionExpired { cause: session_timer::SessionEnd },
 }
 
 /// The INFO bodies taken (DTMF, the de-facto formats); others are answered 415 (RFC 6086
@@ -243,6 +252,8 @@ pub struct CoreConfig {
     pub tls_contact: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub max_headers: usize,
+    /// Session timers (RFC 4028) on the dialogs we answer.
+    pub session_timer: session_timer::SessionTimerConfig,
 }
 
 /// Transaction key (RFC 3261 §17.2.3): branch + sent-by + method (ACK maps to INVITE).
@@ -335,6 +346,8 @@ enum RequestOwner {
     InDialog { dialog: DialogId, request: RequestId },
     /// A request outside any dialog ([`Core::send_request_outside_dialog`]: REGISTER).
     OutOfDialog(RequestId),
+    /// Our session refresh (RFC 4028, [`session_timer`]).
+    Refresh(DialogId),
 }
 
 #[derive(Debug)]
@@ -370,6 +383,8 @@ pub struct Core {
     client_invites: HashMap<String, (OutgoingId, ClientInvite)>,
     /// Calls we placed.
     outgoing: HashMap<OutgoingId, outgoing::OutgoingState>,
+    /// Reliable provisional responses waiting for their PRACK (RFC 3262, [`prack`]).
+    reliable: HashMap<InviteId, prack::Reliable>,
     transmits: VecDeque<Transmit>,
     events: VecDeque<CoreEvent>,
     /// Access control for new out-of-dialog requests (`crate::screen`).
@@ -607,6 +622,7 @@ impl Core {
             client_transactions: HashMap::new(),
             client_invites: HashMap::new(),
             outgoing: HashMap::new(),
+            reliable: HashMap::new(),
             transmits: VecDeque::new(),
             events: VecDeque::new(),
             screen: None,
@@ -657,7 +673,8 @@ impl Core {
         let requests = self.client_transactions.values().map(|c| c.transaction.deadline());
         let invites = self.client_invites.values().map(|(_, c)| c.deadline());
         let outgoing = self.outgoing.values().map(|o| o.deadline());
-        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).flatten().min()
+        let reoffers = [self.reoffer_deadline(), self.session_timer_deadline(), self.prack_deadline()];
+        tx.chain(dialogs).chain(requests).chain(invites).chain(outgoing).chain(reoffers).flatten().min()
     }
 
     fn fresh_id(&mut self) -> u64 {
@@ -790,6 +807,9 @@ impl Core {
             }
             return;
         }
+        if self.absorb_pending_reoffer(&key) {
+            return;
+        }
         if let Some(tx) = self.transactions.get(&key) {
             // Retransmission: resend the last response (§17.2.1, §17.2.2).
             let reply = match tx {
@@ -835,12 +855,13 @@ impl Core {
             self.respond(now, key, &origin, &request, 483, None, &[]);
             return;
         }
-        // §8.2.2.3: we support no option-tags, so any Require is unsupported.
+        // §8.2.2.3: of the option-tags we support `timer` (RFC 4028) and `100rel` (RFC 3262); any
+        // other is unsupported.
         let required: Vec<String> = request
             .header_values("Require")
             .flat_map(|v| v.split(','))
             .map(|t| t.trim().to_string())
-            .filter(|t| !t.is_empty())
+            .filter(|t| !t.is_empty() && !t.eq_ignore_ascii_case("timer") && !t.eq_ignore_ascii_case("100rel"))
             .collect();
         if !required.is_empty() {
             let unsupported = required.join(", ");
@@ -969,6 +990,15 @@ impl Core {
                 .collect(),
         };
 
+        // RFC 4028 §9: an interval below our minimum is 422 with the Min-SE we take.
+        let timer = session_timer::TimerRequest::read(&request);
+        if let session_timer::TimerDecision::TooSmall { min_se } =
+            session_timer::negotiate_uas(self.config.session_timer, &timer)
+        {
+            let min_se = min_se.to_string();
+            self.respond(now, key, &origin, &request, 422, None, &[("Min-SE", min_se.as_str())]);
+            return;
+        }
         // §17.2.1: the INVITE server transaction answers 100 Trying at once.
         let trying = self.build_response(&request, &origin, 100, "Trying", None, &[]);
         let Some(reply) = self.reply_transmit(&request, &origin, trying, &Method::Invite, 100) else {
@@ -1048,6 +1078,7 @@ impl Core {
             // A 200 to our CANCEL: the 487 to the INVITE follows (§9.1); anything else (481:
             // the INVITE already ended) leaves the INVITE's own final response to decide.
             RequestOwner::Cancel(_) => {}
+            RequestOwner::Refresh(dialog) => self.refresh_answered(now, dialog, &response),
             RequestOwner::InDialog { dialog, request } => {
                 let reason = response.reason_phrase().to_owned();
                 let outcome = RequestOutcome::Answered { status: code, reason };
@@ -1060,11 +1091,15 @@ impl Core {
         }
     }
 
-    /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1).
-    pub fn ringing(&mut self, invite: InviteId) {
+    /// Sends 180 Ringing (with our To-tag and the Record-Route set, §12.1.1); reliably when the
+    /// INVITE requires `100rel` (RFC 3262, [`prack`]).
+    pub fn ringing(&mut self, now: Instant, invite: InviteId) {
         let Some(key) = self.invites.get(&invite).cloned() else {
             return;
         };
+        if self.ringing_reliably(now, invite, &key) {
+            return;
+        }
         let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
@@ -1094,6 +1129,7 @@ impl Core {
         let status = if (300..=699).contains(&status) { status } else { 500 };
         self.final_non_2xx(now, invite, status, reason, extra_headers);
         self.invites.remove(&invite);
+        self.forget_reliable(invite);
     }
 
     /// §17.2.1: a final non-2xx moves the INVITE transaction to Completed; over UDP it is
@@ -1142,12 +1178,22 @@ impl Core {
         extra.push(("Contact", contact.as_str()));
         extra.push(("Allow", ALLOW));
         extra.push(("Content-Type", "application/sdp"));
+        // RFC 4028 §9: the session timer we run, and the option tags we support.
+        let timer_wishes = session_timer::TimerRequest::read(&request);
+        let timer_decision = session_timer::negotiate_uas(self.config.session_timer, &timer_wishes);
+        let timer_headers = session_timer::response_headers(timer_decision);
+        extra.extend(timer_headers.iter().map(|(name, value)| (*name, value.as_str())));
+        extra.push(("Supported", session_timer::SUPPORTED));
         let mut response = self.build_response(&request, &origin, 200, "OK", Some(&to_tag), &extra);
         response.body = sdp_answer.as_bytes().to_vec();
         let reply = self.reply_transmit(&request, &origin, response, &Method::Invite, 200)?;
-        self.transmits.push_back(reply.clone());
+        // RFC 3262 §3: not before the PRACK of our reliable 180 (`prack.rs` sends it then).
+        let held = self.awaiting_prack(invite);
+        if !held {
+            self.transmits.push_back(reply.clone());
+        }
         let timers = self.config.timers;
-        if let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
+        if !held && let Some(tx) = self.transactions.get_mut(&key).and_then(ServerTransaction::as_invite_mut) {
             tx.accept(now, reply.clone());
         }
 
@@ -1157,6 +1203,15 @@ impl Core {
         let local_party = format!("{};tag={to_tag}", request.header("To").unwrap_or_default());
         let remote_target = remote_target(&request).unwrap_or_default();
         let dialog_id = DialogId(self.fresh_id());
+        // Delayed offer (§13.2.1): the INVITE had no SDP, so our 2xx carries the offer and the
+        // ACK the answer.
+        let offer = invite_offer(&request).ok().flatten();
+        let mut pending = Pending2xx::start(now, cseq, reply.clone(), timers, true);
+        pending.carries_offer = offer.is_none();
+        if held {
+            self.hold_until_prack(invite, dialog_id, reply, offer.is_none());
+        }
+        let pending = (!held).then_some(pending);
         // §8.1.1.5: CSeq MUST stay below 2**31 (peers, and our own parser, refuse more); start in
         // the lower half so that the requests we add to the dialog never reach it.
         let local_cseq = self.rng.random_range(1..=0x3fff_ffff_u32);
@@ -1174,11 +1229,15 @@ impl Core {
                 remote_cseq: Some(cseq),
                 origin,
                 phase: DialogPhase::WaitingAck,
-                pending_2xx: Some(Pending2xx::start(now, cseq, reply, timers, true)),
+                pending_2xx: pending,
                 last_answer: sdp_answer.to_string(),
                 bye_branch: None,
                 role: Role::Uas,
                 ack_for_2xx: None,
+                remote_sdp_origin: offer.as_deref().and_then(reoffer::sdp_origin_line),
+                reoffer: None,
+                session_timer: session_timer::SessionTimer::answered(now, timer_decision),
+                peer_allows_update: timer_wishes.allows_update,
             },
         );
         self.dialog_index.insert((call_id, to_tag, remote_tag), dialog_id);
@@ -1213,6 +1272,7 @@ impl Core {
                 && let Some(invite) = tx.invite()
             {
                 self.invites.remove(&invite);
+                self.reliable.remove(&invite);
                 self.merge_index.remove(&merge_key(tx.request()));
             }
         }
@@ -1275,6 +1335,12 @@ impl Core {
         }
         // Ring timeouts and CANCELs left unanswered.
         self.outgoing_timeouts(now);
+        // Re-offers the application left unanswered.
+        self.reoffer_timeouts(now);
+        // Session refreshes and expiries (RFC 4028).
+        self.session_timer_timeouts(now);
+        // Reliable provisionals (RFC 3262).
+        self.prack_timeouts(now);
     }
 
     /// Answers a request with a final response through a non-INVITE server transaction
@@ -1427,12 +1493,16 @@ mod dialog;
 mod out_of_dialog;
 mod outgoing;
 mod refer;
+mod prack;
+pub mod reoffer;
+pub mod session_timer;
 pub mod transaction;
 
 pub use self::out_of_dialog::{MAX_OUT_OF_DIALOG_REQUESTS, OutOfDialogOutcome, OutOfDialogRequest};
 
 pub use self::dialog::Role;
 use self::dialog::{DialogPhase, DialogState, Pending2xx};
+pub use self::reoffer::{ReofferAnswer, ReofferId, ReofferKind};
 
 #[cfg(test)]
 mod client_tests;

@@ -14,7 +14,9 @@ use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
 
 use crate::client::{CallFailure, OutgoingCall};
-use crate::core::{CancelReason, OutgoingId, OutgoingProgress, RequestId, RequestOutcome, Role};
+use crate::core::{
+    CancelReason, OutgoingId, OutgoingProgress, ReofferAnswer, ReofferId, RequestId, RequestOutcome, Role,
+};
 use crate::core::{
     ConnectionId, Core, CoreConfig, CoreEvent, DialogId, HangupStart, InviteId, NextHop, Origin, Transmit,
 };
@@ -50,6 +52,8 @@ pub struct EndpointConfig {
     /// Consulted about every new out-of-dialog request before the core answers it (access
     /// control: sources, User-Agents, rates, digest); `None`: every request passes.
     pub screen: Option<Arc<dyn crate::screen::Screen>>,
+    /// Session timers (RFC 4028) on the dialogs we answer.
+    pub session_timer: crate::core::session_timer::SessionTimerConfig,
 }
 
 impl Default for EndpointConfig {
@@ -66,6 +70,7 @@ impl Default for EndpointConfig {
             tcp_limits: TcpLimits::default(),
             tls: None,
             screen: None,
+            session_timer: crate::core::session_timer::SessionTimerConfig::default(),
         }
     }
 }
@@ -164,6 +169,13 @@ pub mod metric_names {
     pub const TLS_HANDSHAKES_TOTAL: &str = "switchboard_sip_tls_handshakes_total";
     /// TLS connections open now (also counted in `switchboard_sip_tcp_connections`).
     pub const TLS_CONNECTIONS: &str = "switchboard_sip_tls_connections";
+    /// re-INVITEs and UPDATEs received in a dialog, by `method` and `kind` (`refresh`: same SDP
+    /// or none in an UPDATE, answered at once; `offer`: a new offer; `no_sdp`: a re-INVITE
+    /// asking for our offer).
+    pub const SIP_REOFFERS_TOTAL: &str = "switchboard_sip_reoffers_total";
+    /// Sessions ended by their session timer (RFC 4028 §10), by `cause` (`not_refreshed`,
+    /// `refresh_failed`, `refresh_timeout`).
+    pub const SIP_SESSION_EXPIRED_TOTAL: &str = "switchboard_sip_session_expired_total";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -456,6 +468,7 @@ impl SipEndpoint {
                 tls_contact: local_tls.map(|a| advertised(a, cfg.advertised_host)),
                 max_message_bytes: cfg.max_message_bytes,
                 max_headers: cfg.max_headers,
+                session_timer: cfg.session_timer,
             },
             rand::random(),
         );
@@ -815,7 +828,7 @@ impl std::fmt::Debug for ServerInvite {
 impl ServerInvite {
     /// Sends 180 Ringing (with our To-tag and the Record-Route set).
     pub fn ringing(&self) {
-        self.shared.core().ringing(self.id);
+        self.shared.core().ringing(Instant::now(), self.id);
         self.shared.wake.notify_one();
     }
 
@@ -974,6 +987,14 @@ impl Dialog {
             return Err(RequestError::Ended);
         }
         self.requester().send_request(method, headers, body).await
+    }
+
+    /// Answers a [`DialogEvent::Reoffer`] (see [`crate::core::reoffer`]); `false` when it is no
+    /// longer pending (answered 500 at its deadline, or the dialog is over).
+    pub fn answer_reoffer(&self, id: ReofferId, answer: ReofferAnswer) -> bool {
+        let answered = self.shared.core().answer_reoffer(Instant::now(), self.id, id, answer);
+        self.shared.wake.notify_one();
+        answered
     }
 
     /// A handle that sends requests in this dialog from another task (a REFER whose final

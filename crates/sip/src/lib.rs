@@ -44,6 +44,7 @@ use std::time::Duration;
 
 pub use crate::client::{CallFailure, Credentials, OutgoingCall};
 pub use crate::core::CallInfo;
+pub use crate::core::{ReofferAnswer, ReofferId, ReofferKind};
 pub use crate::endpoint::{
     CallProgress, ClientInvite, Dialog, DialogEvent, DialogRequester, EndpointConfig, EndpointError, HangupError,
     IncomingCall, RequestError, ServerInvite, SipEndpoint,

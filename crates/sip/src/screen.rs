@@ -72,6 +72,7 @@ mod tests {
                 udp_contact: Some("127.0.0.1:5060".parse().unwrap()),
                 tcp_contact: None,
                 tls_contact: None,
+                session_timer: Default::default(),
                 max_message_bytes: 16 * 1024,
                 max_headers: 100,
             },

@@ -213,7 +213,7 @@ async fn udp_error_responses() {
     phone.send_to(options.as_bytes(), target).await.unwrap();
     let m = recv_udp(&phone).await;
     assert_eq!(m.status(), Some(200));
-    assert_eq!(m.header("Allow"), Some("INVITE, ACK, BYE, CANCEL, OPTIONS"));
+    assert_eq!(m.header("Allow"), Some("INVITE, ACK, BYE, CANCEL, OPTIONS, UPDATE, PRACK"));
     assert_eq!(m.header("Server"), Some("switchboard-test"));
 
     endpoint.set_options_response(503);

@@ -43,6 +43,7 @@ fn core() -> Core {
             tls_contact: None,
             max_message_bytes: 64 * 1024,
             max_headers: 200,
+            session_timer: Default::default(),
         },
         4475,
     )

@@ -278,6 +278,7 @@ pub async fn start(
             listener
         }),
         screen: Some(state.access.clone()),
+        session_timer: crate::config::session_timer(sip_cfg),
     })
     .await?;
     let _ = state.sip.set(sip.clone());

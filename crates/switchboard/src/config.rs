@@ -32,6 +32,8 @@ pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod tls;
 pub use tls::rotate_tls_certificate;
 mod nat;
+mod dialog;
+pub use dialog::session_timer;
 pub mod view;
 
 /// The whole configuration file.
@@ -112,6 +114,10 @@ pub struct SipConfig {
     /// The address our Via, Contact and REGISTER Contact say (an IP; behind 1:1 NAT: the public
     /// one). Empty: `advertised_host`, its deprecated older name (config/nat.rs).
     pub public_host: String,
+    /// Session timer interval (RFC 4028) we ask for and accept at most, seconds; 0: off.
+    pub session_expires_secs: u32,
+    /// Shortest session timer interval we accept (Min-SE; less is answered 422), seconds.
+    pub session_min_se_secs: u32,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -521,6 +527,8 @@ impl Default for SipConfig {
             tls_key: String::new(),
             tls_client_ca: String::new(),
             public_host: String::new(),
+            session_expires_secs: 1800,
+            session_min_se_secs: 90,
         }
     }
 }
@@ -1026,6 +1034,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     let tls::ResolvedTls { listener: sip_tls, trunks: trunk_tls, clients: trunk_tls_clients } =
         tls::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
+    dialog::validate(cfg, problems);
 
     Some(Resolved {
         sip_udp,

@@ -131,6 +131,12 @@ pub const SIP_REGISTRATION_STATE: &str = "switchboard_sip_registration_state";
 /// rejected, timeout, not_bound, lapsed): one per REGISTER exchange (a challenge answered is
 /// part of its exchange).
 pub const SIP_REGISTRATIONS_TOTAL: &str = "switchboard_sip_registrations_total";
+/// Calls the caller put on hold (re-INVITE or UPDATE: sendonly, inactive or c=0.0.0.0).
+pub const CALL_HOLDS_TOTAL: &str = "switchboard_call_holds_total";
+/// Re-offers (re-INVITE, UPDATE) the call answered, by `method` and `result` (`answered`,
+/// `refused`: 488, the call goes on unchanged).
+pub const REOFFERS_ANSWERED_TOTAL: &str = "switchboard_reoffers_answered_total";
+pub use switchboard_sip::endpoint::metric_names::SIP_REOFFERS_TOTAL;
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -230,6 +236,7 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         .install_recorder()?;
     spawn_upkeep(handle.clone());
     describe_operations_metrics();
+    describe_dialog_metrics();
     metrics::describe_gauge!(CALLS_ACTIVE, "Calls currently up (answered or being set up).");
     metrics::describe_counter!(CALLS_TOTAL, "Calls by direction (inbound, outbound), final outcome and reason.");
     metrics::describe_counter!(
@@ -333,6 +340,19 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
          not_bound, lapsed)."
     );
     Ok(handle)
+}
+
+/// Re-offers, hold and session timers (issue 11, dialog).
+fn describe_dialog_metrics() {
+    metrics::describe_counter!(CALL_HOLDS_TOTAL, "Calls put on hold by the caller (re-INVITE or UPDATE).");
+    metrics::describe_counter!(
+        REOFFERS_ANSWERED_TOTAL,
+        "Re-offers (re-INVITE, UPDATE) the call answered, by method and result (answered, refused)."
+    );
+    metrics::describe_counter!(
+        SIP_REOFFERS_TOTAL,
+        "re-INVITEs and UPDATEs received in a dialog, by method and kind (refresh, offer, no_sdp)."
+    );
 }
 
 /// The inbound network, turn latency and token metrics (docs/metrics.md, "Network, turns, tokens").

@@ -24,6 +24,7 @@ fn config() -> CoreConfig {
         tls_contact: None,
         max_message_bytes: 16 * 1024,
         max_headers: 100,
+        session_timer: Default::default(),
     }
 }
 
@@ -892,4 +893,57 @@ fn register_outside_a_dialog_gets_its_final_response_or_times_out() {
     invite.method = Method::Options;
     invite.request_uri = "mailto:x".into();
     assert!(h.core.send_request_outside_dialog(h.at(50_000), invite).is_err());
+}
+
+// ---- session timers (RFC 4028 §7) ----
+
+#[test]
+fn our_invite_asks_for_a_session_timer_and_a_422_is_retried_once_with_its_min_se() {
+    let mut h = Harness::new();
+    let (id, invite) = h.place(call(Transport::Udp, 120_000, None));
+    assert_eq!(invite.header("Supported"), Some("timer"));
+    assert_eq!(invite.header("Session-Expires"), Some("1800;refresher=uas"), "the callee refreshes");
+    assert_eq!(invite.header("Min-SE"), Some("90"));
+    h.recv(100, &response(&invite, 422, "Session Interval Too Small", None, "Min-SE: 3600\r\n", ""));
+    let sent = h.sent();
+    let retry = sent.iter().map(|(_, m)| m).find(|m| m.method() == Some(&Method::Invite)).expect("a new INVITE");
+    assert_eq!(retry.header("Session-Expires"), Some("3600;refresher=uas"));
+    assert_eq!(retry.cseq().unwrap().0, invite.cseq().unwrap().0 + 1);
+    assert_eq!(retry.call_id(), invite.call_id());
+    assert!(outgoing(&h.events()).is_empty(), "not a failure yet");
+    // A second 422: the call fails with it.
+    h.recv(200, &response(retry, 422, "Session Interval Too Small", None, "Min-SE: 7200\r\n", ""));
+    h.sent();
+    assert_eq!(
+        outgoing(&h.events()),
+        vec![OutgoingProgress::Failed(CallFailure::Rejected {
+            status: 422,
+            reason: "Session Interval Too Small".into()
+        })]
+    );
+    let _ = id;
+}
+
+#[test]
+fn the_callee_refreshes_as_its_2xx_says_and_a_missed_refresh_gets_our_bye() {
+    let mut h = Harness::new();
+    let (_, invite) = h.place(call(Transport::Udp, 120_000, None));
+    let ok = ok_200(&invite, "callee").replace("Content-Type", "Session-Expires: 90;refresher=uas\r\nContent-Type");
+    h.recv(100, &ok);
+    h.sent();
+    let events = h.events();
+    let dialog = match outgoing(&events).as_slice() {
+        [OutgoingProgress::Answered { dialog, .. }] => *dialog,
+        other => panic!("{other:?}"),
+    };
+    // The callee refreshes: nothing from us until 90 - min(32, 30) = 60 s, then BYE.
+    let (sent, events) = h.run(110, 61_000);
+    assert!(sent.iter().all(|(_, m)| m.method() != Some(&Method::Update)), "no refresh of ours");
+    let bye_at = sent.iter().find(|(_, m)| m.method() == Some(&Method::Bye)).map(|(t, _)| *t);
+    assert_eq!(bye_at, Some(60_100));
+    assert!(events.iter().any(|(_, e)| *e
+        == CoreEvent::Dialog {
+            dialog,
+            notice: DialogEvent::SessionExpired { cause: session_timer::SessionEnd::NotRefreshed }
+        }));
 }

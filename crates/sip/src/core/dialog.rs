@@ -27,6 +27,8 @@ pub(super) struct Pending2xx {
     pub(super) retransmit: Retransmit,
     pub(super) give_up_at: Instant,
     pub(super) initial: bool,
+    /// The 2xx carries our offer (the request had none): its ACK carries the answer.
+    pub(super) carries_offer: bool,
 }
 
 impl Pending2xx {
@@ -38,6 +40,7 @@ impl Pending2xx {
             retransmit: Retransmit::start(now, timers.t1, Some(timers.t2), reliable),
             give_up_at: now + timers.t1_x64(),
             initial,
+            carries_offer: false,
         }
     }
 }
@@ -68,6 +71,14 @@ pub(super) struct DialogState {
     /// UAC: the ACK for the INVITE's 2xx (CSeq number, bytes), sent again for each
     /// retransmission of that 2xx (§13.2.2.4).
     pub(super) ack_for_2xx: Option<(u32, Transmit)>,
+    /// The `o=` line of the peer's last SDP: a re-offer with the same one is a refresh.
+    pub(super) remote_sdp_origin: Option<String>,
+    /// A re-offer waiting for the application ([`super::reoffer`]).
+    pub(super) reoffer: Option<super::reoffer::PendingReoffer>,
+    /// The session timer (RFC 4028), if the dialog has one ([`super::session_timer`]).
+    pub(super) session_timer: Option<super::session_timer::SessionTimer>,
+    /// The peer listed UPDATE in its Allow (our refreshes can be UPDATEs).
+    pub(super) peer_allows_update: bool,
 }
 
 /// Which side of the INVITE we were (RFC 3261 §12.1).
@@ -89,6 +100,11 @@ impl Core {
         key: TxKey,
         to_tag: String,
     ) {
+        if method == Method::Prack {
+            // The early dialog of a reliable 180 (RFC 3262), or a PRACK for nothing: 481.
+            self.handle_prack(now, origin, request, key, &to_tag);
+            return;
+        }
         let index = (request.call_id().unwrap_or_default().to_string(), to_tag, request.from_tag().unwrap_or_default());
         let Some(&dialog_id) = self.dialog_index.get(&index) else {
             // §12.2.2: no matching dialog.
@@ -126,6 +142,7 @@ impl Core {
                 );
             }
             Method::Invite => self.handle_reinvite(now, origin, request, key, dialog_id),
+            Method::Update => self.handle_update(now, origin, request, key, dialog_id),
             Method::Info => self.handle_info(now, origin, request, key, dialog_id),
             Method::Notify => self.handle_notify(now, origin, request, key, dialog_id),
             Method::Refer => self.handle_refer(now, origin, request, key, dialog_id),
@@ -193,55 +210,6 @@ impl Core {
         });
     }
 
-    /// A session-refresh re-INVITE (RFC 4028 style): answer 200 with our last SDP answer
-    /// unchanged (same o= version: "no change", RFC 3264 §8).
-    pub(super) fn handle_reinvite(
-        &mut self,
-        now: Instant,
-        origin: Origin,
-        request: Message,
-        key: TxKey,
-        dialog_id: DialogId,
-    ) {
-        let Some(dialog) = self.dialogs.get(&dialog_id) else {
-            return;
-        };
-        if dialog.pending_2xx.is_some() || dialog.phase == DialogPhase::Terminating {
-            // §14.2: an INVITE is already in progress.
-            self.respond(now, key, &origin, &request, 491, None, &[]);
-            return;
-        }
-        let answer = dialog.last_answer.clone();
-        let local_tag = dialog.local_tag.clone();
-        let cseq = request.cseq().map(|(n, _)| n).unwrap_or_default();
-        // A new remote target may come with the re-INVITE (§12.2.2).
-        let new_target =
-            request.header("Contact").and_then(NameAddr::parse).map(|c| without_uri_headers(&c.uri).to_owned());
-        let contact = self.contact_header_for(origin.transport, is_sips(&dialog.remote_target));
-        let mut response = self.build_response(
-            &request,
-            &origin,
-            200,
-            "OK",
-            Some(&local_tag),
-            &[("Contact", contact.as_str()), ("Allow", ALLOW), ("Content-Type", "application/sdp")],
-        );
-        response.body = answer.into_bytes();
-        let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 200) else {
-            return;
-        };
-        self.transmits.push_back(reply.clone());
-        let timers = self.config.timers;
-        if let Some(dialog) = self.dialogs.get_mut(&dialog_id) {
-            if let Some(target) = new_target {
-                dialog.remote_target = target;
-            }
-            dialog.pending_2xx = Some(Pending2xx::start(now, cseq, reply.clone(), timers, false));
-        }
-        let transaction = ServerInvite::answered(now, request, origin, local_tag, reply, 200, timers);
-        self.transactions.insert(key, ServerTransaction::Invite(Box::new(transaction)));
-    }
-
     /// §13.3.1.4: the ACK for a 2xx is matched by dialog and CSeq, not by transaction.
     pub(super) fn handle_ack_for_2xx(&mut self, _now: Instant, request: &Message) {
         let (Some(to_tag), Some(call_id)) = (request.to_tag(), request.call_id()) else {
@@ -262,9 +230,18 @@ impl Core {
             return;
         }
         let initial = pending.initial;
+        let carries_offer = pending.carries_offer;
         dialog.pending_2xx = None;
         if dialog.phase == DialogPhase::WaitingAck {
             dialog.phase = DialogPhase::Confirmed;
+        }
+        if carries_offer {
+            // Our 2xx carried the offer: the ACK carries the answer (§13.2.1, §14.2).
+            let sdp = super::reoffer::sdp_body(request);
+            if let Some(line) = sdp.as_deref().and_then(super::reoffer::sdp_origin_line) {
+                dialog.remote_sdp_origin = Some(line);
+            }
+            self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Answer { sdp } });
         }
         if initial {
             self.events.push_back(CoreEvent::Dialog { dialog: dialog_id, notice: DialogEvent::Confirmed });
@@ -376,6 +353,24 @@ impl Core {
         headers: &[(&str, &str)],
         body: &[u8],
     ) -> Option<RequestId> {
+        self.send_request_owned(now, dialog_id, destination, method, headers, body, |request| RequestOwner::InDialog {
+            dialog: dialog_id,
+            request,
+        })
+    }
+
+    /// [`Core::send_request`] with the owner its final response goes to.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn send_request_owned(
+        &mut self,
+        now: Instant,
+        dialog_id: DialogId,
+        destination: SocketAddr,
+        method: Method,
+        headers: &[(&str, &str)],
+        body: &[u8],
+        owner: impl FnOnce(RequestId) -> RequestOwner,
+    ) -> Option<RequestId> {
         if matches!(method, Method::Bye | Method::Ack | Method::Cancel) {
             return None;
         }
@@ -394,7 +389,7 @@ impl Core {
         }
         transmit.payload = request.to_bytes();
         let id = RequestId(self.fresh_id());
-        let owner = RequestOwner::InDialog { dialog: dialog_id, request: id };
+        let owner = owner(id);
         self.start_request(now, ClientKey { branch, method }, owner, transmit);
         Some(id)
     }
@@ -503,6 +498,7 @@ impl Core {
             }
             // §9.1: the INVITE's own timers (or the 64*T1 after CANCEL) settle the call.
             RequestOwner::Cancel(_) => {}
+            RequestOwner::Refresh(dialog) => self.refresh_timed_out(dialog),
             RequestOwner::InDialog { dialog, request } => {
                 self.events.push_back(CoreEvent::RequestFinished {
                     dialog,

@@ -44,6 +44,11 @@ pub(super) struct OutgoingState {
     /// A challenge has been answered (each call answers one, RFC 3261 §22.2).
     auth_answered: bool,
     phase: CallPhase,
+    /// The `Session-Expires` we ask for (RFC 4028 §7.1), raised once by a 422's `Min-SE`;
+    /// `None`: session timers are off.
+    session_expires: Option<u32>,
+    /// A 422 has been answered (once per call, §7.4).
+    retried_422: bool,
 }
 
 /// Where a call we placed stands, as its transaction user sees it.
@@ -155,6 +160,9 @@ impl Core {
                 authorization: None,
                 auth_answered: false,
                 phase: CallPhase::Inviting { ring_deadline },
+                session_expires: (self.config.session_timer.expires_secs > 0)
+                    .then_some(self.config.session_timer.expires_secs),
+                retried_422: false,
             },
         );
         self.send_invite(now, id);
@@ -178,8 +186,16 @@ impl Core {
         invite.push_header("CSeq", format!("{} INVITE", state.cseq));
         invite.push_header("Contact", self.contact_header_for(transport, is_sips(&state.call.request_uri)));
         invite.push_header("Allow", ALLOW);
-        // We support no extension (no 100rel, no timer): an empty Supported says so (§20.37).
-        invite.push_header("Supported", "");
+        // Session timers (RFC 4028 §7.1): we ask for one and leave the refreshes to the callee
+        // (we send no re-INVITE refreshes); 100rel we do not offer as a caller (no PRACK sent).
+        match state.session_expires {
+            Some(expires) => {
+                invite.push_header("Supported", "timer");
+                invite.push_header("Session-Expires", format!("{expires};refresher=uas"));
+                invite.push_header("Min-SE", self.config.session_timer.min_se_secs.min(expires).to_string());
+            }
+            None => invite.push_header("Supported", ""),
+        }
         invite.push_header("User-Agent", self.config.user_agent.clone());
         if let Some((name, value)) = &state.authorization {
             invite.push_header(name, value.clone());
@@ -324,6 +340,23 @@ impl Core {
                 return;
             }
         }
+        // RFC 4028 §7.4: 422 Session Interval Too Small: once more with its Min-SE.
+        let min_se =
+            response.header("Min-SE").and_then(|v| v.split(';').next()).and_then(|v| v.trim().parse::<u32>().ok());
+        if code == 422
+            && matches!(state.phase, CallPhase::Inviting { .. })
+            && !state.retried_422
+            && state.session_expires.is_some()
+            && let Some(min_se) = min_se
+        {
+            if let Some(state) = self.outgoing.get_mut(&id) {
+                state.retried_422 = true;
+                state.cseq = state.cseq.wrapping_add(1);
+                state.session_expires = state.session_expires.map(|asked| asked.max(min_se));
+            }
+            self.send_invite(now, id);
+            return;
+        }
         let cancel = self.outgoing.get(&id).and_then(OutgoingState::cancel_reason);
         let failure = classify(code, &reason, cancel);
         self.finish_outgoing(id, failure);
@@ -423,7 +456,7 @@ impl Core {
         }
         let unwanted = !matches!(state.phase, CallPhase::Inviting { .. });
         let cancel = state.cancel_reason();
-        let Some(dialog) = self.create_uac_dialog(id, origin, response, to_tag) else {
+        let Some(dialog) = self.create_uac_dialog(now, id, origin, response, to_tag) else {
             return;
         };
         if unwanted {
@@ -451,6 +484,7 @@ impl Core {
     /// the INVITE's CSeq number, sent by the dialog, not the transaction).
     fn create_uac_dialog(
         &mut self,
+        now: Instant,
         id: OutgoingId,
         origin: Origin,
         response: &Message,
@@ -502,6 +536,12 @@ impl Core {
                 bye_branch: None,
                 role: Role::Uac,
                 ack_for_2xx: None,
+                remote_sdp_origin: super::reoffer::sdp_body(response)
+                    .as_deref()
+                    .and_then(super::reoffer::sdp_origin_line),
+                reoffer: None,
+                session_timer: super::session_timer::SessionTimer::granted(now, response),
+                peer_allows_update: super::session_timer::TimerRequest::read(response).allows_update,
             },
         );
         self.dialog_index.insert((call_id, local_tag, to_tag), dialog_id);

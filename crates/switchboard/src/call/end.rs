@@ -25,9 +25,6 @@ pub enum Refusal {
     NoRoute,
     /// 488: no codec in common, or no usable audio stream.
     NotAcceptable(String),
-    /// 488: an INVITE without an SDP offer (delayed offer, RFC 3261 §13.2.1), which the gateway
-    /// does not support yet.
-    NoSdpOffer,
     /// 503 + Retry-After: at `calls.max_concurrent`.
     Overloaded,
     /// 503 + Retry-After: the gateway is shutting down (draining); a proxy sends the call elsewhere.
@@ -56,7 +53,7 @@ impl Refusal {
         match self {
             Refusal::BadRequest(_) => (400, "Bad Request"),
             Refusal::NoRoute => (404, "Not Found"),
-            Refusal::NotAcceptable(_) | Refusal::NoSdpOffer => (488, "Not Acceptable Here"),
+            Refusal::NotAcceptable(_) => (488, "Not Acceptable Here"),
             Refusal::Overloaded
             | Refusal::ShuttingDown
             | Refusal::NoMediaPort
@@ -84,12 +81,7 @@ impl Refusal {
             | Refusal::AgentTimeout(_)
             | Refusal::AgentSessionRefused(_)
             | Refusal::AgentFormatMismatch(_) => Fault::Upstream,
-            // Delayed offer is valid SIP: the missing support is ours.
-            Refusal::NoRoute
-            | Refusal::Overloaded
-            | Refusal::ShuttingDown
-            | Refusal::NoMediaPort
-            | Refusal::NoSdpOffer => Fault::Gateway,
+            Refusal::NoRoute | Refusal::Overloaded | Refusal::ShuttingDown | Refusal::NoMediaPort => Fault::Gateway,
             // The configuration did what it was told: nobody to alert.
             Refusal::Rejected(_) => Fault::None,
         }
@@ -100,7 +92,6 @@ impl Refusal {
             Refusal::BadRequest(_) => "bad_request",
             Refusal::NoRoute => "no_route",
             Refusal::NotAcceptable(_) => "no_common_codec",
-            Refusal::NoSdpOffer => "no_sdp_offer",
             Refusal::Overloaded => "overloaded",
             Refusal::ShuttingDown => "shutdown",
             Refusal::NoMediaPort => "no_media_port",
@@ -153,6 +144,12 @@ pub enum CallEnd {
     Transferred,
     /// A transfer failed with `on_failure = "hangup"`: the agent said goodbye and we sent BYE.
     TransferFailed,
+    /// Our offer (delayed offer, re-INVITE without SDP) got no usable answer in the ACK; we sent
+    /// BYE (RFC 3261 §14.2).
+    BadSdpAnswer(String),
+    /// The session timer ran out (RFC 4028 §10): the caller did not refresh the session, or our
+    /// refresh failed; the SIP layer sent BYE.
+    SessionExpired,
 }
 
 impl CallEnd {
@@ -170,6 +167,7 @@ impl CallEnd {
             CallEnd::MediaSetupFailed(_) => Fault::Gateway,
             CallEnd::AgentHangup | CallEnd::CallerIdle | CallEnd::MaxDuration => Fault::None,
             CallEnd::Transferred | CallEnd::TransferFailed => Fault::None,
+            CallEnd::BadSdpAnswer(_) | CallEnd::SessionExpired => Fault::Caller,
         }
     }
 
@@ -187,7 +185,9 @@ impl CallEnd {
             | CallEnd::AgentFatalError(_)
             | CallEnd::AgentWatchdog(_)
             | CallEnd::AgentMessageTooLarge(_)
-            | CallEnd::MediaSetupFailed(_) => "failed",
+            | CallEnd::MediaSetupFailed(_)
+            | CallEnd::BadSdpAnswer(_)
+            | CallEnd::SessionExpired => "failed",
         }
     }
 
@@ -211,6 +211,8 @@ impl CallEnd {
             CallEnd::MaxDuration => "max_duration",
             CallEnd::Transferred => "transferred",
             CallEnd::TransferFailed => "transfer_failed",
+            CallEnd::BadSdpAnswer(_) => "bad_sdp_answer",
+            CallEnd::SessionExpired => "session_expired",
         }
     }
 
@@ -231,6 +233,7 @@ impl CallEnd {
                 | CallEnd::MaxDuration
                 | CallEnd::Transferred
                 | CallEnd::TransferFailed
+                | CallEnd::BadSdpAnswer(_)
         )
     }
 }
@@ -282,11 +285,13 @@ mod tests {
     }
 
     #[test]
-    fn a_delayed_offer_has_its_own_reason() {
-        let end = CallEnd::Refused(Refusal::NoSdpOffer);
-        assert_eq!(end.reason_label(), "no_sdp_offer");
-        assert_ne!(end.reason_label(), CallEnd::Refused(Refusal::NotAcceptable("x".into())).reason_label());
-        assert_eq!(Refusal::NoSdpOffer.status().0, 488);
+    fn a_bad_answer_in_the_ack_is_the_callers_fault_and_ends_with_our_bye() {
+        let end = CallEnd::BadSdpAnswer("no SDP in the ACK".into());
+        assert!(end.needs_bye());
+        assert_eq!((end.fault(), end.outcome_label(), end.reason_label()), (Fault::Caller, "failed", "bad_sdp_answer"));
+        let expired = CallEnd::SessionExpired;
+        assert!(!expired.needs_bye(), "the SIP layer already sent BYE");
+        assert_eq!((expired.fault(), expired.reason_label()), (Fault::Caller, "session_expired"));
     }
 
     #[test]

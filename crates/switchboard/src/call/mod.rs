@@ -7,6 +7,7 @@ pub mod journal;
 pub mod outbound;
 pub mod prompt;
 pub mod reconnect;
+pub mod renegotiate;
 pub mod session;
 pub mod shell;
 pub mod tools;
@@ -23,7 +24,7 @@ use switchboard_media::framing::{ModelAudio, model_audio_for};
 use switchboard_realtime::client::{self, ClientError, ConnectConfig, ConnectLimits, RealtimeReceiver, RealtimeSender};
 use switchboard_realtime::events::{ClientEvent, ServerEvent};
 use switchboard_sdp::{AnswerPolicy, LocalMedia, NegotiatedMedia, SdpError};
-use switchboard_sip::{Dialog, IncomingCall, ServerInvite};
+use switchboard_sip::{Dialog, DialogEvent, IncomingCall, ServerInvite};
 use tokio::sync::watch;
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -158,9 +159,6 @@ async fn run(
         Err(code) => return refuse(state, invite, Refusal::Rejected(code)),
     };
     let agent = &agent;
-    let Some(offer) = offer else {
-        return refuse(state, invite, Refusal::NoSdpOffer);
-    };
     let (std_socket, port_lease) = match state.rtp_ports.allocate() {
         Ok(pair) => pair,
         Err(e) => {
@@ -174,17 +172,22 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let answer =
-        match switchboard_sdp::answer_offer(&offer, &answer_policy(cfg.media.codecs.0.as_slice(), agent), &local) {
-            Ok(answer) => answer,
-            Err(e @ SdpError::Malformed { .. }) => return refuse(state, invite, Refusal::BadRequest(e.to_string())),
-            Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
-        };
-    let media = answer.media;
-    let codec = media.codec;
-    info!(route = route_name, agent = agent_name, codec = ?media.codec, "routed");
+    let policy = answer_policy(cfg.media.codecs.0.as_slice(), agent);
+    // With an offer: our answer now. Without (delayed offer, RFC 3261 §13.2.1): our offer goes in
+    // the 200 and the session opens for our first codec; the offer then lists only the codecs
+    // that session can serve (`delayed_offer`).
+    let answer = match offer.as_deref().map(|offer| switchboard_sdp::answer_offer(offer, &policy, &local)) {
+        None => None,
+        Some(Ok(answer)) => Some(answer),
+        Some(Err(e @ SdpError::Malformed { .. })) => return refuse(state, invite, Refusal::BadRequest(e.to_string())),
+        Some(Err(e)) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
+    };
+    let Some(codec) = answer.as_ref().map(|a| a.media.codec).or_else(|| policy.codecs.first().copied()) else {
+        return refuse(state, invite, Refusal::NotAcceptable("no codec configured to offer".into()));
+    };
+    info!(route = route_name, agent = agent_name, codec = ?codec, delayed_offer = answer.is_none(), "routed");
     if let Some(entry) = entry {
-        entry.set_routed(agent_name, media.codec.encoding_name());
+        entry.set_routed(agent_name, codec.encoding_name());
     }
     invite.ringing();
 
@@ -220,12 +223,44 @@ async fn run(
         close_in_background(session.sender);
         return refuse(state, invite, Refusal::ShuttingDown);
     }
-    let Some(dialog) = invite.accept(&answer.sdp) else {
+    let (our_sdp, answered, our_offer) = match answer {
+        Some(answer) => (answer.sdp, Some(answer.media), None),
+        None => match delayed_offer(&session, &policy, &local) {
+            Ok(offer) => (offer.sdp.clone(), None, Some(offer)),
+            Err(e) => {
+                close_in_background(session.sender);
+                return refuse(state, invite, Refusal::NotAcceptable(e.to_string()));
+            }
+        },
+    };
+    let Some(mut dialog) = invite.accept(&our_sdp) else {
         // The INVITE stopped being pending between the check above and the accept (the SIP core
         // refuses the 200): the CANCEL won.
         close_in_background(session.sender);
         return CallEnd::CallerCancelled;
     };
+    let media = match (answered, our_offer) {
+        (Some(media), _) => media,
+        (None, Some(offer)) => match answer_in_ack(&mut dialog, &offer).await {
+            Ok(media) => media,
+            Err(end) => {
+                close_in_background(session.sender);
+                if end.needs_bye()
+                    && let Err(e) = dialog.hangup().await
+                {
+                    warn!(error = %e, "BYE failed");
+                }
+                return end;
+            }
+        },
+        // An answer or an offer: one of them is always there.
+        (None, None) => {
+            close_in_background(session.sender);
+            return CallEnd::MediaSetupFailed("no SDP negotiated".into());
+        }
+    };
+    let codec = media.codec;
+    let sdp = renegotiate::SdpSession::new(local, media, our_sdp);
     metrics::histogram!(telemetry::CALL_SETUP_SECONDS).record(received.elapsed().as_secs_f64());
     info!(setup_ms = received.elapsed().as_millis() as u64, "answered");
     if let Some(entry) = entry {
@@ -256,8 +291,53 @@ async fn run(
         session,
         hangup,
         settings: Arc::clone(&settings),
+        sdp,
     };
     converse(state, call).await
+}
+
+/// Our offer for an INVITE without one (delayed offer): the configured codecs the confirmed
+/// session can serve, in the configured order.
+fn delayed_offer(
+    session: &OpenSession,
+    policy: &AnswerPolicy,
+    local: &switchboard_sdp::LocalMedia,
+) -> Result<switchboard_sdp::SdpOffer, SdpError> {
+    let codecs = policy.codecs.iter().copied().filter(|codec| session.suits(*codec)).collect();
+    let offer_policy =
+        switchboard_sdp::OfferPolicy { codecs, ptime_ms: policy.ptime_ms, telephone_event: policy.telephone_event };
+    switchboard_sdp::create_offer(&offer_policy, local)
+}
+
+/// Waits for the ACK of a 200 that carried our offer and reads its answer (RFC 3264 §5). No
+/// answer, or one we cannot use: the call ends with our BYE (RFC 3261 §13.2.1 / §14.2). Bounded:
+/// the SIP layer reports a missing ACK after 64*T1. `Confirmed` follows the answer and stays
+/// queued for the conversation.
+async fn answer_in_ack(dialog: &mut Dialog, offer: &switchboard_sdp::SdpOffer) -> Result<NegotiatedMedia, CallEnd> {
+    const ACK_WAIT: Duration = Duration::from_secs(40);
+    let deadline = tokio::time::Instant::now() + ACK_WAIT;
+    loop {
+        let event = match tokio::time::timeout_at(deadline, dialog.next_event()).await {
+            Ok(event) => event,
+            Err(_) => return Err(CallEnd::AckTimeout),
+        };
+        match event {
+            Some(DialogEvent::Answer { sdp: Some(sdp) }) => {
+                return switchboard_sdp::receive_answer(offer, &sdp).map_err(|e| {
+                    info!(error = %e, "the ACK's answer to our offer is unusable; hanging up");
+                    CallEnd::BadSdpAnswer(e.to_string())
+                });
+            }
+            Some(DialogEvent::Answer { sdp: None }) => {
+                info!("the ACK carried no answer to our offer; hanging up");
+                return Err(CallEnd::BadSdpAnswer("no SDP in the ACK".into()));
+            }
+            Some(DialogEvent::AckTimeout) => return Err(CallEnd::AckTimeout),
+            Some(DialogEvent::RemoteBye) | None => return Err(CallEnd::CallerHangup),
+            // Nothing else can come before the ACK; ignored if it does.
+            Some(other) => debug!(event = ?other, "dialog event before the ACK ignored"),
+        }
+    }
 }
 
 /// Asks the route table who answers the call: `None` for no match (404), `Err` for a reject
@@ -369,6 +449,8 @@ pub struct Established {
     pub hangup: watch::Receiver<bool>,
     /// The configuration snapshot the call took when it started (`reload.rs`).
     pub settings: Arc<crate::reload::Settings>,
+    /// The call's SDP state, for the caller's re-offers ([`renegotiate`]).
+    pub sdp: renegotiate::SdpSession,
 }
 
 /// Opens and confirms the agent's Realtime session for a call on `codec` (connect,

@@ -522,6 +522,7 @@ async fn run(
         session,
         hangup,
         settings,
+        sdp: super::renegotiate::SdpSession::new(local, media, offer.sdp.clone()),
     };
     let end = converse(state, call).await;
     record_end(CallDirection::Outbound, &end);

@@ -11,6 +11,7 @@
 //! - a second media leg (a bridged transfer's human) is attached and detached here (`shell/legs.rs`).
 
 mod legs;
+mod reoffer;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -32,6 +33,7 @@ use super::end::CallEnd;
 use super::journal::CallJournal;
 use super::prompt::LocalPrompt;
 use super::reconnect::{self, ReconnectPolicy};
+use super::renegotiate::SdpSession;
 use super::session::ConfirmedAudio;
 use super::tools::ToolRunner;
 use super::{Established, OpenSession, open_session, session};
@@ -62,7 +64,7 @@ pub const CONTROL_QUEUE: usize = 32;
 /// the agent talk until either side (or the operator, or shutdown) ends it. Sends BYE when the
 /// end is ours, closes the WebSocket and frees the RTP port.
 pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
-    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings } =
+    let Established { direction, facts, agent, mut dialog, media, socket, port_lease, session, hangup, settings, sdp } =
         call;
     let OpenSession { sender, receiver: mut realtime_rx, confirmed, codec: _, expires_at } = session;
     let session_opened = Instant::now();
@@ -132,6 +134,7 @@ pub async fn converse(state: &Arc<GatewayState>, call: Established) -> CallEnd {
                 tools,
                 transfer,
                 recorder: &mut recorder,
+                sdp,
                 link: Link {
                     state,
                     settings: &settings,
@@ -311,6 +314,8 @@ pub(super) struct MediaLoop<'a> {
     human: Option<legs::AttachedLeg>,
     /// Transfer to a human (`call/transfer/`).
     transfer: TransferLink,
+    /// The call's SDP state: the caller's re-offers are answered from it ([`reoffer`]).
+    sdp: SdpSession,
 }
 
 impl MediaLoop<'_> {
@@ -494,6 +499,18 @@ impl MediaLoop<'_> {
                         }
                         // Never: the gateway's dialogs do not accept REFERs (they get 501).
                         Some(DialogEvent::Refer { .. }) => continue,
+                        Some(DialogEvent::Reoffer { id, kind, sdp }) => {
+                            self.on_reoffer(id, kind, sdp.as_deref());
+                            continue;
+                        }
+                        Some(DialogEvent::Answer { sdp }) => {
+                            self.on_answer_in_ack(sdp.as_deref());
+                            continue;
+                        }
+                        Some(DialogEvent::SessionExpired { cause }) => {
+                            warn!(?cause, "session timer expired; the SIP layer sent BYE");
+                            DialogInput::SessionExpired
+                        }
                     };
                     if input == DialogInput::RemoteBye {
                         self.transfer_caller_left();

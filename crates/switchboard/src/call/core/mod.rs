@@ -48,6 +48,9 @@ mod bridge_tests;
 mod dtmf;
 mod dtmf_to_model;
 pub mod first_audio;
+pub mod hold;
+#[cfg(test)]
+mod hold_tests;
 pub mod meter;
 #[cfg(test)]
 mod net_tests;
@@ -199,6 +202,8 @@ pub enum DialogInput {
     Shutdown,
     /// A key from a SIP INFO in the dialog (already answered 200).
     Dtmf { digit: DtmfDigit, duration: Duration },
+    /// The session timer ended the session (RFC 4028; the SIP layer sent BYE).
+    SessionExpired,
 }
 
 /// One RTP packet to send now on a leg.
@@ -562,6 +567,8 @@ pub struct CallCore {
     transfer: transfer::TransferHooks,
     /// Setup time to the agent's first audio ([`first_audio`]).
     first_audio: first_audio::FirstAudio,
+    /// The caller has the call on hold ([`hold`]).
+    held: bool,
 }
 
 impl CallCore {
@@ -599,6 +606,7 @@ impl CallCore {
             bridge: None,
             transfer: transfer::TransferHooks::default(),
             first_audio: first_audio::FirstAudio::default(),
+            held: false,
             config,
         };
         if let Some(greeting) = core.config.greeting.as_deref().filter(|g| !g.is_empty()) {
@@ -893,6 +901,7 @@ impl CallCore {
             DialogInput::OperatorHangup => self.end(CallEnd::Operator),
             DialogInput::Shutdown => self.end(CallEnd::GatewayShutdown),
             DialogInput::Dtmf { digit, duration } => self.on_dtmf(now, CALLER, digit, duration),
+            DialogInput::SessionExpired => self.end(CallEnd::SessionExpired),
         }
     }
 
@@ -945,7 +954,8 @@ impl CallCore {
             }
         }
         self.send_reports(now);
-        if self.caller_leg().is_some_and(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
+        // On hold the caller may send nothing at all (inactive): no RTP timeout then (hold.rs).
+        if !self.held && self.caller_leg().is_some_and(|leg| now >= leg.last_rtp_in + self.config.rtp_timeout) {
             self.end(CallEnd::RtpTimeout);
             return;
         }
@@ -1019,7 +1029,8 @@ impl CallCore {
             return None;
         }
         let legs = self.legs.iter().flat_map(|leg| {
-            let rtp_timeout = (!leg.lost).then(|| leg.last_rtp_in + self.config.rtp_timeout);
+            let held_caller = self.held && leg.id == CALLER;
+            let rtp_timeout = (!leg.lost && !held_caller).then(|| leg.last_rtp_in + self.config.rtp_timeout);
             [rtp_timeout, leg.jitter.next_deadline(), leg.reports.next_due()].into_iter().flatten()
         });
         let link = if self.outage.is_some() { self.outage_deadline() } else { Some(self.keepalive.next_deadline()) };
@@ -1106,7 +1117,8 @@ impl CallCore {
     /// input clock must not shrink).
     fn drain_inbound(&mut self, now: Instant, index: usize) {
         let at = now.saturating_duration_since(self.started);
-        let reconnecting = self.outage.is_some();
+        // While reconnecting there is no session to hear the caller; on hold nothing for it.
+        let reconnecting = self.outage.is_some() || self.held;
         let Some(leg) = self.legs.get_mut(index) else { return };
         while let Some(frame) = leg.jitter.pop(now) {
             leg.delay_metric.record(now.saturating_duration_since(frame.arrived).as_secs_f64());

@@ -138,6 +138,7 @@ impl CallCore {
             || self.agent.conversation.has_active_response()
             || self.ending_after_playout.is_some()
             || self.bridge.is_some()
+            || self.held
     }
 
     /// [`quiet_since`](Self::quiet_since) for planning the task's next wake-up: while only the
