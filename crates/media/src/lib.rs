@@ -32,5 +32,5 @@ pub use latch::{LatchConfig, LatchStats, RtpSourceLatch, SourceVerdict};
 pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};
 pub use resample::{ResampleError, Resampler};
-pub use srtp::{SrtpContext, SrtpError, SrtpStats};
 pub use rtp::{RtpError, RtpHeader, StreamStart, is_rtcp, parse_rtp, write_rtp};
+pub use srtp::{SrtpContext, SrtpError, SrtpStats};

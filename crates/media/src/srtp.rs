@@ -351,7 +351,10 @@ impl SrtpContext {
         let (authenticated, received_tag) = packet.split_at_mut(authenticated_len);
         let rtcp_len = authenticated_len - SRTCP_INDEX_LEN;
         let ssrc = rtcp_ssrc(authenticated)?;
-        let trailer = authenticated.get(rtcp_len..).and_then(|t| <[u8; 4]>::try_from(t).ok()).ok_or(SrtpError::TooShort { len })?;
+        let trailer = authenticated
+            .get(rtcp_len..)
+            .and_then(|t| <[u8; 4]>::try_from(t).ok())
+            .ok_or(SrtpError::TooShort { len })?;
         let e_and_index = u32::from_be_bytes(trailer);
         let encrypted = e_and_index & 0x8000_0000 != 0;
         let index = u64::from(e_and_index & SRTCP_INDEX_MAX);

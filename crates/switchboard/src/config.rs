@@ -115,6 +115,8 @@ pub struct MediaConfig {
     pub jitter_max_ms: u64,
     /// Mean interval of our RTCP reports (RFC 3550 §6.2), sent from the RTP port + 1; 0: none.
     pub rtcp_interval_secs: u64,
+    /// SRTP (RFC 4568 SDES) for calls from no trunk: off, optional or required (`crate::srtp`).
+    pub srtp: crate::srtp::SrtpSetting,
 }
 
 impl RealtimeConfig {
@@ -246,6 +248,8 @@ pub struct TrunkConfig {
     pub max_concurrent: usize,
     /// A call not answered within this time is CANCELled (outcome `no_answer`).
     pub ring_timeout_secs: u64,
+    /// SRTP for calls through (and, once the trunk is recognised by source, from) this trunk.
+    pub srtp: crate::srtp::SrtpSetting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -459,6 +463,7 @@ impl Default for MediaConfig {
             rtp_relearn_silence_ms: 2000,
             jitter_max_ms: 120,
             rtcp_interval_secs: 5,
+            srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
 }
@@ -537,6 +542,7 @@ impl Default for TrunkConfig {
             codecs: StringList::default(),
             max_concurrent: 10,
             ring_timeout_secs: 30,
+            srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
 }

@@ -16,5 +16,6 @@ pub mod reload;
 pub mod routing;
 pub mod rtp_ports;
 pub mod signing;
+pub mod srtp;
 pub mod telemetry;
 pub mod webhook;

@@ -78,7 +78,10 @@ fn round_trip_both_suites_header_in_clear_payload_not() {
         }
         assert_eq!(receiver.stats().unprotected, 5);
         // RTCP both ways, with the E-bit and index trailer.
-        let report = [0x81, 201, 0, 7, 0, 0, 0x12, 0x34, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24];
+        let report = [
+            0x81, 201, 0, 7, 0, 0, 0x12, 0x34, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18, 19, 20,
+            21, 22, 23, 24,
+        ];
         for index in 0..3u32 {
             let protected = sender.protect_rtcp(&report).unwrap();
             assert_eq!(protected.len(), report.len() + 4 + 10);
@@ -130,7 +133,8 @@ fn replay_window_edges_and_rollover() {
     let window = REPLAY_WINDOW as u16;
     // Protect 65_400..=65_535, 0..=300 (a wrap), keep them all, deliver out of order.
     let sequences: Vec<u16> = (65_400..=65_535).chain(0..=300).collect();
-    let packets: Vec<(u16, Vec<u8>)> = sequences.iter().map(|&s| (s, sender.protect(&rtp(s, 9, &[s as u8; 20])).unwrap())).collect();
+    let packets: Vec<(u16, Vec<u8>)> =
+        sequences.iter().map(|&s| (s, sender.protect(&rtp(s, 9, &[s as u8; 20])).unwrap())).collect();
     let deliver = |receiver: &mut SrtpContext, sequence: u16| {
         let (_, packet) = packets.iter().find(|(s, _)| *s == sequence).unwrap();
         let mut buf = packet.clone();

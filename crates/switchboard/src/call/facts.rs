@@ -29,4 +29,6 @@ pub struct CallFacts {
     pub started: SystemTime,
     /// When the call was answered.
     pub answered: SystemTime,
+    /// `rtp` for plain media, else the SRTP suite (`AES_CM_128_HMAC_SHA1_80`...).
+    pub media_security: &'static str,
 }

@@ -170,15 +170,18 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let answer =
-        match switchboard_sdp::answer_offer(&offer, &answer_policy(cfg.media.codecs.0.as_slice(), agent), &local) {
-            Ok(answer) => answer,
-            Err(e @ SdpError::Malformed { .. }) => return refuse(state, invite, Refusal::BadRequest(e.to_string())),
-            Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
-        };
+    // The trunk the call came from, once the access part recognises trunks by source; until
+    // then every inbound call gets `media.srtp`.
+    let srtp = crate::srtp::inbound_setting(cfg, None).mode();
+    let policy = AnswerPolicy { srtp, ..answer_policy(cfg.media.codecs.0.as_slice(), agent) };
+    let answer = match switchboard_sdp::answer_offer(&offer, &policy, &local) {
+        Ok(answer) => answer,
+        Err(e @ SdpError::Malformed { .. }) => return refuse(state, invite, Refusal::BadRequest(e.to_string())),
+        Err(e) => return refuse(state, invite, Refusal::NotAcceptable(e.to_string())),
+    };
     let media = answer.media;
     let codec = media.codec;
-    info!(route = route_name, agent = agent_name, codec = ?media.codec, "routed");
+    info!(route = route_name, agent = agent_name, codec = ?media.codec, media_security = crate::srtp::media_security(media.srtp.as_ref()), "routed");
     if let Some(entry) = entry {
         entry.set_routed(agent_name, media.codec.encoding_name());
     }
@@ -239,7 +242,9 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
         answered: SystemTime::now(),
+        media_security: crate::srtp::media_security(media.srtp.as_ref()),
     };
+    crate::srtp::count_call(media.srtp.as_ref());
     let call = Established {
         direction: CallDirection::Inbound,
         facts,
@@ -506,6 +511,7 @@ fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy 
         codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
+        srtp: switchboard_sdp::SrtpMode::Off,
     }
 }
 

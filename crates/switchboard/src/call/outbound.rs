@@ -365,7 +365,8 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let policy = OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true };
+    let policy =
+        OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true, srtp: plan.trunk.srtp.mode() };
     let offer = match switchboard_sdp::create_offer(&policy, &local) {
         Ok(offer) => offer,
         Err(e) => {
@@ -487,7 +488,9 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started,
         answered: SystemTime::now(),
+        media_security: crate::srtp::media_security(media.srtp.as_ref()),
     };
+    crate::srtp::count_call(media.srtp.as_ref());
     let call = Established {
         direction: CallDirection::Outbound,
         facts,

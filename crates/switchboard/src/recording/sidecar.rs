@@ -156,6 +156,13 @@ pub struct RecordFacts {
     pub started_ms: u64,
     pub answered_ms: u64,
     pub recording: Option<RecordingInfo>,
+    /// `rtp` or the SRTP suite; markers written before SRTP existed read as `rtp`.
+    #[serde(default = "plain_rtp")]
+    pub media_security: String,
+}
+
+fn plain_rtp() -> String {
+    "rtp".to_owned()
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -180,6 +187,7 @@ impl RecordFacts {
             started_ms: unix_ms(facts.started),
             answered_ms: unix_ms(facts.answered),
             recording,
+            media_security: facts.media_security.to_owned(),
         }
     }
 }
@@ -242,6 +250,7 @@ impl CallSummary<'_> {
             "outcome": outcome,
             "reason": reason,
             "side": side,
+            "media_security": facts.media_security,
         });
         match value {
             Value::Object(map) => map,
@@ -387,6 +396,7 @@ impl Unanswered<'_> {
             "transfers": {"count": 0, "last_outcome": Value::Null},
             "recording": Value::Null,
             "sidecar": Value::Null,
+            "media_security": Value::Null,
         })
     }
 }

@@ -344,6 +344,7 @@ mod tests {
             codec: "PCMU".into(),
             started: SystemTime::now(),
             answered: SystemTime::now(),
+            media_security: "rtp",
         }
     }
 
