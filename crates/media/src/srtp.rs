@@ -246,8 +246,18 @@ impl SrtpContext {
     }
 
     /// Protects one RTP packet (header as written by [`crate::rtp::write_rtp`] or any valid
-    /// one): the payload encrypted, the tag appended.
+    /// one) into a new buffer: the payload encrypted, the tag appended.
     pub fn protect(&mut self, rtp: &[u8]) -> Result<Vec<u8>, SrtpError> {
+        let mut packet = Vec::with_capacity(rtp.len() + self.suite.rtp_tag_len());
+        packet.extend_from_slice(rtp);
+        self.protect_in_place(&mut packet)?;
+        Ok(packet)
+    }
+
+    /// Protects one RTP packet in its own buffer (no allocation when it has room for the tag).
+    /// On error the packet is unchanged.
+    pub fn protect_in_place(&mut self, packet: &mut Vec<u8>) -> Result<(), SrtpError> {
+        let rtp = packet.as_slice();
         let header_len = rtp_header_len(rtp)?;
         let (ssrc, sequence) = rtp_ssrc_sequence(rtp)?;
         // Our own stream: the same estimate from the last index sent keeps the ROC (a sender's
@@ -266,16 +276,14 @@ impl SrtpContext {
             }
         };
         let tag_len = self.suite.rtp_tag_len();
-        let mut packet = Vec::with_capacity(rtp.len() + tag_len);
-        packet.extend_from_slice(rtp);
         if let Some(payload) = packet.get_mut(header_len..) {
             self.rtp.apply_keystream(ssrc, index, payload);
         }
         let roc = ((index >> 16) as u32).to_be_bytes();
-        let tag = self.rtp.tag(&[&packet, &roc]);
+        let tag = self.rtp.tag(&[packet, &roc]);
         packet.extend_from_slice(tag.get(..tag_len).unwrap_or_default());
         self.stats.protected += 1;
-        Ok(packet)
+        Ok(())
     }
 
     /// Checks and decrypts one SRTP packet in place; returns the RTP packet's length (a prefix

@@ -108,9 +108,10 @@ impl LegSrtp {
         Self::verdict(result, "rtcp").and_then(|len| out.get(..len))
     }
 
-    /// Protects an RTP packet of ours; `None` only for a packet our own code malformed.
-    pub fn protect_rtp(&mut self, packet: &[u8]) -> Option<Vec<u8>> {
-        self.send.protect(packet).ok()
+    /// Protects an RTP packet of ours in place (give it [`MAX_RTP_OVERHEAD`] bytes of spare
+    /// capacity); false only for a packet our own code malformed.
+    pub fn protect_rtp(&mut self, packet: &mut Vec<u8>) -> bool {
+        self.send.protect_in_place(packet).is_ok()
     }
 
     /// Protects an RTCP compound packet of ours; `None` once the SRTCP index is used up.
@@ -168,12 +169,15 @@ mod tests {
         let mut gateway = LegSrtp::new(&SrtpKeys { suite, local: ours, remote: theirs });
         let mut phone = LegSrtp::new(&SrtpKeys { suite, local: theirs, remote: ours });
         let rtp = [0x80, 0, 0, 1, 0, 0, 0, 160, 0, 0, 0, 9, 0xFF, 0xFF, 0xFF, 0xFF];
-        let sent = phone.protect_rtp(&rtp).unwrap();
+        let mut sent = rtp.to_vec();
+        assert!(phone.protect_rtp(&mut sent));
         let mut out = [0u8; MAX_DATAGRAM];
         assert_eq!(gateway.unprotect_rtp(&sent, &mut out), Some(&rtp[..]));
         assert_eq!(gateway.unprotect_rtp(&sent, &mut out), None, "replay");
         let mut stranger = LegSrtp::new(&SrtpKeys { suite, local: fresh_key(), remote: ours });
-        assert_eq!(gateway.unprotect_rtp(&stranger.protect_rtp(&rtp).unwrap(), &mut out), None);
+        let mut forged = rtp.to_vec();
+        assert!(stranger.protect_rtp(&mut forged));
+        assert_eq!(gateway.unprotect_rtp(&forged, &mut out), None);
         assert_eq!(gateway.unprotect_rtp(&[0u8; MAX_DATAGRAM + 1], &mut out), None, "too big");
         let rtcp = [0x80, 200, 0, 1, 0, 0, 0, 9];
         let report = gateway.protect_rtcp(&rtcp).unwrap();

@@ -1194,11 +1194,13 @@ impl CallCore {
             if leg.may_send
                 && let Some(destination) = leg.latch.send_target()
             {
-                let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
+                let mut packet =
+                    Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len() + crate::srtp::MAX_RTP_OVERHEAD);
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
-                if let Some(srtp) = leg.srtp.as_mut() {
-                    let Some(protected) = srtp.protect_rtp(&packet) else { continue };
-                    packet = protected;
+                if let Some(srtp) = leg.srtp.as_mut()
+                    && !srtp.protect_rtp(&mut packet)
+                {
+                    continue;
                 }
                 leg.reports.on_rtp_sent(frame.payload.len());
                 if leg.id == CALLER && frame.tag.is_some_and(|tag| tag != tools::FILLER_TAG && tag != bridge::RELAY_TAG)
