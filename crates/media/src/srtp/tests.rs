@@ -45,7 +45,7 @@ fn key_derivation_matches_rfc_3711_b3() {
 #[test]
 fn keystream_matches_rfc_3711_b2() {
     let keys = SessionKeys {
-        cipher: Aes128::new(hex("2B7E151628AED2A6ABF7158809CF4F3C").as_slice().try_into().unwrap()),
+        cipher: Aes128::new_from_slice(&hex("2B7E151628AED2A6ABF7158809CF4F3C")).unwrap(),
         salt: hex("F0F1F2F3F4F5F6F7F8F9FAFBFCFD").try_into().unwrap(),
         auth: <HmacSha1 as KeyInit>::new(&[0u8; 64].into()),
     };
