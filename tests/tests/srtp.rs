@@ -2,15 +2,16 @@
 //! over SDES-SRTP; the echo correlates, the capture of the media ports holds no plain RTP, and a
 //! stranger spraying the gateway's RTP ports with forged packets is dropped and counted, never
 //! heard. SIPp offers that cannot be answered get 488: RTP/SAVP with no usable key line, and a
-//! plain offer to a gateway with `media.srtp = "required"`.
+//! plain offer to a gateway with `media.srtp = "required"`. An outbound call through a trunk with
+//! `srtp = "required"` offers RTP/SAVP and baresip answers it encrypted.
 
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use switchboard_e2e::audio;
 use switchboard_e2e::baresip::{Phone, heard};
 use switchboard_e2e::pcap;
-use switchboard_e2e::procs::{Capture, Gateway, Sim, run_bounded};
+use switchboard_e2e::procs::{Capture, ChildGuard, Gateway, Sim, http_post, run_bounded};
 use switchboard_e2e::{Ports, sipp, tools};
 
 /// The value of a metric line (`name{labels} value`) summed over its label sets; 0 when absent.
@@ -156,9 +157,9 @@ fn baresip_srtp_call_echoes_with_no_plain_rtp_and_strangers_dropped() {
 
 #[test]
 #[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn a_savp_offer_without_a_usable_key_line_gets_488_saying_why() {
+fn offers_we_cannot_answer_get_488_saying_why() {
     let ports = Ports::for_slot(109);
-    let dir = tools::scratch_dir("a_savp_offer_without_a_usable_key_line_gets_488_saying_why");
+    let dir = tools::scratch_dir("srtp_488");
     let gateway = Gateway::start(ports, "", "", &dir);
     // An MKI we do not carry, a suite we do not implement, a key that is not 30 bytes.
     let crypto = "      a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz|2^20|1:4\n\
@@ -180,13 +181,10 @@ fn a_savp_offer_without_a_usable_key_line_gets_488_saying_why() {
         assert!(log.contains(reason), "the refusal does not say `{reason}`:\n{log}");
     }
     assert!(!log.contains("WVNfX19zZW1jdGwg"), "a key reached the log");
-}
+    drop(gateway);
 
-#[test]
-#[cfg_attr(not(has_sipp), ignore = "needs sipp (scripts/install-deps.sh)")]
-fn srtp_required_refuses_a_plain_offer_with_488() {
-    let ports = Ports::for_slot(111);
-    let dir = tools::scratch_dir("srtp_required_refuses_a_plain_offer_with_488");
+    // `media.srtp = "required"`: a plain offer is refused.
+    let dir = tools::scratch_dir("srtp_488_required");
     let gateway = Gateway::start_with_env(ports, "", "", &dir, &[("SWITCHBOARD__MEDIA__SRTP", "required")]);
     let out = sipp::run(
         "uac_srtp_offer.xml",
@@ -198,4 +196,73 @@ fn srtp_required_refuses_a_plain_offer_with_488() {
     );
     assert!(out.status.success(), "the plain offer was not refused with 488; gateway log:\n{}", gateway.log());
     assert!(gateway.log().contains("SRTP is required"), "{}", gateway.log());
+}
+
+/// A trunk with `srtp = "required"`: our INVITE offers RTP/SAVP, baresip (srtp-mand,
+/// answering by itself) answers with one of our suites, and the echo goes both ways encrypted.
+#[test]
+#[cfg_attr(
+    not(all(has_baresip, has_espeak_ng, has_sox)),
+    ignore = "needs baresip, espeak-ng and sox (scripts/install-deps.sh)"
+)]
+fn outbound_call_through_an_srtp_required_trunk_is_encrypted_both_ways() {
+    let ports = Ports::for_slot(111);
+    let dir = tools::scratch_dir("srtp_outbound");
+    let speech = audio::make_speech(&dir);
+    let source = dir.join("speech_then_silence.wav");
+    let padded = run_bounded(
+        "sox",
+        Command::new("sox").arg(&speech.wav_8k).arg(&source).args(["pad", "0", "7"]),
+        Duration::from_secs(30),
+    );
+    assert!(padded.status.success(), "sox pad failed");
+    let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
+    let trunk = format!(
+        "[trunks.peer]\naddress = \"127.0.0.1:{}\"\nring_timeout_secs = 5\ncodecs = [\"PCMU\"]\nsrtp = \"required\"\n",
+        ports.peer_sip
+    );
+    let gateway = Gateway::start(ports, &sim.url(), &trunk, &dir);
+    let phone = Phone { auto_answer: true, extra: "module srtp.so\n", ..Phone::alice(ports, &source) };
+    let conf = phone.folder(&dir);
+    std::fs::write(
+        conf.join("accounts"),
+        format!("<sip:{}@127.0.0.1:{}>;regint=0;answermode=auto;mediaenc=srtp-mand\n", phone.name, phone.sip_port),
+    )
+    .expect("write baresip accounts");
+    let log = std::fs::File::create(dir.join("baresip.out")).expect("baresip log");
+    let mut baresip = ChildGuard::spawn(
+        "baresip",
+        Command::new("baresip")
+            .arg("-f")
+            .arg(&conf)
+            .args(["-u", "audio_codecs=PCMU", "-t", "18"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log"))
+            .stderr(log),
+    );
+    std::thread::sleep(Duration::from_millis(800));
+    let body = format!(r#"{{"to": "sip:alice@127.0.0.1:{}", "agent": "default"}}"#, ports.peer_sip);
+    let (status, answer) = http_post(([127, 0, 0, 1], ports.admin).into(), "/v1/calls", &body);
+    assert_eq!(status, 201, "POST /v1/calls answered {status}: {answer}\ngateway log:\n{}", gateway.log());
+    if baresip.wait_timeout(Duration::from_secs(30)).is_none() {
+        baresip.terminate(Duration::from_secs(3));
+    }
+    let said = std::fs::read_to_string(dir.join("baresip.out")).unwrap_or_default();
+    let gateway_log = gateway.log();
+    assert!(
+        gateway_log.contains("media_security=\"AES_CM_128_HMAC_SHA1_"),
+        "the outbound call was not SRTP; baresip said:\n{said}\ngateway log:\n{gateway_log}"
+    );
+    let (rate, samples) = heard(&dir, phone.name)
+        .unwrap_or_else(|| panic!("baresip recorded nothing; baresip said:\n{said}\ngateway log:\n{gateway_log}"));
+    let (original_rate, original) = audio::read_wav(&speech.wav_8k);
+    let (_, r) = audio::best_lag_correlation(
+        &audio::envelope(&original, (original_rate / 50) as usize),
+        &audio::envelope(&samples, (rate / 50) as usize),
+        600,
+    );
+    eprintln!("srtp outbound echo: envelope correlation r = {r:.3}");
+    assert!(r >= 0.8, "the echo baresip heard over SRTP correlates only {r:.3}");
+    let metrics = gateway.metrics();
+    assert_eq!(metric_sum(&metrics, "switchboard_srtp_auth_failures_total"), 0.0, "{metrics}");
 }
