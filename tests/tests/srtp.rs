@@ -196,6 +196,25 @@ fn offers_we_cannot_answer_get_488_saying_why() {
     );
     assert!(out.status.success(), "the plain offer was not refused with 488; gateway log:\n{}", gateway.log());
     assert!(gateway.log().contains("SRTP is required"), "{}", gateway.log());
+    drop(gateway);
+
+    // `media.srtp` allows plain RTP, but the call comes from a trunk (its `sources`) that requires SRTP.
+    let dir = tools::scratch_dir("srtp_488_trunk");
+    let trunk = format!(
+        "[trunks.carrier]\naddress = \"127.0.0.1:{}\"\nsources = [\"127.0.0.1\"]\nsrtp = \"required\"\n",
+        ports.peer_sip
+    );
+    let gateway = Gateway::start(ports, "", &trunk, &dir);
+    let out = sipp::run(
+        "uac_srtp_offer.xml",
+        &[("PROTO", "RTP/AVP"), ("CRYPTO", ""), ("CODE", "488")],
+        &dir,
+        ports,
+        "15550001000",
+        0,
+    );
+    assert!(out.status.success(), "the trunk's plain offer was not refused with 488; gateway log:\n{}", gateway.log());
+    assert!(gateway.log().contains("SRTP is required"), "{}", gateway.log());
 }
 
 /// A trunk with `srtp = "required"`: our INVITE offers RTP/SAVP, baresip (srtp-mand,

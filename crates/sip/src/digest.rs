@@ -23,7 +23,7 @@ pub enum Algorithm {
 }
 
 impl Algorithm {
-    fn parse(token: &str) -> Option<Algorithm> {
+    pub(crate) fn parse(token: &str) -> Option<Algorithm> {
         match token.trim().to_ascii_uppercase().as_str() {
             "MD5" => Some(Algorithm::Md5),
             "MD5-SESS" => Some(Algorithm::Md5Sess),
@@ -43,15 +43,15 @@ impl Algorithm {
         }
     }
 
-    fn is_sha256(self) -> bool {
+    pub(crate) fn is_sha256(self) -> bool {
         matches!(self, Algorithm::Sha256 | Algorithm::Sha256Sess)
     }
 
-    fn is_session(self) -> bool {
+    pub(crate) fn is_session(self) -> bool {
         matches!(self, Algorithm::Md5Sess | Algorithm::Sha256Sess)
     }
 
-    fn hash(self, data: &str) -> String {
+    pub(crate) fn hash(self, data: &str) -> String {
         if self.is_sha256() { hex(&Sha256::digest(data.as_bytes())) } else { hex(&Md5::digest(data.as_bytes())) }
     }
 }
@@ -91,7 +91,7 @@ pub enum ChallengeError {
 }
 
 /// Splits `a=b, c="d, e"` into pairs, honouring quoted strings (RFC 7235 auth-param).
-fn auth_params(text: &str) -> Vec<(String, String)> {
+pub(crate) fn auth_params(text: &str) -> Vec<(String, String)> {
     let mut params = Vec::new();
     let mut rest = text.trim();
     while !rest.is_empty() {

@@ -29,8 +29,10 @@
 pub mod client;
 pub mod core;
 pub mod digest;
+pub mod digest_server;
 pub mod endpoint;
 pub mod message;
+pub mod screen;
 pub mod sipfrag;
 
 use std::time::Duration;

@@ -222,7 +222,11 @@ impl CallRegistry {
             return Err(RegisterError::Full(capacity));
         }
         if let Some((trunk, limit)) = &call.trunk {
-            let up = tables.active.values().filter(|e| e.view.trunk.as_deref() == Some(trunk.as_str())).count();
+            let up = tables
+                .active
+                .values()
+                .filter(|e| e.view.direction == call.direction && e.view.trunk.as_deref() == Some(trunk.as_str()))
+                .count();
             if up >= *limit {
                 return Err(RegisterError::TrunkFull(trunk.clone()));
             }

@@ -25,6 +25,8 @@ pub use transfer::{OnFailure, TransferConfig, TransferMethod, valid_target, vali
 pub mod transfer_limits {
     pub use super::transfer::{HEADER_PLACEHOLDERS, MAX_HEADER_VALUE, MAX_HEADERS, MAX_QUEUES};
 }
+mod access;
+pub use access::UnknownSources;
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 pub mod view;
@@ -82,6 +84,19 @@ pub struct SipConfig {
     pub tcp_max_connections_per_address: usize,
     /// Bytes queued for a TCP peer that does not read before it is disconnected.
     pub tcp_write_queue_bytes: usize,
+    /// What a new request from an address in no trunk's `sources` (and not in
+    /// `trusted_proxies`) gets: `allow`, `reject` (403) or `drop` (no answer at all). Unset:
+    /// `allow` while no trunk lists `sources`, `reject` once one does.
+    pub unknown_sources: Option<UnknownSources>,
+    /// A source that exceeded `invite_rate_per_source` gets 503 for all its INVITEs this long.
+    /// 0: no ban (only the INVITEs over the rate are refused).
+    pub ban_secs: u64,
+    /// New INVITEs per second over all sources; more get 503 with Retry-After. 0: no limit.
+    pub max_cps: u32,
+    /// Requests whose User-Agent contains one of these (case-insensitive) are dropped unanswered.
+    pub user_agent_deny: StringList,
+    /// The realm of our digest challenges to inbound INVITEs; empty: the advertised host.
+    pub realm: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -248,7 +263,20 @@ pub struct TrunkConfig {
     pub max_concurrent: usize,
     /// A call not answered within this time is CANCELled (outcome `no_answer`).
     pub ring_timeout_secs: u64,
-    /// SRTP for calls through (and, once the trunk is recognised by source, from) this trunk.
+    /// Addresses or CIDR networks inbound calls from this trunk come from (config/access.rs):
+    /// an INVITE from one of them is this trunk's call. Empty: the trunk is not matched by source.
+    pub sources: StringList,
+    /// Digest username inbound INVITEs from this trunk must authenticate with (RFC 3261 §22);
+    /// empty: no inbound authentication.
+    pub inbound_username: String,
+    /// Its password. Never logged (Debug shows it redacted).
+    pub inbound_password: Secret,
+    /// The name of an environment variable holding the inbound password (instead of `inbound_password`).
+    pub inbound_password_env: String,
+    /// RFC 3325: this trunk's P-Asserted-Identity is believed (the caller ID routes match and
+    /// the model is told). From anyone else PAI is ignored and From is the caller ID.
+    pub trust_asserted_identity: bool,
+    /// SRTP for calls through this trunk and from it (`sources`, inbound credentials).
     pub srtp: crate::srtp::SrtpSetting,
 }
 
@@ -443,6 +471,11 @@ impl Default for SipConfig {
             tcp_max_connections: 1000,
             tcp_max_connections_per_address: 32,
             tcp_write_queue_bytes: 256 * 1024,
+            unknown_sources: None,
+            ban_secs: 0,
+            max_cps: 0,
+            user_agent_deny: StringList(access::SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect()),
+            realm: String::new(),
         }
     }
 }
@@ -542,6 +575,11 @@ impl Default for TrunkConfig {
             codecs: StringList::default(),
             max_concurrent: 10,
             ring_timeout_secs: 30,
+            sources: StringList::default(),
+            inbound_username: String::new(),
+            inbound_password: Secret::default(),
+            inbound_password_env: String::new(),
+            trust_asserted_identity: true,
             srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
@@ -621,6 +659,8 @@ pub struct Resolved {
     pub trunk_addresses: BTreeMap<String, SocketAddr>,
     /// `[[routes]]`, agents' `numbers` and the `default` catch-all, compiled.
     pub routes: switchboard_router::RouteTable,
+    /// Each trunk's `sources`, parsed, in trunk-name order (see [`Resolved::trunk_for_source`]).
+    pub trunk_sources: Vec<(String, Vec<IpNet>)>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -937,6 +977,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     }
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
+    let trunk_sources = access::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
 
     Some(Resolved {
@@ -950,6 +991,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         trusted_proxies,
         trunk_addresses,
         routes,
+        trunk_sources,
     })
 }
 
@@ -982,6 +1024,14 @@ fn resolve_secrets(cfg: &mut Config, env: &[(String, String)], problems: &mut Ve
             &trunk.password_env,
             &format!("trunks.{name}.password"),
             &format!("trunks.{name}.password_env"),
+        );
+    }
+    for (name, trunk) in &mut cfg.trunks {
+        resolve(
+            &mut trunk.inbound_password,
+            &trunk.inbound_password_env,
+            &format!("trunks.{name}.inbound_password"),
+            &format!("trunks.{name}.inbound_password_env"),
         );
     }
     let cdr = &mut cfg.cdr;

@@ -3,6 +3,7 @@
 //! This crate wires the protocol crates together: configuration ([`config`]), the gateway
 //! ([`app`]), one task per call ([`call`]), the admin HTTP listener ([`admin`]) and telemetry.
 
+pub mod access;
 pub mod admin;
 pub mod admission;
 pub mod app;

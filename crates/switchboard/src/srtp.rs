@@ -45,8 +45,8 @@ impl SrtpSetting {
     }
 }
 
-/// The policy of an inbound call: the trunk it came from (recognised by its source address,
-/// the access part's `trunk_for_source`), else `media.srtp`.
+/// The policy of an inbound call: the trunk it came from (`crate::access::inbound_trunk`: its
+/// `sources`, or its inbound credentials), else `media.srtp`.
 pub fn inbound_setting(config: &Config, trunk: Option<&str>) -> SrtpSetting {
     trunk.and_then(|name| config.trunks.get(name)).map_or(config.media.srtp, |trunk| trunk.srtp)
 }

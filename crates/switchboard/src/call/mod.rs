@@ -86,7 +86,9 @@ pub async fn handle(state: Arc<GatewayState>, call: IncomingCall, slot: CallSlot
                 agent: String::new(),
                 to: call.info.dialled.clone(),
                 from: call.info.from_uri.clone(),
-                trunk: None,
+                // The trunk whose `sources` hold the caller's address; inbound calls are not
+                // limited by the trunk's `max_concurrent` (that bounds calls we place).
+                trunk: crate::access::inbound_trunk(&state.settings(), &call.info).map(|name| (name, usize::MAX)),
             },
             SystemTime::now(),
         );
@@ -170,9 +172,10 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    // The trunk the call came from, once the access part recognises trunks by source; until
-    // then every inbound call gets `media.srtp`.
-    let srtp = crate::srtp::inbound_setting(cfg, None).mode();
+    // The trunk the call came from (its `sources`, or its inbound credentials) decides; a call
+    // from no trunk gets `media.srtp`.
+    let trunk = crate::access::inbound_trunk(&settings, &info);
+    let srtp = crate::srtp::inbound_setting(cfg, trunk.as_deref()).mode();
     let policy = AnswerPolicy { srtp, ..answer_policy(cfg.media.codecs.0.as_slice(), agent) };
     let answer = match switchboard_sdp::answer_offer(&offer, &policy, &local) {
         Ok(answer) => answer,
