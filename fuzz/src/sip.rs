@@ -147,6 +147,7 @@ fn core_config() -> CoreConfig {
         user_agent: "switchboard-fuzz".into(),
         udp_contact: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
         tcp_contact: Some(SocketAddr::from(([127, 0, 0, 1], 5060))),
+        tls_contact: None,
         max_message_bytes: MAX_MESSAGE_BYTES,
         max_headers: 100,
     }

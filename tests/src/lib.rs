@@ -13,6 +13,7 @@ pub mod procs;
 pub mod real_call;
 pub mod sip_raw;
 pub mod sipp;
+pub mod tls;
 pub mod tools;
 
 /// Ports for one test, derived from its slot so parallel tests never collide.

@@ -1,5 +1,5 @@
 //! SRTP (issue 11): baresip with its `srtp` module and `mediaenc=srtp-mand` calls the echo agent
-//! over SDES-SRTP; the echo correlates, the capture of the media ports holds no plain RTP, and a
+//! over SIP over TLS with SDES-SRTP (the issue's acceptance test); the echo correlates, the capture of the media ports holds no plain RTP, and a
 //! stranger spraying the gateway's RTP ports with forged packets is dropped and counted, never
 //! heard. SIPp offers that cannot be answered get 488: RTP/SAVP with no usable key line, and a
 //! plain offer to a gateway with `media.srtp = "required"`. An outbound call through a trunk with
@@ -12,6 +12,7 @@ use switchboard_e2e::audio;
 use switchboard_e2e::baresip::{Phone, heard};
 use switchboard_e2e::pcap;
 use switchboard_e2e::procs::{Capture, ChildGuard, Gateway, Sim, http_post, run_bounded};
+use switchboard_e2e::tls::TestCerts;
 use switchboard_e2e::{Ports, sipp, tools};
 
 /// The value of a metric line (`name{labels} value`) summed over its label sets; 0 when absent.
@@ -78,14 +79,20 @@ fn baresip_srtp_call_echoes_with_no_plain_rtp_and_strangers_dropped() {
     );
     assert!(padded.status.success(), "sox pad failed");
     let sim = Sim::start(ports, &["--behaviour", "echo"], &dir);
-    // The gateway's own policy is `required`: the call can only be SRTP.
-    let gateway = Gateway::start_with_env(ports, &sim.url(), "", &dir, &[("SWITCHBOARD__MEDIA__SRTP", "required")]);
+    // SIP over TLS on the slot's SIP port + 1 with a certificate made now; the gateway's own
+    // policy is `required`: the call can only be SRTP.
+    let certs = TestCerts::make(&dir);
+    let tls = std::net::SocketAddr::from(([127, 0, 0, 1], ports.sip + 1));
+    let mut env = certs.gateway_env(tls);
+    env.push(("SWITCHBOARD__MEDIA__SRTP".to_string(), "required".to_string()));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let gateway = Gateway::start_with_env(ports, &sim.url(), "", &dir, &env);
     let phone = Phone { extra: "module srtp.so\n", ..Phone::alice(ports, &source) };
-    let conf = phone.folder(&dir);
+    let conf = phone.folder_tls(&dir, &certs);
     // `mediaenc=srtp-mand`: baresip offers RTP/SAVP with SDES keys and nothing else.
     std::fs::write(
         conf.join("accounts"),
-        format!("<sip:{}@127.0.0.1:{}>;regint=0;mediaenc=srtp-mand\n", phone.name, phone.sip_port),
+        format!("<sip:{}@127.0.0.1:{};transport=tls>;regint=0;mediaenc=srtp-mand\n", phone.name, phone.sip_port),
     )
     .expect("write baresip accounts");
     // Every UDP packet between the two media port ranges (RTP and RTCP, both ways).
@@ -106,7 +113,7 @@ fn baresip_srtp_call_echoes_with_no_plain_rtp_and_strangers_dropped() {
             .arg(&conf)
             .args(["-u", "audio_codecs=PCMU", "-t", "16"])
             .arg("-e")
-            .arg(format!("/dial sip:15550001000@127.0.0.1:{}", ports.sip)),
+            .arg(format!("/dial sip:15550001000@127.0.0.1:{};transport=tls", tls.port())),
         Duration::from_secs(40),
     );
     let sprayed = sprayer.join().expect("sprayer");
@@ -117,6 +124,7 @@ fn baresip_srtp_call_echoes_with_no_plain_rtp_and_strangers_dropped() {
         log.contains("media_security=\"AES_CM_128_HMAC_SHA1_"),
         "the call was not answered with SRTP; baresip said:\n{stdout}\ngateway log:\n{log}"
     );
+    assert!(log.contains("transport=Tls"), "the INVITE did not come over TLS:\n{log}");
 
     // The echo: baresip decrypted what we sent, we decrypted what it sent.
     let (rate, samples) = heard(&dir, phone.name)

@@ -38,6 +38,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         credentials,
         ring_timeout: Duration::from_secs(30),
         extra_headers: Vec::new(),
+        tls: None,
     })?;
     println!("INVITE sent, Call-ID {}", call.call_id());
     loop {

@@ -48,6 +48,9 @@ pub struct OutgoingCall {
     /// Extra headers on the INVITE (a transfer's `X-` context headers), as given: the caller
     /// keeps CR/LF out of them.
     pub extra_headers: Vec<(String, String)>,
+    /// With [`Transport::Tls`]: how to verify the peer (trust anchors, server name). `None`:
+    /// the system's trust store and the destination's IP address as the name.
+    pub tls: Option<crate::tls::TlsConnect>,
 }
 
 /// Why a call we placed did not connect.

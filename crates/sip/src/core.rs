@@ -232,6 +232,9 @@ pub struct CoreConfig {
     pub udp_contact: Option<SocketAddr>,
     /// Advertised address for our Contact/Via over TCP (if listening on TCP).
     pub tcp_contact: Option<SocketAddr>,
+    /// Advertised address for our Contact/Via over TLS (if listening on TLS). Never replaced by
+    /// the UDP or TCP address: a peer told `transport=tls` must find TLS there.
+    pub tls_contact: Option<SocketAddr>,
     pub max_message_bytes: usize,
     pub max_headers: usize,
 }
@@ -423,6 +426,21 @@ fn warning(text: &str) -> String {
 }
 
 /// Request-URI schemes we serve (RFC 3261 §8.2.2.1; tel per RFC 3966).
+/// Whether a URI (bare or in `<>`) has the sips scheme.
+fn is_sips(uri: &str) -> bool {
+    uri.trim_start().trim_start_matches('<').get(..5).is_some_and(|scheme| scheme.eq_ignore_ascii_case("sips:"))
+}
+
+/// Whether a request asks for sips all the way (RFC 3261 §8.1.1.8): its Request-URI, or its top
+/// Route, is a sips URI.
+fn request_is_sips(request: &Message) -> bool {
+    let uri_is_sips = match &request.start {
+        StartLine::Request { uri, .. } => is_sips(uri),
+        StartLine::Response { .. } => false,
+    };
+    uri_is_sips || request.header("Route").is_some_and(is_sips)
+}
+
 fn is_served_scheme(uri: &str) -> bool {
     uri.split_once(':').is_some_and(|(scheme, _)| ["sip", "sips", "tel"].iter().any(|s| s.eq_ignore_ascii_case(scheme)))
 }
@@ -637,11 +655,24 @@ impl Core {
         match transport {
             Transport::Udp => self.config.udp_contact.or(self.config.tcp_contact),
             Transport::Tcp => self.config.tcp_contact.or(self.config.udp_contact),
+            Transport::Tls => self.config.tls_contact,
         }
     }
 
+    // Kept for the requests and responses that have no sips context to pass on.
+    #[allow(dead_code)]
     fn contact_header(&self, transport: Transport) -> String {
+        self.contact_header_for(transport, false)
+    }
+
+    /// Our Contact. `sips`: the request that this answers or that opens the dialog has a sips
+    /// Request-URI (or Route), so the Contact must be sips too (RFC 3261 §8.1.1.8, §12.1.1);
+    /// RFC 5630 §3.2: a sips URI implies TLS and takes no `transport=tls`.
+    fn contact_header_for(&self, transport: Transport, sips: bool) -> String {
         match self.contact_for(transport) {
+            Some(addr) if sips && transport == Transport::Tls => {
+                format!("<sips:switchboard@{}:{}>", host_for_uri(addr.ip()), addr.port())
+            }
             Some(addr) => format!(
                 "<sip:switchboard@{}:{};transport={}>",
                 host_for_uri(addr.ip()),
@@ -978,7 +1009,7 @@ impl Core {
         let Some((request, origin, to_tag)) = self.proceeding_invite(&key) else {
             return;
         };
-        let contact = self.contact_header(origin.transport);
+        let contact = self.contact_header_for(origin.transport, request_is_sips(&request));
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
         extra.push(("Contact", contact.as_str()));
@@ -1046,7 +1077,7 @@ impl Core {
     pub fn accept(&mut self, now: Instant, invite: InviteId, sdp_answer: &str) -> Option<DialogId> {
         let key = self.invites.remove(&invite)?;
         let (request, origin, to_tag) = self.proceeding_invite(&key)?;
-        let contact = self.contact_header(origin.transport);
+        let contact = self.contact_header_for(origin.transport, request_is_sips(&request));
         let mut extra: Vec<(&str, &str)> =
             request.header_values("Record-Route").map(|rr| ("Record-Route", rr)).collect();
         extra.push(("Contact", contact.as_str()));

@@ -1,5 +1,6 @@
 //! The tokio shell around [`crate::core::Core`]: a UDP socket, a TCP listener with
-//! Content-Length framing (RFC 3261 §18.3), one driver task, and the public async API.
+//! Content-Length framing (RFC 3261 §18.3), a TLS listener whose connections are framed and
+//! bounded as TCP's are (RFC 3261 §26.2), one driver task, and the public async API.
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
@@ -7,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Notify, mpsc, oneshot, watch};
 use tokio::task::{JoinError, JoinHandle};
@@ -19,6 +20,7 @@ use crate::core::{
 };
 use crate::message::Method;
 use crate::message::{StreamFrame, frame_stream};
+use crate::tls::{TlsConnect, TlsListener};
 use crate::{CallInfo, Timers, Transport};
 
 /// Endpoint configuration.
@@ -40,8 +42,10 @@ pub struct EndpointConfig {
     pub timers: Timers,
     /// `Retry-After` (seconds) on the 503 sent when the application's call backlog is full.
     pub retry_after_secs: u32,
-    /// Bounds on the TCP transport.
+    /// Bounds on the TCP transport (TLS connections included: they share its tables).
     pub tcp_limits: TcpLimits,
+    /// TLS listener (`None`: no TLS, inbound or outbound).
+    pub tls: Option<TlsListener>,
 }
 
 impl Default for EndpointConfig {
@@ -56,6 +60,7 @@ impl Default for EndpointConfig {
             timers: Timers::default(),
             retry_after_secs: 5,
             tcp_limits: TcpLimits::default(),
+            tls: None,
         }
     }
 }
@@ -149,6 +154,11 @@ pub mod metric_names {
     /// SIP responses the gateway received (retransmissions included), by the `method` of their
     /// CSeq and `code`.
     pub const SIP_RESPONSES_RECEIVED_TOTAL: &str = "switchboard_sip_responses_received_total";
+    /// TLS handshakes, by `direction` (`inbound`, `outbound`) and `outcome` (`ok`, `failed`,
+    /// `timeout`).
+    pub const TLS_HANDSHAKES_TOTAL: &str = "switchboard_sip_tls_handshakes_total";
+    /// TLS connections open now (also counted in `switchboard_sip_tcp_connections`).
+    pub const TLS_CONNECTIONS: &str = "switchboard_sip_tls_connections";
 }
 
 /// Rate-limits one repeated warning: the first occurrence is logged, later ones are counted and
@@ -195,7 +205,7 @@ const WARNING_EVERY: Duration = Duration::from_secs(10);
 /// Failure to start the endpoint.
 #[derive(Debug, thiserror::Error)]
 pub enum EndpointError {
-    #[error("neither a UDP nor a TCP listen address is configured")]
+    #[error("no UDP, TCP or TLS listen address is configured")]
     NoListener,
     #[error("cannot bind {transport:?} {addr}: {source}")]
     Bind { transport: Transport, addr: SocketAddr, source: std::io::Error },
@@ -224,6 +234,8 @@ pub struct IncomingCall {
 
 struct Connection {
     peer: SocketAddr,
+    /// TCP or TLS: a TLS message never goes out on a plain TCP connection to the same peer.
+    transport: Transport,
     writer: ConnectionWriter,
 }
 
@@ -283,13 +295,23 @@ struct ShellState {
     /// the connection cap.
     connections_per_address: HashMap<IpAddr, usize>,
     next_connection: ConnectionId,
+    /// Inbound TLS connections accepted but still in their handshake: they hold a slot of the
+    /// connection caps (global and per address) until it ends.
+    handshakes: usize,
+    /// How to verify the TLS peers we placed calls to, by address, for the connections opened
+    /// to them later (a BYE after the first connection closed). Bounded by [`MAX_TLS_PEERS`].
+    tls_peers: HashMap<SocketAddr, TlsConnect>,
 }
+
+/// TLS peers remembered at once (one per trunk address in practice).
+const MAX_TLS_PEERS: usize = 256;
 
 /// Rate-limited warnings of the shell, one limiter per kind.
 struct ShellWarnings {
     refused: WarningLimiter,
     accept_error: WarningLimiter,
     write_queue_full: WarningLimiter,
+    tls_handshake: WarningLimiter,
 }
 
 struct Shared {
@@ -299,6 +321,13 @@ struct Shared {
     udp: Option<Arc<UdpSocket>>,
     local_udp: Option<SocketAddr>,
     local_tcp: Option<SocketAddr>,
+    local_tls: Option<SocketAddr>,
+    /// For TLS connections we open to a peer with no [`TlsConnect`] of its own: the system's
+    /// trust store. Present when TLS is configured.
+    tls_client_default: Option<Arc<rustls::ClientConfig>>,
+    tls_handshake_timeout: Duration,
+    /// Per-source TLS configurations (a trunk's client-certificate CA), if any.
+    tls_per_source: Option<crate::tls::ConfigForSource>,
     max_message_bytes: usize,
     retry_after: String,
     tcp_limits: TcpLimits,
@@ -350,7 +379,11 @@ pub struct SipEndpoint {
 
 impl std::fmt::Debug for SipEndpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SipEndpoint").field("udp", &self.shared.local_udp).field("tcp", &self.shared.local_tcp).finish()
+        f.debug_struct("SipEndpoint")
+            .field("udp", &self.shared.local_udp)
+            .field("tcp", &self.shared.local_tcp)
+            .field("tls", &self.shared.local_tls)
+            .finish()
     }
 }
 
@@ -367,7 +400,7 @@ fn advertised(addr: SocketAddr, host: Option<IpAddr>) -> SocketAddr {
 impl SipEndpoint {
     /// Binds the listeners and starts the driver task. Incoming calls arrive on the receiver.
     pub async fn bind(cfg: EndpointConfig) -> Result<(SipEndpoint, mpsc::Receiver<IncomingCall>), EndpointError> {
-        if cfg.udp.is_none() && cfg.tcp.is_none() {
+        if cfg.udp.is_none() && cfg.tcp.is_none() && cfg.tls.is_none() {
             return Err(EndpointError::NoListener);
         }
         let udp = match cfg.udp {
@@ -386,14 +419,34 @@ impl SipEndpoint {
             })?),
             None => None,
         };
+        let tls = match &cfg.tls {
+            Some(tls) => {
+                let listener = TcpListener::bind(tls.addr).await.map_err(|source| EndpointError::Bind {
+                    transport: Transport::Tls,
+                    addr: tls.addr,
+                    source,
+                })?;
+                Some((listener, tokio_rustls::TlsAcceptor::from(tls.config.clone())))
+            }
+            None => None,
+        };
         let local_udp = udp.as_ref().and_then(|s| s.local_addr().ok());
         let local_tcp = tcp.as_ref().and_then(|l| l.local_addr().ok());
+        let local_tls = tls.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let tls_client_default = match &cfg.tls {
+            Some(_) => crate::tls::client_config(crate::tls::ServerTrust::Roots(crate::tls::system_roots()))
+                .map(Arc::new)
+                .map_err(|e| tracing::warn!(error = %e, "no default TLS client configuration"))
+                .ok(),
+            None => None,
+        };
         let core = Core::new(
             CoreConfig {
                 timers: cfg.timers,
                 user_agent: cfg.user_agent.clone(),
                 udp_contact: local_udp.map(|a| advertised(a, cfg.advertised_host)),
                 tcp_contact: local_tcp.map(|a| advertised(a, cfg.advertised_host)),
+                tls_contact: local_tls.map(|a| advertised(a, cfg.advertised_host)),
                 max_message_bytes: cfg.max_message_bytes,
                 max_headers: cfg.max_headers,
             },
@@ -422,6 +475,13 @@ impl SipEndpoint {
             udp,
             local_udp,
             local_tcp,
+            local_tls,
+            tls_client_default,
+            tls_handshake_timeout: cfg
+                .tls
+                .as_ref()
+                .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |t| t.handshake_timeout),
+            tls_per_source: cfg.tls.as_ref().and_then(|t| t.per_source.clone()),
             max_message_bytes: cfg.max_message_bytes,
             retry_after: cfg.retry_after_secs.to_string(),
             tcp_limits,
@@ -433,12 +493,20 @@ impl SipEndpoint {
                 refused: WarningLimiter::new(WARNING_EVERY),
                 accept_error: WarningLimiter::new(WARNING_EVERY),
                 write_queue_full: WarningLimiter::new(WARNING_EVERY),
+                tls_handshake: WarningLimiter::new(WARNING_EVERY),
             }),
         });
         let (calls_tx, calls_rx) = mpsc::channel(64);
         let driver = tokio::spawn(drive(shared.clone(), inbound_rx, calls_tx));
-        let acceptor = tcp.map(|listener| tokio::spawn(accept_loop(shared.clone(), listener)));
-        tokio::spawn(supervise(shared.clone(), driver, acceptor));
+        let mut acceptors = Vec::new();
+        if let Some(listener) = tcp {
+            acceptors.push(("SIP TCP accept loop", tokio::spawn(accept_loop(shared.clone(), listener, None))));
+        }
+        if let Some((listener, acceptor)) = tls {
+            let task = tokio::spawn(accept_loop(shared.clone(), listener, Some(acceptor)));
+            acceptors.push(("SIP TLS accept loop", task));
+        }
+        tokio::spawn(supervise(shared.clone(), driver, acceptors));
         Ok((SipEndpoint { shared }, calls_rx))
     }
 
@@ -450,6 +518,11 @@ impl SipEndpoint {
     /// The bound TCP address.
     pub fn local_tcp_addr(&self) -> Option<SocketAddr> {
         self.shared.local_tcp
+    }
+
+    /// The bound TLS address.
+    pub fn local_tls_addr(&self) -> Option<SocketAddr> {
+        self.shared.local_tls
     }
 
     /// Status answered to OPTIONS: 200 normally, 503 while draining.
@@ -494,9 +567,21 @@ impl SipEndpoint {
         let has_listener = match call.transport {
             Transport::Udp => self.shared.udp.is_some(),
             Transport::Tcp => self.shared.local_tcp.is_some(),
+            Transport::Tls => self.shared.local_tls.is_some(),
         };
         if !has_listener {
             return Err(EndpointError::NoTransport(call.transport));
+        }
+        if let (Transport::Tls, Some(connect)) = (call.transport, &call.tls) {
+            let mut state = self.shared.state();
+            if state.tls_peers.len() >= MAX_TLS_PEERS && !state.tls_peers.contains_key(&call.destination) {
+                // More distinct peers than trunks exist: forget one; a later connection to it
+                // falls back to the system trust store (and fails rather than trusts less).
+                if let Some(old) = state.tls_peers.keys().next().copied() {
+                    state.tls_peers.remove(&old);
+                }
+            }
+            state.tls_peers.insert(call.destination, connect.clone());
         }
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let (id, call_id) = {
@@ -542,16 +627,22 @@ fn release_waiters(shared: &Shared) {
     }
 }
 
-/// Watches the driver and the accept loop. Whichever ends first (returns or panics) stops the
+/// Watches the driver and the accept loops. Whichever ends first (returns or panics) stops the
 /// endpoint: a SIP stack without its driver answers nothing and fires no timer, and one without
-/// its accept loop silently refuses TCP; both must be reported, not hidden behind a live process.
-async fn supervise(shared: Arc<Shared>, driver: JoinHandle<()>, acceptor: Option<JoinHandle<()>>) {
-    let (task, result) = match acceptor {
-        Some(acceptor) => tokio::select! {
-            result = driver => ("SIP driver", result),
-            result = acceptor => ("SIP TCP accept loop", result),
-        },
-        None => ("SIP driver", driver.await),
+/// an accept loop silently refuses TCP or TLS; both must be reported, not hidden behind a live
+/// process.
+async fn supervise(shared: Arc<Shared>, driver: JoinHandle<()>, mut acceptors: Vec<(&'static str, JoinHandle<()>)>) {
+    let first_acceptor_to_end = std::future::poll_fn(|cx| {
+        for (name, handle) in acceptors.iter_mut() {
+            if let std::task::Poll::Ready(result) = std::pin::Pin::new(handle).poll(cx) {
+                return std::task::Poll::Ready((*name, result));
+            }
+        }
+        std::task::Poll::Pending
+    });
+    let (task, result) = tokio::select! {
+        result = driver => ("SIP driver", result),
+        ended = first_acceptor_to_end => ended,
     };
     let stopped = if *shared.shutdown.borrow() {
         EndpointStopped::Shutdown
@@ -1111,13 +1202,18 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
                 tracing::debug!(%error, destination = %transmit.destination, "UDP send failed");
             }
         }
-        Transport::Tcp => {
+        Transport::Tcp | Transport::Tls => {
             let writer = {
                 let state = shared.state();
                 transmit
                     .connection
                     .and_then(|id| state.connections.get(&id))
-                    .or_else(|| state.connections.values().find(|c| c.peer == transmit.destination))
+                    .or_else(|| {
+                        state
+                            .connections
+                            .values()
+                            .find(|c| c.peer == transmit.destination && c.transport == transmit.transport)
+                    })
                     .map(|c| c.writer.clone())
             };
             let queued = match writer {
@@ -1138,16 +1234,16 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
                     // §18.1.1 / §18.2.2: open a new connection to the destination.
                     let shared = shared.clone();
                     tokio::spawn(async move {
-                        match TcpStream::connect(transmit.destination).await {
-                            Ok(stream) => {
-                                let writer = register_connection(&shared, stream, transmit.destination);
+                        let destination = transmit.destination;
+                        match connect(&shared, transmit.transport, destination).await {
+                            Ok(writer) => {
                                 let _ = writer.send(transmit.payload);
                             }
                             Err(error) => {
-                                tracing::debug!(%error, destination = %transmit.destination, "TCP connect failed");
+                                tracing::debug!(%error, %destination, transport = transmit.transport.as_lower(), "connect failed");
                                 // §17.1.1.2 / §17.1.2.2: a transport error ends our requests to
                                 // that peer now instead of at Timer B or F.
-                                shared.core().transport_failed(transmit.destination);
+                                shared.core().transport_failed(destination);
                                 shared.wake.notify_one();
                             }
                         }
@@ -1158,11 +1254,132 @@ async fn send(shared: &Arc<Shared>, transmit: Transmit) {
     }
 }
 
-/// Accepts TCP connections within the caps. Errors that concern one connection (reset before
+/// Opens a connection to `destination` (TCP, or TLS with the handshake bounded by the handshake
+/// timeout) and registers it.
+async fn connect(
+    shared: &Arc<Shared>,
+    transport: Transport,
+    destination: SocketAddr,
+) -> std::io::Result<ConnectionWriter> {
+    let stream = TcpStream::connect(destination).await?;
+    if transport != Transport::Tls {
+        let _ = stream.set_nodelay(true);
+        let (read_half, write_half) = stream.into_split();
+        return Ok(register_connection(shared, read_half, write_half, destination, Transport::Tcp));
+    }
+    let peer = shared.state().tls_peers.get(&destination).cloned();
+    let connect = match peer {
+        Some(connect) => connect,
+        None => {
+            let config = shared
+                .tls_client_default
+                .clone()
+                .ok_or_else(|| std::io::Error::other("no TLS client configuration"))?;
+            TlsConnect { config, server_name: rustls::pki_types::ServerName::IpAddress(destination.ip().into()) }
+        }
+    };
+    let _ = stream.set_nodelay(true);
+    let connector = tokio_rustls::TlsConnector::from(connect.config);
+    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, connector.connect(connect.server_name, stream));
+    let tls = match handshake.await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            count_handshake("outbound", "failed");
+            shared.warn_limited(|w| &mut w.tls_handshake, "TLS handshake failed");
+            tracing::debug!(%error, %destination, "outbound TLS handshake failed");
+            return Err(error);
+        }
+        Err(_) => {
+            count_handshake("outbound", "timeout");
+            shared.warn_limited(|w| &mut w.tls_handshake, "TLS handshake timed out");
+            return Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"));
+        }
+    };
+    count_handshake("outbound", "ok");
+    let (read_half, write_half) = tokio::io::split(tls);
+    Ok(register_connection(shared, read_half, write_half, destination, Transport::Tls))
+}
+
+fn count_handshake(direction: &'static str, outcome: &'static str) {
+    metrics::counter!(metric_names::TLS_HANDSHAKES_TOTAL, "direction" => direction, "outcome" => outcome).increment(1);
+}
+
+/// An inbound TLS connection in its handshake: holds a slot of the connection caps (global and
+/// per address) until dropped, so that handshakes cannot outnumber the caps.
+struct HandshakeSlot {
+    shared: Arc<Shared>,
+    ip: IpAddr,
+}
+
+impl HandshakeSlot {
+    fn take(shared: &Arc<Shared>, ip: IpAddr) -> HandshakeSlot {
+        let mut state = shared.state();
+        state.handshakes += 1;
+        *state.connections_per_address.entry(ip).or_default() += 1;
+        HandshakeSlot { shared: shared.clone(), ip }
+    }
+}
+
+impl Drop for HandshakeSlot {
+    fn drop(&mut self) {
+        let mut state = self.shared.state();
+        state.handshakes = state.handshakes.saturating_sub(1);
+        if let Some(count) = state.connections_per_address.get_mut(&self.ip) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                state.connections_per_address.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The server side of a TLS handshake, bounded in time; a failure is counted and logged
+/// (rate-limited) and the connection dropped, nothing else.
+async fn accept_tls(
+    shared: Arc<Shared>,
+    acceptor: tokio_rustls::TlsAcceptor,
+    stream: TcpStream,
+    peer: SocketAddr,
+    slot: HandshakeSlot,
+) {
+    let _ = stream.set_nodelay(true);
+    let mut shutdown = shared.shutdown.subscribe();
+    // A trunk that must show a client certificate is known by its source address.
+    let acceptor = match shared.tls_per_source.as_ref().and_then(|select| select.config_for(peer.ip())) {
+        Some(config) => tokio_rustls::TlsAcceptor::from(config),
+        None => acceptor,
+    };
+    let handshake = tokio::time::timeout(shared.tls_handshake_timeout, acceptor.accept(stream));
+    let outcome = tokio::select! {
+        _ = shutdown.wait_for(|stop| *stop) => return,
+        outcome = handshake => outcome,
+    };
+    match outcome {
+        Ok(Ok(tls)) => {
+            count_handshake("inbound", "ok");
+            drop(slot);
+            let (read_half, write_half) = tokio::io::split(tls);
+            register_connection(&shared, read_half, write_half, peer, Transport::Tls);
+        }
+        Ok(Err(error)) => {
+            count_handshake("inbound", "failed");
+            shared.warn_limited(|w| &mut w.tls_handshake, "TLS handshake failed");
+            tracing::debug!(%peer, %error, "inbound TLS handshake failed");
+        }
+        Err(_) => {
+            count_handshake("inbound", "timeout");
+            shared.warn_limited(|w| &mut w.tls_handshake, "TLS handshake timed out");
+            tracing::debug!(%peer, "inbound TLS handshake timed out");
+        }
+    }
+}
+
+/// Accepts TCP connections (with `tls`: TLS connections, whose handshake then runs in a task of
+/// its own) within the caps. Errors that concern one connection (reset before
 /// accept) are skipped; any other error, typically EMFILE/ENFILE at the descriptor limit, pauses
 /// the loop with a growing back-off: the pending connection stays in the kernel's backlog, so
 /// retrying at once would fail again at once and spin a core (measured: 119 % before this).
-async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
+async fn accept_loop(shared: Arc<Shared>, listener: TcpListener, tls: Option<tokio_rustls::TlsAcceptor>) {
     let mut shutdown = shared.shutdown.subscribe();
     let mut backoff = AcceptBackoff::default();
     loop {
@@ -1173,11 +1390,17 @@ async fn accept_loop(shared: Arc<Shared>, listener: TcpListener) {
         match accepted {
             Ok((stream, peer)) => {
                 backoff.reset();
-                match admit_connection(&shared, peer.ip()) {
-                    Ok(()) => {
-                        register_connection(&shared, stream, peer);
+                match (admit_connection(&shared, peer.ip()), &tls) {
+                    (Ok(()), None) => {
+                        let _ = stream.set_nodelay(true);
+                        let (read_half, write_half) = stream.into_split();
+                        register_connection(&shared, read_half, write_half, peer, Transport::Tcp);
                     }
-                    Err(reason) => {
+                    (Ok(()), Some(acceptor)) => {
+                        let slot = HandshakeSlot::take(&shared, peer.ip());
+                        tokio::spawn(accept_tls(shared.clone(), acceptor.clone(), stream, peer, slot));
+                    }
+                    (Err(reason), _) => {
                         // Accepted only to be closed: the descriptor is released at once and
                         // the peer learns (RST/FIN) instead of waiting in the backlog.
                         drop(stream);
@@ -1241,7 +1464,7 @@ impl AcceptBackoff {
 fn admit_connection(shared: &Shared, ip: IpAddr) -> Result<(), &'static str> {
     let state = shared.state();
     let limits = &shared.tcp_limits;
-    if state.connections.len() >= limits.max_connections {
+    if state.connections.len().saturating_add(state.handshakes) >= limits.max_connections {
         return Err("max_connections");
     }
     if state.connections_per_address.get(&ip).copied().unwrap_or(0) >= limits.max_connections_per_address {
@@ -1269,14 +1492,28 @@ impl Drop for Registration {
                 state.connections_per_address.remove(&self.ip);
             }
         }
-        metrics::gauge!(metric_names::TCP_CONNECTIONS).set(state.connections.len() as f64);
+        set_connection_gauges(&state);
     }
 }
 
-/// Registers a TCP connection and spawns its reader and writer tasks.
-fn register_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr) -> ConnectionWriter {
-    let _ = stream.set_nodelay(true);
-    let (read_half, write_half) = stream.into_split();
+fn set_connection_gauges(state: &ShellState) {
+    metrics::gauge!(metric_names::TCP_CONNECTIONS).set(state.connections.len() as f64);
+    let tls = state.connections.values().filter(|c| c.transport == Transport::Tls).count();
+    metrics::gauge!(metric_names::TLS_CONNECTIONS).set(tls as f64);
+}
+
+/// Registers a TCP or TLS connection (its two halves) and spawns its reader and writer tasks.
+fn register_connection<R, W>(
+    shared: &Arc<Shared>,
+    read_half: R,
+    write_half: W,
+    peer: SocketAddr,
+    transport: Transport,
+) -> ConnectionWriter
+where
+    R: AsyncRead + Unpin + Send + 'static,
+    W: AsyncWrite + Unpin + Send + 'static,
+{
     let (queue, queue_rx) = mpsc::unbounded_channel::<Vec<u8>>();
     let (close, _) = watch::channel(false);
     let writer = ConnectionWriter {
@@ -1290,22 +1527,23 @@ fn register_connection(shared: &Arc<Shared>, stream: TcpStream, peer: SocketAddr
         let mut state = shared.state();
         state.next_connection += 1;
         let id = state.next_connection;
-        state.connections.insert(id, Connection { peer, writer: writer.clone() });
+        state.connections.insert(id, Connection { peer, transport, writer: writer.clone() });
         *state.connections_per_address.entry(peer.ip()).or_default() += 1;
-        metrics::gauge!(metric_names::TCP_CONNECTIONS).set(state.connections.len() as f64);
+        set_connection_gauges(&state);
         id
     };
     let registration = Registration { shared: shared.clone(), id, ip: peer.ip() };
     tokio::spawn(write_loop(writer.clone(), queue_rx, write_half));
-    tokio::spawn(read_loop(shared.clone(), registration, peer, read_half, writer.clone()));
+    let origin = Origin { transport, source: peer, connection: Some(id) };
+    tokio::spawn(read_loop(shared.clone(), registration, origin, read_half, writer.clone()));
     writer
 }
 
 /// Per-connection writer: sends queued messages in order until the connection is closed.
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     writer: ConnectionWriter,
     mut queue: mpsc::UnboundedReceiver<Vec<u8>>,
-    mut write_half: tokio::net::tcp::OwnedWriteHalf,
+    mut write_half: W,
 ) {
     let mut close = writer.close.subscribe();
     loop {
@@ -1348,19 +1586,19 @@ async fn write_loop(
 const CLOSE_DRAIN_TIME: Duration = Duration::from_secs(1);
 
 /// Per-connection read loop: frames messages by Content-Length and hands them to the driver.
-async fn read_loop(
+async fn read_loop<R: AsyncRead + Unpin>(
     shared: Arc<Shared>,
     registration: Registration,
-    peer: SocketAddr,
-    mut read_half: tokio::net::tcp::OwnedReadHalf,
+    origin: Origin,
+    mut read_half: R,
     writer: ConnectionWriter,
 ) {
+    let peer = origin.source;
     let mut shutdown = shared.shutdown.subscribe();
     let mut close = writer.close.subscribe();
     let idle_timeout = shared.tcp_limits.idle_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     let mut chunk = vec![0u8; 8192];
-    let origin = Origin { transport: Transport::Tcp, source: peer, connection: Some(registration.id) };
     let mut close_after_grace = false;
     'outer: loop {
         let read = tokio::select! {
@@ -1414,8 +1652,9 @@ async fn read_loop(
                     }
                 }
                 StreamFrame::TooLarge => {
-                    tracing::debug!(%peer, "oversized SIP message on TCP; closing");
-                    metrics::counter!(metric_names::SIP_MALFORMED_TOTAL, "transport" => "tcp").increment(1);
+                    tracing::debug!(%peer, transport = origin.transport.as_lower(), "oversized SIP message; closing");
+                    metrics::counter!(metric_names::SIP_MALFORMED_TOTAL, "transport" => origin.transport.as_lower())
+                        .increment(1);
                     break 'outer;
                 }
             }

@@ -10,7 +10,9 @@
 //! - [`digest`]: digest authentication as a client (RFC 7616, RFC 2617);
 //! - [`endpoint`]: the tokio shell (UDP socket, TCP listener with Content-Length framing) and
 //!   the public async API ([`SipEndpoint`], [`ServerInvite`], [`ClientInvite`], [`Dialog`]);
-//! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]).
+//! - [`client`]: the types of a call we place ([`OutgoingCall`], [`CallFailure`]);
+//! - [`tls`]: SIP over TLS (RFC 3261 §26): rustls configurations for the listener and for the
+//!   connections we open, loaded from PEM files.
 //!
 //! No panic on any input from the network, and how that is kept true rather than claimed:
 //! - lints on this crate's non-test code: `clippy::indexing_slicing` and
@@ -34,6 +36,7 @@ pub mod endpoint;
 pub mod message;
 pub mod screen;
 pub mod sipfrag;
+pub mod tls;
 
 use std::time::Duration;
 
@@ -49,6 +52,8 @@ pub use crate::endpoint::{
 pub enum Transport {
     Udp,
     Tcp,
+    /// TLS over TCP (RFC 3261 §26.2): framed and bounded as TCP is.
+    Tls,
 }
 
 impl Transport {
@@ -57,6 +62,7 @@ impl Transport {
         match self {
             Transport::Udp => "udp",
             Transport::Tcp => "tcp",
+            Transport::Tls => "tls",
         }
     }
 
@@ -65,12 +71,21 @@ impl Transport {
         match self {
             Transport::Udp => "UDP",
             Transport::Tcp => "TCP",
+            Transport::Tls => "TLS",
         }
     }
 
-    /// Whether the transport is reliable (RFC 3261 §17: no retransmissions over TCP).
+    /// Whether the transport is reliable (RFC 3261 §17: no retransmissions over TCP or TLS).
     pub fn is_reliable(self) -> bool {
-        matches!(self, Transport::Tcp)
+        matches!(self, Transport::Tcp | Transport::Tls)
+    }
+
+    /// The port a URI without one means on this transport (RFC 3261 §19.1.2: 5061 for TLS).
+    pub fn default_port(self) -> u16 {
+        match self {
+            Transport::Udp | Transport::Tcp => 5060,
+            Transport::Tls => 5061,
+        }
     }
 }
 

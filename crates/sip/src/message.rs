@@ -451,7 +451,7 @@ pub fn parse_message(bytes: &[u8], transport: Transport) -> Result<Message, Pars
         },
         None => match transport {
             Transport::Udp => message.body = available_body.to_vec(),
-            Transport::Tcp => {
+            Transport::Tcp | Transport::Tls => {
                 first_error.get_or_insert(ParseErrorKind::MissingContentLength);
             }
         },

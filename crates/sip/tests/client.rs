@@ -47,6 +47,7 @@ fn outgoing(destination: SocketAddr, transport: Transport, credentials: Option<C
         credentials,
         ring_timeout: Duration::from_secs(30),
         extra_headers: Vec::new(),
+        tls: None,
     }
 }
 
@@ -272,6 +273,7 @@ async fn our_client_calls_our_server() {
         let callee_addr = match transport {
             Transport::Udp => callee.local_udp_addr().unwrap(),
             Transport::Tcp => callee.local_tcp_addr().unwrap(),
+            Transport::Tls => unreachable!("tests/tls.rs covers TLS"),
         };
         let mut call = caller.place_call(outgoing(callee_addr, transport, None)).unwrap();
         let incoming = timeout(WAIT, callee_calls.recv()).await.unwrap().unwrap();

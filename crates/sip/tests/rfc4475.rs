@@ -40,6 +40,7 @@ fn core() -> Core {
             user_agent: "switchboard-rfc4475".into(),
             udp_contact: Some("127.0.0.1:5060".parse().unwrap()),
             tcp_contact: None,
+            tls_contact: None,
             max_message_bytes: 64 * 1024,
             max_headers: 200,
         },

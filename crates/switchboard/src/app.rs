@@ -236,7 +236,9 @@ pub async fn start(
         udp: state.resolved.sip_udp,
         tcp: state.resolved.sip_tcp,
         advertised_host: state.resolved.advertised_host.or_else(|| {
-            let wildcard = state.resolved.sip_udp.or(state.resolved.sip_tcp).is_some_and(|a| a.ip().is_unspecified());
+            let tls = state.resolved.sip_tls.as_ref().map(|t| t.addr);
+            let wildcard =
+                state.resolved.sip_udp.or(state.resolved.sip_tcp).or(tls).is_some_and(|a| a.ip().is_unspecified());
             wildcard.then_some(state.resolved.media_address)
         }),
         user_agent: sip_cfg.user_agent.clone(),
@@ -250,12 +252,24 @@ pub async fn start(
             max_connections_per_address: sip_cfg.tcp_max_connections_per_address,
             write_queue_bytes: sip_cfg.tcp_write_queue_bytes,
         },
+        tls: state.resolved.sip_tls.clone().map(|mut listener| {
+            // A trunk with `tls_client_ca` is known by its `sources`; read from the settings in
+            // effect, so a reload changes them for the next connections.
+            let weak = Arc::downgrade(&state);
+            listener.per_source = Some(switchboard_sip::tls::ConfigForSource::new(move |ip| {
+                let settings = weak.upgrade()?.settings();
+                let trunk = settings.resolved.trunk_for_source(ip)?;
+                settings.resolved.trunk_tls_clients.get(trunk).cloned()
+            }));
+            listener
+        }),
     })
     .await?;
     let _ = state.sip.set(sip.clone());
     info!(
         udp = ?sip.local_udp_addr(),
         tcp = ?sip.local_tcp_addr(),
+        tls = ?sip.local_tls_addr(),
         admin = ?admin_addr,
         tcp_max_connections = sip.tcp_max_connections(),
         "Switchboard listening"

@@ -29,6 +29,8 @@ mod access;
 pub use access::UnknownSources;
 mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
+mod tls;
+pub use tls::rotate_tls_certificate;
 pub mod view;
 
 /// The whole configuration file.
@@ -97,6 +99,15 @@ pub struct SipConfig {
     pub user_agent_deny: StringList,
     /// The realm of our digest challenges to inbound INVITEs; empty: the advertised host.
     pub realm: String,
+    /// TLS listen address (RFC 3261 §26.2, usually port 5061); empty string disables TLS.
+    pub tls: String,
+    /// Our certificate chain (PEM, leaf first) for the TLS listener.
+    pub tls_cert: String,
+    /// The private key of `tls_cert` (PEM). A path: the key itself is never in the config.
+    pub tls_key: String,
+    /// CA certificates (PEM): when set, every TLS client must present a certificate issued by
+    /// one of them (mutual TLS); empty: no client certificate asked for.
+    pub tls_client_ca: String,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -276,6 +287,18 @@ pub struct TrunkConfig {
     /// RFC 3325: this trunk's P-Asserted-Identity is believed (the caller ID routes match and
     /// the model is told). From anyone else PAI is ignored and From is the caller ID.
     pub trust_asserted_identity: bool,
+    /// `transport = "tls"`: CA certificates (PEM) the trunk's server certificate must chain to;
+    /// empty: the system's trust store.
+    pub tls_ca: String,
+    /// `transport = "tls"`: the name the server certificate must carry; empty: the host of
+    /// `address` (set it when `address` is an IP address and the certificate names a host).
+    pub tls_server_name: String,
+    /// `transport = "tls"`: `false` takes any server certificate. For labs only: anyone on the
+    /// path can then read and change the signalling (and SDES keys).
+    pub tls_verify: bool,
+    /// CA certificates (PEM): a TLS connection from this trunk's `sources` must present a client
+    /// certificate issued by one of them (mutual TLS for this trunk only). Empty: not asked.
+    pub tls_client_ca: String,
     /// SRTP for calls through this trunk and from it (`sources`, inbound credentials).
     pub srtp: crate::srtp::SrtpSetting,
 }
@@ -285,6 +308,8 @@ pub struct TrunkConfig {
 pub enum TrunkTransport {
     Udp,
     Tcp,
+    /// SIP over TLS (RFC 3261 §26.2); needs `sip.tls`.
+    Tls,
 }
 
 /// A password or token: shown as `[redacted]` by Debug so it never reaches a log.
@@ -476,6 +501,10 @@ impl Default for SipConfig {
             max_cps: 0,
             user_agent_deny: StringList(access::SCANNER_USER_AGENTS.iter().map(|s| s.to_string()).collect()),
             realm: String::new(),
+            tls: String::new(),
+            tls_cert: String::new(),
+            tls_key: String::new(),
+            tls_client_ca: String::new(),
         }
     }
 }
@@ -580,6 +609,10 @@ impl Default for TrunkConfig {
             inbound_password: Secret::default(),
             inbound_password_env: String::new(),
             trust_asserted_identity: true,
+            tls_ca: String::new(),
+            tls_server_name: String::new(),
+            tls_verify: true,
+            tls_client_ca: String::new(),
             srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
@@ -661,6 +694,13 @@ pub struct Resolved {
     pub routes: switchboard_router::RouteTable,
     /// Each trunk's `sources`, parsed, in trunk-name order (see [`Resolved::trunk_for_source`]).
     pub trunk_sources: Vec<(String, Vec<IpNet>)>,
+    /// `sip.tls` with the certificate and key loaded (config/tls.rs).
+    pub sip_tls: Option<switchboard_sip::tls::TlsListener>,
+    /// How to verify each `transport = "tls"` trunk's server, by trunk name (config/tls.rs).
+    pub trunk_tls: BTreeMap<String, switchboard_sip::tls::TlsConnect>,
+    /// The TLS listener's configuration for connections from a trunk with `tls_client_ca`, by
+    /// trunk name (config/tls.rs).
+    pub trunk_tls_clients: BTreeMap<String, std::sync::Arc<rustls::ServerConfig>>,
 }
 
 const VOICES: &[&str] = &["alloy", "ash", "ballad", "coral", "echo", "sage", "shimmer", "verse", "marin", "cedar"];
@@ -726,8 +766,8 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
     };
     let sip_udp = optional_addr("sip.udp", &cfg.sip.udp, &mut bad);
     let sip_tcp = optional_addr("sip.tcp", &cfg.sip.tcp, &mut bad);
-    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() {
-        bad("sip.udp", "at least one of sip.udp and sip.tcp must be set".into());
+    if cfg.sip.udp.is_empty() && cfg.sip.tcp.is_empty() && cfg.sip.tls.is_empty() {
+        bad("sip.udp", "at least one of sip.udp, sip.tcp and sip.tls must be set".into());
     }
     let advertised_host = if cfg.sip.advertised_host.is_empty() {
         None
@@ -963,6 +1003,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         let listener = match trunk.transport {
             TrunkTransport::Udp => &cfg.sip.udp,
             TrunkTransport::Tcp => &cfg.sip.tcp,
+            TrunkTransport::Tls => &cfg.sip.tls,
         };
         if listener.is_empty() {
             // Responses come back to where we listen (RFC 3261 §18.1.1): no listener, no calls.
@@ -978,6 +1019,7 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
 
     let routes = routes::route_table(cfg, &trunk_addresses, &mut bad);
     let trunk_sources = access::validate(cfg, &mut bad);
+    let (sip_tls, trunk_tls, trunk_tls_clients) = tls::validate(cfg, &mut bad);
     recording::validate(cfg, problems);
 
     Some(Resolved {
@@ -992,6 +1034,9 @@ fn validate(cfg: &Config, problems: &mut Vec<ConfigProblem>) -> Option<Resolved>
         trunk_addresses,
         routes,
         trunk_sources,
+        sip_tls,
+        trunk_tls,
+        trunk_tls_clients,
     })
 }
 
@@ -1136,6 +1181,11 @@ mod tests {
         assert_eq!(cfg.sip.tcp_max_connections, defaults.sip.tcp_max_connections);
         assert_eq!(cfg.sip.tcp_max_connections_per_address, defaults.sip.tcp_max_connections_per_address);
         assert_eq!(cfg.sip.tcp_write_queue_bytes, defaults.sip.tcp_write_queue_bytes);
+        assert_eq!(cfg.sip.tls, defaults.sip.tls);
+        assert_eq!(cfg.sip.tls_cert, defaults.sip.tls_cert);
+        assert_eq!(cfg.sip.tls_key, defaults.sip.tls_key);
+        assert_eq!(cfg.sip.tls_client_ca, defaults.sip.tls_client_ca);
+        assert!(resolved.sip_tls.is_none());
         assert_eq!(cfg.calls.max_per_source, defaults.calls.max_per_source);
         assert_eq!(cfg.calls.retry_after_secs, defaults.calls.retry_after_secs);
     }
@@ -1352,6 +1402,9 @@ mod tests {
         assert_eq!(shown.codecs, defaults.codecs);
         assert_eq!(shown.max_concurrent, defaults.max_concurrent);
         assert_eq!(shown.ring_timeout_secs, defaults.ring_timeout_secs);
+        assert_eq!(shown.tls_ca, defaults.tls_ca);
+        assert_eq!(shown.tls_server_name, defaults.tls_server_name);
+        assert_eq!(shown.tls_verify, defaults.tls_verify);
         assert_eq!(cfg.admin.token, Secret::default());
     }
 

@@ -76,9 +76,17 @@ pub const RESTART_KEYS: &[&str] = &[
     "realtime.api_key",
     "realtime.model",
 ];
-/// Keys of restart-only sections that a reload applies all the same: per-source admission.
-pub const RELOADABLE_KEYS: &[&str] =
-    &["sip.invite_rate_per_source", "sip.trusted_proxies", "calls.max_per_source", "log.level", "log.redact_numbers"];
+/// Keys of restart-only sections that a reload applies all the same: per-source admission, and
+/// the TLS listener's certificate files (a renewed certificate is rotated in, `config/tls.rs`).
+pub const RELOADABLE_KEYS: &[&str] = &[
+    "sip.invite_rate_per_source",
+    "sip.trusted_proxies",
+    "calls.max_per_source",
+    "log.level",
+    "log.redact_numbers",
+    "sip.tls_cert",
+    "sip.tls_key",
+];
 
 /// Why a reload was not applied.
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +135,9 @@ pub async fn reload(state: &GatewayState) -> Result<ReloadReport, ReloadError> {
             let running = state.settings.current();
             let problems = check_against_running(&running, &config);
             if problems.is_empty() {
+                if config::rotate_tls_certificate(&running.resolved, &resolved) {
+                    info!("config reload: sip.tls_cert holds a renewed certificate: new TLS connections get it");
+                }
                 let (settings, report) = merge(&running, Settings { config, resolved });
                 state.calls.set_capacity(crate::app::registry_capacity(&settings.config));
                 state.reconfigure_admission(&settings);
@@ -258,6 +269,8 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     new.sip = SipConfig {
         invite_rate_per_source: new.sip.invite_rate_per_source,
         trusted_proxies: new.sip.trusted_proxies.clone(),
+        tls_cert: new.sip.tls_cert.clone(),
+        tls_key: new.sip.tls_key.clone(),
         ..old.sip.clone()
     };
     // The endpoint and the key (the offline agent is chosen by it) are fixed at start.
@@ -278,6 +291,7 @@ pub fn merge(running: &Settings, loaded: Settings) -> (Settings, ReloadReport) {
     let was = &running.resolved;
     new_resolved.sip_udp = was.sip_udp;
     new_resolved.sip_tcp = was.sip_tcp;
+    new_resolved.sip_tls = was.sip_tls.clone();
     new_resolved.advertised_host = was.advertised_host;
     new_resolved.media_address = was.media_address;
     new_resolved.media_bind = was.media_bind;

@@ -133,6 +133,8 @@ pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
 };
+/// SIP over TLS (issue 11): handshakes by direction and outcome, TLS connections open.
+pub use switchboard_sip::endpoint::metric_names::{TLS_CONNECTIONS, TLS_HANDSHAKES_TOTAL};
 /// Rate-limits a repeated warning: first one, then a summary count at most once per period.
 pub use switchboard_sip::endpoint::{WarningAction, WarningLimiter};
 
@@ -313,6 +315,11 @@ pub fn init_metrics() -> Result<PrometheusHandle, metrics_exporter_prometheus::B
         "Realtime session openings that failed (call setup and reconnect attempts), by reason."
     );
     metrics::describe_counter!(TRANSFERS_TOTAL, "Transfers to a human by method and outcome, one per attempt.");
+    metrics::describe_counter!(
+        TLS_HANDSHAKES_TOTAL,
+        "SIP TLS handshakes by direction (inbound, outbound) and outcome (ok, failed, timeout)."
+    );
+    metrics::describe_gauge!(TLS_CONNECTIONS, "SIP TLS connections open (also in switchboard_sip_tcp_connections).");
     Ok(handle)
 }
 

@@ -21,6 +21,7 @@ fn config() -> CoreConfig {
         user_agent: "switchboard-test".into(),
         udp_contact: Some("127.0.0.1:5060".parse().unwrap()),
         tcp_contact: Some("127.0.0.1:5060".parse().unwrap()),
+        tls_contact: None,
         max_message_bytes: 16 * 1024,
         max_headers: 100,
     }
@@ -38,6 +39,7 @@ fn call(transport: Transport, ring_timeout_ms: u64, credentials: Option<Credenti
         credentials,
         ring_timeout: Duration::from_millis(ring_timeout_ms),
         extra_headers: Vec::new(),
+        tls: None,
     }
 }
 

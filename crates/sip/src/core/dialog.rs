@@ -216,7 +216,7 @@ impl Core {
         // A new remote target may come with the re-INVITE (§12.2.2).
         let new_target =
             request.header("Contact").and_then(NameAddr::parse).map(|c| without_uri_headers(&c.uri).to_owned());
-        let contact = self.contact_header(origin.transport);
+        let contact = self.contact_header_for(origin.transport, is_sips(&dialog.remote_target));
         let mut response = self.build_response(
             &request,
             &origin,
@@ -296,11 +296,15 @@ impl Core {
         };
         let uri = SipUri::parse(&target)?;
         let transport = match uri.param("transport") {
+            // RFC 5630 §3.2: a sips URI is reached over TLS whatever its transport parameter.
+            _ if uri.scheme.eq_ignore_ascii_case("sips") => Transport::Tls,
+            Some(t) if t.eq_ignore_ascii_case("tls") => Transport::Tls,
             Some(t) if t.eq_ignore_ascii_case("tcp") => Transport::Tcp,
             Some(t) if t.eq_ignore_ascii_case("udp") => Transport::Udp,
             _ => dialog.origin.transport,
         };
-        Some(NextHop { transport, host: uri.host_unbracketed().to_string(), port: uri.port.unwrap_or(5060) })
+        let port = uri.port.unwrap_or(transport.default_port());
+        Some(NextHop { transport, host: uri.host_unbracketed().to_string(), port })
     }
 
     /// Starts our BYE (idempotent). IP-literal next hops are sent at once; for a host name the
@@ -438,16 +442,15 @@ impl Core {
         } else {
             (dialog.remote_target.clone(), dialog.route_set.clone())
         };
-        let connection = if transport == Transport::Tcp
-            && dialog.origin.transport == Transport::Tcp
-            && dialog.origin.source == destination
-        {
-            dialog.origin.connection
-        } else {
-            None
-        };
+        let connection =
+            if transport.is_reliable() && dialog.origin.transport == transport && dialog.origin.source == destination {
+                dialog.origin.connection
+            } else {
+                None
+            };
         let (local_party, remote_party, call_id) =
             (dialog.local_party.clone(), dialog.remote_party.clone(), dialog.call_id.clone());
+        let sips = is_sips(&request_uri) || routes.first().is_some_and(|r| is_sips(r));
         let branch = format!("z9hG4bK{}", self.random_token());
         let mut request = Message::request(method.clone(), request_uri);
         request.push_header("Via", self.via_value(transport, &branch));
@@ -460,7 +463,7 @@ impl Core {
         request.push_header("Call-ID", call_id);
         request.push_header("CSeq", format!("{cseq} {method}"));
         if method != Method::Ack {
-            request.push_header("Contact", self.contact_header(transport));
+            request.push_header("Contact", self.contact_header_for(transport, sips));
             request.push_header("User-Agent", self.config.user_agent.clone());
         }
         let transmit = Transmit { transport, destination, connection, payload: Vec::new() };

@@ -176,7 +176,7 @@ impl Core {
         invite.push_header("To", format!("<{}>", state.call.to));
         invite.push_header("Call-ID", state.call_id.clone());
         invite.push_header("CSeq", format!("{} INVITE", state.cseq));
-        invite.push_header("Contact", self.contact_header(transport));
+        invite.push_header("Contact", self.contact_header_for(transport, is_sips(&state.call.request_uri)));
         invite.push_header("Allow", ALLOW);
         // We support no extension (no 100rel, no timer): an empty Supported says so (§20.37).
         invite.push_header("Supported", "");
@@ -338,22 +338,23 @@ impl Core {
         }
     }
 
-    /// A TCP connection to `destination` could not be opened: every client transaction of
+    /// A TCP or TLS connection to `destination` could not be opened (or its TLS handshake
+    /// failed): every client transaction of
     /// ours still waiting on it ends as a transport error would end it (§17.1.1.2, §17.1.2.2):
     /// calls fail as unreachable, BYEs and other requests as timed out.
     pub fn transport_failed(&mut self, destination: SocketAddr) {
-        let waiting_on = |t: &Transmit| t.transport == Transport::Tcp && t.destination == destination;
-        let invites: Vec<(String, OutgoingId)> = self
+        let waiting_on = |t: &Transmit| t.transport.is_reliable() && t.destination == destination;
+        let invites: Vec<(String, OutgoingId, Transport)> = self
             .client_invites
             .iter()
             .filter(|(_, (_, tx))| !tx.has_response() && waiting_on(tx.transmit()))
-            .map(|(branch, (call, _))| (branch.clone(), *call))
+            .map(|(branch, (call, tx))| (branch.clone(), *call, tx.transmit().transport))
             .collect();
-        for (branch, call) in invites {
+        for (branch, call, transport) in invites {
             self.client_invites.remove(&branch);
             let current = self.outgoing.get(&call).is_some_and(|s| s.branch == branch);
             if current {
-                let reason = format!("cannot connect to {destination} over TCP");
+                let reason = format!("cannot connect to {destination} over {}", transport.as_upper());
                 self.finish_outgoing(call, CallFailure::Unreachable { reason });
             }
             self.forget_outgoing_if_done(call);

@@ -14,6 +14,7 @@ fn config() -> CoreConfig {
         user_agent: "switchboard-test".into(),
         udp_contact: Some("127.0.0.1:5060".parse().unwrap()),
         tcp_contact: Some("127.0.0.1:5060".parse().unwrap()),
+        tls_contact: None,
         max_message_bytes: 16 * 1024,
         max_headers: 100,
     }
@@ -984,5 +985,30 @@ fn call_info_carries_the_asserted_identity_the_headers_and_to_when_the_request_u
             assert!(info.headers.iter().any(|(n, v)| n == "X-Customer-Id" && v == "C-42"), "{:?}", info.headers);
         }
         other => panic!("{other:?}"),
+    }
+}
+
+/// RFC 3261 §12.2.1.1 with §26.2 / RFC 5630: a route with `transport=tls`, or a `sips:` one, is
+/// reached over TLS (5061 when no port is given), with our TLS Via and Contact (sips for sips).
+#[test]
+fn tls_and_sips_routes_are_followed_over_tls() {
+    let tls_contact = Some("127.0.0.1:5091".parse().unwrap());
+    for (record_route, destination, contact) in [
+        ("<sip:127.0.0.1:5071;transport=tls;lr>", "127.0.0.1:5071", "<sip:switchboard@127.0.0.1:5091;transport=tls>"),
+        ("<sips:127.0.0.1;lr>", "127.0.0.1:5061", "<sips:switchboard@127.0.0.1:5091>"),
+    ] {
+        let mut h = Harness { core: Core::new(CoreConfig { tls_contact, ..config() }, 7), base: Instant::now() };
+        let (dialog, tag, _) = establish(&mut h, &format!("Record-Route: {record_route}\r\n"));
+        h.recv(50, &in_dialog("ACK", "z9hG4bKack", &tag, 1));
+        h.events();
+        h.core.hangup(h.at(100), dialog);
+        let sent = h.sent();
+        let (transmit, bye) = &sent[0];
+        assert_eq!(transmit.transport, Transport::Tls, "{record_route}");
+        assert_eq!(transmit.destination, destination.parse().unwrap());
+        assert_eq!(transmit.connection, None, "not the UDP caller's connection");
+        assert_eq!(bye.top_via().unwrap().transport, "TLS");
+        assert_eq!(bye.header("Contact"), Some(contact));
+        assert!(h.run_until(110, 5_000).is_empty(), "no retransmission over TLS");
     }
 }

@@ -96,6 +96,8 @@ pub struct OutboundPlan {
     pub from_uri: String,
     /// The dialled number or URI as given (for the registry, redacted there).
     pub to: String,
+    /// `transport = "tls"`: how the trunk's server is verified.
+    pub tls: Option<switchboard_sip::tls::TlsConnect>,
 }
 
 /// Checks `request` against the configuration.
@@ -138,6 +140,7 @@ pub fn plan(config: &Config, resolved: &Resolved, request: PlaceCallRequest) -> 
         request_uri,
         from_uri: format!("sip:{from_user}@{from_domain}"),
         to: request.to,
+        tls: resolved.trunk_tls.get(trunk_name).cloned(),
     })
 }
 
@@ -157,7 +160,16 @@ pub fn request_uri(to: &str, trunk: &TrunkConfig) -> Result<String, PlanError> {
         return Ok(to.to_string());
     }
     if lower.starts_with("sips:") {
-        return Err(PlanError::bad("to", "sips: needs TLS, which trunks do not support yet; use sip: or a number"));
+        if trunk.transport != TrunkTransport::Tls {
+            return Err(PlanError::bad("to", "sips: needs a trunk with transport = \"tls\"; use sip: or a number"));
+        }
+        let rest = &to[5..];
+        let host = rest.rsplit_once('@').map_or(rest, |(_, host)| host);
+        let forbidden = |c: char| c.is_whitespace() || c.is_control() || "<>\"".contains(c);
+        if host.is_empty() || rest.chars().any(forbidden) {
+            return Err(PlanError::bad("to", "not a usable sips: URI (a host is needed; no spaces, <, >, \")"));
+        }
+        return Ok(to.to_string());
     }
     let number = if lower.starts_with("tel:") {
         // RFC 3966: parameters (`;phone-context=…`, `;ext=…`) follow the number; we dial the number.
@@ -173,6 +185,7 @@ pub fn request_uri(to: &str, trunk: &TrunkConfig) -> Result<String, PlanError> {
     let transport = match trunk.transport {
         TrunkTransport::Udp => "",
         TrunkTransport::Tcp => ";transport=tcp",
+        TrunkTransport::Tls => ";transport=tls",
     };
     Ok(format!("sip:{number}@{}{transport}", trunk.address))
 }
@@ -387,11 +400,13 @@ async fn run(
         transport: match plan.trunk.transport {
             TrunkTransport::Udp => Transport::Udp,
             TrunkTransport::Tcp => Transport::Tcp,
+            TrunkTransport::Tls => Transport::Tls,
         },
         sdp_offer: offer.sdp.clone(),
         credentials,
         ring_timeout: Duration::from_secs(plan.trunk.ring_timeout_secs),
         extra_headers: Vec::new(),
+        tls: plan.tls.clone(),
     };
     let mut invite = match sip.place_call(outgoing) {
         Ok(invite) => invite,
@@ -567,6 +582,19 @@ mod tests {
         assert_eq!(request_uri("0044 20 7946", &tcp).unwrap(), "sip:0044207946@pbx.example:5080;transport=tcp");
         for bad in ["", "+", "12a4", "++1", "sips:bob@x", "sip:", "sip:bob@", "sip:a b@x", "mailto:x@y", "1\r\n2"] {
             assert!(matches!(request_uri(bad, &udp), Err(PlanError::BadField { field: "to", .. })), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn tls_trunks_say_transport_tls_and_take_sips_uris() {
+        let tls = trunk("sip.carrier.example:5061", TrunkTransport::Tls);
+        assert_eq!(
+            request_uri("+1 555 123 4567", &tls).unwrap(),
+            "sip:+15551234567@sip.carrier.example:5061;transport=tls"
+        );
+        assert_eq!(request_uri("sips:bob@carrier.example", &tls).unwrap(), "sips:bob@carrier.example");
+        for bad in ["sips:", "sips:bob@", "sips:a b@x"] {
+            assert!(matches!(request_uri(bad, &tls), Err(PlanError::BadField { field: "to", .. })), "{bad:?} accepted");
         }
     }
 

@@ -107,11 +107,13 @@ pub async fn dial_human(
         transport: match trunk.transport {
             TrunkTransport::Udp => Transport::Udp,
             TrunkTransport::Tcp => Transport::Tcp,
+            TrunkTransport::Tls => Transport::Tls,
         },
         sdp_offer: offer.sdp.clone(),
         credentials,
         ring_timeout,
         extra_headers: headers,
+        tls: settings.resolved.trunk_tls.get(trunk_name.as_str()).cloned(),
     };
     let mut invite = sip.place_call(outgoing).map_err(|e| DialFailure::local(e.to_string()))?;
     info!(sip_call_id = %Escaped(invite.call_id()), trunk = trunk_name.as_str(), "transfer: calling the human");
