@@ -23,6 +23,7 @@ pub mod resample;
 pub mod rtcp;
 pub mod rtp;
 pub mod signal;
+pub mod srtp;
 
 pub use codec::{Codec, CodecCoding};
 pub use framing::{InboundAudio, ModelAudio, OutboundAudio, model_audio_for};
@@ -32,3 +33,4 @@ pub use opus_codec::{OpusEncoderSettings, OpusError};
 pub use pacer::{PacedFrame, Pacer, PacerConfig};
 pub use resample::{ResampleError, Resampler};
 pub use rtp::{RtpError, RtpHeader, StreamStart, is_rtcp, parse_rtp, write_rtp};
+pub use srtp::{SrtpContext, SrtpError, SrtpStats};

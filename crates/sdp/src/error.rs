@@ -24,6 +24,15 @@ pub enum SdpError {
         /// The transport of the first rejected audio stream, e.g. `RTP/SAVP`.
         proto: String,
     },
+    /// SRTP was offered, but no `a=crypto` line is one we can use (RFC 4568).
+    #[error("no usable SRTP crypto line: {reason}")]
+    NoUsableCrypto {
+        /// Why each line was skipped (tags and suites, never keys).
+        reason: String,
+    },
+    /// Our policy requires SRTP and the offer has only plain RTP/AVP audio.
+    #[error("SRTP is required and the offer has only plain RTP (RTP/AVP)")]
+    SrtpRequired,
     /// Audio was offered, but with no codec from our policy.
     #[error("no common audio codec")]
     NoCommonCodec,
@@ -58,7 +67,9 @@ impl SdpError {
             | SdpError::NoAudioStream
             | SdpError::UnsupportedTransport { .. }
             | SdpError::NoCommonCodec
-            | SdpError::MissingConnection { .. } => true,
+            | SdpError::MissingConnection { .. }
+            | SdpError::NoUsableCrypto { .. }
+            | SdpError::SrtpRequired => true,
             SdpError::NothingToOffer | SdpError::StreamRejected | SdpError::AnswerMismatch { .. } => false,
         }
     }

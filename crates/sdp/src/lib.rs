@@ -13,12 +13,17 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used, clippy::string_slice, clippy::indexing_slicing))]
 
 mod codec;
+mod crypto;
 mod error;
 mod model;
 mod negotiate;
 mod offer;
 
 pub use codec::{Codec, Direction};
+pub use crypto::{
+    CryptoAttribute, CryptoLineError, MASTER_KEY_LEN, MASTER_SALT_LEN, MasterKey, SrtpKeys, SrtpMode, SrtpPolicy,
+    SrtpSuite,
+};
 pub use error::SdpError;
 pub use model::{AddressType, Attribute, Connection, MediaDescription, Origin, RtpMap, SessionDescription, Timing};
 pub use negotiate::{AnswerPolicy, LocalMedia, NegotiatedMedia, OpusParams, SdpAnswer, answer_offer};

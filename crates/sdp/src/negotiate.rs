@@ -4,6 +4,7 @@ use std::fmt::Write as _;
 use std::net::{IpAddr, SocketAddr};
 
 use crate::codec::{Codec, Direction};
+use crate::crypto::{CryptoAttribute, SrtpKeys, SrtpMode, is_sdes_srtp};
 use crate::error::SdpError;
 use crate::model::{AddressType, MediaDescription, SessionDescription};
 
@@ -16,11 +17,18 @@ pub struct AnswerPolicy {
     pub ptime_ms: u32,
     /// Whether to accept RFC 4733 telephone-event (DTMF) when offered.
     pub telephone_event: bool,
+    /// SRTP (RFC 4568 SDES): off, optional or required, with our fresh key for the answer.
+    pub srtp: SrtpMode,
 }
 
 impl Default for AnswerPolicy {
     fn default() -> Self {
-        AnswerPolicy { codecs: vec![Codec::Pcmu, Codec::Pcma], ptime_ms: 20, telephone_event: true }
+        AnswerPolicy {
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            ptime_ms: 20,
+            telephone_event: true,
+            srtp: SrtpMode::Off,
+        }
     }
 }
 
@@ -57,6 +65,8 @@ pub struct NegotiatedMedia {
     pub ptime_ms: u32,
     /// The peer's Opus parameters when the codec is Opus (RFC 7587 §6.1), `None` otherwise.
     pub opus: Option<OpusParams>,
+    /// The SRTP suite and keys when the stream is RTP/SAVP(F) (RFC 4568), `None` for plain RTP.
+    pub srtp: Option<SrtpKeys>,
 }
 
 /// What the offerer's Opus fmtp asks of the stream we send (RFC 7587 §6.1): limits for our
@@ -103,18 +113,34 @@ const MAX_TELEPHONE_EVENT: u8 = 16;
 pub fn answer_offer(offer: &str, policy: &AnswerPolicy, local: &LocalMedia) -> Result<SdpAnswer, SdpError> {
     let offer = SessionDescription::parse(offer)?;
 
-    let mut accepted: Option<(usize, NegotiatedMedia, Option<String>)> = None;
+    let mut accepted: Option<(usize, NegotiatedMedia, Option<String>, Option<u32>)> = None;
     let mut saw_enabled_audio = false;
     let mut unsupported_proto: Option<&str> = None;
+    let mut plain_refused = false;
+    let mut crypto_refused: Option<String> = None;
 
     for (index, media) in offer.media.iter().enumerate() {
         if accepted.is_some() || !media.media.eq_ignore_ascii_case("audio") || media.port == 0 {
             continue;
         }
-        if !is_plain_rtp(&media.proto) {
+        let srtp = if is_plain_rtp(&media.proto) {
+            if policy.srtp.is_required() {
+                plain_refused = true;
+                continue;
+            }
+            None
+        } else if let (true, Some(local)) = (is_sdes_srtp(&media.proto), policy.srtp.key()) {
+            match choose_crypto(media) {
+                Ok(offered) => Some((offered, local)),
+                Err(reason) => {
+                    crypto_refused.get_or_insert(reason);
+                    continue;
+                }
+            }
+        } else {
             unsupported_proto.get_or_insert(&media.proto);
             continue;
-        }
+        };
         saw_enabled_audio = true;
         let Some((codec, payload_type)) = choose_codec(media, policy) else {
             continue;
@@ -142,13 +168,18 @@ pub fn answer_offer(offer: &str, policy: &AnswerPolicy, local: &LocalMedia) -> R
             direction: offered_direction.reverse(),
             ptime_ms: opus.map_or(policy.ptime_ms, |params| params.ptime_ms),
             opus,
+            srtp: srtp.map(|(offered, local)| SrtpKeys { suite: offered.suite, local, remote: offered.key }),
         };
-        accepted = Some((index, negotiated, events));
+        accepted = Some((index, negotiated, events, srtp.map(|(offered, _)| offered.tag)));
     }
 
-    let Some((accepted_index, negotiated, events)) = accepted else {
+    let Some((accepted_index, negotiated, events, crypto_tag)) = accepted else {
         return Err(if saw_enabled_audio {
             SdpError::NoCommonCodec
+        } else if let Some(reason) = crypto_refused {
+            SdpError::NoUsableCrypto { reason }
+        } else if plain_refused {
+            SdpError::SrtpRequired
         } else if let Some(proto) = unsupported_proto {
             SdpError::UnsupportedTransport { proto: proto.to_owned() }
         } else {
@@ -156,8 +187,29 @@ pub fn answer_offer(offer: &str, policy: &AnswerPolicy, local: &LocalMedia) -> R
         });
     };
 
-    let sdp = write_answer(&offer, accepted_index, &negotiated, events.as_deref(), local);
+    let sdp = write_answer(&offer, accepted_index, &negotiated, events.as_deref(), crypto_tag, local);
     Ok(SdpAnswer { sdp, media: negotiated })
+}
+
+/// The first `a=crypto` line of an RTP/SAVP(F) stream we can use (RFC 4568 §7.1.1); else why
+/// none is, line by line (tags only: never a key), for the 488's reason.
+fn choose_crypto(media: &MediaDescription) -> Result<CryptoAttribute, String> {
+    let mut reasons = Vec::new();
+    for value in media.attributes.iter().filter(|a| a.name == "crypto").filter_map(|a| a.value.as_deref()) {
+        match CryptoAttribute::parse(value) {
+            Ok(line) => return Ok(line),
+            Err(e) => {
+                let tag = value.split_whitespace().next().unwrap_or("?").chars().take(9).collect::<String>();
+                if reasons.len() < 4 {
+                    reasons.push(format!("tag {tag}: {e}"));
+                }
+            }
+        }
+    }
+    if reasons.is_empty() {
+        return Err(format!("{} stream without a=crypto (SDES) lines", media.proto));
+    }
+    Err(reasons.join("; "))
 }
 
 /// RTP/AVP, and RTP/AVPF which is backwards compatible with it (RFC 4585 §3.1): we simply send
@@ -274,6 +326,7 @@ fn write_answer(
     accepted_index: usize,
     negotiated: &NegotiatedMedia,
     events: Option<&str>,
+    crypto_tag: Option<u32>,
     local: &LocalMedia,
 ) -> String {
     let address_type = match AddressType::of(local.address) {
@@ -312,10 +365,17 @@ fn write_answer(
         if let (Some(te), Some(events)) = (negotiated.telephone_event, events) {
             let _ = write!(sdp, "a=rtpmap:{te} {TELEPHONE_EVENT}/{}\r\na=fmtp:{te} {events}\r\n", codec.clock_rate());
         }
+        // RFC 4568 §7.1.2: the offer's tag and suite, our own key.
+        if let (Some(tag), Some(keys)) = (crypto_tag, negotiated.srtp) {
+            let line = CryptoAttribute { tag, suite: keys.suite, key: keys.local };
+            let _ = write!(sdp, "a=crypto:{}\r\n", line.to_value());
+        }
         let _ = write!(sdp, "a=ptime:{}\r\na={}\r\n", negotiated.ptime_ms, negotiated.direction.attribute_name());
     }
     sdp
 }
 
+#[cfg(test)]
+mod srtp_tests;
 #[cfg(test)]
 mod tests;

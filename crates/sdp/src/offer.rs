@@ -10,6 +10,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use crate::codec::{Codec, Direction};
+use crate::crypto::{CryptoAttribute, MasterKey, SrtpKeys, SrtpMode, SrtpSuite, is_sdes_srtp};
 use crate::error::SdpError;
 use crate::model::{AddressType, SessionDescription};
 use crate::negotiate::{LocalMedia, NegotiatedMedia, OUR_OPUS_FMTP, TELEPHONE_EVENT, is_plain_rtp, opus_params};
@@ -32,11 +33,15 @@ pub struct OfferPolicy {
     pub ptime_ms: u32,
     /// Whether to offer RFC 4733 telephone-event (DTMF).
     pub telephone_event: bool,
+    /// SRTP: only [`SrtpMode::Required`] offers RTP/SAVP (with one `a=crypto` per suite of
+    /// [`SrtpSuite::OFFERED`], tags 1, 2, ...); `Optional` offers plain RTP (see
+    /// [`crate::SrtpPolicy::Optional`]).
+    pub srtp: SrtpMode,
 }
 
 impl Default for OfferPolicy {
     fn default() -> Self {
-        OfferPolicy { codecs: vec![Codec::Pcmu, Codec::Pcma], ptime_ms: 20, telephone_event: true }
+        OfferPolicy { codecs: vec![Codec::Pcmu, Codec::Pcma], ptime_ms: 20, telephone_event: true, srtp: SrtpMode::Off }
     }
 }
 
@@ -58,6 +63,8 @@ pub struct SdpOffer {
     pub telephone_event: bool,
     /// The `a=ptime` we asked for.
     pub ptime_ms: u32,
+    /// Our master key when we offered RTP/SAVP (the answer must then pick one of our suites).
+    pub srtp: Option<MasterKey>,
 }
 
 fn payload_type_of(codec: Codec) -> u8 {
@@ -96,7 +103,12 @@ pub fn create_offer(policy: &OfferPolicy, local: &LocalMedia) -> Result<SdpOffer
         "v=0\r\no=switchboard {} {} IN {address_type} {}\r\ns=switchboard\r\nc=IN {address_type} {}\r\nt=0 0\r\n",
         local.session_id, local.session_version, local.address, local.address
     );
-    let _ = write!(sdp, "m=audio {} RTP/AVP", local.port);
+    let srtp = match policy.srtp {
+        SrtpMode::Required(key) => Some(key),
+        SrtpMode::Off | SrtpMode::Optional(_) => None,
+    };
+    let proto = if srtp.is_some() { "RTP/SAVP" } else { "RTP/AVP" };
+    let _ = write!(sdp, "m=audio {} {proto}", local.port);
     for offered in &codecs {
         let _ = write!(sdp, " {}", offered.payload_type);
     }
@@ -119,8 +131,13 @@ pub fn create_offer(policy: &OfferPolicy, local: &LocalMedia) -> Result<SdpOffer
     for (pt, rate) in &events {
         let _ = write!(sdp, "a=rtpmap:{pt} {TELEPHONE_EVENT}/{rate}\r\na=fmtp:{pt} {OFFERED_EVENTS}\r\n");
     }
+    if let Some(key) = srtp {
+        for (tag, suite) in (1..).zip(SrtpSuite::OFFERED) {
+            let _ = write!(sdp, "a=crypto:{}\r\n", CryptoAttribute { tag, suite, key }.to_value());
+        }
+    }
     let _ = write!(sdp, "a=ptime:{}\r\na=sendrecv\r\n", policy.ptime_ms);
-    Ok(SdpOffer { sdp, codecs, telephone_event: !events.is_empty(), ptime_ms: policy.ptime_ms })
+    Ok(SdpOffer { sdp, codecs, telephone_event: !events.is_empty(), ptime_ms: policy.ptime_ms, srtp })
 }
 
 /// Reads the answer to our offer (RFC 3264 §6 and §7 from the offerer's side): the same number
@@ -145,9 +162,11 @@ pub fn receive_answer(offer: &SdpOffer, answer_sdp: &str) -> Result<NegotiatedMe
     if media.port == 0 {
         return Err(SdpError::StreamRejected);
     }
-    if !is_plain_rtp(&media.proto) {
-        return Err(SdpError::UnsupportedTransport { proto: media.proto.clone() });
-    }
+    let srtp = match offer.srtp {
+        None if is_plain_rtp(&media.proto) => None,
+        Some(local) if is_sdes_srtp(&media.proto) => Some(answered_crypto(media, local)?),
+        _ => return Err(SdpError::UnsupportedTransport { proto: media.proto.clone() }),
+    };
     // The answer's codec: its first format that names a codec we offered. Its payload type
     // number is the answerer's (RFC 3264 §6.1 recommends ours; we send what it asked for).
     let (codec, payload_type) = media
@@ -193,7 +212,27 @@ pub fn receive_answer(offer: &SdpOffer, answer_sdp: &str) -> Result<NegotiatedMe
         direction: answered.reverse(),
         ptime_ms,
         opus,
+        srtp,
     })
+}
+
+/// The answer's `a=crypto` (RFC 4568 §7.1.3): one line, the tag of one of our lines with its
+/// suite, and the answerer's key.
+fn answered_crypto(media: &crate::model::MediaDescription, local: MasterKey) -> Result<SrtpKeys, SdpError> {
+    let refused = |reason: String| SdpError::NoUsableCrypto { reason };
+    let value = media
+        .attributes
+        .iter()
+        .find(|a| a.name == "crypto")
+        .and_then(|a| a.value.as_deref())
+        .ok_or_else(|| refused("the RTP/SAVP answer has no a=crypto line".to_owned()))?;
+    let line = CryptoAttribute::parse(value).map_err(|e| refused(format!("answer's a=crypto: {e}")))?;
+    let offered =
+        usize::try_from(line.tag).ok().and_then(|tag| tag.checked_sub(1)).and_then(|i| SrtpSuite::OFFERED.get(i));
+    if offered != Some(&line.suite) {
+        return Err(refused(format!("answer's a=crypto tag {} {} is not one we offered", line.tag, line.suite)));
+    }
+    Ok(SrtpKeys { suite: line.suite, local, remote: line.key })
 }
 
 #[cfg(test)]
@@ -212,7 +251,8 @@ mod tests {
     }
 
     fn offer(codecs: Vec<Codec>) -> SdpOffer {
-        create_offer(&OfferPolicy { codecs, ptime_ms: 20, telephone_event: true }, &local()).unwrap()
+        create_offer(&OfferPolicy { codecs, ptime_ms: 20, telephone_event: true, ..OfferPolicy::default() }, &local())
+            .unwrap()
     }
 
     fn answer(m_line: &str, attributes: &str) -> String {
@@ -236,14 +276,19 @@ mod tests {
         assert_eq!(offer.codecs.len(), 3, "duplicates offered once");
         assert!(SessionDescription::parse(&offer.sdp).is_ok());
         let g711 = create_offer(
-            &OfferPolicy { codecs: vec![Codec::Pcma, Codec::G722], ptime_ms: 30, telephone_event: false },
+            &OfferPolicy {
+                codecs: vec![Codec::Pcma, Codec::G722],
+                ptime_ms: 30,
+                telephone_event: false,
+                ..OfferPolicy::default()
+            },
             &local(),
         )
         .unwrap();
         assert!(g711.sdp.contains("m=audio 40000 RTP/AVP 8 9\r\n") && g711.sdp.contains("a=ptime:30"));
         assert!(!g711.sdp.contains("telephone-event"));
         assert_eq!(
-            create_offer(&OfferPolicy { codecs: vec![], ptime_ms: 20, telephone_event: true }, &local()),
+            create_offer(&OfferPolicy { codecs: vec![], ..OfferPolicy::default() }, &local()),
             Err(SdpError::NothingToOffer)
         );
     }
@@ -389,7 +434,7 @@ mod tests {
     fn our_answerer_answers_our_offer() {
         use crate::negotiate::{AnswerPolicy, answer_offer};
         let offer = offer(vec![Codec::Opus, Codec::G722, Codec::Pcmu]);
-        let policy = AnswerPolicy { codecs: vec![Codec::G722, Codec::Pcmu], ptime_ms: 20, telephone_event: true };
+        let policy = AnswerPolicy { codecs: vec![Codec::G722, Codec::Pcmu], ..AnswerPolicy::default() };
         let remote = LocalMedia {
             address: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 5)),
             port: 30_000,

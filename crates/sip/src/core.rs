@@ -1492,8 +1492,8 @@ impl Core {
 mod dialog;
 mod out_of_dialog;
 mod outgoing;
-mod refer;
 mod prack;
+mod refer;
 pub mod reoffer;
 pub mod session_timer;
 pub mod transaction;

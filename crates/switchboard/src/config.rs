@@ -31,8 +31,8 @@ mod recording;
 pub use recording::{CdrConfig, RecordingConfig, spool_dir};
 mod tls;
 pub use tls::rotate_tls_certificate;
-mod nat;
 mod dialog;
+mod nat;
 pub use dialog::session_timer;
 pub mod view;
 
@@ -154,6 +154,8 @@ pub struct MediaConfig {
     /// The address SDP `c=` lines say (behind 1:1 NAT: the public one); the sockets still bind
     /// `bind`. Empty: `address`, its deprecated older name (config/nat.rs).
     pub public_address: String,
+    /// SRTP (RFC 4568 SDES) for calls from no trunk: off, optional or required (`crate::srtp`).
+    pub srtp: crate::srtp::SrtpSetting,
 }
 
 impl RealtimeConfig {
@@ -322,6 +324,8 @@ pub struct TrunkConfig {
     /// Host part of the address-of-record and the REGISTER's Request-URI; empty: the host of
     /// `address`.
     pub register_domain: String,
+    /// SRTP for calls through this trunk and from it (`sources`, inbound credentials).
+    pub srtp: crate::srtp::SrtpSetting,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
@@ -550,6 +554,7 @@ impl Default for MediaConfig {
             jitter_max_ms: 120,
             rtcp_interval_secs: 5,
             public_address: String::new(),
+            srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
 }
@@ -641,6 +646,7 @@ impl Default for TrunkConfig {
             register_expires_secs: 3600,
             register_user: String::new(),
             register_domain: String::new(),
+            srtp: crate::srtp::SrtpSetting::Optional,
         }
     }
 }

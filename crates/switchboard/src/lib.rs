@@ -18,6 +18,7 @@ pub mod reload;
 pub mod routing;
 pub mod rtp_ports;
 pub mod signing;
+pub mod srtp;
 pub mod telemetry;
 pub mod testcall;
 pub mod webhook;

@@ -137,6 +137,13 @@ pub const CALL_HOLDS_TOTAL: &str = "switchboard_call_holds_total";
 /// `refused`: 488, the call goes on unchanged).
 pub const REOFFERS_ANSWERED_TOTAL: &str = "switchboard_reoffers_answered_total";
 pub use switchboard_sip::endpoint::metric_names::SIP_REOFFERS_TOTAL;
+/// SRTP/SRTCP packets dropped because their authentication tag did not verify (tampered, or
+/// not sent with the negotiated key: a stranger spraying the port), by `kind` (rtp, rtcp).
+pub const SRTP_AUTH_FAILURES_TOTAL: &str = "switchboard_srtp_auth_failures_total";
+/// SRTP/SRTCP packets dropped as replays (seen before, or older than the replay window), by `kind`.
+pub const SRTP_REPLAYS_TOTAL: &str = "switchboard_srtp_replays_total";
+/// Calls answered or placed with SRTP media, by `suite`.
+pub const SRTP_CALLS_TOTAL: &str = "switchboard_srtp_calls_total";
 pub use switchboard_sip::endpoint::metric_names::{
     SIP_MALFORMED_TOTAL, SIP_REQUESTS_SENT_TOTAL, SIP_REQUESTS_TOTAL, SIP_RESPONSES_RECEIVED_TOTAL,
     SIP_RESPONSES_TOTAL, TCP_ACCEPT_ERRORS_TOTAL, TCP_CLOSED_TOTAL, TCP_CONNECTIONS, TCP_REFUSED_TOTAL,
@@ -460,6 +467,12 @@ fn describe_operations_metrics() {
         RECORDINGS_FAILED_TOTAL,
         "Recordings that failed (WAV not created, a write failed, or not closed cleanly), one per recording."
     );
+    metrics::describe_counter!(
+        SRTP_AUTH_FAILURES_TOTAL,
+        "SRTP/SRTCP packets dropped because authentication failed (tampered or foreign), by kind (rtp, rtcp)."
+    );
+    metrics::describe_counter!(SRTP_REPLAYS_TOTAL, "SRTP/SRTCP packets dropped as replays, by kind (rtp, rtcp).");
+    metrics::describe_counter!(SRTP_CALLS_TOTAL, "Calls whose media was SRTP, by suite.");
     metrics::describe_gauge!(BUILD_INFO, "Always 1; the labels say which build runs (version, commit).");
     metrics::gauge!(BUILD_INFO, "version" => env!("CARGO_PKG_VERSION"), "commit" => env!("SWITCHBOARD_COMMIT"))
         .set(1.0);

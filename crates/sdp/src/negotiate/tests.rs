@@ -76,6 +76,7 @@ a=sendrecv\r\n"
             direction: Direction::SendRecv,
             ptime_ms: 20,
             opus: None,
+            srtp: None,
         }
     );
     // Our answer must itself be parseable SDP.

@@ -31,4 +31,6 @@ pub struct CallFacts {
     pub answered: SystemTime,
     /// The trunk: an inbound call's by its source or credentials (`access`), an outbound call's.
     pub trunk: Option<String>,
+    /// `rtp` for plain media, else the SRTP suite (`AES_CM_128_HMAC_SHA1_80`...).
+    pub media_security: &'static str,
 }

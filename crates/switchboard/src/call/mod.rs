@@ -172,7 +172,11 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let policy = answer_policy(cfg.media.codecs.0.as_slice(), agent);
+    // The trunk the call came from (its `sources`, or its inbound credentials) decides the SRTP
+    // policy; a call from no trunk gets `media.srtp`.
+    let trunk = crate::access::inbound_trunk(&settings, &info);
+    let srtp = crate::srtp::inbound_setting(cfg, trunk.as_deref()).mode();
+    let policy = AnswerPolicy { srtp, ..answer_policy(cfg.media.codecs.0.as_slice(), agent) };
     // With an offer: our answer now. Without (delayed offer, RFC 3261 §13.2.1): our offer goes in
     // the 200 and the session opens for our first codec; the offer then lists only the codecs
     // that session can serve (`delayed_offer`).
@@ -185,7 +189,14 @@ async fn run(
     let Some(codec) = answer.as_ref().map(|a| a.media.codec).or_else(|| policy.codecs.first().copied()) else {
         return refuse(state, invite, Refusal::NotAcceptable("no codec configured to offer".into()));
     };
-    info!(route = route_name, agent = agent_name, codec = ?codec, delayed_offer = answer.is_none(), "routed");
+    info!(
+        route = route_name,
+        agent = agent_name,
+        codec = ?codec,
+        delayed_offer = answer.is_none(),
+        media_security = answer.as_ref().map_or("(offer in our 200)", |a| crate::srtp::media_security(a.media.srtp.as_ref())),
+        "routed"
+    );
     if let Some(entry) = entry {
         entry.set_routed(agent_name, codec.encoding_name());
     }
@@ -278,8 +289,10 @@ async fn run(
         codec: codec.encoding_name().to_string(),
         started: SystemTime::now() - received.elapsed(),
         answered: SystemTime::now(),
-        trunk: crate::access::inbound_trunk(&state.settings(), &info),
+        trunk,
+        media_security: crate::srtp::media_security(media.srtp.as_ref()),
     };
+    crate::srtp::count_call(media.srtp.as_ref());
     let call = Established {
         direction: CallDirection::Inbound,
         facts,
@@ -304,8 +317,12 @@ fn delayed_offer(
     local: &switchboard_sdp::LocalMedia,
 ) -> Result<switchboard_sdp::SdpOffer, SdpError> {
     let codecs = policy.codecs.iter().copied().filter(|codec| session.suits(*codec)).collect();
-    let offer_policy =
-        switchboard_sdp::OfferPolicy { codecs, ptime_ms: policy.ptime_ms, telephone_event: policy.telephone_event };
+    let offer_policy = switchboard_sdp::OfferPolicy {
+        codecs,
+        ptime_ms: policy.ptime_ms,
+        telephone_event: policy.telephone_event,
+        srtp: policy.srtp,
+    };
     switchboard_sdp::create_offer(&offer_policy, local)
 }
 
@@ -593,6 +610,7 @@ fn answer_policy(global_codecs: &[String], agent: &AgentConfig) -> AnswerPolicy 
         codecs: names.iter().filter_map(|name| Codec::from_name(name)).collect(),
         ptime_ms: PTIME.as_millis() as u32,
         telephone_event: true,
+        srtp: switchboard_sdp::SrtpMode::Off,
     }
 }
 

@@ -385,7 +385,8 @@ async fn run(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let policy = OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true };
+    let policy =
+        OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true, srtp: plan.trunk.srtp.mode() };
     let offer = match switchboard_sdp::create_offer(&policy, &local) {
         Ok(offer) => offer,
         Err(e) => {
@@ -510,7 +511,9 @@ async fn run(
         started,
         answered: SystemTime::now(),
         trunk: Some(plan.trunk_name.clone()),
+        media_security: crate::srtp::media_security(media.srtp.as_ref()),
     };
+    crate::srtp::count_call(media.srtp.as_ref());
     let call = Established {
         direction: CallDirection::Outbound,
         facts,

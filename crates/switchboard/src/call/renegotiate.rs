@@ -11,8 +11,8 @@
 use std::net::SocketAddr;
 
 use switchboard_sdp::{
-    AnswerPolicy, Codec, Direction, LocalMedia, NegotiatedMedia, OfferPolicy, SdpError, SdpOffer, answer_offer,
-    create_offer, receive_answer,
+    AnswerPolicy, Codec, Direction, LocalMedia, NegotiatedMedia, OfferPolicy, SdpError, SdpOffer, SrtpMode,
+    answer_offer, create_offer, receive_answer,
 };
 
 /// What a new offer or answer changes in the call's media (the call core applies it:
@@ -49,6 +49,11 @@ pub enum RenegotiationError {
     NoAnswer,
     #[error("no offer of ours is waiting for an answer")]
     NoOfferPending,
+    /// SRTP on or off, another suite or another key: the call's SRTP contexts were built for the
+    /// keys of its setup, and re-keying mid-call is not supported (RFC 4568 §7.1.4 allows keeping
+    /// them, which is what peers do for hold and resume).
+    #[error("the re-offer changes the SRTP keys or suite (or SRTP on/off); the call's stream cannot follow")]
+    SrtpChanged,
 }
 
 /// The call's SDP state: our side, what was negotiated, our last SDP.
@@ -60,13 +65,17 @@ pub struct SdpSession {
     last_sdp: String,
     /// Our offer in a 2xx, waiting for the answer in the ACK.
     pending_offer: Option<SdpOffer>,
+    /// SRTP in our answers and offers: an SRTP call keeps its suite and both keys (our key
+    /// again, the peer's checked), a plain call stays plain.
+    srtp: SrtpMode,
 }
 
 impl SdpSession {
     /// The state after the call's setup: `local` with the `o=` version of `sdp` (our answer or
     /// our offer), `media` as negotiated.
     pub fn new(local: LocalMedia, media: NegotiatedMedia, sdp: String) -> SdpSession {
-        SdpSession { local, telephone_event: true, media, last_sdp: sdp, pending_offer: None }
+        let srtp = media.srtp.map_or(SrtpMode::Off, |keys| SrtpMode::Required(keys.local));
+        SdpSession { local, telephone_event: true, media, last_sdp: sdp, pending_offer: None, srtp }
     }
 
     /// The current stream.
@@ -86,8 +95,12 @@ impl SdpSession {
             codecs: vec![self.media.codec],
             ptime_ms: self.media.ptime_ms,
             telephone_event: self.telephone_event,
+            srtp: self.srtp,
         };
         let mut answer = answer_offer(offer, &policy, &self.local)?;
+        if answer.media.srtp != self.media.srtp {
+            return Err(RenegotiationError::SrtpChanged);
+        }
         if answer.media.payload_type != self.media.payload_type {
             return Err(RenegotiationError::PayloadTypeChanged {
                 codec: self.media.codec,
@@ -111,6 +124,7 @@ impl SdpSession {
             codecs: vec![self.media.codec],
             ptime_ms: self.media.ptime_ms,
             telephone_event: self.telephone_event,
+            srtp: self.srtp,
         };
         let mut offer = create_offer(&policy, &self.local)?;
         if offer.sdp != self.last_sdp {
@@ -129,6 +143,9 @@ impl SdpSession {
         let offer = self.pending_offer.take().ok_or(RenegotiationError::NoOfferPending)?;
         let answer = answer.ok_or(RenegotiationError::NoAnswer)?;
         let media = receive_answer(&offer, answer)?;
+        if media.srtp != self.media.srtp {
+            return Err(RenegotiationError::SrtpChanged);
+        }
         if media.payload_type != self.media.payload_type {
             return Err(RenegotiationError::PayloadTypeChanged {
                 codec: self.media.codec,
@@ -167,7 +184,12 @@ mod tests {
 
     /// A PCMU call set up the way `call::run` does it.
     fn session() -> SdpSession {
-        let policy = AnswerPolicy { codecs: vec![Codec::Pcmu, Codec::Pcma], ptime_ms: 20, telephone_event: true };
+        let policy = AnswerPolicy {
+            codecs: vec![Codec::Pcmu, Codec::Pcma],
+            ptime_ms: 20,
+            telephone_event: true,
+            srtp: SrtpMode::Off,
+        };
         let answer = answer_offer(&offer(1, 30_000, "198.51.100.5", ""), &policy, &local()).unwrap();
         SdpSession::new(local(), answer.media, answer.sdp)
     }
@@ -246,5 +268,45 @@ mod tests {
         s.offer().unwrap();
         let pcma = answer.replace("RTP/AVP 0", "RTP/AVP 8");
         assert!(matches!(s.on_answer(Some(&pcma)), Err(RenegotiationError::Sdp(SdpError::NoCommonCodec))));
+    }
+
+    /// An SRTP call keeps its keys: a re-offer with the same crypto line (hold, as peers send it)
+    /// is answered with our same key; another key, or plain RTP, is refused (488) and the call's
+    /// keys stay.
+    #[test]
+    fn srtp_calls_keep_their_keys_across_re_offers() {
+        const KEY: &str = "WVNfX19zZW1jdGwgKCkgewkyMjA7fQp9CnVubGVz";
+        const OTHER_KEY: &str = "QUJDREVGR0hJSktMTU5PUFFSU1RVVldYWVphYmNk";
+        let savp = |version: u32, key: &str, extra: &str| {
+            offer(
+                version,
+                30_000,
+                "198.51.100.5",
+                &format!("a=crypto:1 AES_CM_128_HMAC_SHA1_80 inline:{key}\r\n{extra}"),
+            )
+            .replace("RTP/AVP", "RTP/SAVP")
+        };
+        let our_key = switchboard_sdp::MasterKey::new([7; 16], [9; 14]);
+        let policy = AnswerPolicy {
+            codecs: vec![Codec::Pcmu],
+            ptime_ms: 20,
+            telephone_event: true,
+            srtp: SrtpMode::Required(our_key),
+        };
+        let setup = answer_offer(&savp(1, KEY, ""), &policy, &local()).unwrap();
+        let keys = setup.media.srtp;
+        assert!(keys.is_some());
+        let our_crypto = setup.sdp.lines().find(|l| l.starts_with("a=crypto:")).unwrap().to_string();
+        let mut s = SdpSession::new(local(), setup.media, setup.sdp);
+
+        let (held, update) = s.answer(&savp(2, KEY, "a=sendonly\r\n")).unwrap();
+        assert!(!update.may_send);
+        assert!(held.contains("RTP/SAVP") && held.contains(&our_crypto), "our same key again\n{held}");
+        assert!(matches!(s.answer(&savp(3, OTHER_KEY, "")), Err(RenegotiationError::SrtpChanged)));
+        assert!(matches!(s.answer(&offer(4, 30_000, "198.51.100.5", "")), Err(RenegotiationError::Sdp(_))));
+        assert_eq!(s.media().srtp, keys, "a refused re-offer leaves the keys");
+
+        let (resumed, update) = s.answer(&savp(5, KEY, "")).unwrap();
+        assert!(update.may_send && resumed.contains(&our_crypto));
     }
 }

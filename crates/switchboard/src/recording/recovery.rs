@@ -112,6 +112,7 @@ mod tests {
                 sidecar: dir.path().join("rec/c1.json").display().to_string(),
                 sample_rate: 8000,
             }),
+            media_security: "rtp".into(),
         };
         std::fs::write(markers.join("c1.json"), serde_json::to_vec(&facts).unwrap()).unwrap();
         std::fs::write(markers.join("c2.json.tmp"), b"{\"id\":").unwrap();

@@ -159,6 +159,13 @@ pub struct RecordFacts {
     /// The call's trunk (absent in sidecars written before issue 11).
     #[serde(default)]
     pub trunk: Option<String>,
+    /// `rtp` or the SRTP suite; markers written before SRTP existed read as `rtp`.
+    #[serde(default = "plain_rtp")]
+    pub media_security: String,
+}
+
+fn plain_rtp() -> String {
+    "rtp".to_owned()
 }
 
 fn unix_ms(time: SystemTime) -> u64 {
@@ -184,6 +191,7 @@ impl RecordFacts {
             answered_ms: unix_ms(facts.answered),
             recording,
             trunk: facts.trunk.clone(),
+            media_security: facts.media_security.to_owned(),
         }
     }
 }
@@ -247,6 +255,7 @@ impl CallSummary<'_> {
             "outcome": outcome,
             "reason": reason,
             "side": side,
+            "media_security": facts.media_security,
         });
         match value {
             Value::Object(map) => map,
@@ -395,6 +404,7 @@ impl Unanswered<'_> {
             "transfers": {"count": 0, "last_outcome": Value::Null},
             "recording": Value::Null,
             "sidecar": Value::Null,
+            "media_security": Value::Null,
         })
     }
 }

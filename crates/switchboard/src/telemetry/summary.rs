@@ -41,6 +41,7 @@ pub fn log_call_summary(record: &Value) {
         transfers = transfers["count"].as_u64(),
         transfer_outcome = transfers["last_outcome"].as_str(),
         recording = record["recording"].as_str(),
+        media_security = record["media_security"].as_str(),
         "{MESSAGE}"
     );
 }
@@ -106,6 +107,7 @@ mod tests {
                 sidecar: "/rec/2025/11/30/3f2a.json".into(),
                 sample_rate: 8000,
             }),
+            media_security: "AES_CM_128_HMAC_SHA1_80".into(),
         }
     }
 

@@ -125,7 +125,13 @@ pub async fn run_call(sip: &SipEndpoint, plan: &DialPlan, specs: Vec<TurnSpec>, 
     let port = socket.local_addr().map(|a| a.port()).unwrap_or_default();
     let local =
         LocalMedia { address: plan.media_address, port, session_id: rand::random::<u32>().into(), session_version: 1 };
-    let policy = OfferPolicy { codecs: plan.codecs.clone(), ptime_ms: FRAME_MS as u32, telephone_event: true };
+    // Plain RTP: the test caller offers no SRTP (a trunk requiring it refuses the call with 488).
+    let policy = OfferPolicy {
+        codecs: plan.codecs.clone(),
+        ptime_ms: FRAME_MS as u32,
+        telephone_event: true,
+        srtp: switchboard_sdp::SrtpMode::Off,
+    };
     let offer = match switchboard_sdp::create_offer(&policy, &local) {
         Ok(offer) => offer,
         Err(e) => {

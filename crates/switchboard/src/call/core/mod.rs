@@ -185,6 +185,8 @@ pub struct LegConfig {
     pub jitter_max: Duration,
     /// Our RTCP reports' mean interval (`media.rtcp_interval_secs`); zero: none sent.
     pub rtcp_interval: Duration,
+    /// SRTP keys when the leg's stream is RTP/SAVP (`crate::srtp`); `None`: plain RTP.
+    pub srtp: Option<switchboard_sdp::SrtpKeys>,
 }
 
 /// What happens on the dialog side, or to the call as a whole.
@@ -360,6 +362,8 @@ struct Leg {
     /// A non-caller leg's RTP timeout was reported ([`Output::LegLost`]): its timer is off
     /// until its RTP resumes.
     lost: bool,
+    /// SRTP contexts: received packets are unprotected before the latch, sent ones protected last.
+    srtp: Option<crate::srtp::LegSrtp>,
 }
 
 impl Leg {
@@ -410,6 +414,7 @@ impl Leg {
             signalled: config.remote,
             opus: config.opus,
             lost: false,
+            srtp: config.srtp.as_ref().map(crate::srtp::LegSrtp::new),
         }
     }
 
@@ -663,6 +668,15 @@ impl CallCore {
             self.handle_rtcp(now, leg, source, datagram);
             return;
         }
+        // SRTP: authenticated and decrypted before anything reads it (the latch above all).
+        let mut decrypted = [0u8; crate::srtp::MAX_DATAGRAM];
+        let datagram = match self.leg_index(leg).and_then(|index| self.legs.get_mut(index)?.srtp.as_mut()) {
+            Some(srtp) => match srtp.unprotect_rtp(datagram, &mut decrypted) {
+                Some(plain) => plain,
+                None => return,
+            },
+            None => datagram,
+        };
         let Ok((header, payload)) = rtp::parse_rtp(datagram) else {
             debug!(len = datagram.len(), "not an RTP packet; ignored");
             return;
@@ -722,6 +736,14 @@ impl CallCore {
             metrics::counter!(telemetry::RTCP_PACKETS_TOTAL, "direction" => "in", "result" => "ignored").increment(1);
             return;
         }
+        let mut decrypted = [0u8; crate::srtp::MAX_DATAGRAM];
+        let datagram = match leg.srtp.as_mut() {
+            Some(srtp) => match srtp.unprotect_rtcp(datagram, &mut decrypted) {
+                Some(plain) => plain,
+                None => return,
+            },
+            None => datagram,
+        };
         let before = leg.reports.stats().malformed;
         let rtt = leg.reports.on_packet(now, source, datagram);
         let result = if leg.reports.stats().malformed > before { "malformed" } else { "ok" };
@@ -1104,6 +1126,10 @@ impl CallCore {
             let Some(destination) = leg.reports.poll(now, target, reception, rtp_timestamp, &mut packet) else {
                 continue;
             };
+            if let Some(srtp) = leg.srtp.as_mut() {
+                let Some(protected) = srtp.protect_rtcp(&packet) else { continue };
+                packet = protected;
+            }
             if self.rtcp_transmits.len() >= MAX_PENDING_RTCP {
                 self.rtcp_transmits.pop_front();
             }
@@ -1180,8 +1206,14 @@ impl CallCore {
             if leg.may_send
                 && let Some(destination) = leg.latch.send_target()
             {
-                let mut packet = Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len());
+                let mut packet =
+                    Vec::with_capacity(rtp::RTP_HEADER_LEN + frame.payload.len() + crate::srtp::MAX_RTP_OVERHEAD);
                 rtp::write_rtp(&mut packet, &frame.header, &frame.payload);
+                if let Some(srtp) = leg.srtp.as_mut()
+                    && !srtp.protect_rtp(&mut packet)
+                {
+                    continue;
+                }
                 leg.reports.on_rtp_sent(frame.payload.len());
                 if leg.id == CALLER && frame.tag.is_some_and(|tag| tag != tools::FILLER_TAG && tag != bridge::RELAY_TAG)
                 {

@@ -59,6 +59,7 @@ pub(super) fn leg_config() -> LegConfig {
         stream: StreamStart { ssrc: 0x1234_5678, sequence: 65_500, timestamp: u32::MAX - 5_000 },
         jitter_max: Duration::from_millis(60),
         rtcp_interval: Duration::ZERO,
+        srtp: None,
     }
 }
 

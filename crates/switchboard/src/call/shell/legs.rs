@@ -60,6 +60,7 @@ pub fn leg_config(cfg: &Config, media: &NegotiatedMedia, confirmed: ConfirmedAud
         stream: StreamStart::random(),
         jitter_max: Duration::from_millis(cfg.media.jitter_max_ms),
         rtcp_interval: Duration::from_secs(cfg.media.rtcp_interval_secs),
+        srtp: media.srtp,
     }
 }
 
@@ -205,6 +206,7 @@ mod tests {
             stream: StreamStart::random(),
             jitter_max: Duration::from_millis(60),
             rtcp_interval: Duration::ZERO,
+            srtp: None,
         }
     }
 

@@ -345,6 +345,7 @@ mod tests {
             started: SystemTime::now(),
             answered: SystemTime::now(),
             trunk: None,
+            media_security: "rtp",
         }
     }
 

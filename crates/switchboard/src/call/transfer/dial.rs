@@ -93,7 +93,8 @@ pub async fn dial_human(
         session_id: rand::random::<u32>().into(),
         session_version: 1,
     };
-    let policy = OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true };
+    let policy =
+        OfferPolicy { codecs, ptime_ms: PTIME.as_millis() as u32, telephone_event: true, srtp: trunk.srtp.mode() };
     let offer = switchboard_sdp::create_offer(&policy, &local).map_err(|e| DialFailure::local(e.to_string()))?;
     let credentials = (!trunk.username.is_empty())
         .then(|| Credentials { username: trunk.username.clone(), password: trunk.password.expose().to_string() });
