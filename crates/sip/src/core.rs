@@ -1026,6 +1026,11 @@ impl Core {
         // §9.2: the CANCEL's 200 SHOULD carry the same To-tag as the INVITE's responses.
         self.respond_tagged(now, key, &origin, &request, 200, None, &[], Some(to_tag));
         if pending && let Some(invite) = invite {
+            if self.cancel_held(now, invite) {
+                return;
+            }
+            // A reliable 180 still unacknowledged stops being retransmitted after the 487.
+            self.forget_reliable(invite);
             self.final_non_2xx(now, invite, 487, "Request Terminated", &[]);
             self.events.push_back(CoreEvent::InviteCancelled { invite });
         }

@@ -438,12 +438,20 @@ impl Core {
         } else {
             (dialog.remote_target.clone(), dialog.route_set.clone())
         };
-        let connection =
-            if transport.is_reliable() && dialog.origin.transport == transport && dialog.origin.source == destination {
-                dialog.origin.connection
-            } else {
-                None
-            };
+        // Over TLS the peer's connection to us comes from an ephemeral port, never its Contact's
+        // (5061): reuse it for any request to that address (RFC 5923's reasoning; carriers expect
+        // it). A new connection would be verified against the default trust store with an IP as
+        // the server name, which a carrier's certificate does not carry: our BYE would never
+        // arrive. Closed meanwhile, the endpoint opens a new one as before.
+        let same_peer = match transport {
+            Transport::Tls => dialog.origin.source.ip() == destination.ip(),
+            _ => dialog.origin.source == destination,
+        };
+        let connection = if transport.is_reliable() && dialog.origin.transport == transport && same_peer {
+            dialog.origin.connection
+        } else {
+            None
+        };
         let (local_party, remote_party, call_id) =
             (dialog.local_party.clone(), dialog.remote_party.clone(), dialog.call_id.clone());
         let sips = is_sips(&request_uri) || routes.first().is_some_and(|r| is_sips(r));

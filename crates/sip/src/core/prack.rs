@@ -6,7 +6,9 @@
 //! `Require: 100rel` and an `RSeq`, is retransmitted from T1 doubling (§3) until a PRACK whose
 //! `RAck` names it (answered 200; any other PRACK 481), and after 64*T1 without one the INVITE
 //! is rejected with 500 (§3). The 200 to the INVITE waits for that PRACK (§3: a 2xx must not
-//! overtake an unacknowledged reliable provisional).
+//! overtake an unacknowledged reliable provisional). An INVITE without an offer that requires
+//! 100rel gets no 180 at all: its first reliable provisional would have to carry our offer (§5),
+//! which we make in the 200.
 
 use std::time::Instant;
 
@@ -50,6 +52,12 @@ impl Core {
         };
         if !requires(&request, "100rel") || self.reliable.contains_key(&invite) {
             return false;
+        }
+        if request.body.is_empty() {
+            // A delayed offer: the first reliable provisional would have to carry our offer
+            // (§5), which the call makes only in its 200. No 180 at all then; the 100 Trying
+            // already stopped the caller's retransmissions.
+            return true;
         }
         // §3: the first RSeq is random, between 1 and 2**31 - 1.
         let rseq = self.rng.random_range(1..=0x7fff_ffff_u32);
@@ -190,6 +198,30 @@ impl Core {
     /// Forgets the reliable provisional of an INVITE that got a final response otherwise.
     pub(super) fn forget_reliable(&mut self, invite: InviteId) {
         self.reliable.remove(&invite);
+    }
+
+    /// A CANCEL of an INVITE whose 200 is held for the PRACK (RFC 3262 §3, RFC 3261 §9.2): the
+    /// INVITE is still pending for the caller, so it gets 487, the held 200 is never sent, and
+    /// the application's dialog ends (`RemoteBye`: the caller left before the call began).
+    /// `false` when no 200 is held for it.
+    pub(super) fn cancel_held(&mut self, now: Instant, invite: InviteId) -> bool {
+        let Some(dialog) = self.reliable.get(&invite).and_then(|r| r.held.as_ref()).map(|(dialog, _, _)| *dialog)
+        else {
+            return false;
+        };
+        let Some(reliable) = self.reliable.remove(&invite) else { return false };
+        if let Some((request, origin, to_tag)) = self.proceeding_invite(&reliable.key) {
+            let response = self.build_response(&request, &origin, 487, "Request Terminated", Some(&to_tag), &[]);
+            if let Some(reply) = self.reply_transmit(&request, &origin, response, &Method::Invite, 487) {
+                self.transmits.push_back(reply.clone());
+                if let Some(tx) = self.transactions.get_mut(&reliable.key).and_then(ServerTransaction::as_invite_mut) {
+                    tx.complete(now, reply);
+                }
+            }
+        }
+        self.end_dialog(dialog);
+        self.events.push_back(CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye });
+        true
     }
 }
 

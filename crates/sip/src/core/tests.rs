@@ -1019,6 +1019,33 @@ fn tls_and_sips_routes_are_followed_over_tls() {
         assert!(h.run_until(110, 5_000).is_empty(), "no retransmission over TLS");
     }
 }
+/// Over TLS the caller's connection comes from an ephemeral port, not its Contact's: our BYE
+/// goes to the Contact's address on that same connection (a new one would be verified against
+/// the default trust store with an IP as the server name, and fail with a carrier's certificate).
+#[test]
+fn in_dialog_requests_over_tls_reuse_the_callers_connection() {
+    let tls_contact = Some("127.0.0.1:5091".parse().unwrap());
+    let mut h = Harness { core: Core::new(CoreConfig { tls_contact, ..config() }, 7), base: Instant::now() };
+    let origin = Origin { transport: Transport::Tls, source: "127.0.0.1:40123".parse().unwrap(), connection: Some(9) };
+    let over_tls = |text: String| {
+        text.replace("SIP/2.0/UDP", "SIP/2.0/TLS")
+            .replace("Contact: <sip:alice@127.0.0.1:5061>", "Contact: <sip:alice@127.0.0.1:5061;transport=tls>")
+    };
+    h.recv_on(0, origin, &over_tls(invite("z9hG4bKinv", "")));
+    let id = h.incoming();
+    let dialog = h.core.accept(h.at(10), id, "v=0\r\nanswer\r\n").unwrap();
+    let tag = h.sent().into_iter().find_map(|(_, m)| (m.status() == Some(200)).then(|| m.to_tag().unwrap())).unwrap();
+    h.recv_on(50, origin, &over_tls(in_dialog("ACK", "z9hG4bKack", &tag, 1)));
+    h.events();
+    h.core.hangup(h.at(100), dialog);
+    let sent = h.sent();
+    let (transmit, bye) = &sent[0];
+    assert_eq!(bye.method(), Some(&Method::Bye));
+    assert_eq!(transmit.transport, Transport::Tls);
+    assert_eq!(transmit.destination, "127.0.0.1:5061".parse().unwrap(), "the remote target");
+    assert_eq!(transmit.connection, Some(9), "on the caller's own TLS connection");
+}
+
 /// Re-offers, delayed offer (reoffer.rs).
 mod reoffer;
 

@@ -5,8 +5,9 @@
 //!   (a flooder stops costing even the bucket arithmetic's answers being useful to it);
 //! - `sip.max_cps`: one bucket for all sources together, the gateway's own protection.
 //!
-//! Sources in `sip.trusted_proxies` are exempt from the per-source limit (a proxy concentrates
-//! many callers behind one address), not from `max_cps`. The per-source table is bounded: idle
+//! Sources in `sip.trusted_proxies` and in a trunk's `sources` are exempt from the per-source
+//! limit and ban (a proxy or a carrier's SBC concentrates many callers behind one address), not
+//! from `max_cps`. The per-source table is bounded: idle
 //! entries (full bucket, no ban) are swept once per second of traffic; when it is still full,
 //! the least recently seen entry is forgotten (a forgotten source only gets a fresh bucket).
 //!
@@ -123,6 +124,13 @@ impl RateLimits {
         if self.cfg.per_source > 0 && !self.cfg.exempt.iter().any(|net| net.contains(source)) {
             self.check_source(source, now)?;
         }
+        self.check_global(now)
+    }
+
+    /// The global CPS limit only: for a trunk's own sources, which are exempt from the
+    /// per-source rate and ban (a carrier's SBC is one address carrying many callers; banning it
+    /// would be an outage of that trunk).
+    pub fn check_global(&mut self, now: Instant) -> Result<(), RateRefusal> {
         if self.cfg.max_cps > 0 {
             let rate = self.cfg.max_cps;
             let global = self.global.get_or_insert_with(|| Bucket::full(rate, now));

@@ -181,7 +181,9 @@ impl Decider {
         if *method != Method::Invite {
             return (Verdict::Pass, None);
         }
-        if let Err(refusal) = self.limits.check(source, now) {
+        // A trunk's own sources answer to the global CPS limit only (`limits.rs`).
+        let limited = if trunk.is_some() { self.limits.check_global(now) } else { self.limits.check(source, now) };
+        if let Err(refusal) = limited {
             let retry_after = match refusal {
                 RateRefusal::Banned { remaining } => remaining.as_secs_f64().ceil() as u64,
                 _ => u64::from(policy.retry_after_secs),
@@ -430,5 +432,21 @@ mod tests {
         let results: Vec<_> =
             (0..3).map(|i| d.decide(now, ip(&format!("192.0.2.{i}")), &request("INVITE", "x", None)).1).collect();
         assert_eq!(results, [None, None, Some(Screened::Rate(RateRefusal::Cps))]);
+    }
+
+    /// A trunk's own source (a carrier's SBC: one address, many callers) is never rate limited
+    /// or banned per source; the global CPS limit still holds for it.
+    #[test]
+    fn a_trunks_sources_answer_only_to_the_global_cps_limit() {
+        let mut d = decider(
+            "[sip]\ninvite_rate_per_source = 1\nban_secs = 30\nmax_cps = 3\n\
+             [trunks.carrier]\naddress = \"192.0.2.20:5060\"\nsources = [\"192.0.2.20\"]\n",
+        );
+        let now = Instant::now();
+        let carrier = ip("192.0.2.20");
+        let verdicts: Vec<_> = (0..4).map(|_| d.decide(now, carrier, &request("INVITE", "x", None)).1).collect();
+        assert_eq!(verdicts, [None, None, None, Some(Screened::Rate(RateRefusal::Cps))]);
+        let later = now + Duration::from_secs(2);
+        assert_eq!(d.decide(later, carrier, &request("INVITE", "x", None)).0, Verdict::Pass, "no ban");
     }
 }

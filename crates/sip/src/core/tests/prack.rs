@@ -76,3 +76,40 @@ fn supported_100rel_alone_gets_a_plain_180() {
     h.core.accept(h.at(10), id, "v=0\r\nanswer\r\n").unwrap();
     assert_eq!(h.statuses(), vec![200], "nothing to wait for");
 }
+
+/// RFC 3262 §5: to an INVITE without an offer, the first reliable provisional would have to carry
+/// our offer, which the call only makes in its 200: such an INVITE gets no 180 at all, and the
+/// 200 (with the offer) is not held for a PRACK.
+#[test]
+fn a_delayed_offer_requiring_100rel_gets_no_180_and_an_unheld_200() {
+    let mut h = Harness::new();
+    let without_sdp = invite("z9hG4bKinv", "Require: 100rel\r\n");
+    let headers_end = without_sdp.find("\r\n\r\n").unwrap();
+    let without_sdp = without_sdp[..headers_end]
+        .replace("Content-Type: application/sdp\r\n", "")
+        .replace(&format!("Content-Length: {}", without_sdp.len() - headers_end - 4), "Content-Length: 0")
+        + "\r\n\r\n";
+    h.recv(0, &without_sdp);
+    assert_eq!(h.statuses(), vec![100]);
+    let id = h.incoming();
+    h.core.ringing(h.at(5), id);
+    assert!(h.sent().is_empty(), "no 180 without our offer in it");
+    h.core.accept(h.at(10), id, "v=0\r\noffer\r\n").unwrap();
+    assert_eq!(h.statuses(), vec![200], "nothing to wait for");
+}
+
+/// A CANCEL while our 200 waits for the PRACK: the INVITE is still pending for the caller, so the
+/// CANCEL gets 200 and the INVITE 487, the held 200 is never sent, the reliable 180 stops, and the
+/// application's dialog ends.
+#[test]
+fn a_cancel_while_the_200_waits_for_the_prack_gets_487_and_ends_the_dialog() {
+    let mut h = Harness::new();
+    let (id, _, _) = rung(&mut h);
+    let dialog = h.core.accept(h.at(10), id, "v=0\r\nanswer\r\n").unwrap();
+    assert!(h.sent().is_empty());
+    h.recv(100, &cancel("z9hG4bKinv"));
+    assert_eq!(h.statuses(), vec![200, 487]);
+    assert_eq!(h.events(), vec![CoreEvent::Dialog { dialog, notice: DialogEvent::RemoteBye }]);
+    let later = h.run_until(110, 40_000);
+    assert!(later.iter().all(|(_, m)| m.status() != Some(180) && m.status() != Some(200)), "{later:?}");
+}

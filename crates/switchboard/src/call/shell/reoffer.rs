@@ -15,8 +15,11 @@ impl MediaLoop<'_> {
     /// A re-INVITE or UPDATE with a new offer (`Some`) or a re-INVITE without one (`None`: our
     /// offer goes in the 200, the answer comes with the ACK: [`MediaLoop::on_answer_in_ack`]).
     pub(super) fn on_reoffer(&mut self, id: ReofferId, kind: ReofferKind, offer: Option<&str>) {
+        // Worked out on a copy: the call's SDP state changes only once the SIP layer has taken
+        // the answer (too late, the peer got 500 and keeps the session as it was).
+        let mut next = self.sdp.clone();
         let (answer, update, result) = match offer {
-            Some(offer) => match self.sdp.answer(offer) {
+            Some(offer) => match next.answer(offer) {
                 Ok((sdp, update)) => (ReofferAnswer::Sdp(sdp), Some(update), "answered"),
                 Err(e) => {
                     // §14.2: the session goes on unchanged.
@@ -24,7 +27,7 @@ impl MediaLoop<'_> {
                     (ReofferAnswer::Reject(488), None, "refused")
                 }
             },
-            None => match self.sdp.offer() {
+            None => match next.offer() {
                 Ok(sdp) => (ReofferAnswer::Sdp(sdp), None, "answered"),
                 Err(e) => {
                     warn!(error = %e, "no offer for a re-INVITE without SDP");
@@ -38,6 +41,7 @@ impl MediaLoop<'_> {
             warn!(method = kind.label(), "re-offer answered too late (the SIP layer sent 500)");
             return;
         }
+        self.sdp = next;
         if let Some(update) = update {
             self.core.lock().handle_media_update(Instant::now(), update);
         }
