@@ -3,8 +3,8 @@
 use std::net::{IpAddr, Ipv4Addr};
 
 use switchboard_sdp::{
-    AnswerPolicy, Codec, LocalMedia, MediaDescription, OfferPolicy, SessionDescription, answer_offer, create_offer,
-    receive_answer,
+    AnswerPolicy, Codec, LocalMedia, MediaDescription, OfferPolicy, SessionDescription, SrtpMode, answer_offer,
+    create_offer, receive_answer,
 };
 
 /// The codec an offered payload type stands for, as the offerer meant it: its rtpmap, else
@@ -31,8 +31,14 @@ fn policies() -> [AnswerPolicy; 3] {
             codecs: vec![Codec::Pcmu, Codec::Pcma, Codec::G722, Codec::Opus],
             ptime_ms: 20,
             telephone_event: true,
+            srtp: SrtpMode::Off,
         },
-        AnswerPolicy { codecs: vec![Codec::Opus, Codec::G722], ptime_ms: 40, telephone_event: false },
+        AnswerPolicy {
+            codecs: vec![Codec::Opus, Codec::G722],
+            ptime_ms: 40,
+            telephone_event: false,
+            srtp: SrtpMode::Off,
+        },
     ]
 }
 
@@ -118,8 +124,13 @@ pub fn answer_receive(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
     let offers = [
         OfferPolicy::default(),
-        OfferPolicy { codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu], ptime_ms: 20, telephone_event: true },
-        OfferPolicy { codecs: vec![Codec::Opus], ptime_ms: 40, telephone_event: false },
+        OfferPolicy {
+            codecs: vec![Codec::Opus, Codec::G722, Codec::Pcmu],
+            ptime_ms: 20,
+            telephone_event: true,
+            srtp: SrtpMode::Off,
+        },
+        OfferPolicy { codecs: vec![Codec::Opus], ptime_ms: 40, telephone_event: false, srtp: SrtpMode::Off },
     ];
     for policy in offers {
         let Ok(offer) = create_offer(&policy, &local_media()) else {

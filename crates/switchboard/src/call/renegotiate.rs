@@ -28,7 +28,8 @@ pub struct MediaUpdate {
 }
 
 impl MediaUpdate {
-    fn of(media: &NegotiatedMedia) -> MediaUpdate {
+    /// What `media` asks of the call's stream.
+    pub fn of(media: &NegotiatedMedia) -> MediaUpdate {
         MediaUpdate {
             remote: media.remote_rtp,
             may_send: matches!(media.direction, Direction::SendRecv | Direction::SendOnly)

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::MediaLoop;
 use crate::call::end::CallEnd;
+use crate::call::renegotiate::MediaUpdate;
 use crate::telemetry;
 
 impl MediaLoop<'_> {
@@ -37,14 +38,20 @@ impl MediaLoop<'_> {
         };
         metrics::counter!(telemetry::REOFFERS_ANSWERED_TOTAL, "method" => kind.label(), "result" => result)
             .increment(1);
-        if !self.dialog.answer_reoffer(id, answer) {
-            warn!(method = kind.label(), "re-offer answered too late (the SIP layer sent 500)");
-            return;
-        }
-        self.sdp = next;
+        // Applied before the answer leaves: once the peer has our 200 to a hold, not one more
+        // packet of the agent's audio may follow it (the media clock keeps running meanwhile).
         if let Some(update) = update {
             self.core.lock().handle_media_update(Instant::now(), update);
         }
+        if !self.dialog.answer_reoffer(id, answer) {
+            warn!(method = kind.label(), "re-offer answered too late (the SIP layer sent 500)");
+            if update.is_some() {
+                // The peer keeps the session as it was: so do we.
+                self.core.lock().handle_media_update(Instant::now(), MediaUpdate::of(self.sdp.media()));
+            }
+            return;
+        }
+        self.sdp = next;
     }
 
     /// The ACK of our 200 that carried an offer (a re-INVITE without SDP): its answer takes
